@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs Concordia's whole test suite on a fresh Debian machine, installing
+# what the tests need first (Nix, OpenSSH, sudo, nginx, compressors).
+# Needs root (the simulated fleet uses mount namespaces); run as: sudo scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/usr/local/go/bin:$PATH"
+
+need=()
+for pair in nix-store:nix-bin sshd:openssh-server sudo:sudo nginx:nginx zstd:zstd xz:xz-utils bzip2:bzip2 unshare:util-linux ip:iproute2; do
+  bin=${pair%%:*} pkg=${pair#*:}
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian's nginx package starts a server on port 80; the tests start their own.
+command -v nginx >/dev/null 2>&1 && { nginx -s stop >/dev/null 2>&1 || true; }
+[ -e /nix/var/nix/db/db.sqlite ] || nix-store --init
+
+go vet ./...
+go test -race -count=1 -timeout 40m ./... 2>&1 | tee /tmp/concordia-test.log
+# Short fuzz runs of every network parser (crashers are kept in testdata/fuzz/).
+for target in $(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/^func //' | sort -u); do
+  pkg=$(grep -rlE "^func ${target}\(" --include='*_test.go' . | head -1 | xargs dirname)
+  echo "fuzz ${pkg} ${target}"
+  go test -run='^$' -fuzz="^${target}\$" -fuzztime=10s "${pkg}" >/dev/null
+done
+echo "all tests passed"

@@ -22,6 +22,14 @@ import (
 // disk is not mistaken for a missing path by clients.
 var ErrNotFound = errors.New("not found")
 
+// ErrInvalid means the client sent something malformed or inconsistent (a
+// NAR whose hash does not match, a narinfo naming a missing reference): the
+// server answers 400 with the error text, and nothing is stored.
+var ErrInvalid = errors.New("invalid")
+
+// ErrNoSpace means the disk is full: 507, and nothing partial is kept.
+var ErrNoSpace = errors.New("insufficient storage")
+
 // PathInfo is what a store knows about one valid store path. It mirrors a
 // row of Nix's ValidPaths table, in the types the narinfo renderer wants.
 type PathInfo struct {

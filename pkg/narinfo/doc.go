@@ -1,0 +1,37 @@
+// Package narinfo reads and writes Nix's .narinfo documents, the hash
+// formats they carry, and the ed25519 keys and signatures that make a binary
+// cache trustworthy.
+//
+// The parser is our own, not go-nix's: go-nix rejects unknown keys, while a
+// Nix client ignores them, and a cache must accept what clients accept. It
+// follows Nix 2.8's reader (src/libstore/nar-info.cc) where that matters for
+// interop and is stricter where Nix is merely sloppy, because the input
+// comes from the network:
+//
+//   - every line is "Key: value\n" (a missing space or a missing final
+//     newline is an error, where Nix would silently eat a character);
+//   - StorePath, NarHash, a non-empty URL and NarSize > 0 are required;
+//   - single-valued keys may appear once; Sig may repeat; unknown keys are
+//     skipped and not rendered again (Nix drops them too);
+//   - CR, NUL, more than MaxSize bytes or more than MaxReferences
+//     references are rejected, so a peer cannot make Parse allocate without
+//     bound.
+//
+// References and Sigs are sets in Nix (std::set), so Parse and String keep
+// them sorted and free of duplicates; a file written by Nix therefore renders
+// back byte for byte. String writes the fields in the order Nix 2.8 does:
+// StorePath, URL, Compression, FileHash, FileSize, NarHash, NarSize,
+// References, Deriver, System, Sig..., CA. Nix 2.8 reads and writes a
+// System line but never sets one itself, so it only appears when it was in
+// the input.
+//
+// Signatures cover the fingerprint
+//
+//	1;<store path>;sha256:<nix32 nar hash>;<nar size>;<sorted full reference paths, comma separated>
+//
+// which this package computes itself: go-nix's Fingerprint neither sorts the
+// references nor honours a store directory other than /nix/store. Keys use
+// Nix's text format, "name:base64(seed||public)" for secret keys and
+// "name:base64(public)" for public ones, so key files are interchangeable
+// with nix-store --generate-binary-cache-key.
+package narinfo

@@ -1,0 +1,327 @@
+package narinfo
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// ErrInvalid is wrapped by every error Parse returns for a malformed
+// document (Nix calls these "corrupt").
+var ErrInvalid = errors.New("invalid narinfo")
+
+const (
+	// MaxSize caps the bytes Parse reads: real narinfos are a few hundred
+	// bytes, and the reader must not be an unbounded allocation for a peer.
+	MaxSize = 1 << 20
+	// MaxReferences caps the References line.
+	MaxReferences = 100_000
+	// DefaultCompression is what a narinfo without a Compression line
+	// means to Nix.
+	DefaultCompression = "bzip2"
+)
+
+// NarInfo is one .narinfo document.
+type NarInfo struct {
+	StorePath   string // full path, e.g. /nix/store/<hash>-<name>
+	URL         string // relative to the cache root, e.g. nar/<filehash>.nar.zst
+	Compression string // "none", "xz", "zstd", ...; Parse fills in "bzip2" when absent
+	FileHash    *Hash  // of the compressed file; optional, Nix never checks it
+	FileSize    uint64
+	NarHash     Hash
+	NarSize     uint64
+	References  []string // base names, sorted, no duplicates (Nix keeps a set)
+	Deriver     string   // base name or ""
+	System      string   // only kept so a document that had it renders back
+	Sigs        []string // "name:base64", sorted, no duplicates
+	CA          string   // content address, e.g. "fixed:r:sha256:<nix32>", or ""
+}
+
+// Parse reads one narinfo. See the package comment for what it accepts.
+func Parse(r io.Reader) (*NarInfo, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read narinfo: %w", err)
+	}
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("%w: larger than %d bytes", ErrInvalid, MaxSize)
+	}
+	return parse(data)
+}
+
+func parse(data []byte) (*NarInfo, error) {
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		return nil, fmt.Errorf("%w: last line does not end in a newline", ErrInvalid)
+	}
+	n := &NarInfo{}
+	seen := map[string]bool{}
+	lineNo := 0
+	for len(data) > 0 {
+		lineNo++
+		eol := bytes.IndexByte(data, '\n')
+		line := string(data[:eol])
+		data = data[eol+1:]
+		bad := func(format string, a ...any) error {
+			return fmt.Errorf("%w: line %d: %s", ErrInvalid, lineNo, fmt.Sprintf(format, a...))
+		}
+		if strings.ContainsAny(line, "\r\x00") {
+			return nil, bad("contains CR or NUL")
+		}
+		colon := strings.IndexByte(line, ':')
+		if colon <= 0 || colon+1 >= len(line) || line[colon+1] != ' ' {
+			if colon == len(line)-1 {
+				return nil, bad("want %q, found no space after the colon", "Key: value")
+			}
+			return nil, bad("want %q", "Key: value")
+		}
+		key, value := line[:colon], line[colon+2:]
+		if key != "Sig" && known(key) {
+			if seen[key] {
+				return nil, bad("%s appears twice", key)
+			}
+			seen[key] = true
+		}
+		if err := n.set(key, value); err != nil {
+			return nil, bad("%s: %v", key, err)
+		}
+	}
+	if n.Compression == "" {
+		n.Compression = DefaultCompression
+	}
+	slices.Sort(n.Sigs)
+	n.Sigs = slices.Compact(n.Sigs)
+	for _, req := range []struct {
+		key string
+		ok  bool
+	}{
+		{"StorePath", seen["StorePath"]},
+		{"NarHash", seen["NarHash"]},
+		{"URL", n.URL != ""},
+		{"NarSize", n.NarSize > 0},
+	} {
+		if !req.ok {
+			return nil, fmt.Errorf("%w: %s is missing or empty", ErrInvalid, req.key)
+		}
+	}
+	return n, nil
+}
+
+func known(key string) bool {
+	switch key {
+	case "StorePath", "URL", "Compression", "FileHash", "FileSize", "NarHash",
+		"NarSize", "References", "Deriver", "System", "Sig", "CA":
+		return true
+	}
+	return false
+}
+
+// set stores one field; unknown keys are ignored, as Nix does.
+func (n *NarInfo) set(key, value string) error {
+	var err error
+	switch key {
+	case "StorePath":
+		_, _, _, err = ParseStorePath(value)
+		n.StorePath = value
+	case "URL":
+		n.URL = value
+	case "Compression":
+		n.Compression = value
+	case "FileHash":
+		var h Hash
+		if h, err = parseSHA256(value); err == nil {
+			n.FileHash = &h
+		}
+	case "FileSize":
+		n.FileSize, err = parseSize(value)
+	case "NarHash":
+		n.NarHash, err = parseSHA256(value)
+	case "NarSize":
+		n.NarSize, err = parseSize(value)
+	case "References":
+		n.References, err = parseReferences(value)
+	case "Deriver":
+		if value != "unknown-deriver" { // what very old Nix wrote for "none"
+			_, _, err = ParseBaseName(value)
+			n.Deriver = value
+		}
+	case "System":
+		n.System = value
+	case "Sig":
+		if err = checkSig(value); err == nil {
+			n.Sigs = append(n.Sigs, value)
+		}
+	case "CA":
+		n.CA, err = normalizeCA(value)
+	}
+	return err
+}
+
+// parseSHA256 accepts any encoding but only sha256: Nix 2.8 asserts sha256
+// when it writes NarHash and FileHash, and fingerprints depend on it.
+func parseSHA256(s string) (Hash, error) {
+	h, err := ParseHash(s)
+	if err == nil && h.Algo != "sha256" {
+		err = fmt.Errorf("%w %q: want sha256", ErrHash, s)
+	}
+	return h, err
+}
+
+func parseSize(s string) (uint64, error) {
+	// ParseUint alone would accept "+1" in no case and "0x1" only with base
+	// 0; base 10 leaves digits, which is what Nix's string2Int takes.
+	if s == "" || strings.Trim(s, "0123456789") != "" {
+		return 0, fmt.Errorf("%q is not a decimal number", s)
+	}
+	return strconv.ParseUint(s, 10, 64)
+}
+
+func parseReferences(value string) ([]string, error) {
+	refs := []string{}
+	// Walk the line instead of splitting it, so a line of a million spaces
+	// costs no allocation.
+	for rest := value; rest != ""; {
+		var r string
+		r, rest, _ = strings.Cut(rest, " ")
+		if r == "" { // Nix tokenizes on runs of spaces
+			continue
+		}
+		if len(refs) == MaxReferences {
+			return nil, fmt.Errorf("more than %d references", MaxReferences)
+		}
+		if _, _, err := ParseBaseName(r); err != nil {
+			return nil, err
+		}
+		refs = append(refs, r)
+	}
+	slices.Sort(refs)
+	return slices.Compact(refs), nil
+}
+
+func checkSig(s string) error {
+	name, sig, ok := strings.Cut(s, ":")
+	if !ok || name == "" || sig == "" {
+		return fmt.Errorf("%q is not <key name>:<base64 signature>", s)
+	}
+	return nil
+}
+
+// normalizeCA checks a content address the way Nix 2.8's
+// parseContentAddress does ("text:sha256:<hash>", "fixed:[r:]<algo>:<hash>",
+// hash in any non-SRI encoding) and renders it as Nix does, hash in nix32.
+func normalizeCA(s string) (string, error) {
+	if s == "" { // Nix reads an empty CA as none
+		return "", nil
+	}
+	prefix, rest, _ := strings.Cut(s, ":")
+	switch prefix {
+	case "text":
+		if !strings.HasPrefix(rest, "sha256:") {
+			return "", fmt.Errorf("%q: text content addresses use sha256", s)
+		}
+	case "fixed":
+		if r, ok := strings.CutPrefix(rest, "r:"); ok {
+			rest, prefix = r, "fixed:r"
+		}
+	default:
+		return "", fmt.Errorf("%q: want text: or fixed: content address", s)
+	}
+	if !strings.Contains(rest, ":") {
+		return "", fmt.Errorf("%q: want <algo>:<hash> content address", s)
+	}
+	h, err := ParseHash(rest)
+	if err != nil {
+		return "", err
+	}
+	return prefix + ":" + h.String(), nil
+}
+
+// StoreDir returns the store directory of StorePath, e.g. "/nix/store".
+func (n *NarInfo) StoreDir() string {
+	i := strings.LastIndexByte(n.StorePath, '/')
+	if i < 0 {
+		return ""
+	}
+	return n.StorePath[:i]
+}
+
+// String renders the narinfo as Nix 2.8 writes it. References and Sigs are
+// written sorted and de-duplicated, whatever order the slices are in. An
+// empty Compression is written as "bzip2", which is what its absence means.
+// FileHash is omitted when nil, FileSize when zero and FileHash is nil.
+func (n *NarInfo) String() string {
+	var b strings.Builder
+	b.Grow(512 + 40*len(n.References) + 110*len(n.Sigs))
+	line := func(k, v string) {
+		b.WriteString(k)
+		b.WriteString(": ")
+		b.WriteString(v)
+		b.WriteByte('\n')
+	}
+	line("StorePath", n.StorePath)
+	line("URL", n.URL)
+	comp := n.Compression
+	if comp == "" {
+		comp = DefaultCompression
+	}
+	line("Compression", comp)
+	if n.FileHash != nil {
+		line("FileHash", n.FileHash.String())
+	}
+	if n.FileHash != nil || n.FileSize != 0 {
+		line("FileSize", strconv.FormatUint(n.FileSize, 10))
+	}
+	line("NarHash", n.NarHash.String())
+	line("NarSize", strconv.FormatUint(n.NarSize, 10))
+	// Always with the space: a bare "References:" makes Nix take the next
+	// line as the value.
+	line("References", strings.Join(sortedSet(n.References), " "))
+	if n.Deriver != "" {
+		line("Deriver", n.Deriver)
+	}
+	if n.System != "" {
+		line("System", n.System)
+	}
+	for _, s := range sortedSet(n.Sigs) {
+		line("Sig", s)
+	}
+	if n.CA != "" {
+		line("CA", n.CA)
+	}
+	return b.String()
+}
+
+// Validate reports whether String would produce a document Parse (and Nix)
+// accepts with the same meaning, so a server can check a narinfo it
+// assembled before publishing it.
+func (n *NarInfo) Validate() error {
+	fields := append([]string{n.StorePath, n.URL, n.Compression, n.Deriver, n.System, n.CA}, n.References...)
+	for _, f := range append(fields, n.Sigs...) {
+		if strings.ContainsAny(f, "\n\r\x00") {
+			return fmt.Errorf("%w: field %q contains a line break or NUL", ErrInvalid, f)
+		}
+	}
+	if !n.NarHash.valid() || n.NarHash.Algo != "sha256" {
+		return fmt.Errorf("%w: NarHash must be a sha256 digest", ErrInvalid)
+	}
+	if n.FileHash != nil && (!n.FileHash.valid() || n.FileHash.Algo != "sha256") {
+		return fmt.Errorf("%w: FileHash must be a sha256 digest", ErrInvalid)
+	}
+	_, err := parse([]byte(n.String()))
+	return err
+}
+
+// sortedSet returns s sorted without duplicates, copying only if needed.
+func sortedSet(s []string) []string {
+	for i := 1; i < len(s); i++ {
+		if s[i-1] >= s[i] {
+			c := slices.Clone(s)
+			slices.Sort(c)
+			return slices.Compact(c)
+		}
+	}
+	return s
+}

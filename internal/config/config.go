@@ -1,0 +1,446 @@
+// Package config is the cache server's configuration: plain structs, the
+// built-in defaults, TOML decoding and validation. A Harmonia settings.toml
+// is accepted unchanged (its keys keep Harmonia's meaning), Concordia's own
+// keys sit beside them, and any other key is an error that names it, so a
+// typo never silently falls back to a default.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// ErrInvalid is wrapped by every error about a bad configuration.
+var ErrInvalid = errors.New("invalid config")
+
+// Defaults that are not derived from the environment.
+const (
+	DefaultBind          = "127.0.0.1:5000"
+	DefaultPriority      = 30
+	DefaultWorkers       = 4
+	DefaultConnRate      = 256
+	DefaultStoreDir      = "/nix/store"
+	DefaultNixDBPath     = "/nix/var/nix/db/db.sqlite"
+	DefaultDaemonSocket  = "/nix/var/nix/daemon-socket/socket"
+	DefaultCompression   = "zstd"
+	DefaultZstdLevel     = 1
+	DefaultCacheMaxSize  = 10 << 30
+	DefaultSocketMode    = 0o666
+	DefaultPrefer        = "upload"
+	rootStateDir         = "/var/lib/concordia"
+	compressionCacheName = "zstd"
+)
+
+// Config is the whole file. Field comments give the TOML key; keys marked
+// Harmonia have Harmonia's meaning.
+type Config struct {
+	// Bind is "host:port" or "unix:/path" (Harmonia: bind).
+	Bind string `toml:"bind"`
+	// Workers is accepted for Harmonia compatibility; Go schedules
+	// requests itself, so it only has to be positive (Harmonia: workers).
+	Workers int `toml:"workers"`
+	// MaxConnectionRate is accepted and ignored (Harmonia:
+	// max_connection_rate).
+	MaxConnectionRate int `toml:"max_connection_rate"`
+	// Priority is announced in nix-cache-info; lower wins (Harmonia).
+	Priority int `toml:"priority"`
+	// SignKeyPaths are secret key files; every narinfo is signed with all
+	// of them (Harmonia: sign_key_paths).
+	SignKeyPaths []string `toml:"sign_key_paths"`
+	// SignKeyPath is Harmonia's older single-key form, appended to
+	// SignKeyPaths (Harmonia: sign_key_path).
+	SignKeyPath string `toml:"sign_key_path"`
+	// TLSCertPath and TLSKeyPath turn on TLS (and with it HTTP/2).
+	TLSCertPath string `toml:"tls_cert_path"`
+	TLSKeyPath  string `toml:"tls_key_path"`
+	// EnableCompression lets identity NAR responses be sent with
+	// Content-Encoding: zstd when the request's Accept-Encoding asks for
+	// it (Harmonia: enable_compression, which compresses responses by
+	// Accept-Encoding). Concordia defaults it to true; only clients that
+	// ask get encoded bytes, so it is safe.
+	EnableCompression bool `toml:"enable_compression"`
+	// Zstd is Harmonia's [zstd] table.
+	Zstd Zstd `toml:"zstd"`
+	// VirtualNixStore is the store directory paths are named under
+	// (Harmonia: virtual_nix_store).
+	VirtualNixStore string `toml:"virtual_nix_store"`
+	// RealNixStore is where the bytes live if not there, e.g. a chroot
+	// store (Harmonia: real_nix_store; default VirtualNixStore).
+	RealNixStore string `toml:"real_nix_store"`
+	// NixDBPath is the Nix database read for path info; "" disables the
+	// local store (Harmonia: nix_db_path).
+	NixDBPath string `toml:"nix_db_path"`
+	// DaemonStore / DaemonSocket name Harmonia's daemon connection.
+	// Concordia reads the database directly, so they are accepted and
+	// ignored (Harmonia: daemon_store, daemon_socket).
+	DaemonStore  string `toml:"daemon_store"`
+	DaemonSocket string `toml:"daemon_socket"`
+
+	// Compression is what narinfos announce: "zstd" (URL nar/...nar.zst,
+	// Compression: zstd) or "none".
+	Compression string `toml:"compression"`
+	// StateDir holds the generated signing key, the compression cache and
+	// (by default) uploads.
+	StateDir string `toml:"state_dir"`
+	// SocketMode is the permission of a unix socket listener, octal
+	// string like "0666".
+	SocketMode string `toml:"socket_mode"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `toml:"log_level"`
+
+	CompressionCache CompressionCache `toml:"compression_cache"`
+	Upload           Upload           `toml:"upload"`
+	GC               GC               `toml:"gc"`
+}
+
+// Zstd is the [zstd] table.
+type Zstd struct {
+	// Level is the zstd level for NARs compressed by the server (1-22).
+	Level int `toml:"level"`
+}
+
+// CompressionCache is the [compression_cache] table: compressed NARs
+// kept on disk so a NAR is compressed once for many clients.
+type CompressionCache struct {
+	// Dir defaults to <state_dir>/zstd; "" after defaults means off.
+	Dir string `toml:"dir"`
+	// MaxSize bounds the directory (LRU eviction); 0 disables the cache.
+	MaxSize Size `toml:"max_size"`
+}
+
+// Upload is the [upload] table: the store of paths pushed with
+// `nix copy --to`.
+type Upload struct {
+	// Dir enables uploads when set.
+	Dir string `toml:"dir"`
+	// TokensFile lists the credentials allowed to upload (and to read,
+	// when Private).
+	TokensFile string `toml:"tokens_file"`
+	// Private makes reads need credentials too.
+	Private bool `toml:"private"`
+	// Prefer decides which store answers when both have a path:
+	// "upload" (default) or "local".
+	Prefer string `toml:"prefer"`
+}
+
+// GC is the [gc] table for the upload store.
+type GC struct {
+	MaxSize  Size     `toml:"max_size"`
+	MaxAge   Duration `toml:"max_age"`
+	Interval Duration `toml:"interval"`
+}
+
+// Default returns the configuration used when no file is given: listen on
+// 127.0.0.1:5000, serve the local store if its database exists, keep
+// state in the per-user (or system) state directory.
+func Default() *Config {
+	c := &Config{
+		Bind:              DefaultBind,
+		Workers:           DefaultWorkers,
+		MaxConnectionRate: DefaultConnRate,
+		Priority:          DefaultPriority,
+		EnableCompression: true,
+		Zstd:              Zstd{Level: DefaultZstdLevel},
+		VirtualNixStore:   DefaultStoreDir,
+		NixDBPath:         DefaultNixDBPath,
+		DaemonSocket:      DefaultDaemonSocket,
+		Compression:       DefaultCompression,
+		StateDir:          DefaultStateDir(),
+		SocketMode:        "0666",
+		LogLevel:          "info",
+		CompressionCache:  CompressionCache{MaxSize: DefaultCacheMaxSize},
+		Upload:            Upload{Prefer: DefaultPrefer},
+	}
+	return c
+}
+
+// DefaultStateDir is /var/lib/concordia for root, else
+// $XDG_STATE_HOME/concordia or ~/.local/state/concordia.
+func DefaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return rootStateDir
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "concordia")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "concordia")
+	}
+	return rootStateDir
+}
+
+// Load reads and validates the file at path; "" means the defaults.
+func Load(path string) (*Config, error) {
+	if path == "" {
+		c := Default()
+		c.finish(nil)
+		return c, c.Validate()
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes TOML over the defaults, fills the derived defaults and
+// validates.
+func Parse(data []byte) (*Config, error) {
+	c := Default()
+	md, err := toml.Decode(string(data), c)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("%w: unknown key %s", ErrInvalid, strings.Join(keys, ", "))
+	}
+	c.finish(&md)
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// finish fills the defaults that depend on other keys.
+func (c *Config) finish(md *toml.MetaData) {
+	if c.SignKeyPath != "" {
+		c.SignKeyPaths = append(c.SignKeyPaths, c.SignKeyPath)
+		c.SignKeyPath = ""
+	}
+	if c.RealNixStore == "" {
+		c.RealNixStore = c.VirtualNixStore
+	}
+	if c.CompressionCache.Dir == "" && (md == nil || !md.IsDefined("compression_cache", "dir")) {
+		c.CompressionCache.Dir = filepath.Join(c.StateDir, compressionCacheName)
+	}
+	if c.Upload.Prefer == "" {
+		c.Upload.Prefer = DefaultPrefer
+	}
+}
+
+// Validate checks every key and says which one is wrong.
+func (c *Config) Validate() error {
+	bad := func(key, format string, a ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrInvalid, key, fmt.Sprintf(format, a...))
+	}
+	if _, _, err := SplitBind(c.Bind); err != nil {
+		return bad("bind", "%v", err)
+	}
+	if c.Workers <= 0 {
+		return bad("workers", "must be greater than 0, got %d", c.Workers)
+	}
+	if c.MaxConnectionRate < 0 {
+		return bad("max_connection_rate", "must not be negative")
+	}
+	if c.Priority < 0 {
+		return bad("priority", "must not be negative, got %d", c.Priority)
+	}
+	if (c.TLSCertPath == "") != (c.TLSKeyPath == "") {
+		return bad("tls_cert_path", "tls_cert_path and tls_key_path must be set together")
+	}
+	if network, _, _ := SplitBind(c.Bind); network == "unix" && c.TLSCertPath != "" {
+		return bad("tls_cert_path", "TLS is not supported on a unix socket (bind = %q)", c.Bind)
+	}
+	if c.Zstd.Level < 1 || c.Zstd.Level > 22 {
+		return bad("zstd.level", "must be 1..22, got %d", c.Zstd.Level)
+	}
+	for key, dir := range map[string]string{"virtual_nix_store": c.VirtualNixStore, "real_nix_store": c.RealNixStore} {
+		if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir || dir == "/" {
+			return bad(key, "must be a clean absolute directory other than /, got %q", dir)
+		}
+	}
+	if c.NixDBPath != "" && !filepath.IsAbs(c.NixDBPath) {
+		return bad("nix_db_path", "must be absolute, got %q", c.NixDBPath)
+	}
+	switch c.Compression {
+	case "zstd", "none":
+	default:
+		return bad("compression", `must be "zstd" or "none", got %q`, c.Compression)
+	}
+	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
+		return bad("state_dir", "must be an absolute path, got %q", c.StateDir)
+	}
+	if _, err := c.SocketFileMode(); err != nil {
+		return bad("socket_mode", "%v", err)
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log_level", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	if c.CompressionCache.MaxSize < 0 {
+		return bad("compression_cache.max_size", "must not be negative")
+	}
+	if c.CompressionCache.Dir != "" && !filepath.IsAbs(c.CompressionCache.Dir) {
+		return bad("compression_cache.dir", "must be absolute, got %q", c.CompressionCache.Dir)
+	}
+	switch c.Upload.Prefer {
+	case "upload", "local":
+	default:
+		return bad("upload.prefer", `must be "upload" or "local", got %q`, c.Upload.Prefer)
+	}
+	if c.Upload.Dir != "" && !filepath.IsAbs(c.Upload.Dir) {
+		return bad("upload.dir", "must be absolute, got %q", c.Upload.Dir)
+	}
+	if c.Upload.Private && c.Upload.TokensFile == "" {
+		return bad("upload.private", "needs upload.tokens_file (who may read?)")
+	}
+	if c.GC.MaxSize < 0 || c.GC.MaxAge < 0 || c.GC.Interval < 0 {
+		return bad("gc", "sizes and durations must not be negative")
+	}
+	return nil
+}
+
+// SplitBind parses bind into a network ("tcp" or "unix") and address.
+func SplitBind(bind string) (network, addr string, err error) {
+	if rest, ok := strings.CutPrefix(bind, "unix:"); ok {
+		// Harmonia writes unix:/path; accept unix:///path too.
+		rest = strings.TrimPrefix(rest, "//")
+		if !filepath.IsAbs(rest) {
+			return "", "", fmt.Errorf("unix socket path must be absolute, got %q", bind)
+		}
+		return "unix", rest, nil
+	}
+	host, port, err := net.SplitHostPort(bind)
+	if err != nil {
+		return "", "", fmt.Errorf("want host:port or unix:/path, got %q", bind)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "", "", fmt.Errorf("bad port %q", port)
+	}
+	_ = host
+	return "tcp", bind, nil
+}
+
+// SocketFileMode is SocketMode parsed as octal permission bits.
+func (c *Config) SocketFileMode() (fs.FileMode, error) {
+	if c.SocketMode == "" {
+		return DefaultSocketMode, nil
+	}
+	n, err := strconv.ParseUint(c.SocketMode, 8, 32)
+	if err != nil || n > 0o777 {
+		return 0, fmt.Errorf("want octal permissions like \"0660\", got %q", c.SocketMode)
+	}
+	return fs.FileMode(n), nil
+}
+
+// LocalStoreEnabled reports whether the machine's store should be served:
+// the database path is set and the file exists.
+func (c *Config) LocalStoreEnabled() bool {
+	if c.NixDBPath == "" {
+		return false
+	}
+	_, err := os.Stat(c.NixDBPath)
+	return err == nil
+}
+
+// Size is a byte count written as "10G", "512M", "1T", "64KiB" or plain
+// bytes. Units are powers of 1024, as disk quotas usually are.
+type Size int64
+
+// UnmarshalText implements encoding.TextUnmarshaler (TOML strings).
+func (s *Size) UnmarshalText(b []byte) error {
+	n, err := ParseSize(string(b))
+	if err != nil {
+		return err
+	}
+	*s = Size(n)
+	return nil
+}
+
+// UnmarshalTOML accepts an integer as well as a string.
+func (s *Size) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case int64:
+		if v < 0 {
+			return fmt.Errorf("size must not be negative, got %d", v)
+		}
+		*s = Size(v)
+		return nil
+	case string:
+		return s.UnmarshalText([]byte(v))
+	}
+	return fmt.Errorf("size must be a string like \"10G\" or an integer, got %T", v)
+}
+
+// ParseSize parses "10G"-style sizes.
+func ParseSize(str string) (int64, error) {
+	t := strings.TrimSpace(str)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	num, unit := t[:i], strings.ToUpper(strings.TrimSpace(t[i:]))
+	if num == "" {
+		return 0, fmt.Errorf("bad size %q: want a number with an optional K, M, G or T suffix", str)
+	}
+	unit = strings.TrimSuffix(strings.TrimSuffix(unit, "B"), "I")
+	mult := map[string]float64{"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}[unit]
+	if mult == 0 {
+		return 0, fmt.Errorf("bad size %q: unknown unit", str)
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad size %q: %v", str, err)
+	}
+	v := f * mult
+	if v >= 1<<63 {
+		return 0, fmt.Errorf("bad size %q: too large", str)
+	}
+	return int64(v), nil
+}
+
+// Duration is a Go duration that also accepts days ("30d", "1d12h").
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ParseDuration is time.ParseDuration plus a "d" (24h) unit; "" is zero.
+func ParseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, nil
+	}
+	var days time.Duration
+	if i := strings.IndexByte(s, 'd'); i >= 0 {
+		n, err := strconv.ParseUint(s[:i], 10, 32)
+		if err != nil {
+			return 0, fmt.Errorf("bad duration %q: want e.g. 30d, 6h, 1d12h", s)
+		}
+		days = time.Duration(n) * 24 * time.Hour
+		s = s[i+1:]
+		if s == "" {
+			return days, nil
+		}
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("bad duration %q: want e.g. 30d, 6h, 1d12h", s)
+	}
+	return days + v, nil
+}

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 
 need=()
-for pair in nix-store:nix-bin sshd:openssh-server sudo:sudo nginx:nginx zstd:zstd xz:xz-utils bzip2:bzip2 unshare:util-linux ip:iproute2; do
+for pair in wrk:wrk nix-store:nix-bin sshd:openssh-server sudo:sudo nginx:nginx zstd:zstd xz:xz-utils bzip2:bzip2 unshare:util-linux ip:iproute2; do
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
@@ -19,6 +19,9 @@ fi
 # Debian's nginx package starts a server on port 80; the tests start their own.
 command -v nginx >/dev/null 2>&1 && { nginx -s stop >/dev/null 2>&1 || true; }
 [ -e /nix/var/nix/db/db.sqlite ] || nix-store --init
+# The tests build derivations; without this Nix would ask cache.nixos.org for
+# every output first. Tests that want a substituter pass their own (--option).
+grep -q '^substituters' /etc/nix/nix.conf 2>/dev/null || printf '\nsubstituters =\n' >> /etc/nix/nix.conf
 
 go vet ./...
 go test -race -count=1 -timeout 40m ./... 2>&1 | tee /tmp/concordia-test.log

@@ -1,0 +1,228 @@
+// Package closure checks, before any host is touched, that a system's whole
+// closure is in the binary cache and signed by a key the fleet trusts. It
+// walks the closure through the cache's narinfos over HTTP (the same
+// documents the hosts' daemons will read), so a refusal here means the host
+// would have failed to substitute: better to refuse with the list of
+// missing and unsigned paths than to half-deploy.
+package closure
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// ErrCache marks a cache that could not be asked (network, 5xx, auth):
+// different from a path being absent, which is a Result.
+var ErrCache = errors.New("cache unavailable")
+
+// Result is the outcome of one walk.
+type Result struct {
+	Root     string
+	Paths    int      // store paths in the closure that the cache knows
+	Missing  []string // full store paths with no narinfo in the cache
+	Unsigned []string // full store paths with no signature by a trusted key
+}
+
+// OK reports whether the closure is complete and signed.
+func (r *Result) OK() bool { return len(r.Missing) == 0 && len(r.Unsigned) == 0 }
+
+// Checker walks closures through one cache. It remembers narinfos it has
+// fetched, so checking twenty hosts that share most of their closure asks
+// the cache once per path. Safe for concurrent use.
+type Checker struct {
+	// Cache is the base URL of the binary cache, e.g. http://127.0.0.1:5000.
+	Cache string
+	// Client is used for every request; http.DefaultClient when nil.
+	Client *http.Client
+	// Token, when set, is sent as "Authorization: Bearer <token>" (private caches).
+	Token string
+	// Trusted are the keys a signature must verify against. Empty: every
+	// path counts as unsigned (a deploy must never skip the check silently).
+	Trusted []narinfo.PublicKey
+	// Workers bounds the concurrent requests (default 32).
+	Workers int
+	Log     *slog.Logger
+
+	mu   sync.Mutex
+	memo map[string]*entry // by hash part
+}
+
+type entry struct {
+	done chan struct{}
+	info *narinfo.NarInfo // nil: not in the cache
+	err  error
+}
+
+// Check walks the closure of root (a full store path) and reports what is
+// missing or unsigned. An error means the walk could not finish.
+func (c *Checker) Check(ctx context.Context, root string) (*Result, error) {
+	storeDir, hash, _, err := narinfo.ParseStorePath(root)
+	if err != nil {
+		return nil, fmt.Errorf("check closure %s: %w", root, err)
+	}
+	workers := c.Workers
+	if workers <= 0 {
+		workers = 32
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var (
+		mu       sync.Mutex
+		seen     = map[string]bool{}
+		res      = &Result{Root: root}
+		firstErr error
+		wg       sync.WaitGroup
+		sem      = make(chan struct{}, workers)
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+			cancel()
+		}
+		mu.Unlock()
+	}
+	var visit func(base string)
+	visit = func(base string) {
+		mu.Lock()
+		if seen[base] {
+			mu.Unlock()
+			return
+		}
+		seen[base] = true
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			full := storeDir + "/" + base
+			h, _, err := narinfo.ParseBaseName(base)
+			if err != nil {
+				fail(fmt.Errorf("check closure %s: reference %q: %w", root, base, err))
+				return
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			info, err := c.narinfo(ctx, storeDir, h)
+			<-sem
+			if err != nil {
+				fail(err)
+				return
+			}
+			mu.Lock()
+			switch {
+			case info == nil:
+				res.Missing = append(res.Missing, full)
+			default:
+				res.Paths++
+				if info.StorePath != full {
+					res.Missing = append(res.Missing, full)
+				} else if _, ok := info.Verify(c.Trusted); !ok {
+					res.Unsigned = append(res.Unsigned, full)
+				}
+			}
+			mu.Unlock()
+			if info == nil || info.StorePath != full {
+				return
+			}
+			for _, ref := range info.References {
+				visit(ref)
+			}
+		}()
+	}
+	base := path.Base(root)
+	if !strings.HasPrefix(base, hash) {
+		return nil, fmt.Errorf("check closure %s: %w", root, narinfo.ErrStorePath)
+	}
+	visit(base)
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("check closure %s: %w", root, err)
+	}
+	sort.Strings(res.Missing)
+	sort.Strings(res.Unsigned)
+	return res, nil
+}
+
+// narinfo returns the parsed narinfo for hash, nil if the cache has none.
+// Concurrent callers for the same hash share one request.
+func (c *Checker) narinfo(ctx context.Context, storeDir, hash string) (*narinfo.NarInfo, error) {
+	c.mu.Lock()
+	if c.memo == nil {
+		c.memo = map[string]*entry{}
+	}
+	e, ok := c.memo[hash]
+	if !ok {
+		e = &entry{done: make(chan struct{})}
+		c.memo[hash] = e
+	}
+	c.mu.Unlock()
+	if ok {
+		select {
+		case <-e.done:
+			return e.info, e.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	e.info, e.err = c.fetch(ctx, storeDir, hash)
+	if e.err != nil {
+		// Don't remember failures: the next host may find the cache back.
+		c.mu.Lock()
+		delete(c.memo, hash)
+		c.mu.Unlock()
+	}
+	close(e.done)
+	return e.info, e.err
+}
+
+func (c *Checker) fetch(ctx context.Context, storeDir, hash string) (*narinfo.NarInfo, error) {
+	u := strings.TrimRight(c.Cache, "/") + "/" + hash + ".narinfo"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCache, err)
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	client := c.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: GET %s: %v", ErrCache, u, err)
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return nil, nil
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("%w: GET %s: %s", ErrCache, u, resp.Status)
+	}
+	info, err := narinfo.Parse(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%w: GET %s: %v", ErrCache, u, err)
+	}
+	if c.Log != nil {
+		c.Log.Debug("narinfo", "path", info.StorePath, "refs", len(info.References))
+	}
+	return info, nil
+}

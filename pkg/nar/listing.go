@@ -182,4 +182,3 @@ func appendString(b []byte, s string) []byte {
 	}
 	return append(b, '"')
 }
-

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+type series struct {
+	group, system, metric string
+	vals                  []float64
+}
+
+// comparison is one row of the targets table: a Concordia figure over its
+// reference, both measured in this run.
+type comparison struct {
+	group, metric, system, ref string
+	lowerBetter                bool
+	target                     float64 // minimum ratio (or maximum when lowerBetter)
+	what                       string
+}
+
+type report struct {
+	order   []string
+	series  map[string]*series
+	notes   []string
+	mach    []string
+	loads   []string
+	started time.Time
+}
+
+func newReport() *report {
+	return &report{series: map[string]*series{}, started: time.Now()}
+}
+
+func (r *report) add(group, system, metric string, v float64) {
+	k := group + "\x00" + system + "\x00" + metric
+	s, ok := r.series[k]
+	if !ok {
+		s = &series{group: group, system: system, metric: metric}
+		r.series[k] = s
+		r.order = append(r.order, k)
+	}
+	s.vals = append(s.vals, v)
+}
+
+func (r *report) note(s string) { r.notes = append(r.notes, s) }
+
+func (r *report) get(group, system, metric string) *series {
+	return r.series[group+"\x00"+system+"\x00"+metric]
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func minmax(v []float64) (float64, float64) {
+	lo, hi := v[0], v[0]
+	for _, x := range v {
+		if x < lo {
+			lo = x
+		}
+		if x > hi {
+			hi = x
+		}
+	}
+	return lo, hi
+}
+
+func (r *report) machine(ctx context.Context) {
+	mem := "?"
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		mem = strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])
+	}
+	cpu := "?"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	r.mach = append(r.mach, fmt.Sprintf("%d cores (%s), %s, %s/%s", runtime.NumCPU(), cpu, mem, runtime.GOOS, runtime.GOARCH))
+	for _, v := range [][]string{{"go", "version"}, {"nix-store", "--version"}, {"nginx", "-v"}, {"zstd", "--version"}, {"wrk", "-v"}, {"ssh", "-V"}} {
+		out, _ := exec.CommandContext(ctx, v[0], v[1:]...).CombinedOutput()
+		line := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+		r.mach = append(r.mach, fmt.Sprintf("`%s`: %s", strings.Join(v, " "), line))
+	}
+}
+
+func (r *report) workloads(w workloads) {
+	var total int64
+	for _, p := range w.closure {
+		total += p.NarSize
+	}
+	r.loads = []string{
+		fmt.Sprintf("big path: `%s`, NAR %.1f MB", w.big.Path, float64(w.big.NarSize)/1e6),
+		fmt.Sprintf("many small files: `%s`, NAR %.1f MB", w.small.Path, float64(w.small.NarSize)/1e6),
+		fmt.Sprintf("closure: %d paths, NAR %.1f MB in all", len(w.closure), float64(total)/1e6),
+	}
+}
+
+// comparisons are the targets the cache issues set, as ratios.
+var comparisons = []comparison{
+	{"narinfo", "req/s, 1 connection", "concordia-narinfo", "minimal Go handler", false, 0.8, "narinfo req/s vs minimal Go handler, 1 conn"},
+	{"narinfo", "req/s, 64 connections", "concordia-narinfo", "minimal Go handler", false, 0.8, "narinfo req/s vs minimal Go handler, 64 conns"},
+	{"narinfo", "req/s, 1 connection", "concordia-narinfo", "nginx-narinfo", false, 1.0, "narinfo req/s vs nginx, 1 conn"},
+	{"narinfo", "req/s, 64 connections", "concordia-narinfo", "nginx-narinfo", false, 1.0, "narinfo req/s vs nginx, 64 conns"},
+	{"nar", "MB/s, 1 stream", "concordia none", "nix-store --dump (pipe)", false, 1.0, "NAR none vs nix-store --dump into a pipe"},
+	{"nar", "MB/s, 1 stream", "concordia none", "nginx .nar", false, 0.5, "NAR none vs nginx serving the same NAR file"},
+	{"nar", "MB/s, 1 stream", "concordia zstd cold", "zstd -1 -T1", false, 0.9, "zstd cold, 1 stream vs zstd -1 -T1"},
+	{"nar", "MB/s, 2 streams", "concordia zstd cold", "zstd -1 -T1", false, 0.9, "zstd cold, 2 streams vs two zstd -1 -T1"},
+	{"nar", "MB/s, 1 stream", "concordia zstd warm", "nginx .nar.zst", false, 0.8, "zstd warm vs nginx serving the .nar.zst"},
+	{"nar", "MB/s, 8 streams", "concordia zstd warm", "nginx .nar.zst", false, 0.8, "zstd warm, 8 streams vs nginx"},
+	{"rss", "peak RSS MiB, 16 downloads", "concordia none", "", true, 64, "peak RSS (MiB), 16 downloads, none"},
+	{"rss", "peak RSS MiB, 16 downloads", "concordia zstd cold", "", true, 64, "peak RSS (MiB), 16 downloads, zstd cold"},
+	{"e2e", "seconds, nix copy --from, closure", "concordia zstd", "nginx file:// cache (zstd)", true, 0, "nix copy --from, closure (time ratio)"},
+	{"e2e", "seconds, nix copy --from, big path", "concordia zstd", "nginx file:// cache (zstd)", true, 0, "nix copy --from, big path (time ratio)"},
+	{"e2e", "seconds, nix copy --from, closure", "concordia zstd", "nix copy --from ssh://", true, 0, "nix copy --from, closure vs ssh:// (time ratio)"},
+	{"upload", "seconds, closure", "concordia (nix copy --to http)", "nix copy --to file://", true, 1.2, "upload time vs nix copy --to file://"},
+}
+
+func (r *report) write(dir string, quick bool) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var sb strings.Builder
+	title := "Concordia benchmark"
+	if quick {
+		title += " (--quick smoke run: small workloads, one repetition; not for comparison)"
+	}
+	fmt.Fprintf(&sb, "# %s\n\nRun %s, took %s. Medians of each measurement's runs, min and max beside.\n\n",
+		title, r.started.UTC().Format("2006-01-02 15:04 UTC"), time.Since(r.started).Round(time.Second))
+	sb.WriteString("## Machine\n\n")
+	for _, m := range r.mach {
+		fmt.Fprintf(&sb, "- %s\n", m)
+	}
+	sb.WriteString("\n## Workloads\n\n")
+	for _, l := range r.loads {
+		fmt.Fprintf(&sb, "- %s\n", l)
+	}
+	sb.WriteString("\n## Targets (ratios measured in this run)\n\n| figure | Concordia | reference | ratio | target | met |\n|---|---|---|---|---|---|\n")
+	for _, c := range comparisons {
+		s := r.get(c.group, c.system, c.metric)
+		if s == nil {
+			continue
+		}
+		v := median(s.vals)
+		if c.ref == "" {
+			met := v <= c.target
+			fmt.Fprintf(&sb, "| %s | %.1f | - | - | <= %.0f | %s |\n", c.what, v, c.target, yes(met))
+			continue
+		}
+		ref := r.get(c.group, c.ref, c.metric)
+		if ref == nil || median(ref.vals) == 0 {
+			continue
+		}
+		rv := median(ref.vals)
+		ratio := v / rv
+		tgt, met := "-", true
+		if c.target > 0 {
+			if c.lowerBetter {
+				tgt, met = fmt.Sprintf("<= %.2f", c.target), ratio <= c.target
+			} else {
+				tgt, met = fmt.Sprintf(">= %.2f", c.target), ratio >= c.target
+			}
+		}
+		fmt.Fprintf(&sb, "| %s | %s | %s (%s) | %.2f | %s | %s |\n", c.what, fmtv(v), fmtv(rv), c.ref, ratio, tgt, yes(met))
+	}
+	groups := []string{"narinfo", "nar", "rss", "e2e", "upload", "deploy"}
+	for _, g := range groups {
+		var rows []*series
+		for _, k := range r.order {
+			if s := r.series[k]; s.group == g {
+				rows = append(rows, s)
+			}
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		fmt.Fprintf(&sb, "\n## %s\n\n| system | figure | median | min | max | runs |\n|---|---|---|---|---|---|\n", g)
+		sort.SliceStable(rows, func(i, j int) bool { return rows[i].metric < rows[j].metric })
+		for _, s := range rows {
+			lo, hi := minmax(s.vals)
+			fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %d |\n", s.system, s.metric, fmtv(median(s.vals)), fmtv(lo), fmtv(hi), len(s.vals))
+		}
+		if png, err := r.chart(dir, g, rows); err == nil && png != "" {
+			fmt.Fprintf(&sb, "\n![%s](%s)\n", g, png)
+		}
+	}
+	if len(r.notes) > 0 {
+		sb.WriteString("\n## Notes\n\n")
+		for _, n := range r.notes {
+			fmt.Fprintf(&sb, "- %s\n", n)
+		}
+	}
+	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(sb.String()), 0o644)
+}
+
+func yes(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "**no**"
+}
+
+func fmtv(v float64) string {
+	switch {
+	case v >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.3f", v)
+	}
+}
+
+// chart draws one horizontal-ish bar chart per figure of a group.
+func (r *report) chart(dir, group string, rows []*series) (string, error) {
+	byMetric := map[string][]*series{}
+	var metrics []string
+	for _, s := range rows {
+		if _, ok := byMetric[s.metric]; !ok {
+			metrics = append(metrics, s.metric)
+		}
+		byMetric[s.metric] = append(byMetric[s.metric], s)
+	}
+	p := plot.New()
+	p.Title.Text = "Concordia bench: " + group
+	w := vg.Points(12)
+	var names []string
+	seen := map[string]int{}
+	for _, s := range rows {
+		if _, ok := seen[s.system]; !ok {
+			seen[s.system] = len(names)
+			names = append(names, s.system)
+		}
+	}
+	// One chart per group would mix units; draw the first metric only when
+	// units differ, listing it in the title.
+	m := metrics[0]
+	for _, cand := range metrics {
+		if strings.HasPrefix(cand, "MB/s, 1 stream") || strings.HasPrefix(cand, "req/s, 64") || strings.HasPrefix(cand, "seconds, nix copy --from, closure") {
+			m = cand
+		}
+	}
+	p.Title.Text += " (" + m + ")"
+	vals := make(plotter.Values, 0)
+	var labels []string
+	for _, s := range byMetric[m] {
+		vals = append(vals, median(s.vals))
+		labels = append(labels, s.system)
+	}
+	bars, err := plotter.NewBarChart(vals, w)
+	if err != nil {
+		return "", err
+	}
+	p.Add(bars)
+	p.NominalX(labels...)
+	p.X.Tick.Label.Rotation = 0.5
+	p.X.Tick.Label.XAlign = -0.9
+	p.Y.Label.Text = m
+	name := group + ".png"
+	if err := p.Save(vg.Length(140+40*len(labels))*vg.Millimeter/4*1, 110*vg.Millimeter, filepath.Join(dir, name)); err != nil {
+		return "", err
+	}
+	return name, nil
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+type uploadCache struct {
+	srv   *server
+	state string
+	netrc string
+}
+
+// startUploadCache runs Concordia with only an upload store (no local
+// store, which already has every path and would make uploads no-ops) and
+// a write token handed to Nix through a netrc file.
+func (b *bench) startUploadCache(ctx context.Context) (*uploadCache, error) {
+	state := filepath.Join(b.work, "state-upload")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return nil, err
+	}
+	tok := make([]byte, 24)
+	if _, err := rand.Read(tok); err != nil {
+		return nil, err
+	}
+	token := hex.EncodeToString(tok)
+	sum := sha256.Sum256([]byte(token))
+	tokens := filepath.Join(state, "tokens")
+	if err := os.WriteFile(tokens, []byte(fmt.Sprintf("bench:read,write:%x\n", sum)), 0o600); err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(state, "cache.toml")
+	conf := fmt.Sprintf("nix_db_path = %q\n[upload]\ndir = %q\ntokens_file = %q\n",
+		filepath.Join(state, "no-local-store.sqlite"), filepath.Join(state, "upload"), tokens)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	srv, err := b.startConcordia(ctx, "concordia upload", "zstd", state, "--config", cfg)
+	if err != nil {
+		return nil, err
+	}
+	netrc := filepath.Join(state, "netrc")
+	if err := os.WriteFile(netrc, []byte(fmt.Sprintf("machine 127.0.0.1 login bench password %s\n", token)), 0o600); err != nil {
+		return nil, err
+	}
+	return &uploadCache{srv: srv, state: state, netrc: netrc}, nil
+}

@@ -1,0 +1,79 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"path"
+	"strings"
+	"sync/atomic"
+)
+
+// ErrNoPinAPI means the cache has no pin API (404/405); pinning is then
+// skipped, once logged.
+var ErrNoPinAPI = errors.New("cache has no pin API")
+
+// HTTPPinner pins systems in the cache through its pin API
+// (POST/DELETE <cache>/api/pins/<hash>), so the cache's garbage collector
+// never removes a running system or its rollback target.
+type HTTPPinner struct {
+	Cache  string
+	Token  string
+	Client *http.Client
+	Log    *slog.Logger
+
+	absent atomic.Bool
+}
+
+// Pin pins storePath's closure root.
+func (p *HTTPPinner) Pin(ctx context.Context, storePath string) error {
+	return p.do(ctx, http.MethodPost, storePath)
+}
+
+// Unpin removes the pin of storePath.
+func (p *HTTPPinner) Unpin(ctx context.Context, storePath string) error {
+	return p.do(ctx, http.MethodDelete, storePath)
+}
+
+func (p *HTTPPinner) do(ctx context.Context, method, storePath string) error {
+	if p.absent.Load() {
+		return nil
+	}
+	base := path.Base(storePath)
+	if len(base) < 32 {
+		return fmt.Errorf("pin %s: not a store path", storePath)
+	}
+	u := strings.TrimRight(p.Cache, "/") + "/api/pins/" + base[:32]
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return fmt.Errorf("pin %s: %w", storePath, err)
+	}
+	if p.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.Token)
+	}
+	c := p.Client
+	if c == nil {
+		c = http.DefaultClient
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, u, err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	switch {
+	case resp.StatusCode/100 == 2:
+		return nil
+	case resp.StatusCode == http.StatusNotFound && method == http.MethodDelete:
+		return nil // nothing pinned: fine
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
+		if p.absent.CompareAndSwap(false, true) && p.Log != nil {
+			p.Log.Debug("cache has no pin API; not pinning", "status", resp.Status)
+		}
+		return nil
+	}
+	return fmt.Errorf("%s %s: %s", method, u, resp.Status)
+}

@@ -180,7 +180,7 @@ func parseSize(s string) (uint64, error) {
 }
 
 func parseReferences(value string) ([]string, error) {
-	refs := []string{}
+	var refs []string
 	// Walk the line instead of splitting it, so a line of a million spaces
 	// costs no allocation.
 	for rest := value; rest != ""; {

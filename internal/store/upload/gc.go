@@ -1,0 +1,394 @@
+package upload
+
+import (
+	"container/heap"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// Policy bounds what GC keeps. A zero field is no bound.
+type Policy struct {
+	MaxSize int64         // total bytes of NAR files
+	MaxAge  time.Duration // since last access (narinfo or NAR served, upload)
+}
+
+// Report says what a GC run did (or, dry, would do).
+type Report struct {
+	DryRun       bool
+	Deleted      []string // store paths, in deletion order
+	Freed        int64    // bytes of NAR files removed
+	BlobsDeleted int
+	Pending      int // abandoned uploads removed
+	SizeBefore   int64
+	SizeAfter    int64
+	PathsBefore  int
+	PathsAfter   int
+}
+
+// Node is one path as the GC planner sees it.
+type Node struct {
+	Refs   []string // hash parts of references, self excluded
+	Blob   string
+	Access int64 // unix seconds
+	Pinned bool
+}
+
+// Plan decides which paths to delete. It deletes, oldest access first,
+// only paths that are neither pinned nor referenced (transitively) by a
+// pinned path and whose every referrer is deleted before them, so no kept
+// path ever loses a reference. It stops when nothing left is older than
+// cutoff (0 = no age bound) and the total is within maxSize (0 = no bound).
+// blobSize gives each blob's bytes and blobRefs how many paths claim it;
+// total is the current size. Exported so the property test can drive it.
+func Plan(nodes map[string]*Node, blobSize map[string]int64, blobRefs map[string]int, total, maxSize, cutoff int64) (deleted []string, freed int64, freedBlobs []string) {
+	referrers := map[string]int{}
+	for hp, n := range nodes {
+		for _, r := range n.Refs {
+			if r != hp && nodes[r] != nil {
+				referrers[r]++
+			}
+		}
+	}
+	protected := map[string]bool{}
+	var stack []string
+	for hp, n := range nodes {
+		if n.Pinned {
+			stack = append(stack, hp)
+		}
+	}
+	for len(stack) > 0 {
+		hp := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if protected[hp] || nodes[hp] == nil {
+			continue
+		}
+		protected[hp] = true
+		stack = append(stack, nodes[hp].Refs...)
+	}
+	h := &byAccess{nodes: nodes}
+	for hp := range nodes {
+		if !protected[hp] && referrers[hp] == 0 {
+			h.hps = append(h.hps, hp)
+		}
+	}
+	heap.Init(h)
+	refs := map[string]int{}
+	for b, n := range blobRefs {
+		refs[b] = n
+	}
+	for h.Len() > 0 {
+		hp := heap.Pop(h).(string)
+		n := nodes[hp]
+		old := cutoff > 0 && n.Access < cutoff
+		over := maxSize > 0 && total-freed > maxSize
+		if !old && !over {
+			break // everything left is newer and the size is within bounds
+		}
+		deleted = append(deleted, hp)
+		for _, r := range n.Refs {
+			if r == hp || nodes[r] == nil {
+				continue
+			}
+			referrers[r]--
+			if referrers[r] == 0 && !protected[r] {
+				heap.Push(h, r)
+			}
+		}
+		refs[n.Blob]--
+		if refs[n.Blob] == 0 {
+			freed += blobSize[n.Blob]
+			freedBlobs = append(freedBlobs, n.Blob)
+		}
+	}
+	return deleted, freed, freedBlobs
+}
+
+type byAccess struct {
+	nodes map[string]*Node
+	hps   []string
+}
+
+func (b *byAccess) Len() int { return len(b.hps) }
+func (b *byAccess) Less(i, j int) bool {
+	ai, aj := b.nodes[b.hps[i]].Access, b.nodes[b.hps[j]].Access
+	if ai != aj {
+		return ai < aj
+	}
+	return b.hps[i] < b.hps[j]
+}
+func (b *byAccess) Swap(i, j int) { b.hps[i], b.hps[j] = b.hps[j], b.hps[i] }
+func (b *byAccess) Push(x any)    { b.hps = append(b.hps, x.(string)) }
+func (b *byAccess) Pop() any {
+	x := b.hps[len(b.hps)-1]
+	b.hps = b.hps[:len(b.hps)-1]
+	return x
+}
+
+// GC collects with the configured policy (Options.MaxSize, MaxAge).
+func (s *Store) GC(ctx context.Context, dryRun bool) (*Report, error) {
+	return s.GCWith(ctx, Policy{MaxSize: s.opts.MaxSize, MaxAge: s.opts.MaxAge}, dryRun)
+}
+
+// GCWith collects with policy p. Planning and deleting the records happen
+// in one write transaction, so an upload cannot add a referrer to a path
+// between the decision and the deletion; the files go after the commit.
+func (s *Store) GCWith(ctx context.Context, p Policy, dryRun bool) (*Report, error) {
+	s.flushAccess()
+	rep, err := s.gc(p, dryRun)
+	if err != nil || dryRun {
+		return rep, err
+	}
+	rep.Pending, err = s.SweepPending(ctx)
+	if err != nil {
+		return rep, err
+	}
+	s.metrics.gcRuns.Inc()
+	s.metrics.freed.Add(float64(rep.Freed))
+	s.log.Info("GC", "deleted", len(rep.Deleted), "freed", rep.Freed, "size", rep.SizeAfter, "pending", rep.Pending)
+	return rep, nil
+}
+
+func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
+	s.fileMu.Lock()
+	defer s.fileMu.Unlock()
+	tx, err := s.db.Begin(!dryRun)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+
+	rep := &Report{DryRun: dryRun}
+	nodes := map[string]*Node{}
+	paths := map[string]string{}
+	blobSize := map[string]int64{}
+	blobRefs := map[string]int{}
+	acc, pins := tx.Bucket(bAccess), tx.Bucket(bPins)
+	err = tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
+		var r pathRec
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("index record %s: %w", k, err)
+		}
+		n := &Node{Blob: r.Blob, Pinned: pins.Get(k) != nil}
+		for _, ref := range r.References {
+			if h := hashOf(ref); h != string(k) {
+				n.Refs = append(n.Refs, h)
+			}
+		}
+		if a := acc.Get(k); a != nil {
+			n.Access = parseUnix(a)
+		} else {
+			n.Access = r.Registered.Unix()
+		}
+		nodes[string(k)] = n
+		paths[string(k)] = r.StorePath
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = tx.Bucket(bBlobs).ForEach(func(k, v []byte) error {
+		var b blobRec
+		if err := json.Unmarshal(v, &b); err != nil {
+			return fmt.Errorf("index record %s: %w", k, err)
+		}
+		blobSize[string(k)] = b.FileSize
+		blobRefs[string(k)] = b.Refs
+		rep.SizeBefore += b.FileSize
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	rep.PathsBefore = len(nodes)
+	var cutoff int64
+	if p.MaxAge > 0 {
+		cutoff = s.now().Add(-p.MaxAge).Unix()
+	}
+	deleted, freed, freedBlobs := Plan(nodes, blobSize, blobRefs, rep.SizeBefore, p.MaxSize, cutoff)
+	for _, hp := range deleted {
+		rep.Deleted = append(rep.Deleted, paths[hp])
+	}
+	rep.Freed, rep.BlobsDeleted = freed, len(freedBlobs)
+	rep.PathsAfter = len(nodes) - len(deleted)
+	rep.SizeAfter = rep.SizeBefore - freed
+	if dryRun {
+		return rep, nil
+	}
+	for _, hp := range deleted {
+		if err := deletePath(tx, hp); err != nil {
+			return nil, err
+		}
+	}
+	for _, b := range freedBlobs {
+		if err := tx.Bucket(bBlobs).Delete([]byte(b)); err != nil {
+			return nil, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, mapErr(err)
+	}
+	for _, b := range freedBlobs {
+		if err := os.Remove(filepath.Join(s.blobDir, b)); err != nil && !os.IsNotExist(err) {
+			s.log.Warn("GC could not remove a NAR file", "blob", b, "err", err)
+		}
+	}
+	return rep, nil
+}
+
+// SweepPending removes uploaded NAR files no narinfo claimed within the
+// grace period, and listings of paths that never arrived.
+func (s *Store) SweepPending(ctx context.Context) (int, error) {
+	s.fileMu.Lock()
+	defer s.fileMu.Unlock()
+	cutoff := s.now().Add(-s.opts.PendingGrace)
+	var gone []string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		blobs := tx.Bucket(bBlobs)
+		err := blobs.ForEach(func(k, v []byte) error {
+			var b blobRec
+			if json.Unmarshal(v, &b) == nil && b.Refs == 0 && b.Created.Before(cutoff) {
+				gone = append(gone, string(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range gone {
+			if err := blobs.Delete([]byte(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, mapErr(err)
+	}
+	for _, k := range gone {
+		os.Remove(filepath.Join(s.blobDir, k))
+	}
+	return len(gone), nil
+}
+
+// Pin is a GC root.
+type Pin struct {
+	StorePath string    `json:"storePath"`
+	Note      string    `json:"note,omitempty"`
+	Created   time.Time `json:"created"`
+}
+
+// Pin makes storePath (and so its closure) a GC root. The path need not
+// be uploaded yet: CI may pin a system before or after pushing it.
+func (s *Store) Pin(ctx context.Context, storePath, note string) error {
+	dir, hp, _, err := narinfo.ParseStorePath(storePath)
+	if err != nil {
+		return fmt.Errorf("%w: %v", store.ErrInvalid, err)
+	}
+	if dir != s.storeDir {
+		return invalidf("%s is not in %s", storePath, s.storeDir)
+	}
+	if len(note) > 1024 {
+		return invalidf("pin note longer than 1024 bytes")
+	}
+	return mapErr(s.db.Update(func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bPins), []byte(hp), Pin{StorePath: storePath, Note: note, Created: s.now().UTC()})
+	}))
+}
+
+// Unpin removes the pin of a store path (or bare hash part). ErrNotFound
+// when there was none.
+func (s *Store) Unpin(ctx context.Context, pathOrHash string) error {
+	hp := pathOrHash
+	if strings.Contains(pathOrHash, "/") {
+		_, h, _, err := narinfo.ParseStorePath(pathOrHash)
+		if err != nil {
+			return fmt.Errorf("%w: %v", store.ErrInvalid, err)
+		}
+		hp = h
+	} else if len(hp) > narinfo.HashPartLen {
+		hp = hp[:narinfo.HashPartLen]
+	}
+	if !narinfo.ValidHashPart(hp) {
+		return invalidf("%q is neither a store path nor a hash part", pathOrHash)
+	}
+	return mapErr(s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bPins).Get([]byte(hp)) == nil {
+			return store.ErrNotFound
+		}
+		return tx.Bucket(bPins).Delete([]byte(hp))
+	}))
+}
+
+// Pins lists the GC roots, sorted by store path.
+func (s *Store) Pins(ctx context.Context) ([]Pin, error) {
+	var out []Pin
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bPins).ForEach(func(k, v []byte) error {
+			var p Pin
+			if err := json.Unmarshal(v, &p); err != nil {
+				return err
+			}
+			out = append(out, p)
+			return nil
+		})
+	})
+	slices.SortFunc(out, func(a, b Pin) int { return strings.Compare(a.StorePath, b.StorePath) })
+	return out, err
+}
+
+// Stats is the store's size for metrics and `cache gc`.
+type Stats struct {
+	Paths   int
+	Blobs   int
+	Pending int
+	Bytes   int64
+}
+
+// Stats counts paths and NAR bytes.
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	err := s.db.View(func(tx *bolt.Tx) error {
+		st.Paths = tx.Bucket(bPaths).Stats().KeyN
+		return tx.Bucket(bBlobs).ForEach(func(k, v []byte) error {
+			var b blobRec
+			if json.Unmarshal(v, &b) == nil {
+				st.Blobs++
+				st.Bytes += b.FileSize
+				if b.Refs == 0 {
+					st.Pending++
+				}
+			}
+			return nil
+		})
+	})
+	return st, err
+}
+
+// Paths lists the store paths held, sorted (for `cache verify` output and
+// tests).
+func (s *Store) Paths(ctx context.Context) ([]string, error) {
+	var out []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
+			var r pathRec
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			out = append(out, r.StorePath)
+			return nil
+		})
+	})
+	slices.Sort(out)
+	return out, err
+}

@@ -1,0 +1,155 @@
+package upload_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/bos55/concordia/internal/store/upload"
+	"github.com/bos55/concordia/pkg/nar"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// fakePath is one store path of a test closure: its NAR, compressed
+// file and narinfo, consistent with each other.
+type fakePath struct {
+	base     string // <hash>-<name>
+	hash     string
+	nar      []byte
+	file     []byte // zstd
+	fileName string // <filehash>.nar.zst
+	info     *narinfo.NarInfo
+}
+
+// makeNAR returns a NAR of a single regular file with contents.
+func makeNAR(t testing.TB, contents []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w := nar.NewWriter(&buf)
+	if err := w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(contents); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func zstdBytes(t testing.TB, b []byte) []byte {
+	t.Helper()
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	return enc.EncodeAll(b, nil)
+}
+
+// hashPart derives a valid, unique 32-char nix32 hash part from a seed.
+func hashPart(seed string) string {
+	sum := sha256.Sum256([]byte(seed))
+	return nixbase32.EncodeToString(sum[:20])
+}
+
+// newPath makes a consistent fake path named name with the given
+// references (base names; "self" means itself).
+func newPath(t testing.TB, name string, contents []byte, refs ...string) *fakePath {
+	t.Helper()
+	p := &fakePath{hash: hashPart(name)}
+	p.base = p.hash + "-" + name
+	p.nar = makeNAR(t, contents)
+	p.file = zstdBytes(t, p.nar)
+	fh := sha256.Sum256(p.file)
+	nh := sha256.Sum256(p.nar)
+	p.fileName = nixbase32.EncodeToString(fh[:]) + ".nar.zst"
+	fileHash := narinfo.SHA256(fh[:])
+	var rs []string
+	for _, r := range refs {
+		if r == "self" {
+			r = p.base
+		}
+		rs = append(rs, r)
+	}
+	p.info = &narinfo.NarInfo{
+		StorePath: "/nix/store/" + p.base, URL: "nar/" + p.fileName, Compression: "zstd",
+		FileHash: &fileHash, FileSize: uint64(len(p.file)),
+		NarHash: narinfo.SHA256(nh[:]), NarSize: uint64(len(p.nar)),
+		References: rs,
+	}
+	return p
+}
+
+func (p *fakePath) narinfo() string { return p.info.String() }
+
+// upload PUTs the NAR then the narinfo, as nix copy does.
+func (p *fakePath) upload(ctx context.Context, s *upload.Store) error {
+	if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
+		return fmt.Errorf("NAR of %s: %w", p.base, err)
+	}
+	if err := s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())); err != nil {
+		return fmt.Errorf("narinfo of %s: %w", p.base, err)
+	}
+	return nil
+}
+
+// closure makes leaf <- mid <- top (top also refers to leaf and itself).
+func closure(t testing.TB, tag string) []*fakePath {
+	leaf := newPath(t, tag+"-leaf", []byte("leaf contents "+tag))
+	mid := newPath(t, tag+"-mid", []byte("mid refers to "+leaf.base), leaf.base)
+	top := newPath(t, tag+"-top", bytes.Repeat([]byte("top "+tag), 1000), mid.base, leaf.base, "self")
+	return []*fakePath{leaf, mid, top}
+}
+
+func openStore(t testing.TB, dir string, opts upload.Options) *upload.Store {
+	t.Helper()
+	s, err := upload.Open(context.Background(), dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// blobFiles lists the files in blobs/, temp files included.
+func blobFiles(t testing.TB, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(dir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func narOf(t testing.TB, s *upload.Store, hp string) ([]byte, error) {
+	t.Helper()
+	ctx := context.Background()
+	info, err := s.PathInfo(ctx, hp)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	err = s.NAR(ctx, info, &buf)
+	return buf.Bytes(), err
+}
+
+
+
+func fileName(file []byte) string {
+	fh := sha256.Sum256(file)
+	return nixbase32.EncodeToString(fh[:]) + ".nar.zst"
+}

@@ -1,0 +1,86 @@
+package upload
+
+import (
+	"context"
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bos55/concordia/internal/store"
+)
+
+type metrics struct {
+	uploads        *prometheus.CounterVec
+	received       prometheus.Counter
+	verifyFailures prometheus.Counter
+	gcRuns         prometheus.Counter
+	freed          prometheus.Counter
+	size           prometheus.GaugeFunc
+	paths          prometheus.GaugeFunc
+}
+
+func newMetrics(s *Store) *metrics {
+	stat := func(f func(Stats) float64) func() float64 {
+		return func() float64 {
+			st, err := s.Stats(context.Background())
+			if err != nil {
+				return 0
+			}
+			return f(st)
+		}
+	}
+	return &metrics{
+		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "concordia_upload_requests_total",
+			Help: "Uploads by kind (nar, narinfo) and result (ok, invalid, nospace, error).",
+		}, []string{"kind", "result"}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "concordia_upload_received_bytes_total",
+			Help: "Bytes of NAR files received and verified.",
+		}),
+		verifyFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "concordia_upload_verification_failures_total",
+			Help: "NAR uploads refused as invalid plus stored NAR files found damaged by verify.",
+		}),
+		gcRuns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "concordia_gc_runs_total",
+			Help: "Garbage collections completed.",
+		}),
+		freed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "concordia_gc_freed_bytes_total",
+			Help: "Bytes of NAR files removed by garbage collection.",
+		}),
+		size: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "concordia_upload_store_bytes",
+			Help: "Bytes of NAR files in the upload store, pending uploads included.",
+		}, stat(func(st Stats) float64 { return float64(st.Bytes) })),
+		paths: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "concordia_upload_store_paths",
+			Help: "Store paths in the upload store.",
+		}, stat(func(st Stats) float64 { return float64(st.Paths) })),
+	}
+}
+
+func (m *metrics) upload(kind string, err error) {
+	result := "ok"
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrInvalid):
+		result = "invalid"
+		if kind == "nar" {
+			m.verifyFailures.Inc()
+		}
+	case errors.Is(err, store.ErrNoSpace):
+		result = "nospace"
+	default:
+		result = "error"
+	}
+	m.uploads.WithLabelValues(kind, result).Inc()
+}
+
+// Collectors returns the store's Prometheus metrics for the server to
+// register.
+func (s *Store) Collectors() []prometheus.Collector {
+	m := s.metrics
+	return []prometheus.Collector{m.uploads, m.received, m.verifyFailures, m.gcRuns, m.freed, m.size, m.paths}
+}

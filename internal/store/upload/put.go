@@ -1,0 +1,529 @@
+package upload
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/nar"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+const tmpPrefix = ".tmp-"
+
+// extensions maps NAR file name suffixes to narinfo Compression values.
+var extensions = []struct{ ext, comp string }{
+	{".nar", "none"},
+	{".nar.zst", "zstd"},
+	{".nar.xz", "xz"},
+	{".nar.bz2", "bzip2"},
+	{".nar.gz", "gzip"},
+}
+
+// ParseNARName splits "<filehash nix32>.nar[.ext]" into the file hash and
+// the compression its extension means.
+func ParseNARName(name string) (fileHash []byte, compression string, err error) {
+	base, ext, _ := strings.Cut(name, ".")
+	for _, e := range extensions {
+		if "."+ext == e.ext {
+			compression = e.comp
+		}
+	}
+	if compression == "" {
+		return nil, "", fmt.Errorf("%w: NAR file name %q: want <nix32 file hash>.nar[.zst|.xz|.bz2|.gz]", store.ErrInvalid, name)
+	}
+	if len(base) != nixbase32.EncodedLen(sha256.Size) {
+		return nil, "", fmt.Errorf("%w: NAR file name %q: the file hash must be %d nix32 characters", store.ErrInvalid, name, nixbase32.EncodedLen(sha256.Size))
+	}
+	h, err := nixbase32.DecodeString(base)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: NAR file name %q: %v", store.ErrInvalid, name, err)
+	}
+	return h, compression, nil
+}
+
+// BlobInfo is what an upload computed for a NAR file.
+type BlobInfo struct {
+	Name        string
+	Compression string
+	FileHash    []byte
+	FileSize    int64
+	NarHash     []byte
+	NarSize     uint64
+	// Existed is true when the blob was already stored (the upload was
+	// verified and then dropped: one copy per FileHash).
+	Existed bool
+}
+
+// errWriter remembers the first write error, so a full disk is reported
+// as such rather than as the read error the tee turns it into.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	n, err := e.w.Write(p)
+	if err != nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// countHash hashes and counts what is written to it.
+type countHash struct {
+	h hash.Hash
+	n int64
+}
+
+func (c *countHash) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return c.h.Write(p)
+}
+
+// PutNAR stores the NAR file name ("<filehash>.nar.zst") from body. In one
+// pass it writes the bytes to a temp file, hashes them (FileHash,
+// FileSize), decompresses them and validates and hashes the NAR (NarHash,
+// NarSize), so memory stays bounded whatever the size. The name's file hash
+// must match the bytes, else ErrInvalid and nothing is kept. The blob is
+// pending (not served) until a narinfo claims it.
+func (s *Store) PutNAR(ctx context.Context, name string, body io.Reader) (*BlobInfo, error) {
+	info, err := s.putNAR(ctx, name, body)
+	s.metrics.upload("nar", err)
+	if info != nil {
+		s.metrics.received.Add(float64(info.FileSize))
+	}
+	return info, err
+}
+
+func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *BlobInfo, err error) {
+	wantHash, comp, err := ParseNARName(name)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.CreateTemp(s.blobDir, tmpPrefix+"*")
+	if err != nil {
+		return nil, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
+	}
+	renamed := false
+	defer func() {
+		if !renamed {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+
+	buf := bufio.NewWriterSize(tmp, 256<<10)
+	fw := &errWriter{w: buf}
+	file := &countHash{h: sha256.New()}
+	raw := io.TeeReader(body, io.MultiWriter(fw, file))
+	dec, err := compress.NewReader(raw, comp)
+	if err != nil {
+		return nil, fmt.Errorf("%w: NAR %s: %v", store.ErrInvalid, name, err)
+	}
+	defer dec.Close()
+	narSum := &countHash{h: sha256.New()}
+	narSize, verr := nar.Validate(io.TeeReader(dec, narSum))
+	if fw.err != nil {
+		return nil, mapErr(fmt.Errorf("put NAR %s: write: %w", name, fw.err))
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if verr != nil {
+		if errors.Is(verr, nar.ErrInvalid) || errors.Is(verr, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w: NAR %s: %v", store.ErrInvalid, name, verr)
+		}
+		// A decompression error is the client's too (corrupt or
+		// truncated stream); a body read error is the connection's.
+		return nil, fmt.Errorf("%w: NAR %s: %v", store.ErrInvalid, name, verr)
+	}
+	if narSum.n != narSize {
+		return nil, fmt.Errorf("%w: NAR %s: %d bytes of trailing data after the NAR", store.ErrInvalid, name, narSum.n-narSize)
+	}
+	// Whatever follows the compressed stream is part of the file (and
+	// of FileHash) but not of the NAR: refuse it.
+	extra, err := io.Copy(io.Discard, raw)
+	if fw.err != nil {
+		return nil, mapErr(fmt.Errorf("put NAR %s: write: %w", name, fw.err))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("put NAR %s: read body: %w", name, err)
+	}
+	if extra > 0 {
+		return nil, fmt.Errorf("%w: NAR %s: %d bytes after the end of the %s stream", store.ErrInvalid, name, extra, comp)
+	}
+	got := file.h.Sum(nil)
+	if !bytes.Equal(got, wantHash) {
+		return nil, fmt.Errorf("%w: NAR %s: file hash mismatch: the name says %s, the %d bytes received hash to %s",
+			store.ErrInvalid, name, nixbase32.EncodeToString(wantHash), file.n, nixbase32.EncodeToString(got))
+	}
+	if err := buf.Flush(); err != nil {
+		return nil, mapErr(fmt.Errorf("put NAR %s: write: %w", name, err))
+	}
+	if err := tmp.Sync(); err != nil {
+		return nil, mapErr(fmt.Errorf("put NAR %s: fsync: %w", name, err))
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, mapErr(fmt.Errorf("put NAR %s: close: %w", name, err))
+	}
+	canon := nixbase32.EncodeToString(got) + extFor(comp)
+	info = &BlobInfo{
+		Name: canon, Compression: comp, FileHash: got, FileSize: file.n,
+		NarHash: narSum.h.Sum(nil), NarSize: uint64(narSize),
+	}
+
+	s.fileMu.Lock()
+	defer s.fileMu.Unlock()
+	final := filepath.Join(s.blobDir, canon)
+	if _, err := os.Stat(final); err == nil {
+		info.Existed = true
+		os.Remove(tmp.Name())
+		renamed = true
+	} else {
+		if err := os.Rename(tmp.Name(), final); err != nil {
+			return nil, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
+		}
+		renamed = true
+		if err := syncDir(s.blobDir); err != nil {
+			os.Remove(final)
+			return nil, mapErr(fmt.Errorf("put NAR %s: fsync dir: %w", name, err))
+		}
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bBlobs)
+		var rec blobRec
+		found, err := getJSON(b, []byte(canon), &rec)
+		if err != nil {
+			return err
+		}
+		if found {
+			if rec.Refs == 0 {
+				rec.Created = s.now() // a re-upload restarts the grace period
+				return putJSON(b, []byte(canon), rec)
+			}
+			return nil
+		}
+		return putJSON(b, []byte(canon), blobRec{
+			Compression: comp, FileHash: got, FileSize: file.n,
+			NarHash: info.NarHash, NarSize: info.NarSize, Created: s.now(),
+		})
+	})
+	if err != nil {
+		if !info.Existed {
+			os.Remove(final)
+		}
+		return nil, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
+	}
+	return info, nil
+}
+
+func extFor(comp string) string {
+	for _, e := range extensions {
+		if e.comp == comp {
+			return e.ext
+		}
+	}
+	return ".nar"
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// HasNAR reports whether the NAR file name is stored, pending or claimed:
+// nix copy HEADs a NAR before PUTting it and skips the upload on 200.
+func (s *Store) HasNAR(ctx context.Context, name string) (bool, error) {
+	h, comp, err := ParseNARName(name)
+	if err != nil {
+		return false, err
+	}
+	canon := nixbase32.EncodeToString(h) + extFor(comp)
+	var ok bool
+	err = s.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bBlobs).Get([]byte(canon)) != nil
+		return nil
+	})
+	return ok, err
+}
+
+// PutNarInfo accepts the narinfo for hashPart once everything it claims is
+// true: its StorePath is well formed with that hash part, its URL names a
+// NAR we received and verified, its hashes, sizes and compression match
+// what we computed, and each reference (but itself) is already present
+// here or in another store. The cache's signatures are added to the
+// uploader's.
+func (s *Store) PutNarInfo(ctx context.Context, hashPart string, body io.Reader) error {
+	err := s.putNarInfo(ctx, hashPart, body)
+	s.metrics.upload("narinfo", err)
+	return err
+}
+
+func invalidf(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", store.ErrInvalid, fmt.Sprintf(format, a...))
+}
+
+func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader) error {
+	if !narinfo.ValidHashPart(hashPart) {
+		return invalidf("%q is not a 32-character nix32 hash", hashPart)
+	}
+	ni, err := narinfo.Parse(body)
+	if err != nil {
+		return fmt.Errorf("%w: %v", store.ErrInvalid, err)
+	}
+	dir, hp, pname, err := narinfo.ParseStorePath(ni.StorePath)
+	if err != nil {
+		return fmt.Errorf("%w: StorePath: %v", store.ErrInvalid, err)
+	}
+	if err := checkName(pname); err != nil {
+		return fmt.Errorf("%w: StorePath %s: %v", store.ErrInvalid, ni.StorePath, err)
+	}
+	if dir != s.storeDir {
+		return invalidf("StorePath %s is not in %s", ni.StorePath, s.storeDir)
+	}
+	if hp != hashPart {
+		return invalidf("StorePath %s does not have the hash part %s of the URL", ni.StorePath, hashPart)
+	}
+	blobName, ok := strings.CutPrefix(ni.URL, "nar/")
+	if !ok {
+		return invalidf("URL %q must be nar/<file hash>.nar[.ext]", ni.URL)
+	}
+	fh, comp, err := ParseNARName(blobName)
+	if err != nil {
+		return err
+	}
+	if ni.Compression != comp {
+		return invalidf("Compression %q does not match the NAR file %s (%s)", ni.Compression, blobName, comp)
+	}
+	canon := nixbase32.EncodeToString(fh) + extFor(comp)
+	var refHashes []string
+	for _, ref := range ni.References {
+		rh, rname, err := narinfo.ParseBaseName(ref)
+		if err == nil {
+			err = checkName(rname)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: reference %s: %v", store.ErrInvalid, ref, err)
+		}
+		if rh != hashPart {
+			refHashes = append(refHashes, rh)
+		}
+	}
+	if ni.Deriver != "" {
+		if _, _, err := narinfo.ParseBaseName(ni.Deriver); err != nil || !strings.HasSuffix(ni.Deriver, ".drv") {
+			return invalidf("Deriver %q is not a .drv store path base name", ni.Deriver)
+		}
+	}
+
+	// References found in another store are settled before the write
+	// transaction, which then only has to look at its own index.
+	var here map[string]bool
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		here = map[string]bool{}
+		for _, rh := range refHashes {
+			here[rh] = tx.Bucket(bPaths).Get([]byte(rh)) != nil
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	var elsewhere []string
+	for _, rh := range refHashes {
+		if !here[rh] && s.inOthers(ctx, rh) {
+			elsewhere = append(elsewhere, rh)
+		}
+	}
+
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		blobs := tx.Bucket(bBlobs)
+		var b blobRec
+		found, err := getJSON(blobs, []byte(canon), &b)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return invalidf("URL %s names a NAR that was not uploaded (PUT it first)", ni.URL)
+		}
+		if !bytes.Equal(ni.NarHash.Digest, b.NarHash) || ni.NarHash.Algo != "sha256" {
+			return invalidf("NarHash %s does not match the uploaded NAR (sha256:%s)", ni.NarHash, nixbase32.EncodeToString(b.NarHash))
+		}
+		if ni.NarSize != b.NarSize {
+			return invalidf("NarSize %d does not match the uploaded NAR (%d bytes)", ni.NarSize, b.NarSize)
+		}
+		if ni.FileHash != nil && (ni.FileHash.Algo != "sha256" || !bytes.Equal(ni.FileHash.Digest, b.FileHash)) {
+			return invalidf("FileHash %s does not match the uploaded file", ni.FileHash)
+		}
+		if ni.FileSize != 0 && ni.FileSize != uint64(b.FileSize) {
+			return invalidf("FileSize %d does not match the uploaded file (%d bytes)", ni.FileSize, b.FileSize)
+		}
+		paths := tx.Bucket(bPaths)
+		var missing []string
+		for _, ref := range ni.References {
+			rh := hashOf(ref)
+			if rh == hashPart || paths.Get([]byte(rh)) != nil || slices.Contains(elsewhere, rh) {
+				continue
+			}
+			missing = append(missing, s.storeDir+"/"+ref)
+		}
+		if len(missing) > 0 {
+			return invalidf("references not in the cache (upload them first): %s", strings.Join(missing, " "))
+		}
+
+		fhash := narinfo.SHA256(b.FileHash)
+		ni.FileHash, ni.FileSize = &fhash, uint64(b.FileSize)
+		ni.URL = "nar/" + canon
+		ni.Sign(s.opts.SignKeys...)
+		rec := pathRec{
+			StorePath: ni.StorePath, Blob: canon, Compression: comp,
+			FileHash: b.FileHash, FileSize: uint64(b.FileSize), NarHash: b.NarHash, NarSize: b.NarSize,
+			References: ni.References, Deriver: ni.Deriver, System: ni.System, Sigs: ni.Sigs, CA: ni.CA,
+			Registered: s.now().UTC(),
+		}
+		var old pathRec
+		hadOld, err := getJSON(paths, []byte(hashPart), &old)
+		if err != nil {
+			return err
+		}
+		if hadOld && old.Blob == canon {
+			// Idempotent re-upload: keep the blob count, merge signatures.
+			rec.Registered = old.Registered
+			rec.Sigs = mergeSigs(old.Sigs, rec.Sigs)
+		} else {
+			if hadOld {
+				if err := deletePath(tx, hashPart); err != nil {
+					return err
+				}
+			}
+			b.Refs++
+			if err := putJSON(blobs, []byte(canon), b); err != nil {
+				return err
+			}
+		}
+		if err := putJSON(paths, []byte(hashPart), rec); err != nil {
+			return err
+		}
+		return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
+	})
+	return mapErr(err)
+}
+
+// checkName refuses the names newer Nix refuses beyond the character set:
+// ".", ".." and names starting with ".-" or "..-", which would make a
+// path that resolves to the store directory or its parent.
+func checkName(name string) error {
+	if name == "." || name == ".." || strings.HasPrefix(name, ".-") || strings.HasPrefix(name, "..-") {
+		return fmt.Errorf("name %q is not allowed", name)
+	}
+	return nil
+}
+
+func mergeSigs(a, b []string) []string {
+	out := slices.Concat(a, b)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// readSmall reads at most limit bytes, refusing more.
+func readSmall(r io.Reader, limit int64, what string) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, invalidf("%s larger than %d bytes", what, limit)
+	}
+	return data, nil
+}
+
+// PutListing stores the .ls listing of hashPart. Nix uploads it before the
+// narinfo, so the path need not exist yet; it is served only once it does.
+func (s *Store) PutListing(ctx context.Context, hashPart string, body io.Reader) error {
+	if !narinfo.ValidHashPart(hashPart) {
+		return invalidf("%q is not a 32-character nix32 hash", hashPart)
+	}
+	data, err := readSmall(body, MaxListingSize, "listing")
+	if err != nil {
+		return err
+	}
+	var doc struct {
+		Version int             `json:"version"`
+		Root    json.RawMessage `json:"root"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil || doc.Version != 1 || len(doc.Root) == 0 {
+		return invalidf("listing is not a {\"version\":1,\"root\":...} JSON document")
+	}
+	return s.putDoc(bListings, hashPart, data)
+}
+
+// PutLog stores the build log of a derivation ("<hash>-<name>.drv").
+func (s *Store) PutLog(ctx context.Context, drvBase string, body io.Reader) error {
+	if _, _, err := narinfo.ParseBaseName(drvBase); err != nil || !strings.HasSuffix(drvBase, ".drv") {
+		return invalidf("log name %q is not a .drv store path base name", drvBase)
+	}
+	data, err := readSmall(body, MaxLogSize, "build log")
+	if err != nil {
+		return err
+	}
+	return s.putDoc(bLogs, drvBase, data)
+}
+
+// PutRealisation stores a realisation document "sha256:<hash>!<output>"
+// (realisations/<id>.doi).
+func (s *Store) PutRealisation(ctx context.Context, id string, body io.Reader) error {
+	return s.putJSONDoc(bReal, id, body, "realisation")
+}
+
+// PutBuildTrace stores a build-trace-v2 document (Nix 2.35 and later) under
+// its path below build-trace-v2/.
+func (s *Store) PutBuildTrace(ctx context.Context, key string, body io.Reader) error {
+	return s.putJSONDoc(bTrace, key, body, "build trace entry")
+}
+
+func (s *Store) putJSONDoc(bucket []byte, key string, body io.Reader, what string) error {
+	if key == "" || len(key) > 512 || strings.Contains(key, "..") || strings.ContainsAny(key, "\x00\n") {
+		return invalidf("%s id %q is malformed", what, key)
+	}
+	data, err := readSmall(body, MaxRealisationSize, what)
+	if err != nil {
+		return err
+	}
+	if !json.Valid(data) {
+		return invalidf("%s is not well-formed JSON", what)
+	}
+	return s.putDoc(bucket, key, data)
+}
+
+func (s *Store) putDoc(bucket []byte, key string, data []byte) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).Put([]byte(key), data)
+	})
+	return mapErr(err)
+}

@@ -1,0 +1,269 @@
+package upload
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+func unixBytes(t int64) []byte { return strconv.AppendInt(nil, t, 10) }
+
+func parseUnix(b []byte) int64 {
+	n, _ := strconv.ParseInt(string(b), 10, 64)
+	return n
+}
+
+// touch records an access in memory; flushAccess writes them in one
+// transaction, so reads never wait for a disk write.
+func (s *Store) touch(hashPart string) {
+	now := s.now().Unix()
+	s.accessMu.Lock()
+	s.access[hashPart] = now
+	s.accessMu.Unlock()
+}
+
+func (s *Store) flushAccess() {
+	s.accessMu.Lock()
+	pending := s.access
+	s.access = map[string]int64{}
+	s.accessMu.Unlock()
+	if len(pending) == 0 {
+		return
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		paths, acc := tx.Bucket(bPaths), tx.Bucket(bAccess)
+		for hp, t := range pending {
+			if paths.Get([]byte(hp)) == nil {
+				continue // collected meanwhile
+			}
+			if err := acc.Put([]byte(hp), unixBytes(t)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("access times not recorded", "err", err)
+	}
+}
+
+func (s *Store) record(hashPart string) (*pathRec, error) {
+	var rec pathRec
+	var found bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		found, err = getJSON(tx.Bucket(bPaths), []byte(hashPart), &rec)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, store.ErrNotFound
+	}
+	return &rec, nil
+}
+
+func (s *Store) full(base string) string {
+	if base == "" {
+		return ""
+	}
+	return s.storeDir + "/" + base
+}
+
+// PathInfo implements store.Store.
+func (s *Store) PathInfo(ctx context.Context, hashPart string) (*store.PathInfo, error) {
+	if !narinfo.ValidHashPart(hashPart) {
+		return nil, store.ErrNotFound
+	}
+	rec, err := s.record(hashPart)
+	if err != nil {
+		return nil, err
+	}
+	s.touch(hashPart)
+	refs := make([]string, len(rec.References))
+	for i, r := range rec.References {
+		refs[i] = s.full(r)
+	}
+	slices.Sort(refs)
+	return &store.PathInfo{
+		StorePath:  rec.StorePath,
+		NarHash:    rec.NarHash,
+		NarSize:    rec.NarSize,
+		References: refs,
+		Deriver:    s.full(rec.Deriver),
+		Sigs:       slices.Clone(rec.Sigs),
+		CA:         rec.CA,
+		Registered: rec.Registered,
+	}, nil
+}
+
+// NarInfo returns the stored narinfo of hashPart as accepted (with the
+// cache's signatures), URL and Compression naming the stored file.
+func (s *Store) NarInfo(ctx context.Context, hashPart string) (*narinfo.NarInfo, error) {
+	if !narinfo.ValidHashPart(hashPart) {
+		return nil, store.ErrNotFound
+	}
+	rec, err := s.record(hashPart)
+	if err != nil {
+		return nil, err
+	}
+	s.touch(hashPart)
+	fh := narinfo.SHA256(rec.FileHash)
+	return &narinfo.NarInfo{
+		StorePath: rec.StorePath, URL: "nar/" + rec.Blob, Compression: rec.Compression,
+		FileHash: &fh, FileSize: rec.FileSize, NarHash: narinfo.SHA256(rec.NarHash), NarSize: rec.NarSize,
+		References: slices.Clone(rec.References), Deriver: rec.Deriver, System: rec.System,
+		Sigs: slices.Clone(rec.Sigs), CA: rec.CA,
+	}, nil
+}
+
+func (s *Store) recordFor(info *store.PathInfo) (*pathRec, error) {
+	_, hp, _, err := narinfo.ParseStorePath(info.StorePath)
+	if err != nil {
+		return nil, store.ErrNotFound
+	}
+	rec, err := s.record(hp)
+	if err != nil {
+		return nil, err
+	}
+	// A path re-uploaded with other contents since info was read: the
+	// caller's narinfo would not match these bytes.
+	if info.NarHash != nil && !bytes.Equal(info.NarHash, rec.NarHash) {
+		return nil, store.ErrNotFound
+	}
+	return rec, nil
+}
+
+func (s *Store) openBlob(name string) (*os.File, error) {
+	f, err := os.Open(filepath.Join(s.blobDir, name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("NAR file %s: %w", name, store.ErrNotFound)
+	}
+	return f, err
+}
+
+// NAR implements store.Store: the stored file, decompressed.
+func (s *Store) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) error {
+	rec, err := s.recordFor(info)
+	if err != nil {
+		return err
+	}
+	f, err := s.openBlob(rec.Blob)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dec, err := compress.NewReader(f, rec.Compression)
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+	n, err := io.Copy(w, dec)
+	if err != nil {
+		return fmt.Errorf("NAR of %s: %w", rec.StorePath, err)
+	}
+	if uint64(n) != rec.NarSize {
+		return fmt.Errorf("NAR of %s: file gave %d bytes, want %d (run cache verify)", rec.StorePath, n, rec.NarSize)
+	}
+	return nil
+}
+
+// OpenFileNAR implements store.FileNAR: the stored file as uploaded.
+func (s *Store) OpenFileNAR(ctx context.Context, info *store.PathInfo) (store.ReadSeekCloser, string, []byte, int64, error) {
+	rec, err := s.recordFor(info)
+	if err != nil {
+		return nil, "", nil, 0, err
+	}
+	f, err := s.openBlob(rec.Blob)
+	if err != nil {
+		return nil, "", nil, 0, err
+	}
+	return f, rec.Compression, rec.FileHash, int64(rec.FileSize), nil
+}
+
+// OpenBlob opens a claimed NAR file by its name ("<filehash>.nar.zst"),
+// for serving GET /nar/<name> directly. Pending blobs are not served.
+func (s *Store) OpenBlob(ctx context.Context, name string) (store.ReadSeekCloser, int64, error) {
+	h, comp, err := ParseNARName(name)
+	if err != nil {
+		return nil, 0, store.ErrNotFound
+	}
+	canon := nixbase32.EncodeToString(h) + extFor(comp)
+	var rec blobRec
+	var found bool
+	err = s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		found, err = getJSON(tx.Bucket(bBlobs), []byte(canon), &rec)
+		return err
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	if !found || rec.Refs == 0 {
+		return nil, 0, store.ErrNotFound
+	}
+	f, err := s.openBlob(canon)
+	if err != nil {
+		return nil, 0, err
+	}
+	return f, rec.FileSize, nil
+}
+
+func (s *Store) getDoc(bucket []byte, key string) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucket).Get([]byte(key)); v != nil {
+			out = bytes.Clone(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if out == nil {
+		return nil, store.ErrNotFound
+	}
+	return out, nil
+}
+
+// Listing returns the uploaded .ls document of a path present here.
+func (s *Store) Listing(ctx context.Context, hashPart string) ([]byte, error) {
+	if _, err := s.record(hashPart); err != nil {
+		return nil, err
+	}
+	return s.getDoc(bListings, hashPart)
+}
+
+// BuildLog implements store.Logger. Logs are stored as uploaded, plain.
+func (s *Store) BuildLog(ctx context.Context, drvBase string) (io.ReadCloser, string, error) {
+	data, err := s.getDoc(bLogs, drvBase)
+	if err != nil {
+		return nil, "", err
+	}
+	return io.NopCloser(bytes.NewReader(data)), "", nil
+}
+
+// Realisation implements store.Realisations.
+func (s *Store) Realisation(ctx context.Context, id string) ([]byte, error) {
+	return s.getDoc(bReal, id)
+}
+
+// BuildTrace returns a build-trace-v2 document stored by PutBuildTrace.
+func (s *Store) BuildTrace(ctx context.Context, key string) ([]byte, error) {
+	return s.getDoc(bTrace, key)
+}

@@ -1,0 +1,476 @@
+// Package upload is the store of paths CI pushes with `nix copy --to`.
+//
+// NAR files are kept as uploaded (compressed), content-addressed by their
+// FileHash under blobs/, one copy per hash however many paths or clients
+// upload it. Everything else (narinfos, blob reference counts, last access,
+// pins, listings, logs, realisations) lives in one bbolt file, so each change
+// is one transaction. The publication order is what makes a crash harmless:
+// a blob is written to a temp file, fsynced, renamed and its directory
+// fsynced before its index record is committed, and a narinfo is committed
+// only after its blob is durable and verified. Open cleans up whatever an
+// interrupted upload left behind.
+//
+// The store's promise is that it never serves a path whose NAR does not
+// match its narinfo or whose closure is incomplete: uploads are re-hashed
+// and validated, a narinfo is refused until all its references are present
+// (here or in another store the server serves), and garbage collection only
+// deletes paths no kept path refers to.
+package upload
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// Options configure a Store. The zero value is usable.
+type Options struct {
+	// StoreDir is the logical store directory (default /nix/store);
+	// uploaded narinfos must name paths below it.
+	StoreDir string
+	// SignKeys sign every accepted narinfo, beside the uploader's Sigs.
+	SignKeys []narinfo.SecretKey
+	// Others are the other stores the server serves (the machine's own
+	// /nix/store): a reference present there counts as present.
+	Others []store.Store
+	// GC policy: MaxSize bounds the total blob bytes (0 = no bound),
+	// MaxAge removes paths not accessed for that long (0 = never), and
+	// GCInterval runs GC periodically (0 = only on demand).
+	MaxSize    int64
+	MaxAge     time.Duration
+	GCInterval time.Duration
+	// PendingGrace is how long an uploaded NAR no narinfo has claimed is
+	// kept (default one hour): nix copy PUTs the narinfo right after the
+	// NAR, so anything older was abandoned.
+	PendingGrace time.Duration
+	// Log receives recovery, GC and repair events.
+	Log *slog.Logger
+	// Now replaces time.Now in tests.
+	Now func() time.Time
+}
+
+// Limits on the small documents kept in the index.
+const (
+	MaxListingSize     = 64 << 20
+	MaxLogSize         = 64 << 20
+	MaxRealisationSize = 1 << 20
+)
+
+// Store is the upload store. It implements store.Store, store.FileNAR,
+// store.Logger and store.Realisations, and the upload, pin, GC and verify
+// operations the server and `cache` subcommands use.
+type Store struct {
+	dir      string
+	blobDir  string
+	db       *bolt.DB
+	opts     Options
+	log      *slog.Logger
+	now      func() time.Time
+	storeDir string
+	metrics  *metrics
+
+	// fileMu orders blob file creation against blob deletion (GC,
+	// pending cleanup, repair), so a blob re-uploaded while it is being
+	// collected is never left with a record but no file or vice versa.
+	fileMu sync.Mutex
+
+	accessMu sync.Mutex
+	access   map[string]int64 // hash part -> unix seconds, not yet flushed
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Bucket names of the bbolt index.
+var (
+	bPaths    = []byte("paths")    // hash part -> pathRec JSON
+	bBlobs    = []byte("blobs")    // blob file name -> blobRec JSON
+	bAccess   = []byte("access")   // hash part -> unix seconds (decimal)
+	bPins     = []byte("pins")     // hash part -> Pin JSON
+	bListings = []byte("listings") // hash part -> .ls JSON
+	bLogs     = []byte("logs")     // drv base name -> log bytes
+	bReal     = []byte("realisations")
+	bTrace    = []byte("buildtrace") // build-trace-v2 key -> JSON
+	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogs, bReal, bTrace}
+)
+
+// pathRec is an accepted narinfo, with the blob it claims.
+type pathRec struct {
+	StorePath   string    `json:"storePath"`
+	Blob        string    `json:"blob"`
+	Compression string    `json:"compression"`
+	FileHash    []byte    `json:"fileHash"`
+	FileSize    uint64    `json:"fileSize"`
+	NarHash     []byte    `json:"narHash"`
+	NarSize     uint64    `json:"narSize"`
+	References  []string  `json:"references,omitempty"` // base names
+	Deriver     string    `json:"deriver,omitempty"`    // base name
+	System      string    `json:"system,omitempty"`
+	Sigs        []string  `json:"sigs,omitempty"`
+	CA          string    `json:"ca,omitempty"`
+	Registered  time.Time `json:"registered"`
+}
+
+// blobRec is what verification computed for a blob file. Refs counts the
+// paths claiming it; a blob with Refs == 0 is pending (or orphaned) and is
+// not served.
+type blobRec struct {
+	Compression string    `json:"compression"`
+	FileHash    []byte    `json:"fileHash"`
+	FileSize    int64     `json:"fileSize"`
+	NarHash     []byte    `json:"narHash"`
+	NarSize     uint64    `json:"narSize"`
+	Refs        int       `json:"refs"`
+	Created     time.Time `json:"created"`
+}
+
+// Open opens (creating if needed) the upload store in dir and recovers
+// from an interrupted run: temp files are removed, index entries whose blob
+// is missing are dropped (with the paths whose closure that breaks), and
+// blob files without a record are removed.
+func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
+	if opts.StoreDir == "" {
+		opts.StoreDir = "/nix/store"
+	}
+	if opts.PendingGrace == 0 {
+		opts.PendingGrace = time.Hour
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Store{
+		dir:      dir,
+		blobDir:  filepath.Join(dir, "blobs"),
+		opts:     opts,
+		log:      opts.Log,
+		now:      opts.Now,
+		storeDir: opts.StoreDir,
+		access:   map[string]int64{},
+		stop:     make(chan struct{}),
+	}
+	s.metrics = newMetrics(s)
+	for _, d := range []string{dir, s.blobDir, filepath.Join(dir, "quarantine")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("upload store: %w", err)
+		}
+	}
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o644, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("upload store index: %w", err)
+	}
+	s.db = db
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range buckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = s.recover(ctx)
+	}
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("upload store %s: %w", dir, err)
+	}
+	s.wg.Add(1)
+	go s.background()
+	return s, nil
+}
+
+// Close stops background work and flushes access times.
+func (s *Store) Close() error {
+	select {
+	case <-s.stop:
+		return nil
+	default:
+	}
+	close(s.stop)
+	s.wg.Wait()
+	s.flushAccess()
+	return s.db.Close()
+}
+
+// StoreDir implements store.Store.
+func (s *Store) StoreDir() string { return s.storeDir }
+
+// Dir is where the store keeps its files.
+func (s *Store) Dir() string { return s.dir }
+
+// recover makes the files and the index agree after a crash.
+func (s *Store) recover(ctx context.Context) error {
+	ents, err := os.ReadDir(s.blobDir)
+	if err != nil {
+		return err
+	}
+	onDisk := map[string]bool{}
+	for _, e := range ents {
+		name := e.Name()
+		if strings.HasPrefix(name, tmpPrefix) {
+			s.log.Info("removing leftover of an interrupted upload", "file", name)
+			os.Remove(filepath.Join(s.blobDir, name))
+			continue
+		}
+		onDisk[name] = true
+	}
+	var dropped []string
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		blobs := tx.Bucket(bBlobs)
+		refs := map[string]int{}
+		var gone [][]byte
+		err := tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
+			var r pathRec
+			if err := json.Unmarshal(v, &r); err != nil || !onDisk[r.Blob] || blobs.Get([]byte(r.Blob)) == nil {
+				gone = append(gone, k)
+				return nil
+			}
+			refs[r.Blob]++
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range gone {
+			s.log.Warn("dropping path whose NAR file is missing", "hash", string(k))
+			if err := deletePath(tx, string(k)); err != nil {
+				return err
+			}
+			dropped = append(dropped, string(k))
+		}
+		// Blob records: drop those without a file, fix reference counts.
+		var noFile [][]byte
+		type fix struct {
+			k []byte
+			r blobRec
+		}
+		var fixes []fix
+		err = blobs.ForEach(func(k, v []byte) error {
+			if !onDisk[string(k)] {
+				noFile = append(noFile, k)
+				return nil
+			}
+			var b blobRec
+			if err := json.Unmarshal(v, &b); err != nil {
+				noFile = append(noFile, k)
+				return nil
+			}
+			if b.Refs != refs[string(k)] {
+				b.Refs = refs[string(k)]
+				fixes = append(fixes, fix{k, b})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range noFile {
+			s.log.Warn("dropping record of a missing NAR file", "blob", string(k))
+			if err := blobs.Delete(k); err != nil {
+				return err
+			}
+		}
+		for _, f := range fixes {
+			if err := putJSON(blobs, f.k, f.r); err != nil {
+				return err
+			}
+		}
+		// Blob files without a record were renamed into place but their
+		// record never committed: nobody can have been told about them.
+		for name := range onDisk {
+			if blobs.Get([]byte(name)) == nil {
+				s.log.Info("removing NAR file without a record", "blob", name)
+				os.Remove(filepath.Join(s.blobDir, name))
+			}
+		}
+		broken, err := s.dropBrokenClosures(ctx, tx)
+		dropped = append(dropped, broken...)
+		return err
+	})
+	if len(dropped) > 0 {
+		s.log.Warn("recovery dropped paths", "count", len(dropped), "paths", dropped)
+	}
+	return err
+}
+
+// dropBrokenClosures deletes, until none is left, every path that refers
+// to a path neither in this index nor in another store, and returns them.
+func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, error) {
+	var dropped []string
+	otherHas := map[string]bool{}
+	for {
+		var broken []string
+		err := tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
+			var r pathRec
+			if err := json.Unmarshal(v, &r); err != nil {
+				broken = append(broken, string(k))
+				return nil
+			}
+			for _, ref := range r.References {
+				hp := hashOf(ref)
+				if hp == string(k) || tx.Bucket(bPaths).Get([]byte(hp)) != nil {
+					continue
+				}
+				has, seen := otherHas[hp]
+				if !seen {
+					has = s.inOthers(ctx, hp)
+					otherHas[hp] = has
+				}
+				if !has {
+					broken = append(broken, string(k))
+					return nil
+				}
+			}
+			return nil
+		})
+		if err != nil || len(broken) == 0 {
+			return dropped, err
+		}
+		for _, hp := range broken {
+			sp := storePathOf(tx, hp)
+			s.log.Warn("dropping path whose closure is incomplete", "path", sp)
+			if err := deletePath(tx, hp); err != nil {
+				return dropped, err
+			}
+			dropped = append(dropped, sp)
+		}
+	}
+}
+
+func storePathOf(tx *bolt.Tx, hp string) string {
+	var r pathRec
+	if v := tx.Bucket(bPaths).Get([]byte(hp)); v != nil && json.Unmarshal(v, &r) == nil {
+		return r.StorePath
+	}
+	return hp
+}
+
+// deletePath removes a path's record and decrements its blob's count. The
+// blob file itself stays until a blob sweep, which needs fileMu.
+func deletePath(tx *bolt.Tx, hp string) error {
+	key := []byte(hp)
+	v := tx.Bucket(bPaths).Get(key)
+	if v == nil {
+		return nil
+	}
+	var r pathRec
+	if json.Unmarshal(v, &r) == nil {
+		blobs := tx.Bucket(bBlobs)
+		var b blobRec
+		if bv := blobs.Get([]byte(r.Blob)); bv != nil && json.Unmarshal(bv, &b) == nil && b.Refs > 0 {
+			b.Refs--
+			if err := putJSON(blobs, []byte(r.Blob), b); err != nil {
+				return err
+			}
+		}
+	}
+	for _, b := range [][]byte{bPaths, bAccess, bListings} {
+		if err := tx.Bucket(b).Delete(key); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inOthers reports whether another store has the path. An error other than
+// ErrNotFound counts as absent: refusing an upload is safe, accepting one
+// with a reference we could not confirm is not.
+func (s *Store) inOthers(ctx context.Context, hashPart string) bool {
+	for _, o := range s.opts.Others {
+		if _, err := o.PathInfo(ctx, hashPart); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+func putJSON(b *bolt.Bucket, k []byte, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put(k, data)
+}
+
+func getJSON(b *bolt.Bucket, k []byte, v any) (bool, error) {
+	data := b.Get(k)
+	if data == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return false, fmt.Errorf("index record %q: %w", k, err)
+	}
+	return true, nil
+}
+
+// hashOf returns the hash part of a store path base name.
+func hashOf(base string) string {
+	if len(base) < narinfo.HashPartLen {
+		return base
+	}
+	return base[:narinfo.HashPartLen]
+}
+
+// mapErr turns storage errors into the sentinels the server maps to status
+// codes: a full disk is ErrNoSpace (507), whatever layer noticed it.
+func mapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, store.ErrNoSpace) || errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if isNoSpace(err) {
+		return fmt.Errorf("%w: %v", store.ErrNoSpace, err)
+	}
+	return err
+}
+
+// background runs the periodic chores until Close.
+func (s *Store) background() {
+	defer s.wg.Done()
+	flush := time.NewTicker(30 * time.Second)
+	defer flush.Stop()
+	sweep := time.NewTicker(max(s.opts.PendingGrace/4, time.Minute))
+	defer sweep.Stop()
+	var gcC <-chan time.Time
+	if s.opts.GCInterval > 0 {
+		t := time.NewTicker(s.opts.GCInterval)
+		defer t.Stop()
+		gcC = t.C
+	}
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-flush.C:
+			s.flushAccess()
+		case <-sweep.C:
+			if _, err := s.SweepPending(context.Background()); err != nil {
+				s.log.Error("pending NAR sweep failed", "err", err)
+			}
+		case <-gcC:
+			rep, err := s.GC(context.Background(), false)
+			if err != nil {
+				s.log.Error("periodic GC failed", "err", err)
+				continue
+			}
+			s.log.Info("periodic GC", "deleted", len(rep.Deleted), "freed", rep.Freed)
+		}
+	}
+}

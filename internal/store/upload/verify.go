@@ -1,0 +1,183 @@
+package upload
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/pkg/nar"
+)
+
+// BadBlob is a NAR file that failed re-verification.
+type BadBlob struct {
+	Name   string
+	Reason string
+	Paths  []string // store paths that claimed it
+}
+
+// VerifyReport says what Verify found and, with repair, did.
+type VerifyReport struct {
+	Checked int
+	Bytes   int64
+	Bad     []BadBlob
+	// Broken are paths dropped by repair because a reference of theirs
+	// was dropped (their closure would be incomplete).
+	Broken []string
+	// Repaired is true when bad blobs were quarantined and their paths
+	// dropped.
+	Repaired bool
+}
+
+// Verify re-hashes every NAR file against the FileHash and NarHash computed
+// at upload, and re-validates the NAR structure. With repair, bad files are
+// moved to quarantine/, the paths claiming them are dropped, and so is
+// every path whose closure that breaks. progress, if set, is called with
+// bytes done and total.
+func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, total int64)) (*VerifyReport, error) {
+	type item struct {
+		name string
+		rec  blobRec
+	}
+	var items []item
+	var total int64
+	claims := map[string][]string{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		err := tx.Bucket(bBlobs).ForEach(func(k, v []byte) error {
+			var b blobRec
+			if err := json.Unmarshal(v, &b); err != nil {
+				return fmt.Errorf("index record %s: %w", k, err)
+			}
+			items = append(items, item{string(k), b})
+			total += b.FileSize
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
+			var r pathRec
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			claims[r.Blob] = append(claims[r.Blob], r.StorePath)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	rep := &VerifyReport{}
+	var done int64
+	for _, it := range items {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		if reason := s.checkBlob(it.name, &it.rec); reason != "" {
+			s.metrics.verifyFailures.Inc()
+			s.log.Error("NAR file damaged", "blob", it.name, "reason", reason)
+			rep.Bad = append(rep.Bad, BadBlob{Name: it.name, Reason: reason, Paths: claims[it.name]})
+		}
+		rep.Checked++
+		done += it.rec.FileSize
+		rep.Bytes = done
+		if progress != nil {
+			progress(done, total)
+		}
+	}
+	if !repair || len(rep.Bad) == 0 {
+		return rep, nil
+	}
+	return rep, s.repair(ctx, rep)
+}
+
+// checkBlob returns why a blob is bad, or "".
+func (s *Store) checkBlob(name string, rec *blobRec) string {
+	f, err := os.Open(filepath.Join(s.blobDir, name))
+	if err != nil {
+		return fmt.Sprintf("cannot open: %v", err)
+	}
+	defer f.Close()
+	file := &countHash{h: sha256.New()}
+	dec, err := compress.NewReader(io.TeeReader(f, file), rec.Compression)
+	if err != nil {
+		return fmt.Sprintf("cannot decompress: %v", err)
+	}
+	defer dec.Close()
+	narSum := &countHash{h: sha256.New()}
+	_, verr := nar.Validate(io.TeeReader(dec, narSum))
+	io.Copy(io.Discard, io.TeeReader(f, file)) // hash any tail the decoder left
+	switch {
+	case file.n != rec.FileSize:
+		return fmt.Sprintf("file size %d, uploaded %d", file.n, rec.FileSize)
+	case !bytes.Equal(file.h.Sum(nil), rec.FileHash):
+		return fmt.Sprintf("file hash sha256:%s, uploaded sha256:%s", nixbase32.EncodeToString(file.h.Sum(nil)), nixbase32.EncodeToString(rec.FileHash))
+	case verr != nil:
+		return fmt.Sprintf("NAR: %v", verr)
+	case uint64(narSum.n) != rec.NarSize:
+		return fmt.Sprintf("NAR size %d, uploaded %d", narSum.n, rec.NarSize)
+	case !bytes.Equal(narSum.h.Sum(nil), rec.NarHash):
+		return fmt.Sprintf("NAR hash sha256:%s, uploaded sha256:%s", nixbase32.EncodeToString(narSum.h.Sum(nil)), nixbase32.EncodeToString(rec.NarHash))
+	}
+	return ""
+}
+
+func (s *Store) repair(ctx context.Context, rep *VerifyReport) error {
+	s.fileMu.Lock()
+	defer s.fileMu.Unlock()
+	bad := map[string]bool{}
+	for _, b := range rep.Bad {
+		bad[b.Name] = true
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var drop []string
+		err := tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
+			var r pathRec
+			if json.Unmarshal(v, &r) != nil || bad[r.Blob] {
+				drop = append(drop, string(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, hp := range drop {
+			if err := deletePath(tx, hp); err != nil {
+				return err
+			}
+		}
+		for name := range bad {
+			if err := tx.Bucket(bBlobs).Delete([]byte(name)); err != nil {
+				return err
+			}
+		}
+		rep.Broken, err = s.dropBrokenClosures(ctx, tx)
+		return err
+	})
+	if err != nil {
+		return mapErr(err)
+	}
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	qdir := filepath.Join(s.dir, "quarantine")
+	for name := range bad {
+		src := filepath.Join(s.blobDir, name)
+		if err := os.Rename(src, filepath.Join(qdir, name+"."+stamp)); err != nil && !os.IsNotExist(err) {
+			s.log.Error("could not quarantine NAR file, removing it", "blob", name, "err", err)
+			os.Remove(src)
+		}
+	}
+	syncDir(s.blobDir)
+	slices.Sort(rep.Broken)
+	rep.Repaired = true
+	return nil
+}

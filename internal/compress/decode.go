@@ -65,4 +65,4 @@ func NewReader(r io.Reader, compression string) (io.ReadCloser, error) {
 type zstdReader struct{ d *zstd.Decoder }
 
 func (z zstdReader) Read(p []byte) (int, error) { return z.d.Read(p) }
-func (z zstdReader) Close() error             { z.d.Close(); return nil }
+func (z zstdReader) Close() error               { z.d.Close(); return nil }

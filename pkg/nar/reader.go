@@ -387,7 +387,7 @@ func (r *Reader) expect(kw string) error {
 	if err != nil {
 		return err
 	}
-	if n != uint64(len(kw)) {
+	if n != uint64(len(kw)) && n > 64 {
 		return r.fail(at, fmt.Sprintf("expected %q, got a token of length %d", kw, n), nil)
 	}
 	b, err := r.readBody(n)

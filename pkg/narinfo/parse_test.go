@@ -73,7 +73,9 @@ func TestParseTolerant(t *testing.T) {
 			"NarHash: sha256-of41vJyBzBB127f6dppqttvqrRE5MlaDaBWlwvrtilw="), nil, ""},
 		{"keys in any order", "NarSize: 176\n" + strings.Replace(sample, "NarSize: 176\n", "", 1), nil, ""},
 		{"sigs sorted and deduplicated", edit("Sig: ", "Sig: a-1:AAAA\nSig: z-1:AAAA\nSig: a-1:AAAA\nSig: "),
-			func(n *narinfo.NarInfo) bool { return len(n.Sigs) == 3 && n.Sigs[0] == "a-1:AAAA" && n.Sigs[2] == "z-1:AAAA" }, "?"},
+			func(n *narinfo.NarInfo) bool {
+				return len(n.Sigs) == 3 && n.Sigs[0] == "a-1:AAAA" && n.Sigs[2] == "z-1:AAAA"
+			}, "?"},
 		{"references: runs of spaces, unsorted, duplicated",
 			edit("References: 59q6w1dld4lc999m6vawxa8msm0q9hgd-concordia-narinfo-x",
 				"References:  jdiwj3i5n88iv3sh490z4f4r742j8a6v-concordia-narinfo-y   59q6w1dld4lc999m6vawxa8msm0q9hgd-concordia-narinfo-x jdiwj3i5n88iv3sh490z4f4r742j8a6v-concordia-narinfo-y "),

@@ -1,6 +1,551 @@
 package main
 
-import "github.com/bos55/concordia/internal/cli"
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
 
-// pushSideCommands: push, status, rollback (run from CI or a workstation).
-func pushSideCommands() []*cli.Command { return nil }
+	"golang.org/x/term"
+
+	"github.com/bos55/concordia/internal/cli"
+	"github.com/bos55/concordia/internal/closure"
+	"github.com/bos55/concordia/internal/deploy"
+	"github.com/bos55/concordia/internal/host"
+	"github.com/bos55/concordia/internal/nixcli"
+	"github.com/bos55/concordia/internal/remote"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// pushSideCommands: push, status, rollback (run from CI or a workstation;
+// status and rollback also run on the host with --local).
+func pushSideCommands() []*cli.Command {
+	return []*cli.Command{pushCmd(), statusCmd(), rollbackCmd()}
+}
+
+// strList is a repeatable string flag.
+type strList []string
+
+func (s *strList) String() string     { return strings.Join(*s, ",") }
+func (s *strList) Set(v string) error { *s = append(*s, v); return nil }
+
+// fleetFlags says where the nodes come from.
+type fleetFlags struct {
+	flake string
+	file  string
+	debug bool
+}
+
+func (f *fleetFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.flake, "flake", ".", "flake whose `deploy` output lists the nodes (nix eval --json FLAKE#deploy)")
+	fs.StringVar(&f.file, "file", "", "read the nodes from this JSON file (the deploy output) instead of the flake")
+	fs.BoolVar(&f.debug, "debug", false, "log debug messages (ssh commands, ignored settings)")
+}
+
+func (f *fleetFlags) log(env *cli.Env) *slog.Logger {
+	lvl := slog.LevelInfo
+	if f.debug {
+		lvl = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+func (f *fleetFlags) nodes(ctx context.Context, log *slog.Logger) ([]deploy.Node, error) {
+	if f.file != "" {
+		return deploy.ParseFile(f.file, log)
+	}
+	ref := f.flake
+	if !strings.Contains(ref, "#") {
+		ref += "#deploy"
+	}
+	data, err := (&nixcli.Exec{}).EvalJSON(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := deploy.Parse(data, log)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, err)
+	}
+	return nodes, nil
+}
+
+type pushOpts struct {
+	fleet        fleetFlags
+	on           string
+	mode         string
+	branch       string
+	cache        string
+	trustedKeys  strList
+	keyFiles     strList
+	tokenFile    string
+	parallel     int
+	kernelChange string
+	jsonFile     string
+	dryRun       bool
+	id           string
+	noPin        bool
+}
+
+func pushCmd() *cli.Command {
+	var o pushOpts
+	return &cli.Command{
+		Name:  "push",
+		Usage: "[flags]",
+		Short: "deploy systems from the cache to the selected nodes, in parallel, with magic rollback",
+		Long: `Reads the nodes from the flake's deploy output (deploy-rs schema) or --file, checks that each
+node's system closure is in the cache (--cache) and signed by a trusted key, then on each host over
+ssh: deployer fetch (the host substitutes from its cache), sudo deployer activate, health checks,
+and a confirm over a fresh ssh login. Exit status is non-zero if any host failed, was refused or
+rolled back.
+
+profiles.system.path must be the NixOS toplevel itself:
+  path = self.nixosConfigurations.NAME.config.system.build.toplevel;
+not deploy-rs.lib.<system>.activate.nixos (its wrapper is refused with this hint).
+
+--branch maps CI branches: main -> switch on every node, test-NODE -> test on NODE alone,
+anything else -> nothing to do (exit 0).`,
+		Flags: func(fs *flag.FlagSet) {
+			o.fleet.register(fs)
+			fs.StringVar(&o.on, "on", "", "nodes to deploy: comma-separated names, @tags and globs (default: all)")
+			fs.StringVar(&o.mode, "mode", "switch", "switch, test, boot or dry-activate")
+			fs.StringVar(&o.branch, "branch", "", "CI branch: main -> switch everywhere, test-NODE -> test on NODE, else nothing")
+			fs.StringVar(&o.cache, "cache", "", "binary cache URL the hosts substitute from (checked before any host is touched)")
+			fs.Var(&o.trustedKeys, "trusted-key", "public key (name:base64) a closure must be signed by (repeatable)")
+			fs.Var(&o.keyFiles, "cache-key-file", "file holding a trusted public key (repeatable)")
+			fs.StringVar(&o.tokenFile, "cache-token-file", "", "file with a bearer token for a private cache (also used to pin)")
+			fs.IntVar(&o.parallel, "parallel", 0, "hosts deployed at once (0: all)")
+			fs.StringVar(&o.kernelChange, "kernel-change", "", "on a kernel/initrd change: report (default on the host) or boot")
+			fs.StringVar(&o.jsonFile, "json", "", "write a machine-readable report (steps, timings, results) to this file")
+			fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and touch nothing")
+			fs.StringVar(&o.id, "id", "", "deploy id (default: generated)")
+			fs.BoolVar(&o.noPin, "no-pin", false, "do not pin deployed systems in the cache")
+		},
+		Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			return runPush(ctx, env, o, args)
+		},
+	}
+}
+
+func newID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return "d-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+}
+
+func readToken(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("cache token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error {
+	if len(args) > 0 {
+		return cli.Usagef("unexpected arguments %q (select nodes with --on)", args)
+	}
+	log := o.fleet.log(env)
+	mode, err := deploy.ParseMode(o.mode)
+	if err != nil {
+		return cli.Usagef("%v", err)
+	}
+	if o.kernelChange != "" && o.kernelChange != "report" && o.kernelChange != "boot" {
+		return cli.Usagef("--kernel-change must be report or boot")
+	}
+	if o.id == "" {
+		o.id = newID()
+	}
+	all, err := o.fleet.nodes(ctx, log)
+	if err != nil {
+		return err
+	}
+	var nodes []deploy.Node
+	if o.branch != "" {
+		if o.on != "" {
+			return cli.Usagef("--branch and --on do not go together")
+		}
+		b, err := deploy.ForBranch(all, o.branch)
+		if err != nil {
+			return err
+		}
+		if len(b.Nodes) == 0 {
+			fmt.Fprintf(env.Stderr, "nothing to deploy: %s\n", b.Reason)
+			return nil
+		}
+		mode, nodes = b.Mode, b.Nodes
+	} else if nodes, err = deploy.Select(all, o.on); err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if err := deploy.CheckPath("/nix/store", n.Path); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+
+	if o.dryRun {
+		printPlan(env.Stdout, o, mode, nodes)
+		return nil
+	}
+	if o.cache == "" {
+		return cli.Usagef("--cache is required: every closure is checked in the cache before a host is touched")
+	}
+	token, err := readToken(o.tokenFile)
+	if err != nil {
+		return err
+	}
+	global, err := loadKeys(o.trustedKeys, o.keyFiles)
+	if err != nil {
+		return err
+	}
+	checkerFor, err := checkers(o.cache, token, global, nodes, log)
+	if err != nil {
+		return err
+	}
+
+	ssh, err := remote.New(log)
+	if err != nil {
+		return err
+	}
+	defer ssh.Close()
+
+	var progress deploy.Progress
+	var live *deploy.Live
+	if f, ok := env.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) && !o.fleet.debug {
+		names := make([]string, len(nodes))
+		for i, n := range nodes {
+			names[i] = n.Name
+		}
+		live = deploy.NewLive(env.Stderr, names, 200*time.Millisecond)
+		progress = live
+	} else {
+		progress = deploy.NewLines(env.Stderr)
+	}
+	opts := deploy.Options{
+		Mode: mode, KernelChange: o.kernelChange, Parallel: o.parallel, ID: o.id,
+		Remote: ssh, Checker: checkerFor, Log: log, Progress: progress,
+	}
+	if !o.noPin {
+		opts.Pins = &deploy.HTTPPinner{Cache: o.cache, Token: token, Log: log}
+	}
+	fmt.Fprintf(env.Stderr, "deploy %s: %s on %d node(s)\n", o.id, mode, len(nodes))
+	rep := deploy.Run(ctx, nodes, opts)
+	if live != nil {
+		live.Close()
+	}
+	if o.jsonFile != "" {
+		if err := writeJSON(o.jsonFile, rep); err != nil {
+			log.Error("write report", "err", err)
+		}
+	}
+	printSummary(env.Stderr, rep)
+	return rep.Err()
+}
+
+func loadKeys(keys, files []string) ([]narinfo.PublicKey, error) {
+	var out []narinfo.PublicKey
+	for _, k := range keys {
+		pk, err := narinfo.ParsePublicKey(k)
+		if err != nil {
+			return nil, cli.Usagef("--trusted-key %q: %v", k, err)
+		}
+		out = append(out, pk)
+	}
+	for _, f := range files {
+		pk, err := narinfo.LoadPublicKeyFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("--cache-key-file: %w", err)
+		}
+		out = append(out, pk)
+	}
+	return out, nil
+}
+
+// checkers builds one closure checker per distinct trusted key set (nodes
+// may add trustedKeys); all share the HTTP client and the narinfo memo only
+// within a key set, which is the common case of one set for the fleet.
+func checkers(cache, token string, global []narinfo.PublicKey, nodes []deploy.Node, log *slog.Logger) (func(deploy.Node) deploy.Checker, error) {
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	bySet := map[string]*closure.Checker{}
+	for _, n := range nodes {
+		keys := append([]narinfo.PublicKey(nil), global...)
+		for _, k := range n.Settings.TrustedKeys {
+			pk, err := narinfo.ParsePublicKey(k)
+			if err != nil {
+				return nil, fmt.Errorf("node %s trustedKeys: %w", n.Name, err)
+			}
+			keys = append(keys, pk)
+		}
+		if len(keys) == 0 {
+			return nil, cli.Usagef("no trusted key for node %s: give --trusted-key or --cache-key-file (or trustedKeys in the flake)", n.Name)
+		}
+		id := keySet(keys)
+		if bySet[id] == nil {
+			bySet[id] = &closure.Checker{Cache: cache, Client: client, Token: token, Trusted: keys, Workers: 32, Log: log}
+		}
+	}
+	return func(n deploy.Node) deploy.Checker {
+		keys := append([]narinfo.PublicKey(nil), global...)
+		for _, k := range n.Settings.TrustedKeys {
+			pk, _ := narinfo.ParsePublicKey(k)
+			keys = append(keys, pk)
+		}
+		return bySet[keySet(keys)]
+	}, nil
+}
+
+func keySet(keys []narinfo.PublicKey) string {
+	s := make([]string, len(keys))
+	for i, k := range keys {
+		s[i] = k.String()
+	}
+	sort.Strings(s)
+	return strings.Join(s, " ")
+}
+
+func printPlan(w io.Writer, o pushOpts, mode deploy.Mode, nodes []deploy.Node) {
+	par := "all"
+	if o.parallel > 0 {
+		par = fmt.Sprint(o.parallel)
+	}
+	fmt.Fprintf(w, "plan: %s on %d node(s), parallel %s, cache %s\n", mode, len(nodes), par, orNone(o.cache))
+	for _, n := range nodes {
+		s := n.Settings
+		dest := n.Hostname
+		if s.SSHUser != "" {
+			dest = s.SSHUser + "@" + dest
+		}
+		fmt.Fprintf(w, "  %s (%s)\n    system   %s\n    ssh      %s %s\n", n.Name, dest, n.Path, strings.Join(s.SSHOpts, " "), dest)
+		fmt.Fprintf(w, "    steps    closure check, %s fetch, sudo -n %s activate --mode %s", s.DeployerPath, s.DeployerPath, mode)
+		if s.MagicRollback && mode.NeedsConfirm() {
+			fmt.Fprintf(w, ", %d health check(s), confirm within %s", len(s.HealthChecks), s.ConfirmTimeout)
+		}
+		fmt.Fprintf(w, "\n    rollback magic=%v auto=%v\n", s.MagicRollback, s.AutoRollback)
+		if len(n.OtherProfiles) > 0 {
+			fmt.Fprintf(w, "    ignored  profiles %s (Concordia deploys only the system profile)\n", strings.Join(n.OtherProfiles, ", "))
+		}
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+func printSummary(w io.Writer, rep *deploy.Report) {
+	ok := len(rep.Hosts) - len(rep.Failed)
+	fmt.Fprintf(w, "deploy %s: %d ok, %d not ok, %.1fs\n", rep.ID, ok, len(rep.Failed), rep.Millis/1000)
+	for _, h := range rep.Hosts {
+		if h.Result == deploy.OK {
+			continue
+		}
+		fmt.Fprintf(w, "  %s: %s: %s\n", h.Node, strings.ToUpper(string(h.Result)), h.Error)
+	}
+}
+
+// writeJSON publishes the report atomically, so a CI step reading it never
+// sees half a file.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".report-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+type statusOpts struct {
+	fleet    fleetFlags
+	local    bool
+	json     bool
+	stateDir string
+}
+
+func statusCmd() *cli.Command {
+	var o statusOpts
+	return &cli.Command{
+		Name:  "status",
+		Usage: "[flags] [NODE|@TAG|GLOB ...]",
+		Short: "show current, booted and boot-default generations, test deploy and pending reboot",
+		Long: `Without --local: asks each selected node over ssh (deployer status --local --json).
+With --local: reports this host (what the remote call runs).`,
+		Flags: func(fs *flag.FlagSet) {
+			o.fleet.register(fs)
+			fs.BoolVar(&o.local, "local", false, "report this host instead of asking nodes over ssh")
+			fs.BoolVar(&o.json, "json", false, "print JSON")
+			fs.StringVar(&o.stateDir, "state-dir", "", "host state directory (with --local; default /run/concordia)")
+		},
+		Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			if o.local {
+				if len(args) > 0 {
+					return cli.Usagef("--local takes no node names")
+				}
+				st, err := host.Inspect(ctx, host.Options{StateDir: o.stateDir})
+				if err != nil {
+					return err
+				}
+				if o.json {
+					b, _ := json.Marshal(st)
+					fmt.Fprintf(env.Stdout, "%s\n", b)
+					return nil
+				}
+				b, _ := json.MarshalIndent(st, "", "  ")
+				fmt.Fprintf(env.Stdout, "%s\n", b)
+				return nil
+			}
+			log := o.fleet.log(env)
+			all, err := o.fleet.nodes(ctx, log)
+			if err != nil {
+				return err
+			}
+			nodes, err := deploy.Select(all, strings.Join(args, ","))
+			if err != nil {
+				return err
+			}
+			ssh, err := remote.New(log)
+			if err != nil {
+				return err
+			}
+			defer ssh.Close()
+			rs := deploy.Status(ctx, ssh, nodes)
+			if o.json {
+				b, _ := json.MarshalIndent(rs, "", "  ")
+				fmt.Fprintf(env.Stdout, "%s\n", b)
+			} else {
+				deploy.PrintStatus(env.Stdout, rs)
+			}
+			var bad []string
+			for _, r := range rs {
+				if r.Error != "" {
+					bad = append(bad, r.Node)
+				}
+			}
+			if len(bad) > 0 {
+				return fmt.Errorf("no status from %s", strings.Join(bad, ", "))
+			}
+			return nil
+		},
+	}
+}
+
+type rollbackOpts struct {
+	fleet    fleetFlags
+	local    bool
+	id       string
+	stateDir string
+}
+
+func rollbackCmd() *cli.Command {
+	var o rollbackOpts
+	return &cli.Command{
+		Name:  "rollback",
+		Usage: "[flags] NODE... | --local",
+		Short: "switch nodes back to their previous generation now",
+		Long: `Without --local: runs sudo -n deployer rollback --local on each named node over ssh.
+With --local: rolls this host back (takes the host lock, so it never races a deploy).`,
+		Flags: func(fs *flag.FlagSet) {
+			o.fleet.register(fs)
+			fs.BoolVar(&o.local, "local", false, "roll this host back")
+			fs.StringVar(&o.id, "id", "", "id recorded as the lock holder (default: rollback)")
+			fs.StringVar(&o.stateDir, "state-dir", "", "host state directory (with --local; default /run/concordia)")
+		},
+		Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			if o.local {
+				if len(args) > 0 {
+					return cli.Usagef("--local takes no node names")
+				}
+				err := host.Rollback(ctx, host.Options{StateDir: o.stateDir, ID: o.id,
+					Log: slog.New(slog.NewTextHandler(env.Stderr, nil))})
+				if err != nil {
+					return &cli.ExitError{Code: host.ExitCode(err), Err: err}
+				}
+				return nil
+			}
+			if len(args) == 0 {
+				return cli.Usagef("name the node(s) to roll back")
+			}
+			log := o.fleet.log(env)
+			all, err := o.fleet.nodes(ctx, log)
+			if err != nil {
+				return err
+			}
+			nodes, err := deploy.Select(all, strings.Join(args, ","))
+			if err != nil {
+				return err
+			}
+			ssh, err := remote.New(log)
+			if err != nil {
+				return err
+			}
+			defer ssh.Close()
+			id := o.id
+			if id == "" {
+				id = "rollback-" + newID()[2:]
+			}
+			var (
+				mu   sync.Mutex
+				bad  []string
+				wg   sync.WaitGroup
+				errW = env.Stderr
+			)
+			for _, n := range nodes {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					t := remote.Target{Host: n.Hostname, User: n.Settings.SSHUser, Opts: n.Settings.SSHOpts}
+					r, err := ssh.Run(ctx, t, "sudo", "-n", n.Settings.DeployerPath, "rollback", "--local", "--id", id)
+					mu.Lock()
+					defer mu.Unlock()
+					switch {
+					case err != nil:
+						fmt.Fprintf(errW, "[%s] rollback: %v\n", n.Name, err)
+					case r.Code != 0:
+						err = errors.New(strings.TrimSpace(string(r.Stderr)))
+						fmt.Fprintf(errW, "[%s] rollback failed (exit %d): %v\n", n.Name, r.Code, err)
+					default:
+						fmt.Fprintf(errW, "[%s] rolled back\n", n.Name)
+						return
+					}
+					bad = append(bad, n.Name)
+				}()
+			}
+			wg.Wait()
+			if len(bad) > 0 {
+				sort.Strings(bad)
+				return fmt.Errorf("rollback failed on %s", strings.Join(bad, ", "))
+			}
+			return nil
+		},
+	}
+}

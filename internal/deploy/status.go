@@ -20,20 +20,23 @@ type Generation struct {
 	Path   string `json:"path"`
 }
 
-// HostStatus is what `deployer status --local --json` prints on a host.
+// System is one system of the host with its generation (0: none).
+type System struct {
+	Path       string `json:"path"`
+	Generation int    `json:"generation"`
+}
+
+// HostStatus is what `deployer status --local --json` prints on a host
+// (internal/host.Status; decoded here so the push side needs no host code).
 type HostStatus struct {
-	Current           string       `json:"current"`
-	CurrentGeneration int          `json:"currentGeneration"`
-	Booted            string       `json:"booted"`
-	BootedGeneration  int          `json:"bootedGeneration"`
-	BootDefault       string       `json:"bootDefault"`
-	BootDefaultGen    int          `json:"bootDefaultGeneration"`
-	TestActive        bool         `json:"testActive"`
-	RebootPending     bool         `json:"rebootPending"`
-	Generations       []Generation `json:"generations"`
-	Lock              any          `json:"lock,omitempty"`
-	LastDeploy        any          `json:"lastDeploy,omitempty"`
-	raw               map[string]any
+	Current       System          `json:"current"`
+	Booted        System          `json:"booted"`
+	Profile       System          `json:"profile"` // the boot default
+	Generations   []Generation    `json:"generations"`
+	TestActive    bool            `json:"testActive"`
+	RebootPending bool            `json:"rebootPending"`
+	RebootReasons []string        `json:"rebootReasons,omitempty"`
+	Lock          json.RawMessage `json:"lock,omitempty"`
 }
 
 // ParseStatus reads the last JSON line of the host's status output.
@@ -53,7 +56,6 @@ func ParseStatus(out []byte) (*HostStatus, error) {
 	if err := json.Unmarshal(last, &st); err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
-	json.Unmarshal(last, &st.raw)
 	return &st, nil
 }
 
@@ -76,7 +78,7 @@ func (s *HostStatus) BeforePrevious(current string) string {
 			return ""
 		}
 	}
-	if old == s.Booted || old == s.Current {
+	if old == s.Booted.Path || old == s.Current.Path || old == s.Profile.Path {
 		return ""
 	}
 	return old
@@ -118,22 +120,33 @@ func Status(ctx context.Context, r remote.Runner, nodes []Node) []StatusResult {
 // PrintStatus writes a table of status results.
 func PrintStatus(w io.Writer, rs []StatusResult) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tCURRENT\tBOOTED\tBOOT-DEFAULT\tTEST-ACTIVE\tREBOOT-PENDING\tSYSTEM")
+	fmt.Fprintln(tw, "NODE\tCURRENT\tBOOTED\tBOOT-DEFAULT\tTEST-ACTIVE\tREBOOT-PENDING\tLOCK\tSYSTEM")
 	for _, r := range rs {
 		if r.Status == nil {
 			fmt.Fprintf(tw, "%s\terror: %s\n", r.Node, r.Error)
 			continue
 		}
 		s := r.Status
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\t%s\n", r.Node, gen(s.CurrentGeneration), gen(s.BootedGeneration),
-			gen(s.BootDefaultGen), s.TestActive, s.RebootPending, s.Current)
+		lock := "-"
+		if len(s.Lock) > 0 && string(s.Lock) != "null" {
+			var h struct{ ID, Mode string }
+			json.Unmarshal(s.Lock, &h)
+			lock = h.ID + " (" + h.Mode + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\t%s\t%s\n", r.Node, gen(s.Current), gen(s.Booted),
+			gen(s.Profile), s.TestActive, s.RebootPending, lock, s.Current.Path)
 	}
 	tw.Flush()
 }
 
-func gen(n int) string {
-	if n <= 0 {
+// gen shows a system as its generation number, or "(no gen)" for a
+// system that is no generation (a test deploy), "-" for none.
+func gen(s System) string {
+	switch {
+	case s.Path == "":
 		return "-"
+	case s.Generation <= 0:
+		return "(no gen)"
 	}
-	return fmt.Sprint(n)
+	return fmt.Sprint(s.Generation)
 }

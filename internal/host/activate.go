@@ -1,0 +1,412 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/bos55/concordia/internal/nixcli"
+)
+
+// Request is one `deployer activate`.
+type Request struct {
+	ID             string
+	Mode           Mode
+	Path           string
+	ConfirmTimeout time.Duration // default 30s
+	MagicRollback  bool
+	AutoRollback   bool
+	KernelChange   string // "report" (default) or "boot"
+}
+
+// Validate checks every field; the errors wrap ErrInvalid.
+func (q *Request) Validate(storeDir string) error {
+	if err := ValidID(q.ID); err != nil {
+		return err
+	}
+	if err := ValidMode(string(q.Mode)); err != nil {
+		return err
+	}
+	if err := ValidStorePath(storeDir, q.Path); err != nil {
+		return err
+	}
+	if q.ConfirmTimeout < time.Second || q.ConfirmTimeout > 24*time.Hour {
+		return fmt.Errorf("%w: confirm timeout %s must be between 1s and 24h", ErrInvalid, q.ConfirmTimeout)
+	}
+	if q.KernelChange != "report" && q.KernelChange != "boot" {
+		return fmt.Errorf("%w: kernel-change %q must be report or boot", ErrInvalid, q.KernelChange)
+	}
+	return nil
+}
+
+// Activate is `deployer activate`: it validates, locks the host, checks the
+// system, then hands the deploy to a detached worker (Work) and waits for it
+// to finish activating. The returned record says what happened; err is nil
+// only when the system was activated (awaiting confirmation or done).
+// If this process dies (the SSH session dropped), the worker carries on and
+// `deployer wait` reports the outcome.
+func Activate(ctx context.Context, o Options, q Request) (*Record, error) {
+	o = o.withDefaults()
+	if q.ConfirmTimeout == 0 {
+		q.ConfirmTimeout = 30 * time.Second
+	}
+	if q.KernelChange == "" {
+		q.KernelChange = "report"
+	}
+	if err := q.Validate(o.StoreDir); err != nil {
+		return nil, err
+	}
+	lock, err := lockHost(o, &Holder{ID: q.ID, Mode: q.Mode, Path: q.Path, Started: time.Now().UTC(), PID: os.Getpid()})
+	if err != nil {
+		return nil, err
+	}
+	spawned := false
+	defer func() {
+		if !spawned {
+			lock.Close()
+		}
+	}()
+	if err := checkSystem(ctx, o, q.Path); err != nil {
+		return nil, err
+	}
+	rec := &Record{
+		ID: q.ID, Mode: q.Mode, RequestedMode: q.Mode, Path: q.Path, ActivationExit: -1,
+		MagicRollback: q.MagicRollback && (q.Mode == Switch || q.Mode == Test),
+		AutoRollback:  q.AutoRollback, ConfirmTimeout: q.ConfirmTimeout.String(),
+		Log: LogPath(o, q.ID), Started: time.Now().UTC(),
+	}
+	if cur, err := os.Readlink(o.CurrentSystem); err == nil {
+		rec.Previous = cur
+	}
+	if g, ok, err := nixcli.CurrentGeneration(o.Profile); err != nil {
+		return nil, err
+	} else if ok {
+		rec.PreviousGeneration, rec.PreviousProfile = g.Number, g.Path
+	}
+	if q.Mode == Switch || q.Mode == Test {
+		if err := kernelCheck(o, q, rec); err != nil {
+			return nil, err
+		}
+	}
+	rec.set(Activating, "")
+	if err := create(o, rec); err != nil {
+		return nil, err
+	}
+	pid, err := o.Spawner.Spawn(ctx, o, q.ID, lock)
+	if err != nil {
+		update(o, q.ID, func(r *Record) error { r.set(Failed, "could not start the worker: "+err.Error()); return nil })
+		return nil, fmt.Errorf("%w: %v", ErrFailed, err)
+	}
+	spawned = true
+	lock.Close() // the worker has its own descriptor of the lock now
+	update(o, q.ID, func(r *Record) error { r.WorkerPID = pid; return nil })
+	r, err := waitFor(ctx, o, q.ID, func(s State) bool { return s != Activating }, pid)
+	if err != nil {
+		return r, err
+	}
+	return r, r.Err()
+}
+
+// checkSystem: valid in the store and shaped like a NixOS system.
+func checkSystem(ctx context.Context, o Options, path string) error {
+	ok, err := o.Nix.Valid(ctx, path)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s is not valid in the local store (fetch it first)", ErrInvalid, path)
+	}
+	stc := filepath.Join(path, "bin", "switch-to-configuration")
+	fi, err := os.Stat(stc)
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
+		return fmt.Errorf("%w: %s is not a NixOS system: no executable bin/switch-to-configuration", ErrInvalid, path)
+	}
+	_, e1 := os.Stat(filepath.Join(path, "nixos-version"))
+	_, e2 := os.Stat(filepath.Join(path, "kernel"))
+	if e1 != nil && e2 != nil {
+		return fmt.Errorf("%w: %s is not a NixOS system: no nixos-version or kernel", ErrInvalid, path)
+	}
+	return nil
+}
+
+// kernelCheck compares the new system's kernel, initrd and modules with the
+// booted system's: a change is reported (nothing done) or, with
+// --kernel-change boot, turns a switch into boot.
+func kernelCheck(o Options, q Request, rec *Record) error {
+	booted, err := os.Readlink(o.BootedSystem)
+	if err != nil {
+		o.Log.Warn("no booted system to compare the kernel with", "err", err)
+		return nil
+	}
+	diff, err := bootChanges(booted, q.Path)
+	if err != nil {
+		return err
+	}
+	if len(diff) == 0 {
+		return nil
+	}
+	rec.KernelChanged = true
+	if q.KernelChange == "boot" && q.Mode == Switch {
+		rec.Mode, rec.RebootRequired, rec.MagicRollback = Boot, true, false
+		o.Log.Info("kernel change: switch becomes boot", "changed", diff)
+		return nil
+	}
+	return fmt.Errorf("%w (%s differ from the booted system); nothing changed: deploy with mode boot or --kernel-change boot",
+		ErrKernelChange, strings.Join(diff, ", "))
+}
+
+// Work is the detached worker of deploy id (the hidden `watchdog` verb): it
+// sets the profile, runs switch-to-configuration, rolls back at once if that
+// fails, and otherwise waits for confirmation until the deadline, rolling
+// back when none comes. lock is the host lock; it is closed on return.
+func Work(ctx context.Context, o Options, id string, lock *os.File) error {
+	o = o.withDefaults()
+	if lock != nil {
+		defer lock.Close()
+	}
+	// The worker must finish what it started even if asked to stop.
+	ctx = context.WithoutCancel(ctx)
+	rec, err := Load(o, id)
+	if err != nil {
+		return err
+	}
+	log := o.Log.With("id", id)
+	fail := func(reason string) error {
+		rolled := ""
+		if rec.AutoRollback {
+			if err := rollbackDeploy(ctx, o, rec); err != nil {
+				rolled = "; rollback failed too: " + err.Error()
+			} else {
+				rolled = "; rolled back"
+			}
+		} else {
+			rolled = "; auto-rollback disabled: left as is"
+		}
+		log.Error("activation failed", "reason", reason+rolled)
+		_, err := update(o, id, func(r *Record) error {
+			r.RolledBack = rec.AutoRollback && !strings.Contains(rolled, "failed")
+			r.Generation, r.CreatedGeneration, r.ActivationExit = rec.Generation, rec.CreatedGeneration, rec.ActivationExit
+			r.set(Failed, reason+rolled)
+			return nil
+		})
+		return err
+	}
+	if rec.Mode == Switch || rec.Mode == Boot {
+		if err := o.Nix.SetProfile(ctx, o.Profile, rec.Path); err != nil {
+			return fail("set profile: " + err.Error())
+		}
+		g, ok, err := nixcli.CurrentGeneration(o.Profile)
+		if err != nil || !ok || g.Path != rec.Path {
+			return fail(fmt.Sprintf("profile %s does not point at %s after setting it (%v)", o.Profile, rec.Path, err))
+		}
+		rec.Generation, rec.CreatedGeneration = g.Number, g.Number != rec.PreviousGeneration
+		if _, err := update(o, id, func(r *Record) error {
+			r.Generation, r.CreatedGeneration = rec.Generation, rec.CreatedGeneration
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	code, err := o.Switcher.Switch(ctx, rec.Path, rec.Mode, rec.Log)
+	rec.ActivationExit = code
+	if err != nil {
+		return fail("switch-to-configuration: " + err.Error())
+	}
+	if code != 0 && code != ExitRebootRequired {
+		return fail(fmt.Sprintf("switch-to-configuration %s exited with status %d (see %s)", rec.Mode, code, rec.Log))
+	}
+	if !rec.MagicRollback {
+		_, err := update(o, id, func(r *Record) error {
+			r.ActivationExit, r.RebootRequired = code, r.RebootRequired || code == ExitRebootRequired
+			r.set(Confirmed, "activated; no confirmation needed")
+			return nil
+		})
+		return err
+	}
+	timeout, _ := time.ParseDuration(rec.ConfirmTimeout)
+	rec, err = update(o, id, func(r *Record) error {
+		r.ActivationExit, r.RebootRequired = code, r.RebootRequired || code == ExitRebootRequired
+		r.Deadline = time.Now().UTC().Add(timeout)
+		r.set(AwaitingConfirm, "activated; waiting for confirmation until "+r.Deadline.Format(time.RFC3339))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("activated, watchdog armed", "deadline", rec.Deadline)
+	return watch(ctx, o, rec)
+}
+
+// watch waits for confirmation and rolls back at the deadline.
+func watch(ctx context.Context, o Options, rec *Record) error {
+	t := time.NewTicker(o.Poll)
+	defer t.Stop()
+	for {
+		r, err := Load(o, rec.ID)
+		if err != nil {
+			return err
+		}
+		if r.State != AwaitingConfirm {
+			return nil // confirmed (or changed by hand): the watchdog is done
+		}
+		if time.Now().After(r.Deadline) {
+			break
+		}
+		<-t.C
+	}
+	won := false
+	r, err := update(o, rec.ID, func(r *Record) error {
+		if r.State != AwaitingConfirm {
+			return nil
+		}
+		won = true
+		r.set(RollingBack, "no confirmation within "+r.ConfirmTimeout)
+		return nil
+	})
+	if err != nil || !won {
+		return err
+	}
+	reason := "no confirmation within " + r.ConfirmTimeout + ": rolled back"
+	if err := rollbackDeploy(ctx, o, r); err != nil {
+		reason = "no confirmation within " + r.ConfirmTimeout + ": rollback failed: " + err.Error()
+	}
+	o.Log.Warn("magic rollback", "id", r.ID, "reason", reason)
+	_, err = update(o, rec.ID, func(r *Record) error {
+		r.RolledBack = !strings.Contains(reason, "rollback failed")
+		r.set(RolledBack, reason)
+		return nil
+	})
+	return err
+}
+
+// rollbackDeploy undoes deploy rec. switch/boot: the profile goes back to
+// the previous generation, the deploy's generation is deleted and the
+// previous generation is activated the same way; test: the previously
+// running system is activated with test, the profile untouched.
+func rollbackDeploy(ctx context.Context, o Options, rec *Record) error {
+	var errs []error
+	switch rec.Mode {
+	case Test, DryActivate:
+		if rec.Mode == DryActivate {
+			return nil
+		}
+		if rec.Previous == "" {
+			return errors.New("no previously running system to go back to")
+		}
+		if code, err := o.Switcher.Switch(ctx, rec.Previous, Test, rec.Log); err != nil || code != 0 {
+			return fmt.Errorf("previous system's switch-to-configuration test: status %d %v", code, err)
+		}
+		return nil
+	}
+	if rec.CreatedGeneration && rec.PreviousGeneration > 0 {
+		if err := o.Nix.SwitchGeneration(ctx, o.Profile, rec.PreviousGeneration); err != nil {
+			return err // without the profile back, deleting or activating would make things worse
+		}
+		if err := o.Nix.DeleteGeneration(ctx, o.Profile, rec.Generation); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	target, action := rec.PreviousProfile, rec.Mode
+	if target == "" {
+		// First deploy on a profile-less host: put the running system back.
+		target, action = rec.Previous, Test
+		if rec.Mode == Boot {
+			return errors.Join(errs...)
+		}
+	}
+	if target == "" {
+		return errors.Join(append(errs, errors.New("no previous generation or system to go back to"))...)
+	}
+	if code, err := o.Switcher.Switch(ctx, target, action, rec.Log); err != nil || (code != 0 && code != ExitRebootRequired) {
+		errs = append(errs, fmt.Errorf("previous system's switch-to-configuration %s: status %d %v", action, code, err))
+	}
+	return errors.Join(errs...)
+}
+
+// Confirm is `deployer confirm`: it stops the watchdog of deploy id. A deploy
+// that was already rolled back (or failed) cannot be confirmed.
+func Confirm(ctx context.Context, o Options, id string) (*Record, error) {
+	o = o.withDefaults()
+	if err := ValidID(id); err != nil {
+		return nil, err
+	}
+	r, err := update(o, id, func(r *Record) error {
+		switch r.State {
+		case AwaitingConfirm:
+			r.set(Confirmed, "confirmed by the deployer")
+			return nil
+		case Confirmed:
+			return nil
+		case Activating:
+			return fmt.Errorf("%w: deploy %s is still activating", ErrFailed, id)
+		}
+		return r.Err()
+	})
+	if err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// Wait is `deployer wait`: it blocks until deploy id has finished activating
+// (awaiting confirmation, or a final state) or timeout passes, then returns
+// its record; err tells failed, rolled back or timed out apart.
+func Wait(ctx context.Context, o Options, id string, timeout time.Duration) (*Record, error) {
+	o = o.withDefaults()
+	if err := ValidID(id); err != nil {
+		return nil, err
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	r, err := Load(o, id)
+	if err != nil {
+		return nil, err
+	}
+	r, err = waitFor(ctx, o, id, func(s State) bool { return s != Activating && s != RollingBack }, r.WorkerPID)
+	if err != nil {
+		return r, err
+	}
+	return r, r.Err()
+}
+
+// waitFor polls the record until done(state) or ctx ends. A worker that
+// died leaving the deploy unfinished is reported as failed rather than
+// waited for forever.
+func waitFor(ctx context.Context, o Options, id string, done func(State) bool, pid int) (*Record, error) {
+	t := time.NewTicker(o.Poll)
+	defer t.Stop()
+	for {
+		r, err := Load(o, id)
+		if err != nil {
+			return nil, err
+		}
+		if done(r.State) {
+			return r, nil
+		}
+		if !r.State.Final() && !alive(pid) {
+			time.Sleep(o.Poll) // it may have written its last word just now
+			if r2, err := Load(o, id); err == nil && done(r2.State) {
+				return r2, nil
+			}
+			r, _ = update(o, id, func(r *Record) error {
+				if !r.State.Final() {
+					r.set(Failed, fmt.Sprintf("the deploy's worker (pid %d) died in state %s", pid, r.State))
+				}
+				return nil
+			})
+			return r, nil
+		}
+		select {
+		case <-ctx.Done():
+			return r, fmt.Errorf("%w: deploy %s is %s", ErrTimeout, id, r.State)
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,524 @@
+package host_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bos55/concordia/internal/host"
+	"github.com/bos55/concordia/internal/nixcli"
+)
+
+// fakeNix keeps a profile as Nix does (system-N-link symlinks) in a temp dir.
+type fakeNix struct {
+	mu    sync.Mutex
+	valid map[string]bool
+	calls []string
+}
+
+func (f *fakeNix) log(s string) { f.mu.Lock(); f.calls = append(f.calls, s); f.mu.Unlock() }
+
+func (f *fakeNix) Realise(ctx context.Context, paths ...string) error { return nil }
+
+func (f *fakeNix) Valid(ctx context.Context, p string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.valid[p], nil
+}
+
+func (f *fakeNix) SetProfile(ctx context.Context, profile, path string) error {
+	f.log("set " + path)
+	gens, _ := nixcli.Generations(profile)
+	n := 1
+	if len(gens) > 0 {
+		n = gens[len(gens)-1].Number + 1
+	}
+	link := fmt.Sprintf("%s-%d-link", filepath.Base(profile), n)
+	if err := os.Symlink(path, filepath.Join(filepath.Dir(profile), link)); err != nil {
+		return err
+	}
+	return repoint(profile, link)
+}
+
+func (f *fakeNix) SwitchGeneration(ctx context.Context, profile string, gen int) error {
+	f.log("switch-generation " + strconv.Itoa(gen))
+	return repoint(profile, fmt.Sprintf("%s-%d-link", filepath.Base(profile), gen))
+}
+
+func (f *fakeNix) DeleteGeneration(ctx context.Context, profile string, gen int) error {
+	f.log("delete " + strconv.Itoa(gen))
+	cur, _, _ := nixcli.CurrentGeneration(profile)
+	if cur.Number == gen {
+		return errors.New("cannot delete the current generation")
+	}
+	return os.Remove(fmt.Sprintf("%s-%d-link", profile, gen))
+}
+
+func repoint(link, target string) error {
+	tmp := link + ".tmp"
+	os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return err
+	}
+	return os.Rename(tmp, link)
+}
+
+// fakeSwitch "activates" by repointing current-system; per-system exit codes
+// and an optional gate channel to hold an activation.
+type fakeSwitch struct {
+	current string
+	mu      sync.Mutex
+	exit    map[string]int
+	hold    map[string]chan struct{}
+	calls   []string
+}
+
+func (s *fakeSwitch) Switch(ctx context.Context, system string, action host.Mode, logPath string) (int, error) {
+	s.mu.Lock()
+	s.calls = append(s.calls, string(action)+" "+filepath.Base(system))
+	code, hold := s.exit[system], s.hold[system]
+	s.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+	if action == host.Switch || action == host.Test {
+		if err := repoint(s.current, system); err != nil {
+			return -1, err
+		}
+	}
+	return code, nil
+}
+
+func (s *fakeSwitch) Calls() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.calls...)
+}
+
+// goSpawner runs the worker in a goroutine.
+type goSpawner struct{ wg sync.WaitGroup }
+
+func (g *goSpawner) Spawn(ctx context.Context, o host.Options, id string, lock *os.File) (int, error) {
+	// Like the real spawner, the worker gets its own descriptor of the lock.
+	dup, err := os.Open(lock.Name())
+	if err != nil {
+		return 0, err
+	}
+	_ = dup.Close()
+	g.wg.Add(1)
+	l2 := fdDup(lock)
+	go func() {
+		defer g.wg.Done()
+		host.Work(context.Background(), o, id, l2)
+	}()
+	return 0, nil
+}
+
+type env struct {
+	t     *testing.T
+	o     host.Options
+	nix   *fakeNix
+	sw    *fakeSwitch
+	spawn *goSpawner
+	store string
+	n     int
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	root := t.TempDir()
+	for _, d := range []string{"store", "profiles", "run"} {
+		os.MkdirAll(filepath.Join(root, d), 0o755)
+	}
+	e := &env{t: t, store: filepath.Join(root, "store"), nix: &fakeNix{valid: map[string]bool{}}}
+	e.sw = &fakeSwitch{current: filepath.Join(root, "run", "current-system"), exit: map[string]int{}, hold: map[string]chan struct{}{}}
+	e.spawn = &goSpawner{}
+	e.o = host.Options{
+		StateDir: filepath.Join(root, "run", "concordia"), StoreDir: e.store,
+		Profile:       filepath.Join(root, "profiles", "system"),
+		CurrentSystem: e.sw.current, BootedSystem: filepath.Join(root, "run", "booted-system"),
+		Nix: e.nix, Switcher: e.sw, Spawner: e.spawn, Poll: 5 * time.Millisecond,
+	}
+	t.Cleanup(e.spawn.wg.Wait)
+	return e
+}
+
+// system makes a fake NixOS system in the fake store.
+func (e *env) system(kernel string) string {
+	e.n++
+	name := fmt.Sprintf("%032d", e.n)
+	name = strings.NewReplacer("0", "a", "1", "b", "2", "c", "3", "d", "4", "f", "5", "g", "6", "h", "7", "i", "8", "j", "9", "k").Replace(name)
+	p := filepath.Join(e.store, name+"-nixos-system-test")
+	os.MkdirAll(filepath.Join(p, "bin"), 0o755)
+	os.MkdirAll(filepath.Join(p, "kernel-modules"), 0o755)
+	os.WriteFile(filepath.Join(p, "bin", "switch-to-configuration"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(p, "kernel"), []byte(kernel), 0o644)
+	os.WriteFile(filepath.Join(p, "initrd"), []byte("initrd-"+kernel), 0o644)
+	os.WriteFile(filepath.Join(p, "kernel-modules", "version"), []byte(kernel), 0o644)
+	os.WriteFile(filepath.Join(p, "nixos-version"), []byte("test"), 0o644)
+	e.nix.valid[p] = true
+	return p
+}
+
+// boot installs sys as generation 1, booted and running.
+func (e *env) boot(sys string) {
+	e.t.Helper()
+	if err := e.nix.SetProfile(context.Background(), e.o.Profile, sys); err != nil {
+		e.t.Fatal(err)
+	}
+	repoint(e.o.BootedSystem, sys)
+	repoint(e.o.CurrentSystem, sys)
+}
+
+func (e *env) req(id string, mode host.Mode, p string) host.Request {
+	return host.Request{ID: id, Mode: mode, Path: p, ConfirmTimeout: time.Second, MagicRollback: true, AutoRollback: true}
+}
+
+func (e *env) link(l string) string { p, _ := os.Readlink(l); return p }
+
+func (e *env) profile() (int, string) {
+	g, _, err := nixcli.CurrentGeneration(e.o.Profile)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return g.Number, g.Path
+}
+
+func (e *env) waitState(id string, want host.State) *host.Record {
+	e.t.Helper()
+	r, err := host.Wait(context.Background(), e.o, id, 10*time.Second)
+	if err != nil && !errors.Is(err, host.ErrRolledBack) && !errors.Is(err, host.ErrFailed) {
+		e.t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); r.State != want && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		r, _ = host.Load(e.o, id)
+	}
+	if r.State != want {
+		e.t.Fatalf("deploy %s is %s (%s), want %s", id, r.State, r.Reason, want)
+	}
+	return r
+}
+
+func TestSwitchConfirm(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, sys := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, sys))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.State != host.AwaitingConfirm || rec.ExitCode != 0 || rec.Generation != 2 || !rec.CreatedGeneration {
+		t.Fatalf("after activate: %+v", rec)
+	}
+	if n, p := e.profile(); n != 2 || p != sys {
+		t.Fatalf("profile at %d %s", n, p)
+	}
+	if e.link(e.o.CurrentSystem) != sys {
+		t.Fatal("current system not switched")
+	}
+	st, _ := host.Inspect(context.Background(), e.o)
+	if st.Lock == nil || st.Lock.ID != "d1" {
+		t.Fatalf("lock while awaiting confirm: %+v", st.Lock)
+	}
+	if rec, err = host.Confirm(context.Background(), e.o, "d1"); err != nil || rec.State != host.Confirmed {
+		t.Fatalf("confirm: %v %+v", err, rec)
+	}
+	e.spawn.wg.Wait()
+	time.Sleep(1200 * time.Millisecond) // past the deadline: nothing may roll back now
+	if n, p := e.profile(); n != 2 || p != sys || e.link(e.o.CurrentSystem) != sys {
+		t.Fatalf("confirmed deploy changed: profile %d %s", n, p)
+	}
+	st, _ = host.Inspect(context.Background(), e.o)
+	if st.Lock != nil || st.TestActive || st.RebootPending || st.Current.Generation != 2 || st.Booted.Generation != 1 {
+		t.Fatalf("status after confirm: %+v", st)
+	}
+	if got := e.sw.Calls(); strings.Join(got, ",") != "switch "+filepath.Base(sys) {
+		t.Fatalf("switch calls %q", got)
+	}
+}
+
+func TestNoConfirmRollsBack(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []host.Mode{host.Switch, host.Test} {
+		t.Run(string(mode), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			old, sys := e.system("6.1"), e.system("6.1")
+			e.boot(old)
+			if _, err := host.Activate(context.Background(), e.o, e.req("d1", mode, sys)); err != nil {
+				t.Fatal(err)
+			}
+			r := e.waitState("d1", host.RolledBack)
+			if !r.RolledBack {
+				t.Fatalf("record: %+v", r)
+			}
+			if e.link(e.o.CurrentSystem) != old {
+				t.Fatal("running system not restored")
+			}
+			if n, p := e.profile(); n != 1 || p != old {
+				t.Fatalf("profile at %d %s", n, p)
+			}
+			gens, _ := nixcli.Generations(e.o.Profile)
+			if len(gens) != 1 {
+				t.Fatalf("generations left: %+v", gens)
+			}
+			want := map[host.Mode]string{
+				host.Switch: "switch " + filepath.Base(sys) + ",switch " + filepath.Base(old),
+				host.Test:   "test " + filepath.Base(sys) + ",test " + filepath.Base(old),
+			}[mode]
+			if got := strings.Join(e.sw.Calls(), ","); got != want {
+				t.Fatalf("calls %q want %q", got, want)
+			}
+			if _, err := host.Confirm(context.Background(), e.o, "d1"); host.ExitCode(err) != host.ExitRolledBack {
+				t.Fatalf("late confirm: %v", err)
+			}
+			e.spawn.wg.Wait()
+			// Lock released: a new deploy goes through.
+			if _, err := host.Activate(context.Background(), e.o, e.req("d2", host.Switch, sys)); err != nil {
+				t.Fatal(err)
+			}
+			host.Confirm(context.Background(), e.o, "d2")
+		})
+	}
+}
+
+func TestFailedActivationRollsBackAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, bad := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	e.sw.exit[bad] = 1
+	rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, bad))
+	if host.ExitCode(err) != host.ExitFailed || rec == nil || rec.State != host.Failed || !rec.RolledBack {
+		t.Fatalf("activate: %v %+v", err, rec)
+	}
+	if n, p := e.profile(); n != 1 || p != old || e.link(e.o.CurrentSystem) != old {
+		t.Fatalf("not rolled back: profile %d %s", n, p)
+	}
+	if gens, _ := nixcli.Generations(e.o.Profile); len(gens) != 1 {
+		t.Fatalf("failed generation kept: %+v", gens)
+	}
+}
+
+func TestNoAutoRollbackLeavesIt(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, bad := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	e.sw.exit[bad] = 2
+	q := e.req("d1", host.Switch, bad)
+	q.AutoRollback = false
+	rec, err := host.Activate(context.Background(), e.o, q)
+	if host.ExitCode(err) != host.ExitFailed || rec.RolledBack {
+		t.Fatalf("activate: %v %+v", err, rec)
+	}
+	if n, _ := e.profile(); n != 2 {
+		t.Fatalf("profile at %d", n)
+	}
+}
+
+func TestSecondDeployRefused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, sys := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	hold := make(chan struct{})
+	e.sw.hold[sys] = hold
+	done := make(chan error, 1)
+	go func() {
+		_, err := host.Activate(context.Background(), e.o, e.req("first", host.Switch, sys))
+		done <- err
+	}()
+	for {
+		if r, err := host.Load(e.o, "first"); err == nil && r.State == host.Activating {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, err := host.Activate(context.Background(), e.o, e.req("second", host.Test, sys))
+	var le *host.LockedError
+	if !errors.As(err, &le) || host.ExitCode(err) != host.ExitLocked || le.Holder.ID != "first" || !strings.Contains(err.Error(), "first") {
+		t.Fatalf("second activate: %v", err)
+	}
+	// wait with a short timeout sees it still activating.
+	if _, err := host.Wait(context.Background(), e.o, "first", 50*time.Millisecond); host.ExitCode(err) != host.ExitTimeout {
+		t.Fatalf("wait while activating: %v", err)
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if r, err := host.Wait(context.Background(), e.o, "first", time.Second); err != nil || r.State != host.AwaitingConfirm {
+		t.Fatalf("wait: %v %+v", err, r)
+	}
+	host.Confirm(context.Background(), e.o, "first")
+}
+
+func TestKernelChange(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, newK := e.system("6.1"), e.system("6.6")
+	e.boot(old)
+	_, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, newK))
+	if host.ExitCode(err) != host.ExitKernelChange || !strings.Contains(err.Error(), "kernel") {
+		t.Fatalf("report: %v", err)
+	}
+	if n, _ := e.profile(); n != 1 || len(e.sw.Calls()) != 0 {
+		t.Fatal("kernel change report changed something")
+	}
+	q := e.req("d2", host.Switch, newK)
+	q.KernelChange = "boot"
+	rec, err := host.Activate(context.Background(), e.o, q)
+	if err != nil || rec.Mode != host.Boot || rec.State != host.Confirmed || !rec.RebootRequired {
+		t.Fatalf("boot: %v %+v", err, rec)
+	}
+	if n, p := e.profile(); n != 2 || p != newK || e.link(e.o.CurrentSystem) != old {
+		t.Fatalf("boot mode: profile %d %s", n, p)
+	}
+	st, _ := host.Inspect(context.Background(), e.o)
+	if !st.RebootPending || st.TestActive != true {
+		t.Fatalf("status: %+v", st)
+	}
+}
+
+func TestExit100(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, sys := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	e.sw.exit[sys] = 100
+	q := e.req("d1", host.Switch, sys)
+	q.MagicRollback = false
+	rec, err := host.Activate(context.Background(), e.o, q)
+	if err != nil || rec.ExitCode != host.ExitRebootRequired || !rec.RebootRequired {
+		t.Fatalf("%v %+v", err, rec)
+	}
+}
+
+func TestTestModeThenInspect(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, sys := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	if _, err := host.Activate(context.Background(), e.o, e.req("d1", host.Test, sys)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host.Confirm(context.Background(), e.o, "d1"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := host.Inspect(context.Background(), e.o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.TestActive || st.RebootPending || st.Profile.Generation != 1 || st.Current.Path != sys || st.Current.Generation != 0 {
+		t.Fatalf("status: %+v", st)
+	}
+}
+
+func TestRollbackLocal(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, sys := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	if err := host.Rollback(context.Background(), e.o); host.ExitCode(err) != host.ExitFailed {
+		t.Fatalf("rollback with one generation: %v", err)
+	}
+	q := e.req("d1", host.Switch, sys)
+	q.MagicRollback = false
+	if _, err := host.Activate(context.Background(), e.o, q); err != nil {
+		t.Fatal(err)
+	}
+	e.spawn.wg.Wait()
+	if err := host.Rollback(context.Background(), e.o); err != nil {
+		t.Fatal(err)
+	}
+	if n, p := e.profile(); n != 1 || p != old || e.link(e.o.CurrentSystem) != old {
+		t.Fatalf("rollback: profile %d %s", n, p)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old := e.system("6.1")
+	e.boot(old)
+	notSystem := filepath.Join(e.store, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-hello")
+	os.MkdirAll(notSystem, 0o755)
+	e.nix.valid[notSystem] = true
+	invalid := filepath.Join(e.store, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system")
+	cases := []struct {
+		name string
+		q    host.Request
+	}{
+		{"empty id", e.req("", host.Switch, old)},
+		{"id with slash", e.req("a/b", host.Switch, old)},
+		{"id with dots", e.req("..", host.Switch, old)},
+		{"long id", e.req(strings.Repeat("a", 65), host.Switch, old)},
+		{"mode", e.req("d", "reboot", old)},
+		{"outside store", e.req("d", host.Switch, "/tmp/x")},
+		{"subpath", e.req("d", host.Switch, old+"/bin")},
+		{"dotdot", e.req("d", host.Switch, e.store+"/../etc")},
+		{"relative", e.req("d", host.Switch, "nix/store/x")},
+		{"bad hash", e.req("d", host.Switch, e.store+"/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x")},
+		{"short hash", e.req("d", host.Switch, e.store+"/aaaa-x")},
+		{"dot name", e.req("d", host.Switch, e.store+"/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-.x")},
+		{"not valid in store", e.req("d", host.Switch, invalid)},
+		{"not a nixos system", e.req("d", host.Switch, notSystem)},
+		{"kernel-change", func() host.Request { q := e.req("d", host.Switch, old); q.KernelChange = "yes"; return q }()},
+		{"timeout", func() host.Request { q := e.req("d", host.Switch, old); q.ConfirmTimeout = time.Millisecond; return q }()},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := host.Activate(context.Background(), e.o, tc.q)
+			if host.ExitCode(err) != host.ExitInvalid {
+				t.Fatalf("got %v, want invalid", err)
+			}
+		})
+	}
+	if len(e.sw.Calls()) != 0 {
+		t.Fatal("an invalid request activated something")
+	}
+	if _, err := host.Activate(context.Background(), e.o, func() host.Request {
+		q := e.req("once", host.DryActivate, old)
+		return q
+	}()); err != nil {
+		t.Fatal(err)
+	}
+	e.spawn.wg.Wait()
+	if _, err := host.Activate(context.Background(), e.o, e.req("once", host.DryActivate, old)); host.ExitCode(err) != host.ExitInvalid {
+		t.Fatalf("reused id: %v", err)
+	}
+}
+
+// A worker that dies without a word must not leave activate hanging.
+type deadSpawner struct{}
+
+func (deadSpawner) Spawn(ctx context.Context, o host.Options, id string, lock *os.File) (int, error) {
+	cmd := exec.Command("/bin/true")
+	if err := cmd.Run(); err != nil {
+		return 0, err
+	}
+	return cmd.Process.Pid, nil
+}
+
+func TestDeadWorker(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, sys := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	e.o.Spawner = deadSpawner{}
+	rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, sys))
+	if host.ExitCode(err) != host.ExitFailed || rec.State != host.Failed || !strings.Contains(rec.Reason, "died") {
+		t.Fatalf("%v %+v", err, rec)
+	}
+}

@@ -131,7 +131,7 @@ func TestKeygenUsage(t *testing.T) {
 // equals ours, and it trusts our public key file for verification and for
 // substitution.
 func TestKeygenWithNix(t *testing.T) {
-	for _, bin := range []string{"nix", "nix-store"} {
+	for _, bin := range []string{"nix", "nix-build"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("%s not installed", bin)
 		}
@@ -162,10 +162,14 @@ func TestKeygenWithNix(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// An input-addressed path: Nix trusts content-addressed ones (nix-store
+	// --add) without any signature, which would make the checks vacuous.
 	store := filepath.Join(dir, "root")
-	content := filepath.Join(dir, "keygen-test.txt")
-	os.WriteFile(content, []byte("signed by a concordia key\n"), 0o644)
-	path := strings.TrimSpace(nix("nix-store", "--store", store, "--add", content))
+	expr := filepath.Join(dir, "drv.nix")
+	os.WriteFile(expr, []byte(`derivation { name = "concordia-keygen-test"; system = builtins.currentSystem;
+  builder = "/bin/sh"; args = ["-c" "echo signed by a concordia key > $out"]; }`), 0o644)
+	path := strings.TrimSpace(nix("nix-build", "--no-out-link", expr))
+	nix("nix", "copy", "--no-check-sigs", "--to", store, path)
 	nix("nix", "store", "sign", "--store", store, "--key-file", secFile, path)
 
 	var infos []struct {

@@ -203,6 +203,14 @@ func TestNixAcceptsOurSignatures(t *testing.T) {
 			}
 		}
 	})
+	// A fact servers rely on: Nix 2.8 needs no signature for a
+	// content-addressed path (its CA proves it), even with require-sigs.
+	t.Run("content-addressed unsigned", func(t *testing.T) {
+		rewrite(t, func(ni *narinfo.NarInfo) { ni.Sigs = nil })
+		if _, err := copyFrom(t, c.fixed, c.text); err != nil {
+			t.Fatalf("nix refused unsigned content-addressed paths: %v", err)
+		}
+	})
 	refused := []struct {
 		name string
 		path string

@@ -1,0 +1,89 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/bos55/concordia/internal/auth"
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/nar"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// StatusError lets an error choose its own status; Status honours it.
+type StatusError interface {
+	error
+	HTTPStatus() int
+}
+
+// Status is the one mapping from errors to HTTP status codes, shared by
+// the read and upload handlers:
+//
+//	store.ErrNotFound                    404 (never for I/O errors)
+//	store.ErrInvalid, nar/narinfo.ErrInvalid 400
+//	store.ErrNoSpace                     507
+//	auth: no/unknown credentials         401, lacking permission 403
+//	an error with HTTPStatus()           that status
+//	anything else                        500
+func Status(err error) int {
+	var se StatusError
+	switch {
+	case err == nil:
+		return http.StatusOK
+	case errors.As(err, &se):
+		return se.HTTPStatus()
+	case errors.Is(err, store.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, auth.ErrForbidden):
+		return http.StatusForbidden
+	case errors.Is(err, auth.ErrNoCredentials), errors.Is(err, auth.ErrUnknownToken):
+		return http.StatusUnauthorized
+	case errors.Is(err, store.ErrNoSpace):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, store.ErrInvalid), errors.Is(err, nar.ErrInvalid), errors.Is(err, narinfo.ErrInvalid):
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
+}
+
+// fail answers err with its status. 5xx are logged with the request id
+// (and the message kept generic, so paths of the server's disks do not
+// leak); 4xx carry the error text, which is about the client's input.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	code := Status(err)
+	h := w.Header()
+	h.Del("Content-Length")
+	h.Del("Content-Encoding")
+	h.Del("Content-Range")
+	h.Del("Accept-Ranges")
+	h.Del("ETag")
+	h.Set("Cache-Control", "no-store")
+	msg := err.Error()
+	switch {
+	case code == http.StatusUnauthorized:
+		h.Set("WWW-Authenticate", `Basic realm="`+auth.Realm+`", charset="UTF-8"`)
+	case code == http.StatusNotFound:
+		msg = "not found"
+	case code >= 500:
+		if errors.Is(err, context.Canceled) || r.Context().Err() != nil {
+			s.logger(r).Debug("request abandoned", "path", r.URL.Path, "err", err)
+		} else {
+			s.logger(r).Error("request failed", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
+		}
+		msg = http.StatusText(code)
+	}
+	http.Error(w, msg, code)
+}
+
+// Fail is fail for handlers outside this package's files.
+func (s *Server) Fail(w http.ResponseWriter, r *http.Request, err error) { s.fail(w, r, err) }
+
+// logger returns the server logger with the request id attached.
+func (s *Server) logger(r *http.Request) *slog.Logger {
+	if id := RequestID(r.Context()); id != "" {
+		return s.log.With("req", id)
+	}
+	return s.log
+}

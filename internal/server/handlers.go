@@ -1,0 +1,292 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/gorilla/mux"
+
+	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/nar"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+func (s *Server) handleCacheInfo(w http.ResponseWriter, r *http.Request) {
+	if !s.authorize(w, r) {
+		return
+	}
+	h := w.Header()
+	h["Content-Type"] = hdrCacheInfoType
+	h.Set("Content-Length", itoa(len(s.cacheInfo)))
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(s.cacheInfo)
+	}
+}
+
+func (s *Server) handleVersion(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, "concordia "+s.opts.Version+"\n")
+}
+
+// handleHealth answers 200 while the process serves; it deliberately
+// does not touch the stores, so a slow disk does not flap a load
+// balancer's view of a server that can still answer from memory.
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	io.WriteString(w, "OK\n")
+}
+
+// handleListing serves /<hash>.ls: the NAR's listing, computed by
+// streaming the NAR through pkg/nar's reader (contents are skipped, so
+// memory grows with the number of files only).
+func (s *Server) handleListing(w http.ResponseWriter, r *http.Request) {
+	if !s.authorize(w, r) {
+		return
+	}
+	hash := mux.Vars(r)["hash"]
+	if !validHashPart(hash) {
+		s.fail(w, r, store.ErrNotFound)
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	info, idx, err := s.lookup(ctx, hash)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	pr, pw := io.Pipe()
+	dumped := make(chan error, 1)
+	go func() {
+		err := s.stores[idx].NAR(ctx, info, pw)
+		pw.CloseWithError(err)
+		dumped <- err
+	}()
+	l, lerr := nar.ListingFromReader(pr)
+	pr.CloseWithError(errors.New("listing done"))
+	cancel()
+	derr := <-dumped
+	if lerr == nil && derr != nil {
+		lerr = derr
+	}
+	if lerr != nil {
+		if derr != nil && errors.Is(derr, store.ErrNotFound) {
+			s.fail(w, r, derr)
+			return
+		}
+		// A NAR our own store produced is not the client's fault: 500,
+		// even though the NAR reader calls it invalid.
+		s.fail(w, r, fmt.Errorf("listing of %s: %v", info.StorePath, lerr))
+		return
+	}
+	body, err := l.MarshalJSON()
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("listing of %s: %v", info.StorePath, err))
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", itoa(len(body)))
+	h.Set("Cache-Control", "max-age=86400")
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+}
+
+// handleLog serves /log/<drv basename> from the first store with the
+// Logger capability that has it. A bzip2 log is sent as it is, with
+// Content-Encoding: bzip2, only to clients that ask for bzip2 (Nix
+// decodes that); everyone else gets plain text, like Harmonia.
+func (s *Server) handleLog(w http.ResponseWriter, r *http.Request) {
+	if !s.authorize(w, r) {
+		return
+	}
+	drv := mux.Vars(r)["drv"]
+	if _, _, err := narinfo.ParseBaseName(drv); err != nil || !strings.HasSuffix(drv, ".drv") {
+		s.fail(w, r, store.ErrNotFound)
+		return
+	}
+	var (
+		rc   io.ReadCloser
+		comp string
+		err  = error(store.ErrNotFound)
+	)
+	for _, st := range s.stores {
+		lg, ok := st.(store.Logger)
+		if !ok {
+			continue
+		}
+		rc, comp, err = lg.BuildLog(r.Context(), drv)
+		if err == nil || !errors.Is(err, store.ErrNotFound) {
+			break
+		}
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	defer rc.Close()
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Vary", "Accept-Encoding")
+	var body io.Reader = rc
+	switch comp {
+	case "":
+	case "bz2", "bzip2":
+		if acceptsCodec(r.Header.Get("Accept-Encoding"), "bzip2") {
+			h.Set("Content-Encoding", "bzip2")
+			break
+		}
+		dec, err := compress.NewReader(rc, "bzip2")
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		defer dec.Close()
+		body = dec
+	default:
+		s.fail(w, r, fmt.Errorf("log %s: unknown compression %q", drv, comp))
+		return
+	}
+	if r.Method == http.MethodHead {
+		return
+	}
+	if _, err := io.Copy(w, body); err != nil {
+		s.abort(r, err)
+	}
+}
+
+// validOutputName checks a derivation output name (Nix's store path name
+// characters).
+func validOutputName(s string) bool {
+	if s == "" || len(s) > 211 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+-._?=", c) >= 0) {
+			return false
+		}
+	}
+	return s[0] != '.'
+}
+
+func isHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// handleRealisation serves realisations/<algo>:<hash>!<output>.doi, the id
+// Nix writes for a content-addressed derivation output.
+func (s *Server) handleRealisation(w http.ResponseWriter, r *http.Request) {
+	id := mux.Vars(r)["id"]
+	hash, output, ok := strings.Cut(id, "!")
+	digest, isSHA := strings.CutPrefix(hash, "sha256:")
+	if !ok || !isSHA || !validOutputName(output) ||
+		!(len(digest) == 64 && isHex(digest) || len(digest) == 52 && validNix32(digest)) {
+		if s.authorize(w, r) {
+			s.fail(w, r, store.ErrNotFound)
+		}
+		return
+	}
+	s.serveRealisation(w, r, id)
+}
+
+// handleBuildTrace serves build-trace-v2/<drv basename>/<output>.doi (Nix
+// 2.35). The store's Realisations capability is asked for
+// "<drv basename>!<output>".
+func (s *Server) handleBuildTrace(w http.ResponseWriter, r *http.Request) {
+	v := mux.Vars(r)
+	drv, output := v["drv"], v["output"]
+	if _, _, err := narinfo.ParseBaseName(drv); err != nil || !validOutputName(output) {
+		if s.authorize(w, r) {
+			s.fail(w, r, store.ErrNotFound)
+		}
+		return
+	}
+	s.serveRealisation(w, r, drv+"!"+output)
+}
+
+func (s *Server) serveRealisation(w http.ResponseWriter, r *http.Request, id string) {
+	if !s.authorize(w, r) {
+		return
+	}
+	var (
+		doc []byte
+		err = error(store.ErrNotFound)
+	)
+	for _, st := range s.stores {
+		rs, ok := st.(store.Realisations)
+		if !ok {
+			continue
+		}
+		doc, err = rs.Realisation(r.Context(), id)
+		if err == nil || !errors.Is(err, store.ErrNotFound) {
+			break
+		}
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", itoa(len(doc)))
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(doc)
+	}
+}
+
+var landingTmpl = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Concordia binary cache</title>
+<style>body{font-family:sans-serif;max-width:52em;margin:2em auto;padding:0 1em}pre{background:#f4f4f4;padding:.8em;overflow-x:auto}</style>
+</head><body>
+<h1>Concordia binary cache</h1>
+<p>Store directory <code>{{.StoreDir}}</code>, priority {{.Priority}}, version {{.Version}}.</p>
+<h2>Public keys</h2>
+{{if .Keys}}<ul>{{range .Keys}}<li><code>{{.}}</code></li>{{end}}</ul>{{else}}<p>This cache signs nothing with its own key; paths carry only the signatures they already had.</p>{{end}}
+<h2>nix.conf</h2>
+<pre>substituters = {{.URL}}
+trusted-public-keys = {{.KeyList}}</pre>
+<p>To keep cache.nixos.org as well, use <code>extra-substituters</code> and <code>extra-trusted-public-keys</code>.</p>
+<h2>NixOS</h2>
+<pre>nix.settings = {
+  substituters = [ "{{.URL}}" ];
+  trusted-public-keys = [{{range .Keys}} "{{.}}"{{end}} ];
+};</pre>
+</body></html>
+`))
+
+func (s *Server) handleLanding(w http.ResponseWriter, r *http.Request) {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	keys := make([]string, len(s.keys))
+	for i, k := range s.keys {
+		keys[i] = k.Public().String()
+	}
+	data := struct {
+		URL, StoreDir, Version, KeyList string
+		Priority                        int
+		Keys                            []string
+	}{scheme + "://" + r.Host, s.storeDir, s.opts.Version, strings.Join(keys, " "), s.opts.Priority, keys}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if r.Method == http.MethodHead {
+		return
+	}
+	if err := landingTmpl.Execute(w, data); err != nil {
+		s.logger(r).Warn("landing page", "err", err)
+	}
+}

@@ -1,0 +1,280 @@
+package server
+
+import (
+	"bytes"
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// Preallocated header values: assigning them to the header map costs no
+// allocation on a cache hit. net/http never modifies header slices.
+var (
+	hdrNarinfoType   = []string{"text/x-nix-narinfo"}
+	hdrCacheInfoType = []string{"text/x-nix-cache-info"}
+	hdrNarinfoCC     = []string{"max-age=86400"}
+)
+
+// narinfoEntry is one signed, rendered narinfo.
+type narinfoEntry struct {
+	hash    string
+	body    []byte
+	clen    []string // Content-Length header value
+	store   int      // index of the store that answered
+	narHash []byte
+	checked atomic.Int64 // unix nanoseconds of the last existence check
+	elem    *list.Element
+}
+
+func (e *narinfoEntry) cost() int { return len(e.body) + len(e.hash) + len(e.narHash) + 200 }
+
+// narinfoCache is a byte-bounded LRU of signed narinfos keyed by hash
+// part. Store paths are immutable, so an entry never goes stale in
+// content; it can only stop existing (GC), which the TTL re-check covers.
+type narinfoCache struct {
+	mu   sync.Mutex
+	max  int
+	size int
+	m    map[string]*narinfoEntry
+	lru  list.List // front = most recent
+}
+
+func newNarinfoCache(max int) *narinfoCache {
+	return &narinfoCache{max: max, m: make(map[string]*narinfoEntry)}
+}
+
+func (c *narinfoCache) get(hash string) *narinfoEntry {
+	c.mu.Lock()
+	e := c.m[hash]
+	if e != nil {
+		c.lru.MoveToFront(e.elem)
+	}
+	c.mu.Unlock()
+	return e
+}
+
+func (c *narinfoCache) put(e *narinfoEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.m[e.hash]; old != nil {
+		c.lru.Remove(old.elem)
+		c.size -= old.cost()
+	}
+	e.elem = c.lru.PushFront(e)
+	c.m[e.hash] = e
+	c.size += e.cost()
+	for c.size > c.max && c.lru.Len() > 1 {
+		last := c.lru.Back()
+		victim := last.Value.(*narinfoEntry)
+		c.lru.Remove(last)
+		delete(c.m, victim.hash)
+		c.size -= victim.cost()
+	}
+}
+
+func (c *narinfoCache) remove(hash string) {
+	c.mu.Lock()
+	if e := c.m[hash]; e != nil {
+		c.lru.Remove(e.elem)
+		delete(c.m, hash)
+		c.size -= e.cost()
+	}
+	c.mu.Unlock()
+}
+
+func (c *narinfoCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
+}
+
+// lookup asks the stores in order. A store's ErrNotFound passes the
+// question on; any other error stops it (an I/O error must not become a
+// 404 just because a later store lacks the path).
+func (s *Server) lookup(ctx context.Context, hash string) (*store.PathInfo, int, error) {
+	for i, st := range s.stores {
+		info, err := st.PathInfo(ctx, hash)
+		if err == nil {
+			if !strings.HasPrefix(basename(info.StorePath), hash+"-") {
+				return nil, 0, fmt.Errorf("store %d answered %s for hash %s", i, info.StorePath, hash)
+			}
+			return info, i, nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return nil, 0, fmt.Errorf("path info %s: %w", hash, err)
+		}
+	}
+	return nil, 0, fmt.Errorf("path info %s: %w", hash, store.ErrNotFound)
+}
+
+func (s *Server) handleNarinfoSlow(w http.ResponseWriter, r *http.Request) {
+	hash := mux.Vars(r)["hash"]
+	if !validHashPart(hash) {
+		s.fail(w, r, store.ErrNotFound)
+		return
+	}
+	s.narinfoBody(w, r, hash)
+}
+
+// serveNarinfo is the fast path: no mux, no request id unless something
+// fails, metrics with pre-resolved labels.
+func (s *Server) serveNarinfo(w http.ResponseWriter, r *http.Request, hash string) {
+	start := time.Now()
+	code := s.narinfoBody(w, r, hash)
+	s.metrics.observe("narinfo", code, time.Since(start).Seconds())
+}
+
+// narinfoBody answers one narinfo request and returns the status sent.
+func (s *Server) narinfoBody(w http.ResponseWriter, r *http.Request, hash string) int {
+	if s.opts.Authorize != nil {
+		if err := s.opts.Authorize(r); err != nil {
+			s.fail(w, withRequestID(w, r), err)
+			return Status(err)
+		}
+	}
+	now := time.Now().UnixNano()
+	e := s.narinfos.get(hash)
+	if e != nil && now-e.checked.Load() <= int64(s.opts.NarInfoTTL) {
+		s.metrics.cacheHit.Inc()
+	} else {
+		var err error
+		e, err = s.refreshNarinfo(r.Context(), hash, e, now)
+		if err != nil {
+			s.fail(w, withRequestID(w, r), err)
+			return Status(err)
+		}
+	}
+	h := w.Header()
+	h["Content-Type"] = hdrNarinfoType
+	h["Content-Length"] = e.clen
+	h["Cache-Control"] = hdrNarinfoCC
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(e.body)
+	}
+	return http.StatusOK
+}
+
+// refreshNarinfo looks the path up again. An entry that still matches is
+// only re-stamped (no signing); otherwise the narinfo is rendered and
+// signed anew.
+func (s *Server) refreshNarinfo(ctx context.Context, hash string, old *narinfoEntry, now int64) (*narinfoEntry, error) {
+	info, idx, err := s.lookup(ctx, hash)
+	if err != nil {
+		if old != nil && errors.Is(err, store.ErrNotFound) {
+			s.narinfos.remove(hash)
+		}
+		return nil, err
+	}
+	if old != nil && old.store == idx && bytes.Equal(old.narHash, info.NarHash) {
+		old.checked.Store(now)
+		s.metrics.cacheHit.Inc()
+		return old, nil
+	}
+	s.metrics.cacheMiss.Inc()
+	ni, err := s.buildNarinfo(ctx, s.stores[idx], hash, info)
+	if err != nil {
+		return nil, err
+	}
+	body := []byte(ni.String())
+	e := &narinfoEntry{
+		hash:    hash,
+		body:    body,
+		clen:    []string{strconv.Itoa(len(body))},
+		store:   idx,
+		narHash: info.NarHash,
+	}
+	e.checked.Store(now)
+	s.narinfos.put(e)
+	return e, nil
+}
+
+// narExt is the file extension Nix uses for a NAR compressed with c.
+func narExt(c string) string {
+	switch c {
+	case "", CompressionNone:
+		return ".nar"
+	case "zstd":
+		return ".nar.zst"
+	case "bzip2":
+		return ".nar.bz2"
+	default: // xz, br, lz4, lzip, gzip... Nix's own names
+		return ".nar." + c
+	}
+}
+
+// narHash32 is the nix32 text of a raw SHA-256 NAR digest.
+func narHash32(digest []byte) string {
+	return strings.TrimPrefix(narinfo.SHA256(digest).String(), "sha256:")
+}
+
+// NarURL is Concordia's NAR URL for a path: nar/<out hash>-<nar hash>.nar
+// plus the compression's extension. The out hash finds the path without
+// any narhash index; the nar hash makes the URL change if the path is
+// ever re-created with other contents (so a stale URL 404s instead of
+// serving a NAR that does not match its narinfo). For .nar it is exactly
+// nix-serve's form.
+func NarURL(hashPart string, narHash []byte, compression string) string {
+	return "nar/" + hashPart + "-" + narHash32(narHash) + narExt(compression)
+}
+
+// buildNarinfo renders and signs the narinfo of info, served by st.
+func (s *Server) buildNarinfo(ctx context.Context, st store.Store, hash string, info *store.PathInfo) (*narinfo.NarInfo, error) {
+	if len(info.NarHash) != 32 || info.NarSize == 0 {
+		return nil, fmt.Errorf("path %s: store gave nar hash of %d bytes, size %d", info.StorePath, len(info.NarHash), info.NarSize)
+	}
+	ni := &narinfo.NarInfo{
+		StorePath: info.StorePath,
+		NarHash:   narinfo.SHA256(info.NarHash),
+		NarSize:   info.NarSize,
+		Sigs:      append([]string(nil), info.Sigs...),
+		CA:        info.CA,
+	}
+	if info.Deriver != "" {
+		ni.Deriver = basename(info.Deriver)
+	}
+	ni.References = make([]string, len(info.References))
+	for i, ref := range info.References {
+		ni.References[i] = basename(ref)
+	}
+	if fn, ok := st.(store.FileNAR); ok {
+		f, comp, fileHash, fileSize, err := fn.OpenFileNAR(ctx, info)
+		if err != nil {
+			return nil, fmt.Errorf("nar file of %s: %w", info.StorePath, err)
+		}
+		f.Close()
+		ni.Compression = comp
+		ni.URL = NarURL(hash, info.NarHash, comp)
+		if len(fileHash) == 32 {
+			fh := narinfo.SHA256(fileHash)
+			ni.FileHash = &fh
+		}
+		ni.FileSize = uint64(fileSize)
+	} else if s.opts.Compression == CompressionZstd {
+		ni.Compression = CompressionZstd
+		ni.URL = NarURL(hash, info.NarHash, CompressionZstd)
+	} else {
+		ni.Compression = CompressionNone
+		ni.URL = NarURL(hash, info.NarHash, CompressionNone)
+		fh := ni.NarHash
+		ni.FileHash = &fh
+		ni.FileSize = info.NarSize
+	}
+	ni.Sign(s.keys...)
+	if err := ni.Validate(); err != nil {
+		return nil, fmt.Errorf("narinfo of %s would be corrupt: %v", info.StorePath, err)
+	}
+	return ni, nil
+}

@@ -1,0 +1,351 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/bos55/concordia/internal/auth"
+	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/internal/store/upload"
+)
+
+// Uploads is what Options.Upload must be for the upload routes to accept
+// writes: the upload store and the tokens allowed to write. Options.Upload
+// set to a bare store (or Tokens nil) installs the routes but refuses every
+// write with 401, so a missing tokens file never means an open cache.
+type Uploads struct {
+	*upload.Store
+	Tokens *auth.Tokens
+	// MaxNARSize bounds one NAR upload's request body (default 64 GiB).
+	MaxNARSize int64
+}
+
+// Request body limits for the small documents (the store bounds them again
+// after decoding a Content-Encoding).
+const (
+	defaultMaxNARSize = 64 << 30
+	maxDocBody        = 64 << 20
+	maxNarinfoBody    = 1 << 20
+)
+
+// statusError gives an error its own status (Status honours HTTPStatus).
+type statusError struct {
+	code int
+	err  error
+}
+
+func (e *statusError) Error() string   { return e.err.Error() }
+func (e *statusError) Unwrap() error   { return e.err }
+func (e *statusError) HTTPStatus() int { return e.code }
+
+// putRoutes installs the upload routes (PUT of NARs, narinfos, listings,
+// logs, realisations, and the HEAD/GET of uploaded /nar/<filehash> files)
+// and the pin API. Called from routes() when Options.Upload is set.
+func (s *Server) putRoutes(r *mux.Router) {
+	u, _ := s.upload.(*Uploads)
+	if u == nil {
+		if st, ok := s.upload.(*upload.Store); ok {
+			u = &Uploads{Store: st}
+		} else {
+			s.log.Error("upload routes: Options.Upload is neither *server.Uploads nor *upload.Store; uploads disabled")
+			return
+		}
+	}
+	if u.MaxNARSize == 0 {
+		u.MaxNARSize = defaultMaxNARSize
+	}
+	for _, c := range u.Collectors() {
+		if err := s.reg.Register(c); err != nil {
+			s.log.Warn("upload metric not registered", "err", err)
+		}
+	}
+	h := &putHandler{s: s, u: u}
+	put := http.MethodPut
+	r.HandleFunc("/nix-cache-info", h.write(h.cacheInfo)).Methods(put).Name("put-cache-info")
+	r.HandleFunc("/nar/{name}", h.write(h.nar)).Methods(put).Name("put-nar")
+	r.HandleFunc("/nar/{name}", h.getNAR).Methods(http.MethodGet, http.MethodHead).Name("upload-nar")
+	r.HandleFunc("/{hash}.narinfo", h.write(h.narinfo)).Methods(put).Name("put-narinfo")
+	r.HandleFunc("/{hash}.ls", h.write(h.listing)).Methods(put).Name("put-ls")
+	r.HandleFunc("/log/{drv}", h.write(h.log)).Methods(put).Name("put-log")
+	r.HandleFunc("/realisations/{id}.doi", h.write(h.realisation)).Methods(put).Name("put-realisation")
+	r.HandleFunc("/build-trace-v2/{drv}/{output}.doi", h.write(h.buildTrace)).Methods(put).Name("put-build-trace")
+	r.HandleFunc("/api/pins", h.listPins).Methods(http.MethodGet).Name("pins")
+	r.HandleFunc("/api/pins/{hash}", h.write(h.pin)).Methods(http.MethodPost, put).Name("pin")
+	r.HandleFunc("/api/pins/{hash}", h.write(h.unpin)).Methods(http.MethodDelete).Name("unpin")
+}
+
+type putHandler struct {
+	s *Server
+	u *Uploads
+}
+
+// write guards a handler with a write token and answers its error.
+func (h *putHandler) write(f func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		err := auth.ErrNoCredentials
+		var who string
+		if h.u.Tokens != nil {
+			who, err = h.u.Tokens.Authorize(r, auth.Write)
+		}
+		if err != nil {
+			io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20)) // lets the client read the answer
+			h.s.fail(w, r, err)
+			return
+		}
+		if err := f(w, r); err != nil {
+			if Status(err) < 500 {
+				h.s.logger(r).Info("upload refused", "path", r.URL.Path, "token", who, "err", err)
+			}
+			h.s.fail(w, r, err)
+		}
+	}
+}
+
+// body returns the request body, limited to max bytes and decoded per
+// its Content-Encoding (Nix 2.32 and later may compress narinfo, .ls and
+// log bodies).
+func (h *putHandler) body(w http.ResponseWriter, r *http.Request, max int64) (io.ReadCloser, error) {
+	limited := http.MaxBytesReader(w, r.Body, max)
+	enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
+	switch enc {
+	case "", "identity":
+		return limited, nil
+	case "zstd", "xz", "gzip", "x-gzip", "bzip2", "br":
+		if enc == "x-gzip" {
+			enc = "gzip"
+		}
+		dec, err := compress.NewReader(limited, enc)
+		if err != nil {
+			if errors.Is(err, compress.ErrUnknownCompression) {
+				return nil, &statusError{http.StatusUnsupportedMediaType, fmt.Errorf("Content-Encoding %q is not supported (use zstd, xz, gzip or bzip2)", enc)}
+			}
+			return nil, fmt.Errorf("%w: Content-Encoding %s: %v", store.ErrInvalid, enc, err)
+		}
+		return dec, nil
+	}
+	return nil, &statusError{http.StatusUnsupportedMediaType, fmt.Errorf("Content-Encoding %q is not supported (use zstd, xz, gzip or bzip2)", enc)}
+}
+
+// bodyErr turns a body over its limit into 413.
+func bodyErr(err error) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return &statusError{http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", mbe.Limit)}
+	}
+	return err
+}
+
+func created(w http.ResponseWriter) error {
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// cacheInfo accepts the nix-cache-info nix copy PUTs when GET said 404
+// (which never happens here, but a client may PUT anyway): ours stands.
+func (h *putHandler) cacheInfo(w http.ResponseWriter, r *http.Request) error {
+	io.Copy(io.Discard, io.LimitReader(r.Body, 64<<10))
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (h *putHandler) nar(w http.ResponseWriter, r *http.Request) error {
+	name := mux.Vars(r)["name"]
+	if _, _, err := upload.ParseNARName(name); err != nil {
+		io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
+		return err
+	}
+	body, err := h.body(w, r, h.u.MaxNARSize)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	start := time.Now()
+	info, err := h.u.PutNAR(r.Context(), name, body)
+	if err != nil {
+		return bodyErr(err)
+	}
+	h.s.logger(r).Debug("NAR uploaded", "name", info.Name, "bytes", info.FileSize, "nar", info.NarSize,
+		"existed", info.Existed, "took", time.Since(start))
+	return created(w)
+}
+
+// getNAR answers HEAD /nar/<filehash>.nar.<ext> for every NAR received,
+// pending ones included (nix copy HEADs before PUTting and skips the
+// upload on 200), and GET only for NARs a narinfo has claimed.
+func (h *putHandler) getNAR(w http.ResponseWriter, r *http.Request) {
+	if !h.s.authorize(w, r) {
+		return
+	}
+	name := mux.Vars(r)["name"]
+	if _, _, err := upload.ParseNARName(name); err != nil {
+		h.s.fail(w, r, store.ErrNotFound)
+		return
+	}
+	if r.Method == http.MethodHead {
+		ok, err := h.u.HasNAR(r.Context(), name)
+		if err != nil {
+			h.s.fail(w, r, err)
+			return
+		}
+		if !ok {
+			h.s.fail(w, r, store.ErrNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", narContentType)
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	f, _, err := h.u.OpenBlob(r.Context(), name)
+	if err != nil {
+		h.s.fail(w, r, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", narContentType)
+	w.Header().Set("Cache-Control", "max-age=31536000, immutable")
+	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+func (h *putHandler) narinfo(w http.ResponseWriter, r *http.Request) error {
+	hash := mux.Vars(r)["hash"]
+	body, err := h.body(w, r, maxNarinfoBody)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if err := h.u.PutNarInfo(r.Context(), hash, body); err != nil {
+		return bodyErr(err)
+	}
+	// The read side may hold this hash's narinfo from another store or
+	// an older upload; the new one must be served from now on.
+	h.s.narinfos.remove(hash)
+	return created(w)
+}
+
+func (h *putHandler) listing(w http.ResponseWriter, r *http.Request) error {
+	body, err := h.body(w, r, maxDocBody)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if err := h.u.PutListing(r.Context(), mux.Vars(r)["hash"], body); err != nil {
+		return bodyErr(err)
+	}
+	return created(w)
+}
+
+func (h *putHandler) log(w http.ResponseWriter, r *http.Request) error {
+	body, err := h.body(w, r, maxDocBody)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if err := h.u.PutLog(r.Context(), mux.Vars(r)["drv"], body); err != nil {
+		return bodyErr(err)
+	}
+	return created(w)
+}
+
+func (h *putHandler) realisation(w http.ResponseWriter, r *http.Request) error {
+	body, err := h.body(w, r, maxDocBody)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if err := h.u.PutRealisation(r.Context(), mux.Vars(r)["id"], body); err != nil {
+		return bodyErr(err)
+	}
+	return created(w)
+}
+
+func (h *putHandler) buildTrace(w http.ResponseWriter, r *http.Request) error {
+	body, err := h.body(w, r, maxDocBody)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	v := mux.Vars(r)
+	if err := h.u.PutBuildTrace(r.Context(), v["drv"], v["output"], body); err != nil {
+		return bodyErr(err)
+	}
+	return created(w)
+}
+
+// pinRequest is the optional JSON body of POST /api/pins/<hash>.
+type pinRequest struct {
+	StorePath string `json:"storePath"`
+	Note      string `json:"note"`
+}
+
+// pin pins a path by hash part: POST /api/pins/<hash> with a write token,
+// optionally {"storePath": ..., "note": ...}. The deployer calls it for
+// each host's running system.
+func (h *putHandler) pin(w http.ResponseWriter, r *http.Request) error {
+	hash := mux.Vars(r)["hash"]
+	var req pinRequest
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err != nil {
+		return bodyErr(err)
+	}
+	if len(strings.TrimSpace(string(data))) > 0 {
+		if err := json.Unmarshal(data, &req); err != nil {
+			return fmt.Errorf("%w: pin body must be JSON {\"storePath\":..., \"note\":...}: %v", store.ErrInvalid, err)
+		}
+	}
+	target := hash
+	if req.StorePath != "" {
+		if !strings.HasPrefix(basename(req.StorePath), hash+"-") {
+			return fmt.Errorf("%w: storePath %s does not have hash %s", store.ErrInvalid, req.StorePath, hash)
+		}
+		target = req.StorePath
+	} else if info, _, err := h.s.lookup(r.Context(), hash); err == nil {
+		target = info.StorePath
+	}
+	if req.Note == "" {
+		req.Note = "pinned over HTTP"
+	}
+	if err := h.u.Pin(r.Context(), target, req.Note); err != nil {
+		return err
+	}
+	h.s.logger(r).Info("pinned", "path", target, "note", req.Note)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, "pinned %s\n", target)
+	return nil
+}
+
+func (h *putHandler) unpin(w http.ResponseWriter, r *http.Request) error {
+	hash := mux.Vars(r)["hash"]
+	if err := h.u.Unpin(r.Context(), hash); err != nil {
+		return err
+	}
+	h.s.logger(r).Info("unpinned", "hash", hash)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (h *putHandler) listPins(w http.ResponseWriter, r *http.Request) {
+	if !h.s.authorize(w, r) {
+		return
+	}
+	pins, err := h.u.Pins(r.Context())
+	if err != nil {
+		h.s.fail(w, r, err)
+		return
+	}
+	if pins == nil {
+		pins = []upload.Pin{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(pins)
+}

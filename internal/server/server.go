@@ -1,0 +1,295 @@
+// Package server is the HTTP face of the binary cache: it answers what Nix
+// clients fetch (nix-cache-info, narinfo, NARs, listings, logs,
+// realisations) from an ordered list of stores, signs narinfos, compresses
+// NARs, and exposes health, version and Prometheus metrics.
+//
+// The narinfo route is the hot path (a client asks for every path of a
+// closure), so it is matched by a few byte comparisons before gorilla/mux
+// and answered from an in-memory cache of signed, rendered documents; every
+// other route goes through mux. Error-to-status mapping lives in exactly one
+// function (Status) that the upload handlers share.
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// Compression names announced in narinfos.
+const (
+	CompressionZstd = "zstd"
+	CompressionNone = "none"
+)
+
+// ZstdCache is the compress-once cache of zstd NARs, seen through the
+// small interface the server needs (internal/compress.Cache behind an
+// adapter, or a fake in tests).
+type ZstdCache interface {
+	// Get returns the compressed NAR keyed by key (the nix32 NAR hash),
+	// running produce (which writes the uncompressed NAR) when absent.
+	Get(ctx context.Context, key string, produce func(ctx context.Context, w io.Writer) error) (ZstdEntry, error)
+}
+
+// ZstdEntry is one compressed NAR being read. When Complete, Seek works
+// and Size is known, so ranges can be served.
+type ZstdEntry interface {
+	io.ReadSeekCloser
+	Complete() bool
+	Size() (int64, bool)
+}
+
+// Options configure a Server. Stores is the only required field.
+type Options struct {
+	// Stores answer in order: PathInfo comes from the first that has the
+	// path, and its bytes are served from that same store.
+	Stores []store.Store
+	// Upload is the store that takes uploads (also in Stores), or nil.
+	// When set, the upload routes (put.go) are installed.
+	Upload store.Store
+	// Keys sign every narinfo (in addition to the store's signatures).
+	Keys []narinfo.SecretKey
+	// Compression is what narinfos announce for stores that have no
+	// ready-made files: "zstd" (default) or "none".
+	Compression string
+	// NegotiateEncoding lets identity NAR URLs be answered with
+	// Content-Encoding: zstd when Accept-Encoding asks (Harmonia's
+	// enable_compression).
+	NegotiateEncoding bool
+	// ZstdLevel is used for on-the-fly compression (default 1).
+	ZstdLevel int
+	// Cache keeps compressed NARs; nil compresses on the fly.
+	Cache ZstdCache
+	// Priority is announced in nix-cache-info (default 30).
+	Priority int
+	// Authorize, when set, guards every read route except /, /health,
+	// /version and /metrics (private caches). Its error goes through
+	// Status (auth errors map to 401/403).
+	Authorize func(r *http.Request) error
+	// NarInfoCacheBytes bounds the cache of signed narinfos (default 16 MiB).
+	NarInfoCacheBytes int
+	// NarInfoTTL is how long a cached narinfo is served before the store
+	// is asked again whether the path still exists (default 1s), so a
+	// garbage-collected path stops answering quickly.
+	NarInfoTTL time.Duration
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	// Registry receives the metrics; nil creates a private registry.
+	Registry *prometheus.Registry
+	// Version is shown by /version and the landing page.
+	Version string
+	// Extra collectors (e.g. the compression cache's) registered with
+	// Registry.
+	Collectors []prometheus.Collector
+}
+
+// Server serves the cache. Its fields are what handlers, including the
+// upload handlers in put*.go, need.
+type Server struct {
+	opts      Options
+	stores    []store.Store
+	upload    store.Store
+	keys      []narinfo.SecretKey
+	storeDir  string
+	log       *slog.Logger
+	reg       *prometheus.Registry
+	metrics   *metrics
+	narinfos  *narinfoCache
+	router    *mux.Router
+	cacheInfo []byte
+}
+
+// New builds a Server from opts.
+func New(opts Options) (*Server, error) {
+	if opts.Compression == "" {
+		opts.Compression = CompressionZstd
+	}
+	if opts.Compression != CompressionZstd && opts.Compression != CompressionNone {
+		return nil, errors.New("server: compression must be zstd or none, got " + opts.Compression)
+	}
+	if opts.ZstdLevel == 0 {
+		opts.ZstdLevel = 1
+	}
+	if opts.Priority == 0 {
+		opts.Priority = 30
+	}
+	if opts.NarInfoCacheBytes == 0 {
+		opts.NarInfoCacheBytes = 16 << 20
+	}
+	if opts.NarInfoTTL == 0 {
+		opts.NarInfoTTL = time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	s := &Server{
+		opts:     opts,
+		stores:   opts.Stores,
+		upload:   opts.Upload,
+		keys:     opts.Keys,
+		storeDir: "/nix/store",
+		log:      opts.Logger,
+		reg:      opts.Registry,
+		narinfos: newNarinfoCache(opts.NarInfoCacheBytes),
+	}
+	for i, st := range s.stores {
+		if i == 0 {
+			s.storeDir = st.StoreDir()
+		} else if st.StoreDir() != s.storeDir {
+			return nil, errors.New("server: stores disagree on the store directory: " + s.storeDir + " and " + st.StoreDir())
+		}
+	}
+	m, err := newMetrics(s.reg, opts.Collectors)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	s.cacheInfo = []byte("StoreDir: " + s.storeDir + "\nWantMassQuery: 1\nPriority: " + itoa(opts.Priority) + "\n")
+	s.router = s.routes()
+	return s, nil
+}
+
+// Registry is where the server's metrics live (the upload side adds its own).
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Logger is the server's logger.
+func (s *Server) Logger() *slog.Logger { return s.log }
+
+// Stores are the stores in answering order.
+func (s *Server) Stores() []store.Store { return s.stores }
+
+// Keys are the signing keys.
+func (s *Server) Keys() []narinfo.SecretKey { return s.keys }
+
+// StoreDir is the store directory served.
+func (s *Server) StoreDir() string { return s.storeDir }
+
+// ServeHTTP routes narinfo GET/HEAD on a fast path, the rest through mux.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p := r.URL.Path
+	if len(p) == 41 && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		p[0] == '/' && p[33:] == ".narinfo" && validHashPart(p[1:33]) {
+		s.serveNarinfo(w, r, p[1:33])
+		return
+	}
+	s.instrument(w, r)
+}
+
+func (s *Server) routes() *mux.Router {
+	r := mux.NewRouter()
+	r.SkipClean(true) // we refuse unclean paths ourselves instead of redirecting
+	r.Use(s.routeName)
+	get := []string{http.MethodGet, http.MethodHead}
+	r.HandleFunc("/", s.handleLanding).Methods(get...).Name("landing")
+	r.HandleFunc("/nix-cache-info", s.handleCacheInfo).Methods(get...).Name("cache-info")
+	r.HandleFunc("/version", s.handleVersion).Methods(get...).Name("version")
+	r.HandleFunc("/health", s.handleHealth).Methods(get...).Name("health")
+	r.Handle("/metrics", s.metricsHandler()).Methods(get...).Name("metrics")
+	// narinfo GETs normally take the fast path in ServeHTTP; this route
+	// catches the rest (e.g. a malformed hash) so they 404 the same way.
+	r.HandleFunc("/{hash}.narinfo", s.handleNarinfoSlow).Methods(get...).Name("narinfo")
+	r.HandleFunc("/{hash}.ls", s.handleListing).Methods(get...).Name("ls")
+	r.HandleFunc("/log/{drv}", s.handleLog).Methods(get...).Name("log")
+	r.HandleFunc("/realisations/{id}.doi", s.handleRealisation).Methods(get...).Name("realisation")
+	r.HandleFunc("/build-trace-v2/{drv}/{output}.doi", s.handleBuildTrace).Methods(get...).Name("build-trace")
+	// NAR URLs: Concordia's and nix-serve's /nar/<out>-<narhash>.nar[.ext],
+	// Harmonia's /nar/<narhash>.nar?hash=<out>, nix-serve's legacy
+	// /nar/<out>.nar. Anything else under /nar/ (notably the
+	// /nar/<filehash>.nar.zst that `nix copy --to` uploads) is left to
+	// the upload routes.
+	r.MatcherFunc(s.matchNAR).Methods(get...).HandlerFunc(s.handleNAR).Name("nar")
+	if s.upload != nil {
+		s.putRoutes(r)
+	}
+	r.NotFoundHandler = http.HandlerFunc(s.handleNotFound)
+	r.MethodNotAllowedHandler = http.HandlerFunc(s.handleMethodNotAllowed)
+	return r
+}
+
+func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
+	s.setRoute(w, "not-found")
+	s.fail(w, r, store.ErrNotFound)
+}
+
+func (s *Server) handleMethodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	s.setRoute(w, "method-not-allowed")
+	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+}
+
+// authorize runs the read guard; it reports whether to go on.
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
+	if s.opts.Authorize == nil {
+		return true
+	}
+	if err := s.opts.Authorize(r); err != nil {
+		s.fail(w, r, err)
+		return false
+	}
+	return true
+}
+
+// validHashPart reports whether s is a 32-character nix32 hash part.
+func validHashPart(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	return validNix32(s)
+}
+
+// validNix32 reports whether s uses only Nix's base-32 alphabet
+// (0-9, a-z without e, o, t, u).
+func validNix32(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' && c != 'e' && c != 'o' && c != 't' && c != 'u') {
+			return false
+		}
+	}
+	return true
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	neg := n < 0
+	if neg {
+		n = -n
+	}
+	var b [20]byte
+	i := len(b)
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	if neg {
+		i--
+		b[i] = '-'
+	}
+	return string(b[i:])
+}
+
+// basename returns the last element of a store path.
+func basename(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}

@@ -1,0 +1,203 @@
+package compress_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"io"
+	"os/exec"
+	"sync"
+	"testing"
+
+	"github.com/bos55/concordia/internal/compress"
+)
+
+func compressWith(t *testing.T, data []byte, level int) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w, err := compress.NewWriter(&buf, level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("x")); !errors.Is(err, compress.ErrClosed) {
+		t.Fatalf("Write after Close: %v", err)
+	}
+	return buf.Bytes()
+}
+
+func TestNewWriterRoundTrip(t *testing.T) {
+	data := testData(1<<20, 70)
+	for _, tc := range []struct {
+		name  string
+		level int
+		data  []byte
+	}{
+		{"default", 0, data},
+		{"fastest", 1, data},
+		{"default-level", 3, data},
+		{"better", 7, data},
+		{"best", 19, data[:256<<10]},
+		{"empty", 0, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Twice, so the second stream runs on a pooled encoder.
+			for range 2 {
+				z := compressWith(t, tc.data, tc.level)
+				if len(z) == 0 {
+					t.Fatal("no zstd frame for empty input")
+				}
+				if got := unzstd(t, z); !bytes.Equal(got, tc.data) {
+					t.Fatal("round trip mismatch")
+				}
+			}
+		})
+	}
+}
+
+// TestNewWriterConcurrentStreams runs many streams at once over the
+// shared pool: no stream may see another one's bytes.
+func TestNewWriterConcurrentStreams(t *testing.T) {
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data := testData(128<<10, int64(80+i))
+			var buf bytes.Buffer
+			w, err := compress.NewWriter(&buf, 1)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for off := 0; off < len(data); off += 10000 {
+				w.Write(data[off:min(off+10000, len(data))])
+			}
+			if err := w.Close(); err != nil {
+				t.Error(err)
+				return
+			}
+			if got := unzstd(t, buf.Bytes()); !bytes.Equal(got, data) {
+				t.Errorf("stream %d: mismatch", i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// TestNewWriterReadableByZstdCLI proves interop with the reference
+// decoder, which is what Nix links against.
+func TestNewWriterReadableByZstdCLI(t *testing.T) {
+	if _, err := exec.LookPath("zstd"); err != nil {
+		t.Skip("zstd CLI not installed")
+	}
+	data := testData(512<<10, 90)
+	cmd := exec.Command("zstd", "-dc")
+	cmd.Stdin = bytes.NewReader(compressWith(t, data, 0))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("zstd -dc: %v", err)
+	}
+	if !bytes.Equal(out, data) {
+		t.Fatal("zstd CLI decoded different bytes")
+	}
+}
+
+func TestNewReader(t *testing.T) {
+	data := testData(256<<10, 100)
+	viaCLI := func(name string, args ...string) func(t *testing.T) []byte {
+		return func(t *testing.T) []byte {
+			if _, err := exec.LookPath(name); err != nil {
+				t.Skipf("%s not installed", name)
+			}
+			cmd := exec.Command(name, args...)
+			cmd.Stdin = bytes.NewReader(data)
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			return out
+		}
+	}
+	stdGzip := func(t *testing.T) []byte {
+		var b bytes.Buffer
+		w := gzip.NewWriter(&b)
+		w.Write(data)
+		w.Close()
+		return b.Bytes()
+	}
+	ours := func(t *testing.T) []byte { return compressWith(t, data, 0) }
+	plain := func(*testing.T) []byte { return data }
+	for _, tc := range []struct {
+		codec string
+		make  func(*testing.T) []byte
+	}{
+		{"none", plain},
+		{"", plain},
+		{"zstd", viaCLI("zstd", "-3", "-c")},
+		{"zstd", ours},
+		{"xz", viaCLI("xz", "-6", "-c")},
+		{"xz", viaCLI("xz", "-0", "-T2", "-c")},
+		{"bzip2", viaCLI("bzip2", "-c")},
+		{"bz2", viaCLI("bzip2", "-1", "-c")},
+		{"gzip", viaCLI("gzip", "-c")},
+		{"gzip", stdGzip},
+	} {
+		t.Run(tc.codec, func(t *testing.T) {
+			r, err := compress.NewReader(bytes.NewReader(tc.make(t)), tc.codec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatalf("decoded %d bytes, want the %d original ones", len(got), len(data))
+			}
+		})
+	}
+}
+
+func TestNewReaderErrors(t *testing.T) {
+	if _, err := compress.NewReader(bytes.NewReader(nil), "lz4"); !errors.Is(err, compress.ErrUnknownCompression) {
+		t.Fatalf("lz4: %v, want ErrUnknownCompression", err)
+	}
+	for _, codec := range []string{"zstd", "xz", "bzip2", "gzip"} {
+		t.Run(codec, func(t *testing.T) {
+			r, err := compress.NewReader(bytes.NewReader([]byte("this is not compressed data at all")), codec)
+			if err == nil {
+				_, err = io.ReadAll(r)
+				r.Close()
+			}
+			if err == nil {
+				t.Fatal("garbage decoded without error")
+			}
+		})
+	}
+}
+
+func FuzzNewReaderZstd(f *testing.F) {
+	f.Add([]byte{})
+	var b bytes.Buffer
+	w, _ := compress.NewWriter(&b, 0)
+	w.Write([]byte("nix-archive-1"))
+	w.Close()
+	f.Add(b.Bytes())
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r, err := compress.NewReader(bytes.NewReader(in), "zstd")
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, io.LimitReader(r, 64<<20))
+		r.Close()
+	})
+}

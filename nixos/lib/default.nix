@@ -1,0 +1,119 @@
+# Plain-Nix logic of Concordia's fleet wiring. Everything here takes only
+# `lib`-free builtins or plain attribute sets, so the test suite can evaluate
+# it with `nix-instantiate --eval --strict --json` on a machine without
+# nixpkgs, and the flake and modules stay thin wrappers around it.
+let
+  inherit (builtins)
+    attrNames concatStringsSep filter foldl' hasAttr head isAttrs isBool isFloat
+    isInt isList isString length listToAttrs map replaceStrings sort split
+    toJSON typeOf elem substring stringLength match;
+
+  mapAttrs = builtins.mapAttrs;
+  filterAttrs = pred: set:
+    listToAttrs (map (n: { name = n; value = set.${n}; })
+      (filter (n: pred n set.${n}) (attrNames set)));
+
+  # The fields a node may set to tune the deployer; copied into the deploy-rs
+  # schema node when the host's module sets them (null means "inherit").
+  deploySettingNames = [
+    "sshOpts" "magicRollback" "autoRollback" "confirmTimeout" "activationTimeout"
+    "fastConnection" "tags" "deployerPath" "healthChecks"
+  ];
+in
+rec {
+  # deployNodes: the deploy-rs-schema `deploy` attribute from
+  # nixosConfigurations, with zero per-host duplication. A host opts in with
+  # `homelab.deploy.enable = true; homelab.deploy.targetHost = "...";` and
+  # everything else comes from `defaults` or the host's own settings.
+  #
+  #   deploy = concordia.lib.deployNodes { inherit (self) nixosConfigurations; };
+  deployNodes =
+    { nixosConfigurations
+    , defaults ? { }
+    , sshUser ? "deploy"
+    }:
+    let
+      enabled = filterAttrs
+        (_: host: (host.config.homelab.deploy.enable or false))
+        nixosConfigurations;
+      node = name: host:
+        let
+          d = host.config.homelab.deploy;
+          settings = filterAttrs (n: v: elem n deploySettingNames && v != null) d;
+        in
+        settings // {
+          hostname =
+            if (d.targetHost or null) == null || d.targetHost == ""
+            then throw "homelab.deploy.targetHost is not set for host ${name}"
+            else d.targetHost;
+          sshUser = d.sshUser or sshUser;
+          user = "root";
+          profiles.system = {
+            user = "root";
+            path = host.config.system.build.toplevel;
+          };
+        };
+    in
+    defaults // { nodes = mapAttrs node enabled; };
+
+  # hostsToBuild: the CI build matrix, the names of every host that deploys.
+  hostsToBuild = nixosConfigurations:
+    sort (a: b: a < b) (attrNames (filterAttrs
+      (_: host: host.config.homelab.deploy.enable or false)
+      nixosConfigurations));
+
+  # The host verbs the deploy user may run as root, and nothing else. The
+  # deployer validates every argument itself; sudo only narrows the verbs.
+  hostVerbs = [ "activate" "confirm" "wait" "status" "rollback" ];
+
+  # sudoRules: the NixOS `security.sudo.extraRules` entry for the deploy user.
+  sudoRules = { user ? "deploy", deployer }: [{
+    users = [ user ];
+    runAs = "root";
+    commands = map
+      (verb: { command = "${deployer} ${verb} *"; options = [ "NOPASSWD" ]; })
+      hostVerbs;
+  }];
+
+  # authorizedKey: one authorized_keys line, forced through `deployer gate`
+  # so the key can run only the deployer's verbs, never a shell.
+  authorizedKey = { deployer, key }:
+    ''command="${deployer} gate",restrict ${key}'';
+
+  # toTOML renders the cache's settings (a flat attrset plus tables of
+  # scalars/lists) the way internal/config reads them. Nulls are dropped, so
+  # unset module options fall back to the server's defaults.
+  toTOML = settings:
+    let
+      clean = filterAttrs (_: v: v != null);
+      esc = s: replaceStrings [ "\\" "\"" "\n" "\t" ] [ "\\\\" "\\\"" "\\n" "\\t" ] s;
+      value = v:
+        if isBool v then (if v then "true" else "false")
+        else if isInt v || isFloat v then toString v
+        else if isString v then "\"${esc v}\""
+        else if isList v then "[" + concatStringsSep ", " (map value v) + "]"
+        else throw "toTOML: cannot render a ${typeOf v}";
+      kv = set: concatStringsSep "" (map (n: "${n} = ${value set.${n}}\n") (attrNames set));
+      top = clean (filterAttrs (_: v: !(isAttrs v)) settings);
+      tables = clean (filterAttrs (_: isAttrs) settings);
+      table = n: "\n[${n}]\n" + kv (clean tables.${n});
+    in
+    kv top + concatStringsSep "" (map table (attrNames tables));
+
+  # substituterLine: what the client module puts in nix.conf for the cache.
+  clientSettings = { url, publicKeys, priority ? null }: {
+    substituters = [ (if priority == null then url else "${url}?priority=${toString priority}") ];
+    trusted-public-keys = publicKeys;
+  };
+
+  # branchMode mirrors `deployer push --branch` for documentation and checks:
+  # main switches everything, test-<host> tests that host, anything else
+  # deploys nothing. The deployer itself is the authority (tested in Go).
+  branchMode = nodes: branch:
+    if branch == "main" then { mode = "switch"; hosts = sort (a: b: a < b) (attrNames nodes); }
+    else if match "test-(.+)" branch != null then
+      let host = head (match "test-(.+)" branch); in
+      if hasAttr host nodes then { mode = "test"; hosts = [ host ]; }
+      else throw "branch ${branch}: no deploy node named ${host}"
+    else { mode = null; hosts = [ ]; };
+}

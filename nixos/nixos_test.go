@@ -1,0 +1,237 @@
+// Package nixos holds no Go code: its tests check the Nix side of Concordia
+// (modules, flake, fleet logic) on a machine without nixpkgs, by parsing
+// every .nix file and evaluating the plain-Nix functions of nixos/lib.
+package nixos
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/bos55/concordia/internal/config"
+)
+
+func nixEnv(t *testing.T) []string {
+	home := t.TempDir()
+	return append(os.Environ(), "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
+}
+
+func needNix(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("nix-instantiate"); err != nil {
+		t.Skip("nix-instantiate not installed")
+	}
+}
+
+// TestEveryNixFileParses runs nix-instantiate --parse on every .nix file of
+// the repository, so a syntax error in a module fails CI even though the
+// modules cannot be evaluated against nixpkgs here.
+func TestEveryNixFileParses(t *testing.T) {
+	needNix(t)
+	var files []string
+	err := filepath.WalkDir("..", func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == "testdata" || strings.HasPrefix(d.Name(), "result")) {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && strings.HasSuffix(p, ".nix") {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 10 {
+		t.Fatalf("found only %d .nix files: %v", len(files), files)
+	}
+	for _, f := range files {
+		cmd := exec.Command("nix-instantiate", "--parse", f)
+		cmd.Env = nixEnv(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s does not parse: %v\n%s", f, err, out)
+		}
+	}
+}
+
+type schema struct {
+	Deploy struct {
+		MagicRollback  bool                       `json:"magicRollback"`
+		ConfirmTimeout int                        `json:"confirmTimeout"`
+		Nodes          map[string]json.RawMessage `json:"nodes"`
+	} `json:"deploy"`
+	Hosts    []string `json:"hosts"`
+	Sudo     []struct {
+		Users    []string `json:"users"`
+		RunAs    string   `json:"runAs"`
+		Commands []struct {
+			Command string   `json:"command"`
+			Options []string `json:"options"`
+		} `json:"commands"`
+	} `json:"sudo"`
+	Key      string                     `json:"key"`
+	Client   map[string][]string        `json:"client"`
+	TOML     string                     `json:"toml"`
+	Branches map[string]json.RawMessage `json:"branches"`
+}
+
+func evalSchema(t *testing.T) schema {
+	t.Helper()
+	needNix(t)
+	cmd := exec.Command("nix-instantiate", "--eval", "--strict", "--json", "tests/deploy-schema.nix")
+	cmd.Env = nixEnv(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("evaluating tests/deploy-schema.nix: %v", err)
+	}
+	var s schema
+	if err := json.Unmarshal(out, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestDeployNodes checks lib.deployNodes against the fake fleet: exactly the
+// hosts with homelab.deploy.enable, in deploy-rs's schema, settings carried
+// over only when set, defaults at the top level.
+func TestDeployNodes(t *testing.T) {
+	s := evalSchema(t)
+	if !s.Deploy.MagicRollback || s.Deploy.ConfirmTimeout != 30 {
+		t.Errorf("top-level defaults lost: %+v", s.Deploy)
+	}
+	want := map[string]string{
+		"devbox":  `{"autoRollback":false,"confirmTimeout":60,"hostname":"192.0.2.20","profiles":{"system":{"path":"/nix/store/00000000000000000000000000000000-nixos-system-devbox","user":"root"}},"sshUser":"deploy","user":"root"}`,
+		"ingress": `{"hostname":"ingress.example.org","profiles":{"system":{"path":"/nix/store/00000000000000000000000000000000-nixos-system-ingress","user":"root"}},"sshUser":"deploy","tags":["edge","prod"],"user":"root"}`,
+		"prod":    `{"healthChecks":[{"url":"https://prod.example.org/health"}],"hostname":"prod.example.org","profiles":{"system":{"path":"/nix/store/00000000000000000000000000000000-nixos-system-prod","user":"root"}},"sshUser":"deploy","tags":["prod"],"user":"root"}`,
+		"testbox": `{"hostname":"testbox.example.org","profiles":{"system":{"path":"/nix/store/00000000000000000000000000000000-nixos-system-testbox","user":"root"}},"sshUser":"ci-deploy","user":"root"}`,
+	}
+	if len(s.Deploy.Nodes) != len(want) {
+		t.Errorf("nodes = %d, want %d (laptop is disabled, printer has no homelab.deploy)", len(s.Deploy.Nodes), len(want))
+	}
+	for name, w := range want {
+		got, ok := s.Deploy.Nodes[name]
+		if !ok {
+			t.Errorf("node %s missing", name)
+			continue
+		}
+		if string(got) != w {
+			t.Errorf("node %s:\n got %s\nwant %s", name, got, w)
+		}
+	}
+	if !reflect.DeepEqual(s.Hosts, []string{"devbox", "ingress", "prod", "testbox"}) {
+		t.Errorf("hostsToBuild = %v", s.Hosts)
+	}
+}
+
+// TestSudoAndGate: the deploy user may run only the host verbs, as root,
+// without a password, and its keys are forced through the gate.
+func TestSudoAndGate(t *testing.T) {
+	s := evalSchema(t)
+	if len(s.Sudo) != 1 || !reflect.DeepEqual(s.Sudo[0].Users, []string{"deploy"}) || s.Sudo[0].RunAs != "root" {
+		t.Fatalf("sudo rules = %+v", s.Sudo)
+	}
+	var verbs []string
+	for _, c := range s.Sudo[0].Commands {
+		if !reflect.DeepEqual(c.Options, []string{"NOPASSWD"}) {
+			t.Errorf("%s: options %v", c.Command, c.Options)
+		}
+		f := strings.Fields(c.Command)
+		if len(f) != 3 || f[0] != "/run/current-system/sw/bin/deployer" || f[2] != "*" {
+			t.Errorf("unexpected sudo command %q", c.Command)
+			continue
+		}
+		verbs = append(verbs, f[1])
+	}
+	if !reflect.DeepEqual(verbs, []string{"activate", "confirm", "wait", "status", "rollback"}) {
+		t.Errorf("verbs = %v", verbs)
+	}
+	if s.Key != `command="/run/current-system/sw/bin/deployer gate",restrict ssh-ed25519 AAAAC3Nza ci@forge` {
+		t.Errorf("authorized key line = %q", s.Key)
+	}
+}
+
+// TestRenderedTOMLLoads: what the cache module renders is exactly what the
+// server's config parser accepts (no unknown keys, values as meant).
+func TestRenderedTOMLLoads(t *testing.T) {
+	s := evalSchema(t)
+	want := "bind = \"127.0.0.1:5000\"\nenable_compression = true\npriority = 30\nsign_key_paths = [\"/run/credentials/concordia-cache.service/sign-key-0\"]\n\n[upload]\ndir = \"/var/lib/concordia-cache/upload\"\nprivate = false\ntokens_file = \"/run/credentials/x/\\\"tokens\\\"\"\n\n[zstd]\nlevel = 3\n"
+	if s.TOML != want {
+		t.Errorf("toTOML:\n%s\nwant:\n%s", s.TOML, want)
+	}
+	cfg, err := config.Parse([]byte(s.TOML))
+	if err != nil {
+		t.Fatalf("the server refuses the module's TOML: %v", err)
+	}
+	if cfg.Bind != "127.0.0.1:5000" || cfg.Priority != 30 {
+		t.Errorf("config read back wrong: bind %q priority %d", cfg.Bind, cfg.Priority)
+	}
+}
+
+func TestClientSettingsAndBranches(t *testing.T) {
+	s := evalSchema(t)
+	if !reflect.DeepEqual(s.Client["substituters"], []string{"https://cache.example.org?priority=10"}) ||
+		!reflect.DeepEqual(s.Client["trusted-public-keys"], []string{"cache.example.org-1:AAAA"}) {
+		t.Errorf("client settings = %v", s.Client)
+	}
+	want := map[string]string{
+		"main":    `{"hosts":["devbox","ingress","prod","testbox"],"mode":"switch"}`,
+		"test":    `{"hosts":["devbox"],"mode":"test"}`,
+		"feature": `{"hosts":[],"mode":null}`,
+	}
+	for k, w := range want {
+		if string(s.Branches[k]) != w {
+			t.Errorf("branch %s: %s, want %s", k, s.Branches[k], w)
+		}
+	}
+}
+
+// TestWorkflowsLint runs actionlint (with shellcheck on the run: scripts
+// when it is installed) over the example fleet's Forgejo workflows.
+func TestWorkflowsLint(t *testing.T) {
+	if testing.Short() {
+		t.Skip("downloads actionlint through the Go module proxy")
+	}
+	files, _ := filepath.Glob("examples/.forgejo/workflows/*.yml")
+	if len(files) != 3 {
+		t.Fatalf("want check.yml, build.yml and deploy.yml, found %v", files)
+	}
+	args := append([]string{"run", "github.com/rhysd/actionlint/cmd/actionlint@v1.7.12",
+		"-config-file", "examples/.forgejo/actionlint.yaml"}, files...)
+	cmd := exec.Command("go", args...)
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("actionlint: %v\n%s", err, out)
+	}
+}
+
+// TestRenovateConfig: minor and patch updates merge themselves once checks pass.
+func TestRenovateConfig(t *testing.T) {
+	b, err := os.ReadFile("examples/renovate.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		PackageRules []struct {
+			MatchUpdateTypes []string `json:"matchUpdateTypes"`
+			Automerge        bool     `json:"automerge"`
+		} `json:"packageRules"`
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	ok := false
+	for _, r := range cfg.PackageRules {
+		if r.Automerge && reflect.DeepEqual(r.MatchUpdateTypes[:2], []string{"minor", "patch"}) {
+			ok = true
+		}
+	}
+	if !ok {
+		t.Error("renovate.json does not auto-merge minor/patch updates")
+	}
+}

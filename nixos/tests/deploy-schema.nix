@@ -1,0 +1,29 @@
+# The deploy-schema check: lib.deployNodes over the fake fleet, evaluated by
+# the Go test suite (exact JSON) and by `nix flake check`.
+let
+  clib = import ../lib;
+  fleet = import ./fake-configurations.nix;
+in
+{
+  deploy = clib.deployNodes { nixosConfigurations = fleet; defaults = { magicRollback = true; confirmTimeout = 30; }; };
+  hosts = clib.hostsToBuild fleet;
+  sudo = clib.sudoRules { deployer = "/run/current-system/sw/bin/deployer"; };
+  key = clib.authorizedKey { deployer = "/run/current-system/sw/bin/deployer"; key = "ssh-ed25519 AAAAC3Nza ci@forge"; };
+  client = clib.clientSettings { url = "https://cache.example.org"; publicKeys = [ "cache.example.org-1:AAAA" ]; priority = 10; };
+  toml = clib.toTOML {
+    bind = "127.0.0.1:5000";
+    priority = 30;
+    enable_compression = true;
+    sign_key_paths = [ "/run/credentials/concordia-cache.service/sign-key-0" ];
+    tls_cert_path = null;
+    zstd = { level = 3; };
+    upload = { dir = "/var/lib/concordia-cache/upload"; private = false; tokens_file = "/run/credentials/x/\"tokens\""; };
+  };
+  branches =
+    let nodes = (clib.deployNodes { nixosConfigurations = fleet; }).nodes; in
+    {
+      main = clib.branchMode nodes "main";
+      test = clib.branchMode nodes "test-devbox";
+      feature = clib.branchMode nodes "feature-x";
+    };
+}

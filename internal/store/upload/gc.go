@@ -288,20 +288,34 @@ type Pin struct {
 	Created   time.Time `json:"created"`
 }
 
-// Pin makes storePath (and so its closure) a GC root. The path need not
-// be uploaded yet: CI may pin a system before or after pushing it.
-func (s *Store) Pin(ctx context.Context, storePath, note string) error {
-	dir, hp, _, err := narinfo.ParseStorePath(storePath)
-	if err != nil {
-		return fmt.Errorf("%w: %v", store.ErrInvalid, err)
+// Pin makes a path (and so its closure) a GC root. pathOrHash is a full
+// store path or a bare hash part (the HTTP pin API names paths by hash).
+// The path need not be uploaded yet: CI may pin a system before pushing it.
+func (s *Store) Pin(ctx context.Context, pathOrHash, note string) error {
+	hp, storePath := pathOrHash, ""
+	if strings.Contains(pathOrHash, "/") {
+		dir, h, name, err := narinfo.ParseStorePath(pathOrHash)
+		if err == nil {
+			err = checkName(name)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %v", store.ErrInvalid, err)
+		}
+		if dir != s.storeDir {
+			return invalidf("%s is not in %s", pathOrHash, s.storeDir)
+		}
+		hp, storePath = h, pathOrHash
 	}
-	if dir != s.storeDir {
-		return invalidf("%s is not in %s", storePath, s.storeDir)
+	if !narinfo.ValidHashPart(hp) {
+		return invalidf("%q is neither a store path nor a hash part", pathOrHash)
 	}
 	if len(note) > 1024 {
 		return invalidf("pin note longer than 1024 bytes")
 	}
 	return mapErr(s.db.Update(func(tx *bolt.Tx) error {
+		if storePath == "" {
+			storePath = storePathOf(tx, hp) // the hash when not uploaded yet
+		}
 		return putJSON(tx.Bucket(bPins), []byte(hp), Pin{StorePath: storePath, Note: note, Created: s.now().UTC()})
 	}))
 }

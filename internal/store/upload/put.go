@@ -150,12 +150,11 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 		return nil, err
 	}
 	if verr != nil {
-		if errors.Is(verr, nar.ErrInvalid) || errors.Is(verr, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("%w: NAR %s: %v", store.ErrInvalid, name, verr)
-		}
-		// A decompression error is the client's too (corrupt or
-		// truncated stream); a body read error is the connection's.
-		return nil, fmt.Errorf("%w: NAR %s: %v", store.ErrInvalid, name, verr)
+		// A NAR format error, a decompression error (corrupt or
+		// truncated stream) and a body read error (the connection, or
+		// the server's size limit, which the handler turns into 413)
+		// all mean the upload is refused; the chain is kept for that.
+		return nil, fmt.Errorf("%w: NAR %s: %w", store.ErrInvalid, name, verr)
 	}
 	if narSum.n != narSize {
 		return nil, fmt.Errorf("%w: NAR %s: %d bytes of trailing data after the NAR", store.ErrInvalid, name, narSum.n-narSize)
@@ -501,10 +500,18 @@ func (s *Store) PutRealisation(ctx context.Context, id string, body io.Reader) e
 	return s.putJSONDoc(bReal, id, body, "realisation")
 }
 
-// PutBuildTrace stores a build-trace-v2 document (Nix 2.35 and later) under
-// its path below build-trace-v2/.
-func (s *Store) PutBuildTrace(ctx context.Context, key string, body io.Reader) error {
-	return s.putJSONDoc(bTrace, key, body, "build trace entry")
+// PutBuildTrace stores a build-trace-v2 document (Nix 2.35 and later,
+// build-trace-v2/<drv base name>/<output>.doi). It is kept with the
+// realisations under "<drv base name>!<output>", the id the server asks
+// Realisation for.
+func (s *Store) PutBuildTrace(ctx context.Context, drvBase, output string, body io.Reader) error {
+	if _, _, err := narinfo.ParseBaseName(drvBase); err != nil || !strings.HasSuffix(drvBase, ".drv") {
+		return invalidf("build trace: %q is not a .drv store path base name", drvBase)
+	}
+	if output == "" || strings.ContainsAny(output, "/!\x00") {
+		return invalidf("build trace: bad output name %q", output)
+	}
+	return s.putJSONDoc(bReal, drvBase+"!"+output, body, "build trace entry")
 }
 
 func (s *Store) putJSONDoc(bucket []byte, key string, body io.Reader, what string) error {

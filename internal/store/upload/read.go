@@ -263,7 +263,3 @@ func (s *Store) Realisation(ctx context.Context, id string) ([]byte, error) {
 	return s.getDoc(bReal, id)
 }
 
-// BuildTrace returns a build-trace-v2 document stored by PutBuildTrace.
-func (s *Store) BuildTrace(ctx context.Context, key string) ([]byte, error) {
-	return s.getDoc(bTrace, key)
-}

@@ -102,8 +102,7 @@ var (
 	bListings = []byte("listings") // hash part -> .ls JSON
 	bLogs     = []byte("logs")     // drv base name -> log bytes
 	bReal     = []byte("realisations")
-	bTrace    = []byte("buildtrace") // build-trace-v2 key -> JSON
-	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogs, bReal, bTrace}
+	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogs, bReal}
 )
 
 // pathRec is an accepted narinfo, with the blob it claims.

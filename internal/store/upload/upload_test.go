@@ -392,7 +392,7 @@ func TestPins(t *testing.T) {
 	if err := s.Pin(ctx, p.info.StorePath, "host1 system"); err != nil {
 		t.Fatal(err)
 	}
-	for _, bad := range []string{"/nix/store/../x", "/gnu/store/" + p.base, "nope"} {
+	for _, bad := range []string{"/nix/store/../x", "/gnu/store/" + p.base, "nope", "/nix/store/" + p.hash + "-.."} {
 		if err := s.Pin(ctx, bad, ""); !errors.Is(err, store.ErrInvalid) {
 			t.Errorf("Pin(%q) = %v", bad, err)
 		}

@@ -240,7 +240,7 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 		Remote: ssh, Checker: checkerFor, Log: log, Progress: progress,
 	}
 	if !o.noPin {
-		opts.Pins = &deploy.HTTPPinner{Cache: o.cache, Token: token, Log: log}
+		opts.Pins = &deploy.HTTPPinner{Cache: o.cache, Token: token, Log: log, Note: "deployer push " + o.id}
 	}
 	fmt.Fprintf(env.Stderr, "deploy %s: %s on %d node(s)\n", o.id, mode, len(nodes))
 	rep := deploy.Run(ctx, nodes, opts)

@@ -1,7 +1,9 @@
 package deploy
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,8 +22,10 @@ var ErrNoPinAPI = errors.New("cache has no pin API")
 // (POST/DELETE <cache>/api/pins/<hash>), so the cache's garbage collector
 // never removes a running system or its rollback target.
 type HTTPPinner struct {
-	Cache  string
-	Token  string
+	Cache string
+	Token string
+	// Note is recorded with each pin (e.g. the deploy id).
+	Note   string
 	Client *http.Client
 	Log    *slog.Logger
 
@@ -47,9 +51,17 @@ func (p *HTTPPinner) do(ctx context.Context, method, storePath string) error {
 		return fmt.Errorf("pin %s: not a store path", storePath)
 	}
 	u := strings.TrimRight(p.Cache, "/") + "/api/pins/" + base[:32]
-	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	var body io.Reader
+	if method == http.MethodPost {
+		b, _ := json.Marshal(map[string]string{"storePath": storePath, "note": p.Note})
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		return fmt.Errorf("pin %s: %w", storePath, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if p.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+p.Token)

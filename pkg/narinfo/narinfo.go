@@ -1,7 +1,6 @@
 package narinfo
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -58,35 +57,31 @@ func parse(data []byte) (*NarInfo, error) {
 		return nil, fmt.Errorf("%w: last line does not end in a newline", ErrInvalid)
 	}
 	n := &NarInfo{}
-	seen := map[string]bool{}
-	lineNo := 0
-	for len(data) > 0 {
-		lineNo++
-		eol := bytes.IndexByte(data, '\n')
-		line := string(data[:eol])
-		data = data[eol+1:]
-		bad := func(format string, a ...any) error {
-			return fmt.Errorf("%w: line %d: %s", ErrInvalid, lineNo, fmt.Sprintf(format, a...))
-		}
+	var seen uint32      // bit per known key, see keyBit
+	rest := string(data) // one copy; lines and values are slices of it
+	for lineNo := 1; rest != ""; lineNo++ {
+		eol := strings.IndexByte(rest, '\n')
+		line := rest[:eol]
+		rest = rest[eol+1:]
 		if strings.ContainsAny(line, "\r\x00") {
-			return nil, bad("contains CR or NUL")
+			return nil, lineErr(lineNo, "contains CR or NUL")
 		}
 		colon := strings.IndexByte(line, ':')
 		if colon <= 0 || colon+1 >= len(line) || line[colon+1] != ' ' {
-			if colon == len(line)-1 {
-				return nil, bad("want %q, found no space after the colon", "Key: value")
+			if colon > 0 && colon == len(line)-1 {
+				return nil, lineErr(lineNo, "want \"Key: value\", found no space after the colon")
 			}
-			return nil, bad("want %q", "Key: value")
+			return nil, lineErr(lineNo, "want \"Key: value\"")
 		}
 		key, value := line[:colon], line[colon+2:]
-		if key != "Sig" && known(key) {
-			if seen[key] {
-				return nil, bad("%s appears twice", key)
+		if bit := keyBit(key); bit != 0 && key != "Sig" {
+			if seen&bit != 0 {
+				return nil, lineErr(lineNo, key+" appears twice")
 			}
-			seen[key] = true
+			seen |= bit
 		}
 		if err := n.set(key, value); err != nil {
-			return nil, bad("%s: %v", key, err)
+			return nil, lineErr(lineNo, key+": "+err.Error())
 		}
 	}
 	if n.Compression == "" {
@@ -94,29 +89,57 @@ func parse(data []byte) (*NarInfo, error) {
 	}
 	slices.Sort(n.Sigs)
 	n.Sigs = slices.Compact(n.Sigs)
-	for _, req := range []struct {
-		key string
-		ok  bool
-	}{
-		{"StorePath", seen["StorePath"]},
-		{"NarHash", seen["NarHash"]},
-		{"URL", n.URL != ""},
-		{"NarSize", n.NarSize > 0},
-	} {
-		if !req.ok {
-			return nil, fmt.Errorf("%w: %s is missing or empty", ErrInvalid, req.key)
-		}
+	switch {
+	case seen&keyBit("StorePath") == 0:
+		return nil, missing("StorePath")
+	case seen&keyBit("NarHash") == 0:
+		return nil, missing("NarHash")
+	case n.URL == "":
+		return nil, missing("URL")
+	case n.NarSize == 0:
+		return nil, missing("NarSize")
 	}
 	return n, nil
 }
 
-func known(key string) bool {
+func lineErr(lineNo int, msg string) error {
+	return fmt.Errorf("%w: line %d: %s", ErrInvalid, lineNo, msg)
+}
+
+func missing(key string) error {
+	return fmt.Errorf("%w: %s is missing or empty", ErrInvalid, key)
+}
+
+// keyBit numbers the keys Nix knows, for duplicate detection; 0 means an
+// unknown key.
+func keyBit(key string) uint32 {
 	switch key {
-	case "StorePath", "URL", "Compression", "FileHash", "FileSize", "NarHash",
-		"NarSize", "References", "Deriver", "System", "Sig", "CA":
-		return true
+	case "StorePath":
+		return 1 << 0
+	case "URL":
+		return 1 << 1
+	case "Compression":
+		return 1 << 2
+	case "FileHash":
+		return 1 << 3
+	case "FileSize":
+		return 1 << 4
+	case "NarHash":
+		return 1 << 5
+	case "NarSize":
+		return 1 << 6
+	case "References":
+		return 1 << 7
+	case "Deriver":
+		return 1 << 8
+	case "System":
+		return 1 << 9
+	case "Sig":
+		return 1 << 10
+	case "CA":
+		return 1 << 11
 	}
-	return false
+	return 0
 }
 
 // set stores one field; unknown keys are ignored, as Nix does.

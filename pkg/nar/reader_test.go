@@ -354,7 +354,7 @@ func TestReaderRejectsEveryTruncation(t *testing.T) {
 // be refused before anything of that size is allocated.
 func TestReaderBoundedAllocation(t *testing.T) {
 	inputs := map[string][]byte{
-		"magic":   (&narBuilder{}).u(1<<60).u(0).b, // 16 bytes
+		"magic":   (&narBuilder{}).u(1 << 60).u(0).b, // 16 bytes
 		"type":    (&narBuilder{}).s("nix-archive-1", "(", "type").u(1 << 60).b,
 		"name":    dirNAR().s("entry", "(", "name").u(1 << 60).b,
 		"target":  (&narBuilder{}).s("nix-archive-1", "(", "type", "symlink", "target").u(1 << 60).b,

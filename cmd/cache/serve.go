@@ -3,17 +3,329 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
+	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/internal/cli"
+	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/config"
+	"github.com/bos55/concordia/internal/server"
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/internal/store/local"
+	"github.com/bos55/concordia/internal/store/upload"
+	"github.com/bos55/concordia/internal/version"
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
-// Placeholder until the server lands; replaced by the serve implementation.
+type serveOptions struct {
+	config      string
+	bind        string
+	signKeys    stringList
+	compression string
+	stateDir    string
+	logLevel    string
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
 func newServeCommand() *cli.Command {
+	var opts serveOptions
 	return &cli.Command{
 		Name:  "serve",
-		Short: "serve the local Nix store as a binary cache",
+		Usage: "[--config FILE] [--bind ADDR] [--sign-key FILE]... [--compression zstd|none] [--state-dir DIR]",
+		Short: "serve the local Nix store (and uploads) as a binary cache",
+		Long: `Serves the machine's /nix/store, read from the Nix database, as a signed,
+zstd-compressed binary cache; with [upload] configured it also takes paths
+pushed with 'nix copy --to'.
+
+Without any configuration it listens on 127.0.0.1:5000, serves the local
+store if /nix/var/nix/db/db.sqlite exists, and signs with a key it creates
+on first start in its state directory (named <hostname>-1); it prints the
+public key and the nix.conf lines clients need.
+
+The config file is TOML; Harmonia's settings.toml keys are accepted with the
+same meaning. Flags override the file. SIGTERM or SIGINT stops accepting and
+lets in-flight downloads finish.`,
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&opts.config, "config", "", "read the TOML config `FILE`")
+			fs.StringVar(&opts.bind, "bind", "", "listen on `ADDR` (host:port or unix:/path)")
+			fs.Var(&opts.signKeys, "sign-key", "sign narinfos with the secret key in `FILE` (repeatable)")
+			fs.StringVar(&opts.compression, "compression", "", "announce NARs as zstd or none")
+			fs.StringVar(&opts.stateDir, "state-dir", "", "keep the generated key and caches in `DIR`")
+			fs.StringVar(&opts.logLevel, "log-level", "", "debug, info, warn or error")
+		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			return errors.New("serve is not built yet")
+			if len(args) != 0 {
+				return cli.Usagef("serve takes no arguments")
+			}
+			return runServe(ctx, env, opts)
 		},
 	}
+}
+
+// loadServeConfig merges the file and the flags.
+func loadServeConfig(opts serveOptions) (*config.Config, error) {
+	cfg, err := config.Load(opts.config)
+	if err != nil {
+		return nil, err
+	}
+	if opts.bind != "" {
+		cfg.Bind = opts.bind
+	}
+	cfg.SignKeyPaths = append(cfg.SignKeyPaths, opts.signKeys...)
+	if opts.compression != "" {
+		cfg.Compression = opts.compression
+	}
+	if opts.stateDir != "" {
+		abs, err := filepath.Abs(opts.stateDir)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.CompressionCache.Dir == filepath.Join(cfg.StateDir, "zstd") {
+			cfg.CompressionCache.Dir = filepath.Join(abs, "zstd")
+		}
+		cfg.StateDir = abs
+	}
+	if opts.logLevel != "" {
+		cfg.LogLevel = opts.logLevel
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, cli.Usagef("%v", err)
+	}
+	return cfg, nil
+}
+
+func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
+	cfg, err := loadServeConfig(opts)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
+
+	keys, generated, err := signingKeys(cfg, log)
+	if err != nil {
+		return err
+	}
+
+	var cleanups []func() error
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			if err := cleanups[i](); err != nil {
+				log.Warn("close", "err", err)
+			}
+		}
+	}()
+
+	var localStore, uploadStore store.Store
+	var uploads *server.Uploads
+	if cfg.LocalStoreEnabled() {
+		ls, err := local.Open(ctx, local.Options{
+			DBPath:       cfg.NixDBPath,
+			StoreDir:     cfg.VirtualNixStore,
+			RealStoreDir: cfg.RealNixStore,
+			LogDir:       logDirFor(cfg.NixDBPath),
+			Logger:       log,
+		})
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, ls.Close)
+		localStore = ls
+	} else {
+		log.Warn("no local store served", "nix_db_path", cfg.NixDBPath)
+	}
+	if cfg.Upload.Dir != "" {
+		var others []store.Store
+		if localStore != nil {
+			others = append(others, localStore)
+		}
+		us, err := upload.Open(ctx, cfg.Upload.Dir, upload.Options{
+			StoreDir:   cfg.VirtualNixStore,
+			SignKeys:   keys,
+			Others:     others,
+			MaxSize:    int64(cfg.GC.MaxSize),
+			MaxAge:     time.Duration(cfg.GC.MaxAge),
+			GCInterval: time.Duration(cfg.GC.Interval),
+			Log:        log,
+		})
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, us.Close)
+		uploads = &server.Uploads{Store: us}
+		if cfg.Upload.TokensFile != "" {
+			tokens, err := auth.Load(cfg.Upload.TokensFile, log)
+			if err != nil {
+				return err
+			}
+			uploads.Tokens = tokens
+		}
+		uploadStore = us
+	}
+	var stores []store.Store
+	for _, st := range preferOrder(cfg.Upload.Prefer, localStore, uploadStore) {
+		if st != nil {
+			stores = append(stores, st)
+		}
+	}
+
+	sopts := server.Options{
+		Stores:            stores,
+		Keys:              keys,
+		Compression:       cfg.Compression,
+		NegotiateEncoding: cfg.EnableCompression,
+		ZstdLevel:         cfg.Zstd.Level,
+		Priority:          cfg.Priority,
+		Logger:            log,
+		Version:           version.String(),
+	}
+	if uploads != nil {
+		sopts.Upload = uploads
+		if cfg.Upload.Private {
+			tokens := uploads.Tokens
+			sopts.Authorize = func(r *http.Request) error {
+				_, err := tokens.Authorize(r, auth.Read)
+				return err
+			}
+		}
+	}
+	if cfg.CompressionCache.Dir != "" && cfg.CompressionCache.MaxSize > 0 {
+		cc, err := compress.Open(cfg.CompressionCache.Dir, int64(cfg.CompressionCache.MaxSize), cfg.Zstd.Level, log)
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, cc.Close)
+		sopts.Cache = server.CompressCache(cc)
+		sopts.Collectors = cc.Collectors()
+	}
+	srv, err := server.New(sopts)
+	if err != nil {
+		return err
+	}
+	mode, _ := cfg.SocketFileMode()
+	ln, err := server.Listen(cfg.Bind, mode)
+	if err != nil {
+		return err
+	}
+	printWelcome(env.Stdout, ln.Addr().String(), cfg, keys, generated)
+	log.Info("serving", "addr", ln.Addr().String(), "stores", len(stores), "keys", len(keys),
+		"compression", cfg.Compression, "tls", cfg.TLSCertPath != "")
+	err = srv.Run(ctx, ln, server.RunOptions{TLSCert: cfg.TLSCertPath, TLSKey: cfg.TLSKeyPath})
+	if err == nil {
+		log.Info("stopped")
+	}
+	return err
+}
+
+// preferOrder puts the preferred store first.
+func preferOrder(prefer string, localStore, uploadStore store.Store) []store.Store {
+	if prefer == "local" {
+		return []store.Store{localStore, uploadStore}
+	}
+	return []store.Store{uploadStore, localStore}
+}
+
+// logDirFor finds the build logs beside a database at
+// <root>/nix/var/nix/db/db.sqlite: <root>/nix/var/log/nix/drvs.
+func logDirFor(dbPath string) string {
+	const suffix = "/var/nix/db/db.sqlite"
+	if prefix, ok := strings.CutSuffix(dbPath, suffix); ok {
+		return prefix + "/var/log/nix/drvs"
+	}
+	return local.DefaultLogDir
+}
+
+// signingKeys loads the configured keys. With none configured it uses the
+// state directory's key, creating it (named <hostname>-1) on first start;
+// generated reports that.
+func signingKeys(cfg *config.Config, log *slog.Logger) (keys []narinfo.SecretKey, generated bool, err error) {
+	for _, p := range cfg.SignKeyPaths {
+		k, err := narinfo.LoadSecretKeyFile(p)
+		if err != nil {
+			return nil, false, fmt.Errorf("sign key %s: %w", p, err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) > 0 {
+		return keys, false, nil
+	}
+	k, generated, err := stateKey(cfg.StateDir)
+	if err != nil {
+		return nil, false, err
+	}
+	if generated {
+		log.Info("generated a signing key", "name", k.Name(), "dir", cfg.StateDir)
+	}
+	return []narinfo.SecretKey{k}, generated, nil
+}
+
+// stateKey loads <dir>/signing-key.sec, or creates it (0600, atomically,
+// never replacing one another process made at the same moment).
+func stateKey(dir string) (narinfo.SecretKey, bool, error) {
+	secPath := filepath.Join(dir, "signing-key.sec")
+	k, err := narinfo.LoadSecretKeyFile(secPath)
+	if err == nil {
+		return k, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return narinfo.SecretKey{}, false, fmt.Errorf("state key %s: %w", secPath, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return narinfo.SecretKey{}, false, fmt.Errorf("state dir: %w", err)
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "concordia"
+	}
+	sec, pub, err := narinfo.GenerateKey(host + "-1")
+	if err != nil {
+		return narinfo.SecretKey{}, false, err
+	}
+	if err := writeNewFile(secPath, []byte(sec.String()), 0o600); err != nil {
+		if k, lerr := narinfo.LoadSecretKeyFile(secPath); lerr == nil {
+			return k, false, nil // another server won the race
+		}
+		return narinfo.SecretKey{}, false, err
+	}
+	pubPath := filepath.Join(dir, "signing-key.pub")
+	if err := writeNewFile(pubPath, []byte(pub.String()), 0o644); err != nil && !errors.Is(err, fs.ErrExist) {
+		return narinfo.SecretKey{}, false, err
+	}
+	return sec, true, nil
+}
+
+func printWelcome(w io.Writer, addr string, cfg *config.Config, keys []narinfo.SecretKey, generated bool) {
+	scheme := "http"
+	if cfg.TLSCertPath != "" {
+		scheme = "https"
+	}
+	url := scheme + "://" + addr
+	if network, path, _ := config.SplitBind(cfg.Bind); network == "unix" {
+		url = "unix:" + path
+	}
+	pubs := make([]string, len(keys))
+	for i, k := range keys {
+		pubs[i] = k.Public().String()
+	}
+	if generated {
+		fmt.Fprintf(w, "Created signing key %s in %s\n", keys[0].Name(), cfg.StateDir)
+	}
+	fmt.Fprintf(w, "Serving %s on %s\n", cfg.VirtualNixStore, url)
+	fmt.Fprintf(w, "Public key: %s\n", strings.Join(pubs, " "))
+	fmt.Fprintf(w, "nix.conf:\n  substituters = %s\n  trusted-public-keys = %s\n", url, strings.Join(pubs, " "))
 }

@@ -13,6 +13,12 @@
 //   - StorePath, NarHash, a non-empty URL and NarSize > 0 are required;
 //   - single-valued keys may appear once; Sig may repeat; unknown keys are
 //     skipped and not rendered again (Nix drops them too);
+//   - NarHash and FileHash must be sha256 (in any encoding: nix32, base16,
+//     base64, SRI), since Nix 2.8 cannot write anything else; store paths,
+//     references and the deriver must be valid store path names; a Sig must
+//     look like "name:signature"; a CA must be "text:sha256:..." or
+//     "fixed:[r:]<algo>:..." and is re-rendered with a nix32 hash, as Nix
+//     does;
 //   - CR, NUL, more than MaxSize bytes or more than MaxReferences
 //     references are rejected, so a peer cannot make Parse allocate without
 //     bound.

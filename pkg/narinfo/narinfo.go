@@ -22,6 +22,8 @@ const (
 	// DefaultCompression is what a narinfo without a Compression line
 	// means to Nix.
 	DefaultCompression = "bzip2"
+	// ContentType is what Nix sends and expects for narinfo documents.
+	ContentType = "text/x-nix-narinfo"
 )
 
 // NarInfo is one .narinfo document.
@@ -194,8 +196,7 @@ func parseSHA256(s string) (Hash, error) {
 }
 
 func parseSize(s string) (uint64, error) {
-	// ParseUint alone would accept "+1" in no case and "0x1" only with base
-	// 0; base 10 leaves digits, which is what Nix's string2Int takes.
+	// Plain decimal digits only, no sign or spaces; ParseUint checks range.
 	if s == "" || strings.Trim(s, "0123456789") != "" {
 		return 0, fmt.Errorf("%q is not a decimal number", s)
 	}
@@ -269,6 +270,17 @@ func (n *NarInfo) StoreDir() string {
 		return ""
 	}
 	return n.StorePath[:i]
+}
+
+// HashPart returns the 32-character hash part of StorePath, the name a cache
+// serves the narinfo under ("<hash part>.narinfo"), or "" if StorePath is
+// not a store path.
+func (n *NarInfo) HashPart() string {
+	_, h, _, err := ParseStorePath(n.StorePath)
+	if err != nil {
+		return ""
+	}
+	return h
 }
 
 // String renders the narinfo as Nix 2.8 writes it. References and Sigs are

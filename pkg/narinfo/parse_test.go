@@ -243,3 +243,13 @@ func TestParseManyReferences(t *testing.T) {
 		t.Errorf("%v allocations for a line of spaces", allocs)
 	}
 }
+
+func TestHashPart(t *testing.T) {
+	n, _ := narinfo.Parse(strings.NewReader(sample))
+	if n.HashPart() != "jdiwj3i5n88iv3sh490z4f4r742j8a6v" {
+		t.Errorf("HashPart %q", n.HashPart())
+	}
+	if (&narinfo.NarInfo{StorePath: "junk"}).HashPart() != "" {
+		t.Error("HashPart of junk")
+	}
+}

@@ -1,0 +1,318 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/bos55/concordia/internal/auth"
+	"github.com/bos55/concordia/internal/server"
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/internal/store/upload"
+	"github.com/bos55/concordia/pkg/nar"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// upPath is a consistent store path to upload: NAR, zstd file, narinfo.
+type upPath struct {
+	base, hash, fileName string
+	nar, file            []byte
+	info                 *narinfo.NarInfo
+}
+
+func newUpPath(t testing.TB, name string, contents []byte, refs ...string) *upPath {
+	t.Helper()
+	var buf bytes.Buffer
+	w := nar.NewWriter(&buf)
+	w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))})
+	w.Write(contents)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	defer enc.Close()
+	p := &upPath{nar: buf.Bytes()}
+	p.file = enc.EncodeAll(p.nar, nil)
+	hs := sha256.Sum256([]byte(name))
+	p.hash = nixbase32.EncodeToString(hs[:20])
+	p.base = p.hash + "-" + name
+	fh, nh := sha256.Sum256(p.file), sha256.Sum256(p.nar)
+	p.fileName = nixbase32.EncodeToString(fh[:]) + ".nar.zst"
+	fhash := narinfo.SHA256(fh[:])
+	p.info = &narinfo.NarInfo{
+		StorePath: "/nix/store/" + p.base, URL: "nar/" + p.fileName, Compression: "zstd",
+		FileHash: &fhash, FileSize: uint64(len(p.file)),
+		NarHash: narinfo.SHA256(nh[:]), NarSize: uint64(len(p.nar)), References: refs,
+	}
+	return p
+}
+
+// upEnv is a server with an upload store and tokens.
+type upEnv struct {
+	url               string
+	up                *upload.Store
+	tokens            string // path of the tokens file
+	writeTok, readTok string
+	key               narinfo.SecretKey
+	puts              atomic.Int64 // PUT requests seen
+	dir               string
+}
+
+func newUpEnv(t testing.TB, dir string, private bool) *upEnv {
+	t.Helper()
+	e := &upEnv{dir: dir}
+	sk, _, err := narinfo.GenerateKey("concordia-test-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.key = sk
+	tdir := t.TempDir()
+	e.tokens = filepath.Join(tdir, "tokens")
+	var wl, rl string
+	e.writeTok, wl, _ = auth.Generate("ci", auth.Read|auth.Write)
+	e.readTok, rl, _ = auth.Generate("laptop", auth.Read)
+	os.WriteFile(e.tokens, []byte(wl+"\n"+rl+"\n"), 0o600)
+	toks, err := auth.Load(e.tokens, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	toks.SetRecheck(0)
+	e.up, err = upload.Open(context.Background(), dir, upload.Options{SignKeys: []narinfo.SecretKey{sk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.up.Close() })
+	opts := server.Options{
+		Stores: []store.Store{e.up},
+		Upload: &server.Uploads{Store: e.up, Tokens: toks},
+		Keys:   []narinfo.SecretKey{sk},
+	}
+	if private {
+		opts.Authorize = func(r *http.Request) error { _, err := toks.Authorize(r, auth.Read); return err }
+	}
+	srv, err := server.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			e.puts.Add(1)
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	t.Cleanup(hs.Close)
+	e.url = hs.URL
+	return e
+}
+
+func (e *upEnv) do(t testing.TB, method, path, token string, body []byte) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, e.url+path, bytes.NewReader(body))
+	if token != "" {
+		req.SetBasicAuth("ci", token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == 401 && resp.Header.Get("WWW-Authenticate") == "" {
+		t.Errorf("%s %s: 401 without WWW-Authenticate", method, path)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func (e *upEnv) upload(t testing.TB, p *upPath) {
+	t.Helper()
+	if code, msg := e.do(t, "PUT", "/nar/"+p.fileName, e.writeTok, p.file); code != 200 {
+		t.Fatalf("PUT NAR %s: %d %s", p.base, code, msg)
+	}
+	if code, msg := e.do(t, "PUT", "/"+p.hash+".narinfo", e.writeTok, []byte(p.info.String())); code != 200 {
+		t.Fatalf("PUT narinfo %s: %d %s", p.base, code, msg)
+	}
+}
+
+func TestPutAuth(t *testing.T) {
+	e := newUpEnv(t, t.TempDir(), false)
+	p := newUpPath(t, "auth-x", []byte("x"))
+	tests := []struct {
+		name, token string
+		want        int
+	}{
+		{"no credentials", "", 401},
+		{"read-only token", e.readTok, 403},
+		{"unknown token", "bogus", 401},
+		{"write token", e.writeTok, 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, msg := e.do(t, "PUT", "/nar/"+p.fileName, tc.token, p.file)
+			if code != tc.want {
+				t.Fatalf("status %d (%s), want %d", code, msg, tc.want)
+			}
+		})
+	}
+	// Revoke the write token: 401 after the reload, no restart.
+	os.WriteFile(e.tokens, []byte("# nobody\n"), 0o600)
+	os.Chtimes(e.tokens, timeFuture(), timeFuture())
+	if code, _ := e.do(t, "PUT", "/"+p.hash+".narinfo", e.writeTok, []byte(p.info.String())); code != 401 {
+		t.Fatalf("revoked token: %d", code)
+	}
+	// Reads stay public.
+	if code, _ := e.do(t, "GET", "/nix-cache-info", "", nil); code != 200 {
+		t.Fatalf("public read: %d", code)
+	}
+}
+
+func TestPrivateReads(t *testing.T) {
+	e := newUpEnv(t, t.TempDir(), true)
+	p := newUpPath(t, "private-x", []byte("x"))
+	e.upload(t, p)
+	for _, path := range []string{"/" + p.hash + ".narinfo", "/nar/" + p.fileName} {
+		if code, _ := e.do(t, "GET", path, "", nil); code != 401 {
+			t.Errorf("%s without credentials: %d", path, code)
+		}
+		if code, _ := e.do(t, "GET", path, e.readTok, nil); code != 200 {
+			t.Errorf("%s with read token (Basic): %d", path, code)
+		}
+	}
+}
+
+// TestPutBadInputHTTP: refusals are 4xx with a message saying why.
+func TestPutBadInputHTTP(t *testing.T) {
+	e := newUpEnv(t, t.TempDir(), false)
+	dep := newUpPath(t, "http-dep", []byte("dep"))
+	p := newUpPath(t, "http-top", []byte("top"), dep.base)
+	other := newUpPath(t, "http-other", []byte("other"))
+	tests := []struct {
+		name, method, path string
+		body               []byte
+		want               int
+		say                string
+	}{
+		{"NAR hash mismatch", "PUT", "/nar/" + p.fileName, other.file, 400, "file hash mismatch"},
+		{"truncated NAR", "PUT", "/nar/" + p.fileName, p.file[:len(p.file)-3], 400, "NAR"},
+		{"not a NAR", "PUT", "/nar/" + nameOf([]byte("hello")), []byte("hello"), 400, "NAR"},
+		{"narinfo naming a missing NAR", "PUT", "/" + p.hash + ".narinfo", []byte(p.info.String()), 400, "not uploaded"},
+		{"bad hash in URL", "PUT", "/" + p.hash[:31] + ".narinfo", []byte(p.info.String()), 400, "32-character"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, msg := e.do(t, tc.method, tc.path, e.writeTok, tc.body)
+			if code != tc.want || !strings.Contains(msg, tc.say) {
+				t.Fatalf("%d %q, want %d saying %q", code, msg, tc.want, tc.say)
+			}
+		})
+	}
+	// Missing reference: the NAR arrives, the narinfo is refused naming it.
+	if code, msg := e.do(t, "PUT", "/nar/"+p.fileName, e.writeTok, p.file); code != 200 {
+		t.Fatal(code, msg)
+	}
+	code, msg := e.do(t, "PUT", "/"+p.hash+".narinfo", e.writeTok, []byte(p.info.String()))
+	if code != 400 || !strings.Contains(msg, dep.base) {
+		t.Fatalf("missing ref: %d %q", code, msg)
+	}
+	if code, _ := e.do(t, "GET", "/"+p.hash+".narinfo", "", nil); code != 404 {
+		t.Fatalf("refused path served: %d", code)
+	}
+	if code, _ := e.do(t, "GET", "/nar/"+p.fileName, "", nil); code != 404 {
+		t.Fatalf("pending NAR served: %d", code)
+	}
+	if code, _ := e.do(t, "HEAD", "/nar/"+p.fileName, "", nil); code != 200 {
+		t.Fatalf("HEAD pending NAR: %d", code)
+	}
+	e.upload(t, dep)
+	if code, msg := e.do(t, "PUT", "/"+p.hash+".narinfo", e.writeTok, []byte(p.info.String())); code != 200 {
+		t.Fatal(code, msg)
+	}
+	if code, body := e.do(t, "GET", "/"+p.hash+".narinfo", "", nil); code != 200 || !strings.Contains(body, "concordia-test-1:") {
+		t.Fatalf("narinfo after upload: %d %s", code, body)
+	}
+	// Compressed request body (Nix 2.32+) and pins.
+	enc, _ := zstd.NewWriter(nil)
+	req, _ := http.NewRequest("PUT", e.url+"/"+other.hash+".ls", bytes.NewReader(enc.EncodeAll([]byte(`{"version":1,"root":{"type":"regular","size":5}}`), nil)))
+	req.Header.Set("Content-Encoding", "zstd")
+	req.SetBasicAuth("x", e.writeTok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("zstd-encoded .ls: %v %v", err, resp.Status)
+	}
+	if code, msg := e.do(t, "POST", "/api/pins/"+p.hash, e.writeTok, nil); code != 200 || !strings.Contains(msg, p.info.StorePath) {
+		t.Fatalf("pin: %d %s", code, msg)
+	}
+	if code, _ := e.do(t, "POST", "/api/pins/"+p.hash, e.readTok, nil); code != 403 {
+		t.Fatalf("pin with read token: %d", code)
+	}
+	if code, _ := e.do(t, "DELETE", "/api/pins/"+p.hash, e.writeTok, nil); code != 204 {
+		t.Fatalf("unpin: %d", code)
+	}
+	if code, _ := e.do(t, "DELETE", "/api/pins/"+p.hash, e.writeTok, nil); code != 404 {
+		t.Fatalf("second unpin: %d", code)
+	}
+}
+
+func nameOf(file []byte) string {
+	h := sha256.Sum256(file)
+	return nixbase32.EncodeToString(h[:]) + ".nar"
+}
+
+// TestPutNoSpace: a full disk answers 507, leaves nothing partial and the
+// server keeps serving what it has.
+func TestPutNoSpace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	os.Mkdir(mnt, 0o755)
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	e := newUpEnv(t, filepath.Join(mnt, "up"), false)
+	small := newUpPath(t, "nospace-small", []byte("small"))
+	e.upload(t, small)
+
+	random := make([]byte, 2<<20) // incompressible, larger than the disk
+	rand.Read(random)
+	big := newUpPath(t, "nospace-big", random)
+	code, msg := e.do(t, "PUT", "/nar/"+big.fileName, e.writeTok, big.file)
+	if code != 507 {
+		t.Fatalf("PUT on a full disk: %d %s", code, msg)
+	}
+	ents, _ := os.ReadDir(filepath.Join(mnt, "up", "blobs"))
+	if len(ents) != 1 {
+		t.Fatalf("files left after ENOSPC: %v", ents)
+	}
+	if code, _ := e.do(t, "GET", "/"+small.hash+".narinfo", "", nil); code != 200 {
+		t.Fatalf("read after ENOSPC: %d", code)
+	}
+	if code, body := e.do(t, "GET", "/nar/"+small.fileName, "", nil); code != 200 || body != string(small.file) {
+		t.Fatalf("NAR read after ENOSPC: %d", code)
+	}
+	// Space freed, the same upload works.
+	if code, _ := e.do(t, "HEAD", "/nar/"+big.fileName, "", nil); code != 404 {
+		t.Fatalf("HEAD of the refused NAR: %d", code)
+	}
+}
+
+var _ = net.Listen
+var _ = fmt.Sprint
+
+func timeFuture() time.Time { return time.Now().Add(5 * time.Second) }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bos55/concordia/internal/nixcli"
@@ -166,6 +167,9 @@ func kernelCheck(o Options, q Request, rec *Record) error {
 func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 	o = o.withDefaults()
 	if lock != nil {
+		// Inherited without close-on-exec: set it, or every daemon the
+		// activation starts would hold the host lock forever.
+		syscall.CloseOnExec(int(lock.Fd()))
 		defer lock.Close()
 	}
 	// The worker must finish what it started even if asked to stop.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 )
 
 // Entry is one reader of a compressed NAR. An Entry that was complete when
@@ -23,6 +24,7 @@ type Entry struct {
 	size int64           // when fl == nil
 	off  int64           // read offset when fl != nil
 	hit  bool            // counts toward bytes served from the cache
+	seg  int64           // fl == nil: file offset where unaccounted reads start
 
 	closed bool
 }
@@ -53,9 +55,7 @@ func (e *Entry) Read(p []byte) (int, error) {
 		return 0, ErrClosed
 	}
 	if e.fl == nil {
-		n, err := e.f.Read(p)
-		e.c.m.served.Add(int64(n))
-		return n, err
+		return e.f.Read(p) // accounted by countServed
 	}
 	if len(p) == 0 {
 		return 0, nil
@@ -101,7 +101,10 @@ func (e *Entry) Seek(offset int64, whence int) (int64, error) {
 		return 0, ErrClosed
 	}
 	if e.fl == nil {
-		return e.f.Seek(offset, whence)
+		e.countServed()
+		n, err := e.f.Seek(offset, whence)
+		e.seg = n
+		return n, err
 	}
 	size, ok := e.Size()
 	if !ok {
@@ -132,5 +135,33 @@ func (e *Entry) Close() error {
 		return nil
 	}
 	e.closed = true
+	if e.fl == nil {
+		e.countServed()
+	}
 	return e.f.Close()
+}
+
+// countServed adds the bytes read since the last Seek, whether by Read or
+// by sendfile(2) through SyscallConn, to the served counter: the file
+// offset moved by exactly that much.
+func (e *Entry) countServed() {
+	if cur, err := e.f.Seek(0, io.SeekCurrent); err == nil && cur > e.seg {
+		e.c.m.served.Add(cur - e.seg)
+		e.seg = cur
+	}
+}
+
+// SyscallConn exposes the descriptor of an entry that was complete at Get,
+// so that io.Copy into a *net.TCPConn (http.ServeContent does that) sends
+// the blob with sendfile(2) from the current offset instead of copying it
+// through user space. Entries following a production return an error, which
+// makes the copy fall back to Read.
+func (e *Entry) SyscallConn() (syscall.RawConn, error) {
+	if e.closed {
+		return nil, ErrClosed
+	}
+	if e.fl != nil {
+		return nil, fmt.Errorf("syscall conn %s: %w", e.fl.key, ErrIncomplete)
+	}
+	return e.f.SyscallConn()
 }

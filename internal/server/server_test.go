@@ -19,6 +19,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/bos55/concordia/internal/auth"
+	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/nar"
@@ -458,7 +459,25 @@ func TestNARHashMismatchIs404(t *testing.T) {
 }
 
 func TestNARGoneBetweenLookupAndDump(t *testing.T) {
-	f := newFixture(t, nil)
+	for _, cache := range []string{"none", "fake", "compress"} {
+		t.Run(cache, func(t *testing.T) { testNARGone(t, cache) })
+	}
+}
+
+func testNARGone(t *testing.T, cache string) {
+	f := newFixture(t, func(o *server.Options) {
+		switch cache {
+		case "fake":
+			o.Cache = newMemCache()
+		case "compress":
+			cc, err := compress.Open(t.TempDir(), 1<<20, 1, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cc.Close() })
+			o.Cache = server.CompressCache(cc)
+		}
+	})
 	f.pa.goneAtNAR = true
 	for _, target := range []string{narURL(f, ""), narURL(f, ".zst")} {
 		for _, ae := range []string{"", "zstd"} {

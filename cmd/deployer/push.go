@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -90,6 +91,7 @@ type pushOpts struct {
 	trustedKeys  strList
 	keyFiles     strList
 	tokenFile    string
+	netrcFile    string
 	parallel     int
 	kernelChange string
 	jsonFile     string
@@ -125,6 +127,7 @@ anything else -> nothing to do (exit 0).`,
 			fs.Var(&o.trustedKeys, "trusted-key", "public key (name:base64) a closure must be signed by (repeatable)")
 			fs.Var(&o.keyFiles, "cache-key-file", "file holding a trusted public key (repeatable)")
 			fs.StringVar(&o.tokenFile, "cache-token-file", "", "file with a bearer token for a private cache (also used to pin)")
+			fs.StringVar(&o.netrcFile, "netrc-file", "", "netrc whose password for the cache's host is the cache token (as Nix's netrc-file)")
 			fs.IntVar(&o.parallel, "parallel", 0, "hosts deployed at once (0: all)")
 			fs.StringVar(&o.kernelChange, "kernel-change", "", "on a kernel/initrd change: report (default on the host) or boot")
 			fs.StringVar(&o.jsonFile, "json", "", "write a machine-readable report (steps, timings, results) to this file")
@@ -208,6 +211,11 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	if err != nil {
 		return err
 	}
+	if token == "" && o.netrcFile != "" {
+		if token, err = netrcToken(o.netrcFile, o.cache); err != nil {
+			return err
+		}
+	}
 	global, err := loadKeys(o.trustedKeys, o.keyFiles)
 	if err != nil {
 		return err
@@ -254,6 +262,44 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	}
 	printSummary(env.Stderr, rep)
 	return rep.Err()
+}
+
+// netrcToken returns the password netrc holds for the cache's host: the
+// cache accepts its token both as a Bearer token and as a Basic password,
+// so the netrc CI already gives `nix copy` serves the deployer too.
+func netrcToken(path, cache string) (string, error) {
+	u, err := url.Parse(cache)
+	if err != nil {
+		return "", cli.Usagef("--cache %q: %v", cache, err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("netrc: %w", err)
+	}
+	words := strings.Fields(string(b))
+	var machine, def string
+	cur := ""
+	for i := 0; i+1 < len(words); i++ {
+		switch words[i] {
+		case "machine":
+			cur = words[i+1]
+			i++
+		case "default":
+			cur = "\x00default"
+		case "password":
+			if cur == u.Hostname() && machine == "" {
+				machine = words[i+1]
+			}
+			if cur == "\x00default" && def == "" {
+				def = words[i+1]
+			}
+			i++
+		}
+	}
+	if machine != "" {
+		return machine, nil
+	}
+	return def, nil
 }
 
 func loadKeys(keys, files []string) ([]narinfo.PublicKey, error) {

@@ -99,7 +99,7 @@ func safe(a string) bool {
 	}
 	for _, c := range []byte(a) {
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-			strings.IndexByte("-_./=:+,@%", c) >= 0
+			strings.IndexByte("-_./=:+,@", c) >= 0
 		if !ok {
 			return false
 		}

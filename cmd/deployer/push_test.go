@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bos55/concordia/internal/cli"
+)
+
+func runDeployer(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := cli.Main("deployer", "test", commands(), args, &cli.Env{Stdout: &out, Stderr: &errb, Stdin: strings.NewReader("")})
+	return code, out.String(), errb.String()
+}
+
+const pushNodes = `{"sshUser":"deploy","nodes":{
+ "web1":{"hostname":"127.0.0.2","tags":["web"],"profiles":{"system":{"path":"/nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-nixos-system-web1"}}},
+ "db1":{"hostname":"127.0.0.3","profiles":{"system":{"path":"/nix/store/1c6kzph7l0dcbfmjap64f0czdafn3b7x-nixos-system-db1"}}},
+ "old":{"hostname":"127.0.0.4","profiles":{"system":{"path":"/nix/store/2c6kzph7l0dcbfmjap64f0czdafn3b7x-activatable-nixos-system-old"}}}}}`
+
+func TestPushCommand(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "nodes.json")
+	os.WriteFile(file, []byte(pushNodes), 0o600)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		out  string
+		err  string
+	}{
+		{"feature branch deploys nothing", []string{"--branch", "feature/x"}, 0, "", "nothing to deploy"},
+		{"test branch of unknown node", []string{"--branch", "test-nope"}, 1, "", `no node named "nope"`},
+		{"test branch plan", []string{"--branch", "test-db1", "--dry-run"}, 0, "test on 1 node(s)", ""},
+		{"main plan", []string{"--branch", "main", "--dry-run"}, 1, "", "activate wrapper"},
+		{"tag plan", []string{"--on", "@web", "--mode", "boot", "--dry-run"}, 0, "boot on 1 node(s)", ""},
+		{"bad mode", []string{"--mode", "reboot"}, 2, "", "mode"},
+		{"no cache", []string{"--on", "web1"}, 2, "", "--cache is required"},
+		{"no trusted key", []string{"--on", "web1", "--cache", "http://127.0.0.1:1"}, 2, "", "no trusted key"},
+		{"branch and on", []string{"--branch", "main", "--on", "web1"}, 2, "", "do not go together"},
+		{"wrapper refused", []string{"--on", "old", "--dry-run"}, 1, "", "config.system.build.toplevel"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errs := runDeployer(t, append([]string{"push", "--file", file}, tt.args...)...)
+			if code != tt.code || !strings.Contains(out, tt.out) || !strings.Contains(errs, tt.err) {
+				t.Fatalf("exit %d (want %d)\nstdout: %s\nstderr: %s", code, tt.code, out, errs)
+			}
+		})
+	}
+}
+
+func TestNetrcToken(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "netrc")
+	os.WriteFile(p, []byte("machine other login x password nope\nmachine cache.lan login ci password s3cret\ndefault login d password dflt\n"), 0o600)
+	for cache, want := range map[string]string{"https://cache.lan:8443/": "s3cret", "http://elsewhere": "dflt"} {
+		got, err := netrcToken(p, cache)
+		if err != nil || got != want {
+			t.Errorf("netrcToken(%s) = %q, %v; want %q", cache, got, err, want)
+		}
+	}
+}

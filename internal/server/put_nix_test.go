@@ -1,0 +1,166 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// nixClient runs the real nix CLI with its own HOME and XDG_CACHE_HOME, so
+// the client's narinfo disk cache cannot hide a bug.
+type nixClient struct {
+	t    testing.TB
+	home string
+}
+
+func newNixClient(t testing.TB) *nixClient {
+	t.Helper()
+	if _, err := exec.LookPath("nix"); err != nil {
+		t.Skip("nix not installed")
+	}
+	return &nixClient{t: t, home: t.TempDir()}
+}
+
+func (n *nixClient) run(ctx context.Context, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(),
+		"HOME="+n.home,
+		"XDG_CACHE_HOME="+filepath.Join(n.home, "cache"),
+		"XDG_CONFIG_HOME="+filepath.Join(n.home, "config"),
+		"NIX_CONFIG=experimental-features = nix-command\nsubstituters = \n",
+	)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
+// buildUpClosure builds three derivations with references (c -> b -> a,
+// c -> a) under unique names and returns the closure of c.
+func buildUpClosure(t *testing.T, n *nixClient) (top string, closure []string) {
+	t.Helper()
+	tagb := make([]byte, 4)
+	rand.Read(tagb)
+	tag := hex.EncodeToString(tagb)
+	expr := fmt.Sprintf(`
+let
+  tag = "%s";
+  mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
+  a = mk "up-a-${tag}" "echo leaf ${tag} > $out";
+  b = mk "up-b-${tag}" "/bin/mkdir $out; echo ${a} > $out/ref; echo hello > $out/f; /bin/ln -s f $out/link";
+  c = mk "up-c-${tag}" "/bin/mkdir -p $out/bin; echo ${b} ${a} > $out/refs; printf '#!/bin/sh\necho hi\n' > $out/bin/hi; /bin/chmod +x $out/bin/hi; /bin/head -c 300000 /dev/urandom > $out/blob";
+in c
+`, tag)
+	f := filepath.Join(t.TempDir(), "closure.nix")
+	os.WriteFile(f, []byte(expr), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := n.run(ctx, "nix-build", "--no-out-link", f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top = strings.TrimSpace(out)
+	out, err = n.run(ctx, "nix-store", "-qR", top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closure = strings.Fields(out)
+	slices.Sort(closure)
+	if len(closure) != 3 {
+		t.Fatalf("closure %v", closure)
+	}
+	return top, closure
+}
+
+// TestNixCopyRoundTrip: an unmodified nix copy uploads a closure with
+// netrc credentials, in each compression; a second copy uploads nothing;
+// and nix copy --from into a fresh store trusting only the cache's key
+// gets it back, verified.
+func TestNixCopyRoundTrip(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nix")
+	}
+	n := newNixClient(t)
+	top, closure := buildUpClosure(t, n)
+	for _, comp := range []string{"zstd", "xz", "none"} {
+		t.Run(comp, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			n := newNixClient(t) // fresh client caches per run
+			e := newUpEnv(t, t.TempDir(), false)
+			netrc := filepath.Join(t.TempDir(), "netrc")
+			os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+			to := e.url + "?compression=" + comp
+
+			// Without credentials the upload fails.
+			if _, err := n.run(ctx, "nix", "copy", "--to", to, top); err == nil {
+				t.Fatal("nix copy without credentials succeeded")
+			}
+			if _, err := n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", to, top); err != nil {
+				t.Fatal(err)
+			}
+			paths, _ := e.up.Paths(ctx)
+			if strings.Join(paths, " ") != strings.Join(closure, " ") {
+				t.Fatalf("uploaded %v, want %v", paths, closure)
+			}
+			for _, p := range paths {
+				ni, err := e.up.NarInfo(ctx, filepath.Base(p)[:32])
+				if err != nil || ni.Compression != comp {
+					t.Fatalf("%s stored with compression %v (%v), want %s", p, ni, err, comp)
+				}
+			}
+			// A second copy, with a fresh client cache, uploads nothing.
+			n2 := newNixClient(t)
+			before := e.puts.Load()
+			if _, err := n2.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", to, top); err != nil {
+				t.Fatal(err)
+			}
+			if d := e.puts.Load() - before; d != 0 {
+				t.Fatalf("second nix copy made %d PUTs", d)
+			}
+			// Back into a fresh store, trusting only Concordia's key. A
+			// fresh client: the uploader cached the narinfos it sent,
+			// which lack the signature the cache added.
+			n = newNixClient(t)
+			dst := filepath.Join(t.TempDir(), "dst")
+			key := e.key.Public().String()
+			trust := []string{"--option", "trusted-public-keys", key, "--option", "require-sigs", "true"}
+			args := append([]string{"copy"}, trust...)
+			args = append(args, "--from", e.url, "--to", dst, top)
+			if _, err := n.run(ctx, "nix", args...); err != nil {
+				t.Fatal(err)
+			}
+			args = append([]string{"store", "verify", "--store", dst}, trust...)
+			args = append(args, "--recursive", top)
+			if _, err := n.run(ctx, "nix", args...); err != nil {
+				t.Fatal(err)
+			}
+			// A wrong trusted key must make the same copy fail.
+			_, wrong, _ := generateOtherKey()
+			dst2 := filepath.Join(t.TempDir(), "dst2")
+			if _, err := n.run(ctx, "nix", "copy", "--option", "trusted-public-keys", wrong,
+				"--from", e.url, "--to", dst2, top); err == nil {
+				t.Fatal("copy trusting another key succeeded: signatures are not checked")
+			}
+		})
+	}
+}
+
+func generateOtherKey() (string, string, error) {
+	sk, pk, err := narinfo.GenerateKey("other-key-1")
+	return sk.String(), pk.String(), err
+}

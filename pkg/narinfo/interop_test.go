@@ -33,6 +33,7 @@ func TestNixCopyRoundTrip(t *testing.T) {
 				name += "-signed"
 			}
 			t.Run(name, func(t *testing.T) {
+				h := h.with(t)
 				dir := t.TempDir()
 				url := "file://" + dir + "?compression=" + comp
 				if signed {
@@ -180,6 +181,7 @@ func TestNixAcceptsOurSignatures(t *testing.T) {
 		}
 	}
 	copyFrom := func(t *testing.T, paths ...string) (string, error) {
+		h := h.with(t)
 		h.freshCache()
 		dest := filepath.Join(t.TempDir(), "root")
 		args := []string{"nix", "copy", "--from", "file://" + cache, "--to", dest,
@@ -190,8 +192,9 @@ func TestNixAcceptsOurSignatures(t *testing.T) {
 	isHash := func(ni *narinfo.NarInfo, p string) bool { return ni.StorePath == p }
 
 	t.Run("signed", func(t *testing.T) {
+		h := h.with(t)
 		rewrite(t, func(ni *narinfo.NarInfo) { ni.Sign(sec) })
-		dest, err := copyFrom(t, c.z, c.fixed, c.text)
+		dest, err := copyFrom(t, c.all...)
 		if err != nil {
 			t.Fatalf("nix refused our signatures: %v", err)
 		}
@@ -207,7 +210,7 @@ func TestNixAcceptsOurSignatures(t *testing.T) {
 	// content-addressed path (its CA proves it), even with require-sigs.
 	t.Run("content-addressed unsigned", func(t *testing.T) {
 		rewrite(t, func(ni *narinfo.NarInfo) { ni.Sigs = nil })
-		if _, err := copyFrom(t, c.fixed, c.text); err != nil {
+		if _, err := copyFrom(t, c.fixed, c.text, c.flat, c.rsha1); err != nil {
 			t.Fatalf("nix refused unsigned content-addressed paths: %v", err)
 		}
 	})

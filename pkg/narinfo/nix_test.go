@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -39,7 +40,15 @@ func newNix(t *testing.T) *nixHarness {
 // freshCache points XDG_CACHE_HOME at a new directory, so the next nix call
 // cannot answer from binary-cache-v*.sqlite.
 func (h *nixHarness) freshCache() {
-	h.env = append(h.env, "XDG_CACHE_HOME="+h.t.TempDir())
+	h.env = append(slices.Clip(h.env), "XDG_CACHE_HOME="+h.t.TempDir())
+}
+
+// with returns a copy of h that reports to t, for use inside subtests (a
+// subtest must not call Fatal on its parent).
+func (h *nixHarness) with(t *testing.T) *nixHarness {
+	c := *h
+	c.t = t
+	return &c
 }
 
 func (h *nixHarness) try(args ...string) (string, error) {
@@ -70,6 +79,7 @@ type closure struct {
 	store       string // a chroot store (local?root=...) holding the paths
 	x, y, z     string // input-addressed: y refers to x, z to x, y and itself
 	fixed, text string // content-addressed: nix-store --add, builtins.toFile
+	flat, rsha1 string // fixed-output derivations: flat sha256, recursive sha1
 	all         []string
 }
 
@@ -78,6 +88,12 @@ const closureNix = `rec {
   y = derivation { name = "concordia-narinfo-y"; system = builtins.currentSystem; builder = "/bin/sh"; args = ["-c" "echo ${x} > $out"]; };
   z = derivation { name = "concordia-narinfo-z"; system = builtins.currentSystem; builder = "/bin/sh";
     args = ["-c" "/bin/mkdir $out; echo ${y} > $out/y; echo $out > $out/self; echo ${x} > $out/x"]; };
+  flat = derivation { name = "concordia-narinfo-flat"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = ["-c" "echo flat > $out"]; outputHashMode = "flat"; outputHashAlgo = "sha256";
+    outputHash = "6bc66a827fe86925af680be5e00da2b7a7f22947c8c0209b22563890258462f6"; };
+  rsha1 = derivation { name = "concordia-narinfo-rsha1"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = ["-c" "echo rsha1 > $out"]; outputHashMode = "recursive"; outputHashAlgo = "sha1";
+    outputHash = "97e2a749f97b40e90fff6f808316d9b6bae36040"; };
 }
 `
 
@@ -92,12 +108,12 @@ func (h *nixHarness) buildClosure() *closure {
 		h.t.Fatal(err)
 	}
 	c := &closure{store: filepath.Join(dir, "root")}
-	out := strings.Fields(h.run("nix-build", "--no-out-link", nixFile, "-A", "x", "-A", "y", "-A", "z"))
-	if len(out) != 3 {
+	out := strings.Fields(h.run("nix-build", "--no-out-link", nixFile, "-A", "x", "-A", "y", "-A", "z", "-A", "flat", "-A", "rsha1"))
+	if len(out) != 5 {
 		h.t.Fatalf("nix-build printed %q", out)
 	}
-	c.x, c.y, c.z = out[0], out[1], out[2]
-	h.run("nix", "copy", "--no-check-sigs", "--to", c.store, c.z)
+	c.x, c.y, c.z, c.flat, c.rsha1 = out[0], out[1], out[2], out[3], out[4]
+	h.run("nix", "copy", "--no-check-sigs", "--to", c.store, c.z, c.flat, c.rsha1)
 	file := filepath.Join(dir, "hello.txt")
 	if err := os.WriteFile(file, []byte("hello from concordia\n"), 0o644); err != nil {
 		h.t.Fatal(err)
@@ -105,7 +121,7 @@ func (h *nixHarness) buildClosure() *closure {
 	c.fixed = strings.TrimSpace(h.run("nix-store", "--store", c.store, "--add", file))
 	c.text = strings.Trim(strings.TrimSpace(h.run("nix-instantiate", "--store", c.store, "--eval", "--read-write-mode",
 		"-E", `builtins.toFile "concordia-narinfo-t.txt" "text\n"`)), `"`)
-	c.all = []string{c.x, c.y, c.z, c.fixed, c.text}
+	c.all = []string{c.x, c.y, c.z, c.fixed, c.text, c.flat, c.rsha1}
 	return c
 }
 

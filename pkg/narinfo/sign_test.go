@@ -154,8 +154,11 @@ func TestSignVerify(t *testing.T) {
 	}
 	fp := ni.Fingerprint()
 	sig := b1.Sign(fp)
+	raw, _ = base64.StdEncoding.DecodeString(strings.TrimPrefix(sig, "b-1:"))
+	raw[63] ^= 1
+	flipped := "b-1:" + base64.StdEncoding.EncodeToString(raw)
 	for _, bad := range []string{
-		"", "b-1", "b-1:", "a-1" + strings.TrimPrefix(sig, "b-1"), sig[:len(sig)-4] + "AA==",
+		"", "b-1", "b-1:", "a-1" + strings.TrimPrefix(sig, "b-1"), flipped,
 		"b-1:" + base64.StdEncoding.EncodeToString(make([]byte, 63)), sig + "AAAA",
 	} {
 		if b1pub.Verify(fp, bad) {

@@ -150,7 +150,7 @@ Nix user, so the daemon accepts only substitutes signed by a trusted key.`,
 			}
 			start := time.Now()
 			if err := (&nixcli.Exec{}).Realise(ctx, args...); err != nil {
-				return printResult(env, nil, fmt.Errorf("%w: %v", host.ErrFailed, err))
+				return printResult(env, nil, err)
 			}
 			return printResult(env, map[string]any{"fetched": args, "seconds": time.Since(start).Seconds()}, nil)
 		},

@@ -153,3 +153,28 @@ func TestParseStorePath(t *testing.T) {
 		t.Error("ValidHashPart")
 	}
 }
+
+// FuzzParseHash: ParseHash never panics, and what it accepts survives every
+// rendering Nix uses.
+func FuzzParseHash(f *testing.F) {
+	for _, s := range []string{
+		"sha256:0v2b8ll9a2gcpvknxfnc5x4b2cbr1bqnpg77jfn8gj7l0m8y9v85",
+		"sha256:05ede45105f4c887ac93e7bc6bf10a7931b1482fccba6ee7beec099528454b6c",
+		"sha256-Be3kUQX0yIesk+e8a/EKeTGxSC/Mum7nvuwJlShFS2w=",
+		"md5:kAFQmDzST7DWlj99KOF/cg==", "sha1:kpcd173cq987hw957sx6m0868wv3x6d9", "sha512-", "",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		h, err := narinfo.ParseHash(s)
+		if err != nil {
+			return
+		}
+		for _, form := range []string{h.String(), h.Base16(), h.SRI()} {
+			back, err := narinfo.ParseHash(form)
+			if err != nil || !back.Equal(h) {
+				t.Fatalf("%q -> %q -> %v %v", s, form, back, err)
+			}
+		}
+	})
+}

@@ -206,6 +206,26 @@ func TestNixAcceptsOurSignatures(t *testing.T) {
 			}
 		}
 	})
+	// What Nix tolerates in what we serve: unknown keys and System (which
+	// it reads), and no FileHash/FileSize (Harmonia serves none).
+	t.Run("tolerated variations", func(t *testing.T) {
+		for file, raw := range pristine {
+			ni, err := narinfo.Parse(bytes.NewReader(raw))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ni.FileHash, ni.FileSize = nil, 0
+			ni.System = "x86_64-linux"
+			ni.Sign(sec)
+			doc := "X-Concordia: unknown keys are ignored\n" + ni.String() + "Foo: bar\n"
+			if err := os.WriteFile(filepath.Join(cache, file), []byte(doc), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := copyFrom(t, c.z); err != nil {
+			t.Fatalf("nix refused: %v", err)
+		}
+	})
 	// A fact servers rely on: Nix 2.8 needs no signature for a
 	// content-addressed path (its CA proves it), even with require-sigs.
 	t.Run("content-addressed unsigned", func(t *testing.T) {

@@ -8,8 +8,9 @@
 // interop and is stricter where Nix is merely sloppy, because the input
 // comes from the network:
 //
-//   - every line is "Key: value\n" (a missing space or a missing final
-//     newline is an error, where Nix would silently eat a character);
+//   - every line is "Key: value\n", the last one included (a missing space
+//     after the colon is an error, where Nix would silently drop the value's
+//     first character);
 //   - StorePath, NarHash, a non-empty URL and NarSize > 0 are required;
 //   - single-valued keys may appear once; Sig may repeat; unknown keys are
 //     skipped and not rendered again (Nix drops them too);
@@ -36,8 +37,11 @@
 //	1;<store path>;sha256:<nix32 nar hash>;<nar size>;<sorted full reference paths, comma separated>
 //
 // which this package computes itself: go-nix's Fingerprint neither sorts the
-// references nor honours a store directory other than /nix/store. Keys use
-// Nix's text format, "name:base64(seed||public)" for secret keys and
-// "name:base64(public)" for public ones, so key files are interchangeable
-// with nix-store --generate-binary-cache-key.
+// references nor honours a store directory other than /nix/store.
+// ContentAddressed mirrors Nix's rule that a path whose CA yields its store
+// path needs no signature at all.
+//
+// Keys use Nix's text format, "name:base64(seed||public)" for secret keys and
+// "name:base64(public)" for public ones, without a trailing newline, so key
+// files are interchangeable with nix-store --generate-binary-cache-key.
 package narinfo

@@ -189,7 +189,9 @@ func (k PublicKey) String() string {
 }
 
 // Sign signs a fingerprint and returns "name:base64(signature)". ed25519 is
-// deterministic, so this equals what Nix produces with the same key.
+// deterministic, so this equals what Nix produces with the same key. Like
+// ed25519.Sign it panics on the zero SecretKey: keys come from GenerateKey or
+// the parsers.
 func (k SecretKey) Sign(fingerprint string) string {
 	return k.name + ":" + base64.StdEncoding.EncodeToString(ed25519.Sign(k.key, []byte(fingerprint)))
 }

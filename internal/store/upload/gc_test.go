@@ -1,0 +1,286 @@
+package upload_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/internal/store/upload"
+)
+
+// randomDAG makes n paths where each may refer to earlier ones (and
+// itself), with random sizes and access times; some share a blob.
+func randomDAG(r *rand.Rand, n int) (map[string]*upload.Node, map[string]int64, map[string]int, int64) {
+	nodes := map[string]*upload.Node{}
+	sizes := map[string]int64{}
+	refs := map[string]int{}
+	var total int64
+	var hps []string
+	for i := range n {
+		hp := fmt.Sprintf("p%03d", i)
+		nd := &upload.Node{Access: int64(r.IntN(100)), Pinned: r.IntN(10) == 0}
+		for _, prev := range hps {
+			if r.IntN(4) == 0 {
+				nd.Refs = append(nd.Refs, prev)
+			}
+		}
+		if r.IntN(5) == 0 {
+			nd.Refs = append(nd.Refs, hp) // self-reference
+		}
+		if len(hps) > 0 && r.IntN(8) == 0 {
+			nd.Blob = nodes[hps[r.IntN(len(hps))]].Blob // shared blob
+		} else {
+			nd.Blob = "b" + hp
+			sizes[nd.Blob] = int64(1 + r.IntN(1000))
+			total += sizes[nd.Blob]
+		}
+		refs[nd.Blob]++
+		nodes[hp] = nd
+		hps = append(hps, hp)
+	}
+	return nodes, sizes, refs, total
+}
+
+// TestPlanNeverBreaksAClosure: on random DAGs with random pins and
+// limits, every kept path's references are kept, pinned closures are
+// kept, freed bytes are exactly the blobs no kept path uses, and the size
+// bound is met unless only undeletable paths remain.
+func TestPlanNeverBreaksAClosure(t *testing.T) {
+	for seed := range uint64(300) {
+		r := rand.New(rand.NewPCG(seed, 7))
+		nodes, sizes, refs, total := randomDAG(r, 1+r.IntN(60))
+		maxSize := int64(0)
+		if r.IntN(3) > 0 {
+			maxSize = int64(r.IntN(int(total) + 1))
+		}
+		cutoff := int64(0)
+		if r.IntN(3) > 0 {
+			cutoff = int64(r.IntN(101))
+		}
+		deleted, freed, freedBlobs := upload.Plan(nodes, sizes, refs, total, maxSize, cutoff)
+		gone := map[string]bool{}
+		for _, hp := range deleted {
+			if gone[hp] {
+				t.Fatalf("seed %d: %s deleted twice", seed, hp)
+			}
+			gone[hp] = true
+		}
+		// Closure property, and deletion order: when a path goes, no
+		// path still kept at that moment refers to it.
+		keptAt := map[string]bool{}
+		for hp := range nodes {
+			keptAt[hp] = true
+		}
+		for _, hp := range deleted {
+			for other, n := range nodes {
+				if other != hp && keptAt[other] && slices.Contains(n.Refs, hp) {
+					t.Fatalf("seed %d: %s deleted while %s (kept) refers to it", seed, hp, other)
+				}
+			}
+			delete(keptAt, hp)
+		}
+		// Pinned closures survive.
+		var visit func(hp string)
+		visit = func(hp string) {
+			if gone[hp] {
+				t.Fatalf("seed %d: %s is in a pinned closure but deleted", seed, hp)
+			}
+			for _, ref := range nodes[hp].Refs {
+				if ref != hp {
+					visit(ref)
+				}
+			}
+		}
+		for hp, n := range nodes {
+			if n.Pinned {
+				visit(hp)
+			}
+		}
+		// Freed bytes are the blobs nobody kept uses.
+		used := map[string]bool{}
+		for hp, n := range nodes {
+			if !gone[hp] {
+				used[n.Blob] = true
+			}
+		}
+		var want int64
+		var wantBlobs []string
+		for b, sz := range sizes {
+			if !used[b] {
+				want += sz
+				wantBlobs = append(wantBlobs, b)
+			}
+		}
+		slices.Sort(wantBlobs)
+		fb := slices.Clone(freedBlobs)
+		slices.Sort(fb)
+		if freed != want || !slices.Equal(fb, wantBlobs) {
+			t.Fatalf("seed %d: freed %d %v, want %d %v", seed, freed, fb, want, wantBlobs)
+		}
+		// Nothing is deleted needlessly: each deletion was old or
+		// needed for size at its time (checked by the planner's own
+		// stopping rule), so with no bounds nothing goes.
+		if maxSize == 0 && cutoff == 0 && len(deleted) > 0 {
+			t.Fatalf("seed %d: deleted %v with no policy", seed, deleted)
+		}
+		// Size bound met, or every remaining deletable path is gone.
+		if maxSize > 0 && total-freed > maxSize {
+			for hp, n := range nodes {
+				if gone[hp] || n.Pinned {
+					continue
+				}
+				referred := false
+				for other, m := range nodes {
+					if other != hp && !gone[other] && slices.Contains(m.Refs, hp) {
+						referred = true
+					}
+				}
+				if !referred && !inPinnedClosure(nodes, hp) {
+					t.Fatalf("seed %d: over the size bound but %s could still go", seed, hp)
+				}
+			}
+		}
+		// The age bound: anything older than cutoff that could go went.
+		for hp, n := range nodes {
+			if cutoff > 0 && !gone[hp] && n.Access < cutoff && !n.Pinned && !inPinnedClosure(nodes, hp) {
+				referred := false
+				for other, m := range nodes {
+					if other != hp && !gone[other] && slices.Contains(m.Refs, hp) {
+						referred = true
+					}
+				}
+				if !referred {
+					t.Fatalf("seed %d: %s older than the cutoff, unreferenced, but kept", seed, hp)
+				}
+			}
+		}
+	}
+}
+
+func inPinnedClosure(nodes map[string]*upload.Node, target string) bool {
+	seen := map[string]bool{}
+	var walk func(hp string) bool
+	walk = func(hp string) bool {
+		if hp == target {
+			return true
+		}
+		if seen[hp] {
+			return false
+		}
+		seen[hp] = true
+		for _, r := range nodes[hp].Refs {
+			if r != hp && walk(r) {
+				return true
+			}
+		}
+		return false
+	}
+	for hp, n := range nodes {
+		if n.Pinned && walk(hp) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestGCStore: GC on a real store: dry run changes nothing, the size
+// policy deletes the oldest unpinned closure only, blobs go with it, and
+// the kept closure is complete and served.
+func TestGCStore(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_700_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	dir := t.TempDir()
+	s := openStore(t, dir, upload.Options{Now: clock})
+	old := closure(t, "gc-old")
+	pinned := closure(t, "gc-pinned")
+	fresh := closure(t, "gc-fresh")
+	for _, set := range [][]*fakePath{old, pinned, fresh} {
+		for _, p := range set {
+			if err := p.upload(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		advance(time.Hour)
+	}
+	if err := s.Pin(ctx, pinned[2].info.StorePath, "host"); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := s.Stats(ctx)
+	rep, err := s.GCWith(ctx, upload.Policy{MaxSize: 1}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Deleted) != 6 || !rep.DryRun {
+		t.Fatalf("dry run would delete %v", rep.Deleted)
+	}
+	if st2, _ := s.Stats(ctx); st2 != st {
+		t.Fatalf("dry run changed the store: %+v -> %+v", st, st2)
+	}
+	// Free exactly the old closure's bytes: least recently used first.
+	var oldSize int64
+	for _, p := range old {
+		oldSize += int64(len(p.file))
+	}
+	rep, err = s.GCWith(ctx, upload.Policy{MaxSize: st.Bytes - oldSize}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(rep.Deleted, " ")
+	if len(rep.Deleted) != 3 {
+		t.Errorf("deleted %v, want the old closure", rep.Deleted)
+	}
+	for _, p := range old {
+		if !strings.Contains(got, p.base) {
+			t.Errorf("%s not deleted (deleted %v)", p.base, rep.Deleted)
+		}
+	}
+	if rep.Freed != oldSize || rep.SizeAfter != st.Bytes-oldSize {
+		t.Fatalf("report %+v", rep)
+	}
+	for _, p := range append(pinned, fresh...) {
+		if b, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(b, p.nar) {
+			t.Fatalf("%s not served after GC: %v", p.base, err)
+		}
+	}
+	// Age policy: everything not pinned and older than 30 minutes goes.
+	advance(2 * time.Hour)
+	if _, err := s.PathInfo(ctx, fresh[2].hash); err != nil { // access keeps fresh top...
+		t.Fatal(err)
+	}
+	rep, err = s.GCWith(ctx, upload.Policy{MaxAge: 30 * time.Minute}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range fresh {
+		if _, err := s.PathInfo(ctx, p.hash); err != nil {
+			t.Fatalf("%s (in the closure of a recently used path) deleted: %v", p.base, err)
+		}
+	}
+	for _, p := range old {
+		if _, err := s.PathInfo(ctx, p.hash); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("%s survived the age policy", p.base)
+		}
+	}
+	for _, p := range pinned {
+		if _, err := s.PathInfo(ctx, p.hash); err != nil {
+			t.Fatalf("pinned %s deleted", p.base)
+		}
+	}
+	if files := blobFiles(t, dir); len(files) != 6 {
+		t.Fatalf("blob files after GC: %v", files)
+	}
+	if rep, _ := s.Verify(ctx, false, nil); len(rep.Bad) != 0 || rep.Checked != 6 {
+		t.Fatalf("verify after GC: %+v", rep)
+	}
+}

@@ -126,6 +126,8 @@ var dumperPool = sync.Pool{New: func() any { return new(dumper) }}
 // are. Other file types (sockets, devices, fifos) are refused, as Nix does.
 // It returns the number of bytes written.
 func DumpPath(w io.Writer, path string) (int64, error) {
+	// The path is used as given, like nix-store --dump does: "link/"
+	// dumps the directory a symlink points to, "link" the symlink.
 	d := dumperPool.Get().(*dumper)
 	defer dumperPool.Put(d)
 	d.reset(w)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -42,6 +44,47 @@ func TestDumpPathMatchesNix(t *testing.T) {
 					got.Len(), len(want), firstDiff(got.Bytes(), want))
 			}
 		})
+	}
+}
+
+// TestDumpPathBigDirectoryMatchesNix needs several getdents64 calls for one
+// directory, and has names of every length up to NAME_MAX.
+func TestDumpPathBigDirectoryMatchesNix(t *testing.T) {
+	needNix(t)
+	root := t.TempDir()
+	var tr tree
+	for i := 0; i < 2000; i++ {
+		name := strings.Repeat(string(rune('a'+i%26)), 1+i%255) + strconv.Itoa(i)
+		if len(name) > 255 {
+			name = name[len(name)-255:]
+		}
+		tr = append(tr, fsNode{path: name, kind: 'f', data: name[:min(i%10, len(name))]})
+	}
+	tr.build(t, root)
+	var got bytes.Buffer
+	if _, err := nar.DumpPath(&got, root); err != nil {
+		t.Fatal(err)
+	}
+	if want := nixDump(t, root); !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("NAR differs from nix-store --dump at byte %d", firstDiff(got.Bytes(), want))
+	}
+}
+
+// TestDumpPathTakesPathAsGiven: nix-store --dump 2.8 does not clean the
+// path, so "link/" follows a symlink to a directory (seen here).
+func TestDumpPathTakesPathAsGiven(t *testing.T) {
+	needNix(t)
+	root := t.TempDir()
+	tree{{path: "d", kind: 'd'}, {path: "d/f", kind: 'f', data: "f"}, {path: "l", kind: 'l', data: "d"}}.build(t, root)
+	for _, p := range []string{"l/", "d/", "d/../l", "./d/f", "d//f"} {
+		full := root + "/" + p
+		var got bytes.Buffer
+		if _, err := nar.DumpPath(&got, full); err != nil {
+			t.Fatal(err)
+		}
+		if want := nixDump(t, full); !bytes.Equal(got.Bytes(), want) {
+			t.Errorf("%s: NAR differs from nix-store --dump", p)
+		}
 	}
 }
 

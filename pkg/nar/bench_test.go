@@ -83,6 +83,24 @@ func benchDump(b *testing.B, p string) {
 	}
 }
 
+// benchDumpDevNull writes to /dev/null as nix-store --dump > /dev/null
+// does, so the comparison pays the same write syscalls.
+func benchDumpDevNull(b *testing.B, p string) {
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer null.Close()
+	b.SetBytes(narSize(b, p))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := nar.DumpPath(null, p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func benchNixStoreDump(b *testing.B, p string) {
 	if _, err := exec.LookPath("nix-store"); err != nil {
 		b.Skip("nix-store not installed")
@@ -119,6 +137,7 @@ func benchGoNixDump(b *testing.B, p string) {
 }
 
 func BenchmarkDumpGoroot(b *testing.B)         { benchDump(b, goroot(b)) }
+func BenchmarkDumpGorootDevNull(b *testing.B)  { benchDumpDevNull(b, goroot(b)) }
 func BenchmarkNixStoreDumpGoroot(b *testing.B) { benchNixStoreDump(b, goroot(b)) }
 func BenchmarkGoNixDumpGoroot(b *testing.B)    { benchGoNixDump(b, goroot(b)) }
 

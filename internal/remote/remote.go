@@ -206,6 +206,19 @@ func lastLine(b []byte) string {
 	return s
 }
 
+// Disconnect closes t's shared connection (and every session on it), as a
+// network failure would; the next Run opens a new one.
+func (s *SSH) Disconnect(ctx context.Context, t Target) error {
+	argv := []string{"-o", "ControlPath=" + filepath.Join(s.dir, "%C")}
+	argv = append(append(argv, t.Opts...), "-O", "exit", "--", t.dest())
+	cmd := exec.CommandContext(ctx, s.Program, argv...)
+	cmd.WaitDelay = time.Second
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ssh -O exit %s: %w: %s", t.dest(), err, lastLine(out))
+	}
+	return nil
+}
+
 // Close stops every master this runner started and removes the control
 // directory.
 func (s *SSH) Close() error {
@@ -220,11 +233,7 @@ func (s *SSH) Close() error {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			argv := []string{"-o", "ControlPath=" + filepath.Join(s.dir, "%C")}
-			argv = append(append(argv, t.Opts...), "-O", "exit", "--", t.dest())
-			cmd := exec.CommandContext(ctx, s.Program, argv...)
-			cmd.WaitDelay = time.Second
-			_ = cmd.Run() // no master (never connected, already gone) is fine
+			_ = s.Disconnect(ctx, t) // no master (never connected, already gone) is fine
 		}()
 	}
 	wg.Wait()

@@ -1,0 +1,334 @@
+package deploy_test
+
+// End-to-end deploys on the simulated fleet (internal/fleettest): real
+// sshd, sudo, gate, nix-daemon and host verbs; the push side runs
+// in-process through the real OpenSSH client. They skip where the fleet
+// cannot run (not root, no nix/sshd).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bos55/concordia/internal/closure"
+	"github.com/bos55/concordia/internal/deploy"
+	"github.com/bos55/concordia/internal/fleettest"
+	"github.com/bos55/concordia/internal/remote"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// e2e is one push setup against a fleet.
+type e2e struct {
+	t     *testing.T
+	f     *fleettest.Fleet
+	ssh   *remote.SSH
+	check *closure.Checker
+}
+
+func newE2E(t *testing.T, hosts int) *e2e {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("simulated fleet: skipped with -short")
+	}
+	f := fleettest.New(t, hosts, fleettest.Options{})
+	pk, err := narinfo.ParsePublicKey(f.Cache.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ssh, err := remote.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ssh.Close() })
+	return &e2e{t: t, f: f, ssh: ssh, check: &closure.Checker{Cache: f.Cache.URL(), Trusted: []narinfo.PublicKey{pk}}}
+}
+
+// nodes describes hosts in the deploy-rs schema (through Parse, so the
+// schema path is exercised too), every one deploying path.
+func (e *e2e) nodes(path string, confirm int, hosts ...*fleettest.Host) []deploy.Node {
+	e.t.Helper()
+	ns := map[string]any{}
+	for _, h := range hosts {
+		ns[h.Name] = map[string]any{"hostname": h.Name, "profiles": map[string]any{"system": map[string]any{"path": path}}}
+	}
+	doc, _ := json.Marshal(map[string]any{
+		"sshOpts": []string{"-F", e.f.SSHConfig}, "confirmTimeout": confirm, "activationTimeout": 120, "nodes": ns,
+	})
+	nodes, err := deploy.Parse(doc, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return nodes
+}
+
+type tlog struct{ t *testing.T }
+
+func (l tlog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func (e *e2e) run(mode deploy.Mode, id string, nodes []deploy.Node, r remote.Runner) *deploy.Report {
+	e.t.Helper()
+	if r == nil {
+		r = e.ssh
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep := deploy.Run(ctx, nodes, deploy.Options{
+		Mode: mode, ID: id, Remote: r,
+		Checker:  func(deploy.Node) deploy.Checker { return e.check },
+		Progress: deploy.NewLines(tlog{e.t}),
+		Grace:    30 * time.Second,
+		Retry:    500 * time.Millisecond,
+	})
+	b, _ := json.MarshalIndent(rep, "", " ")
+	e.t.Logf("report: %s", b)
+	return rep
+}
+
+func (e *e2e) current(h *fleettest.Host) string {
+	return e.f.Readlink(e.t, h, "/run/current-system")
+}
+
+func TestE2ESwitchParallel(t *testing.T) {
+	e := newE2E(t, 3)
+	v2 := e.f.System(t, fleettest.System{Label: "v2"})
+	rep := e.run(deploy.Switch, "e2e-switch", e.nodes(v2, 30, e.f.Hosts...), nil)
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range e.f.Hosts {
+		if got := e.current(h); got != v2 {
+			t.Errorf("%s runs %s, want %s", h.Name, got, v2)
+		}
+		if n, p := e.f.ProfileGeneration(t, h); n != 2 || p != v2 {
+			t.Errorf("%s profile generation %d %s, want 2 %s", h.Name, n, p, v2)
+		}
+		if n, ok := e.f.BootDefault(t, h); n != 2 || !ok {
+			t.Errorf("%s boot default %d (entry %v), want 2", h.Name, n, ok)
+		}
+	}
+	// Every host ran its steps; the report has timings for the bench.
+	for _, h := range rep.Hosts {
+		var names []string
+		for _, s := range h.Steps {
+			names = append(names, s.Name)
+		}
+		if strings.Join(names, ",") != "closure,fetch,activate,confirm" {
+			t.Errorf("%s steps %v", h.Node, names)
+		}
+	}
+	// status over ssh sees the new generation everywhere.
+	for _, s := range deploy.Status(context.Background(), e.ssh, e.nodes(v2, 30, e.f.Hosts...)) {
+		if s.Status == nil || s.Status.Current.Path != v2 || s.Status.Profile.Generation != 2 || s.Status.TestActive {
+			t.Errorf("status %s: %+v %s", s.Node, s.Status, s.Error)
+		}
+	}
+}
+
+func TestE2ETestMode(t *testing.T) {
+	e := newE2E(t, 1)
+	h := e.f.Hosts[0]
+	v2 := e.f.System(t, fleettest.System{Label: "v2"})
+	rep := e.run(deploy.Test, "e2e-test", e.nodes(v2, 30, h), nil)
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.current(h); got != v2 {
+		t.Fatalf("runs %s, want %s", got, v2)
+	}
+	if n, p := e.f.ProfileGeneration(t, h); n != 1 || p != e.f.Initial {
+		t.Fatalf("test deploy changed the profile: %d %s", n, p)
+	}
+	if n, _ := e.f.BootDefault(t, h); n != 1 {
+		t.Fatalf("test deploy changed the boot default: %d", n)
+	}
+	st := deploy.Status(context.Background(), e.ssh, e.nodes(v2, 30, h))[0]
+	if st.Status == nil || !st.Status.TestActive {
+		t.Fatalf("status does not show the test deploy: %+v %s", st.Status, st.Error)
+	}
+	e.ssh.Close() // the reboot kills the sessions behind our master
+	e.f.Reboot(t, h)
+	if got := e.current(h); got != e.f.Initial {
+		t.Fatalf("after reboot runs %s, want the initial system", got)
+	}
+}
+
+func TestE2EBreakSSHRollsBack(t *testing.T) {
+	e := newE2E(t, 1)
+	h := e.f.Hosts[0]
+	bad := e.f.System(t, fleettest.BreaksSSH)
+	const confirm = 5
+	start := time.Now()
+	rep := e.run(deploy.Switch, "e2e-breakssh", e.nodes(bad, confirm, h), nil)
+	took := time.Since(start)
+	hr := rep.Hosts[0]
+	if hr.Result != deploy.RolledBack || rep.Err() == nil {
+		t.Fatalf("result %s (%s), want rolled-back and a non-zero exit", hr.Result, hr.Error)
+	}
+	t.Logf("rolled back and reported in %s (confirm timeout %ds)", took, confirm)
+	if !e.f.SSHUp(h) {
+		t.Fatal("sshd not back after the rollback")
+	}
+	if got := e.current(h); got != e.f.Initial {
+		t.Fatalf("runs %s, want the initial system back", got)
+	}
+	if n, p := e.f.ProfileGeneration(t, h); n != 1 || p != e.f.Initial {
+		t.Fatalf("profile %d %s, want generation 1", n, p)
+	}
+	if n, _ := e.f.BootDefault(t, h); n != 1 {
+		t.Fatalf("boot default %d, want 1", n)
+	}
+	// A fresh login works again.
+	if out, err := e.f.SSH(context.Background(), h, "deployer", "version").CombinedOutput(); err != nil {
+		t.Fatalf("host unreachable after rollback: %v %s", err, out)
+	}
+}
+
+func TestE2EFailingActivation(t *testing.T) {
+	e := newE2E(t, 1)
+	h := e.f.Hosts[0]
+	bad := e.f.System(t, fleettest.Failing)
+	rep := e.run(deploy.Switch, "e2e-failing", e.nodes(bad, 30, h), nil)
+	hr := rep.Hosts[0]
+	if hr.Result != deploy.RolledBack || rep.Err() == nil || !strings.Contains(rep.Err().Error(), h.Name+": rolled-back") {
+		t.Fatalf("result %s (%s), summary %v", hr.Result, hr.Error, rep.Err())
+	}
+	for _, s := range hr.Steps {
+		if s.Name == deploy.StepConfirm || s.Name == deploy.StepWait {
+			t.Fatalf("a failed activation must end at once, got step %s", s.Name)
+		}
+	}
+	if got := e.current(h); got != e.f.Initial {
+		t.Fatalf("runs %s, want the initial system back", got)
+	}
+	if n, _ := e.f.ProfileGeneration(t, h); n != 1 {
+		t.Fatalf("profile generation %d, want 1", n)
+	}
+}
+
+func TestE2EClosureRefused(t *testing.T) {
+	e := newE2E(t, 2)
+	missing := e.f.Build(t, fleettest.System{Label: "not-in-cache"})
+	unsigned := e.f.Build(t, fleettest.System{Label: "unsigned"})
+	e.f.PublishUnsigned(t, unsigned)
+	h1, h2 := e.f.Hosts[0], e.f.Hosts[1]
+	before := [2]int{len(e.f.ActivationLog(t, h1)), len(e.f.ActivationLog(t, h2))}
+	nodes := append(e.nodes(missing, 30, h1), e.nodes(unsigned, 30, h2)...)
+	rep := e.run(deploy.Switch, "e2e-refused", nodes, nil)
+	for i, hr := range rep.Hosts {
+		if hr.Result != deploy.Refused {
+			t.Errorf("%s: result %s (%s), want refused", hr.Node, hr.Result, hr.Error)
+		}
+		if len(hr.Steps) != 1 || hr.Steps[0].Name != deploy.StepClosure {
+			t.Errorf("%s: steps %+v, want only the closure check", hr.Node, hr.Steps)
+		}
+		h := e.f.Hosts[i]
+		if got := e.current(h); got != e.f.Initial {
+			t.Errorf("%s changed: runs %s", h.Name, got)
+		}
+		if n := len(e.f.ActivationLog(t, h)); n != before[i] {
+			t.Errorf("%s activated something", h.Name)
+		}
+	}
+	if m := rep.Hosts[0].Missing; len(m) == 0 || m[0] != missing {
+		t.Errorf("missing = %v, want %s", m, missing)
+	}
+	if u := rep.Hosts[1].Unsigned; len(u) == 0 || !contains(u, unsigned) {
+		t.Errorf("unsigned = %v, want %s in it", u, unsigned)
+	}
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestE2ESecondDeployRefused(t *testing.T) {
+	e := newE2E(t, 1)
+	h := e.f.Hosts[0]
+	slow := e.f.System(t, fleettest.Slow)
+	var wg sync.WaitGroup
+	reps := make([]*deploy.Report, 2)
+	for i := range reps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reps[i] = e.run(deploy.Switch, fmt.Sprintf("e2e-lock-%d", i), e.nodes(slow, 30, h), nil)
+		}()
+	}
+	wg.Wait()
+	ok, locked := 0, 0
+	for _, r := range reps {
+		switch hr := r.Hosts[0]; {
+		case hr.Result == deploy.OK:
+			ok++
+		case hr.Result == deploy.Failed && strings.Contains(hr.Error, "locked"):
+			locked++
+		default:
+			t.Errorf("unexpected %s: %s", hr.Result, hr.Error)
+		}
+	}
+	if ok != 1 || locked != 1 {
+		t.Fatalf("ok %d locked %d, want one of each", ok, locked)
+	}
+	if got := e.current(h); got != slow {
+		t.Fatalf("runs %s, want %s", got, slow)
+	}
+}
+
+// dropActivate tears down the host's ssh connection while activate runs
+// (ssh -O exit on the master: the TCP connection and its sessions go, as
+// in a network failure); everything else goes through.
+type dropActivate struct {
+	*remote.SSH
+	after time.Duration
+}
+
+func (d dropActivate) Run(ctx context.Context, t remote.Target, args ...string) (remote.Result, error) {
+	for _, a := range args {
+		if a == "activate" {
+			stop := time.AfterFunc(d.after, func() { d.SSH.Disconnect(context.Background(), t) })
+			defer stop.Stop()
+			break
+		}
+	}
+	return d.SSH.Run(ctx, t, args...)
+}
+
+func TestE2ESSHDropDuringActivation(t *testing.T) {
+	e := newE2E(t, 1)
+	h := e.f.Hosts[0]
+	slow := e.f.System(t, fleettest.Slow) // switch-to-configuration sleeps 3s
+	rep := e.run(deploy.Switch, "e2e-drop", e.nodes(slow, 30, h), dropActivate{e.ssh, time.Second})
+	hr := rep.Hosts[0]
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range hr.Steps {
+		names = append(names, s.Name)
+	}
+	if strings.Join(names, ",") != "closure,fetch,activate,wait,confirm" {
+		t.Fatalf("steps %v, want the wait path", names)
+	}
+	if got := e.current(h); got != slow {
+		t.Fatalf("runs %s, want %s: the activation must survive the cut", got, slow)
+	}
+	if n, _ := e.f.ProfileGeneration(t, h); n != 2 {
+		t.Fatalf("profile generation %d, want 2", n)
+	}
+	if errors.Is(rep.Err(), deploy.ErrDeploy) {
+		t.Fatal("unreachable")
+	}
+}

@@ -38,7 +38,8 @@ type Options struct {
 	Initial *System
 	// NoInitial starts hosts with an empty store and no system.
 	NoInitial bool
-	// Cache makes the cache; default NewFileCache.
+	// Cache makes the cache; default DefaultCache (Concordia's cache
+	// server, falling back to NewFileCache).
 	Cache func(t testing.TB) Cache
 	// Deployer is the deployer binary; default: go build ./cmd/deployer.
 	Deployer string
@@ -79,6 +80,9 @@ const (
 // Need skips the test unless the simulated fleet can run here.
 func Need(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("simulated fleet skipped in -short mode")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("simulated fleet needs root (mount namespaces, sshd, sudo)")
 	}
@@ -93,6 +97,7 @@ func Need(t testing.TB) {
 func New(t testing.TB, n int, opts Options) *Fleet {
 	t.Helper()
 	Need(t)
+	setupStart := time.Now()
 	f := &Fleet{salt: randHex(4), nixEnv: nixEnv(t)}
 	dir, err := os.MkdirTemp("/tmp", "concordia-fleet-")
 	if err != nil {
@@ -104,7 +109,7 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 		t.Fatal(err)
 	}
 	if opts.Cache == nil {
-		opts.Cache = func(t testing.TB) Cache { return NewFileCache(t) }
+		opts.Cache = DefaultCache
 	}
 	f.Cache = opts.Cache(t)
 	var wg sync.WaitGroup
@@ -135,6 +140,7 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 	if err := f.installSudoers(t); err != nil {
 		t.Fatal(err)
 	}
+	hostsStart := time.Now()
 	f.Hosts = make([]*Host, n)
 	errs := make([]error, n)
 	addrs := pickAddrs(n)
@@ -157,6 +163,8 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 	if err := f.writeSSHConfig(); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("fleettest: %d hosts booted in %s (setup before: %s; cache %T)", n, time.Since(hostsStart).Round(time.Millisecond),
+		hostsStart.Sub(setupStart).Round(time.Millisecond), f.Cache)
 	return f
 }
 
@@ -228,6 +236,14 @@ func buildDeployer(given, dir string) (string, error) {
 		}
 		return out, os.WriteFile(out, b, 0o755)
 	}
+	if err := goBuild("./cmd/deployer", out); err != nil {
+		return "", err
+	}
+	return out, os.Chmod(out, 0o755)
+}
+
+// goBuild builds a package of this module (relative to its root) to out.
+func goBuild(pkg, out string) error {
 	buildMu.Lock()
 	defer buildMu.Unlock()
 	gobin := "go"
@@ -235,15 +251,16 @@ func buildDeployer(given, dir string) (string, error) {
 		gobin = "/usr/local/go/bin/go"
 	}
 	mod, err := exec.Command(gobin, "env", "GOMOD").Output()
-	if err != nil || strings.TrimSpace(string(mod)) == "" || strings.TrimSpace(string(mod)) == os.DevNull {
-		return "", fmt.Errorf("find module root: %v", err)
+	root := strings.TrimSpace(string(mod))
+	if err != nil || root == "" || root == os.DevNull {
+		return fmt.Errorf("find module root: %v", err)
 	}
-	cmd := exec.Command(gobin, "build", "-o", out, "./cmd/deployer")
-	cmd.Dir = filepath.Dir(strings.TrimSpace(string(mod)))
+	cmd := exec.Command(gobin, "build", "-o", out, pkg)
+	cmd.Dir = filepath.Dir(root)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/deployer: %v: %s", err, b)
+		return fmt.Errorf("go build %s: %v: %s", pkg, err, b)
 	}
-	return out, os.Chmod(out, 0o755)
+	return nil
 }
 
 // ensureUser creates the shared deploy user once (under a machine-wide lock,

@@ -92,8 +92,6 @@ func TestFleetHostVerbs(t *testing.T) {
 	breaks := f.System(t, fleettest.BreaksSSH)
 	kernel := f.System(t, fleettest.NewKernel)
 	slow := f.System(t, fleettest.System{Label: "slow", Sleep: 4 * time.Second})
-	unsigned := f.Build(t, fleettest.System{Label: "unsigned"})
-	f.PublishUnsigned(t, unsigned)
 
 	t.Run("switch then confirm", func(t *testing.T) {
 		t.Parallel()
@@ -273,12 +271,9 @@ func TestFleetHostVerbs(t *testing.T) {
 		}
 	})
 
-	t.Run("kernel change, fetch signatures, narrow powers", func(t *testing.T) {
+	t.Run("kernel change and narrow powers", func(t *testing.T) {
 		t.Parallel()
 		h := f.Hosts[5]
-		if r := fetch(t, f, h, unsigned); r.code == 0 || !strings.Contains(r.stderr, "not signed") {
-			t.Fatalf("unsigned fetch: exit %d %s", r.code, r.stderr)
-		}
 		mustFetch(t, f, h, kernel)
 		r := activate(t, f, h, "switch", "k-1", kernel)
 		if r.code != host.ExitKernelChange {
@@ -330,4 +325,32 @@ func TestFleetHostVerbs(t *testing.T) {
 			}
 		}
 	})
+}
+
+// The host's daemon takes only signed substitutes from the deploy user: the
+// same cache serving a path without a signature gets it refused.
+func TestFleetFetchNeedsSignature(t *testing.T) {
+	f := fleettest.New(t, 1, fleettest.Options{NoInitial: true, Cache: func(t testing.TB) fleettest.Cache { return fleettest.NewFileCache(t) }})
+	h := f.Hosts[0]
+	unsigned := f.Build(t, fleettest.System{Label: "unsigned"})
+	f.PublishUnsigned(t, unsigned)
+	signed := f.System(t, fleettest.System{Label: "signed"})
+	if r := fetch(t, f, h, unsigned); r.code == 0 || !strings.Contains(r.stderr, "not signed") {
+		t.Fatalf("unsigned fetch: exit %d %s", r.code, r.stderr)
+	}
+	if out, _ := f.Exec(h, "nix-store", "--check-validity", unsigned); !strings.Contains(out, "not valid") {
+		t.Fatalf("unsigned path is in the host store: %s", out)
+	}
+	mustFetch(t, f, h, signed)
+	if _, err := f.Exec(h, "nix-store", "--check-validity", signed); err != nil {
+		t.Fatal("signed path not valid on the host after fetch")
+	}
+	// Not in the cache at all: refused as well, nothing to activate.
+	missing := f.Build(t, fleettest.System{Label: "missing"})
+	if r := fetch(t, f, h, missing); r.code == 0 {
+		t.Fatal("fetch of a path missing from the cache succeeded")
+	}
+	if r := activate(t, f, h, "switch", "m-1", missing); r.code != host.ExitInvalid {
+		t.Fatalf("activate of a path not in the host store: exit %d", r.code)
+	}
 }

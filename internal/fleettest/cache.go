@@ -28,6 +28,10 @@ type UnsignedPublisher interface {
 	PublishUnsigned(ctx context.Context, paths ...string) error
 }
 
+// WithFileCache is an Options.Cache for tests that need unsigned paths in
+// the cache (PublishUnsigned), which Concordia's cache never serves.
+func WithFileCache(t testing.TB) Cache { return NewFileCache(t) }
+
 // FileCache is a stand-in for the Concordia cache: `nix copy --to
 // file://dir` (what CI does towards a cache) plus an http.FileServer on
 // 127.0.0.1:0. Signed with a key made by nix-store --generate-binary-cache-key.

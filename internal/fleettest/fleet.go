@@ -181,7 +181,7 @@ func (f *Fleet) PublishUnsigned(t testing.TB, paths ...string) {
 	t.Helper()
 	up, ok := f.Cache.(UnsignedPublisher)
 	if !ok {
-		t.Skip("this cache cannot serve unsigned paths")
+		t.Fatalf("fleettest: %T signs everything it serves; start the fleet with Options{Cache: fleettest.WithFileCache} to publish unsigned paths", f.Cache)
 	}
 	if err := up.PublishUnsigned(context.Background(), paths...); err != nil {
 		t.Fatal(err)

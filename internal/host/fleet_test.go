@@ -330,7 +330,7 @@ func TestFleetHostVerbs(t *testing.T) {
 // The host's daemon takes only signed substitutes from the deploy user: the
 // same cache serving a path without a signature gets it refused.
 func TestFleetFetchNeedsSignature(t *testing.T) {
-	f := fleettest.New(t, 1, fleettest.Options{NoInitial: true, Cache: func(t testing.TB) fleettest.Cache { return fleettest.NewFileCache(t) }})
+	f := fleettest.New(t, 1, fleettest.Options{NoInitial: true, Cache: fleettest.WithFileCache})
 	h := f.Hosts[0]
 	unsigned := f.Build(t, fleettest.System{Label: "unsigned"})
 	f.PublishUnsigned(t, unsigned)

@@ -80,6 +80,7 @@ func (s *Server) putRoutes(r *mux.Router) {
 	r.HandleFunc("/api/pins", h.listPins).Methods(http.MethodGet).Name("pins")
 	r.HandleFunc("/api/pins/{hash}", h.write(h.pin)).Methods(http.MethodPost, put).Name("pin")
 	r.HandleFunc("/api/pins/{hash}", h.write(h.unpin)).Methods(http.MethodDelete).Name("unpin")
+	r.HandleFunc("/api/gc", h.write(h.gc)).Methods(http.MethodPost).Name("gc")
 }
 
 type putHandler struct {
@@ -332,6 +333,39 @@ func (h *putHandler) unpin(w http.ResponseWriter, r *http.Request) error {
 	h.s.logger(r).Info("unpinned", "hash", hash)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// gc runs a garbage collection: POST /api/gc?dry-run=true with optional
+// max-size (bytes) and max-age (Go duration) overriding the configured
+// policy, answering the report as JSON.
+func (h *putHandler) gc(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	p := upload.Policy{}
+	dry := q.Get("dry-run") == "true" || q.Get("dry-run") == "1"
+	if v := q.Get("max-size"); v != "" {
+		if _, err := fmt.Sscan(v, &p.MaxSize); err != nil || p.MaxSize < 0 {
+			return fmt.Errorf("%w: max-size %q is not a byte count", store.ErrInvalid, v)
+		}
+	}
+	if v := q.Get("max-age"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("%w: max-age %q is not a duration", store.ErrInvalid, v)
+		}
+		p.MaxAge = d
+	}
+	var rep *upload.Report
+	var err error
+	if p == (upload.Policy{}) {
+		rep, err = h.u.GC(r.Context(), dry)
+	} else {
+		rep, err = h.u.GCWith(r.Context(), p, dry)
+	}
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(rep)
 }
 
 func (h *putHandler) listPins(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"path"
+
+	"github.com/bos55/concordia/internal/cli"
+	"github.com/bos55/concordia/internal/store/upload"
+)
+
+func newPinCommand() *cli.Command {
+	var f uploadFlags
+	var remove, list bool
+	var note string
+	flags := func(fs *flag.FlagSet) {
+		f.register(fs, true)
+		fs.BoolVar(&remove, "remove", remove, "remove the pins instead")
+		fs.BoolVar(&list, "list", list, "list the pins")
+		fs.StringVar(&note, "note", note, "say why (shown by --list)")
+	}
+	return &cli.Command{
+		Name:  "pin",
+		Usage: "[--remove] [--note TEXT] [--config FILE | --dir DIR | --cache URL] STORE_PATH... | pin --list",
+		Short: "keep store paths (and their closures) through garbage collection",
+		Long: `Pins make GC roots in the upload store: a pinned path and everything it
+refers to are never collected. The deployer pins each host's running
+system through the HTTP API (POST/DELETE /api/pins/<hash> with a write
+token); this command does the same by hand, on the store directly or with
+--cache URL on a running server.`,
+		Flags: flags,
+		Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			args, err := interspersed(args, flags)
+			if err != nil {
+				return err
+			}
+			if list != (len(args) == 0) {
+				return cli.Usagef("give store paths to pin, or --list")
+			}
+			if f.cache != "" {
+				if list {
+					var pins []upload.Pin
+					if err := f.call(ctx, http.MethodGet, "/api/pins", nil, &pins); err != nil {
+						return err
+					}
+					printPins(env, pins)
+					return nil
+				}
+				for _, p := range args {
+					base := path.Base(p)
+					if len(base) < 32 {
+						return cli.Usagef("%s is not a store path", p)
+					}
+					method := http.MethodPost
+					var body *bytes.Reader
+					if remove {
+						method = http.MethodDelete
+					} else {
+						b, _ := json.Marshal(map[string]string{"storePath": p, "note": note})
+						body = bytes.NewReader(b)
+					}
+					if body != nil {
+						err = f.call(ctx, method, "/api/pins/"+base[:32], body, nil)
+					} else {
+						err = f.call(ctx, method, "/api/pins/"+base[:32], nil, nil)
+					}
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(env.Stdout, "%s %s\n", map[bool]string{true: "unpinned", false: "pinned"}[remove], p)
+				}
+				return nil
+			}
+			us, done, err := f.open(ctx, env)
+			if err != nil {
+				return err
+			}
+			defer done()
+			if list {
+				pins, err := us.Pins(ctx)
+				if err != nil {
+					return err
+				}
+				printPins(env, pins)
+				return nil
+			}
+			for _, p := range args {
+				if remove {
+					err = us.Unpin(ctx, p)
+				} else {
+					err = us.Pin(ctx, p, note)
+				}
+				if err != nil {
+					return fmt.Errorf("%s: %w", p, err)
+				}
+				fmt.Fprintf(env.Stdout, "%s %s\n", map[bool]string{true: "unpinned", false: "pinned"}[remove], p)
+			}
+			return nil
+		},
+	}
+}
+
+func printPins(env *cli.Env, pins []upload.Pin) {
+	for _, p := range pins {
+		fmt.Fprintf(env.Stdout, "%s\t%s\t%s\n", p.StorePath, p.Created.Format("2006-01-02 15:04"), p.Note)
+	}
+}

@@ -128,6 +128,8 @@ func variedTree() tree {
 		{path: "link-abs", kind: 'l', data: "/etc/passwd"},
 		{path: "link-dangling", kind: 'l', data: "does/not/exist"},
 		{path: "link-odd", kind: 'l', data: "t\x01\xff\n\"\\ ä"},
+		{path: "link-longest", kind: 'l', data: strings.Repeat("t/", 2047) + "x"}, // 4095 bytes, Linux's limit
+		{path: strings.Repeat("n", 255), kind: 'f', data: "NAME_MAX"},
 		{path: "\x01", kind: 'f', data: "ctl"},
 		{path: "ä", kind: 'f', data: "umlaut"},
 		{path: "with space", kind: 'f', data: "sp"},

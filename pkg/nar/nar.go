@@ -67,13 +67,13 @@ func (e *Error) Unwrap() []error {
 
 // Limits on tokens the reader must buffer. File contents are streamed and
 // may be as long as an int64 allows; names and symlink targets are held in
-// memory, so a hostile length field must be refused before allocating.
+// memory, so a hostile length field must be refused before allocating. The
+// values are the format bounds current Nix enforces (narMaxName,
+// narMaxTarget in libutil/archive.cc), which match Linux's NAME_MAX and
+// PATH_MAX-1, so no NAR of a real tree exceeds them.
 const (
-	// MaxNameLen bounds a directory entry name (Linux allows 255).
-	MaxNameLen = 4096
-	// MaxTargetLen bounds a symlink target (PATH_MAX on Linux is 4096,
-	// including the terminating NUL).
-	MaxTargetLen = 4096
+	MaxNameLen   = 255
+	MaxTargetLen = 4095
 )
 
 // NAR keywords.

@@ -237,10 +237,15 @@ func TestReaderRejects(t *testing.T) {
 			at := n.at()
 			return result{n.s("entries").b, at, "/", `expected "entry" or ")", got "entries"`}
 		}},
+		{"name over NAME_MAX", func() result {
+			n := dirNAR().s("entry", "(", "name")
+			at := n.at()
+			return result{n.s(strings.Repeat("n", 256)).b, at, "/", "entry name length 256 exceeds limit 255"}
+		}},
 		{"name too long", func() result {
 			n := dirNAR().s("entry", "(", "name")
 			at := n.at()
-			return result{n.u(1 << 60).b, at, "/", "entry name length 1152921504606846976 exceeds limit 4096"}
+			return result{n.u(1 << 60).b, at, "/", "entry name length 1152921504606846976 exceeds limit 255"}
 		}},
 		{"non-zero name padding", func() result {
 			n := dirNAR().s("entry", "(", "name").u(3).raw('a', 'b', 'c')
@@ -255,7 +260,7 @@ func TestReaderRejects(t *testing.T) {
 		{"symlink target too long", func() result {
 			n := (&narBuilder{}).s("nix-archive-1", "(", "type", "symlink", "target")
 			at := n.at()
-			return result{n.s(strings.Repeat("x", 4097), ")").b, at, "/", "symlink target length 4097 exceeds limit 4096"}
+			return result{n.s(strings.Repeat("x", 4096), ")").b, at, "/", "symlink target length 4096 exceeds limit 4095"}
 		}},
 		{"unsorted entries", func() result {
 			n := fileEntry(dirNAR(), "b", "").s("entry", "(", "name")

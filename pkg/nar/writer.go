@@ -62,7 +62,7 @@ func (w *Writer) WriteHeader(h *Header) error {
 		if parent == "" {
 			parent = "/"
 		}
-		if !validName([]byte(name)) {
+		if !validName([]byte(name)) || len(name) > MaxNameLen {
 			return fmt.Errorf("nar: header path %q has an invalid name: %w", h.Path, ErrWriteOrder)
 		}
 		for len(w.stack) > 0 && w.stack[len(w.stack)-1].path != parent {

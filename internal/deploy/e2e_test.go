@@ -10,6 +10,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -330,5 +333,89 @@ func TestE2ESSHDropDuringActivation(t *testing.T) {
 	}
 	if errors.Is(rep.Err(), deploy.ErrDeploy) {
 		t.Fatal("unreachable")
+	}
+}
+
+// TestE2ECLI drives the real binary (the one the hosts run, built by the
+// fleet) as CI would: push with --json, status, rollback, a failing push.
+func TestE2ECLI(t *testing.T) {
+	e := newE2E(t, 2)
+	h1, h2 := e.f.Hosts[0], e.f.Hosts[1]
+	v2 := e.f.System(t, fleettest.System{Label: "v2"})
+	bad := e.f.System(t, fleettest.Failing)
+	dir := t.TempDir()
+	writeNodes := func(path string) string {
+		p := filepath.Join(dir, "nodes.json")
+		doc := fmt.Sprintf(`{"sshOpts": ["-F", %q], "confirmTimeout": 20,
+		  "nodes": {"host1": {"hostname": "host1", "tags": ["a"], "profiles": {"system": {"path": %q}}},
+		            "host2": {"hostname": "host2", "tags": ["a"], "profiles": {"system": {"path": %q}}}}}`, e.f.SSHConfig, path, path)
+		if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	deployer := func(args ...string) (int, string, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, e.f.Deployer, args...)
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("deployer %s -> %d\n%s%s", strings.Join(args, " "), code, out.String(), errb.String())
+		return code, out.String(), errb.String()
+	}
+	cache := []string{"--cache", e.f.Cache.URL(), "--trusted-key", e.f.Cache.PublicKey()}
+
+	nodes := writeNodes(v2)
+	report := filepath.Join(dir, "report.json")
+	if code, _, _ := deployer(append([]string{"push", "--file", nodes, "--on", "@a", "--json", report}, cache...)...); code != 0 {
+		t.Fatalf("push exit %d", code)
+	}
+	var rep deploy.Report
+	b, err := os.ReadFile(report)
+	if err != nil || json.Unmarshal(b, &rep) != nil || len(rep.Hosts) != 2 || len(rep.Failed) != 0 {
+		t.Fatalf("report %s %v", b, err)
+	}
+	for _, h := range []*fleettest.Host{h1, h2} {
+		if got := e.current(h); got != v2 {
+			t.Fatalf("%s runs %s", h.Name, got)
+		}
+	}
+
+	code, out, _ := deployer("status", "--file", nodes, "--json", "host1")
+	var st []deploy.StatusResult
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st) != 1 || st[0].Status == nil || st[0].Status.Profile.Generation != 2 {
+		t.Fatalf("status: exit %d %s", code, out)
+	}
+	if code, out, _ := deployer("status", "--file", nodes); code != 0 || !strings.Contains(out, "host2") {
+		t.Fatalf("status table: exit %d %s", code, out)
+	}
+
+	if code, _, _ := deployer("rollback", "--file", nodes, "host1"); code != 0 {
+		t.Fatalf("rollback exit %d", code)
+	}
+	if got := e.current(h1); got != e.f.Initial {
+		t.Fatalf("after rollback host1 runs %s", got)
+	}
+	if n, _ := e.f.ProfileGeneration(t, h1); n != 1 {
+		t.Fatalf("after rollback host1 profile generation %d, want 1", n)
+	}
+
+	code, _, errs := deployer(append([]string{"push", "--file", writeNodes(bad), "--on", "host2"}, cache...)...)
+	if code == 0 || !strings.Contains(errs, "host2: ROLLED-BACK") {
+		t.Fatalf("failing push: exit %d, stderr lacks the summary", code)
+	}
+	if got := e.current(h2); got != v2 {
+		t.Fatalf("host2 runs %s after a failed push, want %s", got, v2)
+	}
+	if code, _, errs := deployer("push", "--file", nodes, "--branch", "feature/x"); code != 0 || !strings.Contains(errs, "nothing to deploy") {
+		t.Fatalf("feature branch: exit %d %s", code, errs)
 	}
 }

@@ -21,5 +21,6 @@ func commands() []*cli.Command {
 	}}
 	cmds = append(cmds, pushSideCommands()...)
 	cmds = append(cmds, hostSideCommands()...)
+	cmds = append(cmds, metricsCmd())
 	return cmds
 }

@@ -1,0 +1,128 @@
+// Package genmetrics turns a host's NixOS generation state (what runs, what
+// was booted, what boots next) into Prometheus metrics, for `deployer
+// metrics`. It reads the same facts as `deployer status --local`
+// (host.Inspect), so the exporter and the deployer can never disagree about
+// whether a test deployment is active or a reboot is pending.
+package genmetrics
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bos55/concordia/internal/host"
+)
+
+// Collector computes the metrics at every scrape.
+type Collector struct {
+	opts host.Options
+	now  func() time.Time
+
+	current, boot, booted, age, test, reboot, info, up *prometheus.Desc
+}
+
+// New returns a collector for the host described by o (zero value: the real
+// NixOS locations).
+func New(o host.Options) *Collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &Collector{
+		opts:    o,
+		now:     time.Now,
+		current: d("nixos_current_generation", "Generation number of the running system (/run/current-system); 0 when it is no generation of the system profile, as during a test deployment."),
+		boot:    d("nixos_boot_generation", "Generation number of the system profile, the default at the next boot."),
+		booted:  d("nixos_booted_generation", "Generation number of the system that was booted (/run/booted-system); 0 when it is no longer a generation."),
+		age:     d("nixos_config_age_seconds", "Seconds since the running configuration was activated."),
+		test:    d("nixos_test_deployment_active", "1 when the running system is not the boot default (a `test` deployment, reverted by a reboot)."),
+		reboot:  d("nixos_reboot_required", "1 when the boot default or the running system has another kernel, initrd or kernel modules than the booted one."),
+		info:    d("nixos_system_info", "The running, booted and boot-default systems; value is always 1.", "version", "current", "booted", "boot_default"),
+		up:      d("nixos_generation_metrics_up", "1 when the generation state could be read."),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.current, c.boot, c.booted, c.age, c.test, c.reboot, c.info, c.up} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	st, err := host.Inspect(context.Background(), c.opts)
+	if err != nil {
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
+		return
+	}
+	g := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	g(c.up, 1)
+	g(c.current, float64(st.Current.Generation))
+	g(c.boot, float64(st.Profile.Generation))
+	g(c.booted, float64(st.Booted.Generation))
+	g(c.test, b2f(st.TestActive))
+	g(c.reboot, b2f(st.RebootPending))
+	if age, ok := c.configAge(); ok {
+		g(c.age, age.Seconds())
+	}
+	g(c.info, 1, version(st.Current.Path), st.Current.Path, st.Booted.Path, st.Profile.Path)
+}
+
+// configAge is how long ago /run/current-system was last pointed somewhere:
+// activation replaces that link, so its own mtime is the activation time.
+func (c *Collector) configAge() (time.Duration, bool) {
+	link := c.opts.CurrentSystem
+	if link == "" {
+		link = "/run/current-system"
+	}
+	fi, err := os.Lstat(link)
+	if err != nil {
+		return 0, false
+	}
+	age := c.now().Sub(fi.ModTime())
+	if age < 0 {
+		age = 0
+	}
+	return age, true
+}
+
+// version reads the system's nixos-version file ("24.05.20240101.abcdef").
+func version(system string) string {
+	if system == "" {
+		return ""
+	}
+	b, err := os.ReadFile(filepath.Join(system, "nixos-version"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Registry returns a registry holding only the generation metrics (no Go
+// runtime noise: node exporter's textfile collector merges them into its
+// own output).
+func Registry(o host.Options) *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(New(o))
+	return r
+}
+
+// WriteTextfile writes the metrics for node exporter's textfile collector.
+// prometheus.WriteToTextfile writes a temp file and renames it, so the
+// collector never reads a half-written file.
+func WriteTextfile(path string, o host.Options) error {
+	return prometheus.WriteToTextfile(path, Registry(o))
+}

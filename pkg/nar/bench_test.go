@@ -1,6 +1,7 @@
 package nar_test
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -143,3 +144,40 @@ func BenchmarkGoNixDumpGoroot(b *testing.B)    { benchGoNixDump(b, goroot(b)) }
 
 func BenchmarkDumpManyFiles(b *testing.B)         { benchDump(b, manyFiles(b)) }
 func BenchmarkNixStoreDumpManyFiles(b *testing.B) { benchNixStoreDump(b, manyFiles(b)) }
+
+// BenchmarkValidateGoroot reads the Go toolchain's NAR from memory, as the
+// upload path checks an incoming NAR.
+func BenchmarkValidateGoroot(b *testing.B) {
+	var buf bytes.Buffer
+	if _, err := nar.DumpPath(&buf, goroot(b)); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(buf.Len()))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := nar.Validate(bytes.NewReader(buf.Bytes())); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkListingGoroot builds the .ls listing of the Go toolchain's NAR.
+func BenchmarkListingGoroot(b *testing.B) {
+	var buf bytes.Buffer
+	if _, err := nar.DumpPath(&buf, goroot(b)); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(buf.Len()))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		l, err := nar.ListingFromReader(bytes.NewReader(buf.Bytes()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := l.MarshalJSON(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -27,6 +27,7 @@ type Reader struct {
 	remaining int64  // unread contents of the current file
 	pad       int    // padding after the current file's contents
 	tok       []byte
+	scratch   [8]byte // for lengths and padding; a local would escape
 	err       error
 }
 
@@ -190,15 +191,16 @@ func (r *Reader) next() (*Header, error) {
 		if top.hasPrev && string(name) <= top.prev {
 			return nil, r.fail(at, fmt.Sprintf("entry %q follows %q: entries must be sorted and unique", name, top.prev), nil)
 		}
-		top.prev, top.hasPrev = string(name), true
+		var p string
+		if top.path == "/" {
+			p = "/" + string(name)
+		} else {
+			p = top.path + "/" + string(name)
+		}
+		// The name is the tail of the path: no second allocation.
+		top.prev, top.hasPrev = p[len(p)-len(name):], true
 		if err := r.expect("node"); err != nil {
 			return nil, err
-		}
-		p := top.prev
-		if top.path == "/" {
-			p = "/" + p
-		} else {
-			p = top.path + "/" + p
 		}
 		return r.node(p)
 	}
@@ -328,7 +330,7 @@ func (r *Reader) readFull(p []byte) error {
 }
 
 func (r *Reader) readU64() (uint64, error) {
-	var b [8]byte
+	b := &r.scratch
 	if err := r.readFull(b[:]); err != nil {
 		return 0, err
 	}
@@ -341,7 +343,7 @@ func (r *Reader) readPad(n int) error {
 		return nil
 	}
 	at := r.off
-	var b [8]byte
+	b := &r.scratch
 	if err := r.readFull(b[:n]); err != nil {
 		return err
 	}

@@ -325,7 +325,8 @@ func printWelcome(w io.Writer, addr string, cfg *config.Config, keys []narinfo.S
 	if generated {
 		fmt.Fprintf(w, "Created signing key %s in %s\n", keys[0].Name(), cfg.StateDir)
 	}
-	fmt.Fprintf(w, "Serving %s on %s\n", cfg.VirtualNixStore, url)
 	fmt.Fprintf(w, "Public key: %s\n", strings.Join(pubs, " "))
 	fmt.Fprintf(w, "nix.conf:\n  substituters = %s\n  trusted-public-keys = %s\n", url, strings.Join(pubs, " "))
+	// Last, so whoever waits for this line has read the others.
+	fmt.Fprintf(w, "Serving %s on %s\n", cfg.VirtualNixStore, url)
 }

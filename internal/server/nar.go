@@ -352,8 +352,9 @@ func (lw *lazyWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// countingWriter counts body bytes into a metric. It hides ReadFrom on
-// purpose: the sources are not *os.File, so sendfile would not apply.
+// countingWriter counts body bytes into a metric. It keeps ReadFrom, so
+// a compressed cache file (which exposes SyscallConn) still goes out by
+// sendfile through http.ServeContent.
 type countingWriter struct {
 	http.ResponseWriter
 	c prometheus.Counter
@@ -363,6 +364,15 @@ func (cw *countingWriter) Write(p []byte) (int, error) {
 	n, err := cw.ResponseWriter.Write(p)
 	cw.c.Add(float64(n))
 	return n, err
+}
+
+func (cw *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := cw.ResponseWriter.(io.ReaderFrom); ok {
+		n, err := rf.ReadFrom(r)
+		cw.c.Add(float64(n))
+		return n, err
+	}
+	return io.Copy(struct{ io.Writer }{cw}, r)
 }
 
 // acceptsZstd reports whether an Accept-Encoding value lists zstd with a

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bos55/concordia/internal/server"
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/internal/store/local"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
 
@@ -22,6 +26,7 @@ import (
 type nixClient struct {
 	t    testing.TB
 	home string
+	cpu  time.Duration // user+system time of the last command
 }
 
 func newNixClient(t testing.TB) *nixClient {
@@ -29,7 +34,12 @@ func newNixClient(t testing.TB) *nixClient {
 	if _, err := exec.LookPath("nix"); err != nil {
 		t.Skip("nix not installed")
 	}
-	return &nixClient{t: t, home: t.TempDir()}
+	home := t.TempDir()
+	if d := os.Getenv("BENCH_CLIENT_DIR"); d != "" { // e.g. /dev/shm: take the client's SQLite fsyncs out
+		home, _ = os.MkdirTemp(d, "nixhome")
+		t.Cleanup(func() { os.RemoveAll(home) })
+	}
+	return &nixClient{t: t, home: home}
 }
 
 func (n *nixClient) run(ctx context.Context, name string, args ...string) (string, error) {
@@ -43,6 +53,9 @@ func (n *nixClient) run(ctx context.Context, name string, args ...string) (strin
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	if cmd.ProcessState != nil {
+		n.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
 	if err != nil {
 		return out.String(), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, errb.String())
 	}
@@ -163,4 +176,88 @@ func TestNixCopyRoundTrip(t *testing.T) {
 func generateOtherKey() (string, string, error) {
 	sk, pk, err := narinfo.GenerateKey("other-key-1")
 	return sk.String(), pk.String(), err
+}
+
+// TestNixCopyPrivate: with private = true, reads need a read token, and
+// an unmodified client sends it from its netrc (HTTP Basic).
+func TestNixCopyPrivate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nix")
+	}
+	n := newNixClient(t)
+	top, _ := buildUpClosure(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	e := newUpEnv(t, t.TempDir(), true)
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	if _, err := n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url, top); err != nil {
+		t.Fatal(err)
+	}
+	trust := []string{"--option", "trusted-public-keys", e.key.Public().String()}
+	args := append([]string{"copy", "--from", e.url, "--to", filepath.Join(t.TempDir(), "dst")}, trust...)
+	if _, err := newNixClient(t).run(ctx, "nix", append(args, top)...); err == nil {
+		t.Fatal("copy from a private cache without credentials succeeded")
+	}
+	readNetrc := filepath.Join(t.TempDir(), "netrc-read")
+	os.WriteFile(readNetrc, []byte("machine 127.0.0.1 login laptop password "+e.readTok+"\n"), 0o600)
+	args = append([]string{"copy", "--option", "netrc-file", readNetrc, "--from", e.url,
+		"--to", filepath.Join(t.TempDir(), "dst")}, trust...)
+	if _, err := newNixClient(t).run(ctx, "nix", append(args, top)...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNixCopyServedFromUploadOnly: after the closure is uploaded and
+// deleted from the machine's /nix/store, a server answering from the
+// local store first still serves it, from the upload store.
+func TestNixCopyServedFromUploadOnly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nix")
+	}
+	n := newNixClient(t)
+	top, closure := buildUpClosure(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ls, err := local.Open(ctx, local.Options{})
+	if err != nil {
+		t.Skipf("local store: %v", err)
+	}
+	t.Cleanup(func() { ls.Close() })
+	// Upload to a server with the upload store only: one that answered
+	// from the local store first would make nix copy skip these paths
+	// (its narinfo GETs say 200), see the report.
+	e := newUpEnv(t, t.TempDir(), false)
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	if _, err := n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url, top); err != nil {
+		t.Fatal(err)
+	}
+	if paths, _ := e.up.Paths(ctx); len(paths) != len(closure) {
+		t.Fatalf("uploaded %v", paths)
+	}
+	if _, err := n.run(ctx, "nix-store", "--delete", top, closure[0], closure[1], closure[2]); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range closure {
+		if _, err := os.Stat(p); err == nil {
+			t.Fatalf("%s still in /nix/store", p)
+		}
+	}
+	// Now a server asking the local store first (prefer = "local").
+	srv, err := server.New(server.Options{Stores: []store.Store{ls, e.up}, Keys: []narinfo.SecretKey{e.key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	trust := []string{"--option", "trusted-public-keys", e.key.Public().String()}
+	dst := filepath.Join(t.TempDir(), "dst")
+	args := append([]string{"copy", "--from", hs.URL, "--to", dst}, trust...)
+	if _, err := newNixClient(t).run(ctx, "nix", append(args, top)...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newNixClient(t).run(ctx, "nix", append([]string{"store", "verify", "--store", dst, "--recursive", top}, trust...)...); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -76,6 +76,14 @@ type upEnv struct {
 
 func newUpEnv(t testing.TB, dir string, private bool) *upEnv {
 	t.Helper()
+	return newUpEnvStores(t, dir, private, nil)
+}
+
+// newUpEnvStores serves the stores in before ahead of the upload store
+// (e.g. the local store with prefer = "local"); they also count as
+// present for references.
+func newUpEnvStores(t testing.TB, dir string, private bool, before []store.Store) *upEnv {
+	t.Helper()
 	e := &upEnv{dir: dir}
 	sk, _, err := narinfo.GenerateKey("concordia-test-1")
 	if err != nil {
@@ -93,13 +101,13 @@ func newUpEnv(t testing.TB, dir string, private bool) *upEnv {
 		t.Fatal(err)
 	}
 	toks.SetRecheck(0)
-	e.up, err = upload.Open(context.Background(), dir, upload.Options{SignKeys: []narinfo.SecretKey{sk}})
+	e.up, err = upload.Open(context.Background(), dir, upload.Options{SignKeys: []narinfo.SecretKey{sk}, Others: before})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.up.Close() })
 	opts := server.Options{
-		Stores: []store.Store{e.up},
+		Stores: append(append([]store.Store{}, before...), e.up),
 		Upload: &server.Uploads{Store: e.up, Tokens: toks},
 		Keys:   []narinfo.SecretKey{sk},
 	}
@@ -244,6 +252,14 @@ func TestPutBadInputHTTP(t *testing.T) {
 	}
 	if code, body := e.do(t, "GET", "/"+p.hash+".narinfo", "", nil); code != 200 || !strings.Contains(body, "concordia-test-1:") {
 		t.Fatalf("narinfo after upload: %d %s", code, body)
+	}
+	if code, _ := e.do(t, "PUT", "/nix-cache-info", e.writeTok, []byte("StoreDir: /nix/store\n")); code/100 != 2 {
+		t.Fatalf("PUT nix-cache-info: %d", code)
+	}
+	if code, body := e.do(t, "GET", "/metrics", "", nil); code != 200 ||
+		!strings.Contains(body, `concordia_upload_requests_total{kind="narinfo",result="invalid"}`) ||
+		!strings.Contains(body, "concordia_upload_store_paths 2") {
+		t.Fatalf("metrics: %d\n%s", code, body)
 	}
 	// Compressed request body (Nix 2.32+) and pins.
 	enc, _ := zstd.NewWriter(nil)

@@ -1,0 +1,89 @@
+package server_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestNixCopySpeed compares `nix copy --to` Concordia with `nix copy --to
+// file://` of the same closure (the same client work, without HTTP or
+// server-side verification), median of 3 interleaved runs each. It
+// measures, never asserts: set CONCORDIA_BENCH=1 to run it.
+func TestNixCopySpeed(t *testing.T) {
+	if os.Getenv("CONCORDIA_BENCH") == "" {
+		t.Skip("set CONCORDIA_BENCH=1 to measure")
+	}
+	n := newNixClient(t)
+	tagb := make([]byte, 4)
+	rand.Read(tagb)
+	tag := hex.EncodeToString(tagb)
+	// Four paths of ~20 MB, half random, half text, chained by references.
+	expr := fmt.Sprintf(`
+let
+  tag = "%s";
+  mk = name: deps: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "/bin/mkdir $out; echo ${toString deps} > $out/deps; /bin/head -c 10000000 /dev/urandom > $out/r; /usr/bin/yes 'text line ${name}' | /bin/head -c 10000000 > $out/t" ]; };
+  p1 = mk "speed-1-${tag}" [];
+  p2 = mk "speed-2-${tag}" [ p1 ];
+  p3 = mk "speed-3-${tag}" [ p2 ];
+in mk "speed-4-${tag}" [ p3 p1 ]
+`, tag)
+	f := filepath.Join(t.TempDir(), "speed.nix")
+	os.WriteFile(f, []byte(expr), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	out, err := n.run(ctx, "nix-build", "--no-out-link", f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := strings.TrimSpace(out)
+
+	var http, file []time.Duration
+	for i := range 3 {
+		// Concordia: a fresh store and client cache each run.
+		dir := t.TempDir()
+		if d := os.Getenv("BENCH_DIR"); d != "" {
+			dir, _ = os.MkdirTemp(d, "up")
+			defer os.RemoveAll(dir)
+		}
+		e := newUpEnv(t, dir, false)
+		netrc := filepath.Join(t.TempDir(), "netrc")
+		os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+		c := newNixClient(t)
+		start, srv0 := time.Now(), selfCPU()
+		if _, err := c.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url+"?compression=zstd", top); err != nil {
+			t.Fatal(err)
+		}
+		http = append(http, time.Since(start))
+		srvCPU, cliCPU := selfCPU()-srv0, c.cpu
+		e.up.Close()
+
+		c = newNixClient(t)
+		dst := t.TempDir()
+		start = time.Now()
+		if _, err := c.run(ctx, "nix", "copy", "--to", "file://"+dst+"?compression=zstd", top); err != nil {
+			t.Fatal(err)
+		}
+		file = append(file, time.Since(start))
+		t.Logf("run %d: concordia %v (CPU: client %v + server %v), file:// %v (CPU %v)",
+			i, http[i], cliCPU, srvCPU, file[i], c.cpu)
+	}
+	slices.Sort(http)
+	slices.Sort(file)
+	t.Logf("median: concordia %v, file:// %v, ratio %.2f", http[1], file[1], http[1].Seconds()/file[1].Seconds())
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -27,6 +27,10 @@ type fakePath struct {
 	failAfter int
 	// goneAtNAR makes NAR answer ErrNotFound (path deleted after lookup).
 	goneAtNAR bool
+	// entered (if set) gets a value when NAR starts; NAR then waits
+	// for block to be closed.
+	entered chan struct{}
+	block   chan struct{}
 }
 
 // fakeStore is an in-memory store.Store with call counters.
@@ -68,6 +72,13 @@ func (f *fakeStore) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) 
 		return fmt.Errorf("dump %s: %w", info.StorePath, store.ErrNotFound)
 	}
 	data := p.nar
+	if p.entered != nil {
+		select {
+		case p.entered <- struct{}{}:
+		default:
+		}
+		<-p.block
+	}
 	if p.failAfter > 0 {
 		if _, err := writeChunks(w, data[:p.failAfter]); err != nil {
 			return err

@@ -100,8 +100,17 @@ func (s *Server) handleNAR(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case req.ext == "":
 		if s.opts.NegotiateEncoding && r.Header.Get("Range") == "" && acceptsZstd(r.Header.Get("Accept-Encoding")) {
-			s.serveZstd(w, r, st, info, true)
-			return
+			if s.opts.Cache != nil {
+				s.serveZstd(w, r, st, info, true)
+				return
+			}
+			select {
+			case s.zsem <- struct{}{}:
+				defer func() { <-s.zsem }()
+				s.serveZstd(w, r, st, info, true)
+				return
+			default: // every encoder busy: identity is an acceptable answer
+			}
 		}
 		s.serveIdentity(w, r, st, info)
 	default:
@@ -282,6 +291,14 @@ func (s *Server) serveZstd(w http.ResponseWriter, r *http.Request, st store.Stor
 	s.metrics.activeStreams.Inc()
 	defer s.metrics.activeStreams.Dec()
 	if s.opts.Cache == nil {
+		if !encoded { // the caller of the encoded form holds a slot already
+			select {
+			case s.zsem <- struct{}{}:
+				defer func() { <-s.zsem }()
+			case <-ctx.Done():
+				return
+			}
+		}
 		lw := &lazyWriter{w: w, bytes: counter}
 		enc, err := compress.NewEncoder(lw, s.opts.ZstdLevel)
 		if err == nil {

@@ -70,6 +70,12 @@ type Options struct {
 	ZstdLevel int
 	// Cache keeps compressed NARs; nil compresses on the fly.
 	Cache ZstdCache
+	// MaxLiveCompressions bounds on-the-fly zstd streams (used without a
+	// Cache, and for Content-Encoding when the cache is off); each holds
+	// an encoder of about 10 MB, so this bounds memory (default 4). When
+	// all are busy, identity URLs are sent unencoded (Accept-Encoding is
+	// a preference) and .nar.zst requests wait for a free encoder.
+	MaxLiveCompressions int
 	// Priority is announced in nix-cache-info (default 30).
 	Priority int
 	// Authorize, when set, guards every read route except /, /health,
@@ -104,6 +110,7 @@ type Server struct {
 	log       *slog.Logger
 	reg       *prometheus.Registry
 	metrics   *metrics
+	zsem      chan struct{} // on-the-fly compression slots
 	narinfos  *narinfoCache
 	router    *mux.Router
 	cacheInfo []byte
@@ -129,6 +136,9 @@ func New(opts Options) (*Server, error) {
 	if opts.NarInfoTTL == 0 {
 		opts.NarInfoTTL = time.Second
 	}
+	if opts.MaxLiveCompressions <= 0 {
+		opts.MaxLiveCompressions = 4
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -147,6 +157,7 @@ func New(opts Options) (*Server, error) {
 		log:      opts.Logger,
 		reg:      opts.Registry,
 		narinfos: newNarinfoCache(opts.NarInfoCacheBytes),
+		zsem:     make(chan struct{}, opts.MaxLiveCompressions),
 	}
 	for i, st := range s.stores {
 		if i == 0 {

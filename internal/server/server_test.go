@@ -767,3 +767,52 @@ func TestMiscRoutes(t *testing.T) {
 		}
 	}
 }
+
+// TestLiveCompressionSlots: without a cache, on-the-fly encoders are
+// bounded; a request finding them all busy gets the identity NAR.
+func TestLiveCompressionSlots(t *testing.T) {
+	f := newFixture(t, func(o *server.Options) { o.MaxLiveCompressions = 1 })
+	ts := httptest.NewServer(f.srv)
+	defer ts.Close()
+	f.pa.entered = make(chan struct{}, 2)
+	f.pa.block = make(chan struct{})
+	first := make(chan []byte, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", ts.URL+narURL(f, ""), nil)
+		req.Header.Set("Accept-Encoding", "zstd")
+		resp, err := (&http.Transport{DisableCompression: true}).RoundTrip(req)
+		if err != nil {
+			first <- nil
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		first <- b
+	}()
+	<-f.pa.entered // the first request holds the only encoder
+	req, _ := http.NewRequest("GET", ts.URL+narURL(f, ""), nil)
+	req.Header.Set("Accept-Encoding", "zstd")
+	done := make(chan struct{})
+	var resp *http.Response
+	var body []byte
+	go func() {
+		defer close(done)
+		var err error
+		resp, err = (&http.Transport{DisableCompression: true}).RoundTrip(req)
+		if err == nil {
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	// Once the second request is in the store too, it has chosen its
+	// encoding while the first held the encoder; release both.
+	<-f.pa.entered
+	close(f.pa.block)
+	<-done
+	if resp == nil || resp.Header.Get("Content-Encoding") != "" || !bytes.Equal(body, f.pa.nar) {
+		t.Errorf("second request with all encoders busy: want identity NAR")
+	}
+	if b := <-first; !bytes.Equal(unzstd(t, b), f.pa.nar) {
+		t.Errorf("first request: not the zstd NAR")
+	}
+}

@@ -35,12 +35,12 @@ type e2e struct {
 	check *closure.Checker
 }
 
-func newE2E(t *testing.T, hosts int) *e2e {
+func newE2E(t *testing.T, hosts int, opts fleettest.Options) *e2e {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("simulated fleet: skipped with -short")
 	}
-	f := fleettest.New(t, hosts, fleettest.Options{})
+	f := fleettest.New(t, hosts, opts)
 	pk, err := narinfo.ParsePublicKey(f.Cache.PublicKey())
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +51,25 @@ func newE2E(t *testing.T, hosts int) *e2e {
 	}
 	t.Cleanup(func() { ssh.Close() })
 	return &e2e{t: t, f: f, ssh: ssh, check: &closure.Checker{Cache: f.Cache.URL(), Trusted: []narinfo.PublicKey{pk}}}
+}
+
+// sub returns e for subtest t (logs and failures go to the subtest).
+func (e *e2e) sub(t *testing.T) *e2e {
+	c := *e
+	c.t = t
+	return &c
+}
+
+// state is what a host runs and boots, to compare before and after.
+type state struct {
+	current, profile string
+	gen, boot        int
+}
+
+func (e *e2e) state(h *fleettest.Host) state {
+	n, p := e.f.ProfileGeneration(e.t, h)
+	b, _ := e.f.BootDefault(e.t, h)
+	return state{current: e.current(h), profile: p, gen: n, boot: b}
 }
 
 // nodes describes hosts in the deploy-rs schema (through Parse, so the
@@ -101,125 +120,165 @@ func (e *e2e) current(h *fleettest.Host) string {
 	return e.f.Readlink(e.t, h, "/run/current-system")
 }
 
-func TestE2ESwitchParallel(t *testing.T) {
-	e := newE2E(t, 3)
+// TestE2E runs the deploy scenarios on one simulated fleet of three hosts
+// behind Concordia's own cache (a fleet takes a while to set up; each
+// scenario checks its own host's state before and after).
+func TestE2E(t *testing.T) {
+	e := newE2E(t, 3, fleettest.Options{})
+	h1, h2, h3 := e.f.Hosts[0], e.f.Hosts[1], e.f.Hosts[2]
 	v2 := e.f.System(t, fleettest.System{Label: "v2"})
-	rep := e.run(deploy.Switch, "e2e-switch", e.nodes(v2, 30, e.f.Hosts...), nil)
-	if err := rep.Err(); err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range e.f.Hosts {
-		if got := e.current(h); got != v2 {
-			t.Errorf("%s runs %s, want %s", h.Name, got, v2)
+
+	t.Run("SwitchParallel", func(t *testing.T) {
+		e := e.sub(t)
+		rep := e.run(deploy.Switch, "e2e-switch", e.nodes(v2, 30, e.f.Hosts...), nil)
+		if err := rep.Err(); err != nil {
+			t.Fatal(err)
 		}
-		if n, p := e.f.ProfileGeneration(t, h); n != 2 || p != v2 {
-			t.Errorf("%s profile generation %d %s, want 2 %s", h.Name, n, p, v2)
+		for _, h := range e.f.Hosts {
+			if got := e.state(h); got != (state{current: v2, profile: v2, gen: 2, boot: 2}) {
+				t.Errorf("%s: %+v, want v2 running, profile generation 2, boot default 2", h.Name, got)
+			}
 		}
-		if n, ok := e.f.BootDefault(t, h); n != 2 || !ok {
-			t.Errorf("%s boot default %d (entry %v), want 2", h.Name, n, ok)
+		for _, h := range rep.Hosts {
+			var names []string
+			for _, s := range h.Steps {
+				names = append(names, s.Name)
+			}
+			if strings.Join(names, ",") != "closure,fetch,activate,confirm" {
+				t.Errorf("%s steps %v", h.Node, names)
+			}
 		}
-	}
-	// Every host ran its steps; the report has timings for the bench.
-	for _, h := range rep.Hosts {
+		for _, s := range deploy.Status(context.Background(), e.ssh, e.nodes(v2, 30, e.f.Hosts...)) {
+			if s.Status == nil || s.Status.Current.Path != v2 || s.Status.Profile.Generation != 2 || s.Status.TestActive {
+				t.Errorf("status %s: %+v %s", s.Node, s.Status, s.Error)
+			}
+		}
+	})
+
+	t.Run("TestMode", func(t *testing.T) {
+		e := e.sub(t)
+		before := e.state(h1)
+		v3 := e.f.System(t, fleettest.System{Label: "v3"})
+		rep := e.run(deploy.Test, "e2e-test", e.nodes(v3, 30, h1), nil)
+		if err := rep.Err(); err != nil {
+			t.Fatal(err)
+		}
+		after := e.state(h1)
+		if after.current != v3 || after.gen != before.gen || after.profile != before.profile || after.boot != before.boot {
+			t.Fatalf("after test deploy %+v (before %+v): want v3 running, profile and boot entry unchanged", after, before)
+		}
+		st := deploy.Status(context.Background(), e.ssh, e.nodes(v3, 30, h1))[0]
+		if st.Status == nil || !st.Status.TestActive {
+			t.Fatalf("status does not show the test deploy: %+v %s", st.Status, st.Error)
+		}
+		e.f.Reboot(t, h1)
+		e.ssh.Disconnect(context.Background(), remote.Target{Host: h1.Name, Opts: []string{"-F", e.f.SSHConfig}})
+		if got := e.current(h1); got != before.current {
+			t.Fatalf("after reboot runs %s, want %s", got, before.current)
+		}
+	})
+
+	t.Run("FailingActivation", func(t *testing.T) {
+		e := e.sub(t)
+		before := e.state(h2)
+		bad := e.f.System(t, fleettest.Failing)
+		rep := e.run(deploy.Switch, "e2e-failing", e.nodes(bad, 30, h2), nil)
+		hr := rep.Hosts[0]
+		if hr.Result != deploy.RolledBack || rep.Err() == nil || !strings.Contains(rep.Err().Error(), h2.Name+": rolled-back") {
+			t.Fatalf("result %s (%s), summary %v", hr.Result, hr.Error, rep.Err())
+		}
+		for _, s := range hr.Steps {
+			if s.Name == deploy.StepConfirm || s.Name == deploy.StepWait {
+				t.Fatalf("a failed activation must end at once, got step %s", s.Name)
+			}
+		}
+		if after := e.state(h2); after != before {
+			t.Fatalf("after the rollback %+v, want %+v", after, before)
+		}
+	})
+
+	t.Run("BreakSSHRollsBack", func(t *testing.T) {
+		e := e.sub(t)
+		before := e.state(h3)
+		bad := e.f.System(t, fleettest.BreaksSSH)
+		const confirm = 5
+		start := time.Now()
+		rep := e.run(deploy.Switch, "e2e-breakssh", e.nodes(bad, confirm, h3), nil)
+		took := time.Since(start)
+		hr := rep.Hosts[0]
+		if hr.Result != deploy.RolledBack || rep.Err() == nil {
+			t.Fatalf("result %s (%s), want rolled-back and a non-zero exit", hr.Result, hr.Error)
+		}
+		t.Logf("rolled back and reported in %s (confirm timeout %ds)", took, confirm)
+		if !e.f.SSHUp(h3) {
+			t.Fatal("sshd not back after the rollback")
+		}
+		if after := e.state(h3); after != before {
+			t.Fatalf("after the rollback %+v, want %+v", after, before)
+		}
+		if out, err := e.f.SSH(context.Background(), h3, "deployer", "version").CombinedOutput(); err != nil {
+			t.Fatalf("host unreachable after rollback: %v %s", err, out)
+		}
+	})
+
+	slow := e.f.System(t, fleettest.Slow) // switch-to-configuration sleeps 3s
+
+	t.Run("SecondDeployRefused", func(t *testing.T) {
+		e := e.sub(t)
+		var wg sync.WaitGroup
+		reps := make([]*deploy.Report, 2)
+		for i := range reps {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				reps[i] = e.run(deploy.Switch, fmt.Sprintf("e2e-lock-%d", i), e.nodes(slow, 30, h1), nil)
+			}()
+		}
+		wg.Wait()
+		ok, locked := 0, 0
+		for _, r := range reps {
+			switch hr := r.Hosts[0]; {
+			case hr.Result == deploy.OK:
+				ok++
+			case hr.Result == deploy.Failed && strings.Contains(hr.Error, "locked"):
+				locked++
+			default:
+				t.Errorf("unexpected %s: %s", hr.Result, hr.Error)
+			}
+		}
+		if ok != 1 || locked != 1 {
+			t.Fatalf("ok %d locked %d, want one of each", ok, locked)
+		}
+		if got := e.current(h1); got != slow {
+			t.Fatalf("runs %s, want %s", got, slow)
+		}
+	})
+
+	t.Run("SSHDropDuringActivation", func(t *testing.T) {
+		e := e.sub(t)
+		before := e.state(h2)
+		rep := e.run(deploy.Switch, "e2e-drop", e.nodes(slow, 30, h2), dropActivate{e.ssh, time.Second})
+		if err := rep.Err(); err != nil {
+			t.Fatal(err)
+		}
 		var names []string
-		for _, s := range h.Steps {
+		for _, s := range rep.Hosts[0].Steps {
 			names = append(names, s.Name)
 		}
-		if strings.Join(names, ",") != "closure,fetch,activate,confirm" {
-			t.Errorf("%s steps %v", h.Node, names)
+		if strings.Join(names, ",") != "closure,fetch,activate,wait,confirm" {
+			t.Fatalf("steps %v, want the wait path", names)
 		}
-	}
-	// status over ssh sees the new generation everywhere.
-	for _, s := range deploy.Status(context.Background(), e.ssh, e.nodes(v2, 30, e.f.Hosts...)) {
-		if s.Status == nil || s.Status.Current.Path != v2 || s.Status.Profile.Generation != 2 || s.Status.TestActive {
-			t.Errorf("status %s: %+v %s", s.Node, s.Status, s.Error)
+		if after := e.state(h2); after.current != slow || after.profile != slow || after.gen <= before.gen {
+			t.Fatalf("after %+v (before %+v): the activation must survive the cut", after, before)
 		}
-	}
+	})
+
+	t.Run("CLI", func(t *testing.T) { testCLI(e.sub(t), h2, h3) })
 }
 
-func TestE2ETestMode(t *testing.T) {
-	e := newE2E(t, 1)
-	h := e.f.Hosts[0]
-	v2 := e.f.System(t, fleettest.System{Label: "v2"})
-	rep := e.run(deploy.Test, "e2e-test", e.nodes(v2, 30, h), nil)
-	if err := rep.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if got := e.current(h); got != v2 {
-		t.Fatalf("runs %s, want %s", got, v2)
-	}
-	if n, p := e.f.ProfileGeneration(t, h); n != 1 || p != e.f.Initial {
-		t.Fatalf("test deploy changed the profile: %d %s", n, p)
-	}
-	if n, _ := e.f.BootDefault(t, h); n != 1 {
-		t.Fatalf("test deploy changed the boot default: %d", n)
-	}
-	st := deploy.Status(context.Background(), e.ssh, e.nodes(v2, 30, h))[0]
-	if st.Status == nil || !st.Status.TestActive {
-		t.Fatalf("status does not show the test deploy: %+v %s", st.Status, st.Error)
-	}
-	e.ssh.Close() // the reboot kills the sessions behind our master
-	e.f.Reboot(t, h)
-	if got := e.current(h); got != e.f.Initial {
-		t.Fatalf("after reboot runs %s, want the initial system", got)
-	}
-}
-
-func TestE2EBreakSSHRollsBack(t *testing.T) {
-	e := newE2E(t, 1)
-	h := e.f.Hosts[0]
-	bad := e.f.System(t, fleettest.BreaksSSH)
-	const confirm = 5
-	start := time.Now()
-	rep := e.run(deploy.Switch, "e2e-breakssh", e.nodes(bad, confirm, h), nil)
-	took := time.Since(start)
-	hr := rep.Hosts[0]
-	if hr.Result != deploy.RolledBack || rep.Err() == nil {
-		t.Fatalf("result %s (%s), want rolled-back and a non-zero exit", hr.Result, hr.Error)
-	}
-	t.Logf("rolled back and reported in %s (confirm timeout %ds)", took, confirm)
-	if !e.f.SSHUp(h) {
-		t.Fatal("sshd not back after the rollback")
-	}
-	if got := e.current(h); got != e.f.Initial {
-		t.Fatalf("runs %s, want the initial system back", got)
-	}
-	if n, p := e.f.ProfileGeneration(t, h); n != 1 || p != e.f.Initial {
-		t.Fatalf("profile %d %s, want generation 1", n, p)
-	}
-	if n, _ := e.f.BootDefault(t, h); n != 1 {
-		t.Fatalf("boot default %d, want 1", n)
-	}
-	// A fresh login works again.
-	if out, err := e.f.SSH(context.Background(), h, "deployer", "version").CombinedOutput(); err != nil {
-		t.Fatalf("host unreachable after rollback: %v %s", err, out)
-	}
-}
-
-func TestE2EFailingActivation(t *testing.T) {
-	e := newE2E(t, 1)
-	h := e.f.Hosts[0]
-	bad := e.f.System(t, fleettest.Failing)
-	rep := e.run(deploy.Switch, "e2e-failing", e.nodes(bad, 30, h), nil)
-	hr := rep.Hosts[0]
-	if hr.Result != deploy.RolledBack || rep.Err() == nil || !strings.Contains(rep.Err().Error(), h.Name+": rolled-back") {
-		t.Fatalf("result %s (%s), summary %v", hr.Result, hr.Error, rep.Err())
-	}
-	for _, s := range hr.Steps {
-		if s.Name == deploy.StepConfirm || s.Name == deploy.StepWait {
-			t.Fatalf("a failed activation must end at once, got step %s", s.Name)
-		}
-	}
-	if got := e.current(h); got != e.f.Initial {
-		t.Fatalf("runs %s, want the initial system back", got)
-	}
-	if n, _ := e.f.ProfileGeneration(t, h); n != 1 {
-		t.Fatalf("profile generation %d, want 1", n)
-	}
-}
-
+// TestE2EClosureRefused needs a cache that can serve unsigned paths.
 func TestE2EClosureRefused(t *testing.T) {
-	e := newE2E(t, 2)
+	e := newE2E(t, 2, fleettest.Options{Cache: fleettest.WithFileCache})
 	missing := e.f.Build(t, fleettest.System{Label: "not-in-cache"})
 	unsigned := e.f.Build(t, fleettest.System{Label: "unsigned"})
 	e.f.PublishUnsigned(t, unsigned)
@@ -248,6 +307,9 @@ func TestE2EClosureRefused(t *testing.T) {
 	if u := rep.Hosts[1].Unsigned; len(u) == 0 || !contains(u, unsigned) {
 		t.Errorf("unsigned = %v, want %s in it", u, unsigned)
 	}
+	if rep.Err() == nil {
+		t.Error("refused hosts must make the deploy fail")
+	}
 }
 
 func contains(l []string, s string) bool {
@@ -257,39 +319,6 @@ func contains(l []string, s string) bool {
 		}
 	}
 	return false
-}
-
-func TestE2ESecondDeployRefused(t *testing.T) {
-	e := newE2E(t, 1)
-	h := e.f.Hosts[0]
-	slow := e.f.System(t, fleettest.Slow)
-	var wg sync.WaitGroup
-	reps := make([]*deploy.Report, 2)
-	for i := range reps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			reps[i] = e.run(deploy.Switch, fmt.Sprintf("e2e-lock-%d", i), e.nodes(slow, 30, h), nil)
-		}()
-	}
-	wg.Wait()
-	ok, locked := 0, 0
-	for _, r := range reps {
-		switch hr := r.Hosts[0]; {
-		case hr.Result == deploy.OK:
-			ok++
-		case hr.Result == deploy.Failed && strings.Contains(hr.Error, "locked"):
-			locked++
-		default:
-			t.Errorf("unexpected %s: %s", hr.Result, hr.Error)
-		}
-	}
-	if ok != 1 || locked != 1 {
-		t.Fatalf("ok %d locked %d, want one of each", ok, locked)
-	}
-	if got := e.current(h); got != slow {
-		t.Fatalf("runs %s, want %s", got, slow)
-	}
 }
 
 // dropActivate tears down the host's ssh connection while activate runs
@@ -311,46 +340,20 @@ func (d dropActivate) Run(ctx context.Context, t remote.Target, args ...string) 
 	return d.SSH.Run(ctx, t, args...)
 }
 
-func TestE2ESSHDropDuringActivation(t *testing.T) {
-	e := newE2E(t, 1)
-	h := e.f.Hosts[0]
-	slow := e.f.System(t, fleettest.Slow) // switch-to-configuration sleeps 3s
-	rep := e.run(deploy.Switch, "e2e-drop", e.nodes(slow, 30, h), dropActivate{e.ssh, time.Second})
-	hr := rep.Hosts[0]
-	if err := rep.Err(); err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, s := range hr.Steps {
-		names = append(names, s.Name)
-	}
-	if strings.Join(names, ",") != "closure,fetch,activate,wait,confirm" {
-		t.Fatalf("steps %v, want the wait path", names)
-	}
-	if got := e.current(h); got != slow {
-		t.Fatalf("runs %s, want %s: the activation must survive the cut", got, slow)
-	}
-	if n, _ := e.f.ProfileGeneration(t, h); n != 2 {
-		t.Fatalf("profile generation %d, want 2", n)
-	}
-	if errors.Is(rep.Err(), deploy.ErrDeploy) {
-		t.Fatal("unreachable")
-	}
-}
-
-// TestE2ECLI drives the real binary (the one the hosts run, built by the
+// testCLI drives the real binary (the one the hosts run, built by the
 // fleet) as CI would: push with --json, status, rollback, a failing push.
-func TestE2ECLI(t *testing.T) {
-	e := newE2E(t, 2)
-	h1, h2 := e.f.Hosts[0], e.f.Hosts[1]
-	v2 := e.f.System(t, fleettest.System{Label: "v2"})
+func testCLI(e *e2e, ha, hb *fleettest.Host) {
+	t := e.t
+	v4 := e.f.System(t, fleettest.System{Label: "v4"})
 	bad := e.f.System(t, fleettest.Failing)
+	beforeA := e.state(ha)
 	dir := t.TempDir()
 	writeNodes := func(path string) string {
 		p := filepath.Join(dir, "nodes.json")
 		doc := fmt.Sprintf(`{"sshOpts": ["-F", %q], "confirmTimeout": 20,
-		  "nodes": {"host1": {"hostname": "host1", "tags": ["a"], "profiles": {"system": {"path": %q}}},
-		            "host2": {"hostname": "host2", "tags": ["a"], "profiles": {"system": {"path": %q}}}}}`, e.f.SSHConfig, path, path)
+		  "nodes": {%q: {"hostname": %q, "tags": ["a"], "profiles": {"system": {"path": %q}}},
+		            %q: {"hostname": %q, "tags": ["a"], "profiles": {"system": {"path": %q}}}}}`,
+			e.f.SSHConfig, ha.Name, ha.Name, path, hb.Name, hb.Name, path)
 		if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -375,7 +378,7 @@ func TestE2ECLI(t *testing.T) {
 	}
 	cache := []string{"--cache", e.f.Cache.URL(), "--trusted-key", e.f.Cache.PublicKey()}
 
-	nodes := writeNodes(v2)
+	nodes := writeNodes(v4)
 	report := filepath.Join(dir, "report.json")
 	if code, _, _ := deployer(append([]string{"push", "--file", nodes, "--on", "@a", "--json", report}, cache...)...); code != 0 {
 		t.Fatalf("push exit %d", code)
@@ -385,37 +388,34 @@ func TestE2ECLI(t *testing.T) {
 	if err != nil || json.Unmarshal(b, &rep) != nil || len(rep.Hosts) != 2 || len(rep.Failed) != 0 {
 		t.Fatalf("report %s %v", b, err)
 	}
-	for _, h := range []*fleettest.Host{h1, h2} {
-		if got := e.current(h); got != v2 {
+	for _, h := range []*fleettest.Host{ha, hb} {
+		if got := e.current(h); got != v4 {
 			t.Fatalf("%s runs %s", h.Name, got)
 		}
 	}
 
-	code, out, _ := deployer("status", "--file", nodes, "--json", "host1")
+	code, out, _ := deployer("status", "--file", nodes, "--json", ha.Name)
 	var st []deploy.StatusResult
-	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st) != 1 || st[0].Status == nil || st[0].Status.Profile.Generation != 2 {
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st) != 1 || st[0].Status == nil || st[0].Status.Profile.Path != v4 {
 		t.Fatalf("status: exit %d %s", code, out)
 	}
-	if code, out, _ := deployer("status", "--file", nodes); code != 0 || !strings.Contains(out, "host2") {
+	if code, out, _ := deployer("status", "--file", nodes); code != 0 || !strings.Contains(out, hb.Name) {
 		t.Fatalf("status table: exit %d %s", code, out)
 	}
 
-	if code, _, _ := deployer("rollback", "--file", nodes, "host1"); code != 0 {
+	if code, _, _ := deployer("rollback", "--file", nodes, ha.Name); code != 0 {
 		t.Fatalf("rollback exit %d", code)
 	}
-	if got := e.current(h1); got != e.f.Initial {
-		t.Fatalf("after rollback host1 runs %s", got)
-	}
-	if n, _ := e.f.ProfileGeneration(t, h1); n != 1 {
-		t.Fatalf("after rollback host1 profile generation %d, want 1", n)
+	if got := e.state(ha); got.current != beforeA.current || got.gen != beforeA.gen {
+		t.Fatalf("after rollback %+v, want %+v", got, beforeA)
 	}
 
-	code, _, errs := deployer(append([]string{"push", "--file", writeNodes(bad), "--on", "host2"}, cache...)...)
-	if code == 0 || !strings.Contains(errs, "host2: ROLLED-BACK") {
+	code, _, errs := deployer(append([]string{"push", "--file", writeNodes(bad), "--on", hb.Name}, cache...)...)
+	if code == 0 || !strings.Contains(errs, hb.Name+": ROLLED-BACK") {
 		t.Fatalf("failing push: exit %d, stderr lacks the summary", code)
 	}
-	if got := e.current(h2); got != v2 {
-		t.Fatalf("host2 runs %s after a failed push, want %s", got, v2)
+	if got := e.current(hb); got != v4 {
+		t.Fatalf("%s runs %s after a failed push, want %s", hb.Name, got, v4)
 	}
 	if code, _, errs := deployer("push", "--file", nodes, "--branch", "feature/x"); code != 0 || !strings.Contains(errs, "nothing to deploy") {
 		t.Fatalf("feature branch: exit %d %s", code, errs)
@@ -430,7 +430,7 @@ func TestE2EScale(t *testing.T) {
 	if n < 2 {
 		t.Skip("set CONCORDIA_E2E_SCALE=N (e.g. 20) to compare 1 host with N hosts")
 	}
-	e := newE2E(t, n)
+	e := newE2E(t, n, fleettest.Options{})
 	v2 := e.f.System(t, fleettest.System{Label: "v2"})
 	v3 := e.f.System(t, fleettest.System{Label: "v3"})
 	one := e.run(deploy.Switch, "scale-1", e.nodes(v2, 60, e.f.Hosts[0]), nil)

@@ -46,7 +46,9 @@ func newChrootStore(t testing.TB) *nixStore {
 	t.Helper()
 	needNix(t)
 	root := worldReadableTempDir(t)
-	n := &nixStore{root: root, env: nixEnv(t)}
+	// ca-derivations only here: enabling it on the machine's store would
+	// add the CA tables to its database.
+	n := &nixStore{root: root, env: append(nixEnv(t), "NIX_CONFIG=experimental-features = nix-command ca-derivations")}
 	// Creates the store and its database.
 	n.run(t, "nix-store", "--init")
 	return n
@@ -62,7 +64,7 @@ func systemStore(t testing.TB) *nixStore {
 func nixEnv(t testing.TB) []string {
 	home := t.TempDir()
 	return append(os.Environ(), "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, ".cache"),
-		"NIX_CONFIG=experimental-features = nix-command ca-derivations")
+		"NIX_CONFIG=experimental-features = nix-command")
 }
 
 // worldReadableTempDir is a t.TempDir that other users can enter, as the

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,7 @@ func openChroot(t testing.TB, n *nixStore, logDir string) *local.Store {
 	}
 	s, err := local.Open(context.Background(), local.Options{
 		DBPath: n.dbPath(), StoreDir: "/nix/store", RealStoreDir: n.realDir(), LogDir: logDir,
+		Logger: testLogger(t),
 	})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -370,4 +372,9 @@ func TestOpenErrors(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "nope.sqlite")); err == nil {
 		t.Error("Open created the missing database")
 	}
+}
+
+// testLogger sends the store's log lines to the test's output.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), nil))
 }

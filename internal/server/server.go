@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strings"
 	"time"
 
@@ -72,7 +73,9 @@ type Options struct {
 	Cache ZstdCache
 	// MaxLiveCompressions bounds on-the-fly zstd streams (used without a
 	// Cache, and for Content-Encoding when the cache is off); each holds
-	// an encoder of about 10 MB, so this bounds memory (default 4). When
+	// an encoder of about 12 MB and a core, so this bounds memory and CPU
+	// (default GOMAXPROCS, at least 2: more streams than cores would not
+	// compress faster, only hold more encoders). When
 	// all are busy, identity URLs are sent unencoded (Accept-Encoding is
 	// a preference) and .nar.zst requests wait for a free encoder.
 	MaxLiveCompressions int
@@ -137,7 +140,7 @@ func New(opts Options) (*Server, error) {
 		opts.NarInfoTTL = time.Second
 	}
 	if opts.MaxLiveCompressions <= 0 {
-		opts.MaxLiveCompressions = 4
+		opts.MaxLiveCompressions = max(2, runtime.GOMAXPROCS(0))
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

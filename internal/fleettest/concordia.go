@@ -32,8 +32,8 @@ func NewConcordiaCache(t testing.TB) (*ConcordiaCache, error) {
 	t.Helper()
 	dir := t.TempDir()
 	c := &ConcordiaCache{env: nixEnv(t)}
-	bin := filepath.Join(dir, "cache")
-	if err := goBuild("./cmd/cache", bin); err != nil {
+	bin, err := processBinary("./cmd/cache")
+	if err != nil {
 		return nil, err
 	}
 	sec, pub := filepath.Join(dir, "key.sec"), filepath.Join(dir, "key.pub")

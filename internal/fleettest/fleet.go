@@ -108,10 +108,6 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if opts.Cache == nil {
-		opts.Cache = DefaultCache
-	}
-	f.Cache = opts.Cache(t)
 	var wg sync.WaitGroup
 	var buildErr error
 	wg.Add(1)
@@ -119,6 +115,10 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 		defer wg.Done()
 		f.Deployer, buildErr = buildDeployer(opts.Deployer, filepath.Join(dir, "bin"))
 	}()
+	if opts.Cache == nil {
+		opts.Cache = DefaultCache
+	}
+	f.Cache = opts.Cache(t)
 	if !opts.NoInitial {
 		sys := Good
 		if opts.Initial != nil {
@@ -220,8 +220,6 @@ func pickAddrs(n int) []addr {
 	return out
 }
 
-var buildMu sync.Mutex
-
 // buildDeployer builds ./cmd/deployer of this module into dir (0755, so the
 // deploy user can run it), or copies a given binary there.
 func buildDeployer(given, dir string) (string, error) {
@@ -229,23 +227,62 @@ func buildDeployer(given, dir string) (string, error) {
 		return "", err
 	}
 	out := filepath.Join(dir, "deployer")
-	if given != "" {
-		b, err := os.ReadFile(given)
-		if err != nil {
+	if given == "" {
+		var err error
+		if given, err = processBinary("./cmd/deployer"); err != nil {
 			return "", err
 		}
-		return out, os.WriteFile(out, b, 0o755)
 	}
-	if err := goBuild("./cmd/deployer", out); err != nil {
+	b, err := os.ReadFile(given)
+	if err != nil {
 		return "", err
 	}
-	return out, os.Chmod(out, 0o755)
+	return out, os.WriteFile(out, b, 0o755)
+}
+
+type builtBinary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+var (
+	binMu    sync.Mutex
+	binBuilt = map[string]*builtBinary{}
+)
+
+// processBinary builds pkg once per test process into
+// /tmp/concordia-fleettest-bin-<pid>/ (linking the cache server takes many
+// seconds on a loaded machine, and every test starts a fleet). Directories
+// of processes that are gone are removed on the way.
+func processBinary(pkg string) (string, error) {
+	binMu.Lock()
+	b, ok := binBuilt[pkg]
+	if !ok {
+		b = &builtBinary{}
+		binBuilt[pkg] = b
+	}
+	binMu.Unlock()
+	b.once.Do(func() {
+		stale, _ := filepath.Glob("/tmp/concordia-fleettest-bin-*")
+		for _, d := range stale {
+			pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(d), "concordia-fleettest-bin-"))
+			if err == nil && pid != os.Getpid() && syscall.Kill(pid, 0) != nil {
+				os.RemoveAll(d)
+			}
+		}
+		dir := fmt.Sprintf("/tmp/concordia-fleettest-bin-%d", os.Getpid())
+		if b.err = os.MkdirAll(dir, 0o755); b.err != nil {
+			return
+		}
+		b.path = filepath.Join(dir, filepath.Base(pkg))
+		b.err = goBuild(pkg, b.path)
+	})
+	return b.path, b.err
 }
 
 // goBuild builds a package of this module (relative to its root) to out.
 func goBuild(pkg, out string) error {
-	buildMu.Lock()
-	defer buildMu.Unlock()
 	gobin := "go"
 	if _, err := exec.LookPath(gobin); err != nil {
 		gobin = "/usr/local/go/bin/go"
@@ -475,6 +512,9 @@ func (f *Fleet) start(h *Host) error {
 	return nil
 }
 
+// Namespace names h's mount namespace (as in /proc/PID/ns/mnt).
+func (h *Host) Namespace() string { return h.mntNS }
+
 // Exec runs argv inside h's mount namespace (as root, outside any SSH
 // session) and returns its combined output.
 func (f *Fleet) Exec(h *Host, argv ...string) (string, error) {
@@ -554,7 +594,13 @@ func (f *Fleet) BootDefault(t testing.TB, h *Host) (int, bool) {
 func (f *Fleet) ActivationLog(t testing.TB, h *Host) []string {
 	t.Helper()
 	b, _ := os.ReadFile(filepath.Join(h.Dir, "run", "activation.log"))
-	return strings.Fields(strings.ReplaceAll(string(b), " ", "\x00"))
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }
 
 // SSHUp reports whether h's sshd is running.

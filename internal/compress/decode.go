@@ -37,7 +37,9 @@ func NewReader(r io.Reader, compression string) (io.ReadCloser, error) {
 	case "zstd", "zst":
 		// Concurrency 1: an upload is one stream among many, and the
 		// default (GOMAXPROCS goroutines per decoder) does not pay off.
-		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<31))
+		// The window cap (128 MiB, what `zstd --ultra -22` uses) bounds
+		// the memory one upload can make us allocate.
+		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxDecoderWindow))
 		if err != nil {
 			return nil, fmt.Errorf("zstd decoder: %w", err)
 		}
@@ -60,6 +62,8 @@ func NewReader(r io.Reader, compression string) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("decode %q: %w", compression, ErrUnknownCompression)
 	}
 }
+
+const maxDecoderWindow = 128 << 20
 
 // zstdReader adapts *zstd.Decoder, whose Close returns nothing.
 type zstdReader struct{ d *zstd.Decoder }

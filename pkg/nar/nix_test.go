@@ -17,18 +17,39 @@ import (
 	"github.com/bos55/concordia/pkg/nar"
 )
 
-// TestAgainstNixStore adds a varied tree to a private Nix store and copies
-// it to a file:// binary cache with write-nar-listing=1, then checks that
-// Hasher gives the NarHash/NarSize Nix registered, that the cache's NAR is
-// our dump, and that our listing is byte-identical to Nix's .ls file.
+// TestAgainstNixStore adds a tree to a private Nix store and copies it to
+// a file:// binary cache with write-nar-listing=1, then checks that Hasher
+// gives the NarHash/NarSize Nix registered, that the cache's NAR is our
+// dump, and that our listing is byte-identical to Nix's .ls file with every
+// narOffset pointing at the file's contents in Nix's NAR.
 func TestAgainstNixStore(t *testing.T) {
 	needNix(t)
+	t.Run("varied", func(t *testing.T) {
+		src := filepath.Join(t.TempDir(), "src")
+		if err := os.Mkdir(src, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		variedTree().build(t, src)
+		checkAgainstNixStore(t, src)
+	})
+	// $GOROOT/test: 3,800 real files, names like "Þfoo.go". The whole
+	// toolchain passes too (NAR_TEST_WHOLE_GOROOT=1) but takes a minute.
+	t.Run("goroot-test", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("copies 21 MB through a Nix store; skipped in -short")
+		}
+		checkAgainstNixStore(t, filepath.Join(goroot(t), "test"))
+	})
+	t.Run("goroot", func(t *testing.T) {
+		if os.Getenv("NAR_TEST_WHOLE_GOROOT") == "" {
+			t.Skip("set NAR_TEST_WHOLE_GOROOT=1 to copy the whole Go toolchain through a Nix store")
+		}
+		checkAgainstNixStore(t, goroot(t))
+	})
+}
+
+func checkAgainstNixStore(t *testing.T, src string) {
 	tmp := t.TempDir()
-	src := filepath.Join(tmp, "src")
-	if err := os.Mkdir(src, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	variedTree().build(t, src)
 	store := filepath.Join(tmp, "store")
 	cache := filepath.Join(tmp, "cache")
 	t.Cleanup(func() { makeWritable(store) })
@@ -38,67 +59,64 @@ func TestAgainstNixStore(t *testing.T) {
 		"--to", "file://"+cache+"?write-nar-listing=1&compression=none", storePath)
 	info := nixOutput(t, "nix", "--extra-experimental-features", "nix-command", "path-info", "--store", store, "--json", storePath)
 
-	var ours bytes.Buffer
+	// Our side streams: dump -> hasher and listing, nothing held.
 	h := nar.NewHasher()
-	if _, err := nar.DumpPath(io.MultiWriter(&ours, h), src); err != nil {
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := nar.DumpPath(io.MultiWriter(pw, h), src)
+		pw.CloseWithError(err)
+	}()
+	l, err := nar.ListingFromReader(pr)
+	if err != nil {
 		t.Fatal(err)
 	}
+	digest, size := h.Sum()
 
-	t.Run("hash", func(t *testing.T) {
-		var infos []struct {
-			NarHash string `json:"narHash"`
-			NarSize uint64 `json:"narSize"`
-		}
-		if err := json.Unmarshal(info, &infos); err != nil || len(infos) != 1 {
-			t.Fatalf("path-info: %v: %s", err, info)
-		}
-		digest, size := h.Sum()
-		want := decodeHash(t, infos[0].NarHash)
-		if !bytes.Equal(digest, want) || size != infos[0].NarSize {
-			t.Fatalf("Hasher: %x, %d bytes; nix registered %x (%s), %d", digest, size, want, infos[0].NarHash, infos[0].NarSize)
-		}
-	})
+	var infos []struct {
+		NarHash string `json:"narHash"`
+		NarSize uint64 `json:"narSize"`
+	}
+	if err := json.Unmarshal(info, &infos); err != nil || len(infos) != 1 {
+		t.Fatalf("path-info: %v: %s", err, info)
+	}
+	want := decodeHash(t, infos[0].NarHash)
+	if !bytes.Equal(digest, want) || size != infos[0].NarSize {
+		t.Fatalf("Hasher: %x, %d bytes; nix registered %x (%s), %d", digest, size, want, infos[0].NarHash, infos[0].NarSize)
+	}
 
 	hashPart := filepath.Base(storePath)[:32]
-	t.Run("nar", func(t *testing.T) {
-		narinfo, err := os.ReadFile(filepath.Join(cache, hashPart+".narinfo"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		url := field(string(narinfo), "URL")
-		theirs, err := os.ReadFile(filepath.Join(cache, url))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(theirs, ours.Bytes()) {
-			t.Fatal("NAR in the binary cache differs from DumpPath")
-		}
-	})
+	narinfo, err := os.ReadFile(filepath.Join(cache, hashPart+".narinfo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	narFile := filepath.Join(cache, field(string(narinfo), "URL"))
+	if got := fileSum(t, narFile); !bytes.Equal(got, digest) {
+		t.Fatal("NAR in the binary cache differs from DumpPath")
+	}
 
-	t.Run("listing", func(t *testing.T) {
-		want, err := os.ReadFile(filepath.Join(cache, hashPart+".ls"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := nar.ListingFromReader(bytes.NewReader(ours.Bytes()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := l.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, want) {
-			i := firstDiff(got, want)
-			t.Fatalf("listing differs at byte %d:\n got %q\nwant %q", i, snippet(got, i), snippet(want, i))
-		}
-		checkNarOffsets(t, l, ours.Bytes(), src)
-	})
+	wantLs, err := os.ReadFile(filepath.Join(cache, hashPart+".ls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := l.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, wantLs) {
+		i := firstDiff(got, wantLs)
+		t.Fatalf("listing differs at byte %d:\n got %q\nwant %q", i, snippet(got, i), snippet(wantLs, i))
+	}
+	f, err := os.Open(narFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	checkNarOffsets(t, l, f, src)
 }
 
 // checkNarOffsets reads each regular file's contents at its narOffset in the
 // NAR and compares them with the file on disk.
-func checkNarOffsets(t *testing.T, l *nar.Listing, narBytes []byte, root string) {
+func checkNarOffsets(t *testing.T, l *nar.Listing, narFile io.ReaderAt, root string) {
 	t.Helper()
 	files := 0
 	var walk func(p string, n *nar.Node)
@@ -114,10 +132,11 @@ func checkNarOffsets(t *testing.T, l *nar.Listing, narBytes []byte, root string)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if n.NarOffset <= 0 || n.NarOffset+n.Size > int64(len(narBytes)) {
-				t.Fatalf("%s: narOffset %d size %d outside the NAR", p, n.NarOffset, n.Size)
+			got := make([]byte, n.Size)
+			if _, err := narFile.ReadAt(got, n.NarOffset); err != nil && !(err == io.EOF && n.Size == 0) {
+				t.Fatalf("%s: reading %d bytes at narOffset %d: %v", p, n.Size, n.NarOffset, err)
 			}
-			if got := narBytes[n.NarOffset : n.NarOffset+n.Size]; !bytes.Equal(got, want) {
+			if !bytes.Equal(got, want) {
 				t.Errorf("%s: bytes at narOffset %d are not the file's contents", p, n.NarOffset)
 			}
 			if l.Lookup(p) != n {

@@ -140,3 +140,30 @@ func TestLoadErrors(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+// FuzzAuthorize: any Authorization header is a clean 401/403 or a match,
+// never a panic, and only the real token matches.
+func FuzzAuthorize(f *testing.F) {
+	path := filepath.Join(f.TempDir(), "tokens")
+	tok, line, _ := auth.Generate("ci", auth.Write)
+	os.WriteFile(path, []byte(line+"\n"), 0o600)
+	toks, err := auth.Load(path, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add("Bearer " + tok)
+	f.Add("Basic Y2k6eA==")
+	f.Add("Basic !!!")
+	f.Add("bearer")
+	f.Fuzz(func(t *testing.T, h string) {
+		r := httptest.NewRequest("PUT", "/x", nil)
+		r.Header.Set("Authorization", h)
+		name, err := toks.Authorize(r, auth.Write)
+		if err == nil {
+			got, _ := auth.Credentials(r)
+			if got != tok || name != "ci" {
+				t.Fatalf("%q accepted", h)
+			}
+		}
+	})
+}

@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,20 +99,24 @@ func (l tlog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (e *e2e) run(mode deploy.Mode, id string, nodes []deploy.Node, r remote.Runner) *deploy.Report {
+func (e *e2e) run(mode deploy.Mode, id string, nodes []deploy.Node, r remote.Runner, tweak ...func(*deploy.Options)) *deploy.Report {
 	e.t.Helper()
 	if r == nil {
 		r = e.ssh
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rep := deploy.Run(ctx, nodes, deploy.Options{
+	o := deploy.Options{
 		Mode: mode, ID: id, Remote: r,
 		Checker:  func(deploy.Node) deploy.Checker { return e.check },
 		Progress: deploy.NewLines(tlog{e.t}),
 		Grace:    30 * time.Second,
 		Retry:    500 * time.Millisecond,
-	})
+	}
+	for _, f := range tweak {
+		f(&o)
+	}
+	rep := deploy.Run(ctx, nodes, o)
 	b, _ := json.MarshalIndent(rep, "", " ")
 	e.t.Logf("report: %s", b)
 	return rep
@@ -273,7 +279,57 @@ func TestE2E(t *testing.T) {
 		}
 	})
 
-	t.Run("CLI", func(t *testing.T) { testCLI(e.sub(t), h2, h3) })
+	t.Run("KernelChange", func(t *testing.T) {
+		e := e.sub(t)
+		before := e.state(h3)
+		nk := e.f.System(t, fleettest.NewKernel)
+		rep := e.run(deploy.Switch, "e2e-kernel-report", e.nodes(nk, 30, h3), nil)
+		if hr := rep.Hosts[0]; hr.Result != deploy.RebootRequired || rep.Err() == nil {
+			t.Fatalf("default: result %s (%s), want reboot-required and a non-zero exit", hr.Result, hr.Error)
+		}
+		if after := e.state(h3); after != before {
+			t.Fatalf("a reported kernel change changed the host: %+v, want %+v", after, before)
+		}
+		rep = e.run(deploy.Switch, "e2e-kernel-boot", e.nodes(nk, 30, h3), nil, func(o *deploy.Options) { o.KernelChange = "boot" })
+		if err := rep.Err(); err != nil {
+			t.Fatal(err)
+		}
+		after := e.state(h3)
+		if after.current != before.current || after.profile != nk || after.boot != after.gen || after.gen <= before.gen {
+			t.Fatalf("--kernel-change=boot: %+v (before %+v): want the new system as boot default only", after, before)
+		}
+		st := deploy.Status(context.Background(), e.ssh, e.nodes(nk, 30, h3))[0]
+		if st.Status == nil || !st.Status.RebootPending {
+			t.Fatalf("status does not show the pending reboot: %+v %s", st.Status, st.Error)
+		}
+		e.f.Reboot(t, h3)
+		e.ssh.Disconnect(context.Background(), remote.Target{Host: h3.Name, Opts: []string{"-F", e.f.SSHConfig}})
+		if got := e.current(h3); got != nk {
+			t.Fatalf("after reboot runs %s, want %s", got, nk)
+		}
+	})
+
+	t.Run("HealthCheckFails", func(t *testing.T) {
+		e := e.sub(t)
+		before := e.state(h1)
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "service down", http.StatusServiceUnavailable)
+		}))
+		defer srv.Close()
+		v5 := e.f.System(t, fleettest.System{Label: "v5"})
+		nodes := e.nodes(v5, 5, h1)
+		nodes[0].Settings.HealthChecks = []deploy.HealthCheck{{URL: srv.URL}}
+		rep := e.run(deploy.Switch, "e2e-health", nodes, nil)
+		hr := rep.Hosts[0]
+		if hr.Result != deploy.RolledBack || !strings.Contains(hr.Error, "503") {
+			t.Fatalf("result %s (%s), want rolled-back naming the failed check", hr.Result, hr.Error)
+		}
+		if after := e.state(h1); after.current != before.current || after.profile != before.profile {
+			t.Fatalf("after the rollback %+v, want %+v", after, before)
+		}
+	})
+
+	t.Run("CLI", func(t *testing.T) { testCLI(e.sub(t), h2, h1) })
 }
 
 // TestE2EClosureRefused needs a cache that can serve unsigned paths.

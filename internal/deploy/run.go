@@ -322,7 +322,13 @@ func (h *hostRun) run(ctx context.Context) {
 			}
 			h.end(nil, state.State)
 		case exitReboot:
-			err := fmt.Errorf("kernel, initrd or modules changed: reboot required, nothing changed (use --kernel-change=boot to install it as the boot default)%s", msgOf(state, r))
+			err := fmt.Errorf("kernel, initrd or modules changed: reboot required, nothing changed (use --kernel-change=boot to install it as the boot default)")
+			if m := msgOf(state, r); m != "" {
+				err = fmt.Errorf("host%s", m)
+				if !strings.Contains(m, "kernel-change") {
+					err = fmt.Errorf("%w (use --kernel-change=boot to install it as the boot default)", err)
+				}
+			}
 			h.end(err, "")
 			h.finish(RebootRequired, err)
 			return

@@ -212,7 +212,7 @@ func (b *bench) benchNarinfo(ctx context.Context) error {
 				return err
 			}
 			if r1.errors+r64.errors > 0 {
-				b.rep.note(fmt.Sprintf("%s: %d narinfo errors under load", s.name, r1.errors+r64.errors))
+				b.fail(s.name, fmt.Errorf("%d failed narinfo requests under load", r1.errors+r64.errors))
 			}
 			b.rep.add("narinfo", s.name, "req/s, 1 connection", r1.rps)
 			b.rep.add("narinfo", s.name, "p50 us, 1 connection", float64(r1.p50.Microseconds()))

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"image/color"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -274,13 +275,32 @@ func (r *report) chart(dir, group string, rows []*series) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	bars.Horizontal = true
+	bars.Color = color.RGBA{R: 0x2b, G: 0x6c, B: 0xb0, A: 0xff}
+	bars.LineStyle.Width = 0
 	p.Add(bars)
-	p.NominalX(labels...)
-	p.X.Tick.Label.Rotation = 0.5
-	p.X.Tick.Label.XAlign = -0.9
-	p.Y.Label.Text = m
+	// the value at the end of each bar
+	xys := make(plotter.XYs, len(vals))
+	texts := make([]string, len(vals))
+	for i, v := range vals {
+		xys[i] = plotter.XY{X: v, Y: float64(i)}
+		texts[i] = " " + fmtv(v)
+	}
+	if lbl, err := plotter.NewLabels(plotter.XYLabels{XYs: xys, Labels: texts}); err == nil {
+		p.Add(lbl)
+	}
+	p.NominalY(labels...)
+	p.X.Label.Text = m
+	p.X.Min = 0
+	max := 0.0
+	for _, v := range vals {
+		if v > max {
+			max = v
+		}
+	}
+	p.X.Max = max * 1.25
 	name := group + ".png"
-	if err := p.Save(vg.Length(140+40*len(labels))*vg.Millimeter/4*1, 110*vg.Millimeter, filepath.Join(dir, name)); err != nil {
+	if err := p.Save(170*vg.Millimeter, vg.Length(25+9*len(labels))*vg.Millimeter, filepath.Join(dir, name)); err != nil {
 		return "", err
 	}
 	return name, nil

@@ -34,7 +34,7 @@ func (b *bench) startConcordia(ctx context.Context, name, compression, stateDir 
 	args = append(args, extra...)
 	cmd := exec.CommandContext(ctx, b.cacheBin, args...)
 	cmd.Env = b.nixEnv()
-	logf, err := os.Create(filepath.Join(b.work, name+".log"))
+	logf, err := os.Create(filepath.Join(b.work, safeName(name)+".log"))
 	if err != nil {
 		return nil, err
 	}
@@ -57,11 +57,12 @@ func (b *bench) startNginx(ctx context.Context, name, root string) (*server, err
 	if err != nil {
 		return nil, err
 	}
-	d := filepath.Join(b.work, name)
+	d := filepath.Join(b.work, safeName(name))
 	if err := os.MkdirAll(filepath.Join(d, "tmp"), 0o755); err != nil {
 		return nil, err
 	}
 	conf := fmt.Sprintf(`daemon off;
+user root root;
 worker_processes 2;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log;
@@ -195,4 +196,15 @@ func (b *bench) startSSHD(ctx context.Context) (port int, sshOpts string, err er
 	sshOpts = strings.Join([]string{"-p", strconv.Itoa(port), "-i", filepath.Join(d, "client"),
 		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"}, " ")
 	return port, sshOpts, nil
+}
+
+// safeName makes a system's display name usable as a file name (nginx's
+// config does not quote paths).
+func safeName(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, s)
 }

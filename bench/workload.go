@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/nix-community/go-nix/pkg/nixbase32"
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // pathInfo is what Nix itself says about a store path; the runner checks
@@ -25,15 +25,14 @@ func (p pathInfo) hashPart() string {
 	return strings.SplitN(filepath.Base(p.Path), "-", 2)[0]
 }
 
-// digest returns the raw sha256 of the NAR from "sha256:<nix32>" (or base16).
+// digest returns the raw sha256 of the NAR, in whatever form Nix printed
+// it (nix path-info --json gives SRI on 2.8).
 func (p pathInfo) digest() ([]byte, error) {
-	s := strings.TrimPrefix(p.NarHash, "sha256:")
-	if len(s) == 64 {
-		var out [32]byte
-		_, err := fmt.Sscanf(s, "%x", &out)
-		return out[:], err
+	h, err := narinfo.ParseHash(p.NarHash)
+	if err != nil {
+		return nil, err
 	}
-	return nixbase32.DecodeString(s)
+	return h.Digest, nil
 }
 
 // workloads are built with real Nix so anyone can reproduce them.
@@ -167,9 +166,9 @@ func makeSmallFiles(dir string, n int) error {
 func closureExpr(n int) string {
 	var sb strings.Builder
 	sb.WriteString("let\n  mk = name: deps: derivation {\n    inherit name;\n    system = builtins.currentSystem;\n    builder = \"/bin/sh\";\n")
-	sb.WriteString("    args = [ \"-c\" ''\n      mkdir $out\n      for d in ${toString deps}; do echo $d >> $out/deps; done\n")
+	sb.WriteString("    args = [ \"-c\" ''\n      /bin/mkdir $out\n      for d in ${toString deps}; do echo $d >> $out/deps; done\n")
 	sb.WriteString("      i=0; while [ $i -lt 200 ]; do echo \"$name line $i of padding to make a realistic small file\"; i=$((i+1)); done > $out/data\n")
-	sb.WriteString("      echo '#!/bin/sh' > $out/run; chmod +x $out/run\n    '' ];\n  };\n")
+	sb.WriteString("      echo '#!/bin/sh' > $out/run; /bin/chmod +x $out/run\n    '' ];\n  };\n")
 	for i := 0; i < n; i++ {
 		fmt.Fprintf(&sb, "  p%d = mk \"concordia-bench-p%d\" [", i, i)
 		for _, d := range []int{i - 1, i / 2, i / 3} {

@@ -31,4 +31,6 @@ for target in $(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | s
   echo "fuzz ${pkg} ${target}"
   go test -run='^$' -fuzz="^${target}\$" -fuzztime=10s "${pkg}" >/dev/null
 done
+# Benchmark smoke run: fails on wrong bytes from any system, never on timings.
+go run ./bench --quick
 echo "all tests passed"

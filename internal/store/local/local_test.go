@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -377,4 +379,27 @@ func TestOpenErrors(t *testing.T) {
 // testLogger sends the store's log lines to the test's output.
 func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), nil))
+}
+
+// TestRealisationHashForms: the drv hash may come in any encoding Nix
+// accepts; the document always names it in base16, as Nix does.
+func TestRealisationHashForms(t *testing.T) {
+	n := newChrootStore(t)
+	b := n.build(t, "ca-b")
+	docs := n.realisations(t, b, "ca-b")
+	s := openChroot(t, n, "")
+	for id, want := range docs {
+		hashStr, out, _ := strings.Cut(id, "!")
+		h, err := narinfo.ParseHash(hashStr)
+		must(t, err)
+		for _, form := range []string{id, h.String() + "!" + out, "sha256-" + base64.StdEncoding.EncodeToString(h.Digest) + "!" + out} {
+			got, err := s.Realisation(context.Background(), form)
+			if err != nil || string(got) != want {
+				t.Errorf("Realisation(%s) = %s, %v; want %s", form, got, err, want)
+			}
+		}
+		if !strings.Contains(want, `"dependentRealisations":{"sha256:`) {
+			t.Errorf("ca-b's realisation has no dependency: %s", want)
+		}
+	}
 }

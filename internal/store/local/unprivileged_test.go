@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -102,6 +103,32 @@ func TestUnprivileged(t *testing.T) {
 		}
 		if got := c.ask(t, "info "+rand32(t)); got != "notfound" {
 			t.Errorf("info of a missing path: %q", got)
+		}
+	})
+
+	// The reader opens while a writer holds the database (then SQLite maps
+	// the -shm read-only instead of rebuilding the index in memory) and
+	// sees what that writer commits.
+	t.Run("WriterOpen", func(t *testing.T) {
+		w, err := sql.Open("sqlite3", db)
+		must(t, err)
+		defer w.Close()
+		w.SetMaxOpenConns(1)
+		var count int
+		must(t, w.QueryRow(`SELECT count(*) FROM ValidPaths`).Scan(&count))
+		c := start(t)
+		if got := c.line(t); got != "open ok" {
+			t.Fatalf("child Open: %q", got)
+		}
+		if got := c.ask(t, "info "+hashPart(t, b.out["c"])); got != "ok "+b.out["c"] {
+			t.Errorf("info: %q", got)
+		}
+		fake := "/nix/store/" + rand32(t) + "-written-while-open"
+		_, err = w.Exec(`INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?, ?, 1, 8)`,
+			fake, "sha256:"+strings.Repeat("00", 32))
+		must(t, err)
+		if got := c.ask(t, "info "+hashPart(t, fake)); got != "ok "+fake {
+			t.Errorf("info of a row committed while open: %q", got)
 		}
 	})
 }

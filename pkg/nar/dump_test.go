@@ -19,6 +19,7 @@ import (
 // node of a varied tree taken as the root, and on the whole tree.
 func TestDumpPathMatchesNix(t *testing.T) {
 	needNix(t)
+	t.Parallel() // mostly waiting for nix; the allocation tests stay serial
 	root := t.TempDir()
 	tr := variedTree()
 	tr.build(t, root)
@@ -51,6 +52,7 @@ func TestDumpPathMatchesNix(t *testing.T) {
 // directory, and has names of every length up to NAME_MAX.
 func TestDumpPathBigDirectoryMatchesNix(t *testing.T) {
 	needNix(t)
+	t.Parallel() // mostly waiting for nix; the allocation tests stay serial
 	root := t.TempDir()
 	var tr tree
 	for i := 0; i < 2000; i++ {
@@ -92,6 +94,7 @@ func TestDumpPathTakesPathAsGiven(t *testing.T) {
 // toolchain through SHA-256 on both sides.
 func TestDumpPathLargeMatchesNix(t *testing.T) {
 	needNix(t)
+	t.Parallel() // mostly waiting for nix; the allocation tests stay serial
 	if testing.Short() {
 		t.Skip("streams ~350 MB twice; skipped in -short")
 	}

@@ -24,6 +24,7 @@ import (
 // narOffset pointing at the file's contents in Nix's NAR.
 func TestAgainstNixStore(t *testing.T) {
 	needNix(t)
+	t.Parallel() // mostly waiting for nix; the allocation tests stay serial
 	t.Run("varied", func(t *testing.T) {
 		src := filepath.Join(t.TempDir(), "src")
 		if err := os.Mkdir(src, 0o755); err != nil {

@@ -117,6 +117,7 @@ func readFile(t *testing.T, p string) []byte {
 // streamed from nix-store.
 func TestReaderRoundTrip(t *testing.T) {
 	needNix(t)
+	t.Parallel() // mostly waiting for nix; the allocation tests stay serial
 	root := t.TempDir()
 	tr := variedTree()
 	tr.build(t, root)

@@ -380,6 +380,18 @@ func Wait(ctx context.Context, o Options, id string, timeout time.Duration) (*Re
 	return r, r.Err()
 }
 
+// workerGone reports whether nobody works on deploy id any more: its worker
+// process is gone, or the host lock (which the worker holds until the deploy
+// ends) is free or held by another deploy. The lock test also covers a
+// worker whose pid was never known or was reused.
+func workerGone(o Options, id string, pid int) bool {
+	if !alive(pid) {
+		return true
+	}
+	h := lockHolder(o)
+	return h == nil || h.ID != id
+}
+
 // waitFor polls the record until done(state) or ctx ends. A worker that
 // died leaving the deploy unfinished is reported as failed rather than
 // waited for forever.
@@ -394,7 +406,7 @@ func waitFor(ctx context.Context, o Options, id string, done func(State) bool, p
 		if done(r.State) {
 			return r, nil
 		}
-		if !r.State.Final() && !alive(pid) {
+		if !r.State.Final() && workerGone(o, id, pid) {
 			time.Sleep(o.Poll) // it may have written its last word just now
 			if r2, err := Load(o, id); err == nil && done(r2.State) {
 				return r2, nil

@@ -88,6 +88,7 @@ func TestFleetHostVerbs(t *testing.T) {
 	f := fleettest.New(t, 6, fleettest.Options{})
 	old := f.Initial
 	v2 := f.System(t, fleettest.System{Label: "v2"})
+	v3 := f.System(t, fleettest.System{Label: "v3", Exit: 100})
 	failing := f.System(t, fleettest.Failing)
 	breaks := f.System(t, fleettest.BreaksSSH)
 	kernel := f.System(t, fleettest.NewKernel)
@@ -120,6 +121,26 @@ func TestFleetHostVerbs(t *testing.T) {
 		st := verb(t, f, h, "status", "--local", "--json")
 		if st.code != 0 || st.raw["lock"] != nil || st.raw["testActive"] != false {
 			t.Fatalf("status: %d %v", st.code, st.raw)
+		}
+		// dry-activate changes nothing; boot only the profile and boot entry,
+		// and its exit 100 (reboot required) comes through.
+		mustFetch(t, f, h, v3)
+		if r := activate(t, f, h, "dry-activate", "dry-1", v3); r.code != 0 || r.rec.State != host.Confirmed {
+			t.Fatalf("dry-activate: %d %+v", r.code, r.rec)
+		}
+		if n, _ := f.ProfileGeneration(t, h); n != 2 || f.Readlink(t, h, "/run/current-system") != v2 {
+			t.Fatal("dry-activate changed the host")
+		}
+		r = activate(t, f, h, "boot", "boot-1", v3)
+		if r.code != host.ExitRebootRequired || r.rec.State != host.Confirmed || !r.rec.RebootRequired {
+			t.Fatalf("boot: %d %+v", r.code, r.rec)
+		}
+		if n, _ := f.BootDefault(t, h); n != 3 || f.Readlink(t, h, "/run/current-system") != v2 {
+			t.Fatalf("boot: default %d, running %s", n, f.Readlink(t, h, "/run/current-system"))
+		}
+		log := f.ActivationLog(t, h)
+		if len(log) != 4 || !strings.HasPrefix(log[2], "dry-activate "+v3) || !strings.HasPrefix(log[3], "boot "+v3) {
+			t.Fatalf("activation log %q", log)
 		}
 	})
 

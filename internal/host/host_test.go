@@ -522,3 +522,26 @@ func TestDeadWorker(t *testing.T) {
 		t.Fatalf("%v %+v", err, rec)
 	}
 }
+
+// A worker that vanished without a trace (no pid known) is noticed by the
+// host lock being free.
+type lostSpawner struct{}
+
+func (lostSpawner) Spawn(ctx context.Context, o host.Options, id string, lock *os.File) (int, error) {
+	return 0, nil // Activate closes its descriptor: nobody holds the lock
+}
+
+func TestLostWorker(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, sys := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	e.o.Spawner = lostSpawner{}
+	rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, sys))
+	if host.ExitCode(err) != host.ExitFailed || rec.State != host.Failed {
+		t.Fatalf("%v %+v", err, rec)
+	}
+	if r, err := host.Wait(context.Background(), e.o, "d1", time.Second); host.ExitCode(err) != host.ExitFailed || r.State != host.Failed {
+		t.Fatalf("wait: %v %+v", err, r)
+	}
+}

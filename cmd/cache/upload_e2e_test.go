@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/bos55/concordia/internal/auth"
+	"github.com/bos55/concordia/pkg/nar"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// TestServeUploadSurvivesSIGKILL: the real `cache serve` binary is killed
+// with SIGKILL in the middle of a NAR upload; after a restart nothing
+// partial is served (HEAD says 404, no temp file is left) and the
+// client's retry succeeds.
+func TestServeUploadSurvivesSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	dir := t.TempDir()
+	tok, line, _ := auth.Generate("ci", auth.Write)
+	tokens := filepath.Join(dir, "tokens")
+	os.WriteFile(tokens, []byte(line+"\n"), 0o600)
+	upDir := filepath.Join(dir, "upload")
+	cfg := filepath.Join(dir, "cache.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`bind = "127.0.0.1:0"
+state_dir = %q
+nix_db_path = %q
+[upload]
+dir = %q
+tokens_file = %q
+`, filepath.Join(dir, "state"), filepath.Join(dir, "no-nix-db.sqlite"), upDir, tokens)), 0o644)
+
+	p := startServe(t, "--config", cfg)
+
+	// A 4 MiB incompressible NAR, so the upload is in flight for a while.
+	random := make([]byte, 4<<20)
+	rand.Read(random)
+	var buf bytes.Buffer
+	w := nar.NewWriter(&buf)
+	w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(random))})
+	w.Write(random)
+	w.Close()
+	enc, _ := zstd.NewWriter(nil)
+	file := enc.EncodeAll(buf.Bytes(), nil)
+	fh, nh := sha256.Sum256(file), sha256.Sum256(buf.Bytes())
+	name := nixbase32.EncodeToString(fh[:]) + ".nar.zst"
+	hs := sha256.Sum256([]byte("e2e-crash"))
+	base := nixbase32.EncodeToString(hs[:20]) + "-e2e-crash"
+	fhash := narinfo.SHA256(fh[:])
+	ni := &narinfo.NarInfo{StorePath: "/nix/store/" + base, URL: "nar/" + name, Compression: "zstd",
+		FileHash: &fhash, FileSize: uint64(len(file)), NarHash: narinfo.SHA256(nh[:]), NarSize: uint64(buf.Len())}
+
+	addr := strings.TrimPrefix(strings.TrimSuffix(p.url, "/"), "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "PUT /nar/%s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n",
+		name, addr, tok, len(file))
+	conn.Write(file[:len(file)/2])
+	blobs := filepath.Join(upDir, "blobs")
+	temps := func() (n int, size int64) {
+		ents, _ := os.ReadDir(blobs)
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".tmp-") {
+				n++
+				if fi, err := e.Info(); err == nil {
+					size += fi.Size()
+				}
+			}
+		}
+		return n, size
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if n, size := temps(); n == 1 && size > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upload never reached the disk")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+
+	p = startServe(t, "--config", cfg)
+	if n, _ := temps(); n != 0 {
+		t.Fatalf("%d temp files after restart", n)
+	}
+	do := func(method, path string, body []byte) (int, []byte) {
+		req, _ := http.NewRequest(method, strings.TrimSuffix(p.url, "/")+path, bytes.NewReader(body))
+		req.SetBasicAuth("ci", tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	if code, _ := do("HEAD", "/nar/"+name, nil); code != 404 {
+		t.Fatalf("HEAD of the interrupted NAR: %d", code)
+	}
+	if code, msg := do("PUT", "/nar/"+name, file); code != 200 {
+		t.Fatalf("retry: %d %s", code, msg)
+	}
+	if code, msg := do("PUT", "/"+base[:32]+".narinfo", []byte(ni.String())); code != 200 {
+		t.Fatalf("narinfo: %d %s", code, msg)
+	}
+	code, body := do("GET", "/"+base[:32]+".narinfo", nil)
+	if code != 200 || !strings.Contains(string(body), "StorePath: "+ni.StorePath) {
+		t.Fatalf("narinfo after retry: %d %s", code, body)
+	}
+	if code, got := do("GET", "/nar/"+name, nil); code != 200 || !bytes.Equal(got, file) {
+		t.Fatalf("NAR after retry: %d", code)
+	}
+}

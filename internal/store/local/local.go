@@ -20,9 +20,10 @@
 //     connection opens, readable (SQLite creates them with the database's
 //     mode, 0644). A reader may create them itself only if it can write the
 //     directory; otherwise opening fails with SQLITE_READONLY_DIRECTORY
-//     ("attempt to write a readonly database"), reported here as
-//     ErrWALMissing. Nix deletes both files when its last connection
-//     closes, so on an idle machine they are usually absent.
+//     ("attempt to write a readonly database"), or SQLITE_CANTOPEN when
+//     only one of the two is there, both reported here as ErrWALMissing.
+//     Nix deletes both files when its last connection closes, so on an
+//     idle machine they are usually absent.
 //   - nothing else: with a read-only -shm SQLite (since 3.22) either maps
 //     it read-only, when a writer holds it open, or rebuilds the WAL index
 //     in heap memory, when no writer does, and switches back by itself.
@@ -217,14 +218,22 @@ func (s *Store) init(ctx context.Context, dbPath string) error {
 // WAL, the one failure an operator must fix outside this program.
 func dbError(op, dbPath string, err error) error {
 	var se sqlite3.Error
-	if errors.As(err, &se) && se.Code == sqlite3.ErrReadonly {
-		switch se.ExtendedCode {
-		case errReadonlyDirectory, errReadonlyCantInit:
+	if errors.As(err, &se) {
+		walMissing := se.ExtendedCode == errReadonlyDirectory || se.ExtendedCode == errReadonlyCantInit ||
+			// -wal present but -shm gone (or the reverse, after a crash):
+			// SQLite cannot open the one it lacks.
+			se.Code == sqlite3.ErrCantOpen && (!exists(dbPath+"-wal") || !exists(dbPath+"-shm"))
+		if walMissing {
 			return fmt.Errorf("local store: %s %s: %w (create them by a read-only open as root before starting, see package local): %v",
 				op, dbPath, ErrWALMissing, err)
 		}
 	}
 	return fmt.Errorf("local store: %s %s: %w", op, dbPath, err)
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }
 
 // Extended result codes mattn/go-sqlite3 has no names for.

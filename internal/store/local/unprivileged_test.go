@@ -68,6 +68,16 @@ func TestUnprivileged(t *testing.T) {
 		}
 	})
 
+	// Left behind by a crash: a -wal without its -shm.
+	t.Run("HalfWAL", func(t *testing.T) {
+		must(t, os.WriteFile(wal, nil, 0o644))
+		defer os.Remove(wal)
+		c := start(t)
+		if got := c.line(t); !strings.HasPrefix(got, "open walmissing") {
+			t.Fatalf("child Open: %q, want ErrWALMissing", got)
+		}
+	})
+
 	t.Run("Prepared", func(t *testing.T) {
 		if err := local.Prepare(context.Background(), db); err != nil {
 			t.Fatal(err)

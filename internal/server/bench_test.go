@@ -16,7 +16,7 @@ func (d *discardWriter) WriteHeader(int)             {}
 
 // BenchmarkNarinfoHit is the hot path: a cached, signed narinfo.
 func BenchmarkNarinfoHit(b *testing.B) {
-	f := newFixture(&testing.T{}, nil)
+	f := newFixture(b, nil)
 	req := httptest.NewRequest("GET", "/"+f.a+".narinfo", nil)
 	w := &discardWriter{h: http.Header{}}
 	f.srv.ServeHTTP(w, req)
@@ -29,7 +29,7 @@ func BenchmarkNarinfoHit(b *testing.B) {
 
 // BenchmarkNarinfoMissing is a lookup the store answers with not-found.
 func BenchmarkNarinfoMissing(b *testing.B) {
-	f := newFixture(&testing.T{}, nil)
+	f := newFixture(b, nil)
 	req := httptest.NewRequest("GET", "/"+hashOf("none")+".narinfo", nil)
 	w := &discardWriter{h: http.Header{}}
 	b.ReportAllocs()

@@ -78,7 +78,7 @@ func runNix(t testing.TB, env []string, name string, args ...string) []byte {
 const closureExpr = `{ tag }:
 let mk = name: script: derivation { name = "${name}-${tag}"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
 in rec {
-  a = mk "a" "echo hello-a > $out";
+  a = mk "a" "echo this-is-the-build-log-of-a; echo hello-a > $out";
   b = mk "b" ''
     /bin/mkdir -p $out/bin $out/share
     echo ${a} > $out/share/ref
@@ -505,4 +505,20 @@ func decodeZstd(b []byte) ([]byte, error) {
 	}
 	defer r.Close()
 	return io.ReadAll(r)
+}
+
+// TestNixLogThroughServer: `nix log --store http://...` (Nix 2.8 sends no
+// Accept-Encoding) gets the bzip2 build log decompressed.
+func TestNixLogThroughServer(t *testing.T) {
+	cl := buildClosure(t)
+	s := startServer(t, "zstd", nil)
+	drv := strings.TrimSpace(string(runNix(t, cl.env, "nix-store", "-qd", cl.a)))
+	out := runNix(t, nixEnv(t), "nix", "log", "--store", s.url, drv)
+	if !strings.Contains(string(out), "this-is-the-build-log-of-a") {
+		t.Errorf("nix log through the server: %q", out)
+	}
+	resp, body := get(t, s.url+"/log/"+filepath.Base(drv), "Accept-Encoding", "bzip2")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "bzip2" || !bytes.HasPrefix(body, []byte("BZh")) {
+		t.Errorf("bzip2 client: %d %q %q", resp.StatusCode, resp.Header.Get("Content-Encoding"), body[:min(len(body), 10)])
+	}
 }

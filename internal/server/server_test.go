@@ -33,7 +33,7 @@ func hashOf(seed string) string {
 }
 
 type fixture struct {
-	t     *testing.T
+	t     testing.TB
 	st    *fakeStore
 	key   narinfo.SecretKey
 	srv   *server.Server
@@ -43,7 +43,7 @@ type fixture struct {
 	cache *memCache
 }
 
-func newFixture(t *testing.T, mutate func(*server.Options)) *fixture {
+func newFixture(t testing.TB, mutate func(*server.Options)) *fixture {
 	t.Helper()
 	f := &fixture{t: t, st: newFakeStore(), a: hashOf("a"), b: hashOf("b")}
 	f.pb = f.st.addTree(t, f.b, "lib", map[string]string{"lib/libx.so": strings.Repeat("x", 5000)})

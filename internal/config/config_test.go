@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -157,5 +158,25 @@ func TestEmptyDBPathDisablesLocal(t *testing.T) {
 	}
 	if c.LocalStoreEnabled() {
 		t.Error("local store enabled with nix_db_path = \"\"")
+	}
+}
+
+// TestExampleIsTheDefault keeps example.toml honest: it parses and says
+// exactly what Default() does.
+func TestExampleIsTheDefault(t *testing.T) {
+	data, err := os.ReadFile("example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := config.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := config.Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+		t.Errorf("example.toml differs from the defaults:\n%+v\n%+v", got, want)
 	}
 }

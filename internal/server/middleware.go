@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -104,7 +105,12 @@ func (s *Server) instrument(w http.ResponseWriter, r *http.Request) {
 		if code == 0 {
 			code = http.StatusOK
 		}
-		s.metrics.observe(rec.route, code, time.Since(start).Seconds())
+		d := time.Since(start)
+		s.metrics.observe(rec.route, code, d.Seconds())
+		if s.log.Enabled(r.Context(), slog.LevelDebug) {
+			s.logger(r).Debug("request", "method", r.Method, "path", r.URL.Path, "route", rec.route,
+				"status", code, "duration", d, "remote", r.RemoteAddr)
+		}
 	}()
 	if refusePath(r.URL.Path) {
 		rec.route = "refused"

@@ -129,3 +129,20 @@ func TestFleetCleanup(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetMany starts FLEETTEST_HOSTS hosts (skipped when unset) to measure
+// how the harness scales, e.g. for the 20-host deploy benchmark.
+func TestFleetMany(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("FLEETTEST_HOSTS"))
+	if n == 0 {
+		t.Skip("set FLEETTEST_HOSTS=N to start N hosts")
+	}
+	start := time.Now()
+	f := fleettest.New(t, n, fleettest.Options{})
+	t.Logf("%d hosts ready in %s", n, time.Since(start))
+	for _, h := range f.Hosts {
+		if out, err := f.SSH(context.Background(), h, "deployer", "version").CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v %s", h.Name, err, out)
+		}
+	}
+}

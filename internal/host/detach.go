@@ -41,7 +41,7 @@ func (Detached) Switch(ctx context.Context, system string, action Mode, logPath 
 	argv := []string{filepath.Join(system, "bin", "switch-to-configuration"), string(action)}
 	if systemdBooted() {
 		argv = append([]string{"systemd-run", "--unit=concordia-switch-" + strconv.FormatInt(time.Now().UnixNano(), 36),
-			"--wait", "--collect", "--quiet", "--service-type=exec", "--"}, argv...)
+			"--wait", "--pipe", "--collect", "--quiet", "--service-type=exec", "--"}, argv...)
 	}
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {

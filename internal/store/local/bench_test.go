@@ -78,6 +78,19 @@ func BenchmarkPathInfo(b *testing.B) {
 			i += 7919
 		}
 	})
+	b.Run("hit-request-ctx", func(b *testing.B) {
+		// A request's context can be canceled, unlike Background.
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		defer cpuPerOp(b)()
+		i := 0
+		for b.Loop() {
+			if _, err := s.PathInfo(ctx, bd.hashes[i%len(bd.hashes)]); err != nil {
+				b.Fatal(err)
+			}
+			i += 7919
+		}
+	})
 	b.Run("miss", func(b *testing.B) {
 		h := rand32(b)
 		defer cpuPerOp(b)()

@@ -293,7 +293,12 @@ func (s *Store) PathInfo(ctx context.Context, hashPart string) (*store.PathInfo,
 		refs              sql.NullString
 		narSize           sql.NullInt64
 	)
-	err := s.info.QueryRowContext(ctx, prefix).Scan(&p, &hash, &regTime, &deriver, &narSize, &sigs, &ca, &refs)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// The query takes microseconds: not worth the goroutine mattn/go-sqlite3
+	// starts per query to watch a cancelable context.
+	err := s.info.QueryRowContext(context.WithoutCancel(ctx), prefix).Scan(&p, &hash, &regTime, &deriver, &narSize, &sigs, &ca, &refs)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, store.ErrNotFound
 	}

@@ -1,8 +1,10 @@
 package upload
 
 import (
+	"bytes"
 	"container/heap"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -267,6 +269,23 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 		}
 		for _, k := range gone {
 			if err := blobs.Delete([]byte(k)); err != nil {
+				return err
+			}
+		}
+		// Listings whose narinfo never came (Nix PUTs .ls first).
+		paths, ls := tx.Bucket(bPaths), tx.Bucket(bListings)
+		var stale [][]byte
+		err = ls.ForEach(func(k, v []byte) error {
+			if paths.Get(k) == nil && (len(v) < 8 || int64(binary.BigEndian.Uint64(v)) < cutoff.Unix()) {
+				stale = append(stale, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range stale {
+			if err := ls.Delete(k); err != nil {
 				return err
 			}
 		}

@@ -147,8 +147,6 @@ func narOf(t testing.TB, s *upload.Store, hp string) ([]byte, error) {
 	return buf.Bytes(), err
 }
 
-
-
 func fileName(file []byte) string {
 	fh := sha256.Sum256(file)
 	return nixbase32.EncodeToString(fh[:]) + ".nar.zst"

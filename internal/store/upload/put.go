@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -479,7 +480,9 @@ func (s *Store) PutListing(ctx context.Context, hashPart string, body io.Reader)
 	if err := json.Unmarshal(data, &doc); err != nil || doc.Version != 1 || len(doc.Root) == 0 {
 		return invalidf("listing is not a {\"version\":1,\"root\":...} JSON document")
 	}
-	return s.putDoc(bListings, hashPart, data)
+	// The upload time goes first, so SweepPending can drop listings
+	// whose narinfo never came.
+	return s.putDoc(bListings, hashPart, append(binary.BigEndian.AppendUint64(nil, uint64(s.now().Unix())), data...))
 }
 
 // PutLog stores the build log of a derivation ("<hash>-<name>.drv").

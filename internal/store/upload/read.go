@@ -246,7 +246,14 @@ func (s *Store) Listing(ctx context.Context, hashPart string) ([]byte, error) {
 	if _, err := s.record(hashPart); err != nil {
 		return nil, err
 	}
-	return s.getDoc(bListings, hashPart)
+	doc, err := s.getDoc(bListings, hashPart)
+	if err != nil {
+		return nil, err
+	}
+	if len(doc) < 8 {
+		return nil, fmt.Errorf("listing record of %s: too short", hashPart)
+	}
+	return doc[8:], nil
 }
 
 // BuildLog implements store.Logger. Logs are stored as uploaded, plain.
@@ -262,4 +269,3 @@ func (s *Store) BuildLog(ctx context.Context, drvBase string) (io.ReadCloser, st
 func (s *Store) Realisation(ctx context.Context, id string) ([]byte, error) {
 	return s.getDoc(bReal, id)
 }
-

@@ -99,7 +99,7 @@ var (
 	bBlobs    = []byte("blobs")    // blob file name -> blobRec JSON
 	bAccess   = []byte("access")   // hash part -> unix seconds (decimal)
 	bPins     = []byte("pins")     // hash part -> Pin JSON
-	bListings = []byte("listings") // hash part -> .ls JSON
+	bListings = []byte("listings") // hash part -> upload time (8 bytes, big-endian unix) + .ls JSON
 	bLogs     = []byte("logs")     // drv base name -> log bytes
 	bReal     = []byte("realisations")
 	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogs, bReal}

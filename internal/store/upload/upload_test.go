@@ -455,3 +455,38 @@ func TestDocs(t *testing.T) {
 		t.Fatalf("realisation %q %v", got, err)
 	}
 }
+
+func TestListingSwept(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := openStore(t, t.TempDir(), upload.Options{Now: clock, PendingGrace: time.Hour})
+	kept := newPath(t, "ls-kept", []byte("k"))
+	orphan := newPath(t, "ls-orphan", []byte("o"))
+	ls := `{"version":1,"root":{"type":"regular","size":1}}`
+	for _, p := range []*fakePath{kept, orphan} {
+		if err := s.PutListing(ctx, p.hash, strings.NewReader(ls)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := kept.upload(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Hour)
+	mu.Unlock()
+	if _, err := s.SweepPending(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Listing(ctx, kept.hash); err != nil || string(got) != ls {
+		t.Fatalf("kept listing: %q %v", got, err)
+	}
+	// The orphan's narinfo arrives late: its listing is gone.
+	if err := orphan.upload(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Listing(ctx, orphan.hash); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("stale listing kept: %v", err)
+	}
+}

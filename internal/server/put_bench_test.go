@@ -5,10 +5,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
+	nethttp "net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -47,8 +51,18 @@ in mk "speed-4-${tag}" [ p3 p1 ]
 	}
 	top := strings.TrimSpace(out)
 
-	var http, file []time.Duration
+	var http, file, dumb []time.Duration
 	for i := range 3 {
+		// A dumb HTTP cache: stores PUT bodies in memory, no checks, no
+		// disk. What nix copy costs over HTTP with a free server.
+		d := newDumbCache(t)
+		c0 := newNixClient(t)
+		start0 := time.Now()
+		if _, err := c0.run(ctx, "nix", "copy", "--to", d+"?compression=zstd", top); err != nil {
+			t.Fatal(err)
+		}
+		dumb = append(dumb, time.Since(start0))
+
 		// Concordia: a fresh store and client cache each run.
 		dir := t.TempDir()
 		if d := os.Getenv("BENCH_DIR"); d != "" {
@@ -74,16 +88,44 @@ in mk "speed-4-${tag}" [ p3 p1 ]
 			t.Fatal(err)
 		}
 		file = append(file, time.Since(start))
-		t.Logf("run %d: concordia %v (CPU: client %v + server %v), file:// %v (CPU %v)",
-			i, http[i], cliCPU, srvCPU, file[i], c.cpu)
+		t.Logf("run %d: concordia %v (CPU: client %v + server %v), file:// %v (CPU %v), dumb HTTP %v",
+			i, http[i], cliCPU, srvCPU, file[i], c.cpu, dumb[i])
 	}
 	slices.Sort(http)
 	slices.Sort(file)
-	t.Logf("median: concordia %v, file:// %v, ratio %.2f", http[1], file[1], http[1].Seconds()/file[1].Seconds())
+	slices.Sort(dumb)
+	t.Logf("median: concordia %v, file:// %v, dumb HTTP %v; concordia/file %.2f, dumb/file %.2f, concordia/dumb %.2f",
+		http[1], file[1], dumb[1], http[1].Seconds()/file[1].Seconds(), dumb[1].Seconds()/file[1].Seconds(),
+		http[1].Seconds()/dumb[1].Seconds())
 }
 
 func selfCPU() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// newDumbCache serves a minimal writable binary cache from memory.
+func newDumbCache(t *testing.T) string {
+	var mu sync.Mutex
+	files := map[string][]byte{"/nix-cache-info": []byte("StoreDir: /nix/store\n")}
+	hs := httptest.NewServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if r.Method == nethttp.MethodPut {
+			b, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			files[r.URL.Path] = b
+			mu.Unlock()
+			return
+		}
+		mu.Lock()
+		b, ok := files[r.URL.Path]
+		mu.Unlock()
+		if !ok {
+			nethttp.NotFound(w, r)
+			return
+		}
+		w.Write(b)
+	}))
+	t.Cleanup(hs.Close)
+	return hs.URL
 }

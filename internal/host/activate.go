@@ -181,18 +181,21 @@ func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 	log := o.Log.With("id", id)
 	fail := func(reason string) error {
 		rolled := ""
-		if rec.AutoRollback {
+		switch {
+		case !rec.CreatedGeneration && rec.ActivationExit == -1:
+			rolled = "; nothing was changed"
+		case rec.AutoRollback:
 			if err := rollbackDeploy(ctx, o, rec); err != nil {
 				rolled = "; rollback failed too: " + err.Error()
 			} else {
 				rolled = "; rolled back"
 			}
-		} else {
+		default:
 			rolled = "; auto-rollback disabled: left as is"
 		}
 		log.Error("activation failed", "reason", reason+rolled)
 		_, err := update(o, id, func(r *Record) error {
-			r.RolledBack = rec.AutoRollback && !strings.Contains(rolled, "failed")
+			r.RolledBack = rolled == "; rolled back"
 			r.Generation, r.CreatedGeneration, r.ActivationExit = rec.Generation, rec.CreatedGeneration, rec.ActivationExit
 			r.set(Failed, reason+rolled)
 			return nil

@@ -545,3 +545,24 @@ func TestLostWorker(t *testing.T) {
 		t.Fatalf("wait: %v %+v", err, r)
 	}
 }
+
+type failingNix struct{ *fakeNix }
+
+func (failingNix) SetProfile(ctx context.Context, profile, path string) error {
+	return errors.New("disk full")
+}
+
+func TestSetProfileFailsNothingRuns(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, sys := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	e.o.Nix = failingNix{e.nix}
+	rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, sys))
+	if host.ExitCode(err) != host.ExitFailed || rec.RolledBack || !strings.Contains(rec.Reason, "nothing was changed") {
+		t.Fatalf("%v %+v", err, rec)
+	}
+	if len(e.sw.Calls()) != 0 {
+		t.Fatalf("activation ran: %q", e.sw.Calls())
+	}
+}

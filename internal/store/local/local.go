@@ -32,7 +32,8 @@
 // lock on db.sqlite stops Nix's last connection from checkpointing and
 // deleting the -wal and -shm files, so they stay valid until Close: the
 // price is that the WAL is only checkpointed by Nix's autocheckpoint (40000
-// pages), as while any long-lived Nix process runs.
+// pages), as while any long-lived Nix process runs, so db.sqlite-wal can
+// stay up to about 160 MB.
 //
 // So a service running as its own user needs, before it starts, one
 // read-only open by a user who may write /nix/var/nix/db (root), which

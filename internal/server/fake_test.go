@@ -159,16 +159,27 @@ func (s *fileStore) OpenFileNAR(ctx context.Context, info *store.PathInfo) (stor
 // under hash with the given references.
 func (f *fakeStore) addTree(t testing.TB, hash, name string, files map[string]string, refs ...string) *fakePath {
 	t.Helper()
+	return f.addBuilt(t, hash, name, func(dir string) {
+		for rel, content := range files {
+			p := filepath.Join(dir, rel)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}, refs...)
+}
+
+// addBuilt registers the NAR of whatever build makes in its directory.
+func (f *fakeStore) addBuilt(t testing.TB, hash, name string, build func(dir string), refs ...string) *fakePath {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "p")
-	for rel, content := range files {
-		p := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
 	}
+	build(dir)
 	var buf bytes.Buffer
 	if _, err := nar.DumpPath(&buf, dir); err != nil {
 		t.Fatal(err)

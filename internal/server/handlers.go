@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"html/template"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/store"
-	"github.com/bos55/concordia/pkg/nar"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
 
@@ -55,35 +53,14 @@ func (s *Server) handleListing(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, store.ErrNotFound)
 		return
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	info, idx, err := s.lookup(ctx, hash)
+	info, idx, err := s.lookup(r.Context(), hash)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	pr, pw := io.Pipe()
-	dumped := make(chan error, 1)
-	go func() {
-		err := s.stores[idx].NAR(ctx, info, pw)
-		pw.CloseWithError(err)
-		dumped <- err
-	}()
-	l, lerr := nar.ListingFromReader(pr)
-	pr.CloseWithError(errors.New("listing done"))
-	cancel()
-	derr := <-dumped
-	if lerr == nil && derr != nil {
-		lerr = derr
-	}
-	if lerr != nil {
-		if derr != nil && errors.Is(derr, store.ErrNotFound) {
-			s.fail(w, r, derr)
-			return
-		}
-		// A NAR our own store produced is not the client's fault: 500,
-		// even though the NAR reader calls it invalid.
-		s.fail(w, r, fmt.Errorf("listing of %s: %v", info.StorePath, lerr))
+	l, err := s.listing(r.Context(), s.stores[idx], info)
+	if err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	body, err := l.MarshalJSON()

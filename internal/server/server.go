@@ -220,6 +220,8 @@ func (s *Server) routes() *mux.Router {
 	r.HandleFunc("/{hash}.narinfo", s.handleNarinfoSlow).Methods(get...).Name("narinfo")
 	r.HandleFunc("/{hash}.ls", s.handleListing).Methods(get...).Name("ls")
 	r.HandleFunc("/log/{drv}", s.handleLog).Methods(get...).Name("log")
+	r.HandleFunc("/serve/{hash}", s.handleServe).Methods(get...).Name("serve")
+	r.PathPrefix("/serve/{hash}/").HandlerFunc(s.handleServe).Methods(get...).Name("serve")
 	r.HandleFunc("/realisations/{id}.doi", s.handleRealisation).Methods(get...).Name("realisation")
 	r.HandleFunc("/build-trace-v2/{drv}/{output}.doi", s.handleBuildTrace).Methods(get...).Name("build-trace")
 	// NAR URLs: Concordia's and nix-serve's /nar/<out>-<narhash>.nar[.ext],

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -61,5 +62,40 @@ func TestNetrcToken(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("netrcToken(%s) = %q, %v; want %q", cache, got, err, want)
 		}
+	}
+}
+
+// TestPushFlake reads the nodes from a real flake through `nix eval`.
+func TestPushFlake(t *testing.T) {
+	if _, err := exec.LookPath("nix"); err != nil {
+		t.Skip("no nix")
+	}
+	t.Setenv("HOME", t.TempDir())
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	dir := t.TempDir()
+	flake := `{
+  outputs = { self }: {
+    deploy = {
+      sshUser = "deploy";
+      confirmTimeout = 45;
+      nodes.web1 = {
+        hostname = "10.0.0.1";
+        tags = [ "web" ];
+        profiles.system.path = "/nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-nixos-system-web1";
+      };
+      nodes.db1 = {
+        hostname = "10.0.0.2";
+        profiles.system.path = "/nix/store/1c6kzph7l0dcbfmjap64f0czdafn3b7x-nixos-system-db1";
+      };
+    };
+  };
+}
+`
+	if err := os.WriteFile(filepath.Join(dir, "flake.nix"), []byte(flake), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runDeployer(t, "push", "--flake", "path:"+dir, "--on", "@web", "--dry-run")
+	if code != 0 || !strings.Contains(out, "web1 (deploy@10.0.0.1)") || strings.Contains(out, "db1") || !strings.Contains(out, "confirm within 45s") {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errs)
 	}
 }

@@ -522,3 +522,29 @@ func TestNixLogThroughServer(t *testing.T) {
 		t.Errorf("bzip2 client: %d %q %q", resp.StatusCode, resp.Header.Get("Content-Encoding"), body[:min(len(body), 10)])
 	}
 }
+
+// TestRealisationThroughServer: a content-addressed derivation's
+// realisation, read from the Nix database, is what `nix realisation info`
+// gets from the cache.
+func TestRealisationThroughServer(t *testing.T) {
+	cl := buildClosure(t)
+	tagB := make([]byte, 5)
+	rand.Read(tagB)
+	expr := filepath.Join(t.TempDir(), "ca.nix")
+	os.WriteFile(expr, []byte(fmt.Sprintf(`derivation { name = "ca-%s"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo ca > $out" ]; __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }`,
+		nixbase32.EncodeToString(tagB))), 0o644)
+	env := append(append([]string(nil), cl.env...), "NIX_CONFIG=experimental-features = nix-command ca-derivations\nsubstituters =")
+	out := strings.TrimSpace(string(runNix(t, env, "nix-build", "--out-link", filepath.Join(t.TempDir(), "result"), expr)))
+	drv := strings.TrimSpace(string(runNix(t, env, "nix-instantiate", expr)))
+	s := startServer(t, "zstd", nil)
+	cenv := append(nixEnv(t), "NIX_CONFIG=experimental-features = nix-command ca-derivations\nsubstituters =")
+	info := runNix(t, cenv, "nix", "realisation", "info", "--store", s.url, "--json", drv)
+	if !strings.Contains(string(info), filepath.Base(out)) {
+		t.Errorf("realisation info through the cache: %s", info)
+	}
+	_, body := get(t, s.url+"/metrics")
+	if !strings.Contains(string(body), `concordia_http_requests_total{code="200",route="realisation"}`) {
+		t.Errorf("the client did not fetch the realisation from the server:\n%s", grep(string(body), "realisation"))
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -136,41 +137,47 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 	buf := bufio.NewWriterSize(tmp, 256<<10)
 	fw := &errWriter{w: buf}
 	file := &countHash{h: sha256.New()}
-	raw := io.TeeReader(body, io.MultiWriter(fw, file))
-	dec, err := compress.NewReader(raw, comp)
-	if err != nil {
-		return nil, fmt.Errorf("%w: NAR %s: %v", store.ErrInvalid, name, err)
-	}
-	defer dec.Close()
 	narSum := &countHash{h: sha256.New()}
-	narSize, verr := nar.Validate(io.TeeReader(dec, narSum))
+
+	// Two stages on two goroutines, so an upload's latency is the
+	// slower of them rather than their sum: this one receives, writes
+	// and hashes the file; verifyStream decompresses, validates and
+	// hashes the NAR from a pipe.
+	pr, pw := io.Pipe()
+	done := make(chan verifyResult, 1)
+	go func() { done <- verifyStream(pr, comp, narSum) }()
+	bufp := copyBufs.Get().(*[]byte)
+	_, copyErr := io.CopyBuffer(io.MultiWriter(fw, file, pw), struct{ io.Reader }{body}, *bufp)
+	copyBufs.Put(bufp)
+	if copyErr != nil {
+		pw.CloseWithError(copyErr)
+	} else {
+		pw.Close()
+	}
+	res := <-done
 	if fw.err != nil {
 		return nil, mapErr(fmt.Errorf("put NAR %s: write: %w", name, fw.err))
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if verr != nil {
+	if res.err != nil {
 		// A NAR format error, a decompression error (corrupt or
 		// truncated stream) and a body read error (the connection, or
 		// the server's size limit, which the handler turns into 413)
 		// all mean the upload is refused; the chain is kept for that.
-		return nil, fmt.Errorf("%w: NAR %s: %w", store.ErrInvalid, name, verr)
+		return nil, fmt.Errorf("%w: NAR %s: %w", store.ErrInvalid, name, res.err)
 	}
-	if narSum.n != narSize {
-		return nil, fmt.Errorf("%w: NAR %s: %d bytes of trailing data after the NAR", store.ErrInvalid, name, narSum.n-narSize)
+	if copyErr != nil {
+		return nil, fmt.Errorf("%w: NAR %s: read body: %w", store.ErrInvalid, name, copyErr)
+	}
+	if narSum.n != res.narSize {
+		return nil, fmt.Errorf("%w: NAR %s: %d bytes of trailing data after the NAR", store.ErrInvalid, name, narSum.n-res.narSize)
 	}
 	// Whatever follows the compressed stream is part of the file (and
 	// of FileHash) but not of the NAR: refuse it.
-	extra, err := io.Copy(io.Discard, raw)
-	if fw.err != nil {
-		return nil, mapErr(fmt.Errorf("put NAR %s: write: %w", name, fw.err))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("put NAR %s: read body: %w", name, err)
-	}
-	if extra > 0 {
-		return nil, fmt.Errorf("%w: NAR %s: %d bytes after the end of the %s stream", store.ErrInvalid, name, extra, comp)
+	if res.extra > 0 {
+		return nil, fmt.Errorf("%w: NAR %s: %d bytes after the end of the %s stream", store.ErrInvalid, name, res.extra, comp)
 	}
 	got := file.h.Sum(nil)
 	if !bytes.Equal(got, wantHash) {
@@ -189,7 +196,7 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 	canon := nixbase32.EncodeToString(got) + extFor(comp)
 	info = &BlobInfo{
 		Name: canon, Compression: comp, FileHash: got, FileSize: file.n,
-		NarHash: narSum.h.Sum(nil), NarSize: uint64(narSize),
+		NarHash: narSum.h.Sum(nil), NarSize: uint64(res.narSize),
 	}
 
 	s.fileMu.Lock()
@@ -235,6 +242,39 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 		return nil, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
 	}
 	return info, nil
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+type verifyResult struct {
+	narSize int64
+	extra   int64 // compressed bytes after the end of the stream
+	err     error
+}
+
+// verifyStream is the second stage of PutNAR. It always reads r to the
+// end (or closes it with its error), so the first stage never blocks on
+// the pipe.
+func verifyStream(r *io.PipeReader, comp string, narSum *countHash) (res verifyResult) {
+	defer func() {
+		if res.err != nil {
+			r.CloseWithError(res.err)
+		} else {
+			r.Close()
+		}
+	}()
+	dec, err := compress.NewReader(r, comp)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer dec.Close()
+	res.narSize, res.err = nar.Validate(io.TeeReader(dec, narSum))
+	if res.err != nil {
+		return res
+	}
+	res.extra, res.err = io.Copy(io.Discard, r)
+	return res
 }
 
 func extFor(comp string) string {

@@ -131,6 +131,7 @@ func variedTree() tree {
 		{path: "link-longest", kind: 'l', data: strings.Repeat("t/", 2047) + "x"}, // 4095 bytes, Linux's limit
 		{path: strings.Repeat("n", 255), kind: 'f', data: "NAME_MAX"},
 		{path: "\x01", kind: 'f', data: "ctl"},
+		{path: "esc\x1b\x0c\x1f", kind: 'f', data: "hex escapes"},
 		{path: "ä", kind: 'f', data: "umlaut"},
 		{path: "with space", kind: 'f', data: "sp"},
 		{path: "-leading", kind: 'f', data: "dash"},

@@ -34,17 +34,26 @@ func Level(level int) zstd.EncoderLevel {
 // stream uses one core, and parallelism comes from serving several
 // streams, which is the common case for a cache.
 func encoderOptions(l zstd.EncoderLevel) []zstd.EOption {
-	return []zstd.EOption{
+	opts := []zstd.EOption{
 		zstd.WithEncoderLevel(l),
 		zstd.WithEncoderConcurrency(1),
-		// A NAR is verified by its NarHash/FileHash; the frame checksum
-		// costs time and is still cheap insurance against a torn blob on
-		// disk, so keep it (measured: within noise of disabling it).
+		// The frame checksum costs a few percent but catches a torn or
+		// rotten blob at the client; zstd -1 writes one too.
 		zstd.WithEncoderCRC(true),
 		// An empty NAR does not exist, but an empty stream must still be a
 		// valid zstd frame for decoders that refuse zero bytes.
 		zstd.WithZeroFrames(true),
 	}
+	if l == zstd.SpeedFastest {
+		// zstd -1 uses a 512 KiB window. 1 MiB (instead of the 4 MiB
+		// default) keeps each concurrent stream's history small and
+		// cache-friendly; on a GOROOT NAR it measured as fast or faster
+		// in CPU time, and the output is still smaller than zstd -1's.
+		// Higher levels keep their default windows: who picks them wants
+		// the ratio.
+		opts = append(opts, zstd.WithWindowSize(1<<20))
+	}
+	return opts
 }
 
 // pools holds one sync.Pool of *zstd.Encoder per encoder level: an

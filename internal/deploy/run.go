@@ -291,6 +291,7 @@ func (h *hostRun) run(ctx context.Context) {
 	}
 	args = append(args, n.Path)
 	h.begin(StepActivate)
+	actStart := time.Now()
 	actCtx, cancel := context.WithTimeout(ctx, s.ActivationTimeout)
 	r, err = h.o.Remote.Run(actCtx, t, h.sudo("activate", args...)...)
 	cancel()
@@ -298,10 +299,15 @@ func (h *hostRun) run(ctx context.Context) {
 	var state hostState
 	switch {
 	case err != nil && !errors.Is(err, remote.ErrUnsafeArg) && ctx.Err() == nil:
-		// The activation runs detached on the host: find out how it ended.
+		// The activation runs detached on the host: find out how it ended,
+		// within what is left of activationTimeout (at least the grace).
 		h.end(err, "connection lost, asking the host")
 		h.begin(StepWait)
-		state, err = h.waitState(ctx, t, activated.Add(s.ActivationTimeout), func(st string) bool { return st != "activating" })
+		deadline := actStart.Add(s.ActivationTimeout)
+		if d := time.Now().Add(h.o.Grace); d.After(deadline) {
+			deadline = d
+		}
+		state, err = h.waitState(ctx, t, deadline, func(st string) bool { return st != "activating" && st != "rolling-back" })
 		h.end(err, state.State)
 		if err != nil {
 			h.finish(Failed, fmt.Errorf("activation: connection lost and the host did not answer: %w", err))
@@ -310,6 +316,9 @@ func (h *hostRun) run(ctx context.Context) {
 		activated = time.Now()
 	case err != nil:
 		h.end(err, "")
+		if ctx.Err() != nil {
+			err = fmt.Errorf("interrupted during activation (unless confirmed, the host rolls itself back): %w", err)
+		}
 		h.finish(Failed, err)
 		return
 	default:

@@ -81,6 +81,11 @@ in
       wantedBy = [ "multi-user.target" ];
       after = [ "network.target" "nix-daemon.socket" ];
       serviceConfig = {
+        # An unprivileged SQLite reader can open Nix's WAL database only
+        # while db.sqlite-wal and -shm exist; Nix deletes them when its last
+        # connection closes. One read-only open as root ("+") creates them,
+        # and the server's own open connection keeps them from then on.
+        ExecStartPre = "+${pkgs.sqlite}/bin/sqlite3 -readonly /nix/var/nix/db/db.sqlite 'select 1 from ValidPaths limit 1'";
         ExecStart = "${cfg.package}/bin/cache serve --config ${configFile}";
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         User = "concordia-cache";

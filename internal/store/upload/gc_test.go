@@ -284,3 +284,23 @@ func TestGCStore(t *testing.T) {
 		t.Fatalf("verify after GC: %+v", rep)
 	}
 }
+
+// TestPeriodicGC: with GCInterval set, the store collects on its own.
+func TestPeriodicGC(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), upload.Options{MaxSize: 1, GCInterval: 20 * time.Millisecond})
+	p := newPath(t, "periodic", []byte("periodic"))
+	if err := p.upload(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := s.PathInfo(ctx, p.hash); errors.Is(err, store.ErrNotFound) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("periodic GC never collected an over-size store")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

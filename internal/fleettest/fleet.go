@@ -413,7 +413,13 @@ if ! up /run/fleettest/nix-daemon.pid; then
   done
 fi
 if ! up /run/sshd.pid; then
+  rm -f /run/sshd.pid
   /usr/sbin/sshd -f /run/fleettest/sshd_config -E "$H/sshd.log"
+  # sshd daemonizes before it listens; its pid file comes after listen().
+  i=0
+  while [ ! -s /run/sshd.pid ]; do
+    sleep 0.01; i=$((i+1)); [ $i -lt 1000 ] || { echo "sshd did not start" >&2; exit 1; }
+  done
 fi
 `
 

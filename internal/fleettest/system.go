@@ -52,7 +52,10 @@ if [ "$breakSSH" = 1 ]; then
   /bin/rm -f /run/sshd.pid
   echo "stopped sshd" >&2
 elif ! running; then
+  /bin/rm -f /run/sshd.pid
   /usr/sbin/sshd -f /run/fleettest/sshd_config -E /run/fleettest/sshd.log
+  i=0
+  while [ ! -s /run/sshd.pid ] && [ $i -lt 500 ]; do /bin/sleep 0.01; i=$((i+1)); done
   echo "started sshd" >&2
 fi
 `

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -98,6 +99,53 @@ type pushOpts struct {
 	dryRun       bool
 	id           string
 	noPin        bool
+
+	// deploy-rs's command-line overrides, applied to every selected node.
+	sshUser        string
+	sshOpts        string
+	confirmTimeout time.Duration
+	magicRollback  optBool
+	autoRollback   optBool
+}
+
+// optBool is a bool flag that remembers whether it was given, so an
+// override applies only when asked for.
+type optBool struct{ set, v bool }
+
+func (b *optBool) String() string {
+	if b == nil || !b.set {
+		return ""
+	}
+	return strconv.FormatBool(b.v)
+}
+func (b *optBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	b.set, b.v = err == nil, v
+	return err
+}
+func (b *optBool) IsBoolFlag() bool { return true }
+
+// override applies the command-line settings to the nodes, as deploy-rs's
+// flags of the same names do.
+func (o pushOpts) override(nodes []deploy.Node) {
+	for i := range nodes {
+		s := &nodes[i].Settings
+		if o.sshUser != "" {
+			s.SSHUser = o.sshUser
+		}
+		if o.sshOpts != "" {
+			s.SSHOpts = strings.Fields(o.sshOpts)
+		}
+		if o.confirmTimeout > 0 {
+			s.ConfirmTimeout = o.confirmTimeout
+		}
+		if o.magicRollback.set {
+			s.MagicRollback = o.magicRollback.v
+		}
+		if o.autoRollback.set {
+			s.AutoRollback = o.autoRollback.v
+		}
+	}
 }
 
 func pushCmd() *cli.Command {
@@ -134,6 +182,11 @@ anything else -> nothing to do (exit 0).`,
 			fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and touch nothing")
 			fs.StringVar(&o.id, "id", "", "deploy id (default: generated)")
 			fs.BoolVar(&o.noPin, "no-pin", false, "do not pin deployed systems in the cache")
+			fs.StringVar(&o.sshUser, "ssh-user", "", "override sshUser of every node")
+			fs.StringVar(&o.sshOpts, "ssh-opts", "", "override sshOpts of every node (split on spaces)")
+			fs.DurationVar(&o.confirmTimeout, "confirm-timeout", 0, "override confirmTimeout of every node (e.g. 45s)")
+			fs.Var(&o.magicRollback, "magic-rollback", "override magicRollback of every node (true|false)")
+			fs.Var(&o.autoRollback, "auto-rollback", "override autoRollback of every node (true|false)")
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			return runPush(ctx, env, o, args)
@@ -194,6 +247,7 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	} else if nodes, err = deploy.Select(all, o.on); err != nil {
 		return err
 	}
+	o.override(nodes)
 	for _, n := range nodes {
 		if err := deploy.CheckPath("/nix/store", n.Path); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)

@@ -42,6 +42,9 @@ func TestPushCommand(t *testing.T) {
 		{"no cache", []string{"--on", "web1"}, 2, "", "--cache is required"},
 		{"no trusted key", []string{"--on", "web1", "--cache", "http://127.0.0.1:1"}, 2, "", "no trusted key"},
 		{"branch and on", []string{"--branch", "main", "--on", "web1"}, 2, "", "do not go together"},
+		{"overrides", []string{"--on", "web1", "--dry-run", "--confirm-timeout", "45s", "--magic-rollback=false", "--ssh-user", "ops", "--ssh-opts", "-p 2222"}, 0, "ssh      -p 2222 ops@127.0.0.2", ""},
+		{"override magic rollback", []string{"--on", "web1", "--dry-run", "--magic-rollback=false"}, 0, "rollback magic=false auto=true", ""},
+		{"override confirm", []string{"--on", "web1", "--dry-run", "--confirm-timeout", "45s"}, 0, "confirm within 45s", ""},
 		{"wrapper refused", []string{"--on", "old", "--dry-run"}, 1, "", "config.system.build.toplevel"},
 	}
 	for _, tt := range tests {

@@ -32,9 +32,12 @@ const (
 	DefaultDeployerPath      = "deployer"
 )
 
-// HealthCheck is one check run after activation and before the confirm.
+// HealthCheck is one check run after activation and before the confirm;
+// a failing check means no confirm, so the host rolls itself back.
 // Exactly one of Command (run on the host over ssh, split on spaces, no
-// shell) and URL (fetched by the deployer, any 2xx passes) is set.
+// shell) and URL (fetched by the deployer, any 2xx passes) is set. Behind
+// the forced-command gate the deploy key runs only the deployer's verbs,
+// so there a Command check is refused: use a URL.
 type HealthCheck struct {
 	Command string `json:"command,omitempty"`
 	URL     string `json:"url,omitempty"`
@@ -66,7 +69,9 @@ type Settings struct {
 type Node struct {
 	Name     string
 	Hostname string
-	// Path is profiles.system.path: the NixOS toplevel to activate. Empty
+	// Path is profiles.system.path: the NixOS toplevel to activate, i.e.
+	// `path = self.nixosConfigurations.<name>.config.system.build.toplevel;`
+	// (not deploy-rs's activate wrapper, which CheckPath refuses). Empty
 	// when the node has no system profile (such a node cannot be deployed).
 	Path string
 	// OtherProfiles lists profiles other than "system", which Concordia

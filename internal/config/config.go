@@ -36,6 +36,7 @@ const (
 	DefaultCacheMaxSize  = 10 << 30
 	DefaultSocketMode    = 0o666
 	DefaultPrefer        = "upload"
+	DefaultMemoryLimit   = 48 << 20
 	rootStateDir         = "/var/lib/concordia"
 	compressionCacheName = "zstd"
 )
@@ -96,6 +97,11 @@ type Config struct {
 	SocketMode string `toml:"socket_mode"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `toml:"log_level"`
+	// MemoryLimit is the Go runtime's soft memory limit (GOMEMLIMIT, which
+	// wins when set in the environment); 0 leaves the runtime default.
+	// The default keeps a small server's RSS near its live data: without
+	// it the heap may grow to twice the live bytes before a collection.
+	MemoryLimit Size `toml:"memory_limit"`
 
 	CompressionCache CompressionCache `toml:"compression_cache"`
 	Upload           Upload           `toml:"upload"`
@@ -157,6 +163,7 @@ func Default() *Config {
 		StateDir:          DefaultStateDir(),
 		SocketMode:        "0666",
 		LogLevel:          "info",
+		MemoryLimit:       DefaultMemoryLimit,
 		CompressionCache:  CompressionCache{MaxSize: DefaultCacheMaxSize},
 		Upload:            Upload{Prefer: DefaultPrefer},
 	}
@@ -284,6 +291,9 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return bad("log_level", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	if c.MemoryLimit < 0 {
+		return bad("memory_limit", "must not be negative")
 	}
 	if c.CompressionCache.MaxSize < 0 {
 		return bad("compression_cache.max_size", "must not be negative")

@@ -286,7 +286,20 @@ func (s *Server) serveZstd(w http.ResponseWriter, r *http.Request, st store.Stor
 		return
 	}
 	ctx := r.Context()
-	produce := func(ctx context.Context, w io.Writer) error { return st.NAR(ctx, info, w) }
+	// The cache runs produce on its own goroutine, detached from this
+	// request; it takes a compression slot too, so cold compressions of
+	// many different NARs queue instead of each holding an encoder (CPU
+	// bound anyway). A slot is held only while compressing, never while
+	// a slow client reads.
+	produce := func(ctx context.Context, w io.Writer) error {
+		select {
+		case s.zsem <- struct{}{}:
+			defer func() { <-s.zsem }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return st.NAR(ctx, info, w)
+	}
 	counter := s.metrics.narBytes.WithLabelValues(CompressionZstd)
 	s.metrics.activeStreams.Inc()
 	defer s.metrics.activeStreams.Dec()
@@ -302,7 +315,7 @@ func (s *Server) serveZstd(w http.ResponseWriter, r *http.Request, st store.Stor
 		lw := &lazyWriter{w: w, bytes: counter}
 		enc, err := compress.NewEncoder(lw, s.opts.ZstdLevel)
 		if err == nil {
-			err = produce(ctx, enc)
+			err = st.NAR(ctx, info, enc)
 			if err == nil {
 				err = enc.Close()
 			}

@@ -75,7 +75,7 @@ let
   mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ]; };
   a = mk "up-a-${tag}" "echo leaf ${tag} > $out";
   b = mk "up-b-${tag}" "/bin/mkdir $out; echo ${a} > $out/ref; echo hello > $out/f; /bin/ln -s f $out/link";
-  c = mk "up-c-${tag}" "/bin/mkdir -p $out/bin; echo ${b} ${a} > $out/refs; printf '#!/bin/sh\necho hi\n' > $out/bin/hi; /bin/chmod +x $out/bin/hi; /bin/head -c 300000 /dev/urandom > $out/blob";
+  c = mk "up-c-${tag}" "echo building c ${tag}; /bin/mkdir -p $out/bin; echo ${b} ${a} > $out/refs; printf '#!/bin/sh\necho hi\n' > $out/bin/hi; /bin/chmod +x $out/bin/hi; /bin/head -c 300000 /dev/urandom > $out/blob";
 in c
 `, tag)
 	f := filepath.Join(t.TempDir(), "closure.nix")
@@ -259,5 +259,39 @@ func TestNixCopyServedFromUploadOnly(t *testing.T) {
 	}
 	if _, err := newNixClient(t).run(ctx, "nix", append([]string{"store", "verify", "--store", dst, "--recursive", top}, trust...)...); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNixCopyLog: `nix store copy-log --to` uploads a build log (PUT
+// /log/<drv>), and `nix log` reads it back from the cache.
+func TestNixCopyLog(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nix")
+	}
+	n := newNixClient(t)
+	top, _ := buildUpClosure(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := n.run(ctx, "nix-store", "-qd", top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := strings.TrimSpace(out)
+	want, err := n.run(ctx, "nix-store", "-l", drv)
+	if err != nil {
+		t.Skipf("no local build log: %v", err)
+	}
+	e := newUpEnv(t, t.TempDir(), false)
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	if _, err := n.run(ctx, "nix", "store", "copy-log", "--option", "netrc-file", netrc, "--to", e.url, drv); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(want, "building c") {
+		t.Fatalf("local log %q lacks the builder's output", want)
+	}
+	code, body := e.do(t, "GET", "/log/"+filepath.Base(drv), "", nil)
+	if code != 200 || body != want {
+		t.Fatalf("GET log: %d %q, want %q", code, body, want)
 	}
 }

@@ -85,7 +85,11 @@ func (m *metrics) observe(route string, code int, seconds float64) {
 			return
 		}
 	}
-	m.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+	c := "aborted" // the response was cut mid-stream
+	if code != 0 {
+		c = strconv.Itoa(code)
+	}
+	m.requests.WithLabelValues(route, c).Inc()
 	m.duration.WithLabelValues(route).Observe(seconds)
 }
 

@@ -520,13 +520,19 @@ func TestNARAbortMidStream(t *testing.T) {
 		}
 		resp, err := ts.Client().Transport.RoundTrip(req)
 		if err != nil {
-			continue // cut before the headers: fine
+			t.Errorf("%s: cut before the headers: %v", tc.url, err)
+			continue
 		}
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err == nil {
 			t.Errorf("%s AE=%q: clean %d with %d bytes; want a failed transfer", tc.url, tc.ae, resp.StatusCode, len(body))
 		}
+	}
+	rec := httptest.NewRecorder()
+	f.srv.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), `concordia_http_requests_total{code="aborted",route="nar"} 3`) {
+		t.Errorf("aborted responses not counted:\n%s", grep(rec.Body.String(), "aborted"))
 	}
 }
 

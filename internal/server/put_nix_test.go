@@ -295,3 +295,31 @@ func TestNixCopyLog(t *testing.T) {
 		t.Fatalf("GET log: %d %q, want %q", code, body, want)
 	}
 }
+
+// TestNixCopyListing: with write-nar-listing=1 nix copy PUTs <hash>.ls
+// before the narinfo; it is accepted and kept with the path.
+func TestNixCopyListing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nix")
+	}
+	n := newNixClient(t)
+	top, closure := buildUpClosure(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	e := newUpEnv(t, t.TempDir(), false)
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	if _, err := n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url+"?write-nar-listing=1&compression=zstd", top); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range closure {
+		ls, err := e.up.Listing(ctx, filepath.Base(p)[:32])
+		if err != nil || !strings.HasPrefix(string(ls), `{"version":1,"root":{`) {
+			t.Fatalf("listing of %s: %q %v", p, ls, err)
+		}
+		// The server computes .ls from the NAR; it must equal Nix's.
+		if code, body := e.do(t, "GET", "/"+filepath.Base(p)[:32]+".ls", "", nil); code != 200 || body != string(ls) {
+			t.Errorf("GET .ls of %s: %d\n%s\nNix uploaded:\n%s", p, code, body, ls)
+		}
+	}
+}

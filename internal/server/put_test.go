@@ -332,3 +332,33 @@ var _ = net.Listen
 var _ = fmt.Sprint
 
 func timeFuture() time.Time { return time.Now().Add(5 * time.Second) }
+
+// TestPutTooLarge: a NAR body over the limit is 413, nothing kept.
+func TestPutTooLarge(t *testing.T) {
+	dir := t.TempDir()
+	up, err := upload.Open(context.Background(), dir, upload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	tokPath := filepath.Join(t.TempDir(), "tokens")
+	tok, line, _ := auth.Generate("ci", auth.Write)
+	os.WriteFile(tokPath, []byte(line+"\n"), 0o600)
+	toks, _ := auth.Load(tokPath, nil)
+	srv, err := server.New(server.Options{Stores: []store.Store{up}, Upload: &server.Uploads{Store: up, Tokens: toks, MaxNARSize: 1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	random := make([]byte, 64<<10)
+	rand.Read(random)
+	p := newUpPath(t, "too-large", random)
+	e := &upEnv{url: hs.URL}
+	if code, msg := e.do(t, "PUT", "/nar/"+p.fileName, tok, p.file); code != 413 {
+		t.Fatalf("oversized NAR: %d %s", code, msg)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "blobs")); len(ents) != 0 {
+		t.Fatalf("left: %v", ents)
+	}
+}

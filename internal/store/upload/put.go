@@ -91,6 +91,20 @@ func (e *errWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// errReader remembers the first read error other than io.EOF.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}
+
 // countHash hashes and counts what is written to it.
 type countHash struct {
 	h hash.Hash
@@ -147,7 +161,8 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 	done := make(chan verifyResult, 1)
 	go func() { done <- verifyStream(pr, comp, narSum) }()
 	bufp := copyBufs.Get().(*[]byte)
-	_, copyErr := io.CopyBuffer(io.MultiWriter(fw, file, pw), struct{ io.Reader }{body}, *bufp)
+	in := &errReader{r: body}
+	_, copyErr := io.CopyBuffer(io.MultiWriter(fw, file, pw), in, *bufp)
 	copyBufs.Put(bufp)
 	if copyErr != nil {
 		pw.CloseWithError(copyErr)
@@ -161,15 +176,19 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if in.err != nil {
+		// The connection broke or the body passed the server's size
+		// limit (the handler finds *http.MaxBytesError in the chain
+		// and answers 413): that, not its effect on the NAR, is why.
+		return nil, fmt.Errorf("%w: NAR %s: read body: %w", store.ErrInvalid, name, in.err)
+	}
 	if res.err != nil {
-		// A NAR format error, a decompression error (corrupt or
-		// truncated stream) and a body read error (the connection, or
-		// the server's size limit, which the handler turns into 413)
-		// all mean the upload is refused; the chain is kept for that.
+		// A NAR format error or a decompression error (corrupt or
+		// truncated stream).
 		return nil, fmt.Errorf("%w: NAR %s: %w", store.ErrInvalid, name, res.err)
 	}
 	if copyErr != nil {
-		return nil, fmt.Errorf("%w: NAR %s: read body: %w", store.ErrInvalid, name, copyErr)
+		return nil, fmt.Errorf("put NAR %s: %w", name, copyErr)
 	}
 	if narSum.n != res.narSize {
 		return nil, fmt.Errorf("%w: NAR %s: %d bytes of trailing data after the NAR", store.ErrInvalid, name, narSum.n-res.narSize)

@@ -231,39 +231,48 @@ func TestE2E(t *testing.T) {
 
 	t.Run("SecondDeployRefused", func(t *testing.T) {
 		e := e.sub(t)
+		slower := e.f.System(t, fleettest.System{Label: "slower", Sleep: 8 * time.Second})
+		// The second deploy starts once the first is activating, so it
+		// meets the lock however the two fetches race.
+		activating := make(chan struct{})
+		var once sync.Once
+		first := e.nodes(slower, 30, h1)
 		var wg sync.WaitGroup
 		reps := make([]*deploy.Report, 2)
-		for i := range reps {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				reps[i] = e.run(deploy.Switch, fmt.Sprintf("e2e-lock-%d", i), e.nodes(slow, 30, h1), nil)
-			}()
-		}
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			reps[0] = e.run(deploy.Switch, "e2e-lock-1", first, nil, func(o *deploy.Options) {
+				o.Progress = stepHook{o.Progress, func(step string) {
+					if step == deploy.StepActivate {
+						once.Do(func() { close(activating) })
+					}
+				}}
+			})
+			once.Do(func() { close(activating) })
+		}()
+		go func() {
+			defer wg.Done()
+			<-activating
+			reps[1] = e.run(deploy.Switch, "e2e-lock-2", e.nodes(slower, 30, h1), nil)
+		}()
 		wg.Wait()
-		ok, locked := 0, 0
-		for _, r := range reps {
-			switch hr := r.Hosts[0]; {
-			case hr.Result == deploy.OK:
-				ok++
-			case hr.Result == deploy.Failed && strings.Contains(hr.Error, "locked"):
-				locked++
-			default:
-				t.Errorf("unexpected %s: %s", hr.Result, hr.Error)
-			}
+		if hr := reps[0].Hosts[0]; hr.Result != deploy.OK {
+			t.Fatalf("first deploy: %s %s", hr.Result, hr.Error)
 		}
-		if ok != 1 || locked != 1 {
-			t.Fatalf("ok %d locked %d, want one of each", ok, locked)
+		if hr := reps[1].Hosts[0]; hr.Result != deploy.Failed || !strings.Contains(hr.Error, "locked") || !strings.Contains(hr.Error, "e2e-lock-1") {
+			t.Fatalf("second deploy: %s %s, want refused naming e2e-lock-1", hr.Result, hr.Error)
 		}
-		if got := e.current(h1); got != slow {
-			t.Fatalf("runs %s, want %s", got, slow)
+		if got := e.current(h1); got != slower {
+			t.Fatalf("runs %s, want %s", got, slower)
 		}
 	})
 
 	t.Run("SSHDropDuringActivation", func(t *testing.T) {
 		e := e.sub(t)
 		before := e.state(h2)
-		rep := e.run(deploy.Switch, "e2e-drop", e.nodes(slow, 30, h2), dropActivate{e.ssh, time.Second})
+		record := filepath.Join(h2.Dir, "run", "concordia", "deploys", "e2e-drop.json")
+		rep := e.run(deploy.Switch, "e2e-drop", e.nodes(slow, 30, h2), dropActivate{e.ssh, record})
 		if err := rep.Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -379,21 +388,47 @@ func contains(l []string, s string) bool {
 
 // dropActivate tears down the host's ssh connection while activate runs
 // (ssh -O exit on the master: the TCP connection and its sessions go, as
-// in a network failure); everything else goes through.
+// in a network failure), once the host has recorded the deploy (so the cut
+// lands mid-activation however slow the machine is); everything else goes
+// through.
 type dropActivate struct {
 	*remote.SSH
-	after time.Duration
+	record string // the deploy's state file, seen from outside the host
 }
 
 func (d dropActivate) Run(ctx context.Context, t remote.Target, args ...string) (remote.Result, error) {
 	for _, a := range args {
 		if a == "activate" {
-			stop := time.AfterFunc(d.after, func() { d.SSH.Disconnect(context.Background(), t) })
-			defer stop.Stop()
+			done := make(chan struct{})
+			defer close(done)
+			go func() {
+				for {
+					select {
+					case <-done:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+					if _, err := os.Stat(d.record); err == nil {
+						d.SSH.Disconnect(context.Background(), t)
+						return
+					}
+				}
+			}()
 			break
 		}
 	}
 	return d.SSH.Run(ctx, t, args...)
+}
+
+// stepHook calls f on every step change, then passes it on.
+type stepHook struct {
+	deploy.Progress
+	f func(step string)
+}
+
+func (s stepHook) Step(node, step string) {
+	s.f(step)
+	s.Progress.Step(node, step)
 }
 
 // testCLI drives the real binary (the one the hosts run, built by the

@@ -62,6 +62,9 @@ func (s *Server) putRoutes(r *mux.Router) {
 	if u.MaxNARSize == 0 {
 		u.MaxNARSize = defaultMaxNARSize
 	}
+	if u.Tokens == nil {
+		s.log.Warn("uploads are enabled without a tokens file: every write is refused (set [upload] tokens_file)")
+	}
 	for _, c := range u.Collectors() {
 		if err := s.reg.Register(c); err != nil {
 			s.log.Warn("upload metric not registered", "err", err)
@@ -363,6 +366,15 @@ func (h *putHandler) gc(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err != nil {
 		return err
+	}
+	if !dry {
+		// Stop answering for collected paths now, not after the
+		// narinfo cache's TTL (periodic GC relies on the TTL).
+		for _, p := range rep.Deleted {
+			if b := basename(p); len(b) > 32 {
+				h.s.narinfos.remove(b[:32])
+			}
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(rep)

@@ -276,11 +276,25 @@ func TestPutBadInputHTTP(t *testing.T) {
 	if code, _ := e.do(t, "POST", "/api/pins/"+p.hash, e.readTok, nil); code != 403 {
 		t.Fatalf("pin with read token: %d", code)
 	}
+	code, body := e.do(t, "POST", "/api/gc?dry-run=true&max-size=1", e.writeTok, nil)
+	if code != 200 || strings.Contains(body, dep.base) || strings.Contains(body, p.base) || !strings.Contains(body, `"DryRun":true`) {
+		t.Fatalf("GC dry run with the closure pinned: %d %s", code, body)
+	}
+	if code, _ := e.do(t, "POST", "/api/gc", e.readTok, nil); code != 403 {
+		t.Fatalf("GC with a read token: %d", code)
+	}
 	if code, _ := e.do(t, "DELETE", "/api/pins/"+p.hash, e.writeTok, nil); code != 204 {
 		t.Fatalf("unpin: %d", code)
 	}
 	if code, _ := e.do(t, "DELETE", "/api/pins/"+p.hash, e.writeTok, nil); code != 404 {
 		t.Fatalf("second unpin: %d", code)
+	}
+	code, body = e.do(t, "POST", "/api/gc?max-size=1", e.writeTok, nil)
+	if code != 200 || !strings.Contains(body, dep.info.StorePath) || !strings.Contains(body, p.info.StorePath) {
+		t.Fatalf("GC after unpin: %d %s", code, body)
+	}
+	if code, _ := e.do(t, "GET", "/"+p.hash+".narinfo", "", nil); code != 404 {
+		t.Fatalf("collected path still served: %d", code)
 	}
 }
 

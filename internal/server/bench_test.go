@@ -38,3 +38,19 @@ func BenchmarkNarinfoMissing(b *testing.B) {
 		f.srv.ServeHTTP(w, req)
 	}
 }
+
+// BenchmarkNarinfoHitParallel is the hit path from all cores at once (the
+// LRU lock and the metrics are shared).
+func BenchmarkNarinfoHitParallel(b *testing.B) {
+	f := newFixture(b, nil)
+	req := httptest.NewRequest("GET", "/"+f.a+".narinfo", nil)
+	f.srv.ServeHTTP(&discardWriter{h: http.Header{}}, req)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		w := &discardWriter{h: http.Header{}}
+		for pb.Next() {
+			clear(w.h)
+			f.srv.ServeHTTP(w, req)
+		}
+	})
+}

@@ -233,3 +233,38 @@ func TestCheckErrors(t *testing.T) {
 		}
 	})
 }
+
+// TestCheckContentAddressed: a content-addressed path needs no signature,
+// as in Nix (its store path is derived from its CA), but a narinfo whose CA
+// does not produce its store path is no such proof.
+func TestCheckContentAddressed(t *testing.T) {
+	_, pk, _ := narinfo.GenerateKey("cache-1")
+	// Written by `nix copy` from a `nix-store --add` path (pkg/narinfo's fixtures), unsigned.
+	const doc = "StorePath: /nix/store/74bdasmc8wsgir1vmpwjml685ssdi46q-concordia-narinfo-flat\nURL: nar/1hz895vkrd9mfbmk89rj4i3ax1g1m3sbr4pqdwfa84bzbij5l27n.nar\nCompression: none\nNarHash: sha256:1hz895vkrd9mfbmk89rj4i3ax1g1m3sbr4pqdwfa84bzbij5l27n\nNarSize: 120\nReferences: \nCA: fixed:sha256:1xk2hhjr0f2n4adj1h688wlz59xpl86y1r8bd2pjasg8gy16mikb\n"
+	for _, tt := range []struct {
+		name, doc    string
+		wantUnsigned bool
+	}{
+		{"valid CA", doc, false},
+		{"CA not matching the path", strings.Replace(doc, "1xk2hhjr", "0xk2hhjr", 1), true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/74bdasmc8wsgir1vmpwjml685ssdi46q.narinfo" {
+					http.NotFound(w, r)
+					return
+				}
+				fmt.Fprint(w, tt.doc)
+			}))
+			defer srv.Close()
+			ck := &closure.Checker{Cache: srv.URL, Trusted: []narinfo.PublicKey{pk}, Workers: 2}
+			res, err := ck.Check(context.Background(), "/nix/store/74bdasmc8wsgir1vmpwjml685ssdi46q-concordia-narinfo-flat")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := len(res.Unsigned) == 1; got != tt.wantUnsigned || len(res.Missing) != 0 {
+				t.Fatalf("unsigned %v missing %v, want unsigned=%v", res.Unsigned, res.Missing, tt.wantUnsigned)
+			}
+		})
+	}
+}

@@ -298,7 +298,7 @@ func (s *Server) serveZstd(w http.ResponseWriter, r *http.Request, st store.Stor
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		return st.NAR(ctx, info, w)
+		return pipelinedNAR(ctx, st, info, w)
 	}
 	counter := s.metrics.narBytes.WithLabelValues(CompressionZstd)
 	s.metrics.activeStreams.Inc()
@@ -315,7 +315,7 @@ func (s *Server) serveZstd(w http.ResponseWriter, r *http.Request, st store.Stor
 		lw := &lazyWriter{w: w, bytes: counter}
 		enc, err := compress.NewEncoder(lw, s.opts.ZstdLevel)
 		if err == nil {
-			err = st.NAR(ctx, info, enc)
+			err = pipelinedNAR(ctx, st, info, enc)
 			if err == nil {
 				err = enc.Close()
 			}
@@ -363,6 +363,29 @@ func (s *Server) serveZstd(w http.ResponseWriter, r *http.Request, st store.Stor
 	if _, err := io.CopyBuffer(&countingWriter{ResponseWriter: w, c: counter}, e, buf); err != nil {
 		s.abort(r, err)
 	}
+}
+
+// pipelinedNAR runs the store's NAR dump on its own goroutine, feeding w
+// through a pipe: reading files for the next chunk overlaps compressing
+// the previous one, so a cold compression uses a second core for the
+// dump instead of alternating between the two on one.
+func pipelinedNAR(ctx context.Context, st store.Store, info *store.PathInfo, w io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	dumped := make(chan error, 1)
+	go func() {
+		err := st.NAR(ctx, info, pw)
+		pw.CloseWithError(err)
+		dumped <- err
+	}()
+	_, cerr := io.Copy(w, pr)
+	pr.CloseWithError(errors.New("consumer done")) // unblocks the dump if w failed
+	derr := <-dumped
+	if derr != nil {
+		return derr // the store's error first: it decides 404 versus 500
+	}
+	return cerr
 }
 
 // lazyWriter sends the 200 header on the first byte.

@@ -99,7 +99,8 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 	Need(t)
 	setupStart := time.Now()
 	f := &Fleet{salt: randHex(4), nixEnv: nixEnv(t)}
-	dir, err := os.MkdirTemp("/tmp", "concordia-fleet-")
+	sweepStale()
+	dir, err := os.MkdirTemp("/tmp", fmt.Sprintf("concordia-fleet-%d-", os.Getpid()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,6 +198,31 @@ func randHex(n int) string {
 type addr struct {
 	ip   string
 	port int
+}
+
+// sweepStale removes what fleets of killed test processes left behind: their
+// folders (named after the test's pid) and sudoers rules (naming the folder).
+func sweepStale() {
+	dirs, _ := filepath.Glob("/tmp/concordia-fleet-*-*")
+	for _, d := range dirs {
+		parts := strings.SplitN(strings.TrimPrefix(filepath.Base(d), "concordia-fleet-"), "-", 2)
+		if pid, err := strconv.Atoi(parts[0]); err == nil && pid != os.Getpid() && syscall.Kill(pid, 0) != nil {
+			removeAll(d)
+		}
+	}
+	rules, _ := filepath.Glob("/etc/sudoers.d/concordia-fleettest-*")
+	for _, r := range rules {
+		b, err := os.ReadFile(r)
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+		if len(fields) >= 4 && fields[1] == "concordia" && fields[2] == "fleettest" {
+			if _, err := os.Stat(fields[3]); errors.Is(err, fs.ErrNotExist) {
+				os.Remove(r)
+			}
+		}
+	}
 }
 
 // pickAddrs finds free loopback addresses in 127.100-199.x.y (port 22 when

@@ -282,7 +282,10 @@ func verifyStream(r *io.PipeReader, comp string, narSum *countHash) (res verifyR
 			r.Close()
 		}
 	}()
-	dec, err := compress.NewReader(r, comp)
+	// Decoders make many small reads (block headers); served from a
+	// buffer they cost no pipe handoff each.
+	br := bufio.NewReaderSize(r, 256<<10)
+	dec, err := compress.NewReader(br, comp)
 	if err != nil {
 		res.err = err
 		return res
@@ -292,7 +295,7 @@ func verifyStream(r *io.PipeReader, comp string, narSum *countHash) (res verifyR
 	if res.err != nil {
 		return res
 	}
-	res.extra, res.err = io.Copy(io.Discard, r)
+	res.extra, res.err = io.Copy(io.Discard, br)
 	return res
 }
 

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 )
@@ -54,7 +55,19 @@ func Parse(cmdline, self, sudo string) ([]string, error) {
 			words = append(words, w)
 		}
 	}
-	isSelf := func(w string) bool { return w == self || w == "deployer" }
+	// The caller may name this binary by a link to it (on NixOS e.g.
+	// /run/current-system/sw/bin/deployer for the store path); whatever
+	// the name, only self is ever run.
+	isSelf := func(w string) bool {
+		if w == self || w == "deployer" {
+			return true
+		}
+		if !filepath.IsAbs(w) {
+			return false
+		}
+		r, err := filepath.EvalSymlinks(w)
+		return err == nil && r == self
+	}
 	switch {
 	case len(words) >= 2 && isSelf(words[0]) && userVerbs[words[1]]:
 		if words[1] == "status" && !contains(words[2:], "--local") {

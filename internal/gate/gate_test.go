@@ -2,6 +2,8 @@ package gate_test
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -113,4 +115,23 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseLinkToSelf(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "real-deployer")
+	os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755)
+	link := filepath.Join(dir, "deployer-link")
+	if err := os.Symlink(bin, link); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other")
+	os.WriteFile(other, []byte("#!/bin/sh\n"), 0o755)
+	got, err := gate.Parse("sudo -n "+link+" confirm --id x", bin, sudo)
+	if err != nil || !slices.Equal(got, []string{sudo, "-n", bin, "confirm", "--id", "x"}) {
+		t.Fatalf("link to self: %q %v", got, err)
+	}
+	if _, err := gate.Parse("sudo -n "+other+" confirm --id x", bin, sudo); !errors.Is(err, gate.ErrRefused) {
+		t.Fatalf("other binary allowed: %v", err)
+	}
 }

@@ -34,6 +34,7 @@ type serveOptions struct {
 	compression string
 	stateDir    string
 	logLevel    string
+	prepareDB   bool
 }
 
 // stringList is a repeatable string flag.
@@ -59,7 +60,12 @@ public key and the nix.conf lines clients need.
 
 The config file is TOML; Harmonia's settings.toml keys are accepted with the
 same meaning. Flags override the file. SIGTERM or SIGINT stops accepting and
-lets in-flight downloads finish.`,
+lets in-flight downloads finish.
+
+An unprivileged server can read the Nix database only while its -wal and
+-shm files exist; Nix removes them when its last process exits. Run
+'cache serve --prepare-db' as root before starting the server (the NixOS
+module does it in ExecStartPre) to create them.`,
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&opts.config, "config", "", "read the TOML config `FILE`")
 			fs.StringVar(&opts.bind, "bind", "", "listen on `ADDR` (host:port or unix:/path)")
@@ -67,6 +73,7 @@ lets in-flight downloads finish.`,
 			fs.StringVar(&opts.compression, "compression", "", "announce NARs as zstd or none")
 			fs.StringVar(&opts.stateDir, "state-dir", "", "keep the generated key and caches in `DIR`")
 			fs.StringVar(&opts.logLevel, "log-level", "", "debug, info, warn or error")
+			fs.BoolVar(&opts.prepareDB, "prepare-db", false, "create the Nix database's -wal/-shm files (run as root, e.g. ExecStartPre=+) so an unprivileged server can read it, then exit")
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			if len(args) != 0 {
@@ -113,6 +120,12 @@ func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
 	cfg, err := loadServeConfig(opts)
 	if err != nil {
 		return err
+	}
+	if opts.prepareDB {
+		if !cfg.LocalStoreEnabled() {
+			return fmt.Errorf("prepare-db: no Nix database at %q", cfg.NixDBPath)
+		}
+		return local.Prepare(ctx, cfg.NixDBPath)
 	}
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))

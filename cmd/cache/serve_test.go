@@ -313,3 +313,82 @@ func TestServeConfigErrors(t *testing.T) {
 		t.Errorf("bad --compression: exit %d, stderr %q", code, errb.String())
 	}
 }
+
+// TestServeAsNobody: after `serve --prepare-db` as root, the server runs
+// as nobody (reading, never writing, the database) and serves the store.
+func TestServeAsNobody(t *testing.T) {
+	needNixDB(t)
+	big := buildBig(t)
+	bin := cacheBinary(t)
+	// The binary and a state dir nobody can use.
+	dir, err := os.MkdirTemp("", "concordia-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	nbin := filepath.Join(dir, "cache")
+	data, _ := os.ReadFile(bin)
+	if err := os.WriteFile(nbin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	os.Mkdir(state, 0o700)
+	if err := os.Chown(state, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	// Nix deletes the -wal/-shm files when its last process closes the
+	// database, which other tests' nix runs may do at any moment before
+	// our server has opened it: retry a few times.
+	var url string
+	for attempt := 0; attempt < 5 && url == ""; attempt++ {
+		if out, err := exec.Command(nbin, "serve", "--prepare-db").CombinedOutput(); err != nil {
+			t.Fatalf("--prepare-db: %v\n%s", err, out)
+		}
+		cmd := exec.Command(nbin, "serve", "--bind", "127.0.0.1:0", "--state-dir", state)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		cmd.Env = []string{"HOME=/nonexistent", "PATH=/usr/bin:/bin"}
+		out := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+		for i := 0; i < 100 && url == ""; i++ {
+			if m := servingRE.FindStringSubmatch(out.String()); m != nil {
+				url = m[1]
+			}
+			select {
+			case <-exited:
+				i = 100
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if url == "" {
+			t.Logf("attempt %d: %s", attempt, out.String())
+		}
+	}
+	if url == "" {
+		t.Fatal("serve as nobody did not start")
+	}
+	resp, err := http.Get(url + "/" + filepath.Base(big)[:32] + ".narinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni, err := narinfo.Parse(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("narinfo as nobody: %d %v", resp.StatusCode, err)
+	}
+	resp, err = http.Get(url + "/" + ni.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || n == 0 {
+		t.Errorf("NAR as nobody: %d, %d bytes, %v", resp.StatusCode, n, err)
+	}
+}

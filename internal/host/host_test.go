@@ -566,3 +566,37 @@ func TestSetProfileFailsNothingRuns(t *testing.T) {
 		t.Fatalf("activation ran: %q", e.sw.Calls())
 	}
 }
+
+// Confirm racing the deadline: exactly one of them wins, and the record,
+// the profile and the running system agree with the winner.
+func TestConfirmRacesDeadline(t *testing.T) {
+	t.Parallel()
+	for i := range 6 {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			old, sys := e.system("6.1"), e.system("6.1")
+			e.boot(old)
+			rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, sys))
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Until(rec.Deadline) + time.Duration(i-3)*3*time.Millisecond)
+			_, cerr := host.Confirm(context.Background(), e.o, "d1")
+			e.spawn.wg.Wait()
+			final, _ := host.Load(e.o, "d1")
+			switch {
+			case cerr == nil:
+				if final.State != host.Confirmed || e.link(e.o.CurrentSystem) != sys {
+					t.Fatalf("confirm won but state %s, running %s", final.State, e.link(e.o.CurrentSystem))
+				}
+			case host.ExitCode(cerr) == host.ExitRolledBack:
+				if final.State != host.RolledBack || e.link(e.o.CurrentSystem) != old {
+					t.Fatalf("rollback won but state %s, running %s", final.State, e.link(e.o.CurrentSystem))
+				}
+			default:
+				t.Fatalf("confirm: %v", cerr)
+			}
+		})
+	}
+}

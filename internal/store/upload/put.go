@@ -386,7 +386,7 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 		return invalidf("Compression %q does not match the NAR file %s (%s)", ni.Compression, blobName, comp)
 	}
 	canon := nixbase32.EncodeToString(fh) + extFor(comp)
-	var refHashes []string
+	var refs []string // other than itself
 	for _, ref := range ni.References {
 		rh, rname, err := narinfo.ParseBaseName(ref)
 		if err == nil {
@@ -395,8 +395,11 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 		if err != nil {
 			return fmt.Errorf("%w: reference %s: %v", store.ErrInvalid, ref, err)
 		}
+		if rh == hashPart && s.storeDir+"/"+ref != ni.StorePath {
+			return invalidf("reference %s has the hash of %s but another name", ref, ni.StorePath)
+		}
 		if rh != hashPart {
-			refHashes = append(refHashes, rh)
+			refs = append(refs, ref)
 		}
 	}
 	if ni.Deriver != "" {
@@ -410,17 +413,17 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 	var here map[string]bool
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		here = map[string]bool{}
-		for _, rh := range refHashes {
-			here[rh] = tx.Bucket(bPaths).Get([]byte(rh)) != nil
+		for _, ref := range refs {
+			here[ref] = hasBase(tx.Bucket(bPaths), s.storeDir, ref)
 		}
 		return nil
 	}); err != nil {
 		return err
 	}
 	var elsewhere []string
-	for _, rh := range refHashes {
-		if !here[rh] && s.inOthers(ctx, rh) {
-			elsewhere = append(elsewhere, rh)
+	for _, ref := range refs {
+		if !here[ref] && s.otherHas(ctx, hashOf(ref), ref) {
+			elsewhere = append(elsewhere, ref)
 		}
 	}
 
@@ -448,9 +451,8 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 		}
 		paths := tx.Bucket(bPaths)
 		var missing []string
-		for _, ref := range ni.References {
-			rh := hashOf(ref)
-			if rh == hashPart || paths.Get([]byte(rh)) != nil || slices.Contains(elsewhere, rh) {
+		for _, ref := range refs {
+			if hasBase(paths, s.storeDir, ref) || slices.Contains(elsewhere, ref) {
 				continue
 			}
 			missing = append(missing, s.storeDir+"/"+ref)

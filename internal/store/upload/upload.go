@@ -390,12 +390,29 @@ func deletePath(tx *bolt.Tx, hp string) error {
 // ErrNotFound counts as absent: refusing an upload is safe, accepting one
 // with a reference we could not confirm is not.
 func (s *Store) inOthers(ctx context.Context, hashPart string) bool {
+	return s.otherHas(ctx, hashPart, "")
+}
+
+// otherHas is inOthers for a base name: with base set, the path found must
+// have exactly that name (a hash part names one path; a narinfo pairing
+// it with another name is lying).
+func (s *Store) otherHas(ctx context.Context, hashPart, base string) bool {
 	for _, o := range s.opts.Others {
-		if _, err := o.PathInfo(ctx, hashPart); err == nil {
-			return true
+		if info, err := o.PathInfo(ctx, hashPart); err == nil {
+			return base == "" || info.StorePath == s.storeDir+"/"+base
 		}
 	}
 	return false
+}
+
+// hasBase reports whether the index holds exactly the path base.
+func hasBase(paths *bolt.Bucket, storeDir, base string) bool {
+	v := paths.Get([]byte(hashOf(base)))
+	if v == nil {
+		return false
+	}
+	var r pathRec
+	return json.Unmarshal(v, &r) == nil && r.StorePath == storeDir+"/"+base
 }
 
 func putJSON(b *bolt.Bucket, k []byte, v any) error {

@@ -187,19 +187,23 @@ func TestReferenceInOtherStore(t *testing.T) {
 	ctx := context.Background()
 	dep := newPath(t, "local-dep", []byte("dep"))
 	p := newPath(t, "needs-local", []byte("x"), dep.base)
-	other := &mapStore{paths: map[string]bool{dep.hash: true}}
+	other := &mapStore{paths: map[string]string{dep.hash: dep.base}}
 	s := openStore(t, t.TempDir(), upload.Options{Others: []store.Store{other}})
 	if err := p.upload(ctx, s); err != nil {
 		t.Fatal(err)
 	}
+	wrong := newPath(t, "needs-local-wrong-name", []byte("z"), dep.hash+"-renamed")
+	if err := wrong.upload(ctx, s); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("reference to a local hash under another name: %v", err)
+	}
 }
 
-type mapStore struct{ paths map[string]bool }
+type mapStore struct{ paths map[string]string }
 
 func (m *mapStore) StoreDir() string { return "/nix/store" }
 func (m *mapStore) PathInfo(ctx context.Context, hp string) (*store.PathInfo, error) {
-	if m.paths[hp] {
-		return &store.PathInfo{}, nil
+	if base, ok := m.paths[hp]; ok {
+		return &store.PathInfo{StorePath: "/nix/store/" + base}, nil
 	}
 	return nil, store.ErrNotFound
 }
@@ -488,5 +492,26 @@ func TestListingSwept(t *testing.T) {
 	}
 	if _, err := s.Listing(ctx, orphan.hash); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("stale listing kept: %v", err)
+	}
+}
+
+// TestReferenceNameMustMatch: a reference naming a stored hash part with
+// another name is not "present".
+func TestReferenceNameMustMatch(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), upload.Options{})
+	dep := newPath(t, "name-dep", []byte("dep"))
+	if err := dep.upload(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	liar := newPath(t, "name-liar", []byte("x"), dep.hash+"-other-name")
+	err := liar.upload(ctx, s)
+	if !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), dep.hash+"-other-name") {
+		t.Fatalf("reference with a wrong name: %v", err)
+	}
+	self := newPath(t, "name-self", []byte("y"))
+	self.info.References = []string{self.hash + "-not-me"}
+	if err := self.upload(ctx, s); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("self reference with a wrong name: %v", err)
 	}
 }

@@ -142,6 +142,19 @@ func TestFleetHostVerbs(t *testing.T) {
 		if len(log) != 4 || !strings.HasPrefix(log[2], "dry-activate "+v3) || !strings.HasPrefix(log[3], "boot "+v3) {
 			t.Fatalf("activation log %q", log)
 		}
+		// rollback --local: back to generation 2, activated with switch.
+		if r := verb(t, f, h, "rollback", "--local", "--id", "rb-1"); r.code != 0 {
+			t.Fatalf("rollback: %d %s", r.code, r.stderr)
+		}
+		if n, p := f.ProfileGeneration(t, h); n != 2 || p != v2 {
+			t.Fatalf("after rollback profile %d %s", n, p)
+		}
+		if n, _ := f.BootDefault(t, h); n != 2 {
+			t.Fatalf("after rollback boot default %d", n)
+		}
+		if log := f.ActivationLog(t, h); !strings.HasPrefix(log[len(log)-1], "switch "+v2) {
+			t.Fatalf("after rollback activation log %q", log)
+		}
 	})
 
 	t.Run("test mode then reboot", func(t *testing.T) {

@@ -3,6 +3,8 @@ package upload
 import (
 	"context"
 	"errors"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -20,13 +22,25 @@ type metrics struct {
 }
 
 func newMetrics(s *Store) *metrics {
+	// Stats scans the index; scrapes reuse a result for a few seconds
+	// so two gauges and frequent scrapers cost one scan.
+	var (
+		mu   sync.Mutex
+		last Stats
+		at   time.Time
+	)
 	stat := func(f func(Stats) float64) func() float64 {
 		return func() float64 {
-			st, err := s.Stats(context.Background())
-			if err != nil {
-				return 0
+			mu.Lock()
+			defer mu.Unlock()
+			if time.Since(at) > 5*time.Second {
+				st, err := s.Stats(context.Background())
+				if err != nil {
+					return f(last)
+				}
+				last, at = st, time.Now()
 			}
-			return f(st)
+			return f(last)
 		}
 	}
 	return &metrics{

@@ -323,3 +323,39 @@ func TestNixCopyListing(t *testing.T) {
 		}
 	}
 }
+
+// TestNixCopyConcurrent: two unmodified clients push the same closure at
+// once; both succeed and each NAR is stored once.
+func TestNixCopyConcurrent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nix")
+	}
+	n := newNixClient(t)
+	top, closure := buildUpClosure(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	e := newUpEnv(t, dir, false)
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	errs := make(chan error, 2)
+	for range 2 {
+		c := newNixClient(t)
+		go func() {
+			_, err := c.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url+"?compression=zstd", top)
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(dir, "blobs"))
+	if len(ents) != len(closure) {
+		t.Fatalf("%d blob files for %d paths: %v", len(ents), len(closure), ents)
+	}
+	if paths, _ := e.up.Paths(ctx); len(paths) != len(closure) {
+		t.Fatalf("paths %v", paths)
+	}
+}

@@ -184,25 +184,39 @@ func BenchmarkCompressVsCLI(b *testing.B) {
 		b.Run(fmt.Sprintf("streams=%d", streams), func(b *testing.B) {
 			var goMBs, cliMBs, ratios, goCPU, cliCPU, cpuRatios []float64
 			mb := float64(streams*len(data)) / 1e6
+			i := 0
 			for b.Loop() {
 				var mu sync.Mutex
-				var cliUsed time.Duration
-				t := time.Now()
-				if err := parallel(streams, func() error {
-					d, err := compressCLI(path)
-					mu.Lock()
-					cliUsed += d
-					mu.Unlock()
-					return err
-				}); err != nil {
-					b.Fatal(err)
+				var cli, cliUsed, gd, goUsed time.Duration
+				runCLI := func() {
+					t := time.Now()
+					if err := parallel(streams, func() error {
+						d, err := compressCLI(path)
+						mu.Lock()
+						cliUsed += d
+						mu.Unlock()
+						return err
+					}); err != nil {
+						b.Fatal(err)
+					}
+					cli = time.Since(t)
 				}
-				cli := time.Since(t)
-				t, cpu0 := time.Now(), selfCPU()
-				if err := parallel(streams, func() error { _, err := compressGo(path); return err }); err != nil {
-					b.Fatal(err)
+				runGo := func() {
+					t, cpu0 := time.Now(), selfCPU()
+					if err := parallel(streams, func() error { _, err := compressGo(path); return err }); err != nil {
+						b.Fatal(err)
+					}
+					gd, goUsed = time.Since(t), selfCPU()-cpu0
 				}
-				gd, goUsed := time.Since(t), selfCPU()-cpu0
+				// Alternate who goes first, so neither always runs in
+				// the wake of the other.
+				if i++; i%2 == 0 {
+					runCLI()
+					runGo()
+				} else {
+					runGo()
+					runCLI()
+				}
 				goMBs = append(goMBs, mb/gd.Seconds())
 				cliMBs = append(cliMBs, mb/cli.Seconds())
 				ratios = append(ratios, cli.Seconds()/gd.Seconds())

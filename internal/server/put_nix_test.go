@@ -359,3 +359,32 @@ func TestNixCopyConcurrent(t *testing.T) {
 		t.Fatalf("paths %v", paths)
 	}
 }
+
+// TestNixUploaderSubstitutes: the uploading client keeps the narinfos it
+// PUT in its disk cache (URL nar/<filehash>.nar.zst, without the cache's
+// signature), and fetching through them works: those URLs are served.
+func TestNixUploaderSubstitutes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nix")
+	}
+	n := newNixClient(t)
+	top, _ := buildUpClosure(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	e := newUpEnv(t, t.TempDir(), false)
+	netrc := filepath.Join(t.TempDir(), "netrc")
+	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	if _, err := n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url+"?compression=zstd", top); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "dst")
+	if _, err := n.run(ctx, "nix", "copy", "--no-check-sigs", "--from", e.url, "--to", dst, top); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.blobGets.Load(); got != 3 {
+		t.Fatalf("%d GETs of nar/<filehash> URLs, want 3 (the client's cached narinfos)", got)
+	}
+	if _, err := n.run(ctx, "nix", "store", "verify", "--no-trust", "--store", dst, "--recursive", top); err != nil {
+		t.Fatal(err)
+	}
+}

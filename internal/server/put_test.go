@@ -71,6 +71,7 @@ type upEnv struct {
 	writeTok, readTok string
 	key               narinfo.SecretKey
 	puts              atomic.Int64 // PUT requests seen
+	blobGets          atomic.Int64 // GETs of /nar/<filehash>.nar.<ext>
 	dir               string
 }
 
@@ -121,6 +122,9 @@ func newUpEnvStores(t testing.TB, dir string, private bool, before []store.Store
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPut {
 			e.puts.Add(1)
+		}
+		if r.Method == http.MethodGet && len(r.URL.Path) > 5+52 && r.URL.Path[5+52] == '.' && strings.HasPrefix(r.URL.Path, "/nar/") {
+			e.blobGets.Add(1)
 		}
 		srv.ServeHTTP(w, r)
 	}))

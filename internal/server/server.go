@@ -8,6 +8,15 @@
 // and answered from an in-memory cache of signed, rendered documents; every
 // other route goes through mux. Error-to-status mapping lives in exactly one
 // function (Status) that the upload handlers share.
+//
+// NAR URLs. Narinfos name nar/<out hash>-<nar hash>.nar[.zst] (the out hash
+// finds the path without an index; the nar hash makes a re-created path's
+// old URL a 404 instead of a mismatching NAR). For .nar this is exactly
+// nix-serve's form. Also served, for caches migrating with old narinfos in
+// clients' caches: Harmonia's nar/<nar hash>.nar?hash=<out hash> and
+// nix-serve's legacy nar/<out hash>.nar. Uncompressed URLs support byte
+// ranges and, when the request asks, Content-Encoding: zstd; .nar.zst is
+// compressed once through the compression cache (ranges once complete).
 package server
 
 import (

@@ -403,7 +403,7 @@ func (c *Cache) run(fl *flight, tmp *os.File, produce func(ctx context.Context, 
 // compress runs produce through a pooled encoder into tmp, announcing
 // progress to readers as compressed bytes land in the file.
 func (c *Cache) compress(fl *flight, tmp *os.File, produce func(ctx context.Context, w io.Writer) error) (size int64, err error) {
-	pw := &progressWriter{f: tmp, fl: fl, m: &c.m}
+	pw := &progressWriter{ctx: c.ctx, f: tmp, fl: fl, m: &c.m}
 	bw := bufio.NewWriterSize(pw, writeBuffer)
 	enc, err := getEncoder(c.level, bw)
 	if err != nil {

@@ -318,6 +318,38 @@ func TestCloseCancelsProduction(t *testing.T) {
 	}
 }
 
+// TestCloseStopsProducerIgnoringContext: Close must not wait for a whole
+// NAR when produce never looks at its context; its next write fails.
+func TestCloseStopsProducerIgnoringContext(t *testing.T) {
+	c, err := compress.Open(t.TempDir(), 1<<30, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := incompressible(1<<20, 7)
+	stopped := make(chan error, 1)
+	e, err := c.Get(context.Background(), "k", func(_ context.Context, w io.Writer) error {
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				stopped <- err
+				return err
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := io.ReadFull(e, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stopped; !errors.Is(err, context.Canceled) {
+		t.Fatalf("producer's write failed with %v, want context.Canceled", err)
+	}
+}
+
 func TestEvictionKeepsBoundAndDropsLRU(t *testing.T) {
 	const blob = 256 << 10
 	dir := t.TempDir()

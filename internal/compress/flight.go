@@ -1,6 +1,7 @@
 package compress
 
 import (
+	"context"
 	"os"
 	"sync"
 )
@@ -82,13 +83,19 @@ func (f *flight) state() (written int64, done bool, err error, wake <-chan struc
 // progressWriter is the file end of the encoder: it writes compressed
 // bytes to the temp file, then tells readers they are there.
 type progressWriter struct {
-	f  *os.File
-	fl *flight
-	m  *counters
-	n  int64
+	ctx context.Context
+	f   *os.File
+	fl  *flight
+	m   *counters
+	n   int64
 }
 
 func (w *progressWriter) Write(p []byte) (int, error) {
+	// A produce that ignores its context still stops at the next write
+	// once the cache closes, so Close does not wait for a whole NAR.
+	if err := w.ctx.Err(); err != nil {
+		return 0, err
+	}
 	n, err := w.f.Write(p)
 	if n > 0 {
 		w.n += int64(n)

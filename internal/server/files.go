@@ -11,6 +11,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/gorilla/mux"
 
@@ -82,8 +83,69 @@ func (s *Server) handleServe(w http.ResponseWriter, r *http.Request) {
 	s.serveNARFile(w, r, st, info, target, node)
 }
 
-// listing reads a path's NAR listing from its store.
+// listingCache keeps the listings of recently browsed paths: computing one
+// reads the whole NAR, and /serve needs it on every request. Keyed by
+// store path and NAR hash, so a re-created path never hits a stale entry.
+type listingCache struct {
+	mu    sync.Mutex
+	max   int
+	order []string
+	m     map[string]*nar.Listing
+}
+
+func (c *listingCache) get(key string) *nar.Listing {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[key]
+}
+
+func (c *listingCache) put(key string, l *nar.Listing) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]*nar.Listing{}
+	}
+	if _, ok := c.m[key]; ok {
+		return
+	}
+	if len(c.order) >= c.max {
+		delete(c.m, c.order[0])
+		c.order = c.order[1:]
+	}
+	c.order = append(c.order, key)
+	c.m[key] = l
+}
+
+// maxCachedNodes keeps huge listings (a toolchain has ~20k files) out of
+// the cache, which holds at most listingCacheLen entries.
+const (
+	maxCachedNodes  = 4096
+	listingCacheLen = 64
+)
+
+func countNodes(n *nar.Node) int {
+	c := 1
+	for _, e := range n.Entries {
+		c += countNodes(e.Node)
+	}
+	return c
+}
+
+// listing returns a path's NAR listing, from the cache or its store.
 func (s *Server) listing(ctx context.Context, st store.Store, info *store.PathInfo) (*nar.Listing, error) {
+	key := info.StorePath + "\x00" + string(info.NarHash)
+	if l := s.listings.get(key); l != nil {
+		return l, nil
+	}
+	l, err := s.readListing(ctx, st, info)
+	if err == nil && l.Root != nil && countNodes(l.Root) <= maxCachedNodes {
+		s.listings.put(key, l)
+	}
+	return l, err
+}
+
+// readListing reads a path's NAR listing from its store.
+func (s *Server) readListing(ctx context.Context, st store.Store, info *store.PathInfo) (*nar.Listing, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()

@@ -123,6 +123,7 @@ type Server struct {
 	reg       *prometheus.Registry
 	metrics   *metrics
 	zsem      chan struct{} // on-the-fly compression slots
+	listings  *listingCache
 	narinfos  *narinfoCache
 	router    *mux.Router
 	cacheInfo []byte
@@ -170,6 +171,7 @@ func New(opts Options) (*Server, error) {
 		reg:      opts.Registry,
 		narinfos: newNarinfoCache(opts.NarInfoCacheBytes),
 		zsem:     make(chan struct{}, opts.MaxLiveCompressions),
+		listings: &listingCache{max: listingCacheLen},
 	}
 	for i, st := range s.stores {
 		if i == 0 {

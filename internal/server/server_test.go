@@ -558,14 +558,25 @@ func TestListing(t *testing.T) {
 	if rec := f.do("GET", "/"+hashOf("nope")+".ls"); rec.Code != 404 {
 		t.Errorf("unknown .ls: %d", rec.Code)
 	}
-	f.pa.goneAtNAR = true
+	// A listing is cached (keyed by path and NAR hash); a deleted path
+	// still 404s because the store is asked first.
+	f.st.delete(f.a)
 	if rec := f.do("GET", "/"+f.a+".ls"); rec.Code != 404 {
+		t.Errorf("deleted .ls: %d", rec.Code)
+	}
+	g := newFixture(t, nil)
+	g.pa.goneAtNAR = true
+	if rec := g.do("GET", "/"+g.a+".ls"); rec.Code != 404 {
 		t.Errorf("vanished .ls: %d", rec.Code)
 	}
-	f.pa.goneAtNAR = false
-	f.pa.failAfter = 100
-	if rec := f.do("GET", "/"+f.a+".ls"); rec.Code != 500 {
+	g.pa.goneAtNAR = false
+	g.pa.failAfter = 100
+	if rec := g.do("GET", "/"+g.a+".ls"); rec.Code != 500 {
 		t.Errorf("broken dump .ls: %d", rec.Code)
+	}
+	g.pa.failAfter = 0
+	if rec := g.do("GET", "/"+g.a+".ls"); rec.Code != 200 {
+		t.Errorf("failures must not be cached: %d", rec.Code)
 	}
 }
 

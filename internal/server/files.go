@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"path"
 	"strconv"
 	"strings"
@@ -276,9 +277,19 @@ type dirPage struct {
 	Entries []nar.Entry
 }
 
-var dirTmpl = template.Must(template.New("dir").Parse(`<!DOCTYPE html>
+// hrefOf makes a relative link to a directory entry: escaped as a path
+// and prefixed with ./ so a name like "a:b" is not read as a scheme.
+func hrefOf(name string, dir bool) string {
+	h := "./" + (&url.URL{Path: name}).EscapedPath()
+	if dir {
+		h += "/"
+	}
+	return h
+}
+
+var dirTmpl = template.Must(template.New("dir").Funcs(template.FuncMap{"href": hrefOf}).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{{.Title}}</title></head><body>
 <h1>Index of {{.Title}}</h1>
-<ul>{{range .Entries}}<li><a href="{{.Name}}{{if eq .Node.Type "directory"}}/{{end}}">{{.Name}}{{if eq .Node.Type "directory"}}/{{end}}</a>{{if eq .Node.Type "regular"}} ({{.Node.Size}} bytes){{end}}{{if eq .Node.Type "symlink"}} -&gt; {{.Node.Target}}{{end}}</li>{{end}}</ul>
+<ul>{{range .Entries}}<li><a href="{{href .Name (eq .Node.Type "directory")}}">{{.Name}}{{if eq .Node.Type "directory"}}/{{end}}</a>{{if eq .Node.Type "regular"}} ({{.Node.Size}} bytes){{end}}{{if eq .Node.Type "symlink"}} -&gt; {{.Node.Target}}{{end}}</li>{{end}}</ul>
 </body></html>
 `))

@@ -31,6 +31,7 @@ func TestServeFiles(t *testing.T) {
 		must(os.Symlink("/etc/passwd", filepath.Join(dir, "passwd")))
 		must(os.Symlink("/nix/store/"+lib+"-lib/lib", filepath.Join(dir, "libdir")))
 		must(os.Symlink("loop", filepath.Join(dir, "loop")))
+		must(os.WriteFile(filepath.Join(dir, "share/doc/a #b?c.txt"), []byte("odd name"), 0o644))
 	})
 	srv, err := server.New(server.Options{Stores: []store.Store{st}})
 	if err != nil {
@@ -48,6 +49,8 @@ func TestServeFiles(t *testing.T) {
 		{"/share/doc2/README.txt", 200, "read me\n", ""},
 		{"/share", 301, "", "/serve/" + h + "/share/"},
 		{"/share/doc/", 200, "README.txt", ""},
+		{"/share/doc/", 200, `href="./a%20%23b%3Fc.txt"`, ""},
+		{"/share/doc/a%20%23b%3Fc.txt", 200, "odd name", ""},
 		{"/site/", 200, "<p>home</p>", ""},
 		{"/", 200, "share/", ""},
 		{"/libdir/libx.so", 302, "", "/serve/" + lib + "/lib/libx.so"},

@@ -364,12 +364,12 @@ func (c *Cache) Get(ctx context.Context, key string, produce func(ctx context.Co
 // run produces, compresses and publishes one blob.
 func (c *Cache) run(fl *flight, tmp *os.File, produce func(ctx context.Context, w io.Writer) error) {
 	defer c.wg.Done()
-	defer c.m.inProgress.Add(-1)
 	start := time.Now()
 
 	size, err := c.compress(fl, tmp, produce)
 	if err != nil {
 		tmp.Close()
+		c.m.inProgress.Add(-1)
 		fl.fail(err)
 		c.mu.Lock()
 		delete(c.flights, fl.key)
@@ -391,6 +391,8 @@ func (c *Cache) run(fl *flight, tmp *os.File, produce func(ctx context.Context, 
 		c.evictLocked()
 	}
 	c.mu.Unlock()
+	// Counters before readers wake: whoever saw EOF sees them settled.
+	c.m.inProgress.Add(-1)
 	fl.complete(size)
 	if err != nil {
 		c.log.Error("compression cache: cannot keep blob", "key", fl.key, "err", err)

@@ -647,3 +647,61 @@ func TestCollectors(t *testing.T) {
 		t.Fatalf("stats %+v, blob %d", st, len(b))
 	}
 }
+
+// TestStressManyKeys mixes hits, joins, misses and evictions under the
+// race detector: every read must decode to its key's NAR, and the bound
+// must hold at the end, in memory and on disk.
+func TestStressManyKeys(t *testing.T) {
+	const blob = 64 << 10
+	const max = 3*blob + 3*1024
+	dir := t.TempDir()
+	c := openCache(t, dir, max)
+	keys := []string{"k0", "k1", "k2", "k3", "k4", "k5"}
+	ps := map[string]*producer{}
+	for i, k := range keys {
+		ps[k] = &producer{data: incompressible(blob, int64(200+i)), chunk: 8 << 10}
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(int64(g)))
+			for range 30 {
+				k := keys[rng.Intn(len(keys))]
+				e, err := c.Get(context.Background(), k, ps[k].produce)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				b, err := io.ReadAll(e)
+				e.Close()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !bytes.Equal(unzstd(t, b), ps[k].data) {
+					t.Errorf("%s: wrong bytes", k)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := c.Stats()
+	if st.Bytes > max || st.InProgress != 0 || st.Hits+st.Misses != 8*30 {
+		t.Fatalf("stats %+v", st)
+	}
+	blobs, temps := listDir(t, dir)
+	var total int64
+	for _, b := range blobs {
+		fi, err := os.Stat(filepath.Join(dir, b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += fi.Size()
+	}
+	if total > max || len(temps) != 0 || len(blobs) != st.Entries {
+		t.Fatalf("disk: %d bytes in %v, temps %v; stats %+v", total, blobs, temps, st)
+	}
+}

@@ -84,12 +84,22 @@ module does it in ExecStartPre) to create them.`,
 	}
 }
 
-// loadServeConfig merges the file and the flags.
+// loadServeConfig merges the file, Harmonia's environment variables and
+// the flags. Like Harmonia, CONFIG_FILE names the file when --config is
+// not given, and SIGN_KEY_PATHS (whitespace-separated) and SIGN_KEY_PATH
+// add keys: Harmonia's NixOS module passes its keys that way.
 func loadServeConfig(opts serveOptions) (*config.Config, error) {
+	if opts.config == "" {
+		opts.config = os.Getenv("CONFIG_FILE")
+	}
 	cfg, err := config.Load(opts.config)
 	if err != nil {
 		return nil, err
 	}
+	if p := os.Getenv("SIGN_KEY_PATH"); p != "" {
+		cfg.SignKeyPaths = append(cfg.SignKeyPaths, p)
+	}
+	cfg.SignKeyPaths = append(cfg.SignKeyPaths, strings.Fields(os.Getenv("SIGN_KEY_PATHS"))...)
 	if opts.bind != "" {
 		cfg.Bind = opts.bind
 	}

@@ -392,3 +392,24 @@ func TestServeAsNobody(t *testing.T) {
 		t.Errorf("NAR as nobody: %d, %d bytes, %v", resp.StatusCode, n, err)
 	}
 }
+
+// TestServeHarmoniaEnvironment: CONFIG_FILE, SIGN_KEY_PATH and
+// SIGN_KEY_PATHS work as in Harmonia; flags still win for bind.
+func TestServeHarmoniaEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "settings.toml")
+	os.WriteFile(cfgFile, []byte("bind = \"127.0.0.1:5999\"\npriority = 41\nsign_key_paths = [\"/a\"]\n"), 0o644)
+	t.Setenv("CONFIG_FILE", cfgFile)
+	t.Setenv("SIGN_KEY_PATH", "/b")
+	t.Setenv("SIGN_KEY_PATHS", "/c  /d")
+	cfg, err := loadServeConfig(serveOptions{bind: "127.0.0.1:0", signKeys: stringList{"/e"}, stateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Priority != 41 || cfg.Bind != "127.0.0.1:0" {
+		t.Errorf("CONFIG_FILE not read or flags not applied: %+v", cfg)
+	}
+	if got := strings.Join(cfg.SignKeyPaths, " "); got != "/a /b /c /d /e" {
+		t.Errorf("sign keys %q", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +13,10 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
+	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/internal/cli"
+	"github.com/bos55/concordia/internal/server"
+	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/upload"
 	"github.com/bos55/concordia/pkg/nar"
 	"github.com/bos55/concordia/pkg/narinfo"
@@ -118,5 +122,37 @@ func TestPinAndGCCommands(t *testing.T) {
 	}
 	if code, _ := runUploadCmd(t, "pin", "/etc/passwd", "--dir", dir); code == 0 {
 		t.Fatal("pinned a non-store path")
+	}
+}
+
+// TestVerifyCommandRemote: cache verify --cache URL against a running
+// server, token from $CONCORDIA_TOKEN.
+func TestVerifyCommandRemote(t *testing.T) {
+	dir, _, files := seedUploads(t, 2)
+	up, err := upload.Open(context.Background(), dir, upload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	tokPath := filepath.Join(t.TempDir(), "tokens")
+	tok, line, _ := auth.Generate("ci", auth.Write)
+	os.WriteFile(tokPath, []byte(line+"\n"), 0o600)
+	toks, _ := auth.Load(tokPath, nil)
+	srv, err := server.New(server.Options{Stores: []store.Store{up}, Upload: &server.Uploads{Store: up, Tokens: toks}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	t.Setenv("CONCORDIA_TOKEN", tok)
+	if code, out := runUploadCmd(t, "verify", "--cache", hs.URL); code != 0 || !strings.Contains(out, "checked 2 NAR files") {
+		t.Fatalf("remote verify: %d %s", code, out)
+	}
+	f := filepath.Join(dir, "blobs", files[0])
+	data, _ := os.ReadFile(f)
+	data[len(data)-3] ^= 1
+	os.WriteFile(f, data, 0o644)
+	if code, out := runUploadCmd(t, "verify", "--cache", hs.URL); code != 1 || !strings.Contains(out, "DAMAGED "+files[0]) {
+		t.Fatalf("remote verify of damage: %d %s", code, out)
 	}
 }

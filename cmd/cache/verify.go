@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -19,21 +22,25 @@ func newVerifyCommand() *cli.Command {
 	var repair bool
 	return &cli.Command{
 		Name:  "verify",
-		Usage: "[--repair] [--config FILE | --dir DIR]",
+		Usage: "[--repair] [--config FILE | --dir DIR | --cache URL]",
 		Short: "re-hash every uploaded NAR and report (or quarantine) damage",
 		Long: `Reads every NAR file of the upload store and checks it against the
 FileHash and NarHash computed when it was uploaded, and the NAR structure.
 With --repair, damaged files move to quarantine/ in the store directory,
 their paths are dropped, and so is every path whose closure that breaks
 (the client then re-uploads them). Exit status 1 when damage was found.
-Works on a stopped server's store (the running server holds its lock).`,
+A running server holds the store's lock: use --cache URL (with a write
+token) to have it verify itself.`,
 		Flags: func(fs *flag.FlagSet) {
-			f.register(fs, false)
+			f.register(fs, true)
 			fs.BoolVar(&repair, "repair", false, "quarantine damaged files and drop their paths")
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			if len(args) != 0 {
 				return cli.Usagef("verify takes no arguments")
+			}
+			if f.cache != "" {
+				return verifyRemote(ctx, env, &f, repair)
 			}
 			us, done, err := f.open(ctx, env)
 			if err != nil {
@@ -69,6 +76,55 @@ Works on a stopped server's store (the running server holds its lock).`,
 			return nil
 		},
 	}
+}
+
+// verifyRemote runs POST /api/verify and relays its streamed answer,
+// drawing the progress lines as a bar.
+func verifyRemote(ctx context.Context, env *cli.Env, f *uploadFlags, repair bool) error {
+	tok, err := f.token()
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
+		fmt.Sprintf("%s/api/verify?repair=%t", strings.TrimRight(f.cache, "/"), repair), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("POST /api/verify: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	bar := newProgress(env.Stderr)
+	damaged, failed := false, false
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		var done, total int64
+		if n, _ := fmt.Sscanf(line, "progress %d %d", &done, &total); n == 2 {
+			bar.update(done, total)
+			continue
+		}
+		damaged = damaged || strings.HasPrefix(line, "DAMAGED ")
+		failed = failed || strings.HasPrefix(line, "ERROR ")
+		fmt.Fprintln(env.Stdout, line)
+	}
+	bar.finish()
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading the server's answer: %w", err)
+	}
+	if failed {
+		return errors.New("the server's verify failed (see above)")
+	}
+	if damaged {
+		return &cli.ExitError{Code: 1}
+	}
+	return nil
 }
 
 // progress draws a bar on a terminal and prints a plain line every ten

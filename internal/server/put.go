@@ -84,6 +84,7 @@ func (s *Server) putRoutes(r *mux.Router) {
 	r.HandleFunc("/api/pins/{hash}", h.write(h.pin)).Methods(http.MethodPost, put).Name("pin")
 	r.HandleFunc("/api/pins/{hash}", h.write(h.unpin)).Methods(http.MethodDelete).Name("unpin")
 	r.HandleFunc("/api/gc", h.write(h.gc)).Methods(http.MethodPost).Name("gc")
+	r.HandleFunc("/api/verify", h.write(h.verify)).Methods(http.MethodPost).Name("verify")
 }
 
 type putHandler struct {
@@ -378,6 +379,52 @@ func (h *putHandler) gc(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(rep)
+}
+
+// verify re-hashes the upload store on a running server (whose lock keeps
+// `cache verify` out): POST /api/verify?repair=true. The answer streams
+// as text: progress lines while it runs, then what `cache verify` prints.
+func (h *putHandler) verify(w http.ResponseWriter, r *http.Request) error {
+	repair := r.URL.Query().Get("repair") == "true" || r.URL.Query().Get("repair") == "1"
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	var last time.Time
+	rep, err := h.u.Verify(r.Context(), repair, func(done, total int64) {
+		if time.Since(last) >= time.Second || done == total {
+			last = time.Now()
+			fmt.Fprintf(w, "progress %d %d\n", done, total)
+			rc.Flush()
+		}
+	})
+	if err != nil {
+		// The status is sent; say it in the body, which the CLI checks.
+		fmt.Fprintf(w, "ERROR %v\n", err)
+		h.s.logger(r).Error("verify failed", "err", err)
+		return nil
+	}
+	for _, b := range rep.Bad {
+		fmt.Fprintf(w, "DAMAGED %s: %s\n", b.Name, b.Reason)
+		for _, p := range b.Paths {
+			verb := "affects"
+			if rep.Repaired {
+				verb = "dropped"
+				if b := basename(p); len(b) > 32 {
+					h.s.narinfos.remove(b[:32])
+				}
+			}
+			fmt.Fprintf(w, "  %s %s\n", verb, p)
+		}
+	}
+	for _, p := range rep.Broken {
+		if b := basename(p); len(b) > 32 {
+			h.s.narinfos.remove(b[:32])
+		}
+		fmt.Fprintf(w, "dropped %s (a reference was damaged)\n", p)
+	}
+	fmt.Fprintf(w, "checked %d NAR files (%d bytes): %d damaged\n", rep.Checked, rep.Bytes, len(rep.Bad))
+	return nil
 }
 
 func (h *putHandler) listPins(w http.ResponseWriter, r *http.Request) {

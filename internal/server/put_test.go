@@ -380,3 +380,38 @@ func TestPutTooLarge(t *testing.T) {
 		t.Fatalf("left: %v", ents)
 	}
 }
+
+// TestVerifyAPI: a running server verifies its own store on request,
+// and repair stops serving the damaged path at once.
+func TestVerifyAPI(t *testing.T) {
+	dir := t.TempDir()
+	e := newUpEnv(t, dir, false)
+	good := newUpPath(t, "verify-api-good", []byte("good"))
+	bad := newUpPath(t, "verify-api-bad", bytes.Repeat([]byte("bad"), 1000))
+	e.upload(t, good)
+	e.upload(t, bad)
+	if code, _ := e.do(t, "GET", "/"+bad.hash+".narinfo", "", nil); code != 200 {
+		t.Fatal(code)
+	}
+	f := filepath.Join(dir, "blobs", bad.fileName)
+	data, _ := os.ReadFile(f)
+	data[len(data)/2] ^= 1
+	os.WriteFile(f, data, 0o644)
+	code, body := e.do(t, "POST", "/api/verify", e.writeTok, nil)
+	if code != 200 || !strings.Contains(body, "DAMAGED "+bad.fileName) || !strings.Contains(body, "progress ") {
+		t.Fatalf("verify: %d %s", code, body)
+	}
+	if code, _ := e.do(t, "POST", "/api/verify", e.readTok, nil); code != 403 {
+		t.Fatalf("verify with a read token: %d", code)
+	}
+	code, body = e.do(t, "POST", "/api/verify?repair=true", e.writeTok, nil)
+	if code != 200 || !strings.Contains(body, "dropped "+bad.info.StorePath) {
+		t.Fatalf("repair: %d %s", code, body)
+	}
+	if code, _ := e.do(t, "GET", "/"+bad.hash+".narinfo", "", nil); code != 404 {
+		t.Fatalf("damaged path still served after repair: %d", code)
+	}
+	if code, _ := e.do(t, "GET", "/"+good.hash+".narinfo", "", nil); code != 200 {
+		t.Fatalf("intact path: %d", code)
+	}
+}

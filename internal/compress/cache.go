@@ -369,11 +369,13 @@ func (c *Cache) run(fl *flight, tmp *os.File, produce func(ctx context.Context, 
 	size, err := c.compress(fl, tmp, produce)
 	if err != nil {
 		tmp.Close()
-		c.m.inProgress.Add(-1)
-		fl.fail(err)
+		// Out of the map before readers wake: a Get after the error
+		// starts afresh instead of joining the failed production.
 		c.mu.Lock()
 		delete(c.flights, fl.key)
 		c.mu.Unlock()
+		c.m.inProgress.Add(-1)
+		fl.fail(err)
 		c.log.Error("compression cache: production failed", "key", fl.key, "err", err)
 		return
 	}

@@ -295,7 +295,9 @@ func (c *Cache) Close() error {
 // running produce to create it when it is neither cached nor being
 // produced. produce writes the UNCOMPRESSED NAR to w; it runs on its own
 // goroutine with a context that ends only when the cache closes, so it must
-// not depend on the caller's request context.
+// not depend on the caller's request context, and it must not touch w
+// after it returns (w is a pooled encoder). A panic in produce becomes the
+// production's error.
 //
 // Concurrent Gets of one key share one production: every reader gets an
 // Entry that reads the bytes written so far and waits for more, sees EOF

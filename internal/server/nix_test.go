@@ -548,3 +548,26 @@ func TestRealisationThroughServer(t *testing.T) {
 		t.Errorf("the client did not fetch the realisation from the server:\n%s", grep(string(body), "realisation"))
 	}
 }
+
+// TestNixCopyOverTLS: the real client over HTTPS (Nix negotiates HTTP/2
+// with TLS by default), trusting our self-signed certificate.
+func TestNixCopyOverTLS(t *testing.T) {
+	cl := buildClosure(t)
+	s := startServer(t, "zstd", nil)
+	certFile, keyFile, _ := selfSigned(t)
+	ln, err := server.Listen("127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.srv.Run(ctx, ln, server.RunOptions{TLSCert: certFile, TLSKey: keyFile}) }()
+	t.Cleanup(func() { cancel(); <-done })
+	url := "https://" + ln.Addr().String()
+	env := append(nixEnv(t), "NIX_SSL_CERT_FILE="+certFile)
+	dst := filepath.Join(t.TempDir(), "store")
+	runNix(t, env, "nix", "copy", "--from", url, "--to", dst, cl.c,
+		"--option", "require-sigs", "true", "--option", "trusted-public-keys", s.pub.String())
+	runNix(t, env, "nix", "store", "verify", "--store", dst, "--sigs-needed", "1",
+		"--trusted-public-keys", s.pub.String(), "-r", cl.c)
+}

@@ -109,7 +109,7 @@ func (s *Server) instrument(w http.ResponseWriter, r *http.Request) {
 		s.metrics.observe(rec.route, code, d.Seconds())
 		if s.log.Enabled(r.Context(), slog.LevelDebug) {
 			s.logger(r).Debug("request", "method", r.Method, "path", r.URL.Path, "route", rec.route,
-				"status", code, "duration", d, "remote", r.RemoteAddr)
+				"status", code, "duration", d, "remote", r.RemoteAddr, "proto", r.Proto)
 		}
 	}()
 	if refusePath(r.URL.Path) {

@@ -553,7 +553,10 @@ func TestRealisationThroughServer(t *testing.T) {
 // with TLS by default), trusting our self-signed certificate.
 func TestNixCopyOverTLS(t *testing.T) {
 	cl := buildClosure(t)
-	s := startServer(t, "zstd", nil)
+	logs := &syncBuffer{}
+	s := startServer(t, "zstd", func(o *server.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
 	certFile, keyFile, _ := selfSigned(t)
 	ln, err := server.Listen("127.0.0.1:0", 0)
 	if err != nil {
@@ -570,4 +573,24 @@ func TestNixCopyOverTLS(t *testing.T) {
 		"--option", "require-sigs", "true", "--option", "trusted-public-keys", s.pub.String())
 	runNix(t, env, "nix", "store", "verify", "--store", dst, "--sigs-needed", "1",
 		"--trusted-public-keys", s.pub.String(), "-r", cl.c)
+	if !strings.Contains(logs.String(), "route=nar status=200") || !strings.Contains(logs.String(), "proto=HTTP/2.0") {
+		t.Errorf("want NARs sent over HTTP/2; access log:\n%s", logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -94,6 +94,12 @@ func (c *narinfoCache) remove(hash string) {
 	c.mu.Unlock()
 }
 
+func (c *narinfoCache) bytes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.size
+}
+
 func (c *narinfoCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -180,7 +180,17 @@ func New(opts Options) (*Server, error) {
 			return nil, errors.New("server: stores disagree on the store directory: " + s.storeDir + " and " + st.StoreDir())
 		}
 	}
-	m, err := newMetrics(s.reg, opts.Collectors)
+	collectors := append([]prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "concordia_narinfo_cache_entries",
+			Help: "Signed narinfos held in memory.",
+		}, func() float64 { return float64(s.narinfos.len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "concordia_narinfo_cache_bytes",
+			Help: "Approximate memory held by the narinfo cache (bounded by its size option).",
+		}, func() float64 { return float64(s.narinfos.bytes()) }),
+	}, opts.Collectors...)
+	m, err := newMetrics(s.reg, collectors)
 	if err != nil {
 		return nil, err
 	}

@@ -777,6 +777,8 @@ func TestMiscRoutes(t *testing.T) {
 		`concordia_nar_bytes_sent_total{encoding="zstd"}`,
 		`concordia_narinfo_cache_total{result="miss"} 1`,
 		`concordia_nar_active_streams 0`,
+		`concordia_narinfo_cache_entries 1`,
+		`concordia_narinfo_cache_bytes`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(m, want) {
@@ -831,5 +833,33 @@ func TestLiveCompressionSlots(t *testing.T) {
 	}
 	if b := <-first; !bytes.Equal(unzstd(t, b), f.pa.nar) {
 		t.Errorf("first request: not the zstd NAR")
+	}
+}
+
+// TestNarinfoCacheBounded: the byte bound evicts least recently used
+// entries, and an evicted narinfo is rendered again correctly.
+func TestNarinfoCacheBounded(t *testing.T) {
+	f := newFixture(t, func(o *server.Options) { o.NarInfoCacheBytes = 1500; o.NarInfoTTL = time.Hour })
+	var hashes []string
+	for i := range 10 {
+		h := hashOf(fmt.Sprint("many", i))
+		f.st.addTree(t, h, "p", map[string]string{"f": fmt.Sprint(i)})
+		hashes = append(hashes, h)
+	}
+	for _, h := range hashes {
+		f.narinfo(h)
+	}
+	m := f.do("GET", "/metrics").Body.String()
+	var entries int
+	for _, l := range strings.Split(m, "\n") {
+		if strings.HasPrefix(l, "concordia_narinfo_cache_entries ") {
+			fmt.Sscan(strings.TrimPrefix(l, "concordia_narinfo_cache_entries "), &entries)
+		}
+	}
+	if entries == 0 || entries >= 10 {
+		t.Errorf("cache holds %d entries under a 1500-byte bound", entries)
+	}
+	if ni := f.narinfo(hashes[0]); !strings.Contains(ni.StorePath, hashes[0]) {
+		t.Errorf("evicted narinfo re-rendered wrong: %s", ni.StorePath)
 	}
 }

@@ -71,7 +71,7 @@ func (s *Server) handleListing(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", itoa(len(body)))
-	h.Set("Cache-Control", "max-age=86400")
+	h["Cache-Control"] = s.ccDay
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(body)
 	}

@@ -140,7 +140,7 @@ func (s *Server) serveFileNAR(w http.ResponseWriter, r *http.Request, fn store.F
 	h := w.Header()
 	h.Set("Content-Type", narContentType)
 	h.Set("ETag", `"`+narHash32(info.NarHash)+"-"+ext+`"`)
-	h.Set("Cache-Control", "max-age=31536000, immutable")
+	h["Cache-Control"] = s.ccForever
 	s.metrics.activeStreams.Inc()
 	defer s.metrics.activeStreams.Dec()
 	http.ServeContent(&countingWriter{ResponseWriter: w, c: s.narCounter(comp)}, r, "", time.Time{}, f)
@@ -161,7 +161,7 @@ func (s *Server) serveIdentity(w http.ResponseWriter, r *http.Request, st store.
 	h.Set("Content-Type", narContentType)
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("ETag", etag)
-	h.Set("Cache-Control", "max-age=31536000, immutable")
+	h["Cache-Control"] = s.ccForever
 	if s.opts.NegotiateEncoding {
 		h.Set("Vary", "Accept-Encoding")
 	}
@@ -276,7 +276,7 @@ func (nw *narWriter) Write(p []byte) (int, error) {
 func (s *Server) serveZstd(w http.ResponseWriter, r *http.Request, st store.Store, info *store.PathInfo, encoded bool) {
 	h := w.Header()
 	h.Set("Content-Type", narContentType)
-	h.Set("Cache-Control", "max-age=31536000, immutable")
+	h["Cache-Control"] = s.ccForever
 	if encoded {
 		h.Set("Content-Encoding", "zstd")
 		h.Set("Vary", "Accept-Encoding")

@@ -24,7 +24,6 @@ import (
 var (
 	hdrNarinfoType   = []string{"text/x-nix-narinfo"}
 	hdrCacheInfoType = []string{"text/x-nix-cache-info"}
-	hdrNarinfoCC     = []string{"max-age=86400"}
 )
 
 // narinfoEntry is one signed, rendered narinfo.
@@ -167,7 +166,7 @@ func (s *Server) narinfoBody(w http.ResponseWriter, r *http.Request, hash string
 	h := w.Header()
 	h["Content-Type"] = hdrNarinfoType
 	h["Content-Length"] = e.clen
-	h["Cache-Control"] = hdrNarinfoCC
+	h["Cache-Control"] = s.ccDay
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(e.body)

@@ -114,19 +114,22 @@ type Options struct {
 // Server serves the cache. Its fields are what handlers, including the
 // upload handlers in put*.go, need.
 type Server struct {
-	opts      Options
-	stores    []store.Store
-	upload    store.Store
-	keys      []narinfo.SecretKey
-	storeDir  string
-	log       *slog.Logger
-	reg       *prometheus.Registry
-	metrics   *metrics
-	zsem      chan struct{} // on-the-fly compression slots
-	listings  *listingCache
-	narinfos  *narinfoCache
-	router    *mux.Router
-	cacheInfo []byte
+	opts     Options
+	stores   []store.Store
+	upload   store.Store
+	keys     []narinfo.SecretKey
+	storeDir string
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	metrics  *metrics
+	zsem     chan struct{} // on-the-fly compression slots
+	listings *listingCache
+	// Cache-Control values: "private" is added for a private cache, so
+	// shared proxies never keep what needed credentials.
+	ccDay, ccForever []string
+	narinfos         *narinfoCache
+	router           *mux.Router
+	cacheInfo        []byte
 }
 
 // New builds a Server from opts.
@@ -195,6 +198,10 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	s.ccDay, s.ccForever = []string{"max-age=86400"}, []string{"max-age=31536000, immutable"}
+	if opts.Authorize != nil {
+		s.ccDay, s.ccForever = []string{"private, max-age=86400"}, []string{"private, max-age=31536000, immutable"}
+	}
 	s.cacheInfo = []byte("StoreDir: " + s.storeDir + "\nWantMassQuery: 1\nPriority: " + itoa(opts.Priority) + "\n")
 	s.router = s.routes()
 	return s, nil

@@ -724,8 +724,12 @@ func TestAuthorizeHook(t *testing.T) {
 		if rec.Code != 401 || !strings.Contains(rec.Header().Get("WWW-Authenticate"), "Basic") {
 			t.Errorf("%s without credentials: %d %v", target, rec.Code, rec.Header())
 		}
-		if rec := f.do("GET", target, "Authorization", "Bearer x"); rec.Code != 200 {
+		rec = f.do("GET", target, "Authorization", "Bearer x")
+		if rec.Code != 200 {
 			t.Errorf("%s with credentials: %d", target, rec.Code)
+		}
+		if cc := rec.Header().Get("Cache-Control"); cc != "" && !strings.HasPrefix(cc, "private") {
+			t.Errorf("%s of a private cache: Cache-Control %q", target, cc)
 		}
 	}
 	if rec := f.do("GET", "/health"); rec.Code != 200 {

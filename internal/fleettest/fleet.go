@@ -11,6 +11,7 @@ package fleettest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -687,6 +688,13 @@ func (f *Fleet) killAll(h *Host, keeperToo bool) int {
 				continue
 			}
 			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err == nil && ns == h.mntNS {
+				syscall.Kill(pid, syscall.SIGKILL)
+				found++
+			} else if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err == nil &&
+				bytes.Contains(env, []byte("NIX_CONF_DIR="+filepath.Join(h.Dir, "etc-nix")+"\x00")) {
+				// nix-daemon's workers unshare a mount namespace of their
+				// own, so they escape the namespace match; the daemon's
+				// environment still names this host's folder.
 				syscall.Kill(pid, syscall.SIGKILL)
 				found++
 			}

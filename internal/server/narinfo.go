@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -151,6 +152,9 @@ func (s *Server) narinfoBody(w http.ResponseWriter, r *http.Request, hash string
 			return Status(err)
 		}
 	}
+	if s.isWriter != nil && len(r.Header["Authorization"]) > 0 && s.isWriter(r) {
+		return s.writerNarinfo(w, r, hash)
+	}
 	now := start.UnixNano()
 	e := s.narinfos.get(hash)
 	if e != nil && now-e.checked.Load() <= int64(s.opts.NarInfoTTL) {
@@ -284,4 +288,36 @@ func (s *Server) buildNarinfo(ctx context.Context, st store.Store, hash string, 
 		return nil, fmt.Errorf("narinfo of %s would be corrupt: %v", info.StorePath, err)
 	}
 	return ni, nil
+}
+
+// writerNarinfo answers an uploader (a request with a write token) from
+// the upload store alone. `nix copy --to` asks for every path's narinfo and
+// skips those it gets; if the machine's own /nix/store answered, paths
+// that happen to exist on the cache host would never be uploaded, and an
+// uploaded closure would then depend on paths the host's Nix may garbage
+// collect at any time. Asking the upload store only makes the client
+// upload the whole closure, so uploads stay complete on their own.
+// Writers are rare, so these answers are neither cached nor cacheable.
+func (s *Server) writerNarinfo(w http.ResponseWriter, r *http.Request, hash string) int {
+	r = withRequestID(w, r)
+	info, err := s.upload.PathInfo(r.Context(), hash)
+	if err != nil {
+		s.fail(w, r, err)
+		return Status(err)
+	}
+	ni, err := s.buildNarinfo(r.Context(), s.upload, hash, info)
+	if err != nil {
+		s.fail(w, r, err)
+		return Status(err)
+	}
+	body := ni.String()
+	h := w.Header()
+	h.Set("Content-Type", "text/x-nix-narinfo")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = io.WriteString(w, body)
+	}
+	return http.StatusOK
 }

@@ -70,6 +70,13 @@ func (s *Server) putRoutes(r *mux.Router) {
 			s.log.Warn("upload metric not registered", "err", err)
 		}
 	}
+	if u.Tokens != nil {
+		toks := u.Tokens
+		s.isWriter = func(r *http.Request) bool {
+			_, err := toks.Authorize(r, auth.Write)
+			return err == nil
+		}
+	}
 	h := &putHandler{s: s, u: u}
 	put := http.MethodPut
 	r.HandleFunc("/nix-cache-info", h.write(h.cacheInfo)).Methods(put).Name("put-cache-info")

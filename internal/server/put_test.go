@@ -415,3 +415,31 @@ func TestVerifyAPI(t *testing.T) {
 		t.Fatalf("intact path: %d", code)
 	}
 }
+
+// TestWriterSeesUploadsOnly: an uploader is told only what the upload
+// store has, so `nix copy --to` uploads whole closures even when the cache
+// host's own store holds some of the paths (which its Nix may collect);
+// everybody else still gets the local store's answer.
+func TestWriterSeesUploadsOnly(t *testing.T) {
+	local := newFakeStore()
+	lp := local.addTree(t, "0c5i0q2xsq3l3x1kh8m1j6dqq6yqcc59", "on-the-cache-host", map[string]string{"f": "x"})
+	e := newUpEnvStores(t, t.TempDir(), false, []store.Store{local})
+	hash := filepath.Base(lp.info.StorePath)[:32]
+	if code, _ := e.do(t, "GET", "/"+hash+".narinfo", "", nil); code != 200 {
+		t.Fatalf("anonymous GET of a local path: %d", code)
+	}
+	if code, _ := e.do(t, "GET", "/"+hash+".narinfo", e.readTok, nil); code != 200 {
+		t.Fatalf("reader GET of a local path: %d", code)
+	}
+	for _, m := range []string{"GET", "HEAD"} {
+		if code, _ := e.do(t, m, "/"+hash+".narinfo", e.writeTok, nil); code != 404 {
+			t.Fatalf("writer %s of a local-only path: %d, want 404 so the client uploads it", m, code)
+		}
+	}
+	p := newUpPath(t, "uploaded", []byte("hello"))
+	e.upload(t, p)
+	code, body := e.do(t, "GET", "/"+p.hash+".narinfo", e.writeTok, nil)
+	if code != 200 || !strings.Contains(body, "StorePath: "+p.info.StorePath+"\n") {
+		t.Fatalf("writer GET of an uploaded path: %d %q", code, body)
+	}
+}

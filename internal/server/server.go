@@ -128,8 +128,12 @@ type Server struct {
 	// shared proxies never keep what needed credentials.
 	ccDay, ccForever []string
 	narinfos         *narinfoCache
-	router           *mux.Router
-	cacheInfo        []byte
+	// isWriter reports whether a request carries a write token; set by
+	// putRoutes. Writers are answered from the upload store alone (see
+	// writerNarinfo).
+	isWriter  func(r *http.Request) bool
+	router    *mux.Router
+	cacheInfo []byte
 }
 
 // New builds a Server from opts.

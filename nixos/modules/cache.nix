@@ -85,7 +85,7 @@ in
         # while db.sqlite-wal and -shm exist; Nix deletes them when its last
         # connection closes. One read-only open as root ("+") creates them,
         # and the server's own open connection keeps them from then on.
-        ExecStartPre = "+${pkgs.sqlite}/bin/sqlite3 -readonly /nix/var/nix/db/db.sqlite 'select 1 from ValidPaths limit 1'";
+        ExecStartPre = "+${cfg.package}/bin/cache serve --config ${configFile} --prepare-db";
         ExecStart = "${cfg.package}/bin/cache serve --config ${configFile}";
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         User = "concordia-cache";

@@ -235,3 +235,29 @@ func TestRenovateConfig(t *testing.T) {
 		t.Error("renovate.json does not auto-merge minor/patch updates")
 	}
 }
+
+// TestVendorHash recomputes buildGoModule's vendorHash (the NAR hash of
+// what `go mod vendor` writes) and compares it with nixos/package.nix.
+func TestVendorHash(t *testing.T) {
+	needNix(t)
+	dir := t.TempDir()
+	cmd := exec.Command("go", "mod", "vendor", "-o", filepath.Join(dir, "vendor"))
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go mod vendor: %v\n%s", err, out)
+	}
+	hash := exec.Command("nix", "--extra-experimental-features", "nix-command", "hash", "path", filepath.Join(dir, "vendor"))
+	hash.Env = nixEnv(t)
+	out, err := hash.Output()
+	if err != nil {
+		t.Fatalf("nix hash path: %v", err)
+	}
+	want := strings.TrimSpace(string(out))
+	pkg, err := os.ReadFile("package.nix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(pkg), `vendorHash = "`+want+`";`) {
+		t.Errorf("nixos/package.nix: vendorHash is stale, set it to %q", want)
+	}
+}

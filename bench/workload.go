@@ -146,7 +146,7 @@ func makeSmallFiles(dir string, n int) error {
 				return err
 			}
 		}
-		size := 100 + rng.Intn(4000)
+		size := 100 + rng.Intn(len(buf)-100) // under 4 KiB
 		for j := 0; j < size; j++ {
 			buf[j] = "abcdefghijklmnopqrstuvwxyz0123456789 \n"[rng.Intn(38)]
 		}

@@ -29,14 +29,16 @@ func Level(level int) zstd.EncoderLevel {
 	return zstd.EncoderLevelFromZstd(level)
 }
 
-// encoderOptions are shared by the pool and the cache. Concurrency 1
-// makes Write compress synchronously on the caller's goroutine: one
-// stream uses one core, and parallelism comes from serving several
-// streams, which is the common case for a cache.
+// encoderOptions are shared by the pool and the cache. Concurrency 2
+// lets one stream compress its current block while the next one is being
+// filled: on the GOROOT NAR a single stream went from 0.75x to 0.83-0.99x
+// of `zstd -1 -T1` (whose own I/O thread makes it use ~1.2 cores), and two
+// streams from 1.08x to 1.31x, for ~8% more CPU per byte. The server caps
+// live compressions at GOMAXPROCS, so many streams do not oversubscribe.
 func encoderOptions(l zstd.EncoderLevel) []zstd.EOption {
 	opts := []zstd.EOption{
 		zstd.WithEncoderLevel(l),
-		zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderConcurrency(2),
 		// The frame checksum costs a few percent but catches a torn or
 		// rotten blob at the client; zstd -1 writes one too.
 		zstd.WithEncoderCRC(true),

@@ -429,6 +429,20 @@ func (b *bench) benchUpload(ctx context.Context) error {
 		}
 		b.rep.add("upload", "nix copy --to file://", "seconds, closure", d.Seconds())
 	}
+	sink, err := b.startUploadSink(ctx)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < b.o.runs; i++ {
+		d, err := b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
+			sink.base+"?compression=zstd", top)
+		if err != nil {
+			b.procs.stop(sink.cmd)
+			return err
+		}
+		b.rep.add("upload", "nix copy --to a sink (Nix client floor)", "seconds, closure", d.Seconds())
+	}
+	b.procs.stop(sink.cmd)
 	up, err := b.startUploadCache(ctx)
 	if err != nil {
 		return fmt.Errorf("concordia uploads: %w", err)

@@ -43,6 +43,10 @@ func main() {
 		minimalServer(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "upload-sink" {
+		uploadSink(os.Args[2:])
+		return
+	}
 	var o options
 	flag.BoolVar(&o.quick, "quick", false, "smoke run: small workloads, one repetition, short durations")
 	flag.IntVar(&o.runs, "runs", 5, "repetitions of each measurement (medians are reported)")

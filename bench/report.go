@@ -138,6 +138,8 @@ var comparisons = []comparison{
 	{"e2e", "seconds, nix copy --from, big path", "concordia zstd", "nginx file:// cache (zstd)", true, 0, "nix copy --from, big path (time ratio)"},
 	{"e2e", "seconds, nix copy --from, closure", "concordia zstd", "nix copy --from ssh://", true, 0, "nix copy --from, closure vs ssh:// (time ratio)"},
 	{"upload", "seconds, closure", "concordia (nix copy --to http)", "nix copy --to file://", true, 1.2, "upload time vs nix copy --to file://"},
+	{"upload", "seconds, closure", "concordia (nix copy --to http)", "nix copy --to a sink (Nix client floor)", true, 0, "upload time vs a do-nothing HTTP sink (server's own share)"},
+	{"upload", "seconds, closure", "nix copy --to a sink (Nix client floor)", "nix copy --to file://", true, 0, "do-nothing HTTP sink vs file:// (Nix's HTTP client cost)"},
 	{"deploy", "seconds, deploy", "deployer push, 20 hosts --parallel 20", "deployer push, 1 host", true, 1.5, "deploy to 20 hosts vs 1 host (time ratio)"},
 }
 

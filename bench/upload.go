@@ -6,8 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"time"
 )
 
 type uploadCache struct {
@@ -49,4 +53,47 @@ func (b *bench) startUploadCache(ctx context.Context) (*uploadCache, error) {
 		return nil, err
 	}
 	return &uploadCache{srv: srv, state: state, netrc: netrc}, nil
+}
+
+// uploadSink is the floor of `nix copy --to http://`: a server that keeps
+// nothing, checks nothing and answers every lookup "absent", so the time
+// is Nix's own HTTP client work.
+func uploadSink(args []string) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/nix-cache-info" && r.Method != http.MethodPut:
+			w.Header().Set("Content-Type", "text/x-nix-cache-info")
+			_, _ = io.WriteString(w, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n")
+		case r.Method == http.MethodPut:
+			_, _ = io.Copy(io.Discard, r.Body)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	srv := &http.Server{Addr: args[0], Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	if err := srv.ListenAndServe(); err != nil {
+		panic(err)
+	}
+}
+
+// startUploadSink runs uploadSink in a child process.
+func (b *bench) startUploadSink(ctx context.Context) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd := exec.CommandContext(ctx, self, "upload-sink", addr)
+	if err := b.procs.start(cmd); err != nil {
+		return nil, err
+	}
+	if err := waitTCP(ctx, addr, 10*time.Second); err != nil {
+		b.procs.stop(cmd)
+		return nil, err
+	}
+	return &server{name: "upload sink (client floor)", base: "http://" + addr, cmd: cmd}, nil
 }

@@ -64,6 +64,25 @@ func (f *fleetFlags) log(env *cli.Env) *slog.Logger {
 	return slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
 }
 
+// connect reads the nodes, keeps those named by args (names, @tags,
+// globs) and opens the ssh runner that status and rollback talk through.
+func (f *fleetFlags) connect(ctx context.Context, env *cli.Env, args []string) ([]deploy.Node, *remote.SSH, error) {
+	log := f.log(env)
+	all, err := f.nodes(ctx, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	nodes, err := deploy.Select(all, strings.Join(args, ","))
+	if err != nil {
+		return nil, nil, err
+	}
+	ssh, err := remote.New(log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return nodes, ssh, nil
+}
+
 func (f *fleetFlags) nodes(ctx context.Context, log *slog.Logger) ([]deploy.Node, error) {
 	if f.file != "" {
 		return deploy.ParseFile(f.file, log)
@@ -524,16 +543,7 @@ With --local: reports this host (what the remote call runs).`,
 				fmt.Fprintf(env.Stdout, "%s\n", b)
 				return nil
 			}
-			log := o.fleet.log(env)
-			all, err := o.fleet.nodes(ctx, log)
-			if err != nil {
-				return err
-			}
-			nodes, err := deploy.Select(all, strings.Join(args, ","))
-			if err != nil {
-				return err
-			}
-			ssh, err := remote.New(log)
+			nodes, ssh, err := o.fleet.connect(ctx, env, args)
 			if err != nil {
 				return err
 			}
@@ -595,16 +605,7 @@ With --local: rolls this host back (takes the host lock, so it never races a dep
 			if len(args) == 0 {
 				return cli.Usagef("name the node(s) to roll back")
 			}
-			log := o.fleet.log(env)
-			all, err := o.fleet.nodes(ctx, log)
-			if err != nil {
-				return err
-			}
-			nodes, err := deploy.Select(all, strings.Join(args, ","))
-			if err != nil {
-				return err
-			}
-			ssh, err := remote.New(log)
+			nodes, ssh, err := o.fleet.connect(ctx, env, args)
 			if err != nil {
 				return err
 			}

@@ -468,6 +468,10 @@ func testCLI(e *e2e, ha, hb *fleettest.Host) {
 		return code, out.String(), errb.String()
 	}
 	cache := []string{"--cache", e.f.Cache.URL(), "--trusted-key", e.f.Cache.PublicKey()}
+	cc, concordia := e.f.Cache.(*fleettest.ConcordiaCache)
+	if concordia {
+		cache = append(cache, "--netrc-file", cc.Netrc())
+	}
 
 	nodes := writeNodes(v4)
 	report := filepath.Join(dir, "report.json")
@@ -482,6 +486,27 @@ func testCLI(e *e2e, ha, hb *fleettest.Host) {
 	for _, h := range []*fleettest.Host{ha, hb} {
 		if got := e.current(h); got != v4 {
 			t.Fatalf("%s runs %s", h.Name, got)
+		}
+	}
+
+	if concordia {
+		// Each confirmed host's new system is pinned in the cache, so
+		// its GC never removes a running system.
+		resp, err := http.Get(cc.URL() + "/api/pins")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pins []struct {
+			StorePath string `json:"storePath"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&pins)
+		resp.Body.Close()
+		found := false
+		for _, p := range pins {
+			found = found || p.StorePath == v4
+		}
+		if err != nil || !found {
+			t.Fatalf("the deployed system %s is not pinned in the cache: %+v %v", v4, pins, err)
 		}
 	}
 

@@ -112,6 +112,10 @@ func (c *ConcordiaCache) URL() string { return c.url }
 // PublicKey implements Cache.
 func (c *ConcordiaCache) PublicKey() string { return c.public }
 
+// Netrc is the netrc file holding the cache's read-write token, as CI
+// hands it to `nix copy --to` and `deployer push --netrc-file` (pins).
+func (c *ConcordiaCache) Netrc() string { return c.netrc }
+
 // Publish uploads paths with `nix copy --to`, as CI does.
 func (c *ConcordiaCache) Publish(ctx context.Context, paths ...string) error {
 	args := append([]string{"--extra-experimental-features", "nix-command", "copy", "--option", "netrc-file", c.netrc,

@@ -29,16 +29,20 @@ func Level(level int) zstd.EncoderLevel {
 	return zstd.EncoderLevelFromZstd(level)
 }
 
-// encoderOptions are shared by the pool and the cache. Concurrency 2
-// lets one stream compress its current block while the next one is being
-// filled: on the GOROOT NAR a single stream went from 0.75x to 0.83-0.99x
-// of `zstd -1 -T1` (whose own I/O thread makes it use ~1.2 cores), and two
-// streams from 1.08x to 1.31x, for ~8% more CPU per byte. The server caps
-// live compressions at GOMAXPROCS, so many streams do not oversubscribe.
-func encoderOptions(l zstd.EncoderLevel) []zstd.EOption {
+// encoderOptions are shared by the pool and the cache. conc is the
+// encoder's concurrency. 1 makes Write compress synchronously on the
+// caller's goroutine: NewWriter's streams go straight to an HTTP response,
+// and an async encoder could still be writing to it after a handler gave
+// up mid-stream. The cache's own production writes to a file and always
+// ends in Close or Reset (which wait for the encoder's goroutines), so it
+// uses 2: one stream then compresses a block while the next one fills, and
+// on the GOROOT NAR a single stream went from 0.75x to 0.83-0.99x of
+// `zstd -1 -T1` (whose I/O thread makes it use ~1.2 cores), two streams
+// from 1.08x to 1.31x, for ~8% more CPU per byte.
+func encoderOptions(l zstd.EncoderLevel, conc int) []zstd.EOption {
 	opts := []zstd.EOption{
 		zstd.WithEncoderLevel(l),
-		zstd.WithEncoderConcurrency(2),
+		zstd.WithEncoderConcurrency(conc),
 		// The frame checksum costs a few percent but catches a torn or
 		// rotten blob at the client; zstd -1 writes one too.
 		zstd.WithEncoderCRC(true),
@@ -60,22 +64,34 @@ func encoderOptions(l zstd.EncoderLevel) []zstd.EOption {
 
 // pools holds one sync.Pool of *zstd.Encoder per encoder level: an
 // encoder allocates its tables (MBs at high levels) once and is reused.
-var pools sync.Map // zstd.EncoderLevel -> *sync.Pool
+var pools sync.Map // poolKey -> *sync.Pool
 
-func pool(l zstd.EncoderLevel) *sync.Pool {
-	if p, ok := pools.Load(l); ok {
+type poolKey struct {
+	level zstd.EncoderLevel
+	conc  int
+}
+
+// Concurrency of the two kinds of encoders (see encoderOptions).
+const (
+	streamConc = 1 // NewWriter: straight to a response
+	cacheConc  = 2 // the cache's production into a file
+)
+
+func pool(l zstd.EncoderLevel, conc int) *sync.Pool {
+	k := poolKey{l, conc}
+	if p, ok := pools.Load(k); ok {
 		return p.(*sync.Pool)
 	}
-	p, _ := pools.LoadOrStore(l, &sync.Pool{})
+	p, _ := pools.LoadOrStore(k, &sync.Pool{})
 	return p.(*sync.Pool)
 }
 
-func getEncoder(l zstd.EncoderLevel, w io.Writer) (*zstd.Encoder, error) {
-	if enc, ok := pool(l).Get().(*zstd.Encoder); ok {
+func getEncoder(l zstd.EncoderLevel, conc int, w io.Writer) (*zstd.Encoder, error) {
+	if enc, ok := pool(l, conc).Get().(*zstd.Encoder); ok {
 		enc.Reset(w)
 		return enc, nil
 	}
-	enc, err := zstd.NewWriter(w, encoderOptions(l)...)
+	enc, err := zstd.NewWriter(w, encoderOptions(l, conc)...)
 	if err != nil {
 		return nil, fmt.Errorf("zstd encoder level %s: %w", l, err)
 	}
@@ -84,9 +100,9 @@ func getEncoder(l zstd.EncoderLevel, w io.Writer) (*zstd.Encoder, error) {
 
 // putEncoder returns enc to its pool. It drops the reference to the
 // destination first so a pooled encoder does not pin a response writer.
-func putEncoder(l zstd.EncoderLevel, enc *zstd.Encoder) {
+func putEncoder(l zstd.EncoderLevel, conc int, enc *zstd.Encoder) {
 	enc.Reset(nil)
-	pool(l).Put(enc)
+	pool(l, conc).Put(enc)
 }
 
 // writer is a pooled encoder that gives itself back on Close.
@@ -100,7 +116,7 @@ type writer struct {
 // w. The encoder comes from a pool and returns to it on Close.
 func NewWriter(w io.Writer, level int) (io.WriteCloser, error) {
 	l := Level(level)
-	enc, err := getEncoder(l, w)
+	enc, err := getEncoder(l, streamConc, w)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +148,7 @@ func (w *writer) Close() error {
 	err := w.enc.Close()
 	// An encoder whose Close failed holds the error; Reset clears it, so
 	// it is still fit for the pool.
-	putEncoder(w.level, w.enc)
+	putEncoder(w.level, streamConc, w.enc)
 	w.enc = nil
 	return err
 }

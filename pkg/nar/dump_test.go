@@ -167,7 +167,10 @@ func TestDumpPathWriterError(t *testing.T) {
 }
 
 // TestDumpPathAllocs checks that allocations do not grow with file count:
-// a tree of 2000 files costs about what a tree of 20 does.
+// a tree of 2000 files costs about what a tree of 20 does. The margin is
+// 0.1 allocation per extra file: a per-file allocation (1980 or more) fails
+// clearly, while sync.Pool's deliberate random drops under -race (a fresh
+// dumper and its buffers, a few dozen allocations) do not.
 func TestDumpPathAllocs(t *testing.T) {
 	small, large := t.TempDir(), t.TempDir()
 	for i := 0; i < 2000; i++ {
@@ -189,7 +192,7 @@ func TestDumpPathAllocs(t *testing.T) {
 	}
 	a, b := allocs(small), allocs(large)
 	t.Logf("allocs: 20 files %.0f, 2000 files %.0f", a, b)
-	if b > a+10 {
+	if b > a+0.1*(2000-20) {
 		t.Errorf("allocations grow with file count: %v for 20 files, %v for 2000", a, b)
 	}
 }

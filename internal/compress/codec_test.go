@@ -185,6 +185,54 @@ func TestNewReaderErrors(t *testing.T) {
 	}
 }
 
+// TestPooledZstdDecoders: decoders are reused after Close, so a stream
+// abandoned half-way, a corrupt one, or one read concurrently with others
+// must leave nothing behind for the next user; and a reader used after
+// Close fails instead of racing the decoder's next user.
+func TestPooledZstdDecoders(t *testing.T) {
+	a, b := testData(512<<10, 7), testData(300<<10, 50)
+	za, zb := compressWith(t, a, 0), compressWith(t, b, 0)
+	for i := range 20 {
+		// Abandon a stream after a few bytes, or a corrupt one.
+		in := za
+		if i%2 == 1 {
+			in = append(bytes.Clone(za[:len(za)/2]), bytes.Repeat([]byte{0xff}, 100)...)
+		}
+		r, err := compress.NewReader(bytes.NewReader(in), "zstd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.CopyN(io.Discard, r, 1000)
+		r.Close()
+		r.Close() // twice is harmless
+		if _, err := r.Read(make([]byte, 10)); !errors.Is(err, compress.ErrClosed) {
+			t.Fatalf("Read after Close: %v", err)
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			src, want := za, a
+			if i%2 == 1 {
+				src, want = zb, b
+			}
+			r, err := compress.NewReader(bytes.NewReader(src), "zstd")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer r.Close()
+			got, err := io.ReadAll(r)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Errorf("stream %d: %d bytes, err %v", i, len(got), err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 // FuzzNewReader feeds arbitrary bytes (upload bodies come from the
 // network) to every decoder: errors are fine, panics and hangs are not.
 func FuzzNewReader(f *testing.F) {

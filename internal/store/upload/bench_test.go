@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -125,4 +126,26 @@ func benchDir(b *testing.B) string {
 	}
 	b.Cleanup(func() { os.RemoveAll(d) })
 	return d
+}
+
+// BenchmarkUploadSmallPath is one path of a typical closure (a few KB):
+// the NAR PUT and the narinfo PUT, as nix copy sends them one after the
+// other. Small paths are latency-bound (fsyncs, commits), not CPU-bound.
+func BenchmarkUploadSmallPath(b *testing.B) {
+	s, err := upload.Open(context.Background(), benchDir(b), upload.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	paths := make([]*fakePath, b.N)
+	for i := range paths {
+		paths[i] = newPath(b, fmt.Sprintf("small-%d-%d", b.N, i), bytes.Repeat([]byte{byte(i)}, 4096+i))
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	for _, p := range paths {
+		if err := p.upload(ctx, s); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -257,21 +257,48 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 	var gone []string
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		blobs := tx.Bucket(bBlobs)
+		// In-memory pending blobs: drop those a narinfo has claimed
+		// since (the index has them now) and those past the grace
+		// period. This happens inside the write transaction, so a
+		// narinfo cannot claim a blob between the check and its
+		// removal. Should the commit fail, the dropped files stay
+		// until the next Open removes them as unrecorded.
+		fresh := map[string]bool{}
+		var expired []string
+		s.pendMu.Lock()
+		for k, b := range s.pending {
+			var rec blobRec
+			if found, _ := getJSON(blobs, []byte(k), &rec); found && rec.Refs > 0 {
+				delete(s.pending, k)
+				continue
+			}
+			if b.Created.Before(cutoff) {
+				delete(s.pending, k)
+				expired = append(expired, k)
+				continue
+			}
+			fresh[k] = true
+		}
+		s.pendMu.Unlock()
+		var gone0 []string
 		err := blobs.ForEach(func(k, v []byte) error {
 			var b blobRec
-			if json.Unmarshal(v, &b) == nil && b.Refs == 0 && b.Created.Before(cutoff) {
-				gone = append(gone, string(k))
+			if json.Unmarshal(v, &b) == nil && b.Refs == 0 && b.Created.Before(cutoff) && !fresh[string(k)] {
+				gone0 = append(gone0, string(k))
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		for _, k := range gone {
+		for _, k := range gone0 {
 			if err := blobs.Delete([]byte(k)); err != nil {
 				return err
 			}
 		}
+		gone = append(gone0, expired...)
+		slices.Sort(gone)
+		gone = slices.Compact(gone)
 		// Listings whose narinfo never came (Nix PUTs .ls first).
 		paths, ls := tx.Bucket(bPaths), tx.Bucket(bListings)
 		var stale [][]byte
@@ -393,7 +420,8 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
 	err := s.db.View(func(tx *bolt.Tx) error {
 		st.Paths = tx.Bucket(bPaths).Stats().KeyN
-		return tx.Bucket(bBlobs).ForEach(func(k, v []byte) error {
+		blobs := tx.Bucket(bBlobs)
+		err := blobs.ForEach(func(k, v []byte) error {
 			var b blobRec
 			if json.Unmarshal(v, &b) == nil {
 				st.Blobs++
@@ -404,6 +432,19 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 			}
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		s.pendMu.Lock()
+		defer s.pendMu.Unlock()
+		for k, b := range s.pending {
+			if blobs.Get([]byte(k)) == nil {
+				st.Blobs++
+				st.Pending++
+				st.Bytes += b.FileSize
+			}
+		}
+		return nil
 	})
 	return st, err
 }

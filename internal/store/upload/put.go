@@ -148,7 +148,9 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 		}
 	}()
 
-	buf := bufio.NewWriterSize(tmp, 256<<10)
+	buf := fileBufs.Get().(*bufio.Writer)
+	buf.Reset(tmp)
+	defer func() { buf.Reset(nil); fileBufs.Put(buf) }()
 	fw := &errWriter{w: buf}
 	file := &countHash{h: sha256.New()}
 	narSum := &countHash{h: sha256.New()}
@@ -235,24 +237,14 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 			return nil, mapErr(fmt.Errorf("put NAR %s: fsync dir: %w", name, err))
 		}
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bBlobs)
-		var rec blobRec
-		found, err := getJSON(b, []byte(canon), &rec)
-		if err != nil {
-			return err
-		}
-		if found {
-			if rec.Refs == 0 {
-				rec.Created = s.now() // a re-upload restarts the grace period
-				return putJSON(b, []byte(canon), rec)
-			}
-			return nil
-		}
-		return putJSON(b, []byte(canon), blobRec{
-			Compression: comp, FileHash: got, FileSize: file.n,
-			NarHash: info.NarHash, NarSize: info.NarSize, Created: s.now(),
-		})
+	// A blob the index already has with a claim needs nothing more;
+	// otherwise it is (again) pending, and its grace period restarts.
+	var rec blobRec
+	var found bool
+	err = s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		found, err = getJSON(tx.Bucket(bBlobs), []byte(canon), &rec)
+		return err
 	})
 	if err != nil {
 		if !info.Existed {
@@ -260,10 +252,25 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 		}
 		return nil, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
 	}
+	if !found || rec.Refs == 0 {
+		s.pendMu.Lock()
+		s.pending[canon] = blobRec{
+			Compression: comp, FileHash: got, FileSize: file.n,
+			NarHash: info.NarHash, NarSize: info.NarSize, Created: s.now(),
+		}
+		s.pendMu.Unlock()
+	}
 	return info, nil
 }
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+// The buffers of an upload are pooled: a closure is mostly small paths,
+// for which allocating (and clearing) fresh 256 KiB buffers costs more
+// than the upload's own work.
+var (
+	copyBufs   = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+	fileBufs   = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 256<<10) }}
+	verifyBufs = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 256<<10) }}
+)
 
 type verifyResult struct {
 	narSize int64
@@ -284,7 +291,9 @@ func verifyStream(r *io.PipeReader, comp string, narSum *countHash) (res verifyR
 	}()
 	// Decoders make many small reads (block headers); served from a
 	// buffer they cost no pipe handoff each.
-	br := bufio.NewReaderSize(r, 256<<10)
+	br := verifyBufs.Get().(*bufio.Reader)
+	br.Reset(r)
+	defer func() { br.Reset(nil); verifyBufs.Put(br) }()
 	dec, err := compress.NewReader(br, comp)
 	if err != nil {
 		res.err = err
@@ -329,7 +338,12 @@ func (s *Store) HasNAR(ctx context.Context, name string) (bool, error) {
 		return false, err
 	}
 	canon := nixbase32.EncodeToString(h) + extFor(comp)
-	var ok bool
+	s.pendMu.Lock()
+	_, ok := s.pending[canon]
+	s.pendMu.Unlock()
+	if ok {
+		return true, nil
+	}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		ok = tx.Bucket(bBlobs).Get([]byte(canon)) != nil
 		return nil
@@ -435,6 +449,11 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 			return err
 		}
 		if !found {
+			s.pendMu.Lock()
+			b, found = s.pending[canon]
+			s.pendMu.Unlock()
+		}
+		if !found {
 			return invalidf("URL %s names a NAR that was not uploaded (PUT it first)", ni.URL)
 		}
 		if !bytes.Equal(ni.NarHash.Digest, b.NarHash) || ni.NarHash.Algo != "sha256" {
@@ -496,6 +515,14 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 		}
 		return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 	})
+	if err == nil {
+		// The index now holds the blob with a claim. Until this
+		// line the entry is redundant, which is harmless: a sweep
+		// keeps pending blobs the index claims.
+		s.pendMu.Lock()
+		delete(s.pending, canon)
+		s.pendMu.Unlock()
+	}
 	return mapErr(err)
 }
 

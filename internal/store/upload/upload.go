@@ -2,7 +2,11 @@
 //
 // NAR files are kept as uploaded (compressed), content-addressed by their
 // FileHash under blobs/, one copy per hash however many paths or clients
-// upload it. Everything else (narinfos, blob reference counts, last access,
+// upload it. A verified NAR no narinfo has claimed yet is pending: it is
+// recorded only in memory, because nobody has been told it is published,
+// so a crash may lose it (Open removes blob files without a record) and
+// the upload costs one durable commit (the narinfo's) instead of two.
+// Everything else (narinfos, blob reference counts, last access,
 // pins, listings, logs, realisations) lives in one bbolt file, so each change
 // is one transaction. The publication order is what makes a crash harmless:
 // a blob is written to a temp file, fsynced, renamed and its directory
@@ -84,7 +88,17 @@ type Store struct {
 	// fileMu orders blob file creation against blob deletion (GC,
 	// pending cleanup, repair), so a blob re-uploaded while it is being
 	// collected is never left with a record but no file or vice versa.
+	// Lock order: fileMu, then a bbolt write transaction, then pendMu.
 	fileMu sync.Mutex
+
+	// pending are the verified blobs no narinfo has claimed (blob name
+	// -> what verification computed, Created = upload time). A blob
+	// leaves it when a narinfo claiming it commits (its record then is
+	// in the index) or when SweepPending drops it after the grace
+	// period; both happen inside a bbolt write transaction, so a
+	// claim and a sweep never both win.
+	pendMu  sync.Mutex
+	pending map[string]blobRec
 
 	accessMu sync.Mutex
 	access   map[string]int64 // hash part -> unix seconds, not yet flushed
@@ -123,8 +137,8 @@ type pathRec struct {
 }
 
 // blobRec is what verification computed for a blob file. Refs counts the
-// paths claiming it; a blob with Refs == 0 is pending (or orphaned) and is
-// not served.
+// paths claiming it; a blob with Refs == 0 (in the index after its last
+// path was deleted, or in Store.pending) is not served.
 type blobRec struct {
 	Compression string    `json:"compression"`
 	FileHash    []byte    `json:"fileHash"`
@@ -160,6 +174,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		now:      opts.Now,
 		storeDir: opts.StoreDir,
 		access:   map[string]int64{},
+		pending:  map[string]blobRec{},
 		stop:     make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -513,5 +514,104 @@ func TestReferenceNameMustMatch(t *testing.T) {
 	self.info.References = []string{self.hash + "-not-me"}
 	if err := self.upload(ctx, s); !errors.Is(err, store.ErrInvalid) {
 		t.Fatalf("self reference with a wrong name: %v", err)
+	}
+}
+
+// TestPendingLostOnRestart: a pending NAR lives only in memory. After a
+// restart (a crash between the NAR PUT and the narinfo PUT) its file is
+// gone, HasNAR says so (nix copy sends it again), and a narinfo naming it
+// is refused until it is re-sent.
+func TestPendingLostOnRestart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := upload.Open(ctx, dir, upload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPath(t, "restart-pending", []byte("restart"))
+	if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := s.Stats(ctx); st.Pending != 1 || st.Blobs != 1 || st.Bytes != int64(len(p.file)) {
+		t.Fatalf("stats with one pending blob: %+v", st)
+	}
+	s.Close()
+	s = openStore(t, dir, upload.Options{})
+	if files := blobFiles(t, dir); len(files) != 0 {
+		t.Fatalf("pending blob file survived a restart: %v", files)
+	}
+	if ok, _ := s.HasNAR(ctx, p.fileName); ok {
+		t.Fatal("HasNAR true for a NAR lost in a restart")
+	}
+	if err := s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())); !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), "not uploaded") {
+		t.Fatalf("narinfo for a lost NAR: %v", err)
+	}
+	if err := p.upload(ctx, s); err != nil {
+		t.Fatalf("retry after restart: %v", err)
+	}
+}
+
+// TestClaimedSurvivesSweep: once a narinfo claims a blob, a sweep past the
+// grace period keeps it, and re-uploading the same NAR does not make it
+// pending again.
+func TestClaimedSurvivesSweep(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := openStore(t, t.TempDir(), upload.Options{Now: clock, PendingGrace: time.Hour})
+	p := newPath(t, "claimed", []byte("claimed"))
+	if err := p.upload(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Hour)
+	mu.Unlock()
+	if n, err := s.SweepPending(ctx); n != 0 || err != nil {
+		t.Fatalf("sweep removed %d claimed blobs (%v)", n, err)
+	}
+	if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
+		t.Fatalf("claimed path after sweep: %v", err)
+	}
+	if st, _ := s.Stats(ctx); st.Pending != 0 || st.Blobs != 1 {
+		t.Fatalf("stats: %+v", st)
+	}
+}
+
+// TestClaimRacesSweep: narinfo PUTs racing sweeps of expired pending NARs.
+// Whichever wins, an accepted narinfo is always served with its NAR, and
+// a refused one says the NAR was not uploaded.
+func TestClaimRacesSweep(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := openStore(t, t.TempDir(), upload.Options{Now: clock, PendingGrace: time.Hour})
+	for i := range 40 {
+		p := newPath(t, fmt.Sprintf("race-%d", i), []byte(fmt.Sprintf("race %d", i)))
+		if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		now = now.Add(2 * time.Hour)
+		mu.Unlock()
+		var wg sync.WaitGroup
+		var claimErr error
+		wg.Add(2)
+		go func() { defer wg.Done(); claimErr = s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())) }()
+		go func() { defer wg.Done(); s.SweepPending(ctx) }()
+		wg.Wait()
+		if claimErr != nil {
+			if !strings.Contains(claimErr.Error(), "not uploaded") {
+				t.Fatalf("claim %d: %v", i, claimErr)
+			}
+			continue
+		}
+		if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
+			t.Fatalf("accepted path %d not served after the sweep: %v", i, err)
+		}
 	}
 }

@@ -65,6 +65,15 @@ func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, tot
 		if err != nil {
 			return err
 		}
+		// Pending blobs too: they are about to be claimed.
+		s.pendMu.Lock()
+		for k, b := range s.pending {
+			if tx.Bucket(bBlobs).Get([]byte(k)) == nil {
+				items = append(items, item{k, b})
+				total += b.FileSize
+			}
+		}
+		s.pendMu.Unlock()
 		return tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
 			var r pathRec
 			if err := json.Unmarshal(v, &r); err != nil {
@@ -156,6 +165,11 @@ func (s *Store) repair(ctx context.Context, rep *VerifyReport) error {
 				return err
 			}
 		}
+		s.pendMu.Lock()
+		for name := range bad {
+			delete(s.pending, name)
+		}
+		s.pendMu.Unlock()
 		for name := range bad {
 			if err := tx.Bucket(bBlobs).Delete([]byte(name)); err != nil {
 				return err

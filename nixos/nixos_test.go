@@ -66,8 +66,8 @@ type schema struct {
 		ConfirmTimeout int                        `json:"confirmTimeout"`
 		Nodes          map[string]json.RawMessage `json:"nodes"`
 	} `json:"deploy"`
-	Hosts    []string `json:"hosts"`
-	Sudo     []struct {
+	Hosts []string `json:"hosts"`
+	Sudo  []struct {
 		Users    []string `json:"users"`
 		RunAs    string   `json:"runAs"`
 		Commands []struct {

@@ -22,6 +22,7 @@
 package upload
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -420,13 +421,29 @@ func (s *Store) otherHas(ctx context.Context, hashPart, base string) bool {
 	return false
 }
 
-// hasBase reports whether the index holds exactly the path base.
+// hasBase reports whether the index holds exactly the path base. It runs
+// for every reference of every uploaded narinfo, twice, so it reads only
+// the record's first field: json.Marshal writes pathRec's StorePath first,
+// and store path names have no character JSON escapes. A record that does
+// not start that way is decoded in full.
 func hasBase(paths *bolt.Bucket, storeDir, base string) bool {
 	v := paths.Get([]byte(hashOf(base)))
 	if v == nil {
 		return false
 	}
-	var r pathRec
+	const field = `{"storePath":"`
+	if rest, ok := bytes.CutPrefix(v, []byte(field)); ok {
+		want := storeDir + "/" + base
+		if len(rest) > len(want) && string(rest[:len(want)]) == want && rest[len(want)] == '"' {
+			return true
+		}
+		if !bytes.ContainsRune(rest[:bytes.IndexByte(rest, '"')+1], '\\') {
+			return false
+		}
+	}
+	var r struct {
+		StorePath string `json:"storePath"`
+	}
 	return json.Unmarshal(v, &r) == nil && r.StorePath == storeDir+"/"+base
 }
 

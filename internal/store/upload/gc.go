@@ -272,7 +272,7 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 				delete(s.pending, k)
 				continue
 			}
-			if b.Created.Before(cutoff) {
+			if b.rec.Created.Before(cutoff) {
 				delete(s.pending, k)
 				expired = append(expired, k)
 				continue
@@ -441,7 +441,7 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 			if blobs.Get([]byte(k)) == nil {
 				st.Blobs++
 				st.Pending++
-				st.Bytes += b.FileSize
+				st.Bytes += b.rec.FileSize
 			}
 		}
 		return nil

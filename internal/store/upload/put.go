@@ -208,60 +208,138 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 	if err := buf.Flush(); err != nil {
 		return nil, mapErr(fmt.Errorf("put NAR %s: write: %w", name, err))
 	}
-	if err := tmp.Sync(); err != nil {
-		return nil, mapErr(fmt.Errorf("put NAR %s: fsync: %w", name, err))
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, mapErr(fmt.Errorf("put NAR %s: close: %w", name, err))
-	}
 	canon := nixbase32.EncodeToString(got) + extFor(comp)
 	info = &BlobInfo{
 		Name: canon, Compression: comp, FileHash: got, FileSize: file.n,
 		NarHash: narSum.h.Sum(nil), NarSize: uint64(res.narSize),
 	}
+	rec := blobRec{
+		Compression: comp, FileHash: got, FileSize: file.n,
+		NarHash: info.NarHash, NarSize: info.NarSize, Created: s.now(),
+	}
 
 	s.fileMu.Lock()
 	defer s.fileMu.Unlock()
 	final := filepath.Join(s.blobDir, canon)
+	s.pendMu.Lock()
+	p := s.pending[canon]
+	s.pendMu.Unlock()
+	if p != nil && p.failed() {
+		// The last upload of these bytes could not be made durable
+		// and its cleanup is waiting for fileMu: replace its file.
+		s.dropPending(canon, p)
+		p = nil
+	}
 	if _, err := os.Stat(final); err == nil {
+		// Stored already (the deferred cleanup drops our copy):
+		// claimed, or pending from another upload, whose durability
+		// we then share, or left by paths since deleted.
 		info.Existed = true
-		os.Remove(tmp.Name())
-		renamed = true
-	} else {
-		if err := os.Rename(tmp.Name(), final); err != nil {
-			return nil, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
+		var claimed bool
+		err = s.db.View(func(tx *bolt.Tx) error {
+			var r blobRec
+			found, err := getJSON(tx.Bucket(bBlobs), []byte(canon), &r)
+			claimed = found && r.Refs > 0
+			return err
+		})
+		if err != nil {
+			return nil, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
 		}
-		renamed = true
-		if err := syncDir(s.blobDir); err != nil {
-			os.Remove(final)
-			return nil, mapErr(fmt.Errorf("put NAR %s: fsync dir: %w", name, err))
+		if claimed {
+			return info, nil
 		}
-	}
-	// A blob the index already has with a claim needs nothing more;
-	// otherwise it is (again) pending, and its grace period restarts.
-	var rec blobRec
-	var found bool
-	err = s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		found, err = getJSON(tx.Bucket(bBlobs), []byte(canon), &rec)
-		return err
-	})
-	if err != nil {
-		if !info.Existed {
-			os.Remove(final)
-		}
-		return nil, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
-	}
-	if !found || rec.Refs == 0 {
 		s.pendMu.Lock()
-		s.pending[canon] = blobRec{
-			Compression: comp, FileHash: got, FileSize: file.n,
-			NarHash: info.NarHash, NarSize: info.NarSize, Created: s.now(),
+		if p != nil {
+			p.rec.Created = rec.Created // its grace period restarts
+		} else {
+			// An index record whose paths were deleted: the file was
+			// durable when they were accepted.
+			s.pending[canon] = &pendingBlob{rec: rec, durable: closedChan}
 		}
 		s.pendMu.Unlock()
+		return info, nil
 	}
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		return nil, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
+	}
+	renamed = true
+	p = &pendingBlob{rec: rec, durable: make(chan struct{})}
+	s.pendMu.Lock()
+	s.pending[canon] = p
+	s.pendMu.Unlock()
+	s.wg.Add(1)
+	go s.makeDurable(canon, p, tmp)
 	return info, nil
 }
+
+// pendingBlob is a verified NAR file no narinfo has claimed yet.
+type pendingBlob struct {
+	rec blobRec // Created is guarded by Store.pendMu
+	// durable is closed once the file's bytes and its directory entry
+	// are on disk (err is nil) or could not be put there (err says
+	// why). A narinfo claiming the file is committed only after that.
+	durable chan struct{}
+	err     error
+}
+
+// syncFile is f.Sync, replaced by tests to make fsync slow or fail.
+var syncFile = (*os.File).Sync
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (p *pendingBlob) failed() bool {
+	select {
+	case <-p.durable:
+		return p.err != nil
+	default:
+		return false
+	}
+}
+
+// makeDurable fsyncs an uploaded NAR file and its directory, both at
+// once, while the client goes on to PUT the narinfo: nix copy uploads one
+// path after another, so this takes the file's fsyncs off the critical
+// path. The file was renamed into place first; that is safe because a
+// blob file is published only by the narinfo that claims it, which waits
+// for durable, and a file without a record is removed by Open.
+func (s *Store) makeDurable(canon string, p *pendingBlob, f *os.File) {
+	defer s.wg.Done()
+	dirDone := make(chan error, 1)
+	go func() { dirDone <- syncDir(s.blobDir) }()
+	err := syncFile(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if derr := <-dirDone; err == nil {
+		err = derr
+	}
+	if err != nil {
+		p.err = mapErr(fmt.Errorf("NAR %s could not be stored durably: %w", canon, err))
+		s.log.Error("uploaded NAR not durable, dropping it", "blob", canon, "err", err)
+	}
+	close(p.durable)
+	if err != nil {
+		s.fileMu.Lock()
+		s.dropPending(canon, p)
+		s.fileMu.Unlock()
+	}
+}
+
+// dropPending removes a failed pending blob and its file, unless another
+// upload has replaced it since. The caller holds fileMu.
+func (s *Store) dropPending(canon string, p *pendingBlob) {
+	s.pendMu.Lock()
+	defer s.pendMu.Unlock()
+	if s.pending[canon] == p {
+		delete(s.pending, canon)
+		os.Remove(filepath.Join(s.blobDir, canon))
+	}
+}
+
+// errNotDurable says a pending blob was replaced by a re-upload whose
+// fsync is still running while a narinfo tried to claim it; the claim
+// waits and tries again.
+var errNotDurable = errors.New("NAR not yet durable")
 
 // The buffers of an upload are pooled: a closure is mostly small paths,
 // for which allocating (and clearing) fresh 256 KiB buffers costs more
@@ -441,7 +519,41 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 		}
 	}
 
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	for attempt := 0; ; attempt++ {
+		// A pending NAR must be durable before a narinfo claims it;
+		// wait for that outside the index's write lock.
+		s.pendMu.Lock()
+		p := s.pending[canon]
+		s.pendMu.Unlock()
+		if p != nil {
+			select {
+			case <-p.durable:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if p.err != nil {
+				return p.err
+			}
+		}
+		err = s.commitNarInfo(ni, hashPart, canon, comp, refs, elsewhere)
+		if !errors.Is(err, errNotDurable) || attempt == 10 {
+			break
+		}
+	}
+	if err == nil {
+		// The index now holds the blob with a claim. Until this
+		// line the entry is redundant, which is harmless: a sweep
+		// keeps pending blobs the index claims.
+		s.pendMu.Lock()
+		delete(s.pending, canon)
+		s.pendMu.Unlock()
+	}
+	return mapErr(err)
+}
+
+// commitNarInfo is the write transaction of putNarInfo.
+func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string, refs, elsewhere []string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
 		blobs := tx.Bucket(bBlobs)
 		var b blobRec
 		found, err := getJSON(blobs, []byte(canon), &b)
@@ -450,8 +562,22 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 		}
 		if !found {
 			s.pendMu.Lock()
-			b, found = s.pending[canon]
+			p := s.pending[canon]
+			if p != nil {
+				b = p.rec
+			}
 			s.pendMu.Unlock()
+			if p != nil {
+				select {
+				case <-p.durable:
+				default:
+					return errNotDurable
+				}
+				if p.err != nil {
+					return p.err
+				}
+				found = true
+			}
 		}
 		if !found {
 			return invalidf("URL %s names a NAR that was not uploaded (PUT it first)", ni.URL)
@@ -515,15 +641,6 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 		}
 		return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 	})
-	if err == nil {
-		// The index now holds the blob with a claim. Until this
-		// line the entry is redundant, which is harmless: a sweep
-		// keeps pending blobs the index claims.
-		s.pendMu.Lock()
-		delete(s.pending, canon)
-		s.pendMu.Unlock()
-	}
-	return mapErr(err)
 }
 
 // checkName refuses the names newer Nix refuses beyond the character set:

@@ -99,7 +99,7 @@ type Store struct {
 	// period; both happen inside a bbolt write transaction, so a
 	// claim and a sweep never both win.
 	pendMu  sync.Mutex
-	pending map[string]blobRec
+	pending map[string]*pendingBlob
 
 	accessMu sync.Mutex
 	access   map[string]int64 // hash part -> unix seconds, not yet flushed
@@ -175,7 +175,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		now:      opts.Now,
 		storeDir: opts.StoreDir,
 		access:   map[string]int64{},
-		pending:  map[string]blobRec{},
+		pending:  map[string]*pendingBlob{},
 		stop:     make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)

@@ -8,8 +8,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -613,5 +616,76 @@ func TestClaimRacesSweep(t *testing.T) {
 		if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
 			t.Fatalf("accepted path %d not served after the sweep: %v", i, err)
 		}
+	}
+}
+
+// TestClaimWaitsForDurability: the NAR PUT returns before its fsync, but
+// the narinfo claiming it is committed only once the NAR is on disk; an
+// fsync that fails makes the narinfo fail (507 for a full disk), drops
+// the file, and a retry of the whole path succeeds.
+func TestClaimWaitsForDurability(t *testing.T) {
+	ctx := context.Background()
+	release := make(chan struct{})
+	var fail atomic.Bool
+	restore := upload.SetSyncFile(func(f *os.File) error {
+		<-release
+		if fail.Load() {
+			return syscall.ENOSPC
+		}
+		return f.Sync()
+	})
+	defer restore()
+	dir := t.TempDir()
+	s := openStore(t, dir, upload.Options{})
+
+	p := newPath(t, "durable", []byte("durable"))
+	if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
+		t.Fatal(err)
+	}
+	claimed := make(chan error, 1)
+	go func() { claimed <- s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())) }()
+	select {
+	case err := <-claimed:
+		t.Fatalf("narinfo committed before its NAR was durable: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := s.PathInfo(ctx, p.hash); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("path visible before its NAR was durable: %v", err)
+	}
+	release <- struct{}{}
+	if err := <-claimed; err != nil {
+		t.Fatal(err)
+	}
+	if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
+		t.Fatalf("after the fsync: %v", err)
+	}
+
+	fail.Store(true)
+	q := newPath(t, "not-durable", []byte("not durable"))
+	if _, err := s.PutNAR(ctx, q.fileName, bytes.NewReader(q.file)); err != nil {
+		t.Fatal(err)
+	}
+	release <- struct{}{}
+	if err := s.PutNarInfo(ctx, q.hash, strings.NewReader(q.narinfo())); !errors.Is(err, store.ErrNoSpace) {
+		t.Fatalf("narinfo of a NAR whose fsync failed: %v, want ErrNoSpace", err)
+	}
+	// The failed blob's cleanup runs in the background.
+	deadline := time.Now().Add(5 * time.Second)
+	for slices.Contains(blobFiles(t, dir), q.fileName) {
+		if time.Now().After(deadline) {
+			t.Fatal("the file whose fsync failed was left behind")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ok, _ := s.HasNAR(ctx, q.fileName); ok {
+		t.Fatal("HasNAR true for a NAR whose fsync failed")
+	}
+	fail.Store(false)
+	go func() { release <- struct{}{} }()
+	if err := q.upload(ctx, s); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if got, err := narOf(t, s, q.hash); err != nil || !bytes.Equal(got, q.nar) {
+		t.Fatalf("after the retry: %v", err)
 	}
 }

@@ -69,8 +69,8 @@ func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, tot
 		s.pendMu.Lock()
 		for k, b := range s.pending {
 			if tx.Bucket(bBlobs).Get([]byte(k)) == nil {
-				items = append(items, item{k, b})
-				total += b.FileSize
+				items = append(items, item{k, b.rec})
+				total += b.rec.FileSize
 			}
 		}
 		s.pendMu.Unlock()

@@ -411,11 +411,8 @@ func (c *Cache) run(fl *flight, tmp *os.File, produce func(ctx context.Context, 
 func (c *Cache) compress(fl *flight, tmp *os.File, produce func(ctx context.Context, w io.Writer) error) (size int64, err error) {
 	pw := &progressWriter{ctx: c.ctx, f: tmp, fl: fl, m: &c.m}
 	bw := bufio.NewWriterSize(pw, writeBuffer)
-	enc, err := getEncoder(c.level, cacheConc, bw)
-	if err != nil {
-		return 0, err
-	}
-	defer putEncoder(c.level, cacheConc, enc)
+	enc := newParallelWriter(bw, c.level)
+	defer enc.Abort() // waits for its helpers; a no-op after Close
 	// produce runs detached from any request: a panic in it must not take
 	// the whole server down.
 	func() {

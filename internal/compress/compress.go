@@ -29,16 +29,13 @@ func Level(level int) zstd.EncoderLevel {
 	return zstd.EncoderLevelFromZstd(level)
 }
 
-// encoderOptions are shared by the pool and the cache. conc is the
-// encoder's concurrency. 1 makes Write compress synchronously on the
-// caller's goroutine: NewWriter's streams go straight to an HTTP response,
-// and an async encoder could still be writing to it after a handler gave
-// up mid-stream. The cache's own production writes to a file and always
-// ends in Close or Reset (which wait for the encoder's goroutines), so it
-// uses 2: one stream then compresses a block while the next one fills, and
-// on the GOROOT NAR a single stream went from 0.75x to 0.83-0.99x of
-// `zstd -1 -T1` (whose I/O thread makes it use ~1.2 cores), two streams
-// from 1.08x to 1.31x, for ~8% more CPU per byte.
+// encoderOptions are shared by NewWriter and the cache's frames. conc is
+// the encoder's concurrency; both use 1, which makes Write compress
+// synchronously on the caller's goroutine: NewWriter's streams go straight
+// to an HTTP response, and an async encoder could still be writing to it
+// after a handler gave up mid-stream. The cache's production gets its
+// parallelism from compressing independent frames at once instead (see
+// parallelWriter).
 func encoderOptions(l zstd.EncoderLevel, conc int) []zstd.EOption {
 	opts := []zstd.EOption{
 		zstd.WithEncoderLevel(l),
@@ -71,11 +68,9 @@ type poolKey struct {
 	conc  int
 }
 
-// Concurrency of the two kinds of encoders (see encoderOptions).
-const (
-	streamConc = 1 // NewWriter: straight to a response
-	cacheConc  = 2 // the cache's production into a file
-)
+// streamConc is the concurrency of every pooled encoder (see
+// encoderOptions).
+const streamConc = 1
 
 func pool(l zstd.EncoderLevel, conc int) *sync.Pool {
 	k := poolKey{l, conc}

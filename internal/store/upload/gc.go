@@ -272,7 +272,7 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 				delete(s.pending, k)
 				continue
 			}
-			if b.rec.Created.Before(cutoff) {
+			if b.failed() || b.rec.Created.Before(cutoff) {
 				delete(s.pending, k)
 				expired = append(expired, k)
 				continue
@@ -438,7 +438,7 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		s.pendMu.Lock()
 		defer s.pendMu.Unlock()
 		for k, b := range s.pending {
-			if blobs.Get([]byte(k)) == nil {
+			if blobs.Get([]byte(k)) == nil && !b.failed() {
 				st.Blobs++
 				st.Pending++
 				st.Bytes += b.rec.FileSize

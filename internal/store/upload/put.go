@@ -319,8 +319,15 @@ func (s *Store) makeDurable(canon string, p *pendingBlob, f *os.File) {
 	}
 	close(p.durable)
 	if err != nil {
+		// The file goes now; the failed entry stays, so the narinfo
+		// that comes next gets this error (a full disk is 507), until a
+		// new upload of the NAR replaces it or a sweep drops it.
 		s.fileMu.Lock()
-		s.dropPending(canon, p)
+		s.pendMu.Lock()
+		if s.pending[canon] == p {
+			os.Remove(filepath.Join(s.blobDir, canon))
+		}
+		s.pendMu.Unlock()
 		s.fileMu.Unlock()
 	}
 }
@@ -417,11 +424,12 @@ func (s *Store) HasNAR(ctx context.Context, name string) (bool, error) {
 	}
 	canon := nixbase32.EncodeToString(h) + extFor(comp)
 	s.pendMu.Lock()
-	_, ok := s.pending[canon]
+	p := s.pending[canon]
 	s.pendMu.Unlock()
-	if ok {
+	if p != nil && !p.failed() {
 		return true, nil
 	}
+	var ok bool
 	err = s.db.View(func(tx *bolt.Tx) error {
 		ok = tx.Bucket(bBlobs).Get([]byte(canon)) != nil
 		return nil

@@ -68,7 +68,7 @@ func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, tot
 		// Pending blobs too: they are about to be claimed.
 		s.pendMu.Lock()
 		for k, b := range s.pending {
-			if tx.Bucket(bBlobs).Get([]byte(k)) == nil {
+			if tx.Bucket(bBlobs).Get([]byte(k)) == nil && !b.failed() {
 				items = append(items, item{k, b.rec})
 				total += b.rec.FileSize
 			}

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -196,12 +195,10 @@ func inPinnedClosure(nodes map[string]*upload.Node, target string) bool {
 // the kept closure is complete and served.
 func TestGCStore(t *testing.T) {
 	ctx := context.Background()
-	now := time.Unix(1_700_000_000, 0)
-	var mu sync.Mutex
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	advance := clock.Advance
 	dir := t.TempDir()
-	s := openStore(t, dir, upload.Options{Now: clock})
+	s := openStore(t, dir, upload.Options{Now: clock.Now})
 	old := closure(t, "gc-old")
 	pinned := closure(t, "gc-pinned")
 	fresh := closure(t, "gc-fresh")

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -150,4 +152,25 @@ func narOf(t testing.TB, s *upload.Store, hp string) ([]byte, error) {
 func fileName(file []byte) string {
 	fh := sha256.Sum256(file)
 	return nixbase32.EncodeToString(fh[:]) + ".nar.zst"
+}
+
+// fakeClock is a settable clock for Options.Now, safe for the store's
+// goroutines to read.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock() *fakeClock { return &fakeClock{now: time.Now()} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
 }

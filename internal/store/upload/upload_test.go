@@ -254,11 +254,9 @@ func TestConcurrentSameClosure(t *testing.T) {
 // after the grace period.
 func TestPendingNotServedAndSwept(t *testing.T) {
 	ctx := context.Background()
-	now := time.Now()
-	var mu sync.Mutex
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	clock := newClock()
 	dir := t.TempDir()
-	s := openStore(t, dir, upload.Options{Now: clock, PendingGrace: time.Hour})
+	s := openStore(t, dir, upload.Options{Now: clock.Now, PendingGrace: time.Hour})
 	p := newPath(t, "pending", []byte("pending"))
 	if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
 		t.Fatal(err)
@@ -272,9 +270,7 @@ func TestPendingNotServedAndSwept(t *testing.T) {
 	if n, _ := s.SweepPending(ctx); n != 0 {
 		t.Fatal("swept within the grace period")
 	}
-	mu.Lock()
-	now = now.Add(2 * time.Hour)
-	mu.Unlock()
+	clock.Advance(2 * time.Hour)
 	if n, _ := s.SweepPending(ctx); n != 1 {
 		t.Fatalf("swept %d", n)
 	}
@@ -466,10 +462,8 @@ func TestDocs(t *testing.T) {
 
 func TestListingSwept(t *testing.T) {
 	ctx := context.Background()
-	now := time.Now()
-	var mu sync.Mutex
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	s := openStore(t, t.TempDir(), upload.Options{Now: clock, PendingGrace: time.Hour})
+	clock := newClock()
+	s := openStore(t, t.TempDir(), upload.Options{Now: clock.Now, PendingGrace: time.Hour})
 	kept := newPath(t, "ls-kept", []byte("k"))
 	orphan := newPath(t, "ls-orphan", []byte("o"))
 	ls := `{"version":1,"root":{"type":"regular","size":1}}`
@@ -481,9 +475,7 @@ func TestListingSwept(t *testing.T) {
 	if err := kept.upload(ctx, s); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	now = now.Add(2 * time.Hour)
-	mu.Unlock()
+	clock.Advance(2 * time.Hour)
 	if _, err := s.SweepPending(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -559,10 +551,8 @@ func TestPendingLostOnRestart(t *testing.T) {
 // pending again.
 func TestClaimedSurvivesSweep(t *testing.T) {
 	ctx := context.Background()
-	now := time.Now()
-	var mu sync.Mutex
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	s := openStore(t, t.TempDir(), upload.Options{Now: clock, PendingGrace: time.Hour})
+	clock := newClock()
+	s := openStore(t, t.TempDir(), upload.Options{Now: clock.Now, PendingGrace: time.Hour})
 	p := newPath(t, "claimed", []byte("claimed"))
 	if err := p.upload(ctx, s); err != nil {
 		t.Fatal(err)
@@ -570,9 +560,7 @@ func TestClaimedSurvivesSweep(t *testing.T) {
 	if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	now = now.Add(2 * time.Hour)
-	mu.Unlock()
+	clock.Advance(2 * time.Hour)
 	if n, err := s.SweepPending(ctx); n != 0 || err != nil {
 		t.Fatalf("sweep removed %d claimed blobs (%v)", n, err)
 	}
@@ -589,18 +577,14 @@ func TestClaimedSurvivesSweep(t *testing.T) {
 // a refused one says the NAR was not uploaded.
 func TestClaimRacesSweep(t *testing.T) {
 	ctx := context.Background()
-	now := time.Now()
-	var mu sync.Mutex
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	s := openStore(t, t.TempDir(), upload.Options{Now: clock, PendingGrace: time.Hour})
+	clock := newClock()
+	s := openStore(t, t.TempDir(), upload.Options{Now: clock.Now, PendingGrace: time.Hour})
 	for i := range 40 {
 		p := newPath(t, fmt.Sprintf("race-%d", i), []byte(fmt.Sprintf("race %d", i)))
 		if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
 			t.Fatal(err)
 		}
-		mu.Lock()
-		now = now.Add(2 * time.Hour)
-		mu.Unlock()
+		clock.Advance(2 * time.Hour)
 		var wg sync.WaitGroup
 		var claimErr error
 		wg.Add(2)

@@ -225,26 +225,30 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 	p := s.pending[canon]
 	s.pendMu.Unlock()
 	if p != nil && p.failed() {
-		// The last upload of these bytes could not be made durable
-		// and its cleanup is waiting for fileMu: replace its file.
+		// The last upload of these bytes could not be made durable:
+		// this one replaces it (and its file, if still there).
 		s.dropPending(canon, p)
 		p = nil
 	}
-	if _, err := os.Stat(final); err == nil {
+	var indexed, claimed bool
+	err = s.db.View(func(tx *bolt.Tx) error {
+		var r blobRec
+		found, err := getJSON(tx.Bucket(bBlobs), []byte(canon), &r)
+		indexed, claimed = found, found && r.Refs > 0
+		return err
+	})
+	if err != nil {
+		return nil, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
+	}
+	if _, err := os.Stat(final); err == nil && !indexed && p == nil {
+		// A file nothing accounts for cannot be trusted to be durable
+		// (it should not exist: Open removes such files): replace it.
+		os.Remove(final)
+	} else if err == nil {
 		// Stored already (the deferred cleanup drops our copy):
 		// claimed, or pending from another upload, whose durability
 		// we then share, or left by paths since deleted.
 		info.Existed = true
-		var claimed bool
-		err = s.db.View(func(tx *bolt.Tx) error {
-			var r blobRec
-			found, err := getJSON(tx.Bucket(bBlobs), []byte(canon), &r)
-			claimed = found && r.Refs > 0
-			return err
-		})
-		if err != nil {
-			return nil, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
-		}
 		if claimed {
 			return info, nil
 		}

@@ -673,3 +673,29 @@ func TestClaimWaitsForDurability(t *testing.T) {
 		t.Fatalf("after the retry: %v", err)
 	}
 }
+
+// TestUnaccountedFileReplaced: a blob file that neither the index nor the
+// pending set accounts for (put there behind the store's back, with wrong
+// bytes) is not taken for a stored NAR: the upload replaces it.
+func TestUnaccountedFileReplaced(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openStore(t, dir, upload.Options{})
+	p := newPath(t, "unaccounted", []byte("unaccounted"))
+	if err := os.WriteFile(filepath.Join(dir, "blobs", p.fileName), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Existed {
+		t.Fatal("an unaccounted file was taken for the stored NAR")
+	}
+	if err := s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
+		t.Fatalf("served %q, %v", got, err)
+	}
+}

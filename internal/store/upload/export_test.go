@@ -9,3 +9,14 @@ func SetSyncFile(f func(*os.File) error) (restore func()) {
 	syncFile = f
 	return func() { syncFile = old }
 }
+
+// WaitDurable waits until the pending NAR file name (canonical form) is
+// on disk or failed to get there; it returns at once for any other name.
+func (s *Store) WaitDurable(name string) {
+	s.pendMu.Lock()
+	p := s.pending[name]
+	s.pendMu.Unlock()
+	if p != nil {
+		<-p.durable
+	}
+}

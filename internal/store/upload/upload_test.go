@@ -579,28 +579,42 @@ func TestClaimRacesSweep(t *testing.T) {
 	ctx := context.Background()
 	clock := newClock()
 	s := openStore(t, t.TempDir(), upload.Options{Now: clock.Now, PendingGrace: time.Hour})
+	var claimed, swept int
 	for i := range 40 {
 		p := newPath(t, fmt.Sprintf("race-%d", i), []byte(fmt.Sprintf("race %d", i)))
 		if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
 			t.Fatal(err)
 		}
 		clock.Advance(2 * time.Hour)
+		// Durable first, so the claim does not wait for the fsync and
+		// really races the sweep; who starts first alternates.
+		s.WaitDurable(p.fileName)
 		var wg sync.WaitGroup
 		var claimErr error
+		claim := func() { defer wg.Done(); claimErr = s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())) }
+		sweep := func() { defer wg.Done(); s.SweepPending(ctx) }
 		wg.Add(2)
-		go func() { defer wg.Done(); claimErr = s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())) }()
-		go func() { defer wg.Done(); s.SweepPending(ctx) }()
+		if i%2 == 0 {
+			go claim()
+			go sweep()
+		} else {
+			go sweep()
+			go claim()
+		}
 		wg.Wait()
 		if claimErr != nil {
 			if !strings.Contains(claimErr.Error(), "not uploaded") {
 				t.Fatalf("claim %d: %v", i, claimErr)
 			}
+			swept++
 			continue
 		}
 		if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
 			t.Fatalf("accepted path %d not served after the sweep: %v", i, err)
 		}
+		claimed++
 	}
+	t.Logf("claims won %d races, sweeps %d", claimed, swept)
 }
 
 // TestClaimWaitsForDurability: the NAR PUT returns before its fsync, but

@@ -91,17 +91,24 @@ magic rollback is on), 1 activation failed (rolled back), 3 host locked by anoth
 
 func confirmCmd() *cli.Command {
 	var id, stateDir string
+	var reject bool
 	return &cli.Command{
 		Name:  "confirm",
-		Usage: "--id ID",
+		Usage: "--id ID [--reject]",
 		Short: "host: confirm a deploy (stops its magic rollback); exit 6 if already rolled back",
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&id, "id", "", "deploy id")
 			fs.StringVar(&stateDir, "state-dir", "/run/concordia", "lock and deploy state")
+			fs.BoolVar(&reject, "reject", false, "refuse the deploy instead: its watchdog rolls back now, not at the deadline (push does this when a health check fails)")
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			hostEnv()
-			rec, err := host.Confirm(ctx, host.Options{StateDir: stateDir, Log: logger(env)}, id)
+			o := host.Options{StateDir: stateDir, Log: logger(env)}
+			if reject {
+				rec, err := host.Reject(ctx, o, id)
+				return printResult(env, rec, err)
+			}
+			rec, err := host.Confirm(ctx, o, id)
 			return printResult(env, rec, err)
 		},
 	}

@@ -330,8 +330,17 @@ func TestE2E(t *testing.T) {
 		nodes[0].Settings.HealthChecks = []deploy.HealthCheck{{URL: srv.URL}}
 		rep := e.run(deploy.Switch, "e2e-health", nodes, nil)
 		hr := rep.Hosts[0]
-		if hr.Result != deploy.RolledBack || !strings.Contains(hr.Error, "503") {
+		if hr.Result != deploy.RolledBack || !strings.Contains(hr.Error, "503") || !strings.Contains(hr.Error, "host state: rolled-back") {
 			t.Fatalf("result %s (%s), want rolled-back naming the failed check", hr.Result, hr.Error)
+		}
+		// The host took the rejection (through the gate and sudo), so
+		// its watchdog rolled back without waiting for the deadline.
+		rejected := false
+		for _, s := range hr.Steps {
+			rejected = rejected || s.Name == deploy.StepReject && s.Error == ""
+		}
+		if !rejected {
+			t.Fatalf("no accepted reject step: %+v", hr.Steps)
 		}
 		if after := e.state(h1); after.current != before.current || after.profile != before.profile {
 			t.Fatalf("after the rollback %+v, want %+v", after, before)

@@ -50,6 +50,7 @@ const (
 	StepActivate = "activate"
 	StepWait     = "wait"
 	StepHealth   = "health"
+	StepReject   = "reject"
 	StepConfirm  = "confirm"
 	StepPin      = "pin"
 )
@@ -388,7 +389,16 @@ func (h *hostRun) run(ctx context.Context) {
 			err := h.health(ctx, t, activated.Add(s.ConfirmTimeout/2))
 			h.end(err, "")
 			if err != nil {
-				// Not confirming is the rollback: the host's watchdog does it.
+				// Not confirming is the rollback: the host's watchdog does
+				// it, at once when told so (a host whose deployer predates
+				// --reject, or that cannot be reached, rolls back at the
+				// deadline all the same).
+				h.begin(StepReject)
+				r, rerr := h.o.Remote.Run(ctx, t, h.sudo("confirm", "--id", h.o.ID, "--reject")...)
+				if rerr == nil && r.Code != 0 {
+					rerr = hostErr("confirm --reject", r)
+				}
+				h.end(rerr, "")
 				h.begin(StepWait)
 				st, werr := h.waitState(ctx, t, confirmBy.Add(h.o.Grace), final)
 				h.end(werr, st.State)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -81,6 +82,18 @@ func (f *fakeRemote) Run(ctx context.Context, t remote.Target, args ...string) (
 
 func (f *fakeRemote) Fresh(ctx context.Context, t remote.Target, args ...string) (remote.Result, error) {
 	return f.do(ctx, t, true, args)
+}
+
+// last returns the last call of verb to host, or nil.
+func (f *fakeRemote) last(host, verb string) *call {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := len(f.calls) - 1; i >= 0; i-- {
+		if c := f.calls[i]; c.host == host && c.verb() == verb {
+			return &c
+		}
+	}
+	return nil
 }
 
 func (f *fakeRemote) verbs(host string) []string {
@@ -438,8 +451,12 @@ func TestRunHealth(t *testing.T) {
 				}
 				return
 			}
-			if rep.Hosts[0].Result != deploy.RolledBack || strings.Contains(verbs, "confirm") {
+			// Not confirmed but rejected, so the host rolls back now.
+			if rep.Hosts[0].Result != deploy.RolledBack || verbs != "fetch activate systemctl is-active nginx confirm wait" {
 				t.Fatalf("unhealthy: %+v, verbs %q", rep.Hosts[0], verbs)
+			}
+			if c := fr.last("host0", "confirm"); c == nil || c.fresh || !slices.Contains(c.args, "--reject") {
+				t.Fatalf("unhealthy: the confirm call was %+v, want a --reject", c)
 			}
 		})
 	}

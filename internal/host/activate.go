@@ -266,20 +266,25 @@ func watch(ctx context.Context, o Options, rec *Record) error {
 		<-t.C
 	}
 	won := false
+	why := ""
 	r, err := update(o, rec.ID, func(r *Record) error {
 		if r.State != AwaitingConfirm {
 			return nil
 		}
 		won = true
-		r.set(RollingBack, "no confirmation within "+r.ConfirmTimeout)
+		why = "no confirmation within " + r.ConfirmTimeout
+		if r.Rejected {
+			why = "rejected by the deployer"
+		}
+		r.set(RollingBack, why)
 		return nil
 	})
 	if err != nil || !won {
 		return err
 	}
-	reason := "no confirmation within " + r.ConfirmTimeout + ": rolled back"
+	reason := why + ": rolled back"
 	if err := rollbackDeploy(ctx, o, r); err != nil {
-		reason = "no confirmation within " + r.ConfirmTimeout + ": rollback failed: " + err.Error()
+		reason = why + ": rollback failed: " + err.Error()
 	}
 	o.Log.Warn("magic rollback", "id", r.ID, "reason", reason)
 	_, err = update(o, rec.ID, func(r *Record) error {
@@ -357,6 +362,32 @@ func Confirm(ctx context.Context, o Options, id string) (*Record, error) {
 		return r, err
 	}
 	return r, nil
+}
+
+// Reject is `deployer confirm --reject`: the deployer refuses deploy id (a
+// health check failed), so its watchdog rolls back now instead of at the
+// deadline. Rejecting a deploy that is already rolled back (or rolling
+// back) is not an error; one that is confirmed or still activating is.
+func Reject(ctx context.Context, o Options, id string) (*Record, error) {
+	o = o.withDefaults()
+	if err := ValidID(id); err != nil {
+		return nil, err
+	}
+	return update(o, id, func(r *Record) error {
+		switch r.State {
+		case AwaitingConfirm:
+			r.Rejected = true
+			r.Deadline = time.Now().UTC()
+			return nil
+		case RollingBack, RolledBack:
+			return nil
+		case Activating:
+			return fmt.Errorf("%w: deploy %s is still activating", ErrFailed, id)
+		case Confirmed:
+			return fmt.Errorf("%w: deploy %s is already confirmed", ErrFailed, id)
+		}
+		return r.Err()
+	})
 }
 
 // Wait is `deployer wait`: it blocks until deploy id has finished activating

@@ -292,6 +292,51 @@ func TestNoConfirmRollsBack(t *testing.T) {
 	}
 }
 
+// TestRejectRollsBackNow: a deploy the deployer rejects (its health check
+// failed) is rolled back by the watchdog at once, not at its deadline, an
+// hour away here; the record says why. Confirming it afterwards fails,
+// and rejecting twice or a confirmed deploy is answered as such.
+func TestRejectRollsBackNow(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	old, sys := e.system("6.1"), e.system("6.1")
+	e.boot(old)
+	req := e.req("d1", host.Switch, sys)
+	req.ConfirmTimeout = time.Hour
+	if _, err := host.Activate(context.Background(), e.o, req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host.Reject(context.Background(), e.o, "d1"); err != nil {
+		t.Fatal(err)
+	}
+	r := e.waitState("d1", host.RolledBack)
+	if !r.RolledBack || !r.Rejected || !strings.Contains(r.Reason, "rejected by the deployer") {
+		t.Fatalf("record: %+v", r)
+	}
+	if e.link(e.o.CurrentSystem) != old {
+		t.Fatal("running system not restored")
+	}
+	if n, p := e.profile(); n != 1 || p != old {
+		t.Fatalf("profile at %d %s", n, p)
+	}
+	if _, err := host.Reject(context.Background(), e.o, "d1"); err != nil {
+		t.Fatalf("second reject: %v", err)
+	}
+	if _, err := host.Confirm(context.Background(), e.o, "d1"); host.ExitCode(err) != host.ExitRolledBack {
+		t.Fatalf("confirm after reject: %v", err)
+	}
+	e.spawn.wg.Wait()
+	if _, err := host.Activate(context.Background(), e.o, e.req("d2", host.Switch, sys)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host.Confirm(context.Background(), e.o, "d2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host.Reject(context.Background(), e.o, "d2"); !errors.Is(err, host.ErrFailed) {
+		t.Fatalf("reject of a confirmed deploy: %v", err)
+	}
+}
+
 func TestFailedActivationRollsBackAtOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)

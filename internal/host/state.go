@@ -59,6 +59,7 @@ type Record struct {
 	AutoRollback   bool      `json:"autoRollback"`
 	ConfirmTimeout string    `json:"confirmTimeout"`
 	Deadline       time.Time `json:"deadline,omitzero"`
+	Rejected       bool      `json:"rejected,omitempty"` // the deployer refused it (confirm --reject)
 	WorkerPID      int       `json:"workerPid,omitempty"`
 	Log            string    `json:"log"`
 

@@ -147,19 +147,12 @@ func (s *Server) listing(ctx context.Context, st store.Store, info *store.PathIn
 
 // readListing reads a path's NAR listing from its store.
 func (s *Server) readListing(ctx context.Context, st store.Store, info *store.PathInfo) (*nar.Listing, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pr, pw := io.Pipe()
-	dumped := make(chan error, 1)
-	go func() {
-		err := st.NAR(ctx, info, pw)
-		pw.CloseWithError(err)
-		dumped <- err
-	}()
-	l, lerr := nar.ListingFromReader(pr)
-	pr.CloseWithError(errors.New("listing done"))
-	cancel()
-	derr := <-dumped
+	var l *nar.Listing
+	derr, lerr := pipeNAR(ctx, st, info, func(r io.Reader) error {
+		var err error
+		l, err = nar.ListingFromReader(r)
+		return err
+	})
 	if derr != nil && errors.Is(derr, store.ErrNotFound) {
 		return nil, derr
 	}

@@ -370,6 +370,21 @@ func (s *Server) serveZstd(w http.ResponseWriter, r *http.Request, st store.Stor
 // the previous one, so a cold compression uses a second core for the
 // dump instead of alternating between the two on one.
 func pipelinedNAR(ctx context.Context, st store.Store, info *store.PathInfo, w io.Writer) error {
+	derr, cerr := pipeNAR(ctx, st, info, func(r io.Reader) error {
+		_, err := io.Copy(w, r)
+		return err
+	})
+	if derr != nil {
+		return derr // the store's error first: it decides 404 versus 500
+	}
+	return cerr
+}
+
+// pipeNAR runs the store's NAR dump of info on its own goroutine and
+// consume on the other end of a pipe. When consume returns, the pipe is
+// closed and the dump cancelled (it may stop early: consume had what it
+// needed, or failed), and both errors are returned.
+func pipeNAR(ctx context.Context, st store.Store, info *store.PathInfo, consume func(io.Reader) error) (dumpErr, consumeErr error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -379,13 +394,10 @@ func pipelinedNAR(ctx context.Context, st store.Store, info *store.PathInfo, w i
 		pw.CloseWithError(err)
 		dumped <- err
 	}()
-	_, cerr := io.Copy(w, pr)
-	pr.CloseWithError(errors.New("consumer done")) // unblocks the dump if w failed
-	derr := <-dumped
-	if derr != nil {
-		return derr // the store's error first: it decides 404 versus 500
-	}
-	return cerr
+	consumeErr = consume(pr)
+	pr.CloseWithError(errors.New("consumer done")) // unblocks the dump
+	cancel()
+	return <-dumped, consumeErr
 }
 
 // lazyWriter sends the 200 header on the first byte.

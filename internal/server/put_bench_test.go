@@ -70,8 +70,7 @@ in mk "speed-4-${tag}" [ p3 p1 ]
 			defer os.RemoveAll(dir)
 		}
 		e := newUpEnv(t, dir, false)
-		netrc := filepath.Join(t.TempDir(), "netrc")
-		os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+		netrc := writeNetrc(t, "ci", e.writeTok)
 		c := newNixClient(t)
 		start, srv0 := time.Now(), selfCPU()
 		if _, err := c.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url+"?compression=zstd", top); err != nil {

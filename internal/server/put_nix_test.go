@@ -115,8 +115,7 @@ func TestNixCopyRoundTrip(t *testing.T) {
 			defer cancel()
 			n := newNixClient(t) // fresh client caches per run
 			e := newUpEnv(t, t.TempDir(), false)
-			netrc := filepath.Join(t.TempDir(), "netrc")
-			os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+			netrc := writeNetrc(t, "ci", e.writeTok)
 			to := e.url + "?compression=" + comp
 
 			// Without credentials the upload fails.
@@ -189,8 +188,7 @@ func TestNixCopyPrivate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	e := newUpEnv(t, t.TempDir(), true)
-	netrc := filepath.Join(t.TempDir(), "netrc")
-	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	netrc := writeNetrc(t, "ci", e.writeTok)
 	if _, err := n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url, top); err != nil {
 		t.Fatal(err)
 	}
@@ -199,8 +197,7 @@ func TestNixCopyPrivate(t *testing.T) {
 	if _, err := newNixClient(t).run(ctx, "nix", append(args, top)...); err == nil {
 		t.Fatal("copy from a private cache without credentials succeeded")
 	}
-	readNetrc := filepath.Join(t.TempDir(), "netrc-read")
-	os.WriteFile(readNetrc, []byte("machine 127.0.0.1 login laptop password "+e.readTok+"\n"), 0o600)
+	readNetrc := writeNetrc(t, "laptop", e.readTok)
 	args = append([]string{"copy", "--option", "netrc-file", readNetrc, "--from", e.url,
 		"--to", filepath.Join(t.TempDir(), "dst")}, trust...)
 	if _, err := newNixClient(t).run(ctx, "nix", append(args, top)...); err != nil {
@@ -228,8 +225,7 @@ func TestNixCopyServedFromUploadOnly(t *testing.T) {
 	// from the local store first would make nix copy skip these paths
 	// (its narinfo GETs say 200), see the report.
 	e := newUpEnv(t, t.TempDir(), false)
-	netrc := filepath.Join(t.TempDir(), "netrc")
-	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	netrc := writeNetrc(t, "ci", e.writeTok)
 	if _, err := n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url, top); err != nil {
 		t.Fatal(err)
 	}
@@ -282,8 +278,7 @@ func TestNixCopyLog(t *testing.T) {
 		t.Skipf("no local build log: %v", err)
 	}
 	e := newUpEnv(t, t.TempDir(), false)
-	netrc := filepath.Join(t.TempDir(), "netrc")
-	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	netrc := writeNetrc(t, "ci", e.writeTok)
 	if _, err := n.run(ctx, "nix", "store", "copy-log", "--option", "netrc-file", netrc, "--to", e.url, drv); err != nil {
 		t.Fatal(err)
 	}
@@ -307,8 +302,7 @@ func TestNixCopyListing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	e := newUpEnv(t, t.TempDir(), false)
-	netrc := filepath.Join(t.TempDir(), "netrc")
-	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	netrc := writeNetrc(t, "ci", e.writeTok)
 	if _, err := n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url+"?write-nar-listing=1&compression=zstd", top); err != nil {
 		t.Fatal(err)
 	}
@@ -336,8 +330,7 @@ func TestNixCopyConcurrent(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	e := newUpEnv(t, dir, false)
-	netrc := filepath.Join(t.TempDir(), "netrc")
-	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	netrc := writeNetrc(t, "ci", e.writeTok)
 	errs := make(chan error, 2)
 	for range 2 {
 		c := newNixClient(t)
@@ -372,8 +365,7 @@ func TestNixUploaderSubstitutes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	e := newUpEnv(t, t.TempDir(), false)
-	netrc := filepath.Join(t.TempDir(), "netrc")
-	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+e.writeTok+"\n"), 0o600)
+	netrc := writeNetrc(t, "ci", e.writeTok)
 	if _, err := n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url+"?compression=zstd", top); err != nil {
 		t.Fatal(err)
 	}
@@ -387,4 +379,15 @@ func TestNixUploaderSubstitutes(t *testing.T) {
 	if _, err := n.run(ctx, "nix", "store", "verify", "--no-trust", "--store", dst, "--recursive", top); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// writeNetrc writes a netrc giving the loopback server login's token, for
+// nix's --option netrc-file, and returns its path.
+func writeNetrc(t testing.TB, login, token string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "netrc")
+	if err := os.WriteFile(p, []byte("machine 127.0.0.1 login "+login+" password "+token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

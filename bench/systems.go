@@ -106,6 +106,16 @@ http {
 // startMinimal re-executes this binary as a constant-narinfo Go handler:
 // the floor of net/http on this machine.
 func (b *bench) startMinimal(ctx context.Context, body string) (*server, error) {
+	bodyFile := filepath.Join(b.work, "minimal.narinfo")
+	if err := os.WriteFile(bodyFile, []byte(body), 0o644); err != nil {
+		return nil, err
+	}
+	return b.startSelf(ctx, "minimal Go handler", "minimal-server", bodyFile)
+}
+
+// startSelf re-executes this binary as `self sub ADDR args...` on a free
+// loopback port and waits until it listens.
+func (b *bench) startSelf(ctx context.Context, name, sub string, args ...string) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -115,11 +125,7 @@ func (b *bench) startMinimal(ctx context.Context, body string) (*server, error) 
 		return nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	bodyFile := filepath.Join(b.work, "minimal.narinfo")
-	if err := os.WriteFile(bodyFile, []byte(body), 0o644); err != nil {
-		return nil, err
-	}
-	cmd := exec.CommandContext(ctx, self, "minimal-server", addr, bodyFile)
+	cmd := exec.CommandContext(ctx, self, append([]string{sub, addr}, args...)...)
 	if err := b.procs.start(cmd); err != nil {
 		return nil, err
 	}
@@ -127,7 +133,7 @@ func (b *bench) startMinimal(ctx context.Context, body string) (*server, error) 
 		b.procs.stop(cmd)
 		return nil, err
 	}
-	return &server{name: "minimal Go handler", base: "http://" + addr, cmd: cmd}, nil
+	return &server{name: name, base: "http://" + addr, cmd: cmd}, nil
 }
 
 func minimalServer(args []string) {

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 )
@@ -78,22 +77,5 @@ func uploadSink(args []string) {
 
 // startUploadSink runs uploadSink in a child process.
 func (b *bench) startUploadSink(ctx context.Context) (*server, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	cmd := exec.CommandContext(ctx, self, "upload-sink", addr)
-	if err := b.procs.start(cmd); err != nil {
-		return nil, err
-	}
-	if err := waitTCP(ctx, addr, 10*time.Second); err != nil {
-		b.procs.stop(cmd)
-		return nil, err
-	}
-	return &server{name: "upload sink (client floor)", base: "http://" + addr, cmd: cmd}, nil
+	return b.startSelf(ctx, "upload sink (client floor)", "upload-sink")
 }

@@ -2,26 +2,40 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
+	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/bos55/concordia/internal/agent"
 	"github.com/bos55/concordia/internal/cli"
 	"github.com/bos55/concordia/internal/gate"
 	"github.com/bos55/concordia/internal/host"
-	"github.com/bos55/concordia/internal/nixcli"
+	"github.com/bos55/concordia/internal/hostverb"
+	"github.com/bos55/concordia/internal/version"
 )
 
-// hostSideCommands: activate, confirm, wait, fetch, gate and the hidden
-// watchdog (run on the host, the first four as root through sudo).
+// hostSideCommands: gate (the deploy key's forced command), agent (root,
+// socket-activated), host (the same verbs for a person on the host) and
+// the hidden watchdog. None of them reads a node list, a flake or ssh
+// options: those are the push side's, in push.go.
 func hostSideCommands() []*cli.Command {
-	return []*cli.Command{activateCmd(), confirmCmd(), waitCmd(), fetchCmd(), gateCmd(), watchdogCmd()}
+	return []*cli.Command{gateCmd(), agentCmd(), hostCmd(), watchdogCmd()}
+}
+
+// exit turns a verb's exit code into the command's result; the verb has
+// printed its answer already.
+func exit(code int) error {
+	if code == 0 {
+		return nil
+	}
+	return &cli.ExitError{Code: code}
 }
 
 // hostEnv keeps a host verb alive when its SSH session goes: a hang-up must
@@ -30,164 +44,110 @@ func hostEnv() {
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 }
 
-func logger(env *cli.Env) *slog.Logger {
-	return slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-// printResult writes v as one JSON line on stdout (the verbs' machine
-// output) and maps err to the exit code of the contract.
-func printResult(env *cli.Env, v any, err error) error {
-	if v != nil {
-		b, _ := json.Marshal(v)
-		fmt.Fprintf(env.Stdout, "%s\n", b)
-	} else if err != nil {
-		b, _ := json.Marshal(map[string]any{"error": err.Error(), "exitCode": host.ExitCode(err)})
-		fmt.Fprintf(env.Stdout, "%s\n", b)
-	}
-	if rec, ok := v.(*host.Record); ok && err == nil && rec.ExitCode != 0 {
-		fmt.Fprintf(env.Stderr, "deploy %s: %s (%s)\n", rec.ID, rec.State, rec.Reason)
-		return &cli.ExitError{Code: rec.ExitCode}
-	}
-	if err == nil {
-		return nil
-	}
-	return &cli.ExitError{Code: host.ExitCode(err), Err: err}
-}
-
-func activateCmd() *cli.Command {
-	var (
-		q        host.Request
-		mode     string
-		stateDir string
-	)
-	return &cli.Command{
-		Name:  "activate",
-		Usage: "--mode switch|test|boot|dry-activate --id ID [flags] /nix/store/...-toplevel",
-		Short: "host: activate a system (lock, profile, detached switch-to-configuration, watchdog)",
-		Long: `Run as root on the host (through sudo). Exit codes: 0 activated (awaiting confirm when
-magic rollback is on), 1 activation failed (rolled back), 3 host locked by another deploy,
-4 invalid input or not a valid NixOS system, 5 reboot required (kernel change, nothing done),
-100 activated but switch-to-configuration asks for a reboot.`,
-		Flags: func(fs *flag.FlagSet) {
-			fs.StringVar(&mode, "mode", "switch", "switch, test, boot or dry-activate")
-			fs.StringVar(&q.ID, "id", "", "deploy id ([A-Za-z0-9-]{1,64}), unique per deploy")
-			fs.DurationVar(&q.ConfirmTimeout, "confirm-timeout", 30*time.Second, "roll back unless confirmed within this time")
-			fs.BoolVar(&q.MagicRollback, "magic-rollback", true, "arm the watchdog (switch and test)")
-			fs.BoolVar(&q.AutoRollback, "auto-rollback", true, "roll back at once when activation fails")
-			fs.StringVar(&q.KernelChange, "kernel-change", "report", "on a kernel/initrd change: report (exit 5) or boot")
-			fs.StringVar(&stateDir, "state-dir", "/run/concordia", "lock and deploy state")
-		},
-		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			hostEnv()
-			if len(args) != 1 {
-				return printResult(env, nil, fmt.Errorf("%w: want exactly one store path, got %d arguments", host.ErrInvalid, len(args)))
-			}
-			q.Mode, q.Path = host.Mode(mode), args[0]
-			rec, err := host.Activate(ctx, host.Options{StateDir: stateDir, Log: logger(env)}, q)
-			return printResult(env, rec, err)
-		},
-	}
-}
-
-func confirmCmd() *cli.Command {
-	var id, stateDir string
-	var reject bool
-	return &cli.Command{
-		Name:  "confirm",
-		Usage: "--id ID [--reject]",
-		Short: "host: confirm a deploy (stops its magic rollback); exit 6 if already rolled back",
-		Flags: func(fs *flag.FlagSet) {
-			fs.StringVar(&id, "id", "", "deploy id")
-			fs.StringVar(&stateDir, "state-dir", "/run/concordia", "lock and deploy state")
-			fs.BoolVar(&reject, "reject", false, "refuse the deploy instead: its watchdog rolls back now, not at the deadline (push does this when a health check fails)")
-		},
-		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			hostEnv()
-			o := host.Options{StateDir: stateDir, Log: logger(env)}
-			if reject {
-				rec, err := host.Reject(ctx, o, id)
-				return printResult(env, rec, err)
-			}
-			rec, err := host.Confirm(ctx, o, id)
-			return printResult(env, rec, err)
-		},
-	}
-}
-
-func waitCmd() *cli.Command {
-	var (
-		id, stateDir string
-		timeout      time.Duration
-	)
-	return &cli.Command{
-		Name:  "wait",
-		Usage: "--id ID [--timeout D]",
-		Short: "host: wait until a deploy has finished activating and print its state",
-		Long: `For when the SSH session of activate dropped. Exit codes: 0 activated (awaiting-confirm or
-confirmed), 1 failed, 6 rolled back, 8 still activating at the timeout, 4 unknown id.`,
-		Flags: func(fs *flag.FlagSet) {
-			fs.StringVar(&id, "id", "", "deploy id")
-			fs.DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long (0: never)")
-			fs.StringVar(&stateDir, "state-dir", "/run/concordia", "lock and deploy state")
-		},
-		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			hostEnv()
-			rec, err := host.Wait(ctx, host.Options{StateDir: stateDir, Log: logger(env)}, id, timeout)
-			return printResult(env, rec, err)
-		},
-	}
-}
-
-func fetchCmd() *cli.Command {
-	return &cli.Command{
-		Name:  "fetch",
-		Usage: "/nix/store/PATH...",
-		Short: "host: substitute store paths from the host's configured caches (as the deploy user)",
-		Long: `Runs nix-store --realise through the host's nix-daemon. The deploy user is not a trusted
-Nix user, so the daemon accepts only substitutes signed by a trusted key.`,
-		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			hostEnv()
-			if len(args) == 0 {
-				return printResult(env, nil, fmt.Errorf("%w: no store path", host.ErrInvalid))
-			}
-			for _, p := range args {
-				if err := host.ValidStorePath("/nix/store", p); err != nil {
-					return printResult(env, nil, err)
-				}
-			}
-			start := time.Now()
-			if err := (&nixcli.Exec{}).Realise(ctx, args...); err != nil {
-				return printResult(env, nil, err)
-			}
-			return printResult(env, map[string]any{"fetched": args, "seconds": time.Since(start).Seconds()}, nil)
-		},
-	}
-}
-
 func gateCmd() *cli.Command {
+	var socket string
 	return &cli.Command{
 		Name:  "gate",
-		Short: "host: forced command for the deploy key (authorized_keys command=\"…/deployer gate\")",
-		Long: `Reads SSH_ORIGINAL_COMMAND and runs it only if it is "deployer fetch P...",
-"deployer status --local" or "sudo -n <this deployer> activate|confirm|wait|status|rollback ...",
-without a shell. Anything else is refused with exit code 126.`,
+		Short: "host: forced command for the deploy key (authorized_keys command=\"…/deployer gate\",restrict)",
+		Long: `Reads SSH_ORIGINAL_COMMAND and runs it only if it is a host verb of the contract:
+"deployer fetch|version ..." as the deploy user, "deployer activate|confirm|wait|status|rollback|health ..."
+through the root agent (and the contract 1 forms "sudo -n deployer VERB ..."). Flags are checked
+exactly; anything else is refused with a one-line reason and exit code 126. Nothing goes to a shell.`,
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&socket, "socket", agent.DefaultSocket, "the root agent's socket")
+		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			refuse := func(err error) error {
-				return &cli.ExitError{Code: gate.ExitRefused, Err: err}
+			hostEnv()
+			line := gate.CleanEnv()
+			if len(args) > 0 {
+				return exit(gate.Refuse(gate.Options{Stdout: env.Stdout, Stderr: env.Stderr}, fmt.Errorf("%w: gate takes no arguments", hostverb.ErrRefused)))
 			}
-			self, err := os.Executable()
+			return exit(gate.Run(ctx, gate.Options{Stdout: env.Stdout, Stderr: env.Stderr, Socket: socket, Version: version.String()}, line))
+		},
+	}
+}
+
+func agentCmd() *cli.Command {
+	var (
+		allow, stateDir, listen string
+		idle                    time.Duration
+	)
+	return &cli.Command{
+		Name:  "agent",
+		Short: "host: the root agent that runs the host verbs for the deploy user (systemd socket activation)",
+		Long: `Started by systemd from deployer-agent.socket (Accept=yes: one process per connection; a
+listening socket from Accept=no is served until --idle passes without a connection). --listen
+creates the socket itself, for hosts without systemd. Only root and --allow-user may connect
+(checked with SO_PEERCRED); each request is validated against the host-verb contract again.`,
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&allow, "allow-user", "deploy", "the deploy user, who may connect besides root")
+			fs.StringVar(&stateDir, "state-dir", "/run/concordia", "lock and deploy state")
+			fs.StringVar(&listen, "listen", "", "create and serve this socket (no systemd)")
+			fs.DurationVar(&idle, "idle", time.Minute, "with a listening socket: exit after this long without requests (0: never)")
+		},
+		Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			if len(args) > 0 {
+				return cli.Usagef("agent takes no arguments")
+			}
+			hostEnv()
+			log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			srv := &agent.Server{AllowUser: allow, Host: host.Options{StateDir: stateDir}, Logger: log, Version: version.String()}
+			if listen != "" {
+				gid, err := groupOf(allow)
+				if err != nil {
+					return err
+				}
+				ln, err := agent.Listen(listen, gid)
+				if err != nil {
+					return err
+				}
+				return srv.Serve(ctx, ln, idle)
+			}
+			conn, ln, err := agent.Activated()
 			if err != nil {
-				return refuse(err)
+				return fmt.Errorf("%w (run it from deployer-agent.socket, or give --listen)", err)
 			}
-			sudo, err := gate.FindSudo()
+			if conn != nil {
+				srv.ServeConn(ctx, conn)
+				return nil
+			}
+			return srv.Serve(ctx, ln, idle)
+		},
+	}
+}
+
+// groupOf is the primary group of user name.
+func groupOf(name string) (int, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, fmt.Errorf("--allow-user: %w", err)
+	}
+	return strconv.Atoi(u.Gid)
+}
+
+func hostCmd() *cli.Command {
+	var socket string
+	return &cli.Command{
+		Name:  "host",
+		Usage: "VERB [flags] [store paths]",
+		Short: "host: run a host verb here (status, wait, confirm, rollback, ...) as the deploy key would",
+		Long: `The same verbs and flags as over ssh (see 'deployer help gate'), for a person on the host.
+As root the verb runs in this process; as another user it goes to the root agent, which accepts
+only root and the deploy user.`,
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&socket, "socket", agent.DefaultSocket, "the root agent's socket")
+		},
+		Run: func(ctx context.Context, env *cli.Env, args []string) error {
+			hostEnv()
+			o := gate.Options{Stdout: env.Stdout, Stderr: env.Stderr, Socket: socket, Version: version.String()}
+			if os.Geteuid() == 0 {
+				o.Local = &host.Options{Log: slog.New(slog.NewTextHandler(env.Stderr, nil))}
+			}
+			req, err := hostverb.Parse(args)
 			if err != nil {
-				return refuse(err)
+				return exit(gate.Refuse(o, err))
 			}
-			argv, err := gate.Parse(os.Getenv("SSH_ORIGINAL_COMMAND"), self, sudo)
-			if err != nil {
-				return refuse(err)
-			}
-			return refuse(gate.Exec(argv))
+			return exit(gate.RunRequest(ctx, o, req))
 		},
 	}
 }
@@ -213,8 +173,9 @@ func watchdogCmd() *cli.Command {
 			if lockFD >= 3 {
 				lock = os.NewFile(uintptr(lockFD), "lock")
 			}
-			err := host.Work(context.WithoutCancel(ctx), host.Options{StateDir: stateDir, Log: logger(env)}, id, lock)
-			if err != nil && !errors.Is(err, host.ErrFailed) {
+			log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			err := host.Work(context.WithoutCancel(ctx), host.Options{StateDir: stateDir, Log: log}, id, lock)
+			if err != nil && !errors.Is(err, hostverb.ErrFailed) {
 				return err
 			}
 			return nil

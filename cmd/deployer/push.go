@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,7 +16,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/term"
@@ -25,14 +23,15 @@ import (
 	"github.com/bos55/concordia/internal/cli"
 	"github.com/bos55/concordia/internal/closure"
 	"github.com/bos55/concordia/internal/deploy"
-	"github.com/bos55/concordia/internal/host"
+	"github.com/bos55/concordia/internal/hostverb"
 	"github.com/bos55/concordia/internal/nixcli"
 	"github.com/bos55/concordia/internal/remote"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
 
-// pushSideCommands: push, status, rollback (run from CI or a workstation;
-// status and rollback also run on the host with --local).
+// pushSideCommands: push, status, rollback, run from CI or a workstation.
+// They talk to hosts only through the host verbs over ssh; nothing here is
+// reachable from a host's gate.
 func pushSideCommands() []*cli.Command {
 	return []*cli.Command{pushCmd(), statusCmd(), rollbackCmd()}
 }
@@ -436,7 +435,7 @@ func keySet(keys []narinfo.PublicKey) string {
 	return strings.Join(s, " ")
 }
 
-func printPlan(w io.Writer, o pushOpts, mode deploy.Mode, nodes []deploy.Node) {
+func printPlan(w io.Writer, o pushOpts, mode hostverb.Mode, nodes []deploy.Node) {
 	par := "all"
 	if o.parallel > 0 {
 		par = fmt.Sprint(o.parallel)
@@ -449,7 +448,7 @@ func printPlan(w io.Writer, o pushOpts, mode deploy.Mode, nodes []deploy.Node) {
 			dest = s.SSHUser + "@" + dest
 		}
 		fmt.Fprintf(w, "  %s (%s)\n    system   %s\n    ssh      %s %s\n", n.Name, dest, n.Path, strings.Join(s.SSHOpts, " "), dest)
-		fmt.Fprintf(w, "    steps    closure check, %s fetch, sudo -n %s activate --mode %s", s.DeployerPath, s.DeployerPath, mode)
+		fmt.Fprintf(w, "    steps    closure check, deployer fetch, deployer activate --mode %s", mode)
 		if s.MagicRollback && mode.NeedsConfirm() {
 			fmt.Fprintf(w, ", %d health check(s), confirm within %s", len(s.HealthChecks), s.ConfirmTimeout)
 		}
@@ -505,10 +504,8 @@ func writeJSON(path string, v any) error {
 }
 
 type statusOpts struct {
-	fleet    fleetFlags
-	local    bool
-	json     bool
-	stateDir string
+	fleet fleetFlags
+	json  bool
 }
 
 func statusCmd() *cli.Command {
@@ -517,32 +514,13 @@ func statusCmd() *cli.Command {
 		Name:  "status",
 		Usage: "[flags] [NODE|@TAG|GLOB ...]",
 		Short: "show current, booted and boot-default generations, test deploy and pending reboot",
-		Long: `Without --local: asks each selected node over ssh (deployer status --local --json).
-With --local: reports this host (what the remote call runs).`,
+		Long: `Asks each selected node over ssh (the host verb status). On a host itself, run
+'deployer host status'.`,
 		Flags: func(fs *flag.FlagSet) {
 			o.fleet.register(fs)
-			fs.BoolVar(&o.local, "local", false, "report this host instead of asking nodes over ssh")
 			fs.BoolVar(&o.json, "json", false, "print JSON")
-			fs.StringVar(&o.stateDir, "state-dir", "", "host state directory (with --local; default /run/concordia)")
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			if o.local {
-				if len(args) > 0 {
-					return cli.Usagef("--local takes no node names")
-				}
-				st, err := host.Inspect(ctx, host.Options{StateDir: o.stateDir})
-				if err != nil {
-					return err
-				}
-				if o.json {
-					b, _ := json.Marshal(st)
-					fmt.Fprintf(env.Stdout, "%s\n", b)
-					return nil
-				}
-				b, _ := json.MarshalIndent(st, "", "  ")
-				fmt.Fprintf(env.Stdout, "%s\n", b)
-				return nil
-			}
 			nodes, ssh, err := o.fleet.connect(ctx, env, args)
 			if err != nil {
 				return err
@@ -570,38 +548,24 @@ With --local: reports this host (what the remote call runs).`,
 }
 
 type rollbackOpts struct {
-	fleet    fleetFlags
-	local    bool
-	id       string
-	stateDir string
+	fleet fleetFlags
+	id    string
 }
 
 func rollbackCmd() *cli.Command {
 	var o rollbackOpts
 	return &cli.Command{
 		Name:  "rollback",
-		Usage: "[flags] NODE... | --local",
+		Usage: "[flags] NODE...",
 		Short: "switch nodes back to their previous generation now",
-		Long: `Without --local: runs sudo -n deployer rollback --local on each named node over ssh.
-With --local: rolls this host back (takes the host lock, so it never races a deploy).`,
+		Long: `Runs the host verb rollback on each named node over ssh: the host takes its lock (so it never
+races a deploy), points the system profile at the previous generation and switches to it. On a
+host itself, run 'deployer host rollback'.`,
 		Flags: func(fs *flag.FlagSet) {
 			o.fleet.register(fs)
-			fs.BoolVar(&o.local, "local", false, "roll this host back")
-			fs.StringVar(&o.id, "id", "", "id recorded as the lock holder (default: rollback)")
-			fs.StringVar(&o.stateDir, "state-dir", "", "host state directory (with --local; default /run/concordia)")
+			fs.StringVar(&o.id, "id", "", "id recorded as the lock holder (default: generated)")
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			if o.local {
-				if len(args) > 0 {
-					return cli.Usagef("--local takes no node names")
-				}
-				err := host.Rollback(ctx, host.Options{StateDir: o.stateDir, ID: o.id,
-					Log: slog.New(slog.NewTextHandler(env.Stderr, nil))})
-				if err != nil {
-					return &cli.ExitError{Code: host.ExitCode(err), Err: err}
-				}
-				return nil
-			}
 			if len(args) == 0 {
 				return cli.Usagef("name the node(s) to roll back")
 			}
@@ -614,39 +578,7 @@ With --local: rolls this host back (takes the host lock, so it never races a dep
 			if id == "" {
 				id = "rollback-" + newID()[2:]
 			}
-			var (
-				mu   sync.Mutex
-				bad  []string
-				wg   sync.WaitGroup
-				errW = env.Stderr
-			)
-			for _, n := range nodes {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					t := remote.Target{Host: n.Hostname, User: n.Settings.SSHUser, Opts: n.Settings.SSHOpts}
-					r, err := ssh.Run(ctx, t, "sudo", "-n", n.Settings.DeployerPath, "rollback", "--local", "--id", id)
-					mu.Lock()
-					defer mu.Unlock()
-					switch {
-					case err != nil:
-						fmt.Fprintf(errW, "[%s] rollback: %v\n", n.Name, err)
-					case r.Code != 0:
-						err = errors.New(strings.TrimSpace(string(r.Stderr)))
-						fmt.Fprintf(errW, "[%s] rollback failed (exit %d): %v\n", n.Name, r.Code, err)
-					default:
-						fmt.Fprintf(errW, "[%s] rolled back\n", n.Name)
-						return
-					}
-					bad = append(bad, n.Name)
-				}()
-			}
-			wg.Wait()
-			if len(bad) > 0 {
-				sort.Strings(bad)
-				return fmt.Errorf("rollback failed on %s", strings.Join(bad, ", "))
-			}
-			return nil
+			return deploy.Rollback(ctx, ssh, nodes, id, env.Stderr)
 		},
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/bos55/concordia/internal/closure"
 	"github.com/bos55/concordia/internal/deploy"
 	"github.com/bos55/concordia/internal/fleettest"
+	"github.com/bos55/concordia/internal/hostverb"
 	"github.com/bos55/concordia/internal/remote"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -99,7 +100,7 @@ func (l tlog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (e *e2e) run(mode deploy.Mode, id string, nodes []deploy.Node, r remote.Runner, tweak ...func(*deploy.Options)) *deploy.Report {
+func (e *e2e) run(mode hostverb.Mode, id string, nodes []deploy.Node, r remote.Runner, tweak ...func(*deploy.Options)) *deploy.Report {
 	e.t.Helper()
 	if r == nil {
 		r = e.ssh
@@ -136,7 +137,7 @@ func TestE2E(t *testing.T) {
 
 	t.Run("SwitchParallel", func(t *testing.T) {
 		e := e.sub(t)
-		rep := e.run(deploy.Switch, "e2e-switch", e.nodes(v2, 30, e.f.Hosts...), nil)
+		rep := e.run(hostverb.Switch, "e2e-switch", e.nodes(v2, 30, e.f.Hosts...), nil)
 		if err := rep.Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -165,7 +166,7 @@ func TestE2E(t *testing.T) {
 		e := e.sub(t)
 		before := e.state(h1)
 		v3 := e.f.System(t, fleettest.System{Label: "v3"})
-		rep := e.run(deploy.Test, "e2e-test", e.nodes(v3, 30, h1), nil)
+		rep := e.run(hostverb.Test, "e2e-test", e.nodes(v3, 30, h1), nil)
 		if err := rep.Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -188,7 +189,7 @@ func TestE2E(t *testing.T) {
 		e := e.sub(t)
 		before := e.state(h2)
 		bad := e.f.System(t, fleettest.Failing)
-		rep := e.run(deploy.Switch, "e2e-failing", e.nodes(bad, 30, h2), nil)
+		rep := e.run(hostverb.Switch, "e2e-failing", e.nodes(bad, 30, h2), nil)
 		hr := rep.Hosts[0]
 		if hr.Result != deploy.RolledBack || rep.Err() == nil || !strings.Contains(rep.Err().Error(), h2.Name+": rolled-back") {
 			t.Fatalf("result %s (%s), summary %v", hr.Result, hr.Error, rep.Err())
@@ -209,7 +210,7 @@ func TestE2E(t *testing.T) {
 		bad := e.f.System(t, fleettest.BreaksSSH)
 		const confirm = 5
 		start := time.Now()
-		rep := e.run(deploy.Switch, "e2e-breakssh", e.nodes(bad, confirm, h3), nil)
+		rep := e.run(hostverb.Switch, "e2e-breakssh", e.nodes(bad, confirm, h3), nil)
 		took := time.Since(start)
 		hr := rep.Hosts[0]
 		if hr.Result != deploy.RolledBack || rep.Err() == nil {
@@ -242,7 +243,7 @@ func TestE2E(t *testing.T) {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			reps[0] = e.run(deploy.Switch, "e2e-lock-1", first, nil, func(o *deploy.Options) {
+			reps[0] = e.run(hostverb.Switch, "e2e-lock-1", first, nil, func(o *deploy.Options) {
 				o.Progress = stepHook{o.Progress, func(step string) {
 					if step == deploy.StepActivate {
 						once.Do(func() { close(activating) })
@@ -254,7 +255,7 @@ func TestE2E(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-activating
-			reps[1] = e.run(deploy.Switch, "e2e-lock-2", e.nodes(slower, 30, h1), nil)
+			reps[1] = e.run(hostverb.Switch, "e2e-lock-2", e.nodes(slower, 30, h1), nil)
 		}()
 		wg.Wait()
 		if hr := reps[0].Hosts[0]; hr.Result != deploy.OK {
@@ -272,7 +273,7 @@ func TestE2E(t *testing.T) {
 		e := e.sub(t)
 		before := e.state(h2)
 		record := filepath.Join(h2.Dir, "run", "concordia", "deploys", "e2e-drop.json")
-		rep := e.run(deploy.Switch, "e2e-drop", e.nodes(slow, 30, h2), dropActivate{e.ssh, record})
+		rep := e.run(hostverb.Switch, "e2e-drop", e.nodes(slow, 30, h2), dropActivate{e.ssh, record})
 		if err := rep.Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -292,14 +293,14 @@ func TestE2E(t *testing.T) {
 		e := e.sub(t)
 		before := e.state(h3)
 		nk := e.f.System(t, fleettest.NewKernel)
-		rep := e.run(deploy.Switch, "e2e-kernel-report", e.nodes(nk, 30, h3), nil)
+		rep := e.run(hostverb.Switch, "e2e-kernel-report", e.nodes(nk, 30, h3), nil)
 		if hr := rep.Hosts[0]; hr.Result != deploy.RebootRequired || rep.Err() == nil {
 			t.Fatalf("default: result %s (%s), want reboot-required and a non-zero exit", hr.Result, hr.Error)
 		}
 		if after := e.state(h3); after != before {
 			t.Fatalf("a reported kernel change changed the host: %+v, want %+v", after, before)
 		}
-		rep = e.run(deploy.Switch, "e2e-kernel-boot", e.nodes(nk, 30, h3), nil, func(o *deploy.Options) { o.KernelChange = "boot" })
+		rep = e.run(hostverb.Switch, "e2e-kernel-boot", e.nodes(nk, 30, h3), nil, func(o *deploy.Options) { o.KernelChange = "boot" })
 		if err := rep.Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -328,7 +329,7 @@ func TestE2E(t *testing.T) {
 		v5 := e.f.System(t, fleettest.System{Label: "v5"})
 		nodes := e.nodes(v5, 5, h1)
 		nodes[0].Settings.HealthChecks = []deploy.HealthCheck{{URL: srv.URL}}
-		rep := e.run(deploy.Switch, "e2e-health", nodes, nil)
+		rep := e.run(hostverb.Switch, "e2e-health", nodes, nil)
 		hr := rep.Hosts[0]
 		if hr.Result != deploy.RolledBack || !strings.Contains(hr.Error, "503") || !strings.Contains(hr.Error, "host state: rolled-back") {
 			t.Fatalf("result %s (%s), want rolled-back naming the failed check", hr.Result, hr.Error)
@@ -359,7 +360,7 @@ func TestE2EClosureRefused(t *testing.T) {
 	h1, h2 := e.f.Hosts[0], e.f.Hosts[1]
 	before := [2]int{len(e.f.ActivationLog(t, h1)), len(e.f.ActivationLog(t, h2))}
 	nodes := append(e.nodes(missing, 30, h1), e.nodes(unsigned, 30, h2)...)
-	rep := e.run(deploy.Switch, "e2e-refused", nodes, nil)
+	rep := e.run(hostverb.Switch, "e2e-refused", nodes, nil)
 	for i, hr := range rep.Hosts {
 		if hr.Result != deploy.Refused {
 			t.Errorf("%s: result %s (%s), want refused", hr.Node, hr.Result, hr.Error)
@@ -558,8 +559,8 @@ func TestE2EScale(t *testing.T) {
 	e := newE2E(t, n, fleettest.Options{})
 	v2 := e.f.System(t, fleettest.System{Label: "v2"})
 	v3 := e.f.System(t, fleettest.System{Label: "v3"})
-	one := e.run(deploy.Switch, "scale-1", e.nodes(v2, 60, e.f.Hosts[0]), nil)
-	all := e.run(deploy.Switch, "scale-n", e.nodes(v3, 60, e.f.Hosts...), nil)
+	one := e.run(hostverb.Switch, "scale-1", e.nodes(v2, 60, e.f.Hosts[0]), nil)
+	all := e.run(hostverb.Switch, "scale-n", e.nodes(v3, 60, e.f.Hosts...), nil)
 	if one.Err() != nil || all.Err() != nil {
 		t.Fatalf("one: %v; all: %v", one.Err(), all.Err())
 	}

@@ -1,10 +1,7 @@
 package deploy
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bos55/concordia/internal/closure"
+	"github.com/bos55/concordia/internal/hostverb"
 	"github.com/bos55/concordia/internal/remote"
 )
 
@@ -30,17 +28,6 @@ const (
 	Refused        Outcome = "refused"         // closure check failed: nothing changed
 	RebootRequired Outcome = "reboot-required" // kernel change, nothing changed
 	Planned        Outcome = "planned"         // --dry-run
-)
-
-// Host verb exit codes (the deployer contract).
-const (
-	exitActivated     = 0
-	exitFailed        = 1
-	exitLocked        = 3
-	exitInvalid       = 4
-	exitReboot        = 5
-	exitRolledBack    = 6
-	exitActivatedBoot = 100
 )
 
 // Steps, in order.
@@ -68,7 +55,7 @@ type Pinner interface {
 
 // Options configure one push.
 type Options struct {
-	Mode Mode
+	Mode hostverb.Mode
 	// KernelChange is passed to activate as --kernel-change when set
 	// ("report" or "boot").
 	KernelChange string
@@ -107,7 +94,7 @@ type HostReport struct {
 	Node           string        `json:"node"`
 	Hostname       string        `json:"hostname"`
 	Path           string        `json:"path"`
-	Mode           Mode          `json:"mode"`
+	Mode           hostverb.Mode `json:"mode"`
 	Result         Outcome       `json:"result"`
 	Error          string        `json:"error,omitempty"`
 	RebootRequired bool          `json:"rebootRequired,omitempty"`
@@ -122,7 +109,7 @@ type HostReport struct {
 // Report is the outcome of a push, written by --json.
 type Report struct {
 	ID       string        `json:"id"`
-	Mode     Mode          `json:"mode"`
+	Mode     hostverb.Mode `json:"mode"`
 	Start    time.Time     `json:"start"`
 	Duration time.Duration `json:"-"`
 	Millis   float64       `json:"ms"`
@@ -187,7 +174,7 @@ func Run(ctx context.Context, nodes []Node, o Options) *Report {
 				return
 			}
 			defer func() { <-sem }()
-			h := &hostRun{o: o, n: n, rep: HostReport{Node: n.Name, Hostname: n.Hostname, Path: n.Path,
+			h := &hostRun{o: o, n: n, c: newHostConn(o.Remote, n), rep: HostReport{Node: n.Name, Hostname: n.Hostname, Path: n.Path,
 				Mode: o.Mode, Start: time.Now(), Steps: []Step{}}}
 			h.run(ctx)
 			h.rep.Duration = time.Since(h.rep.Start)
@@ -212,13 +199,8 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 type hostRun struct {
 	o   Options
 	n   Node
+	c   *hostConn
 	rep HostReport
-	cur int // index of the running step, -1 none
-}
-
-func (h *hostRun) target() remote.Target {
-	s := h.n.Settings
-	return remote.Target{Host: h.n.Hostname, User: s.SSHUser, Opts: s.SSHOpts}
 }
 
 func (h *hostRun) begin(name string) {
@@ -243,63 +225,87 @@ func (h *hostRun) finish(o Outcome, err error) {
 	}
 }
 
-// sudo builds the argv for a host verb run as root.
-func (h *hostRun) sudo(verb string, args ...string) []string {
-	return append([]string{"sudo", "-n", h.n.Settings.DeployerPath, verb}, args...)
+// run takes the host through its steps; each returns false when the host
+// is done (its outcome recorded).
+func (h *hostRun) run(ctx context.Context) {
+	if !h.checkClosure(ctx) || !h.fetch(ctx) {
+		return
+	}
+	rec, activated, ok := h.activate(ctx)
+	if !ok {
+		return
+	}
+	if h.needsConfirm(rec) && !h.confirmOrReject(ctx, activated) {
+		return
+	}
+	h.rep.Result = OK
+	if h.o.Pins != nil && h.o.Mode != hostverb.DryActivate {
+		h.begin(StepPin)
+		err := h.pin(ctx)
+		h.end(err, "")
+		if err != nil {
+			// The system runs; a pin failure is worth a warning, not a failed deploy.
+			h.o.Log.Warn("pin in cache failed", "node", h.n.Name, "err", err)
+		}
+	}
 }
 
-func (h *hostRun) run(ctx context.Context) {
-	n, s := h.n, h.n.Settings
-	t := h.target()
-
-	if h.o.Checker != nil {
-		h.begin(StepClosure)
-		res, err := h.o.Checker(n).Check(ctx, n.Path)
-		switch {
-		case err != nil:
-			h.end(err, "")
-			h.finish(Failed, fmt.Errorf("closure check: %w", err))
-			return
-		case !res.OK():
-			h.rep.Missing, h.rep.Unsigned = res.Missing, res.Unsigned
-			err := fmt.Errorf("closure of %s not deployable from the cache: %d missing, %d unsigned by a trusted key%s",
-				n.Path, len(res.Missing), len(res.Unsigned), firstFew(res.Missing, res.Unsigned))
-			h.end(err, "")
-			h.finish(Refused, err)
-			return
-		}
-		h.end(nil, fmt.Sprintf("%d paths", res.Paths))
+// checkClosure refuses the host, before it is touched, when its system's
+// closure is not complete and signed in the cache.
+func (h *hostRun) checkClosure(ctx context.Context) bool {
+	if h.o.Checker == nil {
+		return true
 	}
+	n := h.n
+	h.begin(StepClosure)
+	res, err := h.o.Checker(n).Check(ctx, n.Path)
+	switch {
+	case err != nil:
+		h.end(err, "")
+		h.finish(Failed, fmt.Errorf("closure check: %w", err))
+		return false
+	case !res.OK():
+		h.rep.Missing, h.rep.Unsigned = res.Missing, res.Unsigned
+		err := fmt.Errorf("closure of %s not deployable from the cache: %d missing, %d unsigned by a trusted key%s",
+			n.Path, len(res.Missing), len(res.Unsigned), firstFew(res.Missing, res.Unsigned))
+		h.end(err, "")
+		h.finish(Refused, err)
+		return false
+	}
+	h.end(nil, fmt.Sprintf("%d paths", res.Paths))
+	return true
+}
 
+// fetch has the host substitute the system from its caches.
+func (h *hostRun) fetch(ctx context.Context) bool {
 	h.begin(StepFetch)
-	r, err := h.o.Remote.Run(ctx, t, s.DeployerPath, "fetch", n.Path)
-	if err == nil && r.Code != 0 {
-		err = hostErr("fetch", r)
+	a, err := h.c.call(ctx, false, hostverb.Request{Verb: hostverb.VerbFetch, Paths: []string{h.n.Path}})
+	if err == nil {
+		err = a.err(hostverb.VerbFetch)
 	}
 	h.end(err, "")
 	if err != nil {
 		h.finish(Failed, err)
-		return
+		return false
 	}
+	return true
+}
 
-	confirm := s.MagicRollback && h.o.Mode.NeedsConfirm()
-	args := []string{"--mode", string(h.o.Mode), "--id", h.o.ID,
-		"--confirm-timeout", s.ConfirmTimeout.String(),
-		"--magic-rollback=" + fmt.Sprint(s.MagicRollback),
-		"--auto-rollback=" + fmt.Sprint(s.AutoRollback)}
-	if h.o.KernelChange != "" {
-		args = append(args, "--kernel-change", h.o.KernelChange)
-	}
-	args = append(args, n.Path)
+// activate runs the activation and returns the host's record of it and
+// when it ended; after a lost connection it asks the host how the detached
+// activation went.
+func (h *hostRun) activate(ctx context.Context) (*hostverb.Record, time.Time, bool) {
+	s := h.n.Settings
+	req := hostverb.Request{Verb: hostverb.VerbActivate, Mode: h.o.Mode, ID: h.o.ID, Path: h.n.Path,
+		ConfirmTimeout: s.ConfirmTimeout, MagicRollback: s.MagicRollback, AutoRollback: s.AutoRollback,
+		KernelChange: h.o.KernelChange}
 	h.begin(StepActivate)
 	actStart := time.Now()
 	actCtx, cancel := context.WithTimeout(ctx, s.ActivationTimeout)
-	r, err = h.o.Remote.Run(actCtx, t, h.sudo("activate", args...)...)
+	a, err := h.c.call(actCtx, false, req)
 	cancel()
-	activated := time.Now()
-	var state hostState
 	switch {
-	case err != nil && !errors.Is(err, remote.ErrUnsafeArg) && ctx.Err() == nil:
+	case isConnErr(err) && ctx.Err() == nil:
 		// The activation runs detached on the host: find out how it ended,
 		// within what is left of activationTimeout (at least the grace).
 		h.end(err, "connection lost, asking the host")
@@ -308,165 +314,183 @@ func (h *hostRun) run(ctx context.Context) {
 		if d := time.Now().Add(h.o.Grace); d.After(deadline) {
 			deadline = d
 		}
-		state, err = h.waitState(ctx, t, deadline, func(st string) bool { return st != "activating" && st != "rolling-back" })
-		h.end(err, state.State)
+		a, err = h.waitState(ctx, deadline, func(st hostverb.State) bool {
+			return st != hostverb.Activating && st != hostverb.RollingBack
+		})
+		h.end(err, string(a.state()))
 		if err != nil {
 			h.finish(Failed, fmt.Errorf("activation: connection lost and the host did not answer: %w", err))
-			return
+			return nil, time.Time{}, false
 		}
-		activated = time.Now()
 	case err != nil:
 		h.end(err, "")
 		if ctx.Err() != nil {
 			err = fmt.Errorf("interrupted during activation (unless confirmed, the host rolls itself back): %w", err)
 		}
 		h.finish(Failed, err)
-		return
+		return nil, time.Time{}, false
 	default:
-		state = parseState(r.Stdout)
-		switch r.Code {
-		case exitActivated, exitActivatedBoot:
-			h.rep.RebootRequired = r.Code == exitActivatedBoot || state.RebootRequired
-			if state.State == "" {
-				state.State = "activated"
-			}
-			h.end(nil, state.State)
-		case exitReboot:
-			err := fmt.Errorf("kernel, initrd or modules changed: reboot required, nothing changed (use --kernel-change=boot to install it as the boot default)")
-			if m := msgOf(state, r); m != "" {
-				err = fmt.Errorf("host%s", m)
-				if !strings.Contains(m, "kernel-change") {
-					err = fmt.Errorf("%w (use --kernel-change=boot to install it as the boot default)", err)
-				}
-			}
-			h.end(err, "")
-			h.finish(RebootRequired, err)
-			return
-		case exitFailed:
-			err := fmt.Errorf("activation failed%s", msgOf(state, r))
-			h.end(err, state.State)
-			if state.State == "rolled-back" || state.RolledBack || s.AutoRollback {
-				h.finish(RolledBack, err)
-			} else {
-				h.finish(Failed, err)
-			}
-			return
-		case exitLocked:
-			err := fmt.Errorf("host is locked by another deploy%s", msgOf(state, r))
-			h.end(err, "")
-			h.finish(Failed, err)
-			return
-		default:
-			err := hostErr("activate", r)
-			h.end(err, "")
-			h.finish(Failed, err)
-			return
+		if !h.activated(a) {
+			return nil, time.Time{}, false
 		}
 	}
-
-	switch state.State {
-	case "failed":
-		h.finish(Failed, fmt.Errorf("activation failed%s", msgOf(state, remote.Result{})))
-		return
-	case "rolled-back":
-		h.finish(RolledBack, fmt.Errorf("host rolled back%s", msgOf(state, remote.Result{})))
-		return
-	case "confirmed", "done", "activated", "awaiting-confirm":
+	rec := a.Record
+	if rec == nil {
+		rec = &hostverb.Record{}
+	}
+	switch rec.State {
+	case hostverb.Failed:
+		h.finish(Failed, fmt.Errorf("activation failed%s", colon(a.msg())))
+		return nil, time.Time{}, false
+	case hostverb.RolledBack:
+		h.finish(RolledBack, fmt.Errorf("host rolled back%s", colon(a.msg())))
+		return nil, time.Time{}, false
+	case hostverb.Confirmed, hostverb.AwaitingConfirm, "":
 	default:
-		h.o.Log.Debug("unknown host state, going on", "node", n.Name, "state", state.State)
+		h.o.Log.Debug("unknown host state, going on", "node", h.n.Name, "state", rec.State)
 	}
-	if state.State == "confirmed" || state.State == "done" {
-		confirm = false
-	}
-	if state.Mode != "" && !Mode(state.Mode).NeedsConfirm() {
-		confirm = false // e.g. --kernel-change=boot turned switch into boot
-	}
+	return rec, time.Now(), true
+}
 
-	if confirm {
-		confirmBy := activated.Add(s.ConfirmTimeout)
-		if len(s.HealthChecks) > 0 {
-			h.begin(StepHealth)
-			err := h.health(ctx, t, activated.Add(s.ConfirmTimeout/2))
-			h.end(err, "")
-			if err != nil {
-				// Not confirming is the rollback: the host's watchdog does
-				// it, at once when told so (a host whose deployer predates
-				// --reject, or that cannot be reached, rolls back at the
-				// deadline all the same).
-				h.begin(StepReject)
-				r, rerr := h.o.Remote.Run(ctx, t, h.sudo("confirm", "--id", h.o.ID, "--reject")...)
-				if rerr == nil && r.Code != 0 {
-					rerr = hostErr("confirm --reject", r)
-				}
-				h.end(rerr, "")
-				h.begin(StepWait)
-				st, werr := h.waitState(ctx, t, confirmBy.Add(h.o.Grace), final)
-				h.end(werr, st.State)
-				h.finish(RolledBack, fmt.Errorf("health check failed, not confirmed: %w (host state: %s)", err, orUnknown(st.State)))
-				if st.State != "rolled-back" {
-					h.rep.Result = Failed
-				}
-				return
+// activated reads activate's answer; false when the host is done.
+func (h *hostRun) activated(a answer) bool {
+	switch a.ExitCode {
+	case hostverb.ExitOK, hostverb.ExitRebootRequired:
+		h.rep.RebootRequired = a.ExitCode == hostverb.ExitRebootRequired || a.Record != nil && a.Record.RebootRequired
+		detail := string(a.state())
+		if detail == "" {
+			detail = "activated"
+		}
+		h.end(nil, detail)
+		return true
+	case hostverb.ExitKernelChange:
+		err := fmt.Errorf("kernel, initrd or modules changed: reboot required, nothing changed (use --kernel-change=boot to install it as the boot default)")
+		if m := a.msg(); m != "" {
+			err = fmt.Errorf("host: %s", m)
+			if !strings.Contains(m, "kernel-change") {
+				err = fmt.Errorf("%w (use --kernel-change=boot to install it as the boot default)", err)
 			}
 		}
-		h.begin(StepConfirm)
-		out, err := h.confirm(ctx, t, confirmBy)
-		h.end(err, string(out))
-		if out != OK {
-			h.begin(StepWait)
-			st, werr := h.waitState(ctx, t, confirmBy.Add(h.o.Grace), final)
-			h.end(werr, st.State)
-			switch {
-			case st.State == "rolled-back" || out == RolledBack:
-				h.finish(RolledBack, fmt.Errorf("not confirmed, host rolled back: %v", err))
-			case st.State == "confirmed":
-				// Our confirm landed though its answer was lost.
-				out = OK
-			default:
-				h.finish(Failed, fmt.Errorf("not confirmed (%v); host state %s", err, orUnknown(st.State)))
-			}
-			if out != OK {
-				return
-			}
+		h.end(err, "")
+		h.finish(RebootRequired, err)
+	case hostverb.ExitFailed:
+		err := fmt.Errorf("activation failed%s", colon(a.msg()))
+		h.end(err, string(a.state()))
+		if a.state() == hostverb.RolledBack || a.Record != nil && a.Record.RolledBack || h.n.Settings.AutoRollback {
+			h.finish(RolledBack, err)
+		} else {
+			h.finish(Failed, err)
 		}
+	case hostverb.ExitLocked:
+		err := fmt.Errorf("host is locked by another deploy%s", colon(a.msg()))
+		h.end(err, "")
+		h.finish(Failed, err)
+	default:
+		err := a.err(hostverb.VerbActivate)
+		h.end(err, "")
+		h.finish(Failed, err)
 	}
+	return false
+}
 
-	h.rep.Result = OK
-	if h.o.Pins != nil && h.o.Mode != DryActivate {
-		h.begin(StepPin)
-		err := h.pin(ctx, t)
+// needsConfirm: magic rollback is on and the host runs the new system
+// unconfirmed (a kernel change may have turned a switch into a boot).
+func (h *hostRun) needsConfirm(rec *hostverb.Record) bool {
+	switch {
+	case !h.n.Settings.MagicRollback || !h.o.Mode.NeedsConfirm():
+		return false
+	case rec.State == hostverb.Confirmed:
+		return false
+	case rec.Mode != "" && !rec.Mode.NeedsConfirm():
+		return false
+	}
+	return true
+}
+
+// confirmOrReject runs the health checks and confirms over a fresh login,
+// or rejects the deploy so the host rolls back now; false when the host
+// is done.
+func (h *hostRun) confirmOrReject(ctx context.Context, activated time.Time) bool {
+	s := h.n.Settings
+	confirmBy := activated.Add(s.ConfirmTimeout)
+	if len(s.HealthChecks) > 0 {
+		h.begin(StepHealth)
+		err := h.health(ctx, activated.Add(s.ConfirmTimeout/2))
 		h.end(err, "")
 		if err != nil {
-			// The system runs; a pin failure is worth a warning, not a failed deploy.
-			h.o.Log.Warn("pin in cache failed", "node", n.Name, "err", err)
+			h.reject(ctx, confirmBy, err)
+			return false
 		}
+	}
+	h.begin(StepConfirm)
+	out, err := h.confirm(ctx, confirmBy)
+	h.end(err, string(out))
+	if out == OK {
+		return true
+	}
+	h.begin(StepWait)
+	a, werr := h.waitState(ctx, confirmBy.Add(h.o.Grace), hostverb.State.Final)
+	h.end(werr, string(a.state()))
+	switch {
+	case a.state() == hostverb.RolledBack || out == RolledBack:
+		h.finish(RolledBack, fmt.Errorf("not confirmed, host rolled back: %v", err))
+	case a.state() == hostverb.Confirmed:
+		return true // our confirm landed though its answer was lost
+	default:
+		h.finish(Failed, fmt.Errorf("not confirmed (%v); host state %s", err, orUnknown(a.state())))
+	}
+	return false
+}
+
+// reject tells the host that a health check failed: not confirming is the
+// rollback, and the host's watchdog does it at once when told so (a host
+// whose deployer predates --reject, or that cannot be reached, rolls back
+// at the deadline all the same).
+func (h *hostRun) reject(ctx context.Context, confirmBy time.Time, why error) {
+	h.begin(StepReject)
+	a, err := h.c.call(ctx, false, hostverb.Request{Verb: hostverb.VerbConfirm, ID: h.o.ID, Reject: true})
+	if err == nil {
+		err = a.err("confirm --reject")
+	}
+	h.end(err, "")
+	h.begin(StepWait)
+	st, werr := h.waitState(ctx, confirmBy.Add(h.o.Grace), hostverb.State.Final)
+	h.end(werr, string(st.state()))
+	h.finish(RolledBack, fmt.Errorf("health check failed, not confirmed: %w (host state: %s)", why, orUnknown(st.state())))
+	if st.state() != hostverb.RolledBack {
+		h.rep.Result = Failed
 	}
 }
 
-func final(st string) bool { return st == "confirmed" || st == "rolled-back" || st == "failed" }
-
-func orUnknown(s string) string {
+func orUnknown(s hostverb.State) string {
 	if s == "" {
 		return "unknown"
 	}
-	return s
+	return string(s)
+}
+
+func colon(msg string) string {
+	if msg == "" {
+		return ""
+	}
+	return ": " + msg
 }
 
 // confirm sends the confirm over fresh logins until one gets through or
 // the deadline passes (past it the host has rolled back on its own).
-func (h *hostRun) confirm(ctx context.Context, t remote.Target, deadline time.Time) (Outcome, error) {
+func (h *hostRun) confirm(ctx context.Context, deadline time.Time) (Outcome, error) {
 	var last error
 	for {
 		cctx, cancel := context.WithDeadline(ctx, deadline)
-		r, err := h.o.Remote.Fresh(cctx, t, h.sudo("confirm", "--id", h.o.ID)...)
+		a, err := h.c.call(cctx, true, hostverb.Request{Verb: hostverb.VerbConfirm, ID: h.o.ID})
 		cancel()
 		switch {
-		case err == nil && r.Code == 0:
+		case err == nil && a.ExitCode == 0:
 			return OK, nil
-		case err == nil && r.Code == exitRolledBack:
-			return RolledBack, hostErr("confirm", r)
+		case err == nil && a.ExitCode == hostverb.ExitRolledBack:
+			return RolledBack, a.err(hostverb.VerbConfirm)
 		case err == nil:
-			return Failed, hostErr("confirm", r)
+			return Failed, a.err(hostverb.VerbConfirm)
 		}
 		last = err
 		if !errors.Is(err, remote.ErrConnection) && ctx.Err() != nil {
@@ -478,38 +502,38 @@ func (h *hostRun) confirm(ctx context.Context, t remote.Target, deadline time.Ti
 	}
 }
 
-// waitState asks the host (`wait --id`) until done(state) or deadline,
+// waitState asks the host (wait --id) until done(state) or deadline,
 // reconnecting as needed.
-func (h *hostRun) waitState(ctx context.Context, t remote.Target, deadline time.Time, done func(string) bool) (hostState, error) {
+func (h *hostRun) waitState(ctx context.Context, deadline time.Time, done func(hostverb.State) bool) (answer, error) {
 	var last error
-	var st hostState
+	var a answer
 	for {
 		left := time.Until(deadline)
 		if left < time.Second {
 			left = time.Second
 		}
 		wctx, cancel := context.WithTimeout(ctx, left+5*time.Second)
-		r, err := h.o.Remote.Run(wctx, t, h.sudo("wait", "--id", h.o.ID, "--timeout", left.Round(time.Second).String())...)
+		got, err := h.c.call(wctx, false, hostverb.Request{Verb: hostverb.VerbWait, ID: h.o.ID, Timeout: left.Round(time.Second)})
 		cancel()
 		if err == nil {
-			st = parseState(r.Stdout)
-			if st.State != "" && done(st.State) {
-				return st, nil
+			a = got
+			if st := a.state(); st != "" && done(st) {
+				return a, nil
 			}
-			if st.State == "" {
-				last = hostErr("wait", r)
+			if a.state() == "" {
+				last = a.err(hostverb.VerbWait)
 			}
 		} else {
 			last = err
 		}
 		if ctx.Err() != nil {
-			return st, ctx.Err()
+			return a, ctx.Err()
 		}
 		if !sleepUntil(ctx, h.o.Retry, deadline) {
 			if last == nil {
-				last = fmt.Errorf("still %s", orUnknown(st.State))
+				last = fmt.Errorf("still %s", orUnknown(a.state()))
 			}
-			return st, last
+			return a, last
 		}
 	}
 }
@@ -527,12 +551,29 @@ func sleepUntil(ctx context.Context, d time.Duration, deadline time.Time) bool {
 	}
 }
 
-// health runs every check until all pass or the deadline passes.
-func (h *hostRun) health(ctx context.Context, t remote.Target, deadline time.Time) error {
+// health runs the node's checks until all pass or the deadline passes:
+// the checks the new system ships (run on the host by the health verb;
+// the push side never sends a command line) when the node declares
+// command checks, then every URL check, fetched by the deployer.
+func (h *hostRun) health(ctx context.Context, deadline time.Time) error {
+	hostChecks := 0
 	for _, c := range h.n.Settings.HealthChecks {
+		if c.Command != "" {
+			hostChecks++
+		}
+	}
+	if hostChecks > 0 {
+		if err := h.hostHealth(ctx, deadline, hostChecks); err != nil {
+			return err
+		}
+	}
+	for _, c := range h.n.Settings.HealthChecks {
+		if c.URL == "" {
+			continue
+		}
 		var last error
 		for {
-			last = h.check(ctx, t, c)
+			last = h.checkURL(ctx, c.URL)
 			if last == nil || !sleepUntil(ctx, h.o.Retry, deadline) {
 				break
 			}
@@ -544,28 +585,38 @@ func (h *hostRun) health(ctx context.Context, t remote.Target, deadline time.Tim
 	return nil
 }
 
-func (h *hostRun) check(ctx context.Context, t remote.Target, c HealthCheck) error {
-	if c.Command != "" {
-		r, err := h.o.Remote.Run(ctx, t, strings.Fields(c.Command)...)
-		if err != nil {
-			return fmt.Errorf("health %q: %w", c.Command, err)
-		}
-		if r.Code != 0 {
-			return fmt.Errorf("health %q: exit %d: %s", c.Command, r.Code, lastLine(r.Stderr))
-		}
-		return nil
+// hostHealth has the host run the health checks its new system ships.
+func (h *hostRun) hostHealth(ctx context.Context, deadline time.Time, declared int) error {
+	left := time.Until(deadline).Round(time.Second)
+	left = min(max(left, time.Second), hostverb.MaxHealth)
+	a, err := h.c.call(ctx, false, hostverb.Request{Verb: hostverb.VerbHealth, ID: h.o.ID, Timeout: left})
+	if errors.Is(err, hostverb.ErrUnsupported) {
+		return fmt.Errorf("health: the node declares %d command check(s), which run on the host, but its deployer speaks contract %d and cannot run them: update it", declared, h.c.speaks())
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.URL, nil)
 	if err != nil {
-		return fmt.Errorf("health %s: %w", c.URL, err)
+		return fmt.Errorf("health: %w", err)
+	}
+	if err := a.err(hostverb.VerbHealth); err != nil {
+		return err
+	}
+	if a.Health == nil || len(a.Health.Checks) == 0 {
+		return fmt.Errorf("health: the node declares %d command check(s), but its system %s ships none (homelab.deploy.healthChecks)", declared, h.n.Path)
+	}
+	return nil
+}
+
+func (h *hostRun) checkURL(ctx context.Context, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return fmt.Errorf("health %s: %w", url, err)
 	}
 	resp, err := h.o.HTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("health %s: %w", c.URL, err)
+		return fmt.Errorf("health %s: %w", url, err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("health %s: %s", c.URL, resp.Status)
+		return fmt.Errorf("health %s: %s", url, resp.Status)
 	}
 	return nil
 }
@@ -573,18 +624,13 @@ func (h *hostRun) check(ctx context.Context, t remote.Target, c HealthCheck) err
 // pin pins the new system and unpins the generation before the previous
 // one, found in the host's status (the previous stays pinned: it is the
 // rollback target).
-func (h *hostRun) pin(ctx context.Context, t remote.Target) error {
+func (h *hostRun) pin(ctx context.Context) error {
 	if err := h.o.Pins.Pin(ctx, h.n.Path); err != nil {
 		return err
 	}
-	r, err := h.o.Remote.Run(ctx, t, h.n.Settings.DeployerPath, "status", "--local", "--json")
-	if err != nil || r.Code != 0 {
-		h.o.Log.Debug("no host status, nothing unpinned", "node", h.n.Name, "err", err)
-		return nil
-	}
-	st, err := ParseStatus(r.Stdout)
+	st, err := h.c.status(ctx)
 	if err != nil {
-		h.o.Log.Debug("host status unreadable, nothing unpinned", "node", h.n.Name, "err", err)
+		h.o.Log.Debug("no host status, nothing unpinned", "node", h.n.Name, "err", err)
 		return nil
 	}
 	old := st.BeforePrevious(h.n.Path)
@@ -592,83 +638,6 @@ func (h *hostRun) pin(ctx context.Context, t remote.Target) error {
 		return nil
 	}
 	return h.o.Pins.Unpin(ctx, old)
-}
-
-// hostState is what a host verb printed as its last JSON line.
-type hostState struct {
-	State          string
-	Mode           string
-	Message        string
-	RolledBack     bool
-	RebootRequired bool
-}
-
-// parseState reads the last JSON object of a host verb's stdout. Field
-// names follow the host side's result line; unknown fields are ignored.
-func parseState(out []byte) hostState {
-	var last map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 || line[0] != '{' {
-			continue
-		}
-		var m map[string]any
-		if json.Unmarshal(line, &m) == nil {
-			last = m
-		}
-	}
-	var st hostState
-	str := func(keys ...string) string {
-		for _, k := range keys {
-			if v, ok := last[k].(string); ok && v != "" {
-				return v
-			}
-		}
-		return ""
-	}
-	boolean := func(keys ...string) bool {
-		for _, k := range keys {
-			if v, ok := last[k].(bool); ok && v {
-				return true
-			}
-		}
-		return false
-	}
-	st.State = str("state", "result", "status")
-	st.Mode = str("mode", "effectiveMode", "effective_mode")
-	st.Message = str("error", "message", "reason")
-	st.RolledBack = boolean("rolledBack", "rolled_back")
-	st.RebootRequired = boolean("rebootRequired", "reboot_required")
-	return st
-}
-
-func msgOf(st hostState, r remote.Result) string {
-	if st.Message != "" {
-		return ": " + st.Message
-	}
-	if l := lastLine(r.Stderr); l != "" {
-		return ": " + l
-	}
-	return ""
-}
-
-func hostErr(verb string, r remote.Result) error {
-	st := parseState(r.Stdout)
-	msg := st.Message
-	if msg == "" {
-		msg = lastLine(r.Stderr)
-	}
-	return fmt.Errorf("%s: exit %d: %s", verb, r.Code, msg)
-}
-
-func lastLine(b []byte) string {
-	s := strings.TrimSpace(string(b))
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	return s
 }
 
 func firstFew(missing, unsigned []string) string {

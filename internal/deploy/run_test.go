@@ -16,6 +16,7 @@ import (
 
 	"github.com/bos55/concordia/internal/closure"
 	"github.com/bos55/concordia/internal/deploy"
+	"github.com/bos55/concordia/internal/hostverb"
 	"github.com/bos55/concordia/internal/remote"
 )
 
@@ -136,7 +137,7 @@ func hosts(n int) []deploy.Node {
 }
 
 func opts(r remote.Runner) deploy.Options {
-	return deploy.Options{Mode: deploy.Switch, ID: "d-1", Remote: r, Checker: okChecker,
+	return deploy.Options{Mode: hostverb.Switch, ID: "d-1", Remote: r, Checker: okChecker,
 		Grace: 2 * time.Second, Retry: 10 * time.Millisecond}
 }
 
@@ -248,7 +249,7 @@ func TestRunOutcomes(t *testing.T) {
 	tests := []struct {
 		name    string
 		handle  func(ctx context.Context, c call) (remote.Result, error)
-		mode    deploy.Mode
+		mode    hostverb.Mode
 		magic   bool
 		want    deploy.Outcome
 		verbs   string
@@ -366,7 +367,7 @@ func TestRunOutcomes(t *testing.T) {
 			want: deploy.Failed, verbs: "fetch", errText: "not valid",
 		},
 		{
-			name: "boot mode: no confirm", mode: deploy.Boot,
+			name: "boot mode: no confirm", mode: hostverb.Boot,
 			handle: func(ctx context.Context, c call) (remote.Result, error) {
 				if c.verb() == "activate" {
 					return jsonResult(0, `{"state":"confirmed","mode":"boot"}`), nil
@@ -420,43 +421,86 @@ func TestRunOutcomes(t *testing.T) {
 	}
 }
 
+// v2Answer answers like a contract 2 host: every reply carries the marker.
+func v2Answer(c call, healthy bool) remote.Result {
+	switch c.verb() {
+	case "fetch":
+		return jsonResult(0, `{"contract":2,"fetched":["x"],"seconds":0.1}`)
+	case "activate":
+		return jsonResult(0, `{"contract":2,"state":"awaiting-confirm","mode":"switch"}`)
+	case "health":
+		if healthy {
+			return jsonResult(0, `{"contract":2,"ok":true,"checks":[{"name":"nginx","ok":true,"exit":0,"attempts":1}]}`)
+		}
+		return jsonResult(1, `{"contract":2,"exitCode":1,"error":"activation failed: health check failed: nginx (exit 3: inactive)","ok":false,"checks":[{"name":"nginx","ok":false,"exit":3,"attempts":4}]}`)
+	case "confirm":
+		return jsonResult(0, `{"contract":2,"state":"confirmed"}`)
+	case "wait":
+		return jsonResult(0, `{"contract":2,"state":"rolled-back"}`)
+	}
+	return jsonResult(0, `{"contract":2}`)
+}
+
+// Command health checks run on the host, from the new system's own
+// closure (the health verb); the push side never sends a command line.
+// URL checks are fetched by the deployer.
 func TestRunHealth(t *testing.T) {
-	var healthy atomic.Bool
+	var urlOK atomic.Bool
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !healthy.Load() {
+		if !urlOK.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 		}
 	}))
 	defer srv.Close()
-	for _, ok := range []bool{true, false} {
-		t.Run(fmt.Sprint("healthy=", ok), func(t *testing.T) {
-			healthy.Store(ok)
+	tests := []struct {
+		name           string
+		hostOK, urlOK  bool
+		v1             bool
+		want           deploy.Outcome
+		verbs, errText string
+	}{
+		{name: "healthy", hostOK: true, urlOK: true, want: deploy.OK, verbs: "fetch activate health confirm(fresh)"},
+		{name: "host check fails", hostOK: false, urlOK: true, want: deploy.RolledBack, verbs: "fetch activate health confirm wait", errText: "nginx (exit 3: inactive)"},
+		{name: "url check fails", hostOK: true, urlOK: false, want: deploy.RolledBack, verbs: "fetch activate health confirm wait", errText: "503"},
+		{name: "contract 1 host", v1: true, hostOK: true, urlOK: true, want: deploy.RolledBack, verbs: "fetch activate confirm wait", errText: "speaks contract 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			urlOK.Store(tt.urlOK)
 			fr := &fakeRemote{handle: func(ctx context.Context, c call) (remote.Result, error) {
-				switch {
-				case c.verb() == "wait":
-					return jsonResult(0, `{"state":"rolled-back"}`), nil
-				case c.args[0] == "systemctl":
+				if tt.v1 {
+					if c.verb() == "wait" {
+						return jsonResult(0, `{"state":"rolled-back"}`), nil
+					}
 					return remote.Result{}, nil
 				}
-				return remote.Result{}, nil
+				return v2Answer(c, tt.hostOK), nil
 			}}
 			nodes := hosts(1)
 			nodes[0].Settings.ConfirmTimeout = 400 * time.Millisecond
 			nodes[0].Settings.HealthChecks = []deploy.HealthCheck{{Command: "systemctl is-active nginx"}, {URL: srv.URL}}
 			rep := deploy.Run(context.Background(), nodes, opts(fr))
+			h := rep.Hosts[0]
 			verbs := strings.Join(fr.verbs("host0"), " ")
-			if ok {
-				if rep.Err() != nil || verbs != "fetch activate systemctl is-active nginx confirm(fresh)" {
-					t.Fatalf("healthy: %v, verbs %q", rep.Err(), verbs)
+			if h.Result != tt.want || verbs != tt.verbs || !strings.Contains(h.Error, tt.errText) {
+				t.Fatalf("result %s (%s), verbs %q; want %s, %q, error with %q", h.Result, h.Error, verbs, tt.want, tt.verbs, tt.errText)
+			}
+			fr.mu.Lock()
+			for _, c := range fr.calls {
+				if slices.Contains(c.args, "systemctl") || slices.Contains(c.args, "is-active") {
+					t.Errorf("the push side sent the check's command line: %q", c.args)
 				}
+			}
+			fr.mu.Unlock()
+			if tt.want == deploy.OK {
 				return
 			}
 			// Not confirmed but rejected, so the host rolls back now.
-			if rep.Hosts[0].Result != deploy.RolledBack || verbs != "fetch activate systemctl is-active nginx confirm wait" {
-				t.Fatalf("unhealthy: %+v, verbs %q", rep.Hosts[0], verbs)
-			}
 			if c := fr.last("host0", "confirm"); c == nil || c.fresh || !slices.Contains(c.args, "--reject") {
-				t.Fatalf("unhealthy: the confirm call was %+v, want a --reject", c)
+				t.Fatalf("the confirm call was %+v, want a --reject", c)
+			}
+			if hc := fr.last("host0", "health"); !tt.v1 && (hc == nil || strings.Join(hc.args[:5], " ") != "deployer health --id d-1 --timeout") {
+				t.Fatalf("health call %+v", hc)
 			}
 		})
 	}
@@ -569,3 +613,60 @@ func TestProgressLines(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// The push side speaks the host's contract: a contract 2 host gets the
+// sudo-less forms; an older gate refuses those (exit 126, nothing run, no
+// contract marker) and gets the same request again in its own form.
+func TestRunContractNegotiation(t *testing.T) {
+	// oldGate refuses what a contract 1 gate refused: root verbs without
+	// sudo, status without --local.
+	oldGate := func(ctx context.Context, c call) (remote.Result, error) {
+		v := c.verb()
+		root := v == "activate" || v == "confirm" || v == "wait" || v == "rollback" || v == "status"
+		sudo := c.args[0] == "sudo"
+		if root && !sudo && !(v == "status" && slices.Contains(c.args, "--local")) {
+			return remote.Result{Code: 126, Stderr: []byte("deployer gate: refused by deployer gate: not a deployer host verb\n")}, nil
+		}
+		if v == "status" {
+			return jsonResult(0, fmt.Sprintf(`{"current":{"path":%q,"generation":1}}`, sys1)), nil
+		}
+		return remote.Result{}, nil
+	}
+	for _, tt := range []struct {
+		name     string
+		handle   func(ctx context.Context, c call) (remote.Result, error)
+		activate string
+		status   []string
+	}{
+		{"contract 2 host", func(ctx context.Context, c call) (remote.Result, error) {
+			if c.verb() == "status" {
+				return jsonResult(0, fmt.Sprintf(`{"contract":2,"current":{"path":%q,"generation":1}}`, sys1)), nil
+			}
+			return v2Answer(c, true), nil
+		}, "deployer activate", []string{"deployer status"}},
+		{"contract 1 host", oldGate, "sudo -n deployer activate", []string{"deployer status", "deployer status --local --json"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fr := &fakeRemote{handle: tt.handle}
+			rep := deploy.Run(context.Background(), hosts(1), opts(fr))
+			if err := rep.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if c := fr.last("host0", "activate"); c == nil || !strings.HasPrefix(strings.Join(c.args, " "), tt.activate+" --mode switch --id d-1") {
+				t.Fatalf("activate %+v, want %q", c, tt.activate)
+			}
+			fr2 := &fakeRemote{handle: tt.handle}
+			st := deploy.Status(context.Background(), fr2, hosts(1))
+			if st[0].Status == nil || st[0].Status.Current.Path != sys1 {
+				t.Fatalf("status %+v", st[0])
+			}
+			var got []string
+			for _, c := range fr2.calls {
+				got = append(got, strings.Join(c.args, " "))
+			}
+			if !slices.Equal(got, tt.status) {
+				t.Fatalf("status calls %q, want %q", got, tt.status)
+			}
+		})
+	}
+}

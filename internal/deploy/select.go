@@ -5,34 +5,20 @@ import (
 	"fmt"
 	"path"
 	"strings"
+
+	"github.com/bos55/concordia/internal/hostverb"
 )
 
 // ErrSelection marks a --on, --mode or --branch that names nothing usable.
 var ErrSelection = errors.New("selection")
 
-// Mode is what switch-to-configuration is asked to do.
-type Mode string
-
-// The modes of switch-to-configuration that a deploy may use.
-const (
-	Switch      Mode = "switch"
-	Test        Mode = "test"
-	Boot        Mode = "boot"
-	DryActivate Mode = "dry-activate"
-)
-
-// ParseMode accepts exactly the four modes.
-func ParseMode(s string) (Mode, error) {
-	switch m := Mode(s); m {
-	case Switch, Test, Boot, DryActivate:
-		return m, nil
+// ParseMode accepts exactly the four modes of switch-to-configuration.
+func ParseMode(s string) (hostverb.Mode, error) {
+	if err := hostverb.ValidMode(s); err != nil {
+		return "", fmt.Errorf("%w: mode %q (want switch, test, boot or dry-activate)", ErrSelection, s)
 	}
-	return "", fmt.Errorf("%w: mode %q (want switch, test, boot or dry-activate)", ErrSelection, s)
+	return hostverb.Mode(s), nil
 }
-
-// NeedsConfirm reports whether the host arms the magic-rollback watchdog
-// for this mode: only modes that change the running system do.
-func (m Mode) NeedsConfirm() bool { return m == Switch || m == Test }
 
 // Select returns the nodes named by spec, a comma-separated list of node
 // names, @tags and path.Match globs, in the order of nodes. An empty spec
@@ -99,7 +85,7 @@ func names(nodes []Node) string {
 
 // Branch is what CI should do for a git branch.
 type Branch struct {
-	Mode  Mode
+	Mode  hostverb.Mode
 	Nodes []Node
 	// Reason says why nothing is deployed when Nodes is empty.
 	Reason string
@@ -111,12 +97,12 @@ type Branch struct {
 func ForBranch(nodes []Node, branch string) (Branch, error) {
 	switch {
 	case branch == "main":
-		return Branch{Mode: Switch, Nodes: nodes}, nil
+		return Branch{Mode: hostverb.Switch, Nodes: nodes}, nil
 	case strings.HasPrefix(branch, "test-"):
 		name := strings.TrimPrefix(branch, "test-")
 		for _, n := range nodes {
 			if n.Name == name {
-				return Branch{Mode: Test, Nodes: []Node{n}}, nil
+				return Branch{Mode: hostverb.Test, Nodes: []Node{n}}, nil
 			}
 		}
 		return Branch{}, fmt.Errorf("%w: branch %q: no node named %q (nodes: %s)", ErrSelection, branch, name, names(nodes))

@@ -1,94 +1,52 @@
 package deploy
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 	"sync"
 	"text/tabwriter"
 
+	"github.com/bos55/concordia/internal/hostverb"
 	"github.com/bos55/concordia/internal/remote"
 )
 
-// Generation is one system profile generation as the host reports it.
-type Generation struct {
-	Number int    `json:"number"`
-	Path   string `json:"path"`
-}
-
-// System is one system of the host with its generation (0: none).
-type System struct {
-	Path       string `json:"path"`
-	Generation int    `json:"generation"`
-}
-
-// HostStatus is what `deployer status --local --json` prints on a host
-// (internal/host.Status; decoded here so the push side needs no host code).
-type HostStatus struct {
-	Current       System          `json:"current"`
-	Booted        System          `json:"booted"`
-	Profile       System          `json:"profile"` // the boot default
-	Generations   []Generation    `json:"generations"`
-	TestActive    bool            `json:"testActive"`
-	RebootPending bool            `json:"rebootPending"`
-	RebootReasons []string        `json:"rebootReasons,omitempty"`
-	Lock          json.RawMessage `json:"lock,omitempty"`
-}
-
-// ParseStatus reads the last JSON line of the host's status output.
-func ParseStatus(out []byte) (*HostStatus, error) {
-	var last []byte
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 64*1024), 4<<20)
-	for sc.Scan() {
-		if l := bytes.TrimSpace(sc.Bytes()); len(l) > 0 && l[0] == '{' {
-			last = append(last[:0], l...)
-		}
-	}
-	if last == nil {
-		return nil, errors.New("status: no JSON in output")
-	}
-	var st HostStatus
-	if err := json.Unmarshal(last, &st); err != nil {
+// ParseStatus reads a host's answer to the status verb.
+func ParseStatus(out []byte) (*hostverb.Status, error) {
+	r, err := hostverb.DecodeReply(out)
+	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
-	return &st, nil
+	if r.Status == nil {
+		return nil, errors.New("status: the answer holds no status")
+	}
+	return r.Status, nil
 }
 
-// BeforePrevious returns the store path of the generation two before the
-// one holding current (the newly deployed system), or "" when there is
-// none or it is the same system as a newer generation.
-func (s *HostStatus) BeforePrevious(current string) string {
-	idx := -1
-	for i, g := range s.Generations {
-		if g.Path == current {
-			idx = i
-		}
+// status asks the host for its generations, test deploy, pending reboot
+// and lock.
+func (c *hostConn) status(ctx context.Context) (*hostverb.Status, error) {
+	a, err := c.call(ctx, false, hostverb.Request{Verb: hostverb.VerbStatus})
+	if err == nil {
+		err = a.err(hostverb.VerbStatus)
 	}
-	if idx < 2 {
-		return ""
+	if err != nil {
+		return nil, err
 	}
-	old := s.Generations[idx-2].Path
-	for _, g := range s.Generations[idx-1:] {
-		if g.Path == old {
-			return ""
-		}
+	if a.Status == nil {
+		return nil, errors.New("status: the answer holds no status")
 	}
-	if old == s.Booted.Path || old == s.Current.Path || old == s.Profile.Path {
-		return ""
-	}
-	return old
+	return a.Status, nil
 }
 
 // StatusResult is one host's answer to `deployer status`.
 type StatusResult struct {
-	Node   string      `json:"node"`
-	Status *HostStatus `json:"status,omitempty"`
-	Error  string      `json:"error,omitempty"`
+	Node   string           `json:"node"`
+	Status *hostverb.Status `json:"status,omitempty"`
+	Error  string           `json:"error,omitempty"`
 }
 
 // Status asks every node for its status in parallel.
@@ -100,14 +58,8 @@ func Status(ctx context.Context, r remote.Runner, nodes []Node) []StatusResult {
 		go func() {
 			defer wg.Done()
 			out[i].Node = n.Name
-			t := remote.Target{Host: n.Hostname, User: n.Settings.SSHUser, Opts: n.Settings.SSHOpts}
-			res, err := r.Run(ctx, t, n.Settings.DeployerPath, "status", "--local", "--json")
-			if err == nil && res.Code != 0 {
-				err = hostErr("status", res)
-			}
-			if err == nil {
-				out[i].Status, err = ParseStatus(res.Stdout)
-			}
+			st, err := newHostConn(r, n).status(ctx)
+			out[i].Status = st
 			if err != nil {
 				out[i].Error = err.Error()
 			}
@@ -128,10 +80,8 @@ func PrintStatus(w io.Writer, rs []StatusResult) {
 		}
 		s := r.Status
 		lock := "-"
-		if len(s.Lock) > 0 && string(s.Lock) != "null" {
-			var h struct{ ID, Mode string }
-			json.Unmarshal(s.Lock, &h)
-			lock = h.ID + " (" + h.Mode + ")"
+		if s.Lock != nil {
+			lock = s.Lock.ID + " (" + string(s.Lock.Mode) + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\t%s\t%s\n", r.Node, gen(s.Current), gen(s.Booted),
 			gen(s.Profile), s.TestActive, s.RebootPending, lock, s.Current.Path)
@@ -141,7 +91,7 @@ func PrintStatus(w io.Writer, rs []StatusResult) {
 
 // gen shows a system as its generation number, or "(no gen)" for a
 // system that is no generation (a test deploy), "-" for none.
-func gen(s System) string {
+func gen(s hostverb.System) string {
 	switch {
 	case s.Path == "":
 		return "-"
@@ -149,4 +99,39 @@ func gen(s System) string {
 		return "(no gen)"
 	}
 	return fmt.Sprint(s.Generation)
+}
+
+// Rollback switches every node back to its previous generation now (the
+// rollback verb, in parallel), writing one line per node to w; the error
+// names the nodes that failed.
+func Rollback(ctx context.Context, r remote.Runner, nodes []Node, id string, w io.Writer) error {
+	var (
+		mu  sync.Mutex
+		bad []string
+		wg  sync.WaitGroup
+	)
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := newHostConn(r, n).call(ctx, false, hostverb.Request{Verb: hostverb.VerbRollback, ID: id})
+			if err == nil {
+				err = a.err(hostverb.VerbRollback)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				fmt.Fprintf(w, "[%s] rollback failed: %v\n", n.Name, err)
+				bad = append(bad, n.Name)
+				return
+			}
+			fmt.Fprintf(w, "[%s] rolled back\n", n.Name)
+		}()
+	}
+	wg.Wait()
+	if len(bad) > 0 {
+		sort.Strings(bad)
+		return fmt.Errorf("rollback failed on %s", strings.Join(bad, ", "))
+	}
+	return nil
 }

@@ -1,106 +1,136 @@
 // Package gate is the forced command of the deploy user's SSH key
-// (authorized_keys `command="/path/deployer gate"`): it reads
-// SSH_ORIGINAL_COMMAND, allows only the deployer's host verbs and runs them
-// without a shell, so the key can never run anything else. Parsing is plain
-// splitting on spaces; any character a shell would treat specially is
-// refused rather than interpreted.
+// (authorized_keys `command="/path/deployer gate",restrict`): it reads the
+// command line the client asked for (SSH_ORIGINAL_COMMAND), parses it
+// against the host-verb contract (internal/hostverb: exact flags, checked
+// values, nothing else) and refuses anything that does not parse, with a
+// one-line reason and exit 126. User verbs (fetch, version) run here, as
+// the deploy user; root verbs go to the root agent over its unix socket.
+// Nothing is ever passed to a shell, and whatever deployer path the line
+// names, only this binary runs.
 package gate
 
 import (
-	"errors"
+	"context"
 	"fmt"
+	"io"
 	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
+	"time"
+
+	"github.com/bos55/concordia/internal/agent"
+	"github.com/bos55/concordia/internal/host"
+	"github.com/bos55/concordia/internal/hostverb"
+	"github.com/bos55/concordia/internal/nixcli"
 )
 
-// ErrRefused is returned for every command the gate does not allow.
-var ErrRefused = errors.New("refused by deployer gate")
-
-// ExitRefused is the exit code for a refused command (as a shell's "cannot execute").
-const ExitRefused = 126
-
-// sudoVerbs run as root through sudo; userVerbs run as the deploy user.
-var (
-	sudoVerbs = map[string]bool{"activate": true, "confirm": true, "wait": true, "status": true, "rollback": true}
-	userVerbs = map[string]bool{"fetch": true, "status": true, "version": true}
-)
-
-// SudoCandidates are where sudo is looked for, NixOS's setuid wrapper first.
-var SudoCandidates = []string{"/run/wrappers/bin/sudo", "/usr/bin/sudo", "/bin/sudo"}
-
-func safeChar(c rune) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("/._=:,@+-", c)
+// Realiser is what fetch needs from Nix.
+type Realiser interface {
+	Realise(ctx context.Context, paths ...string) error
 }
 
-// Parse turns the SSH command line into the argv to exec. self is the
-// absolute path of this deployer binary and sudo the path of sudo; the
-// returned argv always names them, never a program from the command line.
-func Parse(cmdline, self, sudo string) ([]string, error) {
-	if cmdline == "" {
-		return nil, fmt.Errorf("%w: no command (interactive logins are not allowed)", ErrRefused)
-	}
-	if len(cmdline) > 8192 {
-		return nil, fmt.Errorf("%w: command too long", ErrRefused)
-	}
-	for _, c := range cmdline {
-		if c != ' ' && !safeChar(c) {
-			return nil, fmt.Errorf("%w: character %q is not allowed", ErrRefused, c)
-		}
-	}
-	var words []string
-	for _, w := range strings.Split(cmdline, " ") {
-		if w != "" {
-			words = append(words, w)
-		}
-	}
-	// The caller may name this binary by a link to it (on NixOS e.g.
-	// /run/current-system/sw/bin/deployer for the store path); whatever
-	// the name, only self is ever run.
-	isSelf := func(w string) bool {
-		if w == self || w == "deployer" {
-			return true
-		}
-		if !filepath.IsAbs(w) {
-			return false
-		}
-		r, err := filepath.EvalSymlinks(w)
-		return err == nil && r == self
-	}
-	switch {
-	case len(words) >= 2 && isSelf(words[0]) && userVerbs[words[1]]:
-		if words[1] == "status" && !contains(words[2:], "--local") {
-			return nil, fmt.Errorf("%w: only status --local runs on the host", ErrRefused)
-		}
-		return append([]string{self}, words[1:]...), nil
-	case len(words) >= 4 && words[0] == "sudo" && words[1] == "-n" && isSelf(words[2]) && sudoVerbs[words[3]]:
-		return append([]string{sudo, "-n", self}, words[3:]...), nil
-	}
-	return nil, fmt.Errorf("%w: %q is not a deployer host verb", ErrRefused, cmdline)
+// Options say where the gate writes and whom it asks.
+type Options struct {
+	Stdout, Stderr io.Writer
+	// Socket is the root agent's socket; default agent.DefaultSocket.
+	Socket string
+	// Local, when set, runs root verbs in this process with these host
+	// options instead of asking the agent (`deployer host` as root).
+	Local *host.Options
+	// Nix substitutes for fetch; default the real nix-store.
+	Nix Realiser
+	// Version is reported by the version verb.
+	Version string
 }
 
-func contains(ws []string, s string) bool {
-	for _, w := range ws {
-		if w == s {
-			return true
-		}
+// Run parses an SSH command line and runs it; it returns the exit code.
+func Run(ctx context.Context, o Options, line string) int {
+	req, _, err := hostverb.ParseCommand(line)
+	if err != nil {
+		return Refuse(o, err)
 	}
-	return false
+	return RunRequest(ctx, o, req)
 }
 
-// Exec replaces the process with the allowed command (it returns only on
-// error). The environment is passed on as sshd set it.
-func Exec(argv []string) error {
-	return syscall.Exec(argv[0], argv, os.Environ())
+// RunRequest runs a parsed request and returns its exit code. Its stdout
+// is the verb's one JSON reply line; log lines go to stderr.
+func RunRequest(ctx context.Context, o Options, req hostverb.Request) int {
+	if !req.Verb.Root() {
+		return reply(o, userVerb(ctx, o, req))
+	}
+	if o.Local != nil {
+		return reply(o, agent.Handle(ctx, *o.Local, req, o.Version))
+	}
+	sock := o.Socket
+	if sock == "" {
+		sock = agent.DefaultSocket
+	}
+	line, code, err := agent.Call(ctx, sock, req, o.Stderr)
+	if err != nil {
+		return reply(o, &hostverb.Reply{ExitCode: hostverb.ExitFailed, Error: err.Error()})
+	}
+	o.Stdout.Write(line)
+	if r, err := hostverb.DecodeReply(line); err == nil && r.ExitCode != 0 && r.Error != "" {
+		fmt.Fprintf(o.Stderr, "deployer %s: %s\n", req.Verb, r.Error)
+	}
+	return code
 }
 
-// FindSudo returns the first existing sudo of SudoCandidates.
-func FindSudo() (string, error) {
-	for _, p := range SudoCandidates {
-		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
-			return p, nil
+// userVerb runs the verbs that need no root, as the deploy user.
+func userVerb(ctx context.Context, o Options, req hostverb.Request) *hostverb.Reply {
+	switch req.Verb {
+	case hostverb.VerbVersion:
+		return &hostverb.Reply{VersionInfo: &hostverb.VersionInfo{Version: o.Version}}
+	case hostverb.VerbFetch:
+		// As the deploy user, who is not a trusted Nix user: the daemon
+		// accepts only substitutes signed by a trusted key.
+		n := o.Nix
+		if n == nil {
+			n = &nixcli.Exec{}
+		}
+		start := time.Now()
+		if err := n.Realise(ctx, req.Paths...); err != nil {
+			return &hostverb.Reply{ExitCode: hostverb.ExitFailed, Error: err.Error()}
+		}
+		return &hostverb.Reply{Fetched: &hostverb.Fetched{Paths: req.Paths, Seconds: time.Since(start).Seconds()}}
+	}
+	return &hostverb.Reply{ExitCode: hostverb.ExitRefused, Error: fmt.Sprintf("%v: %s is not a user verb", hostverb.ErrRefused, req.Verb)}
+}
+
+func reply(o Options, r *hostverb.Reply) int {
+	o.Stdout.Write(r.MarshalLine())
+	if r.ExitCode != 0 && r.Error != "" {
+		fmt.Fprintf(o.Stderr, "deployer: %s\n", r.Error)
+	}
+	return r.ExitCode
+}
+
+// Refuse prints err as a refusal (exit 126) and returns the exit code.
+func Refuse(o Options, err error) int {
+	return reply(o, &hostverb.Reply{ExitCode: hostverb.ExitRefused, Error: err.Error()})
+}
+
+// keepEnv are the variables the gate keeps from its SSH session; the rest
+// (whatever sshd's AcceptEnv or a login shell put there) is dropped before
+// anything runs. PATH is set, not kept.
+var keepEnv = []string{"HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ"}
+
+// SafePath is the PATH the gate's children get.
+const SafePath = "/run/current-system/sw/bin:/run/wrappers/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+// CleanEnv replaces the process environment with the few variables the
+// verbs need; it returns SSH_ORIGINAL_COMMAND, read first.
+func CleanEnv() string {
+	line := os.Getenv("SSH_ORIGINAL_COMMAND")
+	kept := map[string]string{}
+	for _, k := range keepEnv {
+		if v, ok := os.LookupEnv(k); ok && !strings.ContainsRune(v, 0) {
+			kept[k] = v
 		}
 	}
-	return "", errors.New("sudo not found")
+	os.Clearenv()
+	for k, v := range kept {
+		os.Setenv(k, v)
+	}
+	os.Setenv("PATH", SafePath)
+	return line
 }

@@ -5,44 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/bos55/concordia/internal/hostverb"
 	"github.com/bos55/concordia/internal/nixcli"
 )
-
-// Request is one `deployer activate`.
-type Request struct {
-	ID             string
-	Mode           Mode
-	Path           string
-	ConfirmTimeout time.Duration // default 30s
-	MagicRollback  bool
-	AutoRollback   bool
-	KernelChange   string // "report" (default) or "boot"
-}
-
-// Validate checks every field; the errors wrap ErrInvalid.
-func (q *Request) Validate(storeDir string) error {
-	if err := ValidID(q.ID); err != nil {
-		return err
-	}
-	if err := ValidMode(string(q.Mode)); err != nil {
-		return err
-	}
-	if err := ValidStorePath(storeDir, q.Path); err != nil {
-		return err
-	}
-	if q.ConfirmTimeout < time.Second || q.ConfirmTimeout > 24*time.Hour {
-		return fmt.Errorf("%w: confirm timeout %s must be between 1s and 24h", ErrInvalid, q.ConfirmTimeout)
-	}
-	if q.KernelChange != "report" && q.KernelChange != "boot" {
-		return fmt.Errorf("%w: kernel-change %q must be report or boot", ErrInvalid, q.KernelChange)
-	}
-	return nil
-}
 
 // Activate is `deployer activate`: it validates, locks the host, checks the
 // system, then hands the deploy to a detached worker (Work) and waits for it
@@ -50,8 +19,9 @@ func (q *Request) Validate(storeDir string) error {
 // only when the system was activated (awaiting confirmation or done).
 // If this process dies (the SSH session dropped), the worker carries on and
 // `deployer wait` reports the outcome.
-func Activate(ctx context.Context, o Options, q Request) (*Record, error) {
+func Activate(ctx context.Context, o Options, q hostverb.Request) (*hostverb.Record, error) {
 	o = o.withDefaults()
+	q.Verb = hostverb.VerbActivate
 	if q.ConfirmTimeout == 0 {
 		q.ConfirmTimeout = 30 * time.Second
 	}
@@ -61,7 +31,11 @@ func Activate(ctx context.Context, o Options, q Request) (*Record, error) {
 	if err := q.Validate(o.StoreDir); err != nil {
 		return nil, err
 	}
-	lock, err := lockHost(o, &Holder{ID: q.ID, Mode: q.Mode, Path: q.Path, Started: time.Now().UTC(), PID: os.Getpid()})
+	// Checked before the lock, so a refused system leaves no trace.
+	if err := checkSystem(ctx, o, q.Path); err != nil {
+		return nil, err
+	}
+	lock, err := lockHost(o, &hostverb.Holder{ID: q.ID, Mode: q.Mode, Path: q.Path, Started: time.Now().UTC(), PID: os.Getpid()})
 	if err != nil {
 		return nil, err
 	}
@@ -71,12 +45,9 @@ func Activate(ctx context.Context, o Options, q Request) (*Record, error) {
 			lock.Close()
 		}
 	}()
-	if err := checkSystem(ctx, o, q.Path); err != nil {
-		return nil, err
-	}
-	rec := &Record{
+	rec := &hostverb.Record{
 		ID: q.ID, Mode: q.Mode, RequestedMode: q.Mode, Path: q.Path, ActivationExit: -1,
-		MagicRollback: q.MagicRollback && (q.Mode == Switch || q.Mode == Test),
+		MagicRollback: q.MagicRollback && q.Mode.NeedsConfirm(),
 		AutoRollback:  q.AutoRollback, ConfirmTimeout: q.ConfirmTimeout.String(),
 		Log: LogPath(o, q.ID), Started: time.Now().UTC(),
 	}
@@ -88,56 +59,37 @@ func Activate(ctx context.Context, o Options, q Request) (*Record, error) {
 	} else if ok {
 		rec.PreviousGeneration, rec.PreviousProfile = g.Number, g.Path
 	}
-	if q.Mode == Switch || q.Mode == Test {
+	if q.Mode.NeedsConfirm() {
 		if err := kernelCheck(o, q, rec); err != nil {
 			return nil, err
 		}
 	}
-	rec.set(Activating, "")
+	rec.Set(hostverb.Activating, "")
 	if err := create(o, rec); err != nil {
 		return nil, err
 	}
 	pid, err := o.Spawner.Spawn(ctx, o, q.ID, lock)
 	if err != nil {
-		update(o, q.ID, func(r *Record) error { r.set(Failed, "could not start the worker: "+err.Error()); return nil })
-		return nil, fmt.Errorf("%w: %v", ErrFailed, err)
+		update(o, q.ID, func(r *hostverb.Record) error {
+			r.Set(hostverb.Failed, "could not start the worker: "+err.Error())
+			return nil
+		})
+		return nil, fmt.Errorf("%w: %v", hostverb.ErrFailed, err)
 	}
 	spawned = true
 	lock.Close() // the worker has its own descriptor of the lock now
-	update(o, q.ID, func(r *Record) error { r.WorkerPID = pid; return nil })
-	r, err := waitFor(ctx, o, q.ID, func(s State) bool { return s != Activating }, pid)
+	update(o, q.ID, func(r *hostverb.Record) error { r.WorkerPID = pid; return nil })
+	r, err := waitFor(ctx, o, q.ID, func(s hostverb.State) bool { return s != hostverb.Activating }, pid)
 	if err != nil {
 		return r, err
 	}
 	return r, r.Err()
 }
 
-// checkSystem: valid in the store and shaped like a NixOS system.
-func checkSystem(ctx context.Context, o Options, path string) error {
-	ok, err := o.Nix.Valid(ctx, path)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return fmt.Errorf("%w: %s is not valid in the local store (fetch it first)", ErrInvalid, path)
-	}
-	stc := filepath.Join(path, "bin", "switch-to-configuration")
-	fi, err := os.Stat(stc)
-	if err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
-		return fmt.Errorf("%w: %s is not a NixOS system: no executable bin/switch-to-configuration", ErrInvalid, path)
-	}
-	_, e1 := os.Stat(filepath.Join(path, "nixos-version"))
-	_, e2 := os.Stat(filepath.Join(path, "kernel"))
-	if e1 != nil && e2 != nil {
-		return fmt.Errorf("%w: %s is not a NixOS system: no nixos-version or kernel", ErrInvalid, path)
-	}
-	return nil
-}
-
 // kernelCheck compares the new system's kernel, initrd and modules with the
 // booted system's: a change is reported (nothing done) or, with
 // --kernel-change boot, turns a switch into boot.
-func kernelCheck(o Options, q Request, rec *Record) error {
+func kernelCheck(o Options, q hostverb.Request, rec *hostverb.Record) error {
 	booted, err := os.Readlink(o.BootedSystem)
 	if err != nil {
 		o.Log.Warn("no booted system to compare the kernel with", "err", err)
@@ -151,13 +103,13 @@ func kernelCheck(o Options, q Request, rec *Record) error {
 		return nil
 	}
 	rec.KernelChanged = true
-	if q.KernelChange == "boot" && q.Mode == Switch {
-		rec.Mode, rec.RebootRequired, rec.MagicRollback = Boot, true, false
+	if q.KernelChange == "boot" && q.Mode == hostverb.Switch {
+		rec.Mode, rec.RebootRequired, rec.MagicRollback = hostverb.Boot, true, false
 		o.Log.Info("kernel change: switch becomes boot", "changed", diff)
 		return nil
 	}
 	return fmt.Errorf("%w (%s differ from the booted system); nothing changed: deploy with mode boot or --kernel-change boot",
-		ErrKernelChange, strings.Join(diff, ", "))
+		hostverb.ErrKernelChange, strings.Join(diff, ", "))
 }
 
 // Work is the detached worker of deploy id (the hidden `watchdog` verb): it
@@ -194,15 +146,15 @@ func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 			rolled = "; auto-rollback disabled: left as is"
 		}
 		log.Error("activation failed", "reason", reason+rolled)
-		_, err := update(o, id, func(r *Record) error {
+		_, err := update(o, id, func(r *hostverb.Record) error {
 			r.RolledBack = rolled == "; rolled back"
 			r.Generation, r.CreatedGeneration, r.ActivationExit = rec.Generation, rec.CreatedGeneration, rec.ActivationExit
-			r.set(Failed, reason+rolled)
+			r.Set(hostverb.Failed, reason+rolled)
 			return nil
 		})
 		return err
 	}
-	if rec.Mode == Switch || rec.Mode == Boot {
+	if rec.Mode == hostverb.Switch || rec.Mode == hostverb.Boot {
 		if err := o.Nix.SetProfile(ctx, o.Profile, rec.Path); err != nil {
 			return fail("set profile: " + err.Error())
 		}
@@ -211,7 +163,7 @@ func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 			return fail(fmt.Sprintf("profile %s does not point at %s after setting it (%v)", o.Profile, rec.Path, err))
 		}
 		rec.Generation, rec.CreatedGeneration = g.Number, g.Number != rec.PreviousGeneration
-		if _, err := update(o, id, func(r *Record) error {
+		if _, err := update(o, id, func(r *hostverb.Record) error {
 			r.Generation, r.CreatedGeneration = rec.Generation, rec.CreatedGeneration
 			return nil
 		}); err != nil {
@@ -223,22 +175,22 @@ func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 	if err != nil {
 		return fail("switch-to-configuration: " + err.Error())
 	}
-	if code != 0 && code != ExitRebootRequired {
+	if code != 0 && code != hostverb.ExitRebootRequired {
 		return fail(fmt.Sprintf("switch-to-configuration %s exited with status %d (see %s)", rec.Mode, code, rec.Log))
 	}
 	if !rec.MagicRollback {
-		_, err := update(o, id, func(r *Record) error {
-			r.ActivationExit, r.RebootRequired = code, r.RebootRequired || code == ExitRebootRequired
-			r.set(Confirmed, "activated; no confirmation needed")
+		_, err := update(o, id, func(r *hostverb.Record) error {
+			r.ActivationExit, r.RebootRequired = code, r.RebootRequired || code == hostverb.ExitRebootRequired
+			r.Set(hostverb.Confirmed, "activated; no confirmation needed")
 			return nil
 		})
 		return err
 	}
 	timeout, _ := time.ParseDuration(rec.ConfirmTimeout)
-	rec, err = update(o, id, func(r *Record) error {
-		r.ActivationExit, r.RebootRequired = code, r.RebootRequired || code == ExitRebootRequired
+	rec, err = update(o, id, func(r *hostverb.Record) error {
+		r.ActivationExit, r.RebootRequired = code, r.RebootRequired || code == hostverb.ExitRebootRequired
 		r.Deadline = time.Now().UTC().Add(timeout)
-		r.set(AwaitingConfirm, "activated; waiting for confirmation until "+r.Deadline.Format(time.RFC3339))
+		r.Set(hostverb.AwaitingConfirm, "activated; waiting for confirmation until "+r.Deadline.Format(time.RFC3339))
 		return nil
 	})
 	if err != nil {
@@ -249,7 +201,7 @@ func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 }
 
 // watch waits for confirmation and rolls back at the deadline.
-func watch(ctx context.Context, o Options, rec *Record) error {
+func watch(ctx context.Context, o Options, rec *hostverb.Record) error {
 	t := time.NewTicker(o.Poll)
 	defer t.Stop()
 	for {
@@ -257,7 +209,7 @@ func watch(ctx context.Context, o Options, rec *Record) error {
 		if err != nil {
 			return err
 		}
-		if r.State != AwaitingConfirm {
+		if r.State != hostverb.AwaitingConfirm {
 			return nil // confirmed (or changed by hand): the watchdog is done
 		}
 		if time.Now().After(r.Deadline) {
@@ -267,8 +219,8 @@ func watch(ctx context.Context, o Options, rec *Record) error {
 	}
 	won := false
 	why := ""
-	r, err := update(o, rec.ID, func(r *Record) error {
-		if r.State != AwaitingConfirm {
+	r, err := update(o, rec.ID, func(r *hostverb.Record) error {
+		if r.State != hostverb.AwaitingConfirm {
 			return nil
 		}
 		won = true
@@ -276,7 +228,7 @@ func watch(ctx context.Context, o Options, rec *Record) error {
 		if r.Rejected {
 			why = "rejected by the deployer"
 		}
-		r.set(RollingBack, why)
+		r.Set(hostverb.RollingBack, why)
 		return nil
 	})
 	if err != nil || !won {
@@ -287,9 +239,9 @@ func watch(ctx context.Context, o Options, rec *Record) error {
 		reason = why + ": rollback failed: " + err.Error()
 	}
 	o.Log.Warn("magic rollback", "id", r.ID, "reason", reason)
-	_, err = update(o, rec.ID, func(r *Record) error {
+	_, err = update(o, rec.ID, func(r *hostverb.Record) error {
 		r.RolledBack = !strings.Contains(reason, "rollback failed")
-		r.set(RolledBack, reason)
+		r.Set(hostverb.RolledBack, reason)
 		return nil
 	})
 	return err
@@ -299,17 +251,17 @@ func watch(ctx context.Context, o Options, rec *Record) error {
 // the previous generation, the deploy's generation is deleted and the
 // previous generation is activated the same way; test: the previously
 // running system is activated with test, the profile untouched.
-func rollbackDeploy(ctx context.Context, o Options, rec *Record) error {
+func rollbackDeploy(ctx context.Context, o Options, rec *hostverb.Record) error {
 	var errs []error
 	switch rec.Mode {
-	case Test, DryActivate:
-		if rec.Mode == DryActivate {
+	case hostverb.Test, hostverb.DryActivate:
+		if rec.Mode == hostverb.DryActivate {
 			return nil
 		}
 		if rec.Previous == "" {
 			return errors.New("no previously running system to go back to")
 		}
-		if code, err := o.Switcher.Switch(ctx, rec.Previous, Test, rec.Log); err != nil || code != 0 {
+		if code, err := o.Switcher.Switch(ctx, rec.Previous, hostverb.Test, rec.Log); err != nil || code != 0 {
 			return fmt.Errorf("previous system's switch-to-configuration test: status %d %v", code, err)
 		}
 		return nil
@@ -325,15 +277,15 @@ func rollbackDeploy(ctx context.Context, o Options, rec *Record) error {
 	target, action := rec.PreviousProfile, rec.Mode
 	if target == "" {
 		// First deploy on a profile-less host: put the running system back.
-		target, action = rec.Previous, Test
-		if rec.Mode == Boot {
+		target, action = rec.Previous, hostverb.Test
+		if rec.Mode == hostverb.Boot {
 			return errors.Join(errs...)
 		}
 	}
 	if target == "" {
 		return errors.Join(append(errs, errors.New("no previous generation or system to go back to"))...)
 	}
-	if code, err := o.Switcher.Switch(ctx, target, action, rec.Log); err != nil || (code != 0 && code != ExitRebootRequired) {
+	if code, err := o.Switcher.Switch(ctx, target, action, rec.Log); err != nil || (code != 0 && code != hostverb.ExitRebootRequired) {
 		errs = append(errs, fmt.Errorf("previous system's switch-to-configuration %s: status %d %v", action, code, err))
 	}
 	return errors.Join(errs...)
@@ -341,20 +293,20 @@ func rollbackDeploy(ctx context.Context, o Options, rec *Record) error {
 
 // Confirm is `deployer confirm`: it stops the watchdog of deploy id. A deploy
 // that was already rolled back (or failed) cannot be confirmed.
-func Confirm(ctx context.Context, o Options, id string) (*Record, error) {
+func Confirm(ctx context.Context, o Options, id string) (*hostverb.Record, error) {
 	o = o.withDefaults()
-	if err := ValidID(id); err != nil {
+	if err := hostverb.ValidID(id); err != nil {
 		return nil, err
 	}
-	r, err := update(o, id, func(r *Record) error {
+	r, err := update(o, id, func(r *hostverb.Record) error {
 		switch r.State {
-		case AwaitingConfirm:
-			r.set(Confirmed, "confirmed by the deployer")
+		case hostverb.AwaitingConfirm:
+			r.Set(hostverb.Confirmed, "confirmed by the deployer")
 			return nil
-		case Confirmed:
+		case hostverb.Confirmed:
 			return nil
-		case Activating:
-			return fmt.Errorf("%w: deploy %s is still activating", ErrFailed, id)
+		case hostverb.Activating:
+			return fmt.Errorf("%w: deploy %s is still activating", hostverb.ErrFailed, id)
 		}
 		return r.Err()
 	})
@@ -368,23 +320,23 @@ func Confirm(ctx context.Context, o Options, id string) (*Record, error) {
 // health check failed), so its watchdog rolls back now instead of at the
 // deadline. Rejecting a deploy that is already rolled back (or rolling
 // back) is not an error; one that is confirmed or still activating is.
-func Reject(ctx context.Context, o Options, id string) (*Record, error) {
+func Reject(ctx context.Context, o Options, id string) (*hostverb.Record, error) {
 	o = o.withDefaults()
-	if err := ValidID(id); err != nil {
+	if err := hostverb.ValidID(id); err != nil {
 		return nil, err
 	}
-	return update(o, id, func(r *Record) error {
+	return update(o, id, func(r *hostverb.Record) error {
 		switch r.State {
-		case AwaitingConfirm:
+		case hostverb.AwaitingConfirm:
 			r.Rejected = true
 			r.Deadline = time.Now().UTC()
 			return nil
-		case RollingBack, RolledBack:
+		case hostverb.RollingBack, hostverb.RolledBack:
 			return nil
-		case Activating:
-			return fmt.Errorf("%w: deploy %s is still activating", ErrFailed, id)
-		case Confirmed:
-			return fmt.Errorf("%w: deploy %s is already confirmed", ErrFailed, id)
+		case hostverb.Activating:
+			return fmt.Errorf("%w: deploy %s is still activating", hostverb.ErrFailed, id)
+		case hostverb.Confirmed:
+			return fmt.Errorf("%w: deploy %s is already confirmed", hostverb.ErrFailed, id)
 		}
 		return r.Err()
 	})
@@ -393,9 +345,9 @@ func Reject(ctx context.Context, o Options, id string) (*Record, error) {
 // Wait is `deployer wait`: it blocks until deploy id has finished activating
 // (awaiting confirmation, or a final state) or timeout passes, then returns
 // its record; err tells failed, rolled back or timed out apart.
-func Wait(ctx context.Context, o Options, id string, timeout time.Duration) (*Record, error) {
+func Wait(ctx context.Context, o Options, id string, timeout time.Duration) (*hostverb.Record, error) {
 	o = o.withDefaults()
-	if err := ValidID(id); err != nil {
+	if err := hostverb.ValidID(id); err != nil {
 		return nil, err
 	}
 	if timeout > 0 {
@@ -407,7 +359,7 @@ func Wait(ctx context.Context, o Options, id string, timeout time.Duration) (*Re
 	if err != nil {
 		return nil, err
 	}
-	r, err = waitFor(ctx, o, id, func(s State) bool { return s != Activating && s != RollingBack }, r.WorkerPID)
+	r, err = waitFor(ctx, o, id, func(s hostverb.State) bool { return s != hostverb.Activating && s != hostverb.RollingBack }, r.WorkerPID)
 	if err != nil {
 		return r, err
 	}
@@ -429,7 +381,7 @@ func workerGone(o Options, id string, pid int) bool {
 // waitFor polls the record until done(state) or ctx ends. A worker that
 // died leaving the deploy unfinished is reported as failed rather than
 // waited for forever.
-func waitFor(ctx context.Context, o Options, id string, done func(State) bool, pid int) (*Record, error) {
+func waitFor(ctx context.Context, o Options, id string, done func(hostverb.State) bool, pid int) (*hostverb.Record, error) {
 	t := time.NewTicker(o.Poll)
 	defer t.Stop()
 	for {
@@ -445,9 +397,9 @@ func waitFor(ctx context.Context, o Options, id string, done func(State) bool, p
 			if r2, err := Load(o, id); err == nil && done(r2.State) {
 				return r2, nil
 			}
-			r, _ = update(o, id, func(r *Record) error {
+			r, _ = update(o, id, func(r *hostverb.Record) error {
 				if !r.State.Final() {
-					r.set(Failed, fmt.Sprintf("the deploy's worker (pid %d) died in state %s", pid, r.State))
+					r.Set(hostverb.Failed, fmt.Sprintf("the deploy's worker (pid %d) died in state %s", pid, r.State))
 				}
 				return nil
 			})
@@ -455,7 +407,7 @@ func waitFor(ctx context.Context, o Options, id string, done func(State) bool, p
 		}
 		select {
 		case <-ctx.Done():
-			return r, fmt.Errorf("%w: deploy %s is %s", ErrTimeout, id, r.State)
+			return r, fmt.Errorf("%w: deploy %s is %s", hostverb.ErrTimeout, id, r.State)
 		case <-t.C:
 		}
 	}

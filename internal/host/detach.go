@@ -10,12 +10,14 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/bos55/concordia/internal/hostverb"
 )
 
 // Switcher runs <system>/bin/switch-to-configuration <action>, appending its
 // output to logPath, and returns its exit status.
 type Switcher interface {
-	Switch(ctx context.Context, system string, action Mode, logPath string) (int, error)
+	Switch(ctx context.Context, system string, action hostverb.Mode, logPath string) (int, error)
 }
 
 // Spawner starts the deploy's worker (Work) so that it outlives the verb that
@@ -37,7 +39,7 @@ func systemdBooted() bool { return isDir("/run/systemd/system") }
 type Detached struct{}
 
 // Switch implements Switcher.
-func (Detached) Switch(ctx context.Context, system string, action Mode, logPath string) (int, error) {
+func (Detached) Switch(ctx context.Context, system string, action hostverb.Mode, logPath string) (int, error) {
 	argv := []string{filepath.Join(system, "bin", "switch-to-configuration"), string(action)}
 	if systemdBooted() {
 		argv = append([]string{"systemd-run", "--unit=concordia-switch-" + strconv.FormatInt(time.Now().UnixNano(), 36),

@@ -12,14 +12,14 @@ import (
 	"time"
 
 	"github.com/bos55/concordia/internal/fleettest"
-	"github.com/bos55/concordia/internal/host"
+	"github.com/bos55/concordia/internal/hostverb"
 )
 
 // The host verbs on the simulated fleet: real sshd, the gate as forced
 // command, sudo, a real nix-daemon and store per host.
 
 type result struct {
-	rec    host.Record
+	rec    hostverb.Record
 	raw    map[string]any
 	code   int
 	stderr string
@@ -99,7 +99,7 @@ func TestFleetHostVerbs(t *testing.T) {
 		h := f.Hosts[0]
 		mustFetch(t, f, h, v2)
 		r := activate(t, f, h, "switch", "sw-1", v2)
-		if r.code != 0 || r.rec.State != host.AwaitingConfirm || r.rec.Generation != 2 {
+		if r.code != 0 || r.rec.State != hostverb.AwaitingConfirm || r.rec.Generation != 2 {
 			t.Fatalf("activate: exit %d %+v\n%s", r.code, r.rec, r.stderr)
 		}
 		if got := f.Readlink(t, h, "/run/current-system"); got != v2 {
@@ -111,7 +111,7 @@ func TestFleetHostVerbs(t *testing.T) {
 		if n, ok := f.BootDefault(t, h); n != 2 || !ok {
 			t.Fatalf("boot default %d %v", n, ok)
 		}
-		if c := verb(t, f, h, "confirm", "--id", "sw-1"); c.code != 0 || c.rec.State != host.Confirmed {
+		if c := verb(t, f, h, "confirm", "--id", "sw-1"); c.code != 0 || c.rec.State != hostverb.Confirmed {
 			t.Fatalf("confirm: %d %+v %s", c.code, c.rec, c.stderr)
 		}
 		time.Sleep(4 * time.Second) // past the deadline: nothing rolls back
@@ -125,14 +125,14 @@ func TestFleetHostVerbs(t *testing.T) {
 		// dry-activate changes nothing; boot only the profile and boot entry,
 		// and its exit 100 (reboot required) comes through.
 		mustFetch(t, f, h, v3)
-		if r := activate(t, f, h, "dry-activate", "dry-1", v3); r.code != 0 || r.rec.State != host.Confirmed {
+		if r := activate(t, f, h, "dry-activate", "dry-1", v3); r.code != 0 || r.rec.State != hostverb.Confirmed {
 			t.Fatalf("dry-activate: %d %+v", r.code, r.rec)
 		}
 		if n, _ := f.ProfileGeneration(t, h); n != 2 || f.Readlink(t, h, "/run/current-system") != v2 {
 			t.Fatal("dry-activate changed the host")
 		}
 		r = activate(t, f, h, "boot", "boot-1", v3)
-		if r.code != host.ExitRebootRequired || r.rec.State != host.Confirmed || !r.rec.RebootRequired {
+		if r.code != hostverb.ExitRebootRequired || r.rec.State != hostverb.Confirmed || !r.rec.RebootRequired {
 			t.Fatalf("boot: %d %+v", r.code, r.rec)
 		}
 		if n, _ := f.BootDefault(t, h); n != 3 || f.Readlink(t, h, "/run/current-system") != v2 {
@@ -162,7 +162,7 @@ func TestFleetHostVerbs(t *testing.T) {
 		h := f.Hosts[1]
 		mustFetch(t, f, h, v2)
 		r := activate(t, f, h, "test", "t-1", v2)
-		if r.code != 0 || r.rec.State != host.AwaitingConfirm {
+		if r.code != 0 || r.rec.State != hostverb.AwaitingConfirm {
 			t.Fatalf("activate: exit %d %+v\n%s", r.code, r.rec, r.stderr)
 		}
 		if c := verb(t, f, h, "confirm", "--id", "t-1"); c.code != 0 {
@@ -196,7 +196,7 @@ func TestFleetHostVerbs(t *testing.T) {
 			t.Fatalf("activate: exit %d %s", r.code, r.stderr)
 		}
 		w := waitFinal(t, f, h, "nc-1")
-		if w.rec.State != host.RolledBack || w.code != host.ExitRolledBack || !w.rec.RolledBack {
+		if w.rec.State != hostverb.RolledBack || w.code != hostverb.ExitRolledBack || !w.rec.RolledBack {
 			t.Fatalf("wait: %d %+v", w.code, w.rec)
 		}
 		if got := f.Readlink(t, h, "/run/current-system"); got != old {
@@ -211,14 +211,14 @@ func TestFleetHostVerbs(t *testing.T) {
 		if n, ok := f.BootDefault(t, h); n != 1 || !ok {
 			t.Fatalf("boot default %d", n)
 		}
-		if c := verb(t, f, h, "confirm", "--id", "nc-1"); c.code != host.ExitRolledBack {
+		if c := verb(t, f, h, "confirm", "--id", "nc-1"); c.code != hostverb.ExitRolledBack {
 			t.Fatalf("late confirm: %d %+v", c.code, c.rec)
 		}
 		r = activate(t, f, h, "test", "nc-2", v2)
 		if r.code != 0 {
 			t.Fatalf("activate test: exit %d %s", r.code, r.stderr)
 		}
-		if w := waitFinal(t, f, h, "nc-2"); w.rec.State != host.RolledBack {
+		if w := waitFinal(t, f, h, "nc-2"); w.rec.State != hostverb.RolledBack {
 			t.Fatalf("test wait: %+v", w.rec)
 		}
 		if got := f.Readlink(t, h, "/run/current-system"); got != old {
@@ -234,7 +234,7 @@ func TestFleetHostVerbs(t *testing.T) {
 		h := f.Hosts[3]
 		mustFetch(t, f, h, failing)
 		r := activate(t, f, h, "switch", "f-1", failing)
-		if r.code != host.ExitFailed || r.rec.State != host.Failed || !r.rec.RolledBack {
+		if r.code != hostverb.ExitFailed || r.rec.State != hostverb.Failed || !r.rec.RolledBack {
 			t.Fatalf("activate: exit %d %+v %s", r.code, r.rec, r.stderr)
 		}
 		if got := f.Readlink(t, h, "/run/current-system"); got != old {
@@ -259,7 +259,7 @@ func TestFleetHostVerbs(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 		w := waitFinal(t, f, h, "b-1")
-		if w.rec.State != host.RolledBack {
+		if w.rec.State != hostverb.RolledBack {
 			t.Fatalf("after ssh came back: %+v", w.rec)
 		}
 		if got := f.Readlink(t, h, "/run/current-system"); got != old {
@@ -290,11 +290,11 @@ func TestFleetHostVerbs(t *testing.T) {
 		cancel()
 		cmd.Wait()
 		second := activate(t, f, h, "test", "cut-2", v2)
-		if second.code != host.ExitLocked || !strings.Contains(second.stderr, "cut-1") {
+		if second.code != hostverb.ExitLocked || !strings.Contains(second.stderr, "cut-1") {
 			t.Fatalf("second deploy: exit %d %s", second.code, second.stderr)
 		}
 		w := verb(t, f, h, "wait", "--id", "cut-1", "--timeout", "1m")
-		if w.code != 0 || w.rec.State != host.AwaitingConfirm {
+		if w.code != 0 || w.rec.State != hostverb.AwaitingConfirm {
 			t.Fatalf("wait: %d %+v %s", w.code, w.rec, w.stderr)
 		}
 		if got := f.Readlink(t, h, "/run/current-system"); got != slow {
@@ -310,14 +310,14 @@ func TestFleetHostVerbs(t *testing.T) {
 		h := f.Hosts[5]
 		mustFetch(t, f, h, kernel)
 		r := activate(t, f, h, "switch", "k-1", kernel)
-		if r.code != host.ExitKernelChange {
+		if r.code != hostverb.ExitKernelChange {
 			t.Fatalf("kernel change: exit %d %s", r.code, r.stderr)
 		}
 		if n, _ := f.ProfileGeneration(t, h); n != 1 {
 			t.Fatal("kernel change report changed the profile")
 		}
 		r = activate(t, f, h, "switch", "k-2", kernel, "--kernel-change", "boot")
-		if r.code != 0 || r.rec.Mode != host.Boot || r.rec.State != host.Confirmed {
+		if r.code != 0 || r.rec.Mode != hostverb.Boot || r.rec.State != hostverb.Confirmed {
 			t.Fatalf("kernel change boot: exit %d %+v %s", r.code, r.rec, r.stderr)
 		}
 		if n, _ := f.BootDefault(t, h); n != 2 || f.Readlink(t, h, "/run/current-system") != old {
@@ -354,7 +354,7 @@ func TestFleetHostVerbs(t *testing.T) {
 			}
 		}
 		for _, p := range []string{"/tmp/x", "/nix/store/../../etc/passwd", old + "/bin"} {
-			if r := activate(t, f, h, "switch", "bad", p); r.code != host.ExitInvalid {
+			if r := activate(t, f, h, "switch", "bad", p); r.code != hostverb.ExitInvalid {
 				t.Errorf("activate %s: exit %d", p, r.code)
 			}
 		}
@@ -384,7 +384,7 @@ func TestFleetFetchNeedsSignature(t *testing.T) {
 	if r := fetch(t, f, h, missing); r.code == 0 {
 		t.Fatal("fetch of a path missing from the cache succeeded")
 	}
-	if r := activate(t, f, h, "switch", "m-1", missing); r.code != host.ExitInvalid {
+	if r := activate(t, f, h, "switch", "m-1", missing); r.code != hostverb.ExitInvalid {
 		t.Fatalf("activate of a path not in the host store: exit %d", r.code)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,7 +15,10 @@ import (
 	"time"
 
 	"github.com/bos55/concordia/internal/host"
+	"github.com/bos55/concordia/internal/hostverb"
 	"github.com/bos55/concordia/internal/nixcli"
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // fakeNix keeps a profile as Nix does (system-N-link symlinks) in a temp dir.
@@ -81,7 +85,7 @@ type fakeSwitch struct {
 	calls   []string
 }
 
-func (s *fakeSwitch) Switch(ctx context.Context, system string, action host.Mode, logPath string) (int, error) {
+func (s *fakeSwitch) Switch(ctx context.Context, system string, action hostverb.Mode, logPath string) (int, error) {
 	s.mu.Lock()
 	s.calls = append(s.calls, string(action)+" "+filepath.Base(system))
 	code, hold := s.exit[system], s.hold[system]
@@ -89,7 +93,7 @@ func (s *fakeSwitch) Switch(ctx context.Context, system string, action host.Mode
 	if hold != nil {
 		<-hold
 	}
-	if action == host.Switch || action == host.Test {
+	if action == hostverb.Switch || action == hostverb.Test {
 		if err := repoint(s.current, system); err != nil {
 			return -1, err
 		}
@@ -122,9 +126,55 @@ func (g *goSpawner) Spawn(ctx context.Context, o host.Options, id string, lock *
 	return 0, nil
 }
 
+// fakeTrust is the store's database and the host's trusted keys: paths
+// added with add, signed by key (or not), trusted: key.
+type fakeTrust struct {
+	mu    sync.Mutex
+	key   narinfo.SecretKey
+	infos map[string]*store.PathInfo
+}
+
+func newFakeTrust(t *testing.T) *fakeTrust {
+	sk, _, err := narinfo.GenerateKey("host-test-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fakeTrust{key: sk, infos: map[string]*store.PathInfo{}}
+}
+
+func (f *fakeTrust) PathInfo(ctx context.Context, p string) (*store.PathInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	info, ok := f.infos[p]
+	if !ok {
+		return nil, store.ErrNotFound
+	}
+	c := *info
+	return &c, nil
+}
+
+func (f *fakeTrust) TrustedKeys(ctx context.Context) ([]narinfo.PublicKey, error) {
+	return []narinfo.PublicKey{f.key.Public()}, nil
+}
+
+// add registers p as valid with refs (and itself), signed by signer (nil:
+// unsigned).
+func (f *fakeTrust) add(p string, signer *narinfo.SecretKey, refs ...string) *store.PathInfo {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	info := &store.PathInfo{StorePath: p, NarHash: make([]byte, 32), NarSize: 120, References: append([]string{p}, refs...)}
+	slices.Sort(info.References)
+	if signer != nil {
+		info.Sigs = []string{signer.Sign(narinfo.Fingerprint(p, narinfo.SHA256(info.NarHash), info.NarSize, info.References))}
+	}
+	f.infos[p] = info
+	return info
+}
+
 type env struct {
 	t     *testing.T
 	o     host.Options
+	trust *fakeTrust
 	nix   *fakeNix
 	sw    *fakeSwitch
 	spawn *goSpawner
@@ -138,14 +188,14 @@ func newEnv(t *testing.T) *env {
 	for _, d := range []string{"store", "profiles", "run"} {
 		os.MkdirAll(filepath.Join(root, d), 0o755)
 	}
-	e := &env{t: t, store: filepath.Join(root, "store"), nix: &fakeNix{valid: map[string]bool{}}}
+	e := &env{t: t, store: filepath.Join(root, "store"), nix: &fakeNix{valid: map[string]bool{}}, trust: newFakeTrust(t)}
 	e.sw = &fakeSwitch{current: filepath.Join(root, "run", "current-system"), exit: map[string]int{}, hold: map[string]chan struct{}{}}
 	e.spawn = &goSpawner{}
 	e.o = host.Options{
 		StateDir: filepath.Join(root, "run", "concordia"), StoreDir: e.store,
 		Profile:       filepath.Join(root, "profiles", "system"),
 		CurrentSystem: e.sw.current, BootedSystem: filepath.Join(root, "run", "booted-system"),
-		Nix: e.nix, Switcher: e.sw, Spawner: e.spawn, Poll: 5 * time.Millisecond,
+		Nix: e.nix, Trust: e.trust, Switcher: e.sw, Spawner: e.spawn, Poll: 5 * time.Millisecond,
 	}
 	t.Cleanup(e.spawn.wg.Wait)
 	return e
@@ -165,6 +215,7 @@ func (e *env) system(kernel string) string {
 	os.WriteFile(filepath.Join(p, "kernel-modules", "version"), []byte(kernel), 0o644)
 	os.WriteFile(filepath.Join(p, "nixos-version"), []byte("test"), 0o644)
 	e.nix.valid[p] = true
+	e.trust.add(p, &e.trust.key)
 	return p
 }
 
@@ -178,8 +229,8 @@ func (e *env) boot(sys string) {
 	repoint(e.o.CurrentSystem, sys)
 }
 
-func (e *env) req(id string, mode host.Mode, p string) host.Request {
-	return host.Request{ID: id, Mode: mode, Path: p, ConfirmTimeout: time.Second, MagicRollback: true, AutoRollback: true}
+func (e *env) req(id string, mode hostverb.Mode, p string) hostverb.Request {
+	return hostverb.Request{ID: id, Mode: mode, Path: p, ConfirmTimeout: time.Second, MagicRollback: true, AutoRollback: true}
 }
 
 func (e *env) link(l string) string { p, _ := os.Readlink(l); return p }
@@ -192,10 +243,10 @@ func (e *env) profile() (int, string) {
 	return g.Number, g.Path
 }
 
-func (e *env) waitState(id string, want host.State) *host.Record {
+func (e *env) waitState(id string, want hostverb.State) *hostverb.Record {
 	e.t.Helper()
 	r, err := host.Wait(context.Background(), e.o, id, 10*time.Second)
-	if err != nil && !errors.Is(err, host.ErrRolledBack) && !errors.Is(err, host.ErrFailed) {
+	if err != nil && !errors.Is(err, hostverb.ErrRolledBack) && !errors.Is(err, hostverb.ErrFailed) {
 		e.t.Fatal(err)
 	}
 	for deadline := time.Now().Add(10 * time.Second); r.State != want && time.Now().Before(deadline); {
@@ -213,11 +264,11 @@ func TestSwitchConfirm(t *testing.T) {
 	e := newEnv(t)
 	old, sys := e.system("6.1"), e.system("6.1")
 	e.boot(old)
-	rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, sys))
+	rec, err := host.Activate(context.Background(), e.o, e.req("d1", hostverb.Switch, sys))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.State != host.AwaitingConfirm || rec.ExitCode != 0 || rec.Generation != 2 || !rec.CreatedGeneration {
+	if rec.State != hostverb.AwaitingConfirm || rec.ExitCode != 0 || rec.Generation != 2 || !rec.CreatedGeneration {
 		t.Fatalf("after activate: %+v", rec)
 	}
 	if n, p := e.profile(); n != 2 || p != sys {
@@ -230,7 +281,7 @@ func TestSwitchConfirm(t *testing.T) {
 	if st.Lock == nil || st.Lock.ID != "d1" {
 		t.Fatalf("lock while awaiting confirm: %+v", st.Lock)
 	}
-	if rec, err = host.Confirm(context.Background(), e.o, "d1"); err != nil || rec.State != host.Confirmed {
+	if rec, err = host.Confirm(context.Background(), e.o, "d1"); err != nil || rec.State != hostverb.Confirmed {
 		t.Fatalf("confirm: %v %+v", err, rec)
 	}
 	e.spawn.wg.Wait()
@@ -249,7 +300,7 @@ func TestSwitchConfirm(t *testing.T) {
 
 func TestNoConfirmRollsBack(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []host.Mode{host.Switch, host.Test} {
+	for _, mode := range []hostverb.Mode{hostverb.Switch, hostverb.Test} {
 		t.Run(string(mode), func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
@@ -258,7 +309,7 @@ func TestNoConfirmRollsBack(t *testing.T) {
 			if _, err := host.Activate(context.Background(), e.o, e.req("d1", mode, sys)); err != nil {
 				t.Fatal(err)
 			}
-			r := e.waitState("d1", host.RolledBack)
+			r := e.waitState("d1", hostverb.RolledBack)
 			if !r.RolledBack {
 				t.Fatalf("record: %+v", r)
 			}
@@ -272,19 +323,19 @@ func TestNoConfirmRollsBack(t *testing.T) {
 			if len(gens) != 1 {
 				t.Fatalf("generations left: %+v", gens)
 			}
-			want := map[host.Mode]string{
-				host.Switch: "switch " + filepath.Base(sys) + ",switch " + filepath.Base(old),
-				host.Test:   "test " + filepath.Base(sys) + ",test " + filepath.Base(old),
+			want := map[hostverb.Mode]string{
+				hostverb.Switch: "switch " + filepath.Base(sys) + ",switch " + filepath.Base(old),
+				hostverb.Test:   "test " + filepath.Base(sys) + ",test " + filepath.Base(old),
 			}[mode]
 			if got := strings.Join(e.sw.Calls(), ","); got != want {
 				t.Fatalf("calls %q want %q", got, want)
 			}
-			if _, err := host.Confirm(context.Background(), e.o, "d1"); host.ExitCode(err) != host.ExitRolledBack {
+			if _, err := host.Confirm(context.Background(), e.o, "d1"); hostverb.ExitCode(err) != hostverb.ExitRolledBack {
 				t.Fatalf("late confirm: %v", err)
 			}
 			e.spawn.wg.Wait()
 			// Lock released: a new deploy goes through.
-			if _, err := host.Activate(context.Background(), e.o, e.req("d2", host.Switch, sys)); err != nil {
+			if _, err := host.Activate(context.Background(), e.o, e.req("d2", hostverb.Switch, sys)); err != nil {
 				t.Fatal(err)
 			}
 			host.Confirm(context.Background(), e.o, "d2")
@@ -301,7 +352,7 @@ func TestRejectRollsBackNow(t *testing.T) {
 	e := newEnv(t)
 	old, sys := e.system("6.1"), e.system("6.1")
 	e.boot(old)
-	req := e.req("d1", host.Switch, sys)
+	req := e.req("d1", hostverb.Switch, sys)
 	req.ConfirmTimeout = time.Hour
 	if _, err := host.Activate(context.Background(), e.o, req); err != nil {
 		t.Fatal(err)
@@ -309,7 +360,7 @@ func TestRejectRollsBackNow(t *testing.T) {
 	if _, err := host.Reject(context.Background(), e.o, "d1"); err != nil {
 		t.Fatal(err)
 	}
-	r := e.waitState("d1", host.RolledBack)
+	r := e.waitState("d1", hostverb.RolledBack)
 	if !r.RolledBack || !r.Rejected || !strings.Contains(r.Reason, "rejected by the deployer") {
 		t.Fatalf("record: %+v", r)
 	}
@@ -322,17 +373,17 @@ func TestRejectRollsBackNow(t *testing.T) {
 	if _, err := host.Reject(context.Background(), e.o, "d1"); err != nil {
 		t.Fatalf("second reject: %v", err)
 	}
-	if _, err := host.Confirm(context.Background(), e.o, "d1"); host.ExitCode(err) != host.ExitRolledBack {
+	if _, err := host.Confirm(context.Background(), e.o, "d1"); hostverb.ExitCode(err) != hostverb.ExitRolledBack {
 		t.Fatalf("confirm after reject: %v", err)
 	}
 	e.spawn.wg.Wait()
-	if _, err := host.Activate(context.Background(), e.o, e.req("d2", host.Switch, sys)); err != nil {
+	if _, err := host.Activate(context.Background(), e.o, e.req("d2", hostverb.Switch, sys)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := host.Confirm(context.Background(), e.o, "d2"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := host.Reject(context.Background(), e.o, "d2"); !errors.Is(err, host.ErrFailed) {
+	if _, err := host.Reject(context.Background(), e.o, "d2"); !errors.Is(err, hostverb.ErrFailed) {
 		t.Fatalf("reject of a confirmed deploy: %v", err)
 	}
 }
@@ -343,8 +394,8 @@ func TestFailedActivationRollsBackAtOnce(t *testing.T) {
 	old, bad := e.system("6.1"), e.system("6.1")
 	e.boot(old)
 	e.sw.exit[bad] = 1
-	rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, bad))
-	if host.ExitCode(err) != host.ExitFailed || rec == nil || rec.State != host.Failed || !rec.RolledBack {
+	rec, err := host.Activate(context.Background(), e.o, e.req("d1", hostverb.Switch, bad))
+	if hostverb.ExitCode(err) != hostverb.ExitFailed || rec == nil || rec.State != hostverb.Failed || !rec.RolledBack {
 		t.Fatalf("activate: %v %+v", err, rec)
 	}
 	if n, p := e.profile(); n != 1 || p != old || e.link(e.o.CurrentSystem) != old {
@@ -361,10 +412,10 @@ func TestNoAutoRollbackLeavesIt(t *testing.T) {
 	old, bad := e.system("6.1"), e.system("6.1")
 	e.boot(old)
 	e.sw.exit[bad] = 2
-	q := e.req("d1", host.Switch, bad)
+	q := e.req("d1", hostverb.Switch, bad)
 	q.AutoRollback = false
 	rec, err := host.Activate(context.Background(), e.o, q)
-	if host.ExitCode(err) != host.ExitFailed || rec.RolledBack {
+	if hostverb.ExitCode(err) != hostverb.ExitFailed || rec.RolledBack {
 		t.Fatalf("activate: %v %+v", err, rec)
 	}
 	if n, _ := e.profile(); n != 2 {
@@ -381,29 +432,29 @@ func TestSecondDeployRefused(t *testing.T) {
 	e.sw.hold[sys] = hold
 	done := make(chan error, 1)
 	go func() {
-		_, err := host.Activate(context.Background(), e.o, e.req("first", host.Switch, sys))
+		_, err := host.Activate(context.Background(), e.o, e.req("first", hostverb.Switch, sys))
 		done <- err
 	}()
 	for {
-		if r, err := host.Load(e.o, "first"); err == nil && r.State == host.Activating {
+		if r, err := host.Load(e.o, "first"); err == nil && r.State == hostverb.Activating {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	_, err := host.Activate(context.Background(), e.o, e.req("second", host.Test, sys))
+	_, err := host.Activate(context.Background(), e.o, e.req("second", hostverb.Test, sys))
 	var le *host.LockedError
-	if !errors.As(err, &le) || host.ExitCode(err) != host.ExitLocked || le.Holder.ID != "first" || !strings.Contains(err.Error(), "first") {
+	if !errors.As(err, &le) || hostverb.ExitCode(err) != hostverb.ExitLocked || le.Holder.ID != "first" || !strings.Contains(err.Error(), "first") {
 		t.Fatalf("second activate: %v", err)
 	}
 	// wait with a short timeout sees it still activating.
-	if _, err := host.Wait(context.Background(), e.o, "first", 50*time.Millisecond); host.ExitCode(err) != host.ExitTimeout {
+	if _, err := host.Wait(context.Background(), e.o, "first", 50*time.Millisecond); hostverb.ExitCode(err) != hostverb.ExitTimeout {
 		t.Fatalf("wait while activating: %v", err)
 	}
 	close(hold)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if r, err := host.Wait(context.Background(), e.o, "first", time.Second); err != nil || r.State != host.AwaitingConfirm {
+	if r, err := host.Wait(context.Background(), e.o, "first", time.Second); err != nil || r.State != hostverb.AwaitingConfirm {
 		t.Fatalf("wait: %v %+v", err, r)
 	}
 	host.Confirm(context.Background(), e.o, "first")
@@ -414,17 +465,17 @@ func TestKernelChange(t *testing.T) {
 	e := newEnv(t)
 	old, newK := e.system("6.1"), e.system("6.6")
 	e.boot(old)
-	_, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, newK))
-	if host.ExitCode(err) != host.ExitKernelChange || !strings.Contains(err.Error(), "kernel") {
+	_, err := host.Activate(context.Background(), e.o, e.req("d1", hostverb.Switch, newK))
+	if hostverb.ExitCode(err) != hostverb.ExitKernelChange || !strings.Contains(err.Error(), "kernel") {
 		t.Fatalf("report: %v", err)
 	}
 	if n, _ := e.profile(); n != 1 || len(e.sw.Calls()) != 0 {
 		t.Fatal("kernel change report changed something")
 	}
-	q := e.req("d2", host.Switch, newK)
+	q := e.req("d2", hostverb.Switch, newK)
 	q.KernelChange = "boot"
 	rec, err := host.Activate(context.Background(), e.o, q)
-	if err != nil || rec.Mode != host.Boot || rec.State != host.Confirmed || !rec.RebootRequired {
+	if err != nil || rec.Mode != hostverb.Boot || rec.State != hostverb.Confirmed || !rec.RebootRequired {
 		t.Fatalf("boot: %v %+v", err, rec)
 	}
 	if n, p := e.profile(); n != 2 || p != newK || e.link(e.o.CurrentSystem) != old {
@@ -442,10 +493,10 @@ func TestExit100(t *testing.T) {
 	old, sys := e.system("6.1"), e.system("6.1")
 	e.boot(old)
 	e.sw.exit[sys] = 100
-	q := e.req("d1", host.Switch, sys)
+	q := e.req("d1", hostverb.Switch, sys)
 	q.MagicRollback = false
 	rec, err := host.Activate(context.Background(), e.o, q)
-	if err != nil || rec.ExitCode != host.ExitRebootRequired || !rec.RebootRequired {
+	if err != nil || rec.ExitCode != hostverb.ExitRebootRequired || !rec.RebootRequired {
 		t.Fatalf("%v %+v", err, rec)
 	}
 }
@@ -455,7 +506,7 @@ func TestTestModeThenInspect(t *testing.T) {
 	e := newEnv(t)
 	old, sys := e.system("6.1"), e.system("6.1")
 	e.boot(old)
-	if _, err := host.Activate(context.Background(), e.o, e.req("d1", host.Test, sys)); err != nil {
+	if _, err := host.Activate(context.Background(), e.o, e.req("d1", hostverb.Test, sys)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := host.Confirm(context.Background(), e.o, "d1"); err != nil {
@@ -475,10 +526,10 @@ func TestRollbackLocal(t *testing.T) {
 	e := newEnv(t)
 	old, sys := e.system("6.1"), e.system("6.1")
 	e.boot(old)
-	if err := host.Rollback(context.Background(), e.o); host.ExitCode(err) != host.ExitFailed {
+	if err := host.Rollback(context.Background(), e.o); hostverb.ExitCode(err) != hostverb.ExitFailed {
 		t.Fatalf("rollback with one generation: %v", err)
 	}
-	q := e.req("d1", host.Switch, sys)
+	q := e.req("d1", hostverb.Switch, sys)
 	q.MagicRollback = false
 	if _, err := host.Activate(context.Background(), e.o, q); err != nil {
 		t.Fatal(err)
@@ -500,32 +551,37 @@ func TestValidation(t *testing.T) {
 	notSystem := filepath.Join(e.store, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-hello")
 	os.MkdirAll(notSystem, 0o755)
 	e.nix.valid[notSystem] = true
+	e.trust.add(notSystem, &e.trust.key)
 	invalid := filepath.Join(e.store, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-nixos-system")
 	cases := []struct {
 		name string
-		q    host.Request
+		q    hostverb.Request
 	}{
-		{"empty id", e.req("", host.Switch, old)},
-		{"id with slash", e.req("a/b", host.Switch, old)},
-		{"id with dots", e.req("..", host.Switch, old)},
-		{"long id", e.req(strings.Repeat("a", 65), host.Switch, old)},
+		{"empty id", e.req("", hostverb.Switch, old)},
+		{"id with slash", e.req("a/b", hostverb.Switch, old)},
+		{"id with dots", e.req("..", hostverb.Switch, old)},
+		{"long id", e.req(strings.Repeat("a", 65), hostverb.Switch, old)},
 		{"mode", e.req("d", "reboot", old)},
-		{"outside store", e.req("d", host.Switch, "/tmp/x")},
-		{"subpath", e.req("d", host.Switch, old+"/bin")},
-		{"dotdot", e.req("d", host.Switch, e.store+"/../etc")},
-		{"relative", e.req("d", host.Switch, "nix/store/x")},
-		{"bad hash", e.req("d", host.Switch, e.store+"/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x")},
-		{"short hash", e.req("d", host.Switch, e.store+"/aaaa-x")},
-		{"dot name", e.req("d", host.Switch, e.store+"/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-.x")},
-		{"not valid in store", e.req("d", host.Switch, invalid)},
-		{"not a nixos system", e.req("d", host.Switch, notSystem)},
-		{"kernel-change", func() host.Request { q := e.req("d", host.Switch, old); q.KernelChange = "yes"; return q }()},
-		{"timeout", func() host.Request { q := e.req("d", host.Switch, old); q.ConfirmTimeout = time.Millisecond; return q }()},
+		{"outside store", e.req("d", hostverb.Switch, "/tmp/x")},
+		{"subpath", e.req("d", hostverb.Switch, old+"/bin")},
+		{"dotdot", e.req("d", hostverb.Switch, e.store+"/../etc")},
+		{"relative", e.req("d", hostverb.Switch, "nix/store/x")},
+		{"bad hash", e.req("d", hostverb.Switch, e.store+"/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x")},
+		{"short hash", e.req("d", hostverb.Switch, e.store+"/aaaa-x")},
+		{"dot name", e.req("d", hostverb.Switch, e.store+"/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-.x")},
+		{"not valid in store", e.req("d", hostverb.Switch, invalid)},
+		{"not a nixos system", e.req("d", hostverb.Switch, notSystem)},
+		{"kernel-change", func() hostverb.Request { q := e.req("d", hostverb.Switch, old); q.KernelChange = "yes"; return q }()},
+		{"timeout", func() hostverb.Request {
+			q := e.req("d", hostverb.Switch, old)
+			q.ConfirmTimeout = time.Millisecond
+			return q
+		}()},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := host.Activate(context.Background(), e.o, tc.q)
-			if host.ExitCode(err) != host.ExitInvalid {
+			if hostverb.ExitCode(err) != hostverb.ExitInvalid {
 				t.Fatalf("got %v, want invalid", err)
 			}
 		})
@@ -533,14 +589,14 @@ func TestValidation(t *testing.T) {
 	if len(e.sw.Calls()) != 0 {
 		t.Fatal("an invalid request activated something")
 	}
-	if _, err := host.Activate(context.Background(), e.o, func() host.Request {
-		q := e.req("once", host.DryActivate, old)
+	if _, err := host.Activate(context.Background(), e.o, func() hostverb.Request {
+		q := e.req("once", hostverb.DryActivate, old)
 		return q
 	}()); err != nil {
 		t.Fatal(err)
 	}
 	e.spawn.wg.Wait()
-	if _, err := host.Activate(context.Background(), e.o, e.req("once", host.DryActivate, old)); host.ExitCode(err) != host.ExitInvalid {
+	if _, err := host.Activate(context.Background(), e.o, e.req("once", hostverb.DryActivate, old)); hostverb.ExitCode(err) != hostverb.ExitInvalid {
 		t.Fatalf("reused id: %v", err)
 	}
 }
@@ -562,8 +618,8 @@ func TestDeadWorker(t *testing.T) {
 	old, sys := e.system("6.1"), e.system("6.1")
 	e.boot(old)
 	e.o.Spawner = deadSpawner{}
-	rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, sys))
-	if host.ExitCode(err) != host.ExitFailed || rec.State != host.Failed || !strings.Contains(rec.Reason, "died") {
+	rec, err := host.Activate(context.Background(), e.o, e.req("d1", hostverb.Switch, sys))
+	if hostverb.ExitCode(err) != hostverb.ExitFailed || rec.State != hostverb.Failed || !strings.Contains(rec.Reason, "died") {
 		t.Fatalf("%v %+v", err, rec)
 	}
 }
@@ -582,11 +638,11 @@ func TestLostWorker(t *testing.T) {
 	old, sys := e.system("6.1"), e.system("6.1")
 	e.boot(old)
 	e.o.Spawner = lostSpawner{}
-	rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, sys))
-	if host.ExitCode(err) != host.ExitFailed || rec.State != host.Failed {
+	rec, err := host.Activate(context.Background(), e.o, e.req("d1", hostverb.Switch, sys))
+	if hostverb.ExitCode(err) != hostverb.ExitFailed || rec.State != hostverb.Failed {
 		t.Fatalf("%v %+v", err, rec)
 	}
-	if r, err := host.Wait(context.Background(), e.o, "d1", time.Second); host.ExitCode(err) != host.ExitFailed || r.State != host.Failed {
+	if r, err := host.Wait(context.Background(), e.o, "d1", time.Second); hostverb.ExitCode(err) != hostverb.ExitFailed || r.State != hostverb.Failed {
 		t.Fatalf("wait: %v %+v", err, r)
 	}
 }
@@ -603,8 +659,8 @@ func TestSetProfileFailsNothingRuns(t *testing.T) {
 	old, sys := e.system("6.1"), e.system("6.1")
 	e.boot(old)
 	e.o.Nix = failingNix{e.nix}
-	rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, sys))
-	if host.ExitCode(err) != host.ExitFailed || rec.RolledBack || !strings.Contains(rec.Reason, "nothing was changed") {
+	rec, err := host.Activate(context.Background(), e.o, e.req("d1", hostverb.Switch, sys))
+	if hostverb.ExitCode(err) != hostverb.ExitFailed || rec.RolledBack || !strings.Contains(rec.Reason, "nothing was changed") {
 		t.Fatalf("%v %+v", err, rec)
 	}
 	if len(e.sw.Calls()) != 0 {
@@ -622,7 +678,7 @@ func TestConfirmRacesDeadline(t *testing.T) {
 			e := newEnv(t)
 			old, sys := e.system("6.1"), e.system("6.1")
 			e.boot(old)
-			rec, err := host.Activate(context.Background(), e.o, e.req("d1", host.Switch, sys))
+			rec, err := host.Activate(context.Background(), e.o, e.req("d1", hostverb.Switch, sys))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -632,11 +688,11 @@ func TestConfirmRacesDeadline(t *testing.T) {
 			final, _ := host.Load(e.o, "d1")
 			switch {
 			case cerr == nil:
-				if final.State != host.Confirmed || e.link(e.o.CurrentSystem) != sys {
+				if final.State != hostverb.Confirmed || e.link(e.o.CurrentSystem) != sys {
 					t.Fatalf("confirm won but state %s, running %s", final.State, e.link(e.o.CurrentSystem))
 				}
-			case host.ExitCode(cerr) == host.ExitRolledBack:
-				if final.State != host.RolledBack || e.link(e.o.CurrentSystem) != old {
+			case hostverb.ExitCode(cerr) == hostverb.ExitRolledBack:
+				if final.State != hostverb.RolledBack || e.link(e.o.CurrentSystem) != old {
 					t.Fatalf("rollback won but state %s, running %s", final.State, e.link(e.o.CurrentSystem))
 				}
 			default:

@@ -8,36 +8,28 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/bos55/concordia/internal/hostverb"
 )
 
-// Holder says who holds the host lock: the message of a refused second
-// deploy names it.
-type Holder struct {
-	ID      string    `json:"id"`
-	Mode    Mode      `json:"mode"`
-	Path    string    `json:"path"`
-	Started time.Time `json:"started"`
-	PID     int       `json:"pid"`
-}
-
 // LockedError is returned when another deploy holds the lock.
-type LockedError struct{ Holder *Holder }
+type LockedError struct{ Holder *hostverb.Holder }
 
 func (e *LockedError) Error() string {
 	h := e.Holder
 	if h == nil {
-		return ErrLocked.Error() + " (holder unknown)"
+		return hostverb.ErrLocked.Error() + " (holder unknown)"
 	}
-	return fmt.Sprintf("%v: deploy %s (mode %s, %s) started %s", ErrLocked, h.ID, h.Mode, h.Path, h.Started.Format(time.RFC3339))
+	return fmt.Sprintf("%v: deploy %s (mode %s, %s) started %s", hostverb.ErrLocked, h.ID, h.Mode, h.Path, h.Started.Format(time.RFC3339))
 }
 
-func (e *LockedError) Unwrap() error { return ErrLocked }
+func (e *LockedError) Unwrap() error { return hostverb.ErrLocked }
 
 // lockHost takes the host lock (a flock on <state dir>/lock) and records h as
 // its holder. The lock lives as long as the returned file's open file
 // description, so handing the file to the watchdog process keeps the host
 // locked until the deploy ends, and a crash can never leave it locked.
-func lockHost(o Options, h *Holder) (*os.File, error) {
+func lockHost(o Options, h *hostverb.Holder) (*os.File, error) {
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
@@ -67,12 +59,12 @@ func lockHost(o Options, h *Holder) (*os.File, error) {
 	return f, nil
 }
 
-func readHolder(o Options) *Holder {
+func readHolder(o Options) *hostverb.Holder {
 	b, err := os.ReadFile(filepath.Join(o.StateDir, "holder.json"))
 	if err != nil {
 		return nil
 	}
-	var h Holder
+	var h hostverb.Holder
 	if json.Unmarshal(b, &h) != nil {
 		return nil
 	}
@@ -80,7 +72,7 @@ func readHolder(o Options) *Holder {
 }
 
 // lockHolder returns the current holder, or nil when the host is not locked.
-func lockHolder(o Options) *Holder {
+func lockHolder(o Options) *hostverb.Holder {
 	f, err := os.Open(filepath.Join(o.StateDir, "lock"))
 	if err != nil {
 		return nil
@@ -93,5 +85,5 @@ func lockHolder(o Options) *Holder {
 	if h := readHolder(o); h != nil {
 		return h
 	}
-	return &Holder{ID: "unknown"}
+	return &hostverb.Holder{ID: "unknown"}
 }

@@ -7,36 +7,18 @@ import (
 	"os"
 	"time"
 
+	"github.com/bos55/concordia/internal/hostverb"
 	"github.com/bos55/concordia/internal/nixcli"
 )
 
-// System is one system of the host, with its profile generation if it is one
-// (0: not a generation of the system profile).
-type System struct {
-	Path       string `json:"path"`
-	Generation int    `json:"generation"`
-}
-
-// Status is what `deployer status --local` reports.
-type Status struct {
-	Current       System              `json:"current"` // /run/current-system
-	Booted        System              `json:"booted"`  // /run/booted-system
-	Profile       System              `json:"profile"` // the boot default
-	Generations   []nixcli.Generation `json:"generations"`
-	TestActive    bool                `json:"testActive"`    // running system is not the boot default
-	RebootPending bool                `json:"rebootPending"` // boot default or running kernel/initrd/modules differ from booted
-	RebootReasons []string            `json:"rebootReasons,omitempty"`
-	Lock          *Holder             `json:"lock,omitempty"` // the deploy holding the host lock
-}
-
 // Inspect reads the host's systems, generations and lock.
-func Inspect(ctx context.Context, o Options) (*Status, error) {
+func Inspect(ctx context.Context, o Options) (*hostverb.Status, error) {
 	o = o.withDefaults()
 	gens, err := nixcli.Generations(o.Profile)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	st := &Status{Generations: gens, Lock: lockHolder(o)}
+	st := &hostverb.Status{Generations: gens, Lock: lockHolder(o)}
 	genOf := func(path string) int {
 		n := 0
 		for _, g := range gens {
@@ -46,18 +28,18 @@ func Inspect(ctx context.Context, o Options) (*Status, error) {
 		}
 		return n
 	}
-	read := func(link string) System {
+	read := func(link string) hostverb.System {
 		p, err := os.Readlink(link)
 		if err != nil {
-			return System{}
+			return hostverb.System{}
 		}
-		return System{Path: p, Generation: genOf(p)}
+		return hostverb.System{Path: p, Generation: genOf(p)}
 	}
 	st.Current, st.Booted = read(o.CurrentSystem), read(o.BootedSystem)
 	if g, ok, err := nixcli.CurrentGeneration(o.Profile); err != nil {
 		return nil, err
 	} else if ok {
-		st.Profile = System{Path: g.Path, Generation: g.Number}
+		st.Profile = hostverb.System{Path: g.Path, Generation: g.Number}
 	}
 	st.TestActive = st.Current.Path != "" && st.Profile.Path != "" && st.Current.Path != st.Profile.Path
 	// A reboot is pending when the boot default or the running system has a
@@ -78,12 +60,12 @@ func Inspect(ctx context.Context, o Options) (*Status, error) {
 	return st, nil
 }
 
-// Rollback is `deployer rollback --local`: the profile goes back to the
-// generation before the current one, which is activated with switch. It
-// takes the host lock, so it never races a deploy.
+// Rollback is the rollback verb: the profile goes back to the generation
+// before the current one, which is activated with switch. It takes the
+// host lock, so it never races a deploy; o.ID names it as the holder.
 func Rollback(ctx context.Context, o Options) error {
 	o = o.withDefaults()
-	if err := ValidID(o.ID); err != nil {
+	if err := hostverb.ValidID(o.ID); err != nil {
 		return err
 	}
 	cur, ok, err := nixcli.CurrentGeneration(o.Profile)
@@ -91,22 +73,22 @@ func Rollback(ctx context.Context, o Options) error {
 		return err
 	}
 	if !ok {
-		return fmt.Errorf("%w: profile %s has no generation", ErrFailed, o.Profile)
+		return fmt.Errorf("%w: profile %s has no generation", hostverb.ErrFailed, o.Profile)
 	}
 	gens, err := nixcli.Generations(o.Profile)
 	if err != nil {
 		return err
 	}
-	var prev *nixcli.Generation
+	var prev *hostverb.Generation
 	for i := range gens {
 		if gens[i].Number < cur.Number {
 			prev = &gens[i]
 		}
 	}
 	if prev == nil {
-		return fmt.Errorf("%w: no generation before %d to roll back to", ErrFailed, cur.Number)
+		return fmt.Errorf("%w: no generation before %d to roll back to", hostverb.ErrFailed, cur.Number)
 	}
-	lock, err := lockHost(o, &Holder{ID: o.ID, Mode: Switch, Path: prev.Path, Started: time.Now().UTC(), PID: os.Getpid()})
+	lock, err := lockHost(o, &hostverb.Holder{ID: o.ID, Mode: hostverb.Switch, Path: prev.Path, Started: time.Now().UTC(), PID: os.Getpid()})
 	if err != nil {
 		return err
 	}
@@ -119,12 +101,12 @@ func Rollback(ctx context.Context, o Options) error {
 		return err
 	}
 	logPath := LogPath(o, o.ID)
-	code, err := o.Switcher.Switch(ctx, prev.Path, Switch, logPath)
+	code, err := o.Switcher.Switch(ctx, prev.Path, hostverb.Switch, logPath)
 	if err != nil {
 		return err
 	}
-	if code != 0 && code != ExitRebootRequired {
-		return fmt.Errorf("%w: generation %d's switch-to-configuration exited %d (see %s)", ErrFailed, prev.Number, code, logPath)
+	if code != 0 && code != hostverb.ExitRebootRequired {
+		return fmt.Errorf("%w: generation %d's switch-to-configuration exited %d (see %s)", hostverb.ErrFailed, prev.Number, code, logPath)
 	}
 	o.Log.Info("rolled back", "from", cur.Number, "to", prev.Number)
 	return nil

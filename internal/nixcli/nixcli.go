@@ -7,6 +7,7 @@ package nixcli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/bos55/concordia/internal/hostverb"
 )
 
 // ErrInvalid reports a store path that is not valid in the local store.
@@ -123,23 +126,16 @@ func (e *Exec) DeleteGeneration(ctx context.Context, profile string, gen int) er
 	return err
 }
 
-// Generation is one numbered link of a profile.
-type Generation struct {
-	Number int    `json:"number"`
-	Link   string `json:"link"` // e.g. /nix/var/nix/profiles/system-5-link
-	Path   string `json:"path"` // its target, the store path
-}
-
 // Generations lists profile's generations, oldest first, by reading the
 // profile directory's <name>-<N>-link symlinks (what nix-env itself does),
 // so it needs no exec and works on a fake profile directory in tests.
-func Generations(profile string) ([]Generation, error) {
+func Generations(profile string) ([]hostverb.Generation, error) {
 	dir, base := filepath.Split(profile)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("list generations %s: %w", profile, err)
 	}
-	var gens []Generation
+	var gens []hostverb.Generation
 	for _, ent := range entries {
 		n, ok := genNumber(base, ent.Name())
 		if !ok {
@@ -150,7 +146,7 @@ func Generations(profile string) ([]Generation, error) {
 		if err != nil {
 			continue // not a link: not a generation
 		}
-		gens = append(gens, Generation{Number: n, Link: link, Path: target})
+		gens = append(gens, hostverb.Generation{Number: n, Link: link, Path: target})
 	}
 	sort.Slice(gens, func(i, j int) bool { return gens[i].Number < gens[j].Number })
 	return gens, nil
@@ -158,24 +154,24 @@ func Generations(profile string) ([]Generation, error) {
 
 // CurrentGeneration returns the generation profile points at; ok is false
 // when the profile does not exist yet.
-func CurrentGeneration(profile string) (g Generation, ok bool, err error) {
+func CurrentGeneration(profile string) (g hostverb.Generation, ok bool, err error) {
 	target, err := os.Readlink(profile)
 	if errors.Is(err, os.ErrNotExist) {
-		return Generation{}, false, nil
+		return hostverb.Generation{}, false, nil
 	}
 	if err != nil {
-		return Generation{}, false, fmt.Errorf("read profile %s: %w", profile, err)
+		return hostverb.Generation{}, false, fmt.Errorf("read profile %s: %w", profile, err)
 	}
 	n, ok := genNumber(filepath.Base(profile), filepath.Base(target))
 	if !ok {
-		return Generation{}, false, fmt.Errorf("profile %s points at %s: not a generation link", profile, target)
+		return hostverb.Generation{}, false, fmt.Errorf("profile %s points at %s: not a generation link", profile, target)
 	}
 	link := filepath.Join(filepath.Dir(profile), filepath.Base(target))
 	path, err := os.Readlink(link)
 	if err != nil {
-		return Generation{}, false, fmt.Errorf("read generation %s: %w", link, err)
+		return hostverb.Generation{}, false, fmt.Errorf("read generation %s: %w", link, err)
 	}
-	return Generation{Number: n, Link: link, Path: path}, true, nil
+	return hostverb.Generation{Number: n, Link: link, Path: path}, true, nil
 }
 
 // genNumber parses "<base>-<N>-link".
@@ -193,4 +189,32 @@ func genNumber(base, name string) (int, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// TrustedPublicKeys returns Nix's trusted-public-keys setting, as the
+// daemon of this host applies it (the same nix.conf). It asks `nix config
+// show --json` (Nix 2.20 and later, Lix) and falls back to `nix show-config
+// --json` (older Nix); both print every setting as {"value": ...}.
+func (e *Exec) TrustedPublicKeys(ctx context.Context) ([]string, error) {
+	nix := e.tool("", "nix")
+	out, err := e.run(ctx, nix, "--extra-experimental-features", "nix-command", "config", "show", "--json")
+	if err != nil {
+		var err2 error
+		if out, err2 = e.run(ctx, nix, "--extra-experimental-features", "nix-command", "show-config", "--json"); err2 != nil {
+			return nil, fmt.Errorf("read trusted-public-keys: %w", errors.Join(err, err2))
+		}
+	}
+	var cfg map[string]struct {
+		Value json.RawMessage `json:"value"`
+	}
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		return nil, fmt.Errorf("read trusted-public-keys: %w", err)
+	}
+	var keys []string
+	if v := cfg["trusted-public-keys"].Value; len(v) > 0 {
+		if err := json.Unmarshal(v, &keys); err != nil {
+			return nil, fmt.Errorf("read trusted-public-keys: %w", err)
+		}
+	}
+	return keys, nil
 }

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/bos55/concordia/internal/hostverb"
 )
 
 // ErrConnection means ssh itself failed (exit 255: refused, dropped, auth),
@@ -25,7 +27,7 @@ import (
 var ErrConnection = errors.New("ssh connection failed")
 
 // ErrUnsafeArg refuses arguments the host's gate would refuse anyway (it
-// splits on spaces and rejects shell metacharacters), so the error comes
+// splits on spaces and accepts only hostverb.SafeWord), so the error comes
 // early and names the argument.
 var ErrUnsafeArg = errors.New("unsafe remote argument")
 
@@ -91,22 +93,6 @@ func New(log *slog.Logger) (*SSH, error) {
 		Log: log, dir: dir, hosts: map[string]Target{}}, nil
 }
 
-// safe holds the bytes an argument may use: enough for store paths, flags,
-// durations, ids, URLs and absolute paths; nothing a shell would expand.
-func safe(a string) bool {
-	if a == "" {
-		return false
-	}
-	for _, c := range []byte(a) {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-			strings.IndexByte("-_./=:+,@", c) >= 0
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
-
 // CheckArgs returns ErrUnsafeArg for the first argument the remote side
 // could split or expand.
 func CheckArgs(args []string) error {
@@ -114,7 +100,7 @@ func CheckArgs(args []string) error {
 		return fmt.Errorf("%w: empty command", ErrUnsafeArg)
 	}
 	for _, a := range args {
-		if !safe(a) {
+		if !hostverb.SafeWord(a) {
 			return fmt.Errorf("%w: %q", ErrUnsafeArg, a)
 		}
 	}

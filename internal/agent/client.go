@@ -1,0 +1,56 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/bos55/concordia/internal/hostverb"
+)
+
+// ErrUnreachable means no agent answered on the socket.
+var ErrUnreachable = errors.New("the deployer agent is not reachable")
+
+// Call sends req to the agent at socket and waits for its answer; log lines
+// the verb writes meanwhile go to logs. It returns the reply line (as the
+// verb prints it on stdout) and the verb's exit code.
+func Call(ctx context.Context, socket string, req hostverb.Request, logs io.Writer) ([]byte, int, error) {
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c, err := d.DialContext(dctx, "unix", socket)
+	cancel()
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w at %s (is deployer-agent.socket enabled?): %v", ErrUnreachable, socket, err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	b, _ := json.Marshal(Envelope{Contract: hostverb.Contract, Request: req})
+	if _, err := c.Write(append(b, '\n')); err != nil {
+		return nil, 0, fmt.Errorf("send to the deployer agent: %w", err)
+	}
+	sc := bufio.NewScanner(c)
+	sc.Buffer(make([]byte, 64<<10), 8<<20)
+	for sc.Scan() {
+		var m Message
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			return nil, 0, fmt.Errorf("deployer agent: bad message: %v", err)
+		}
+		if !m.Final {
+			if logs != nil {
+				fmt.Fprintln(logs, m.Log)
+			}
+			continue
+		}
+		return append([]byte(m.Reply), '\n'), m.Exit, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	return nil, 0, fmt.Errorf("deployer agent: connection closed before its answer: %v", sc.Err())
+}

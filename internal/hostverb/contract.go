@@ -1,0 +1,126 @@
+// Package hostverb is the contract between the deployer's push side and its
+// host side: the verbs a deploy key may ask a host for, each verb's
+// parameters and their validation, the wire form of a request (the SSH
+// command line) in every contract version, the results and states a host
+// answers with, and the exit codes.
+//
+// It is a leaf package: the gate (the deploy key's forced command), the
+// root agent, the host logic and the push side all import it, and nothing
+// in it runs a program or touches the host. A rule about what a host verb
+// accepts lives here and nowhere else.
+//
+// # Versions
+//
+// Contract 1 is what deployers up to the introduction of this package
+// speak: root verbs as `sudo -n <deployer> VERB ...` run through sudo
+// rules, `status --local` and `rollback --local` for the host-side forms.
+// Contract 2 is `deployer VERB ...` for every verb, answered by a root
+// agent behind the gate, so the deploy user needs no sudo; it adds the
+// `health` verb. A host of contract 2 accepts the contract 1 forms too (an
+// older push side keeps working), and every answer it prints carries
+// "contract": 2. A push side that gets exit 126 without that marker is
+// talking to an older gate, which refuses unknown forms before running
+// anything: it may send the request again in the older form.
+package hostverb
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Contract is the version this package speaks; MinContract the oldest it
+// can still encode requests for.
+const (
+	Contract    = 2
+	MinContract = 1
+)
+
+// Exit codes of the host verbs.
+const (
+	ExitOK             = 0
+	ExitFailed         = 1
+	ExitLocked         = 3
+	ExitInvalid        = 4
+	ExitKernelChange   = 5
+	ExitRolledBack     = 6
+	ExitTimeout        = 8
+	ExitRebootRequired = 100
+	// ExitRefused: the gate (or the agent) refused the request before
+	// anything ran, as a shell's "cannot execute".
+	ExitRefused = 126
+)
+
+// Sentinel errors; ExitCode maps them to exit codes, ErrorFor back.
+var (
+	ErrRefused      = errors.New("refused by the deployer gate")
+	ErrInvalid      = errors.New("invalid input")
+	ErrLocked       = errors.New("host is locked by another deploy")
+	ErrKernelChange = errors.New("reboot required: kernel, initrd or kernel modules change")
+	ErrFailed       = errors.New("activation failed")
+	ErrRolledBack   = errors.New("deploy was rolled back")
+	ErrTimeout      = errors.New("timed out waiting for the deploy")
+	ErrNotFound     = errors.New("no such deploy")
+	// ErrUnsupported: the host's contract version lacks the verb.
+	ErrUnsupported = errors.New("not supported by the host's deployer")
+)
+
+// ExitCode maps an error of the contract to its exit code.
+func ExitCode(err error) int {
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, ErrRefused):
+		return ExitRefused
+	case errors.Is(err, ErrLocked):
+		return ExitLocked
+	case errors.Is(err, ErrInvalid), errors.Is(err, ErrNotFound):
+		return ExitInvalid
+	case errors.Is(err, ErrKernelChange):
+		return ExitKernelChange
+	case errors.Is(err, ErrRolledBack):
+		return ExitRolledBack
+	case errors.Is(err, ErrTimeout):
+		return ExitTimeout
+	default:
+		return ExitFailed
+	}
+}
+
+// ErrorFor turns an exit code and the host's message back into an error
+// that matches the sentinel of that code (nil for ExitOK), so the push side
+// tells outcomes apart with errors.Is, not by matching text. The message is
+// kept as the host wrote it.
+func ErrorFor(code int, msg string) error {
+	var base error
+	switch code {
+	case ExitOK:
+		return nil
+	case ExitRefused:
+		base = ErrRefused
+	case ExitLocked:
+		base = ErrLocked
+	case ExitInvalid:
+		base = ErrInvalid
+	case ExitKernelChange:
+		base = ErrKernelChange
+	case ExitRolledBack:
+		base = ErrRolledBack
+	case ExitTimeout:
+		base = ErrTimeout
+	default:
+		base = ErrFailed
+	}
+	if msg == "" {
+		msg = fmt.Sprintf("%v (exit %d)", base, code)
+	}
+	return &hostError{base: base, msg: msg}
+}
+
+// hostError is an error a host reported: its text, its sentinel.
+type hostError struct {
+	base error
+	msg  string
+}
+
+func (e *hostError) Error() string { return e.msg }
+func (e *hostError) Unwrap() error { return e.base }

@@ -1,0 +1,512 @@
+package hostverb
+
+import (
+	"fmt"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// Verb names one host verb.
+type Verb string
+
+// The verbs. User verbs run as the deploy user in the gate itself; root
+// verbs are handed to the root agent.
+const (
+	VerbVersion  Verb = "version"  // user: contract and program version
+	VerbFetch    Verb = "fetch"    // user: substitute store paths through the host's daemon
+	VerbActivate Verb = "activate" // root: lock, profile, switch-to-configuration, watchdog
+	VerbConfirm  Verb = "confirm"  // root: stop a deploy's magic rollback (or --reject it)
+	VerbWait     Verb = "wait"     // root: wait until a deploy has finished activating
+	VerbStatus   Verb = "status"   // root: generations, test deploy, pending reboot, lock
+	VerbRollback Verb = "rollback" // root: back to the previous generation now
+	VerbHealth   Verb = "health"   // root: run the new system's own health checks (contract 2)
+)
+
+// Request is one host verb with its parameters, as parsed from the wire
+// and as handed to the root agent (JSON). Each verb uses only some fields;
+// Validate refuses values in the others.
+type Request struct {
+	Verb           Verb          `json:"verb"`
+	ID             string        `json:"id,omitempty"`             // activate, confirm, wait, health, rollback
+	Mode           Mode          `json:"mode,omitempty"`           // activate
+	Path           string        `json:"path,omitempty"`           // activate: the toplevel
+	Paths          []string      `json:"paths,omitempty"`          // fetch
+	ConfirmTimeout time.Duration `json:"confirmTimeout,omitempty"` // activate
+	Timeout        time.Duration `json:"timeout,omitempty"`        // wait, health
+	MagicRollback  bool          `json:"magicRollback,omitempty"`  // activate
+	AutoRollback   bool          `json:"autoRollback,omitempty"`   // activate
+	KernelChange   string        `json:"kernelChange,omitempty"`   // activate: report or boot
+	Reject         bool          `json:"reject,omitempty"`         // confirm
+}
+
+// Limits of the wire form.
+const (
+	MaxLine       = 8192 // bytes of one SSH command line
+	MaxFetchPaths = 64
+	maxValue      = 256
+)
+
+// flag is one flag of a verb: how it is written and where it goes.
+type flag struct {
+	name   string
+	isBool bool
+	// legacy flags are contract 1 forms (status --local --json): accepted
+	// and ignored.
+	legacy bool
+	set    func(r *Request, v string) error
+}
+
+// spec says what one verb takes.
+type spec struct {
+	root bool
+	// v1User: contract 1 push sides sent the verb without sudo (status
+	// --local ran as the deploy user).
+	v1User   bool
+	since    int // contract version that introduced the verb
+	flags    []flag
+	minPaths int // positional store paths
+	maxPaths int
+	// fields are the Request fields the verb uses (besides Verb).
+	fields []string
+	// defaults fills what the verb defaults when a flag is absent.
+	defaults func(r *Request)
+}
+
+var (
+	fID = flag{name: "id", set: func(r *Request, v string) error { r.ID = v; return ValidID(v) }}
+	// The duration flags check their bounds in Validate, which also sees
+	// requests that come as JSON.
+	fConfirmTimeout = flag{name: "confirm-timeout", set: func(r *Request, v string) (err error) {
+		r.ConfirmTimeout, err = parseDuration(v)
+		return err
+	}}
+	fTimeout = flag{name: "timeout", set: func(r *Request, v string) (err error) {
+		r.Timeout, err = parseDuration(v)
+		return err
+	}}
+	fMode         = flag{name: "mode", set: func(r *Request, v string) error { r.Mode = Mode(v); return ValidMode(v) }}
+	fMagic        = flag{name: "magic-rollback", isBool: true, set: func(r *Request, v string) error { r.MagicRollback = v == "true"; return nil }}
+	fAuto         = flag{name: "auto-rollback", isBool: true, set: func(r *Request, v string) error { r.AutoRollback = v == "true"; return nil }}
+	fKernelChange = flag{name: "kernel-change", set: func(r *Request, v string) error { r.KernelChange = v; return validKernelChange(v) }}
+	fReject       = flag{name: "reject", isBool: true, set: func(r *Request, v string) error { r.Reject = v == "true"; return nil }}
+	fLocal        = flag{name: "local", isBool: true, legacy: true, set: func(*Request, string) error { return nil }}
+	fJSON         = flag{name: "json", isBool: true, legacy: true, set: func(*Request, string) error { return nil }}
+)
+
+var specs = map[Verb]spec{
+	VerbVersion: {since: 1},
+	VerbFetch:   {since: 1, minPaths: 1, maxPaths: MaxFetchPaths, fields: []string{"paths"}},
+	VerbActivate: {root: true, since: 1, minPaths: 1, maxPaths: 1,
+		flags:  []flag{fMode, fID, fConfirmTimeout, fMagic, fAuto, fKernelChange},
+		fields: []string{"id", "mode", "path", "confirmTimeout", "magicRollback", "autoRollback", "kernelChange"},
+		defaults: func(r *Request) {
+			r.Mode, r.ConfirmTimeout, r.MagicRollback, r.AutoRollback, r.KernelChange = Switch, 30*time.Second, true, true, "report"
+		}},
+	VerbConfirm:  {root: true, since: 1, flags: []flag{fID, fReject}, fields: []string{"id", "reject"}},
+	VerbWait:     {root: true, since: 1, flags: []flag{fID, fTimeout}, fields: []string{"id", "timeout"}, defaults: func(r *Request) { r.Timeout = 10 * time.Minute }},
+	VerbStatus:   {root: true, v1User: true, since: 1, flags: []flag{fLocal, fJSON}},
+	VerbRollback: {root: true, since: 1, flags: []flag{fLocal, fID}, fields: []string{"id"}, defaults: func(r *Request) { r.ID = "rollback" }},
+	VerbHealth:   {root: true, since: 2, flags: []flag{fID, fTimeout}, fields: []string{"id", "timeout"}, defaults: func(r *Request) { r.Timeout = 30 * time.Second }},
+}
+
+// Root reports whether v runs as root (through the agent).
+func (v Verb) Root() bool { return specs[v].root }
+
+// Known reports whether v is a verb of this contract.
+func (v Verb) Known() bool { _, ok := specs[v]; return ok }
+
+// Verbs lists the verbs of this contract, sorted.
+func Verbs() []Verb {
+	var out []Verb
+	for v := range specs {
+		out = append(out, v)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func refusef(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, a...))
+}
+
+// SafeWord reports whether w may appear in a command line: letters, digits
+// and "/._=:,@+-", nothing a shell would split or expand. The push side
+// checks its arguments with it before sending, the gate refuses lines with
+// anything else.
+func SafeWord(w string) bool {
+	if w == "" {
+		return false
+	}
+	for i := 0; i < len(w); i++ {
+		c := w[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("/._=:,@+-", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// ProgramWord reports whether w may name the deployer at the start of a
+// command line: "deployer" or a clean absolute path ending in /deployer.
+// Which one does not matter: the gate always runs itself, so a push side
+// naming a newer deployer store path than the host runs still works.
+func ProgramWord(w string) bool {
+	if w == "deployer" {
+		return true
+	}
+	return SafeWord(w) && path.IsAbs(w) && path.Clean(w) == w && path.Base(w) == "deployer"
+}
+
+// ParseCommand parses an SSH command line (SSH_ORIGINAL_COMMAND): words
+// separated by spaces, `[sudo -n] PROGRAM VERB [FLAGS] [PATHS]`. It
+// returns the request and the contract version whose form the line used
+// (1 for the sudo form), or an error wrapping ErrRefused that says why.
+func ParseCommand(line string) (Request, int, error) {
+	switch {
+	case line == "":
+		return Request{}, 0, refusef("no command (interactive logins are not allowed)")
+	case len(line) > MaxLine:
+		return Request{}, 0, refusef("command longer than %d bytes", MaxLine)
+	}
+	for i := 0; i < len(line); i++ {
+		if c := line[i]; c != ' ' && !SafeWord(string(c)) {
+			return Request{}, 0, refusef("character %q at byte %d is not allowed", c, i)
+		}
+	}
+	// Only spaces separate words (the charset above has no tab or
+	// newline); runs of them are one separator, as for a shell.
+	var words []string
+	for _, w := range strings.Split(line, " ") {
+		if w != "" {
+			words = append(words, w)
+		}
+	}
+	if len(words) == 0 {
+		return Request{}, 0, refusef("no command (interactive logins are not allowed)")
+	}
+	form := Contract
+	if words[0] == "sudo" {
+		if len(words) < 2 || words[1] != "-n" {
+			return Request{}, 0, refusef("sudo is accepted only as `sudo -n deployer VERB` (contract 1)")
+		}
+		words, form = words[2:], 1
+	}
+	if len(words) == 0 || !ProgramWord(words[0]) {
+		return Request{}, 0, refusef("%q is not a deployer host verb", line)
+	}
+	if len(words) < 2 {
+		return Request{}, 0, refusef("no verb after %s", words[0])
+	}
+	r, err := Parse(words[1:])
+	if err != nil {
+		return Request{}, 0, err
+	}
+	if form == 1 && !r.Verb.Root() {
+		return Request{}, 0, refusef("%s runs as the deploy user: drop sudo -n", r.Verb)
+	}
+	return r, form, nil
+}
+
+// Parse parses the words after the program name: a verb, its flags (each
+// at most once; value flags as `--name VALUE`, bool flags as `--name` or
+// `--name=true|false`) and then its store paths. Defaults are filled in and
+// the result is validated against /nix/store.
+func Parse(words []string) (Request, error) {
+	if len(words) == 0 {
+		return Request{}, refusef("no verb")
+	}
+	v := Verb(words[0])
+	sp, ok := specs[v]
+	if !ok {
+		return Request{}, refusef("%q is not a host verb (verbs: %s)", words[0], verbList())
+	}
+	r := Request{Verb: v}
+	if sp.defaults != nil {
+		sp.defaults(&r)
+	}
+	seen := map[string]bool{}
+	rest := words[1:]
+	for len(rest) > 0 && strings.HasPrefix(rest[0], "-") {
+		w := rest[0]
+		rest = rest[1:]
+		name, val, hasVal := strings.Cut(strings.TrimPrefix(w, "--"), "=")
+		if !strings.HasPrefix(w, "--") || name == "" {
+			return Request{}, refusef("%s: %q: flags are written --name", v, w)
+		}
+		f, ok := findFlag(sp.flags, name)
+		if !ok {
+			return Request{}, refusef("%s takes no flag --%s", v, name)
+		}
+		if seen[name] {
+			return Request{}, refusef("%s: --%s given twice", v, name)
+		}
+		seen[name] = true
+		switch {
+		case f.legacy && hasVal:
+			return Request{}, refusef("%s: --%s takes no value", v, name)
+		case f.isBool && !hasVal:
+			val = "true"
+		case f.isBool && val != "true" && val != "false":
+			return Request{}, refusef("%s: --%s takes no value but =true or =false", v, name)
+		case !f.isBool && hasVal:
+			return Request{}, refusef("%s: write --%s VALUE, not --%s=VALUE", v, name, name)
+		case !f.isBool:
+			if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
+				return Request{}, refusef("%s: --%s needs a value", v, name)
+			}
+			val, rest = rest[0], rest[1:]
+			if len(val) > maxValue {
+				return Request{}, refusef("%s: --%s value longer than %d bytes", v, name, maxValue)
+			}
+		}
+		if err := f.set(&r, val); err != nil {
+			return Request{}, refusef("%s: --%s: %v", v, name, err)
+		}
+	}
+	if len(rest) < sp.minPaths || len(rest) > sp.maxPaths {
+		return Request{}, refusef("%s takes %s, got %d argument(s) %q", v, pathCount(sp), len(rest), rest)
+	}
+	for _, p := range rest {
+		if strings.HasPrefix(p, "-") {
+			return Request{}, refusef("%s: flags go before the store paths: %q", v, p)
+		}
+	}
+	if v == VerbActivate {
+		r.Path = rest[0]
+	} else if len(rest) > 0 {
+		r.Paths = rest
+	}
+	if err := r.Validate(DefaultStoreDir); err != nil {
+		return Request{}, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	return r, nil
+}
+
+func findFlag(fs []flag, name string) (flag, bool) {
+	for _, f := range fs {
+		if f.name == name {
+			return f, true
+		}
+	}
+	return flag{}, false
+}
+
+func verbList() string {
+	var s []string
+	for _, v := range Verbs() {
+		s = append(s, string(v))
+	}
+	return strings.Join(s, ", ")
+}
+
+func pathCount(sp spec) string {
+	switch {
+	case sp.maxPaths == 0:
+		return "no arguments"
+	case sp.minPaths == sp.maxPaths:
+		return fmt.Sprintf("exactly %d store path", sp.minPaths)
+	}
+	return fmt.Sprintf("%d to %d store paths", sp.minPaths, sp.maxPaths)
+}
+
+// DefaultStoreDir is where the store paths of requests must be.
+const DefaultStoreDir = "/nix/store"
+
+// Bounds of the durations a request may carry.
+const (
+	MinConfirmTimeout = time.Second
+	MaxConfirmTimeout = 24 * time.Hour
+	MaxWait           = 24 * time.Hour
+	MaxHealth         = time.Hour
+)
+
+// Validate checks every field the verb uses and that the others are empty;
+// errors wrap ErrInvalid. storeDir is the store the paths must be in.
+func (r *Request) Validate(storeDir string) error {
+	sp, ok := specs[r.Verb]
+	if !ok {
+		return fmt.Errorf("%w: %q is not a host verb", ErrInvalid, r.Verb)
+	}
+	for _, f := range r.setFields() {
+		if !slices.Contains(sp.fields, f) {
+			return fmt.Errorf("%w: %s takes no %s", ErrInvalid, r.Verb, f)
+		}
+	}
+	if slices.Contains(sp.fields, "id") {
+		if err := ValidID(r.ID); err != nil {
+			return err
+		}
+	}
+	switch r.Verb {
+	case VerbFetch:
+		if len(r.Paths) < 1 || len(r.Paths) > MaxFetchPaths {
+			return fmt.Errorf("%w: fetch takes 1 to %d store paths", ErrInvalid, MaxFetchPaths)
+		}
+		for _, p := range r.Paths {
+			if err := ValidStorePath(storeDir, p); err != nil {
+				return err
+			}
+		}
+	case VerbActivate:
+		if err := ValidMode(string(r.Mode)); err != nil {
+			return err
+		}
+		if err := ValidStorePath(storeDir, r.Path); err != nil {
+			return err
+		}
+		if r.ConfirmTimeout < MinConfirmTimeout || r.ConfirmTimeout > MaxConfirmTimeout {
+			return fmt.Errorf("%w: confirm timeout %s must be between %s and %s", ErrInvalid, r.ConfirmTimeout, MinConfirmTimeout, MaxConfirmTimeout)
+		}
+		if err := validKernelChange(r.KernelChange); err != nil {
+			return err
+		}
+	case VerbWait:
+		if r.Timeout < time.Second || r.Timeout > MaxWait {
+			return fmt.Errorf("%w: wait timeout %s must be between 1s and %s", ErrInvalid, r.Timeout, MaxWait)
+		}
+	case VerbHealth:
+		if r.Timeout < time.Second || r.Timeout > MaxHealth {
+			return fmt.Errorf("%w: health timeout %s must be between 1s and %s", ErrInvalid, r.Timeout, MaxHealth)
+		}
+	}
+	return nil
+}
+
+// setFields names the fields of r that are not zero.
+func (r *Request) setFields() []string {
+	var out []string
+	add := func(set bool, name string) {
+		if set {
+			out = append(out, name)
+		}
+	}
+	add(r.ID != "", "id")
+	add(r.Mode != "", "mode")
+	add(r.Path != "", "path")
+	add(len(r.Paths) > 0, "paths")
+	add(r.ConfirmTimeout != 0, "confirmTimeout")
+	add(r.Timeout != 0, "timeout")
+	add(r.MagicRollback, "magicRollback")
+	add(r.AutoRollback, "autoRollback")
+	add(r.KernelChange != "", "kernelChange")
+	add(r.Reject, "reject")
+	return out
+}
+
+// Encode returns the command line words of r in the form of contract
+// version v, starting with the program name. A verb the version lacks is
+// ErrUnsupported.
+func (r *Request) Encode(v int) ([]string, error) {
+	sp, ok := specs[r.Verb]
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("%w: %q is not a host verb", ErrInvalid, r.Verb)
+	case v < MinContract || v > Contract:
+		return nil, fmt.Errorf("%w: contract %d (this deployer speaks %d to %d)", ErrUnsupported, v, MinContract, Contract)
+	case sp.since > v:
+		return nil, fmt.Errorf("%w: %s needs contract %d, the host speaks %d", ErrUnsupported, r.Verb, sp.since, v)
+	}
+	w := []string{"deployer", string(r.Verb)}
+	if v == 1 && sp.root && !sp.v1User {
+		w = append([]string{"sudo", "-n"}, w...)
+	}
+	val := func(name, value string) { w = append(w, "--"+name, value) }
+	switch r.Verb {
+	case VerbActivate:
+		val("mode", string(r.Mode))
+		val("id", r.ID)
+		val("confirm-timeout", r.ConfirmTimeout.String())
+		w = append(w, fmt.Sprintf("--magic-rollback=%t", r.MagicRollback), fmt.Sprintf("--auto-rollback=%t", r.AutoRollback))
+		if r.KernelChange != "" {
+			val("kernel-change", r.KernelChange)
+		}
+		w = append(w, r.Path)
+	case VerbConfirm:
+		val("id", r.ID)
+		if r.Reject {
+			w = append(w, "--reject")
+		}
+	case VerbWait, VerbHealth:
+		val("id", r.ID)
+		val("timeout", r.Timeout.String())
+	case VerbStatus:
+		if v == 1 {
+			w = append(w, "--local", "--json")
+		}
+	case VerbRollback:
+		if v == 1 {
+			w = append(w, "--local")
+		}
+		if r.ID != "" {
+			val("id", r.ID)
+		}
+	case VerbFetch:
+		w = append(w, r.Paths...)
+	}
+	for _, x := range w {
+		if !SafeWord(x) {
+			return nil, fmt.Errorf("%w: %q cannot be sent (letters, digits and /._=:,@+- only)", ErrInvalid, x)
+		}
+	}
+	return w, nil
+}
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
+
+// ValidID checks a deploy id: [A-Za-z0-9][A-Za-z0-9-]{0,63}.
+func ValidID(id string) error {
+	if !idRE.MatchString(id) {
+		return fmt.Errorf("%w: deploy id %q must match [A-Za-z0-9][A-Za-z0-9-]{0,63}", ErrInvalid, id)
+	}
+	return nil
+}
+
+// ValidMode checks a mode against the fixed list.
+func ValidMode(m string) error {
+	switch Mode(m) {
+	case Switch, Test, Boot, DryActivate:
+		return nil
+	}
+	return fmt.Errorf("%w: mode %q is not one of switch, test, boot, dry-activate", ErrInvalid, m)
+}
+
+func validKernelChange(k string) error {
+	if k != "report" && k != "boot" {
+		return fmt.Errorf("%w: kernel-change %q must be report or boot", ErrInvalid, k)
+	}
+	return nil
+}
+
+// ValidStorePath checks that p is exactly storeDir/<32 nix32 chars>-<name>
+// with a name Nix accepts that does not start with a dot: no subpath, no
+// "..", nothing a shell or a path walk could abuse.
+func ValidStorePath(storeDir, p string) error {
+	if storeDir == "" {
+		storeDir = DefaultStoreDir
+	}
+	dir, _, name, err := narinfo.ParseStorePath(p)
+	if err != nil || dir != storeDir || name == "" || name[0] == '.' {
+		return fmt.Errorf("%w: %q is not a store path under %s", ErrInvalid, p, storeDir)
+	}
+	return nil
+}
+
+var durationRE = regexp.MustCompile(`^([0-9]{1,9}(\.[0-9]{1,9})?(h|m|s|ms))+$`)
+
+// parseDuration accepts what time.Duration.String writes for the bounds
+// of a request (e.g. 30s, 1m30s, 1.5s), and nothing exotic.
+func parseDuration(s string) (time.Duration, error) {
+	if len(s) > 32 || !durationRE.MatchString(s) {
+		return 0, fmt.Errorf("%w: duration %q (write e.g. 30s or 1m30s)", ErrInvalid, s)
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w: duration %q: %v", ErrInvalid, s, err)
+	}
+	return d, nil
+}

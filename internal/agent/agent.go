@@ -155,6 +155,10 @@ func (s *Server) ServeConn(ctx context.Context, c *net.UnixConn) {
 		w.final(refusal(fmt.Errorf("malformed request: %v", err)))
 		return
 	}
+	if rest := bytes.TrimSpace(line[dec.InputOffset():]); len(rest) > 0 {
+		w.final(refusal(errors.New("malformed request: data after the request")))
+		return
+	}
 	// The client is gone when its side of the connection closes: stop
 	// waiting for it (a detached activation carries on regardless).
 	ctx, cancel := context.WithCancel(ctx)

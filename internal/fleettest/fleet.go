@@ -1,9 +1,13 @@
 // Package fleettest is the simulated NixOS fleet: N "hosts" on this machine,
 // each a mount namespace with its own /nix (real store, database, profiles),
 // /run and /boot, its own nix-daemon substituting from a test cache with
-// signatures required, and its own sshd on its own loopback address, with a
-// shared `deploy` user whose SSH key is forced through `deployer gate` and
-// whose sudo allows only the deployer's host verbs.
+// signatures required, its own sshd on its own loopback address and its own
+// root agent behind a socket-activated /run/deployer-agent.sock (as the
+// NixOS module's deployer-agent.socket, with systemd's own
+// systemd-socket-activate doing what systemd does). A shared `deploy` user,
+// home /var/empty as the module sets it, logs in with a key forced through
+// `deployer gate` and has no sudo at all; a fleet of contract 1 hosts
+// (Options.Contract) gets the sudo rules those deployers needed instead.
 //
 // It is a normal package (not _test) so every package's tests can use it;
 // it needs root, unshare, nsenter, nix, sshd and sudo, and skips otherwise.
@@ -42,8 +46,13 @@ type Options struct {
 	// Cache makes the cache; default DefaultCache (Concordia's cache
 	// server, falling back to NewFileCache).
 	Cache func(t testing.TB) Cache
-	// Deployer is the deployer binary; default: go build ./cmd/deployer.
+	// Deployer is the deployer binary the hosts run; default: go build
+	// ./cmd/deployer.
 	Deployer string
+	// Contract is the host-verb contract the hosts are set up for: 2 (the
+	// default) the root agent; 1 the sudo rules of contract 1 deployers
+	// (with a Deployer built from such a release, see BuildRelease).
+	Contract int
 }
 
 // Fleet is a set of simulated hosts sharing a cache and a deployer binary.
@@ -55,6 +64,8 @@ type Fleet struct {
 	Cache     Cache
 	Hosts     []*Host
 	Initial   string // store path of the initial system ("" with NoInitial)
+
+	Contract int // host-verb contract the hosts are set up for
 
 	salt    string
 	nixEnv  []string
@@ -75,7 +86,15 @@ type Host struct {
 
 const (
 	deployUser = "deploy"
-	deployHome = "/var/lib/concordia-fleettest-deploy"
+	// deployHome is what the NixOS module gives the deploy user: /var/empty,
+	// root's and read-only, so nothing the deploy user runs (nix-store
+	// --realise included) may count on a writable home.
+	deployHome = "/var/empty"
+	// OtherUser is a second unprivileged local user, as any host has: what
+	// it can do (nix-store --add of anything) must not help the deploy key.
+	OtherUser = "fleettest-other"
+	// AgentSocket is where the hosts' root agents listen.
+	AgentSocket = "/run/deployer-agent.sock"
 )
 
 // Need skips the test unless the simulated fleet can run here.
@@ -87,7 +106,7 @@ func Need(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("simulated fleet needs root (mount namespaces, sshd, sudo)")
 	}
-	for _, bin := range []string{"unshare", "nsenter", "nix-store", "nix-daemon", "nix-build", "nix", "/usr/sbin/sshd", "ssh", "ssh-keygen", "sudo", "visudo", "useradd"} {
+	for _, bin := range []string{"unshare", "nsenter", "nix-store", "nix-daemon", "nix-build", "nix", "/usr/sbin/sshd", "ssh", "ssh-keygen", "sudo", "visudo", "useradd", "runuser", "systemd-socket-activate"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("simulated fleet needs %s", bin)
 		}
@@ -99,7 +118,10 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 	t.Helper()
 	Need(t)
 	setupStart := time.Now()
-	f := &Fleet{salt: randHex(4), nixEnv: nixEnv(t)}
+	f := &Fleet{salt: randHex(4), nixEnv: nixEnv(t), Contract: opts.Contract}
+	if f.Contract == 0 {
+		f.Contract = 2
+	}
 	sweepStale()
 	dir, err := os.MkdirTemp("/tmp", fmt.Sprintf("concordia-fleet-%d-", os.Getpid()))
 	if err != nil {
@@ -139,8 +161,10 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
-	if err := f.installSudoers(t); err != nil {
-		t.Fatal(err)
+	if f.Contract == 1 {
+		if err := f.installSudoers(t); err != nil {
+			t.Fatal(err)
+		}
 	}
 	hostsStart := time.Now()
 	f.Hosts = make([]*Host, n)
@@ -327,8 +351,9 @@ func goBuild(pkg, out string) error {
 	return nil
 }
 
-// ensureUser creates the shared deploy user once (under a machine-wide lock,
-// since several test binaries may start fleets at the same time).
+// ensureUser creates the shared deploy user and the other local user once
+// (under a machine-wide lock, since several test binaries may start fleets
+// at the same time).
 func ensureUser() error {
 	lf, err := os.OpenFile("/tmp/concordia-fleettest.lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -338,25 +363,28 @@ func ensureUser() error {
 	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
 		return err
 	}
-	if exec.Command("id", "-u", deployUser).Run() != nil {
-		if out, err := exec.Command("useradd", "-r", "-M", "-d", deployHome, "-s", "/bin/sh", deployUser).CombinedOutput(); err != nil {
-			return fmt.Errorf("useradd: %v %s", err, out)
-		}
-	}
-	// useradd -r leaves the account locked ("!"), which sshd refuses even
-	// for key logins; '*' means "no password" without "locked". The shell
-	// must be a real one: sshd runs the forced command with it.
-	if out, err := exec.Command("usermod", "-p", "*", "-s", "/bin/sh", "-d", deployHome, deployUser).CombinedOutput(); err != nil {
-		return fmt.Errorf("usermod: %v %s", err, out)
-	}
-	// A home, so sshd can chdir and the nix client can keep its cache.
-	if err := os.MkdirAll(deployHome, 0o755); err != nil {
+	// As on NixOS: /var/empty is root's, empty and not writable.
+	if err := os.MkdirAll(deployHome, 0o555); err != nil {
 		return err
 	}
-	return exec.Command("chown", deployUser+":", deployHome).Run()
+	for _, u := range []string{deployUser, OtherUser} {
+		if exec.Command("id", "-u", u).Run() != nil {
+			if out, err := exec.Command("useradd", "-r", "-U", "-M", "-d", deployHome, "-s", "/bin/sh", u).CombinedOutput(); err != nil {
+				return fmt.Errorf("useradd %s: %v %s", u, err, out)
+			}
+		}
+		// useradd -r leaves the account locked ("!"), which sshd refuses
+		// even for key logins; '*' means "no password" without "locked".
+		// The shell must be a real one: sshd runs the forced command with it.
+		if out, err := exec.Command("usermod", "-p", "*", "-s", "/bin/sh", "-d", deployHome, u).CombinedOutput(); err != nil {
+			return fmt.Errorf("usermod %s: %v %s", u, err, out)
+		}
+	}
+	return nil
 }
 
-// installSudoers allows deploy exactly the host verbs of this fleet's binary.
+// installSudoers allows deploy exactly the host verbs of this fleet's binary,
+// as contract 1 deployers needed (their module's rules, "VERB *").
 func (f *Fleet) installSudoers(t testing.TB) error {
 	d := f.Deployer
 	rule := fmt.Sprintf("# concordia fleettest %s (removed when the test ends)\nDefaults:%s !requiretty\n%s ALL=(root) NOPASSWD: %s activate *, %s confirm *, %s wait *, %s status *, %s rollback *\n",
@@ -423,11 +451,16 @@ sh "$H/services.sh" "$H"
 echo ready
 read _ || true
 # stdin closed: the test process is gone; stop what runs in this namespace.
-kill -9 $(cat /run/fleettest/nix-daemon.pid /run/sshd.pid 2>/dev/null) 2>/dev/null || true
+kill -9 $(cat /run/fleettest/nix-daemon.pid /run/sshd.pid /run/fleettest/agent.pid 2>/dev/null) 2>/dev/null || true
 `
 
-// servicesScript (re)starts the host's nix-daemon and sshd if not running.
+// servicesScript (re)starts the host's nix-daemon, sshd and (contract 2)
+// the agent's socket if not running. The socket is what the NixOS module's
+// deployer-agent.socket makes: root's, group deploy, mode 0660, Accept=yes,
+// so each connection gets its own agent process with no PATH but the
+// unit's and nothing of the caller's environment.
 const servicesScript = `H="$1"
+. "$H/services.env"
 up() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 mkdir -p /run/sshd /run/fleettest
 if ! up /run/fleettest/nix-daemon.pid; then
@@ -447,6 +480,19 @@ if ! up /run/sshd.pid; then
   while [ ! -s /run/sshd.pid ]; do
     sleep 0.01; i=$((i+1)); [ $i -lt 1000 ] || { echo "sshd did not start" >&2; exit 1; }
   done
+fi
+if [ "$CONTRACT" = 2 ] && ! up /run/fleettest/agent.pid; then
+  rm -f /run/deployer-agent.sock
+  (umask 0177
+   setsid systemd-socket-activate --accept -l /run/deployer-agent.sock -E NIX_CONF_DIR="$H/etc-nix" \
+     -E PATH=/usr/sbin:/usr/bin:/sbin:/bin "$DEPLOYER" agent --allow-user deploy </dev/null >>"$H/agent.log" 2>&1 &
+   echo $! > /run/fleettest/agent.pid)
+  i=0
+  while [ ! -S /run/deployer-agent.sock ]; do
+    sleep 0.01; i=$((i+1)); [ $i -lt 1000 ] || { echo "agent socket did not appear" >&2; exit 1; }
+  done
+  chgrp deploy /run/deployer-agent.sock
+  chmod 0660 /run/deployer-agent.sock
 fi
 `
 
@@ -482,9 +528,10 @@ func (f *Fleet) start(h *Host) error {
 			"build-users-group =\nnarinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0\nconnect-timeout = 5\n"+
 			"experimental-features = nix-command\ntrusted-users = root\nallowed-users = *\n",
 			f.Cache.URL(), f.Cache.PublicKey()),
-		"boot.sh":     bootScript,
-		"services.sh": servicesScript,
-		"bootsys.sh":  bootSystemScript,
+		"boot.sh":      bootScript,
+		"services.sh":  servicesScript,
+		"services.env": fmt.Sprintf("CONTRACT=%d\nDEPLOYER=%s\n", f.Contract, f.Deployer),
+		"bootsys.sh":   bootSystemScript,
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(h.Dir, name), []byte(content), 0o644); err != nil {
@@ -555,6 +602,16 @@ func (f *Fleet) Exec(h *Host, argv ...string) (string, error) {
 	cmd.Env = append(os.Environ(), f.nixEnv...)
 	cmd.Env = append(cmd.Env, "NIX_CONF_DIR="+filepath.Join(h.Dir, "etc-nix"), "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
 	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// ExecAs runs argv inside h's mount namespace as the unprivileged local
+// user (e.g. OtherUser), with a clean environment; Nix commands go
+// through the host's daemon, as any user's do.
+func (f *Fleet) ExecAs(h *Host, user string, argv ...string) (string, error) {
+	args := append([]string{"-t", strconv.Itoa(h.keeper.Process.Pid), "-m", "--", "runuser", "-u", user, "--",
+		"env", "-i", "PATH=/usr/bin:/bin", "HOME=/tmp", "NIX_REMOTE=daemon"}, argv...)
+	out, err := exec.Command("nsenter", args...).CombinedOutput()
 	return string(out), err
 }
 
@@ -668,6 +725,7 @@ func (f *Fleet) Reboot(t testing.TB, h *Host) {
 		}
 	}
 	os.Remove(filepath.Join(run, "fleettest", "nix-daemon.pid"))
+	os.Remove(filepath.Join(run, "fleettest", "agent.pid"))
 	f.MustExec(t, h, "/bin/sh", filepath.Join(h.Dir, "bootsys.sh"))
 	f.StartSSH(t, h)
 }

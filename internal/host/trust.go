@@ -51,7 +51,7 @@ func (t *NixTrust) PathInfo(ctx context.Context, p string) (*store.PathInfo, err
 		if log == nil {
 			log = slog.New(slog.DiscardHandler)
 		}
-		t.db, t.err = local.Open(ctx, local.Options{StoreDir: t.StoreDir, DBPath: t.DBPath, MaxConns: 1, Logger: log})
+		t.db, t.err = local.Open(ctx, local.Options{StoreDir: t.StoreDir, DBPath: t.DBPath, MaxConns: 2, Logger: log}) // one is pinned for the WAL, see local
 	})
 	if t.err != nil {
 		return nil, fmt.Errorf("open the store's database: %w", t.err)

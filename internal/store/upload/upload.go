@@ -480,7 +480,7 @@ func mapErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, store.ErrNoSpace) || errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, store.ErrNoSpace) || errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) {
 		return err
 	}
 	if isNoSpace(err) {

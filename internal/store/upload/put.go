@@ -530,7 +530,14 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 			elsewhere = append(elsewhere, ref)
 		}
 	}
+	// So is what another store serves under this hash part; the write
+	// transaction compares the upload with it and with its own record.
+	other, err := s.servedElsewhere(ctx, hashPart)
+	if err != nil {
+		return err
+	}
 
+	var claimed bool
 	for attempt := 0; ; attempt++ {
 		// A pending NAR must be durable before a narinfo claims it;
 		// wait for that outside the index's write lock.
@@ -547,15 +554,17 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 				return p.err
 			}
 		}
-		err = s.commitNarInfo(ni, hashPart, canon, comp, refs, elsewhere)
+		claimed, err = s.commitNarInfo(ni, hashPart, canon, comp, refs, elsewhere, other)
 		if !errors.Is(err, errNotDurable) || attempt == 10 {
 			break
 		}
 	}
-	if err == nil {
+	if claimed {
 		// The index now holds the blob with a claim. Until this
 		// line the entry is redundant, which is harmless: a sweep
-		// keeps pending blobs the index claims.
+		// keeps pending blobs the index claims. An upload that was a
+		// no-op claimed nothing: its blob, if another, stays pending
+		// until a sweep drops it.
 		s.pendMu.Lock()
 		delete(s.pending, canon)
 		s.pendMu.Unlock()
@@ -563,9 +572,14 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 	return mapErr(err)
 }
 
-// commitNarInfo is the write transaction of putNarInfo.
-func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string, refs, elsewhere []string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// commitNarInfo is the write transaction of putNarInfo. other is what
+// another store serves under hashPart (nil if none). The comparison with
+// the index's own record happens in the same transaction as the commit,
+// so of two conflicting uploads racing, exactly one is accepted. claimed
+// reports whether the upload's blob is now claimed by a new record (not
+// when the path was there already).
+func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string, refs, elsewhere []string, other *served) (claimed bool, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
 		blobs := tx.Bucket(bBlobs)
 		var b blobRec
 		found, err := getJSON(blobs, []byte(canon), &b)
@@ -607,6 +621,24 @@ func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string,
 			return invalidf("FileSize %d does not match the uploaded file (%d bytes)", ni.FileSize, b.FileSize)
 		}
 		paths := tx.Bucket(bPaths)
+		var old pathRec
+		hadOld, err := getJSON(paths, []byte(hashPart), &old)
+		if err != nil {
+			return err
+		}
+		if hadOld {
+			if err := servedRec(&old).check(ni); err != nil {
+				return err
+			}
+		}
+		if other != nil {
+			if err := other.check(ni); err != nil {
+				return err
+			}
+		}
+		if hadOld {
+			return s.keepServed(tx, hashPart, old, ni)
+		}
 		var missing []string
 		for _, ref := range refs {
 			if hasBase(paths, s.storeDir, ref) || slices.Contains(elsewhere, ref) {
@@ -628,31 +660,32 @@ func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string,
 			References: ni.References, Deriver: ni.Deriver, System: ni.System, Sigs: ni.Sigs, CA: ni.CA,
 			Registered: s.now().UTC(),
 		}
-		var old pathRec
-		hadOld, err := getJSON(paths, []byte(hashPart), &old)
-		if err != nil {
+		b.Refs++
+		if err := putJSON(blobs, []byte(canon), b); err != nil {
 			return err
-		}
-		if hadOld && old.Blob == canon {
-			// Idempotent re-upload: keep the blob count, merge signatures.
-			rec.Registered = old.Registered
-			rec.Sigs = mergeSigs(old.Sigs, rec.Sigs)
-		} else {
-			if hadOld {
-				if err := deletePath(tx, hashPart); err != nil {
-					return err
-				}
-			}
-			b.Refs++
-			if err := putJSON(blobs, []byte(canon), b); err != nil {
-				return err
-			}
 		}
 		if err := putJSON(paths, []byte(hashPart), rec); err != nil {
 			return err
 		}
+		claimed = true
 		return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 	})
+	return claimed && err == nil, err
+}
+
+// keepServed commits an upload of a path the index already has, which
+// check found to describe it exactly: the record and its blob stay as
+// they are (even when the upload came in another compression), so not a
+// byte a client fetches changes. Only the upload's signatures, and the
+// cache's own (a key may have been added since), are merged in: they sign
+// the same fingerprint. The access time is refreshed.
+func (s *Store) keepServed(tx *bolt.Tx, hashPart string, old pathRec, ni *narinfo.NarInfo) error {
+	ni.Sign(s.opts.SignKeys...)
+	old.Sigs = mergeSigs(old.Sigs, ni.Sigs)
+	if err := putJSON(tx.Bucket(bPaths), []byte(hashPart), old); err != nil {
+		return err
+	}
+	return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 }
 
 // checkName refuses the names newer Nix refuses beyond the character set:

@@ -303,3 +303,134 @@ func TestNARFileCannotBeReplaced(t *testing.T) {
 		t.Fatal("stored NAR file changed")
 	}
 }
+
+// docStore is another store with build logs and realisations.
+type docStore struct {
+	servedStore
+	logs, docs map[string]string
+}
+
+func (d *docStore) BuildLog(ctx context.Context, drv string) (io.ReadCloser, string, error) {
+	if l, ok := d.logs[drv]; ok {
+		return io.NopCloser(strings.NewReader(l)), "", nil
+	}
+	return nil, "", store.ErrNotFound
+}
+
+func (d *docStore) Realisation(ctx context.Context, id string) ([]byte, error) {
+	if doc, ok := d.docs[id]; ok {
+		return []byte(doc), nil
+	}
+	return nil, store.ErrNotFound
+}
+
+// TestDocumentsWriteOnce: a listing of a published path, a build log and a
+// realisation, once the cache has them (here or in the other store), may
+// be uploaded again only unchanged (JSON compared by value); another
+// version is ErrConflict and the cache keeps the first.
+func TestDocumentsWriteOnce(t *testing.T) {
+	ctx := context.Background()
+	p := newPath(t, "docs-once", []byte("x"))
+	drv := hashPart("docs-once-drv") + "-docs-once.drv"
+	localDrv := hashPart("docs-once-local-drv") + "-local.drv"
+	id := "sha256:" + strings.Repeat("ab", 32) + "!out"
+	localID := "sha256:" + strings.Repeat("cd", 32) + "!out"
+	trace := hashPart("docs-once-trace") + "-t.drv"
+	const ls = `{"version":1,"root":{"type":"regular","size":1,"narOffset":96}}`
+	const real = `{"dependentRealisations":{},"id":"x","outPath":"p","signatures":[]}`
+	type doc struct {
+		put func(s *upload.Store, body string) error
+		get func(s *upload.Store) (string, error)
+	}
+	listing := doc{
+		put: func(s *upload.Store, b string) error { return s.PutListing(ctx, p.hash, strings.NewReader(b)) },
+		get: func(s *upload.Store) (string, error) { d, err := s.Listing(ctx, p.hash); return string(d), err },
+	}
+	logOf := func(drv string) doc {
+		return doc{
+			put: func(s *upload.Store, b string) error { return s.PutLog(ctx, drv, strings.NewReader(b)) },
+			get: func(s *upload.Store) (string, error) {
+				r, _, err := s.BuildLog(ctx, drv)
+				if err != nil {
+					return "", err
+				}
+				d, err := io.ReadAll(r)
+				return string(d), err
+			},
+		}
+	}
+	realisationOf := func(id string) doc {
+		return doc{
+			put: func(s *upload.Store, b string) error { return s.PutRealisation(ctx, id, strings.NewReader(b)) },
+			get: func(s *upload.Store) (string, error) { d, err := s.Realisation(ctx, id); return string(d), err },
+		}
+	}
+	buildTrace := doc{
+		put: func(s *upload.Store, b string) error { return s.PutBuildTrace(ctx, trace, "out", strings.NewReader(b)) },
+		get: func(s *upload.Store) (string, error) {
+			d, err := s.Realisation(ctx, trace+"!out")
+			return string(d), err
+		},
+	}
+	tests := []struct {
+		name        string
+		doc         doc
+		first       string // uploaded first ("" when only the other store has it)
+		same, other string
+	}{
+		{"listing", listing, ls, " {\"root\":{\"narOffset\":96,\"size\":1,\"type\":\"regular\"},\"version\":1}\n",
+			`{"version":1,"root":{"type":"regular","size":9999,"narOffset":96}}`},
+		{"build log", logOf(drv), "building\n", "building\n", "nothing to see here\n"},
+		{"build log of the local store", logOf(localDrv), "", "built locally\n", "built elsewhere\n"},
+		{"realisation", realisationOf(id), real, strings.ReplaceAll(real, ",", ", "), strings.Replace(real, `"p"`, `"q"`, 1)},
+		{"realisation of the local store", realisationOf(localID), "", real, strings.Replace(real, `"p"`, `"q"`, 1)},
+		{"build trace entry", buildTrace, real, real, strings.Replace(real, `"p"`, `"q"`, 1)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			local := &docStore{logs: map[string]string{localDrv: "built locally\n"}, docs: map[string]string{localID: real}}
+			s := openStore(t, t.TempDir(), upload.Options{Others: []store.Store{local}})
+			if err := p.upload(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+			if tc.first != "" {
+				if err := tc.doc.put(s, tc.first); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before, _ := tc.doc.get(s)
+			err := tc.doc.put(s, tc.other)
+			if !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "sha256:") {
+				t.Fatalf("another version: %v, want ErrConflict naming both hashes", err)
+			}
+			if got, _ := tc.doc.get(s); got != before {
+				t.Fatalf("document changed to %q, was %q", got, before)
+			}
+			if err := tc.doc.put(s, tc.same); err != nil {
+				t.Fatalf("the same document again: %v", err)
+			}
+			if got, _ := tc.doc.get(s); tc.first != "" && got != tc.first {
+				t.Fatalf("the no-op re-upload changed the document to %q", got)
+			}
+		})
+	}
+}
+
+// TestListingOfUnpublishedPathReplaced: before its narinfo, a listing is
+// nobody's: a retry may send another rendering.
+func TestListingOfUnpublishedPathReplaced(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), upload.Options{})
+	p := newPath(t, "ls-unpublished", []byte("x"))
+	for _, ls := range []string{`{"version":1,"root":{"type":"regular","size":1}}`, `{"version":1,"root":{"type":"regular","size":1,"narOffset":96}}`} {
+		if err := s.PutListing(ctx, p.hash, strings.NewReader(ls)); err != nil {
+			t.Fatalf("listing %s: %v", ls, err)
+		}
+	}
+	if err := p.upload(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Listing(ctx, p.hash); err != nil || !strings.Contains(string(got), "narOffset") {
+		t.Fatalf("listing %q %v: want the last one sent", got, err)
+	}
+}

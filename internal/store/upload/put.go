@@ -718,6 +718,13 @@ func readSmall(r io.Reader, limit int64, what string) ([]byte, error) {
 
 // PutListing stores the .ls listing of hashPart. Nix uploads it before the
 // narinfo, so the path need not exist yet; it is served only once it does.
+// Until then another listing replaces it (a retry from another Nix version
+// may render it differently); once the path is published its listing is
+// fixed: the same document again is a no-op, another is ErrConflict.
+// (The server's GET .ls is computed from the NAR, never from this
+// document, so not even a listing stored before the path can mislead a
+// client; keeping it write-once keeps the rule the same for every
+// document.)
 func (s *Store) PutListing(ctx context.Context, hashPart string, body io.Reader) error {
 	if !narinfo.ValidHashPart(hashPart) {
 		return invalidf("%q is not a 32-character nix32 hash", hashPart)
@@ -733,12 +740,23 @@ func (s *Store) PutListing(ctx context.Context, hashPart string, body io.Reader)
 	if err := json.Unmarshal(data, &doc); err != nil || doc.Version != 1 || len(doc.Root) == 0 {
 		return invalidf("listing is not a {\"version\":1,\"root\":...} JSON document")
 	}
-	// The upload time goes first, so SweepPending can drop listings
-	// whose narinfo never came.
-	return s.putDoc(bListings, hashPart, append(binary.BigEndian.AppendUint64(nil, uint64(s.now().Unix())), data...))
+	key := []byte(hashPart)
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		ls := tx.Bucket(bListings)
+		if old := ls.Get(key); old != nil && len(old) >= 8 && tx.Bucket(bPaths).Get(key) != nil {
+			return sameDoc(old[8:], data, sameJSON, "listing of "+hashPart)
+		}
+		// The upload time goes first, so SweepPending can drop
+		// listings whose narinfo never came.
+		return ls.Put(key, append(binary.BigEndian.AppendUint64(nil, uint64(s.now().Unix())), data...))
+	})
+	return mapErr(err)
 }
 
-// PutLog stores the build log of a derivation ("<hash>-<name>.drv").
+// PutLog stores the build log of a derivation ("<hash>-<name>.drv"). Logs
+// are only informational, but a token must not rewrite what a build said
+// either: a log the cache already serves (from here or the machine's own
+// log directory) may be uploaded again only with the same bytes.
 func (s *Store) PutLog(ctx context.Context, drvBase string, body io.Reader) error {
 	if _, _, err := narinfo.ParseBaseName(drvBase); err != nil || !strings.HasSuffix(drvBase, ".drv") {
 		return invalidf("log name %q is not a .drv store path base name", drvBase)
@@ -747,13 +765,25 @@ func (s *Store) PutLog(ctx context.Context, drvBase string, body io.Reader) erro
 	if err != nil {
 		return err
 	}
-	return s.putDoc(bLogs, drvBase, data)
+	other, err := s.otherLog(ctx, drvBase)
+	if err != nil {
+		return err
+	}
+	if other != nil {
+		if err := sameDoc(other, data, bytes.Equal, "build log "+drvBase); err != nil {
+			return err
+		}
+	}
+	return s.putOnce(bLogs, drvBase, data, bytes.Equal, "build log")
 }
 
 // PutRealisation stores a realisation document "sha256:<hash>!<output>"
-// (realisations/<id>.doi).
+// (realisations/<id>.doi). A realisation says which store path a
+// derivation output is, so it is as immutable as the path: one the cache
+// serves (here or in another store) may be uploaded again only as the same
+// JSON document (same values, whatever the layout), else ErrConflict.
 func (s *Store) PutRealisation(ctx context.Context, id string, body io.Reader) error {
-	return s.putJSONDoc(bReal, id, body, "realisation")
+	return s.putJSONDoc(ctx, bReal, id, body, "realisation")
 }
 
 // PutBuildTrace stores a build-trace-v2 document (Nix 2.35 and later,
@@ -767,10 +797,10 @@ func (s *Store) PutBuildTrace(ctx context.Context, drvBase, output string, body 
 	if output == "" || strings.ContainsAny(output, "/!\x00") {
 		return invalidf("build trace: bad output name %q", output)
 	}
-	return s.putJSONDoc(bReal, drvBase+"!"+output, body, "build trace entry")
+	return s.putJSONDoc(ctx, bReal, drvBase+"!"+output, body, "build trace entry")
 }
 
-func (s *Store) putJSONDoc(bucket []byte, key string, body io.Reader, what string) error {
+func (s *Store) putJSONDoc(ctx context.Context, bucket []byte, key string, body io.Reader, what string) error {
 	if key == "" || len(key) > 512 || strings.Contains(key, "..") || strings.ContainsAny(key, "\x00\n") {
 		return invalidf("%s id %q is malformed", what, key)
 	}
@@ -781,12 +811,14 @@ func (s *Store) putJSONDoc(bucket []byte, key string, body io.Reader, what strin
 	if !json.Valid(data) {
 		return invalidf("%s is not well-formed JSON", what)
 	}
-	return s.putDoc(bucket, key, data)
-}
-
-func (s *Store) putDoc(bucket []byte, key string, data []byte) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucket).Put([]byte(key), data)
-	})
-	return mapErr(err)
+	other, err := s.otherRealisation(ctx, key)
+	if err != nil {
+		return err
+	}
+	if other != nil {
+		if err := sameDoc(other, data, sameJSON, what+" "+key); err != nil {
+			return err
+		}
+	}
+	return s.putOnce(bucket, key, data, sameJSON, what)
 }

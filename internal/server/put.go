@@ -28,6 +28,15 @@ type Uploads struct {
 	MaxNARSize int64
 }
 
+// uploadTarget is the store behind Options.Upload, as it appears in
+// Options.Stores.
+func uploadTarget(u store.Store) store.Store {
+	if up, ok := u.(*Uploads); ok && up.Store != nil {
+		return up.Store
+	}
+	return u
+}
+
 // Request body limits for the small documents (the store bounds them again
 // after decoding a Content-Encoding).
 const (

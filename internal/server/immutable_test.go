@@ -109,7 +109,11 @@ func TestPutCannotReplaceServedPath(t *testing.T) {
 		for _, where := range []string{"local", "upload"} {
 			t.Run("prefer "+prefer+", path in the "+where+" store", func(t *testing.T) {
 				local := newFakeStore()
-				e := newUpEnvWith(t, t.TempDir(), false, []store.Store{local}, prefer == "upload", freshReads)
+				logs := &syncBuffer{}
+				e := newUpEnvWith(t, t.TempDir(), false, []store.Store{local}, prefer == "upload", func(o *server.Options) {
+					freshReads(o)
+					o.Logger = slog.New(slog.NewTextHandler(logs, nil))
+				})
 				var storePath, origHash string
 				if where == "local" {
 					lp := local.addTree(t, hashOf("immut-"+prefer), "leaf", map[string]string{"f": "the real leaf"})
@@ -143,6 +147,9 @@ func TestPutCannotReplaceServedPath(t *testing.T) {
 				}
 				if code, _ := e.do(t, "GET", "/nar/"+evil.fileName, "", nil); code != 404 {
 					t.Fatalf("the refused NAR is served: %d", code)
+				}
+				if !strings.Contains(logs.String(), `level=WARN msg="upload refused"`) || !strings.Contains(logs.String(), "token=ci") {
+					t.Fatalf("the attempt is not logged as a warning naming the token:\n%s", logs)
 				}
 			})
 		}

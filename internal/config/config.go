@@ -134,7 +134,9 @@ type Upload struct {
 	// Private makes reads need credentials too.
 	Private bool `toml:"private"`
 	// Prefer decides which store answers when both have a path:
-	// "upload" (default) or "local".
+	// "upload" (default) or "local". Both have the same NAR then:
+	// uploads that differ from a local path are refused, and an older
+	// upload record that differs is never served over the local path.
 	Prefer string `toml:"prefer"`
 }
 

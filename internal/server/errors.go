@@ -23,6 +23,7 @@ type StatusError interface {
 //
 //	store.ErrNotFound                    404 (never for I/O errors)
 //	store.ErrInvalid, nar/narinfo.ErrInvalid 400
+//	store.ErrConflict                    409 (an upload would change a served path)
 //	store.ErrNoSpace                     507
 //	auth: no/unknown credentials         401, lacking permission 403
 //	an error with HTTPStatus()           that status
@@ -40,6 +41,8 @@ func Status(err error) int {
 		return http.StatusForbidden
 	case errors.Is(err, auth.ErrNoCredentials), errors.Is(err, auth.ErrUnknownToken):
 		return http.StatusUnauthorized
+	case errors.Is(err, store.ErrConflict):
+		return http.StatusConflict
 	case errors.Is(err, store.ErrNoSpace):
 		return http.StatusInsufficientStorage
 	case errors.Is(err, store.ErrInvalid), errors.Is(err, nar.ErrInvalid), errors.Is(err, narinfo.ErrInvalid):

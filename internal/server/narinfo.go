@@ -116,6 +116,9 @@ func (s *Server) lookup(ctx context.Context, hash string) (*store.PathInfo, int,
 			if !strings.HasPrefix(basename(info.StorePath), hash+"-") {
 				return nil, 0, fmt.Errorf("store %d answered %s for hash %s", i, info.StorePath, hash)
 			}
+			if i == s.uploadIdx {
+				return s.unshadowed(ctx, hash, info, i)
+			}
 			return info, i, nil
 		}
 		if !errors.Is(err, store.ErrNotFound) {
@@ -123,6 +126,42 @@ func (s *Server) lookup(ctx context.Context, hash string) (*store.PathInfo, int,
 		}
 	}
 	return nil, 0, fmt.Errorf("path info %s: %w", hash, store.ErrNotFound)
+}
+
+// unshadowed keeps the upload store, asked first (prefer = "upload"),
+// from hiding another NAR of the same path in a later store (the
+// machine's /nix/store). Uploads that differ from what the cache serves
+// are refused, but a record accepted before that rule, or a path the
+// host's own Nix built after the upload (a build that is not
+// reproducible), can still disagree. The later store's path is then
+// served: the host's Nix put it there, not an upload token, and it is
+// what the cache host itself runs. A warning, once per hash part, tells
+// the operator; nothing is deleted, since either NAR is a build of the
+// path and an operator may want to look. Only this order pays the extra
+// lookup: with prefer = "local" the local store answers first anyway.
+func (s *Server) unshadowed(ctx context.Context, hash string, up *store.PathInfo, idx int) (*store.PathInfo, int, error) {
+	for j := idx + 1; j < len(s.stores); j++ {
+		info, err := s.stores[j].PathInfo(ctx, hash)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("path info %s: %w", hash, err)
+		}
+		if info.StorePath == up.StorePath && bytes.Equal(info.NarHash, up.NarHash) {
+			return up, idx, nil
+		}
+		if !strings.HasPrefix(basename(info.StorePath), hash+"-") {
+			return nil, 0, fmt.Errorf("store %d answered %s for hash %s", j, info.StorePath, hash)
+		}
+		if _, warned := s.shadowWarned.LoadOrStore(hash, true); !warned {
+			s.log.Warn("an uploaded path has another NAR than the same path in another store; serving that store's",
+				"uploaded", up.StorePath, "uploaded_nar_hash", narinfo.SHA256(up.NarHash).String(),
+				"served", info.StorePath, "served_nar_hash", narinfo.SHA256(info.NarHash).String())
+		}
+		return info, j, nil
+	}
+	return up, idx, nil
 }
 
 func (s *Server) handleNarinfoSlow(w http.ResponseWriter, r *http.Request) {

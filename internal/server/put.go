@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -26,6 +27,15 @@ type Uploads struct {
 	Tokens *auth.Tokens
 	// MaxNARSize bounds one NAR upload's request body (default 64 GiB).
 	MaxNARSize int64
+}
+
+// uploadTarget is the store behind Options.Upload, as it appears in
+// Options.Stores.
+func uploadTarget(u store.Store) store.Store {
+	if up, ok := u.(*Uploads); ok && up.Store != nil {
+		return up.Store
+	}
+	return u
 }
 
 // Request body limits for the small documents (the store bounds them again
@@ -113,8 +123,14 @@ func (h *putHandler) write(f func(w http.ResponseWriter, r *http.Request) error)
 			return
 		}
 		if err := f(w, r); err != nil {
-			if Status(err) < 500 {
-				h.s.logger(r).Info("upload refused", "path", r.URL.Path, "token", who, "err", err)
+			if code := Status(err); code < 500 {
+				// A conflict is a token trying to change what the
+				// cache serves: worth an operator's attention.
+				level := slog.LevelInfo
+				if code == http.StatusConflict {
+					level = slog.LevelWarn
+				}
+				h.s.logger(r).Log(r.Context(), level, "upload refused", "path", r.URL.Path, "token", who, "err", err)
 			}
 			h.s.fail(w, r, err)
 		}

@@ -391,3 +391,67 @@ func writeNetrc(t testing.TB, login, token string) string {
 	}
 	return p
 }
+
+// TestNixCopyCannotReplacePath: a path the cache serves, uploaded by an
+// unmodified nix copy or in the cache host's own /nix/store, cannot be
+// given another NAR with the write token (409 naming both hashes), and a
+// fresh client trusting only the cache's key still gets the original and
+// verifies it.
+func TestNixCopyCannotReplacePath(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nix")
+	}
+	n := newNixClient(t)
+	top, closure := buildUpClosure(t, n)
+	var leaf string
+	for _, p := range closure {
+		if strings.Contains(p, "-up-a-") {
+			leaf = p
+		}
+	}
+	want, err := os.ReadFile(leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, where := range []string{"upload store", "local store"} {
+		t.Run(where, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			var e *upEnv
+			if where == "local store" {
+				ls, err := local.Open(ctx, local.Options{})
+				if err != nil {
+					t.Skipf("local store: %v", err)
+				}
+				t.Cleanup(func() { ls.Close() })
+				e = newUpEnvWith(t, t.TempDir(), false, []store.Store{ls}, true, nil)
+			} else {
+				e = newUpEnv(t, t.TempDir(), false)
+				netrc := writeNetrc(t, "ci", e.writeTok)
+				if _, err := n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url+"?compression=zstd", top); err != nil {
+					t.Fatal(err)
+				}
+			}
+			orig := e.served(t, filepath.Base(leaf)[:32])
+			evil := twinOf(t, leaf, []byte("swapped leaf\n"))
+			code, msg := e.putPath(t, evil)
+			if code != 409 || !strings.Contains(msg, orig.ni.NarHash.String()) || !strings.Contains(msg, evil.info.NarHash.String()) {
+				t.Fatalf("PUT of another NAR for %s: %d %q, want 409 naming %s and %s", leaf, code, msg, orig.ni.NarHash, evil.info.NarHash)
+			}
+
+			c := newNixClient(t) // its disk cache has never seen these paths
+			dst := filepath.Join(t.TempDir(), "dst")
+			trust := []string{"--option", "trusted-public-keys", e.key.Public().String(), "--option", "require-sigs", "true"}
+			if _, err := c.run(ctx, "nix", append(append([]string{"copy"}, trust...), "--from", e.url, "--to", dst, top)...); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.run(ctx, "nix", append(append([]string{"store", "verify", "--store", dst}, trust...), "--recursive", top)...); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(filepath.Join(dst, leaf))
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("%s in the fresh store: %q %v, want the original %q", leaf, got, err, want)
+			}
+		})
+	}
+}

@@ -85,6 +85,14 @@ func newUpEnv(t testing.TB, dir string, private bool) *upEnv {
 // present for references.
 func newUpEnvStores(t testing.TB, dir string, private bool, before []store.Store) *upEnv {
 	t.Helper()
+	return newUpEnvWith(t, dir, private, before, false, nil)
+}
+
+// newUpEnvWith serves others after the upload store when uploadFirst
+// (prefer = "upload"), else before it, and lets mutate change the server
+// options.
+func newUpEnvWith(t testing.TB, dir string, private bool, others []store.Store, uploadFirst bool, mutate func(*server.Options)) *upEnv {
+	t.Helper()
 	e := &upEnv{dir: dir}
 	sk, _, err := narinfo.GenerateKey("concordia-test-1")
 	if err != nil {
@@ -102,18 +110,25 @@ func newUpEnvStores(t testing.TB, dir string, private bool, before []store.Store
 		t.Fatal(err)
 	}
 	toks.SetRecheck(0)
-	e.up, err = upload.Open(context.Background(), dir, upload.Options{SignKeys: []narinfo.SecretKey{sk}, Others: before})
+	e.up, err = upload.Open(context.Background(), dir, upload.Options{SignKeys: []narinfo.SecretKey{sk}, Others: others})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.up.Close() })
+	stores := append(append([]store.Store{}, others...), e.up)
+	if uploadFirst {
+		stores = append([]store.Store{e.up}, others...)
+	}
 	opts := server.Options{
-		Stores: append(append([]store.Store{}, before...), e.up),
+		Stores: stores,
 		Upload: &server.Uploads{Store: e.up, Tokens: toks},
 		Keys:   []narinfo.SecretKey{sk},
 	}
 	if private {
 		opts.Authorize = func(r *http.Request) error { _, err := toks.Authorize(r, auth.Read); return err }
+	}
+	if mutate != nil {
+		mutate(&opts)
 	}
 	srv, err := server.New(opts)
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -131,9 +132,14 @@ type Server struct {
 	// isWriter reports whether a request carries a write token; set by
 	// putRoutes. Writers are answered from the upload store alone (see
 	// writerNarinfo).
-	isWriter  func(r *http.Request) bool
-	router    *mux.Router
-	cacheInfo []byte
+	isWriter func(r *http.Request) bool
+	// uploadIdx is where the upload store is in stores (-1: none), and
+	// shadowWarned the hash parts whose uploaded record was found to
+	// differ from a later store's path (see unshadowed).
+	uploadIdx    int
+	shadowWarned sync.Map
+	router       *mux.Router
+	cacheInfo    []byte
 }
 
 // New builds a Server from opts.
@@ -180,11 +186,15 @@ func New(opts Options) (*Server, error) {
 		zsem:     make(chan struct{}, opts.MaxLiveCompressions),
 		listings: &listingCache{max: listingCacheLen},
 	}
+	s.uploadIdx = -1
 	for i, st := range s.stores {
 		if i == 0 {
 			s.storeDir = st.StoreDir()
 		} else if st.StoreDir() != s.storeDir {
 			return nil, errors.New("server: stores disagree on the store directory: " + s.storeDir + " and " + st.StoreDir())
+		}
+		if opts.Upload != nil && st == uploadTarget(opts.Upload) {
+			s.uploadIdx = i
 		}
 	}
 	collectors := append([]prometheus.Collector{

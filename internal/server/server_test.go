@@ -254,6 +254,7 @@ func TestStatusMapping(t *testing.T) {
 		{fmt.Errorf("x: %w", nar.ErrInvalid), 400},
 		{fmt.Errorf("x: %w", narinfo.ErrInvalid), 400},
 		{fmt.Errorf("x: %w", store.ErrNoSpace), 507},
+		{fmt.Errorf("x: %w", store.ErrConflict), 409},
 		{auth.ErrNoCredentials, 401},
 		{auth.ErrUnknownToken, 401},
 		{fmt.Errorf("x: %w", auth.ErrForbidden), 403},

@@ -30,6 +30,14 @@ var ErrInvalid = errors.New("invalid")
 // ErrNoSpace means the disk is full: 507, and nothing partial is kept.
 var ErrNoSpace = errors.New("insufficient storage")
 
+// ErrConflict means an upload would change something the cache already
+// serves: a store path with another NAR (or other references), or a
+// listing, build log or realisation with other contents. Store paths are
+// immutable, and hosts trust whatever the cache signs, so a write token
+// must never be able to swap one: the server answers 409 with the error
+// text (naming both versions), and nothing is changed.
+var ErrConflict = errors.New("conflict")
+
 // PathInfo is what a store knows about one valid store path. It mirrors a
 // row of Nix's ValidPaths table, in the types the narinfo renderer wants.
 type PathInfo struct {

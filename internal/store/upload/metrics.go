@@ -46,7 +46,7 @@ func newMetrics(s *Store) *metrics {
 	return &metrics{
 		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "concordia_upload_requests_total",
-			Help: "Uploads by kind (nar, narinfo) and result (ok, invalid, nospace, error).",
+			Help: "Uploads by kind (nar, narinfo) and result (ok, invalid, conflict, nospace, error).",
 		}, []string{"kind", "result"}),
 		received: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "concordia_upload_received_bytes_total",
@@ -84,6 +84,8 @@ func (m *metrics) upload(kind string, err error) {
 		if kind == "nar" {
 			m.verifyFailures.Inc()
 		}
+	case errors.Is(err, store.ErrConflict):
+		result = "conflict"
 	case errors.Is(err, store.ErrNoSpace):
 		result = "nospace"
 	default:

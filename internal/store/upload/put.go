@@ -530,7 +530,14 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 			elsewhere = append(elsewhere, ref)
 		}
 	}
+	// So is what another store serves under this hash part; the write
+	// transaction compares the upload with it and with its own record.
+	other, err := s.servedElsewhere(ctx, hashPart)
+	if err != nil {
+		return err
+	}
 
+	var claimed bool
 	for attempt := 0; ; attempt++ {
 		// A pending NAR must be durable before a narinfo claims it;
 		// wait for that outside the index's write lock.
@@ -547,15 +554,17 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 				return p.err
 			}
 		}
-		err = s.commitNarInfo(ni, hashPart, canon, comp, refs, elsewhere)
+		claimed, err = s.commitNarInfo(ni, hashPart, canon, comp, refs, elsewhere, other)
 		if !errors.Is(err, errNotDurable) || attempt == 10 {
 			break
 		}
 	}
-	if err == nil {
+	if claimed {
 		// The index now holds the blob with a claim. Until this
 		// line the entry is redundant, which is harmless: a sweep
-		// keeps pending blobs the index claims.
+		// keeps pending blobs the index claims. An upload that was a
+		// no-op claimed nothing: its blob, if another, stays pending
+		// until a sweep drops it.
 		s.pendMu.Lock()
 		delete(s.pending, canon)
 		s.pendMu.Unlock()
@@ -563,9 +572,14 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 	return mapErr(err)
 }
 
-// commitNarInfo is the write transaction of putNarInfo.
-func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string, refs, elsewhere []string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// commitNarInfo is the write transaction of putNarInfo. other is what
+// another store serves under hashPart (nil if none). The comparison with
+// the index's own record happens in the same transaction as the commit,
+// so of two conflicting uploads racing, exactly one is accepted. claimed
+// reports whether the upload's blob is now claimed by a new record (not
+// when the path was there already).
+func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string, refs, elsewhere []string, other *served) (claimed bool, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
 		blobs := tx.Bucket(bBlobs)
 		var b blobRec
 		found, err := getJSON(blobs, []byte(canon), &b)
@@ -607,6 +621,24 @@ func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string,
 			return invalidf("FileSize %d does not match the uploaded file (%d bytes)", ni.FileSize, b.FileSize)
 		}
 		paths := tx.Bucket(bPaths)
+		var old pathRec
+		hadOld, err := getJSON(paths, []byte(hashPart), &old)
+		if err != nil {
+			return err
+		}
+		if hadOld {
+			if err := servedRec(&old).check(ni); err != nil {
+				return err
+			}
+		}
+		if other != nil {
+			if err := other.check(ni); err != nil {
+				return err
+			}
+		}
+		if hadOld {
+			return s.keepServed(tx, hashPart, old, ni)
+		}
 		var missing []string
 		for _, ref := range refs {
 			if hasBase(paths, s.storeDir, ref) || slices.Contains(elsewhere, ref) {
@@ -628,31 +660,32 @@ func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string,
 			References: ni.References, Deriver: ni.Deriver, System: ni.System, Sigs: ni.Sigs, CA: ni.CA,
 			Registered: s.now().UTC(),
 		}
-		var old pathRec
-		hadOld, err := getJSON(paths, []byte(hashPart), &old)
-		if err != nil {
+		b.Refs++
+		if err := putJSON(blobs, []byte(canon), b); err != nil {
 			return err
-		}
-		if hadOld && old.Blob == canon {
-			// Idempotent re-upload: keep the blob count, merge signatures.
-			rec.Registered = old.Registered
-			rec.Sigs = mergeSigs(old.Sigs, rec.Sigs)
-		} else {
-			if hadOld {
-				if err := deletePath(tx, hashPart); err != nil {
-					return err
-				}
-			}
-			b.Refs++
-			if err := putJSON(blobs, []byte(canon), b); err != nil {
-				return err
-			}
 		}
 		if err := putJSON(paths, []byte(hashPart), rec); err != nil {
 			return err
 		}
+		claimed = true
 		return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 	})
+	return claimed && err == nil, err
+}
+
+// keepServed commits an upload of a path the index already has, which
+// check found to describe it exactly: the record and its blob stay as
+// they are (even when the upload came in another compression), so not a
+// byte a client fetches changes. Only the upload's signatures, and the
+// cache's own (a key may have been added since), are merged in: they sign
+// the same fingerprint. The access time is refreshed.
+func (s *Store) keepServed(tx *bolt.Tx, hashPart string, old pathRec, ni *narinfo.NarInfo) error {
+	ni.Sign(s.opts.SignKeys...)
+	old.Sigs = mergeSigs(old.Sigs, ni.Sigs)
+	if err := putJSON(tx.Bucket(bPaths), []byte(hashPart), old); err != nil {
+		return err
+	}
+	return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 }
 
 // checkName refuses the names newer Nix refuses beyond the character set:
@@ -685,6 +718,13 @@ func readSmall(r io.Reader, limit int64, what string) ([]byte, error) {
 
 // PutListing stores the .ls listing of hashPart. Nix uploads it before the
 // narinfo, so the path need not exist yet; it is served only once it does.
+// Until then another listing replaces it (a retry from another Nix version
+// may render it differently); once the path is published its listing is
+// fixed: the same document again is a no-op, another is ErrConflict.
+// (The server's GET .ls is computed from the NAR, never from this
+// document, so not even a listing stored before the path can mislead a
+// client; keeping it write-once keeps the rule the same for every
+// document.)
 func (s *Store) PutListing(ctx context.Context, hashPart string, body io.Reader) error {
 	if !narinfo.ValidHashPart(hashPart) {
 		return invalidf("%q is not a 32-character nix32 hash", hashPart)
@@ -700,12 +740,23 @@ func (s *Store) PutListing(ctx context.Context, hashPart string, body io.Reader)
 	if err := json.Unmarshal(data, &doc); err != nil || doc.Version != 1 || len(doc.Root) == 0 {
 		return invalidf("listing is not a {\"version\":1,\"root\":...} JSON document")
 	}
-	// The upload time goes first, so SweepPending can drop listings
-	// whose narinfo never came.
-	return s.putDoc(bListings, hashPart, append(binary.BigEndian.AppendUint64(nil, uint64(s.now().Unix())), data...))
+	key := []byte(hashPart)
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		ls := tx.Bucket(bListings)
+		if old := ls.Get(key); old != nil && len(old) >= 8 && tx.Bucket(bPaths).Get(key) != nil {
+			return sameDoc(old[8:], data, sameJSON, "listing of "+hashPart)
+		}
+		// The upload time goes first, so SweepPending can drop
+		// listings whose narinfo never came.
+		return ls.Put(key, append(binary.BigEndian.AppendUint64(nil, uint64(s.now().Unix())), data...))
+	})
+	return mapErr(err)
 }
 
-// PutLog stores the build log of a derivation ("<hash>-<name>.drv").
+// PutLog stores the build log of a derivation ("<hash>-<name>.drv"). Logs
+// are only informational, but a token must not rewrite what a build said
+// either: a log the cache already serves (from here or the machine's own
+// log directory) may be uploaded again only with the same bytes.
 func (s *Store) PutLog(ctx context.Context, drvBase string, body io.Reader) error {
 	if _, _, err := narinfo.ParseBaseName(drvBase); err != nil || !strings.HasSuffix(drvBase, ".drv") {
 		return invalidf("log name %q is not a .drv store path base name", drvBase)
@@ -714,13 +765,25 @@ func (s *Store) PutLog(ctx context.Context, drvBase string, body io.Reader) erro
 	if err != nil {
 		return err
 	}
-	return s.putDoc(bLogs, drvBase, data)
+	other, err := s.otherLog(ctx, drvBase)
+	if err != nil {
+		return err
+	}
+	if other != nil {
+		if err := sameDoc(other, data, bytes.Equal, "build log "+drvBase); err != nil {
+			return err
+		}
+	}
+	return s.putOnce(bLogs, drvBase, data, bytes.Equal, "build log")
 }
 
 // PutRealisation stores a realisation document "sha256:<hash>!<output>"
-// (realisations/<id>.doi).
+// (realisations/<id>.doi). A realisation says which store path a
+// derivation output is, so it is as immutable as the path: one the cache
+// serves (here or in another store) may be uploaded again only as the same
+// JSON document (same values, whatever the layout), else ErrConflict.
 func (s *Store) PutRealisation(ctx context.Context, id string, body io.Reader) error {
-	return s.putJSONDoc(bReal, id, body, "realisation")
+	return s.putJSONDoc(ctx, bReal, id, body, "realisation")
 }
 
 // PutBuildTrace stores a build-trace-v2 document (Nix 2.35 and later,
@@ -734,10 +797,10 @@ func (s *Store) PutBuildTrace(ctx context.Context, drvBase, output string, body 
 	if output == "" || strings.ContainsAny(output, "/!\x00") {
 		return invalidf("build trace: bad output name %q", output)
 	}
-	return s.putJSONDoc(bReal, drvBase+"!"+output, body, "build trace entry")
+	return s.putJSONDoc(ctx, bReal, drvBase+"!"+output, body, "build trace entry")
 }
 
-func (s *Store) putJSONDoc(bucket []byte, key string, body io.Reader, what string) error {
+func (s *Store) putJSONDoc(ctx context.Context, bucket []byte, key string, body io.Reader, what string) error {
 	if key == "" || len(key) > 512 || strings.Contains(key, "..") || strings.ContainsAny(key, "\x00\n") {
 		return invalidf("%s id %q is malformed", what, key)
 	}
@@ -748,12 +811,14 @@ func (s *Store) putJSONDoc(bucket []byte, key string, body io.Reader, what strin
 	if !json.Valid(data) {
 		return invalidf("%s is not well-formed JSON", what)
 	}
-	return s.putDoc(bucket, key, data)
-}
-
-func (s *Store) putDoc(bucket []byte, key string, data []byte) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucket).Put([]byte(key), data)
-	})
-	return mapErr(err)
+	other, err := s.otherRealisation(ctx, key)
+	if err != nil {
+		return err
+	}
+	if other != nil {
+		if err := sameDoc(other, data, sameJSON, what+" "+key); err != nil {
+			return err
+		}
+	}
+	return s.putOnce(bucket, key, data, sameJSON, what)
 }

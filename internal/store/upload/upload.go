@@ -18,7 +18,9 @@
 // match its narinfo or whose closure is incomplete: uploads are re-hashed
 // and validated, a narinfo is refused until all its references are present
 // (here or in another store the server serves), and garbage collection only
-// deletes paths no kept path refers to.
+// deletes paths no kept path refers to. It also never changes what it
+// serves: an upload may add a path, but one for a path the cache already
+// has, here or in another store, must be the same path (immutable.go).
 package upload
 
 import (
@@ -480,7 +482,7 @@ func mapErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, store.ErrNoSpace) || errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, store.ErrNoSpace) || errors.Is(err, store.ErrInvalid) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) {
 		return err
 	}
 	if isNoSpace(err) {

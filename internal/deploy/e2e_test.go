@@ -348,6 +348,47 @@ func TestE2E(t *testing.T) {
 		}
 	})
 
+	t.Run("HostHealthChecks", func(t *testing.T) {
+		// Command checks ship inside the system and run on the host, as
+		// root, through the health verb: one that passes confirms, one
+		// that fails rolls the host back at once.
+		e := e.sub(t)
+		h := h3
+		good := e.f.System(t, fleettest.System{Label: "health-ok", Health: []fleettest.HealthCheck{
+			{Name: "web", Script: "id -u > /run/health-ran"}}})
+		nodes := e.nodes(good, 30, h)
+		nodes[0].Settings.HealthChecks = []deploy.HealthCheck{{Command: "systemctl is-active web"}}
+		rep := e.run(hostverb.Switch, "e2e-health-cmd-ok", nodes, nil)
+		if err := rep.Err(); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, s := range rep.Hosts[0].Steps {
+			names = append(names, s.Name)
+		}
+		if strings.Join(names, ",") != "closure,fetch,activate,health,confirm" {
+			t.Fatalf("steps %v", names)
+		}
+		if out := e.f.MustExec(t, h, "cat", "/run/health-ran"); strings.TrimSpace(out) != "0" {
+			t.Fatalf("the check did not run as root on the host: %q", out)
+		}
+		before := e.state(h)
+		bad := e.f.System(t, fleettest.System{Label: "health-bad", Health: []fleettest.HealthCheck{
+			{Name: "web", Script: "echo web is down >&2; exit 3"}}})
+		nodes = e.nodes(bad, 30, h)
+		nodes[0].Settings.HealthChecks = []deploy.HealthCheck{{Command: "systemctl is-active web"}}
+		start := time.Now()
+		rep = e.run(hostverb.Switch, "e2e-health-cmd-bad", nodes, nil)
+		hr := rep.Hosts[0]
+		if hr.Result != deploy.RolledBack || !strings.Contains(hr.Error, "web (exit 3: web is down)") {
+			t.Fatalf("result %s (%s), want rolled-back naming the failed check", hr.Result, hr.Error)
+		}
+		t.Logf("failed check rolled back in %s (confirm timeout 30s)", time.Since(start).Round(time.Millisecond))
+		if after := e.state(h); after != before {
+			t.Fatalf("after the rollback %+v, want %+v", after, before)
+		}
+	})
+
 	t.Run("CLI", func(t *testing.T) { testCLI(e.sub(t), h2, h1) })
 }
 

@@ -334,21 +334,33 @@ func processBinary(pkg string) (string, error) {
 
 // goBuild builds a package of this module (relative to its root) to out.
 func goBuild(pkg, out string) error {
-	gobin := "go"
-	if _, err := exec.LookPath(gobin); err != nil {
-		gobin = "/usr/local/go/bin/go"
+	root, err := moduleRoot()
+	if err != nil {
+		return err
 	}
-	mod, err := exec.Command(gobin, "env", "GOMOD").Output()
-	root := strings.TrimSpace(string(mod))
-	if err != nil || root == "" || root == os.DevNull {
-		return fmt.Errorf("find module root: %v", err)
-	}
-	cmd := exec.Command(gobin, "build", "-o", out, pkg)
-	cmd.Dir = filepath.Dir(root)
+	cmd := exec.Command(goBinary(), "build", "-o", out, pkg)
+	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s: %v: %s", pkg, err, b)
 	}
 	return nil
+}
+
+func goBinary() string {
+	if _, err := exec.LookPath("go"); err == nil {
+		return "go"
+	}
+	return "/usr/local/go/bin/go"
+}
+
+// moduleRoot is the directory of this module's go.mod.
+func moduleRoot() (string, error) {
+	mod, err := exec.Command(goBinary(), "env", "GOMOD").Output()
+	root := strings.TrimSpace(string(mod))
+	if err != nil || root == "" || root == os.DevNull {
+		return "", fmt.Errorf("find module root: %v", err)
+	}
+	return filepath.Dir(root), nil
 }
 
 // ensureUser creates the shared deploy user and the other local user once
@@ -797,3 +809,81 @@ func (f *Fleet) SSH(ctx context.Context, h *Host, words ...string) *exec.Cmd {
 	args := append([]string{"-F", f.SSHConfig, "-o", "ControlMaster=no", "-o", "ControlPath=none", h.Name}, words...)
 	return exec.CommandContext(ctx, "ssh", args...)
 }
+
+// Contract1Release is the last commit whose deployer speaks host-verb
+// contract 1 (sudo rules, `status --local`): the "previous release" the
+// compatibility tests build.
+const Contract1Release = "ab0e057871d986890d259e37ca6cec3d810403ad"
+
+// BuildRelease builds ./cmd/deployer as it was at commit (from this
+// repository's history, with `git archive`) once per test process, and
+// returns the binary. It skips the test when the history does not hold
+// the commit (a shallow clone).
+func BuildRelease(t testing.TB, commit string) string {
+	t.Helper()
+	key := "release:" + commit
+	binMu.Lock()
+	b, ok := binBuilt[key]
+	if !ok {
+		b = &builtBinary{}
+		binBuilt[key] = b
+	}
+	binMu.Unlock()
+	b.once.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			b.err = err
+			return
+		}
+		if err := exec.Command("git", "-C", root, "cat-file", "-e", commit+"^{commit}").Run(); err != nil {
+			b.err = errSkip{fmt.Sprintf("commit %s is not in this clone's history (shallow clone?)", commit[:12])}
+			return
+		}
+		dir := fmt.Sprintf("/tmp/concordia-fleettest-bin-%d/release-%s", os.Getpid(), commit[:12])
+		os.RemoveAll(dir)
+		if b.err = os.MkdirAll(dir, 0o755); b.err != nil {
+			return
+		}
+		archive := exec.Command("git", "-C", root, "archive", "--format=tar", commit)
+		untar := exec.Command("tar", "-x", "-C", dir)
+		pipe, err := archive.StdoutPipe()
+		if err != nil {
+			b.err = err
+			return
+		}
+		untar.Stdin = pipe
+		if err := untar.Start(); err != nil {
+			b.err = err
+			return
+		}
+		var stderr strings.Builder
+		archive.Stderr = &stderr
+		if err := archive.Run(); err != nil {
+			b.err = fmt.Errorf("git archive %s: %v %s", commit, err, stderr.String())
+			return
+		}
+		if err := untar.Wait(); err != nil {
+			b.err = fmt.Errorf("untar %s: %v", commit, err)
+			return
+		}
+		b.path = filepath.Join(filepath.Dir(dir), "deployer-"+commit[:12])
+		cmd := exec.Command(goBinary(), "build", "-o", b.path, "./cmd/deployer")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("build the deployer of %s: %v: %s", commit[:12], err, out)
+		}
+	})
+	var skip errSkip
+	if errors.As(b.err, &skip) {
+		t.Skip(skip.why)
+	}
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
+type errSkip struct{ why string }
+
+func (e errSkip) Error() string { return e.why }

@@ -1,6 +1,7 @@
 package fleettest
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os/exec"
@@ -21,6 +22,18 @@ type System struct {
 	BreakSSH       bool          // switch/test: stop the host's sshd (and never start it)
 	Sleep          time.Duration // switch-to-configuration sleeps this long first
 	Exit           int           // exit status of a successful activation (100: reboot required)
+	// Health are the health checks the system ships, as the NixOS module
+	// writes them: etc/concordia/health-checks.json naming scripts inside
+	// the system's own closure.
+	Health []HealthCheck
+}
+
+// HealthCheck is one check a fake system ships: Script is the body of a
+// /bin/sh script run on the host (as root, by the health verb).
+type HealthCheck struct {
+	Name    string
+	Script  string
+	Timeout int // seconds per attempt; 0: the host's default
 }
 
 // The usual variants.
@@ -41,6 +54,17 @@ printf '%s\n' "$label" > "$out/nixos-version"
 { printf '#!/bin/sh\nout=%s\nbreakSSH=%s\n' "$out" "$breakSSH"; printf '%s\n' "$activateBody"; } > "$out/activate"
 { printf '#!/bin/sh\nout=%s\nsleepSecs=%s\nfailActivation=%s\nexitCode=%s\n' "$out" "$sleepSecs" "$failActivation" "$exitCode"; printf '%s\n' "$switchBody"; } > "$out/bin/switch-to-configuration"
 /bin/chmod 0555 "$out/activate" "$out/bin/switch-to-configuration"
+if [ -n "$healthJSON" ]; then
+  /bin/mkdir -p "$out/health" "$out/etc/concordia"
+  i=0
+  while [ $i -lt "$healthCount" ]; do
+    eval "body=\$health_$i"
+    printf '#!/bin/sh\n%s\n' "$body" > "$out/health/check-$i"
+    /bin/chmod 0555 "$out/health/check-$i"
+    i=$((i+1))
+  done
+  printf '%s\n' "$healthJSON" | /bin/sed "s|@out@|$out|g" > "$out/etc/concordia/health-checks.json"
+fi
 `
 
 // activateBody is what stage 2 / switch-to-configuration runs: make this the
@@ -133,9 +157,27 @@ func (s System) expr(salt string) string {
 		"activateBody":   activateBody,
 		"switchBody":     switchBody,
 	}
+	keys := []string{"name", "builder", "kernelVersion", "label", "breakSSH", "failActivation", "sleepSecs", "exitCode", "activateBody", "switchBody"}
+	if len(s.Health) > 0 {
+		type check struct {
+			Name    string `json:"name"`
+			Exec    string `json:"exec"`
+			Timeout int    `json:"timeout,omitempty"`
+		}
+		var checks []check
+		for i, c := range s.Health {
+			k := fmt.Sprintf("health_%d", i)
+			attrs[k] = c.Script
+			keys = append(keys, k)
+			checks = append(checks, check{Name: c.Name, Exec: fmt.Sprintf("@out@/health/check-%d", i), Timeout: c.Timeout})
+		}
+		j, _ := json.Marshal(map[string]any{"checks": checks})
+		attrs["healthJSON"], attrs["healthCount"] = string(j), strconv.Itoa(len(s.Health))
+		keys = append(keys, "healthJSON", "healthCount")
+	}
 	var b strings.Builder
 	b.WriteString("derivation {\n  system = builtins.currentSystem;\n  args = [ \"-c\" " + nixString(builderScript) + " ];\n")
-	for _, k := range []string{"name", "builder", "kernelVersion", "label", "breakSSH", "failActivation", "sleepSecs", "exitCode", "activateBody", "switchBody"} {
+	for _, k := range keys {
 		fmt.Fprintf(&b, "  %s = %s;\n", k, nixString(attrs[k]))
 	}
 	b.WriteString("}\n")

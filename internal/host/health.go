@@ -79,7 +79,7 @@ func Health(ctx context.Context, o Options, id string, timeout time.Duration) (*
 	}
 	o.Log.Info("health checks", "id", id, "system", rec.Path, "checks", len(checks), "ok", res.OK)
 	if !res.OK {
-		return res, fmt.Errorf("%w: health check failed: %s", hostverb.ErrFailed, strings.Join(failed, "; "))
+		return res, fmt.Errorf("%w: %s", hostverb.ErrUnhealthy, strings.Join(failed, "; "))
 	}
 	return res, nil
 }

@@ -60,6 +60,8 @@ var (
 	ErrRolledBack   = errors.New("deploy was rolled back")
 	ErrTimeout      = errors.New("timed out waiting for the deploy")
 	ErrNotFound     = errors.New("no such deploy")
+	// ErrUnhealthy: a health check of the new system failed (exit 1).
+	ErrUnhealthy = errors.New("health check failed")
 	// ErrUnsupported: the host's contract version lacks the verb.
 	ErrUnsupported = errors.New("not supported by the host's deployer")
 )

@@ -74,7 +74,7 @@ func TestCompatOldPushNewHost(t *testing.T) {
 	// not have (a newer release's): the host's gate runs itself anyway.
 	doc := map[string]any{"sshOpts": []string{"-F", e.f.SSHConfig}, "confirmTimeout": 20,
 		"deployerPath": "/nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-concordia-next/bin/deployer",
-		"nodes": map[string]any{h.Name: map[string]any{"hostname": h.Name, "profiles": map[string]any{"system": map[string]any{"path": v2}}}}}
+		"nodes":        map[string]any{h.Name: map[string]any{"hostname": h.Name, "profiles": map[string]any{"system": map[string]any{"path": v2}}}}}
 	b, _ := json.Marshal(doc)
 	os.WriteFile(nodes, b, 0o600)
 	run := func(args ...string) (int, string) {

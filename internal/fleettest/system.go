@@ -26,6 +26,10 @@ type System struct {
 	// writes them: etc/concordia/health-checks.json naming scripts inside
 	// the system's own closure.
 	Health []HealthCheck
+	// STCLink, when set, makes bin/switch-to-configuration a symlink to
+	// this path instead of the script (a system that would run code from
+	// outside its closure).
+	STCLink string
 }
 
 // HealthCheck is one check a fake system ships: Script is the body of a
@@ -54,6 +58,7 @@ printf '%s\n' "$label" > "$out/nixos-version"
 { printf '#!/bin/sh\nout=%s\nbreakSSH=%s\n' "$out" "$breakSSH"; printf '%s\n' "$activateBody"; } > "$out/activate"
 { printf '#!/bin/sh\nout=%s\nsleepSecs=%s\nfailActivation=%s\nexitCode=%s\n' "$out" "$sleepSecs" "$failActivation" "$exitCode"; printf '%s\n' "$switchBody"; } > "$out/bin/switch-to-configuration"
 /bin/chmod 0555 "$out/activate" "$out/bin/switch-to-configuration"
+if [ -n "$stcLink" ]; then /bin/rm -f "$out/bin/switch-to-configuration"; /bin/ln -s "$stcLink" "$out/bin/switch-to-configuration"; fi
 if [ -n "$healthJSON" ]; then
   /bin/mkdir -p "$out/health" "$out/etc/concordia"
   i=0
@@ -158,6 +163,10 @@ func (s System) expr(salt string) string {
 		"switchBody":     switchBody,
 	}
 	keys := []string{"name", "builder", "kernelVersion", "label", "breakSSH", "failActivation", "sleepSecs", "exitCode", "activateBody", "switchBody"}
+	if s.STCLink != "" {
+		attrs["stcLink"] = s.STCLink
+		keys = append(keys, "stcLink")
+	}
 	if len(s.Health) > 0 {
 		type check struct {
 			Name    string `json:"name"`
@@ -198,6 +207,18 @@ func (f *Fleet) Build(t testing.TB, s System) string {
 		t.Fatalf("build system %s: %v %s", s.Label, err, stderr)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// BuildOn builds s inside host h, as root there: a locally built system,
+// valid in h's store with no signature at all.
+func (f *Fleet) BuildOn(t testing.TB, h *Host, s System) string {
+	t.Helper()
+	out, err := f.Exec(h, "nix-build", "--no-out-link", "-E", s.expr(f.salt))
+	if err != nil {
+		t.Fatalf("build system %s on %s: %v %s", s.Label, h.Name, err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return lines[len(lines)-1]
 }
 
 // System builds s and publishes it to the fleet's cache.

@@ -268,13 +268,13 @@ func Parse(words []string) (Request, error) {
 			return Request{}, refusef("%s: --%s: %v", v, name, err)
 		}
 	}
-	if len(rest) < sp.minPaths || len(rest) > sp.maxPaths {
-		return Request{}, refusef("%s takes %s, got %d argument(s) %q", v, pathCount(sp), len(rest), rest)
-	}
 	for _, p := range rest {
 		if strings.HasPrefix(p, "-") {
 			return Request{}, refusef("%s: flags go before the store paths: %q", v, p)
 		}
+	}
+	if len(rest) < sp.minPaths || len(rest) > sp.maxPaths {
+		return Request{}, refusef("%s takes %s, got %d argument(s)", v, pathCount(sp), len(rest))
 	}
 	if v == VerbActivate {
 		r.Path = rest[0]

@@ -44,7 +44,7 @@
 
       # lib.deployNodes { inherit (self) nixosConfigurations; } builds the
       # deploy-rs-schema `deploy` output; see nixos/lib/default.nix.
-      lib = { inherit (clib) deployNodes hostsToBuild sudoRules authorizedKey toTOML clientSettings branchMode; };
+      lib = { inherit (clib) deployNodes hostsToBuild agentUnits trustsUser healthChecksFile authorizedKey toTOML clientSettings branchMode; };
 
       checks = forAllSystems (pkgs: {
         package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/bos55/concordia/internal/config"
+	"github.com/bos55/concordia/internal/host"
 )
 
 func nixEnv(t *testing.T) []string {
@@ -67,14 +68,12 @@ type schema struct {
 		Nodes          map[string]json.RawMessage `json:"nodes"`
 	} `json:"deploy"`
 	Hosts []string `json:"hosts"`
-	Sudo  []struct {
-		Users    []string `json:"users"`
-		RunAs    string   `json:"runAs"`
-		Commands []struct {
-			Command string   `json:"command"`
-			Options []string `json:"options"`
-		} `json:"commands"`
-	} `json:"sudo"`
+	Agent struct {
+		Socket  map[string]any    `json:"socket"`
+		Service map[string]string `json:"service"`
+	} `json:"agent"`
+	Trust  map[string]bool `json:"trust"`
+	Health string          `json:"health"`
 	Key      string                     `json:"key"`
 	Client   map[string][]string        `json:"client"`
 	TOML     string                     `json:"toml"`
@@ -129,30 +128,50 @@ func TestDeployNodes(t *testing.T) {
 	}
 }
 
-// TestSudoAndGate: the deploy user may run only the host verbs, as root,
-// without a password, and its keys are forced through the gate.
-func TestSudoAndGate(t *testing.T) {
+// TestAgentAndGate: the deploy user reaches root only through the agent's
+// socket (root and its group, one agent per connection, which checks the
+// caller again), and its keys are forced through the gate.
+func TestAgentAndGate(t *testing.T) {
 	s := evalSchema(t)
-	if len(s.Sudo) != 1 || !reflect.DeepEqual(s.Sudo[0].Users, []string{"deploy"}) || s.Sudo[0].RunAs != "root" {
-		t.Fatalf("sudo rules = %+v", s.Sudo)
+	want := map[string]any{"ListenStream": "/run/deployer-agent.sock", "SocketUser": "root", "SocketGroup": "deploy",
+		"SocketMode": "0660", "Accept": true, "MaxConnections": float64(64)}
+	if !reflect.DeepEqual(s.Agent.Socket, want) {
+		t.Errorf("socket = %v, want %v", s.Agent.Socket, want)
 	}
-	var verbs []string
-	for _, c := range s.Sudo[0].Commands {
-		if !reflect.DeepEqual(c.Options, []string{"NOPASSWD"}) {
-			t.Errorf("%s: options %v", c.Command, c.Options)
-		}
-		f := strings.Fields(c.Command)
-		if len(f) != 3 || f[0] != "/run/current-system/sw/bin/deployer" || f[2] != "*" {
-			t.Errorf("unexpected sudo command %q", c.Command)
-			continue
-		}
-		verbs = append(verbs, f[1])
-	}
-	if !reflect.DeepEqual(verbs, []string{"activate", "confirm", "wait", "status", "rollback"}) {
-		t.Errorf("verbs = %v", verbs)
+	if got := s.Agent.Service["ExecStart"]; got != "/run/current-system/sw/bin/deployer agent --allow-user deploy --state-dir /run/concordia" {
+		t.Errorf("ExecStart = %q", got)
 	}
 	if s.Key != `command="/run/current-system/sw/bin/deployer gate",restrict ssh-ed25519 AAAAC3Nza ci@forge` {
 		t.Errorf("authorized key line = %q", s.Key)
+	}
+}
+
+// TestTrustsUser: the module's assertion sees trust granted by name, by
+// group and by "*".
+func TestTrustsUser(t *testing.T) {
+	s := evalSchema(t)
+	want := map[string]bool{"plain": false, "named": true, "group": true, "star": true, "otherGroup": false}
+	if !reflect.DeepEqual(s.Trust, want) {
+		t.Errorf("trustsUser = %v, want %v", s.Trust, want)
+	}
+}
+
+// TestHealthChecksFile: what the module ships for the health verb is what
+// the host side reads (host.HealthChecks, unknown fields refused).
+func TestHealthChecksFile(t *testing.T) {
+	s := evalSchema(t)
+	var hc host.HealthChecks
+	dec := json.NewDecoder(strings.NewReader(s.Health))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&hc); err != nil {
+		t.Fatalf("%s: %v", s.Health, err)
+	}
+	want := []host.HealthCheck{
+		{Name: "check-1", Exec: "/nix/store/00000000000000000000000000000000-concordia-health-check-1"},
+		{Name: "db", Exec: "/nix/store/00000000000000000000000000000000-concordia-health-db", Timeout: 5},
+	}
+	if !reflect.DeepEqual(hc.Checks, want) {
+		t.Errorf("checks = %+v, want %+v (URL checks stay with the push side)", hc.Checks, want)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -67,9 +68,10 @@ type Fleet struct {
 
 	Contract int // host-verb contract the hosts are set up for
 
-	salt    string
-	nixEnv  []string
-	sudoers string
+	salt        string
+	nixEnv      []string
+	sudoers     string
+	servicesEnv string // what services.sh starts, from the NixOS module's own settings
 }
 
 // Host is one simulated NixOS host.
@@ -165,6 +167,9 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 		if err := f.installSudoers(t); err != nil {
 			t.Fatal(err)
 		}
+		f.servicesEnv = "CONTRACT=1\n"
+	} else if f.servicesEnv, err = agentEnv(f.Deployer); err != nil {
+		t.Fatal(err)
 	}
 	hostsStart := time.Now()
 	f.Hosts = make([]*Host, n)
@@ -494,17 +499,18 @@ if ! up /run/sshd.pid; then
   done
 fi
 if [ "$CONTRACT" = 2 ] && ! up /run/fleettest/agent.pid; then
-  rm -f /run/deployer-agent.sock
+  rm -f "$AGENT_SOCKET"
   (umask 0177
-   setsid systemd-socket-activate --accept -l /run/deployer-agent.sock -E NIX_CONF_DIR="$H/etc-nix" \
-     -E PATH=/usr/sbin:/usr/bin:/sbin:/bin "$DEPLOYER" agent --allow-user deploy </dev/null >>"$H/agent.log" 2>&1 &
+   # shellcheck disable=SC2086 # AGENT_EXEC is the unit's ExecStart, split into words as systemd does
+   setsid systemd-socket-activate $AGENT_ACCEPT -l "$AGENT_SOCKET" -E NIX_CONF_DIR="$H/etc-nix" \
+     -E PATH=/usr/sbin:/usr/bin:/sbin:/bin $AGENT_EXEC </dev/null >>"$H/agent.log" 2>&1 &
    echo $! > /run/fleettest/agent.pid)
   i=0
-  while [ ! -S /run/deployer-agent.sock ]; do
+  while [ ! -S "$AGENT_SOCKET" ]; do
     sleep 0.01; i=$((i+1)); [ $i -lt 1000 ] || { echo "agent socket did not appear" >&2; exit 1; }
   done
-  chgrp deploy /run/deployer-agent.sock
-  chmod 0660 /run/deployer-agent.sock
+  chown "$AGENT_OWNER:$AGENT_GROUP" "$AGENT_SOCKET"
+  chmod "$AGENT_MODE" "$AGENT_SOCKET"
 fi
 `
 
@@ -542,7 +548,7 @@ func (f *Fleet) start(h *Host) error {
 			f.Cache.URL(), f.Cache.PublicKey()),
 		"boot.sh":      bootScript,
 		"services.sh":  servicesScript,
-		"services.env": fmt.Sprintf("CONTRACT=%d\nDEPLOYER=%s\n", f.Contract, f.Deployer),
+		"services.env": f.servicesEnv,
 		"bootsys.sh":   bootSystemScript,
 	}
 	for name, content := range files {
@@ -808,6 +814,41 @@ func removeAll(dir string) {
 func (f *Fleet) SSH(ctx context.Context, h *Host, words ...string) *exec.Cmd {
 	args := append([]string{"-F", f.SSHConfig, "-o", "ControlMaster=no", "-o", "ControlPath=none", h.Name}, words...)
 	return exec.CommandContext(ctx, "ssh", args...)
+}
+
+// agentEnv reads the agent's socket and service settings from the NixOS
+// module's own plain-Nix function (nixos/lib agentUnits), so the simulated
+// hosts run the agent exactly as the module configures it, and renders
+// them for services.sh.
+func agentEnv(deployer string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	expr := fmt.Sprintf("(import %s/nixos/lib).agentUnits { user = %s; deployer = %s; }", root, nixString(deployUser), nixString(deployer))
+	out, err := exec.Command("nix-instantiate", "--eval", "--strict", "--json", "-E", expr).Output()
+	if err != nil {
+		return "", fmt.Errorf("evaluate agentUnits: %v", err)
+	}
+	var u struct {
+		Socket struct {
+			ListenStream, SocketUser, SocketGroup, SocketMode string
+			Accept                                            bool
+		} `json:"socket"`
+		Service struct{ ExecStart string } `json:"service"`
+	}
+	if err := json.Unmarshal(out, &u); err != nil {
+		return "", fmt.Errorf("agentUnits: %v", err)
+	}
+	if u.Socket.ListenStream != AgentSocket {
+		return "", fmt.Errorf("agentUnits listens on %s, fleettest expects %s", u.Socket.ListenStream, AgentSocket)
+	}
+	accept := ""
+	if u.Socket.Accept {
+		accept = "--accept"
+	}
+	return fmt.Sprintf("CONTRACT=2\nAGENT_SOCKET=%s\nAGENT_OWNER=%s\nAGENT_GROUP=%s\nAGENT_MODE=%s\nAGENT_ACCEPT=%s\nAGENT_EXEC='%s'\n",
+		u.Socket.ListenStream, u.Socket.SocketUser, u.Socket.SocketGroup, u.Socket.SocketMode, accept, u.Service.ExecStart), nil
 }
 
 // Contract1Release is the last commit whose deployer speaks host-verb

@@ -62,18 +62,51 @@ rec {
       (_: host: host.config.homelab.deploy.enable or false)
       nixosConfigurations));
 
-  # The host verbs the deploy user may run as root, and nothing else. The
-  # deployer validates every argument itself; sudo only narrows the verbs.
-  hostVerbs = [ "activate" "confirm" "wait" "status" "rollback" ];
+  # agentUnits: the deploy user's only way to root, the deployer's root
+  # agent. systemd listens on a unix socket only root and the deploy user's
+  # group may open and starts one agent per connection (Accept=yes), which
+  # checks the caller's uid again (SO_PEERCRED) and runs exactly the
+  # host-verb contract. No sudo rule is involved, so hosts with
+  # security.sudo.execWheelOnly or sudo-rs need nothing special.
+  agentSocketPath = "/run/deployer-agent.sock";
+  agentUnits = { user ? "deploy", deployer, stateDir ? "/run/concordia" }: {
+    socket = {
+      ListenStream = agentSocketPath;
+      SocketUser = "root";
+      SocketGroup = user;
+      SocketMode = "0660";
+      Accept = true;
+      MaxConnections = 64;
+    };
+    service = {
+      ExecStart = "${deployer} agent --allow-user ${user} --state-dir ${stateDir}";
+      # The connection is fd 3 (LISTEN_FDS); stdout/stderr go to the journal.
+      StandardOutput = "journal";
+      StandardError = "journal";
+    };
+  };
 
-  # sudoRules: the NixOS `security.sudo.extraRules` entry for the deploy user.
-  sudoRules = { user ? "deploy", deployer }: [{
-    users = [ user ];
-    runAs = "root";
-    commands = map
-      (verb: { command = "${deployer} ${verb} *"; options = [ "NOPASSWD" ]; })
-      hostVerbs;
-  }];
+  # trustsUser: whether Nix's trusted-users grants trust to user, directly,
+  # through one of its groups (@group) or to everybody (*). The deploy user
+  # must never be trusted: it could then import unsigned paths.
+  trustsUser = { trustedUsers, user, groups ? [ ] }:
+    elem user trustedUsers || elem "*" trustedUsers
+    || foldl' (acc: g: acc || elem "@${g}" trustedUsers) false groups;
+
+  # healthChecksFile: the JSON a system ships in
+  # etc/concordia/health-checks.json, read by the `health` host verb. Only
+  # the `command` checks are in it (URL checks are fetched by the push side);
+  # script turns a check into the store path of the script that runs its
+  # command (pkgs.writeShellScript in the module).
+  healthChecksFile = { checks, script }:
+    let
+      commandChecks = filter (c: c ? command) (if checks == null then [ ] else checks);
+      named = i: c: c // { name = c.name or "check-${toString i}"; };
+      indexed = builtins.genList (i: named (i + 1) (builtins.elemAt commandChecks i)) (length commandChecks);
+    in
+    toJSON {
+      checks = map (c: { inherit (c) name; exec = script c; } // (if c ? timeout then { inherit (c) timeout; } else { })) indexed;
+    };
 
   # authorizedKey: one authorized_keys line, forced through `deployer gate`
   # so the key can run only the deployer's verbs, never a shell.

@@ -1,11 +1,15 @@
 # The `deploy` user: no home, no login shell, keys forced through
-# `deployer gate`, sudo only for the deployer's host verbs, and NOT a trusted
-# Nix user, so it can only activate what the cache signed.
+# `deployer gate`, no sudo at all: the gate hands root verbs to the root
+# agent (deployer-agent.socket), which answers only root and this user and
+# runs nothing but the host-verb contract. Not a trusted Nix user, so it
+# can only activate what a trusted key signed.
 { config, lib, pkgs, ... }:
 let
   cfg = config.homelab.deploy;
   clib = import ../lib;
   deployer = "${cfg.package}/bin/deployer";
+  units = clib.agentUnits { user = cfg.sshUser; inherit deployer; };
+  userGroups = [ config.users.users.${cfg.sshUser}.group ] ++ config.users.users.${cfg.sshUser}.extraGroups;
 in
 {
   options.homelab.deploy = {
@@ -21,8 +25,19 @@ in
     confirmTimeout = lib.mkOption { type = lib.types.nullOr lib.types.int; default = null; description = "Seconds to wait for confirmation (default 30)."; };
     activationTimeout = lib.mkOption { type = lib.types.nullOr lib.types.int; default = null; description = "Seconds activation may take."; };
     fastConnection = lib.mkOption { type = lib.types.nullOr lib.types.bool; default = null; description = "Accepted for deploy-rs compatibility (hosts always substitute from the cache)."; };
-    deployerPath = lib.mkOption { type = lib.types.nullOr lib.types.str; default = deployer; description = "Path of the deployer on this host."; };
-    healthChecks = lib.mkOption { type = lib.types.nullOr (lib.types.listOf lib.types.attrs); default = null; description = "Checks before confirming: { command = \"...\"; } run on the host, or { url = \"...\"; } fetched by the deployer."; };
+    deployerPath = lib.mkOption { type = lib.types.nullOr lib.types.str; default = deployer; description = "Path of the deployer on this host (informational: the gate always runs itself)."; };
+    healthChecks = lib.mkOption {
+      type = lib.types.nullOr (lib.types.listOf lib.types.attrs);
+      default = null;
+      example = [ { command = "systemctl is-active nginx"; } { url = "https://web1.example.org/health"; } ];
+      description = ''
+        Checks between activation and confirmation; a failing one rolls the host back.
+        `{ command = "..."; name = "..."; timeout = 10; }` runs on this host, as root, against the new
+        system: the command is part of this configuration (a script in the system's closure, listed in
+        /etc/concordia/health-checks.json), so the deploy key never sends a command line.
+        `{ url = "..."; }` is fetched by the deployer (any 2xx passes).
+      '';
+    };
   };
 
   config = lib.mkIf cfg.enable {
@@ -35,13 +50,30 @@ in
       openssh.authorizedKeys.keys = map (key: clib.authorizedKey { inherit deployer key; }) cfg.authorizedKeys;
     };
     users.groups.${cfg.sshUser} = { };
-    security.sudo.extraRules = clib.sudoRules { user = cfg.sshUser; inherit deployer; };
+
+    systemd.sockets.deployer-agent = {
+      description = "Concordia deployer agent socket (host verbs for ${cfg.sshUser})";
+      wantedBy = [ "sockets.target" ];
+      socketConfig = units.socket;
+    };
+    systemd.services."deployer-agent@" = {
+      description = "Concordia deployer agent (one host verb)";
+      # nix for the store, systemd-run for detached activations.
+      path = [ config.nix.package config.systemd.package ];
+      serviceConfig = units.service;
+    };
+
+    environment.etc."concordia/health-checks.json".text = clib.healthChecksFile {
+      checks = cfg.healthChecks;
+      script = c: "${pkgs.writeShellScript "concordia-health-${c.name}" c.command}";
+    };
     environment.systemPackages = [ cfg.package ];
-    # Deliberately NOT in nix.settings.trusted-users: the daemon then only
-    # accepts substitutes signed by trusted-public-keys (the cache's key).
+
+    # Deliberately NOT trusted by Nix: the daemon then only accepts
+    # substitutes signed by trusted-public-keys (the cache's key).
     assertions = [{
-      assertion = !(lib.elem cfg.sshUser (config.nix.settings.trusted-users or [ ]));
-      message = "homelab.deploy: ${cfg.sshUser} must not be a trusted Nix user (it could then import unsigned paths)";
+      assertion = !(clib.trustsUser { trustedUsers = config.nix.settings.trusted-users or [ ]; user = cfg.sshUser; groups = userGroups; });
+      message = "homelab.deploy: ${cfg.sshUser} must not be a trusted Nix user, directly, through a group or through \"*\" (it could then import unsigned paths)";
     }];
   };
 }

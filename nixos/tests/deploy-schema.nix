@@ -7,7 +7,18 @@ in
 {
   deploy = clib.deployNodes { nixosConfigurations = fleet; defaults = { magicRollback = true; confirmTimeout = 30; }; };
   hosts = clib.hostsToBuild fleet;
-  sudo = clib.sudoRules { deployer = "/run/current-system/sw/bin/deployer"; };
+  agent = clib.agentUnits { deployer = "/run/current-system/sw/bin/deployer"; };
+  trust = {
+    plain = clib.trustsUser { trustedUsers = [ "root" ]; user = "deploy"; groups = [ "deploy" ]; };
+    named = clib.trustsUser { trustedUsers = [ "root" "deploy" ]; user = "deploy"; };
+    group = clib.trustsUser { trustedUsers = [ "root" "@wheel" ]; user = "deploy"; groups = [ "deploy" "wheel" ]; };
+    star = clib.trustsUser { trustedUsers = [ "*" ]; user = "deploy"; };
+    otherGroup = clib.trustsUser { trustedUsers = [ "@wheel" ]; user = "deploy"; groups = [ "deploy" ]; };
+  };
+  health = clib.healthChecksFile {
+    checks = [ { command = "systemctl is-active nginx"; } { url = "https://x.example.org/health"; } { name = "db"; command = "pg_isready"; timeout = 5; } ];
+    script = c: "/nix/store/00000000000000000000000000000000-concordia-health-${c.name}";
+  };
   key = clib.authorizedKey { deployer = "/run/current-system/sw/bin/deployer"; key = "ssh-ed25519 AAAAC3Nza ci@forge"; };
   client = clib.clientSettings { url = "https://cache.example.org"; publicKeys = [ "cache.example.org-1:AAAA" ]; priority = 10; };
   toml = clib.toTOML {

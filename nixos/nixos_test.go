@@ -72,8 +72,8 @@ type schema struct {
 		Socket  map[string]any    `json:"socket"`
 		Service map[string]string `json:"service"`
 	} `json:"agent"`
-	Trust  map[string]bool `json:"trust"`
-	Health string          `json:"health"`
+	Trust    map[string]bool            `json:"trust"`
+	Health   string                     `json:"health"`
 	Key      string                     `json:"key"`
 	Client   map[string][]string        `json:"client"`
 	TOML     string                     `json:"toml"`

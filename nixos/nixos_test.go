@@ -280,3 +280,26 @@ func TestVendorHash(t *testing.T) {
 		t.Errorf("nixos/package.nix: vendorHash is stale, set it to %q", want)
 	}
 }
+
+// TestWorkflowCredentialsSeparate: the example workflows keep the upload
+// token and the deploy key in different jobs, the deploy job in a
+// protected environment. Together they can deploy anything (SECURITY.md).
+func TestWorkflowCredentialsSeparate(t *testing.T) {
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join("examples/.forgejo/workflows", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	build, deploy := read("build.yml"), read("deploy.yml")
+	if !strings.Contains(build, "secrets.CACHE_NETRC") || strings.Contains(build, "DEPLOY_SSH_KEY") || strings.Contains(build, "CACHE_PIN") {
+		t.Error("build.yml must hold the upload token and nothing of the deploy job")
+	}
+	if !strings.Contains(deploy, "secrets.DEPLOY_SSH_KEY") || strings.Contains(deploy, "secrets.CACHE_NETRC") {
+		t.Error("deploy.yml must hold the deploy key and never the upload token")
+	}
+	if !strings.Contains(deploy, "environment: production") {
+		t.Error("the deploy job must run in a protected environment")
+	}
+}

@@ -174,7 +174,7 @@ func pushCmd() *cli.Command {
 		Short: "deploy systems from the cache to the selected nodes, in parallel, with magic rollback",
 		Long: `Reads the nodes from the flake's deploy output (deploy-rs schema) or --file, checks that each
 node's system closure is in the cache (--cache) and signed by a trusted key, then on each host over
-ssh: deployer fetch (the host substitutes from its cache), sudo deployer activate, health checks,
+ssh: deployer fetch (the host substitutes from its cache), deployer activate, health checks,
 and a confirm over a fresh ssh login. Exit status is non-zero if any host failed, was refused or
 rolled back.
 

@@ -1,6 +1,6 @@
 // Package genmetrics turns a host's NixOS generation state (what runs, what
 // was booted, what boots next) into Prometheus metrics, for `deployer
-// metrics`. It reads the same facts as `deployer status --local`
+// metrics`. It reads the same facts as the status host verb
 // (host.Inspect), so the exporter and the deployer can never disagree about
 // whether a test deployment is active or a reboot is pending.
 package genmetrics

@@ -13,8 +13,13 @@ import (
 	"github.com/bos55/concordia/internal/hostverb"
 )
 
-// ErrUnreachable means no agent answered on the socket.
+// ErrUnreachable means no agent answered on the socket: nothing ran.
 var ErrUnreachable = errors.New("the deployer agent is not reachable")
+
+// ErrLost means the agent took the request and went away before answering
+// (an activation restarting it, a crash): the verb may have run, or may go
+// on detached, so the caller must ask again (wait) rather than assume.
+var ErrLost = errors.New("the deployer agent went away before answering")
 
 // Call sends req to the agent at socket and waits for its answer; log lines
 // the verb writes meanwhile go to logs. It returns the reply line (as the
@@ -52,5 +57,5 @@ func Call(ctx context.Context, socket string, req hostverb.Request, logs io.Writ
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
 	}
-	return nil, 0, fmt.Errorf("deployer agent: connection closed before its answer: %v", sc.Err())
+	return nil, 0, fmt.Errorf("%w (%v)", ErrLost, sc.Err())
 }

@@ -11,6 +11,7 @@ package gate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -65,6 +66,9 @@ func RunRequest(ctx context.Context, o Options, req hostverb.Request) int {
 		sock = agent.DefaultSocket
 	}
 	line, code, err := agent.Call(ctx, sock, req, o.Stderr)
+	if errors.Is(err, agent.ErrLost) {
+		return reply(o, &hostverb.Reply{ExitCode: hostverb.ExitLost, Error: err.Error()})
+	}
 	if err != nil {
 		return reply(o, &hostverb.Reply{ExitCode: hostverb.ExitFailed, Error: err.Error()})
 	}

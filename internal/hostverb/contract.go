@@ -48,6 +48,10 @@ const (
 	// ExitRefused: the gate (or the agent) refused the request before
 	// anything ran, as a shell's "cannot execute".
 	ExitRefused = 126
+	// ExitLost: the root agent took the request and went away before it
+	// answered. It is ssh's own code for a lost connection on purpose: the
+	// push side must treat both alike and ask the host again (wait).
+	ExitLost = 255
 )
 
 // Sentinel errors; ExitCode maps them to exit codes, ErrorFor back.

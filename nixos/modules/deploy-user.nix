@@ -58,6 +58,10 @@ in
     };
     systemd.services."deployer-agent@" = {
       description = "Concordia deployer agent (one host verb)";
+      # An activation must not restart the agent instance that runs it (a new
+      # deployer package changes this unit); new connections get the new one.
+      restartIfChanged = false;
+      stopIfChanged = false;
       # nix for the store, systemd-run for detached activations.
       path = [ config.nix.package config.systemd.package ];
       serviceConfig = units.service;

@@ -354,7 +354,10 @@ func TestE2E(t *testing.T) {
 		// that fails rolls the host back at once.
 		e := e.sub(t)
 		h := h3
-		good := e.f.System(t, fleettest.System{Label: "health-ok", Health: []fleettest.HealthCheck{
+		// Whatever kernel h3 booted last (KernelChange rebooted it), so that
+		// these are plain switches.
+		kernel := strings.TrimSpace(e.f.MustExec(t, h, "cat", "/run/booted-system/kernel"))
+		good := e.f.System(t, fleettest.System{Label: "health-ok", Kernel: kernel, Health: []fleettest.HealthCheck{
 			{Name: "web", Script: "id -u > /run/health-ran"}}})
 		nodes := e.nodes(good, 30, h)
 		nodes[0].Settings.HealthChecks = []deploy.HealthCheck{{Command: "systemctl is-active web"}}
@@ -373,7 +376,7 @@ func TestE2E(t *testing.T) {
 			t.Fatalf("the check did not run as root on the host: %q", out)
 		}
 		before := e.state(h)
-		bad := e.f.System(t, fleettest.System{Label: "health-bad", Health: []fleettest.HealthCheck{
+		bad := e.f.System(t, fleettest.System{Label: "health-bad", Kernel: kernel, Health: []fleettest.HealthCheck{
 			{Name: "web", Script: "echo web is down >&2; exit 3"}}})
 		nodes = e.nodes(bad, 30, h)
 		nodes[0].Settings.HealthChecks = []deploy.HealthCheck{{Command: "systemctl is-active web"}}

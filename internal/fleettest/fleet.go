@@ -720,7 +720,10 @@ func (f *Fleet) SSHUp(h *Host) bool {
 // StopSSH stops h's sshd (existing sessions stay, as with KillMode=process).
 func (f *Fleet) StopSSH(t testing.TB, h *Host) {
 	t.Helper()
-	f.MustExec(t, h, "/bin/sh", "-c", `kill "$(cat /run/sshd.pid)" && rm -f /run/sshd.pid`)
+	// Returns once sshd is gone: a listener that is still closing would let
+	// the next login through on a loaded machine.
+	f.MustExec(t, h, "/bin/sh", "-c", `p=$(cat /run/sshd.pid) && kill "$p" && rm -f /run/sshd.pid
+i=0; while kill -0 "$p" 2>/dev/null; do sleep 0.01; i=$((i+1)); [ $i -lt 1000 ] || exit 1; done`)
 }
 
 // StartSSH starts h's sshd (and nix-daemon) if they are not running.

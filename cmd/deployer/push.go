@@ -4,29 +4,18 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
-	"net/http"
-	"net/url"
 	"os"
-	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/term"
 
 	"github.com/bos55/concordia/internal/cli"
-	"github.com/bos55/concordia/internal/closure"
 	"github.com/bos55/concordia/internal/deploy"
-	"github.com/bos55/concordia/internal/hostverb"
-	"github.com/bos55/concordia/internal/nixcli"
 	"github.com/bos55/concordia/internal/remote"
-	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // pushSideCommands: push, status, rollback, run from CI or a workstation.
@@ -34,71 +23,6 @@ import (
 // reachable from a host's gate.
 func pushSideCommands() []*cli.Command {
 	return []*cli.Command{pushCmd(), statusCmd(), rollbackCmd()}
-}
-
-// strList is a repeatable string flag.
-type strList []string
-
-func (s *strList) String() string     { return strings.Join(*s, ",") }
-func (s *strList) Set(v string) error { *s = append(*s, v); return nil }
-
-// fleetFlags says where the nodes come from.
-type fleetFlags struct {
-	flake string
-	file  string
-	debug bool
-}
-
-func (f *fleetFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.flake, "flake", ".", "flake whose `deploy` output lists the nodes (nix eval --json FLAKE#deploy)")
-	fs.StringVar(&f.file, "file", "", "read the nodes from this JSON file (the deploy output) instead of the flake")
-	fs.BoolVar(&f.debug, "debug", false, "log debug messages (ssh commands, ignored settings)")
-}
-
-func (f *fleetFlags) log(env *cli.Env) *slog.Logger {
-	lvl := slog.LevelInfo
-	if f.debug {
-		lvl = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
-}
-
-// connect reads the nodes, keeps those named by args (names, @tags,
-// globs) and opens the ssh runner that status and rollback talk through.
-func (f *fleetFlags) connect(ctx context.Context, env *cli.Env, args []string) ([]deploy.Node, *remote.SSH, error) {
-	log := f.log(env)
-	all, err := f.nodes(ctx, log)
-	if err != nil {
-		return nil, nil, err
-	}
-	nodes, err := deploy.Select(all, strings.Join(args, ","))
-	if err != nil {
-		return nil, nil, err
-	}
-	ssh, err := remote.New(log)
-	if err != nil {
-		return nil, nil, err
-	}
-	return nodes, ssh, nil
-}
-
-func (f *fleetFlags) nodes(ctx context.Context, log *slog.Logger) ([]deploy.Node, error) {
-	if f.file != "" {
-		return deploy.ParseFile(f.file, log)
-	}
-	ref := f.flake
-	if !strings.Contains(ref, "#") {
-		ref += "#deploy"
-	}
-	data, err := (&nixcli.Exec{}).EvalJSON(ctx, ref)
-	if err != nil {
-		return nil, err
-	}
-	nodes, err := deploy.Parse(data, log)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", ref, err)
-	}
-	return nodes, nil
 }
 
 type pushOpts struct {
@@ -126,44 +50,19 @@ type pushOpts struct {
 	autoRollback   optBool
 }
 
-// optBool is a bool flag that remembers whether it was given, so an
-// override applies only when asked for.
-type optBool struct{ set, v bool }
-
-func (b *optBool) String() string {
-	if b == nil || !b.set {
-		return ""
+// overrides are the deploy-rs flags that were given.
+func (o pushOpts) overrides() deploy.Overrides {
+	ov := deploy.Overrides{SSHUser: o.sshUser, ConfirmTimeout: o.confirmTimeout}
+	if o.sshOpts != "" {
+		ov.SSHOpts = strings.Fields(o.sshOpts)
 	}
-	return strconv.FormatBool(b.v)
-}
-func (b *optBool) Set(s string) error {
-	v, err := strconv.ParseBool(s)
-	b.set, b.v = err == nil, v
-	return err
-}
-func (b *optBool) IsBoolFlag() bool { return true }
-
-// override applies the command-line settings to the nodes, as deploy-rs's
-// flags of the same names do.
-func (o pushOpts) override(nodes []deploy.Node) {
-	for i := range nodes {
-		s := &nodes[i].Settings
-		if o.sshUser != "" {
-			s.SSHUser = o.sshUser
-		}
-		if o.sshOpts != "" {
-			s.SSHOpts = strings.Fields(o.sshOpts)
-		}
-		if o.confirmTimeout > 0 {
-			s.ConfirmTimeout = o.confirmTimeout
-		}
-		if o.magicRollback.set {
-			s.MagicRollback = o.magicRollback.v
-		}
-		if o.autoRollback.set {
-			s.AutoRollback = o.autoRollback.v
-		}
+	if o.magicRollback.set {
+		ov.MagicRollback = &o.magicRollback.v
 	}
+	if o.autoRollback.set {
+		ov.AutoRollback = &o.autoRollback.v
+	}
+	return ov
 }
 
 func pushCmd() *cli.Command {
@@ -218,17 +117,6 @@ func newID() string {
 	return "d-" + time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
 }
 
-func readToken(path string) (string, error) {
-	if path == "" {
-		return "", nil
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("cache token: %w", err)
-	}
-	return strings.TrimSpace(string(b)), nil
-}
-
 func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error {
 	if len(args) > 0 {
 		return cli.Usagef("unexpected arguments %q (select nodes with --on)", args)
@@ -265,7 +153,7 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	} else if nodes, err = deploy.Select(all, o.on); err != nil {
 		return err
 	}
-	o.override(nodes)
+	o.overrides().Apply(nodes)
 	for _, n := range nodes {
 		if err := deploy.CheckPath("/nix/store", n.Path); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
@@ -292,7 +180,10 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	if err != nil {
 		return err
 	}
-	checkerFor, err := checkers(o.cache, token, global, nodes, log)
+	checkerFor, err := deploy.Checkers(o.cache, token, global, nodes, log)
+	if errors.Is(err, deploy.ErrSchema) {
+		return cli.Usagef("%v", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -334,251 +225,4 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	}
 	printSummary(env.Stderr, rep)
 	return rep.Err()
-}
-
-// netrcToken returns the password netrc holds for the cache's host: the
-// cache accepts its token both as a Bearer token and as a Basic password,
-// so the netrc CI already gives `nix copy` serves the deployer too.
-func netrcToken(path, cache string) (string, error) {
-	u, err := url.Parse(cache)
-	if err != nil {
-		return "", cli.Usagef("--cache %q: %v", cache, err)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("netrc: %w", err)
-	}
-	words := strings.Fields(string(b))
-	var machine, def string
-	cur := ""
-	for i := 0; i+1 < len(words); i++ {
-		switch words[i] {
-		case "machine":
-			cur = words[i+1]
-			i++
-		case "default":
-			cur = "\x00default"
-		case "password":
-			if cur == u.Hostname() && machine == "" {
-				machine = words[i+1]
-			}
-			if cur == "\x00default" && def == "" {
-				def = words[i+1]
-			}
-			i++
-		}
-	}
-	if machine != "" {
-		return machine, nil
-	}
-	return def, nil
-}
-
-func loadKeys(keys, files []string) ([]narinfo.PublicKey, error) {
-	var out []narinfo.PublicKey
-	for _, k := range keys {
-		pk, err := narinfo.ParsePublicKey(k)
-		if err != nil {
-			return nil, cli.Usagef("--trusted-key %q: %v", k, err)
-		}
-		out = append(out, pk)
-	}
-	for _, f := range files {
-		pk, err := narinfo.LoadPublicKeyFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("--cache-key-file: %w", err)
-		}
-		out = append(out, pk)
-	}
-	return out, nil
-}
-
-// checkers builds one closure checker per distinct trusted key set (nodes
-// may add trustedKeys); all share the HTTP client and the narinfo memo only
-// within a key set, which is the common case of one set for the fleet.
-func checkers(cache, token string, global []narinfo.PublicKey, nodes []deploy.Node, log *slog.Logger) (func(deploy.Node) deploy.Checker, error) {
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	bySet := map[string]*closure.Checker{}
-	for _, n := range nodes {
-		keys := append([]narinfo.PublicKey(nil), global...)
-		for _, k := range n.Settings.TrustedKeys {
-			pk, err := narinfo.ParsePublicKey(k)
-			if err != nil {
-				return nil, fmt.Errorf("node %s trustedKeys: %w", n.Name, err)
-			}
-			keys = append(keys, pk)
-		}
-		if len(keys) == 0 {
-			return nil, cli.Usagef("no trusted key for node %s: give --trusted-key or --cache-key-file (or trustedKeys in the flake)", n.Name)
-		}
-		id := keySet(keys)
-		if bySet[id] == nil {
-			bySet[id] = &closure.Checker{Cache: cache, Client: client, Token: token, Trusted: keys, Workers: 32, Log: log}
-		}
-	}
-	return func(n deploy.Node) deploy.Checker {
-		keys := append([]narinfo.PublicKey(nil), global...)
-		for _, k := range n.Settings.TrustedKeys {
-			pk, _ := narinfo.ParsePublicKey(k)
-			keys = append(keys, pk)
-		}
-		return bySet[keySet(keys)]
-	}, nil
-}
-
-func keySet(keys []narinfo.PublicKey) string {
-	s := make([]string, len(keys))
-	for i, k := range keys {
-		s[i] = k.String()
-	}
-	sort.Strings(s)
-	return strings.Join(s, " ")
-}
-
-func printPlan(w io.Writer, o pushOpts, mode hostverb.Mode, nodes []deploy.Node) {
-	par := "all"
-	if o.parallel > 0 {
-		par = fmt.Sprint(o.parallel)
-	}
-	fmt.Fprintf(w, "plan: %s on %d node(s), parallel %s, cache %s\n", mode, len(nodes), par, orNone(o.cache))
-	for _, n := range nodes {
-		s := n.Settings
-		dest := n.Hostname
-		if s.SSHUser != "" {
-			dest = s.SSHUser + "@" + dest
-		}
-		fmt.Fprintf(w, "  %s (%s)\n    system   %s\n    ssh      %s %s\n", n.Name, dest, n.Path, strings.Join(s.SSHOpts, " "), dest)
-		fmt.Fprintf(w, "    steps    closure check, deployer fetch, deployer activate --mode %s", mode)
-		if s.MagicRollback && mode.NeedsConfirm() {
-			fmt.Fprintf(w, ", %d health check(s), confirm within %s", len(s.HealthChecks), s.ConfirmTimeout)
-		}
-		fmt.Fprintf(w, "\n    rollback magic=%v auto=%v\n", s.MagicRollback, s.AutoRollback)
-		if len(n.OtherProfiles) > 0 {
-			fmt.Fprintf(w, "    ignored  profiles %s (Concordia deploys only the system profile)\n", strings.Join(n.OtherProfiles, ", "))
-		}
-	}
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "(none)"
-	}
-	return s
-}
-
-func printSummary(w io.Writer, rep *deploy.Report) {
-	ok := len(rep.Hosts) - len(rep.Failed)
-	fmt.Fprintf(w, "deploy %s: %d ok, %d not ok, %.1fs\n", rep.ID, ok, len(rep.Failed), rep.Millis/1000)
-	for _, h := range rep.Hosts {
-		if h.Result == deploy.OK {
-			continue
-		}
-		fmt.Fprintf(w, "  %s: %s: %s\n", h.Node, strings.ToUpper(string(h.Result)), h.Error)
-	}
-}
-
-// writeJSON publishes the report atomically, so a CI step reading it never
-// sees half a file.
-func writeJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".report-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
-}
-
-type statusOpts struct {
-	fleet fleetFlags
-	json  bool
-}
-
-func statusCmd() *cli.Command {
-	var o statusOpts
-	return &cli.Command{
-		Name:  "status",
-		Usage: "[flags] [NODE|@TAG|GLOB ...]",
-		Short: "show current, booted and boot-default generations, test deploy and pending reboot",
-		Long: `Asks each selected node over ssh (the host verb status). On a host itself, run
-'deployer host status'.`,
-		Flags: func(fs *flag.FlagSet) {
-			o.fleet.register(fs)
-			fs.BoolVar(&o.json, "json", false, "print JSON")
-		},
-		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			nodes, ssh, err := o.fleet.connect(ctx, env, args)
-			if err != nil {
-				return err
-			}
-			defer ssh.Close()
-			rs := deploy.Status(ctx, ssh, nodes)
-			if o.json {
-				b, _ := json.MarshalIndent(rs, "", "  ")
-				fmt.Fprintf(env.Stdout, "%s\n", b)
-			} else {
-				deploy.PrintStatus(env.Stdout, rs)
-			}
-			var bad []string
-			for _, r := range rs {
-				if r.Error != "" {
-					bad = append(bad, r.Node)
-				}
-			}
-			if len(bad) > 0 {
-				return fmt.Errorf("no status from %s", strings.Join(bad, ", "))
-			}
-			return nil
-		},
-	}
-}
-
-type rollbackOpts struct {
-	fleet fleetFlags
-	id    string
-}
-
-func rollbackCmd() *cli.Command {
-	var o rollbackOpts
-	return &cli.Command{
-		Name:  "rollback",
-		Usage: "[flags] NODE...",
-		Short: "switch nodes back to their previous generation now",
-		Long: `Runs the host verb rollback on each named node over ssh: the host takes its lock (so it never
-races a deploy), points the system profile at the previous generation and switches to it. On a
-host itself, run 'deployer host rollback'.`,
-		Flags: func(fs *flag.FlagSet) {
-			o.fleet.register(fs)
-			fs.StringVar(&o.id, "id", "", "id recorded as the lock holder (default: generated)")
-		},
-		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			if len(args) == 0 {
-				return cli.Usagef("name the node(s) to roll back")
-			}
-			nodes, ssh, err := o.fleet.connect(ctx, env, args)
-			if err != nil {
-				return err
-			}
-			defer ssh.Close()
-			id := o.id
-			if id == "" {
-				id = "rollback-" + newID()[2:]
-			}
-			return deploy.Rollback(ctx, ssh, nodes, id, env.Stderr)
-		},
-	}
 }

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/bos55/concordia/internal/deploy"
+	"github.com/bos55/concordia/internal/hostverb"
+)
+
+func printPlan(w io.Writer, o pushOpts, mode hostverb.Mode, nodes []deploy.Node) {
+	par := "all"
+	if o.parallel > 0 {
+		par = fmt.Sprint(o.parallel)
+	}
+	fmt.Fprintf(w, "plan: %s on %d node(s), parallel %s, cache %s\n", mode, len(nodes), par, orNone(o.cache))
+	for _, n := range nodes {
+		s := n.Settings
+		dest := n.Hostname
+		if s.SSHUser != "" {
+			dest = s.SSHUser + "@" + dest
+		}
+		fmt.Fprintf(w, "  %s (%s)\n    system   %s\n    ssh      %s %s\n", n.Name, dest, n.Path, strings.Join(s.SSHOpts, " "), dest)
+		fmt.Fprintf(w, "    steps    closure check, deployer fetch, deployer activate --mode %s", mode)
+		if s.MagicRollback && mode.NeedsConfirm() {
+			fmt.Fprintf(w, ", %d health check(s), confirm within %s", len(s.HealthChecks), s.ConfirmTimeout)
+		}
+		fmt.Fprintf(w, "\n    rollback magic=%v auto=%v\n", s.MagicRollback, s.AutoRollback)
+		if len(n.OtherProfiles) > 0 {
+			fmt.Fprintf(w, "    ignored  profiles %s (Concordia deploys only the system profile)\n", strings.Join(n.OtherProfiles, ", "))
+		}
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+func printSummary(w io.Writer, rep *deploy.Report) {
+	ok := len(rep.Hosts) - len(rep.Failed)
+	fmt.Fprintf(w, "deploy %s: %d ok, %d not ok, %.1fs\n", rep.ID, ok, len(rep.Failed), rep.Millis/1000)
+	for _, h := range rep.Hosts {
+		if h.Result == deploy.OK {
+			continue
+		}
+		fmt.Fprintf(w, "  %s: %s: %s\n", h.Node, strings.ToUpper(string(h.Result)), h.Error)
+	}
+}
+
+// writeJSON publishes the report atomically, so a CI step reading it never
+// sees half a file.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".report-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

@@ -34,11 +34,10 @@ func (f *fleetFlags) register(fs *flag.FlagSet) {
 }
 
 func (f *fleetFlags) log(env *cli.Env) *slog.Logger {
-	lvl := slog.LevelInfo
-	if f.debug {
-		lvl = slog.LevelDebug
+	if f.debug { // deploy-rs's flag, the same as --log-level debug
+		return cli.NewLogger(env.Stderr, slog.LevelDebug)
 	}
-	return slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
+	return env.Logger
 }
 
 // connect reads the nodes, keeps those named by args (names, @tags,

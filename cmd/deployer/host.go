@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"os/user"
@@ -90,8 +89,7 @@ creates the socket itself, for hosts without systemd. Only root and --allow-user
 				return cli.Usagef("agent takes no arguments")
 			}
 			hostEnv()
-			log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-			srv := &agent.Server{AllowUser: allow, Host: host.Options{StateDir: stateDir}, Logger: log, Version: version.String()}
+			srv := &agent.Server{AllowUser: allow, Host: host.Options{StateDir: stateDir}, Logger: env.Logger, Version: version.String()}
 			if listen != "" {
 				gid, err := groupOf(allow)
 				if err != nil {
@@ -141,7 +139,7 @@ only root and the deploy user.`,
 			hostEnv()
 			o := gate.Options{Stdout: env.Stdout, Stderr: env.Stderr, Socket: socket, Version: version.String()}
 			if os.Geteuid() == 0 {
-				o.Local = &host.Options{Log: slog.New(slog.NewTextHandler(env.Stderr, nil))}
+				o.Local = &host.Options{Log: env.Logger}
 			}
 			req, err := hostverb.Parse(args)
 			if err != nil {
@@ -173,8 +171,7 @@ func watchdogCmd() *cli.Command {
 			if lockFD >= 3 {
 				lock = os.NewFile(uintptr(lockFD), "lock")
 			}
-			log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-			err := host.Work(context.WithoutCancel(ctx), host.Options{StateDir: stateDir, Log: log}, id, lock)
+			err := host.Work(context.WithoutCancel(ctx), host.Options{StateDir: stateDir, Log: env.Logger}, id, lock)
 			if err != nil && !errors.Is(err, hostverb.ErrFailed) {
 				return err
 			}

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
@@ -37,6 +38,24 @@ type Env struct {
 	Stderr io.Writer
 	Stdin  io.Reader
 	Prog   string
+	// Logger writes to Stderr at the level of the shared --log-level flag
+	// (set by Main before Run).
+	Logger *slog.Logger
+}
+
+// NewLogger is the one logger constructor of the programs: text lines on w
+// at level.
+func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// ParseLevel reads a --log-level value: debug, info, warn or error.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("log level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
 }
 
 // ExitError asks Main to exit with Code after printing Err (if non-nil).
@@ -98,6 +117,7 @@ func Main(prog, summary string, cmds []*Command, args []string, env *Env) int {
 	if c.Flags != nil {
 		c.Flags(fs)
 	}
+	level := levelFlag(fs)
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printHelp(env.Stdout, prog, c)
@@ -106,10 +126,33 @@ func Main(prog, summary string, cmds []*Command, args []string, env *Env) int {
 		fmt.Fprintf(env.Stderr, "%s %s: %v\n(see '%s help %s')\n", prog, c.Name, err, prog, c.Name)
 		return 2
 	}
+	lvl, err := ParseLevel(level())
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "%s %s: --log-level: %v\n", prog, c.Name, err)
+		return 2
+	}
+	env.Logger = NewLogger(env.Stderr, lvl)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := c.Run(ctx, env, fs.Args())
+	err = c.Run(ctx, env, fs.Args())
 	return exitCode(env.Stderr, prog+" "+c.Name, err)
+}
+
+// levelFlag registers the shared --log-level on fs, unless the command
+// registered its own (cache serve, whose default comes from its config),
+// and returns how to read it after parsing ("" means info).
+func levelFlag(fs *flag.FlagSet) func() string {
+	f := fs.Lookup("log-level")
+	if f == nil {
+		fs.String("log-level", "info", "log messages at this level and above: debug, info, warn or error")
+		f = fs.Lookup("log-level")
+	}
+	return func() string {
+		if v := f.Value.String(); v != "" {
+			return v
+		}
+		return "info"
+	}
 }
 
 func exitCode(w io.Writer, who string, err error) int {
@@ -149,6 +192,7 @@ func printHelp(w io.Writer, prog string, c *Command) {
 	if c.Flags != nil {
 		c.Flags(fs)
 	}
+	levelFlag(fs)
 	n := 0
 	fs.VisitAll(func(*flag.Flag) { n++ })
 	if n > 0 {

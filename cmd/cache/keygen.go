@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/bos55/concordia/internal/durable"
+
 	"github.com/bos55/concordia/internal/cli"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -90,46 +92,14 @@ func runKeygen(_ context.Context, env *cli.Env, opts keygenOptions, args []strin
 }
 
 // writeNewFile publishes data at path atomically and durably, and never
-// replaces an existing file: the data goes to a temporary file in the same
-// directory, is fsynced, and is then hard-linked into place (link, unlike
-// rename, fails when the target exists), and the directory is fsynced.
-func writeNewFile(path string, data []byte, mode os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+// replaces an existing file.
+func writeNewFile(path string, data []byte, mode os.FileMode) error {
+	err := durable.WriteNew(path, data, mode)
+	if errors.Is(err, durable.ErrExists) {
+		return fmt.Errorf("keygen: %s already exists, refusing to overwrite it", path)
+	}
 	if err != nil {
 		return fmt.Errorf("keygen: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	defer func() {
-		if cerr := tmp.Close(); err == nil && cerr != nil && !errors.Is(cerr, os.ErrClosed) {
-			err = fmt.Errorf("keygen: %w", cerr)
-		}
-	}()
-	if err := tmp.Chmod(mode); err != nil {
-		return fmt.Errorf("keygen: %w", err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("keygen: write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("keygen: sync %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("keygen: %w", err)
-	}
-	if err := os.Link(tmp.Name(), path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("keygen: %s already exists, refusing to overwrite it", path)
-		}
-		return fmt.Errorf("keygen: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("keygen: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("keygen: sync %s: %w", dir, err)
 	}
 	return nil
 }

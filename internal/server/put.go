@@ -99,7 +99,9 @@ func (s *Server) putRoutes(r *mux.Router) {
 	}
 	h := &putHandler{s: s, u: u, tokens: toks}
 	put := http.MethodPut
-	write := func(f func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc { return h.guard(auth.Write, f) }
+	write := func(f func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
+		return h.guard(auth.Write, f)
+	}
 	r.HandleFunc("/nix-cache-info", write(h.cacheInfo)).Methods(put).Name("put-cache-info")
 	r.HandleFunc("/nar/{name}", write(h.nar)).Methods(put).Name("put-nar")
 	r.HandleFunc("/nar/{name}", h.getNAR).Methods(http.MethodGet, http.MethodHead).Name("upload-nar")

@@ -71,10 +71,10 @@ type upEnv struct {
 	writeTok, readTok string
 	// pinTok has pin (the deployer's), adminTok admin (GC, verify, any pin).
 	pinTok, adminTok string
-	key               narinfo.SecretKey
-	puts              atomic.Int64 // PUT requests seen
-	blobGets          atomic.Int64 // GETs of /nar/<filehash>.nar.<ext>
-	dir               string
+	key              narinfo.SecretKey
+	puts             atomic.Int64 // PUT requests seen
+	blobGets         atomic.Int64 // GETs of /nar/<filehash>.nar.<ext>
+	dir              string
 }
 
 func newUpEnv(t testing.TB, dir string, private bool) *upEnv {

@@ -281,7 +281,7 @@ func (h *putHandler) getNAR(w http.ResponseWriter, r *http.Request) {
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", narContentType)
-	w.Header().Set("Cache-Control", "max-age=31536000, immutable")
+	w.Header()["Cache-Control"] = h.s.ccForever // "private" on a private cache
 	http.ServeContent(w, r, "", time.Time{}, f)
 }
 

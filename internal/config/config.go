@@ -167,7 +167,7 @@ type Timeouts struct {
 	Idle Duration `toml:"idle"`
 	// ReadProgress aborts a request whose body sends nothing for this long.
 	ReadProgress Duration `toml:"read_progress"`
-	// WriteProgress drops a response that cannot send 256 KiB for this
+	// WriteProgress drops a response that cannot send 128 KiB for this
 	// long (a client that stopped reading).
 	WriteProgress Duration `toml:"write_progress"`
 }

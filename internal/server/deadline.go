@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,14 +16,14 @@ import (
 // body read that brings nothing for ReadProgress fails, and a response that
 // cannot send one chunk (at most writeChunk bytes) within WriteProgress is
 // dropped. A client that keeps moving, however slowly, is never cut; one
-// slower than writeChunk per WriteProgress (8.5 KiB/s with the defaults)
-// counts as stopped.
+// slower than writeChunk per WriteProgress (about 4 KiB/s with the
+// defaults) counts as stopped.
 const (
 	// DefaultProgressTimeout is the default of both progress timeouts.
 	DefaultProgressTimeout = 30 * time.Second
 	// writeChunk is the most one write deadline covers; larger writes,
 	// and ReadFrom (sendfile), are split into chunks of this size.
-	writeChunk = 256 << 10
+	writeChunk = 128 << 10
 	// refuseGrace is how long a refused request's unread body is still
 	// read (and discarded, up to net/http's 256 KiB) after the answer was
 	// sent, so an honest client that sent it whole reads the answer
@@ -43,9 +44,10 @@ type deadliner interface {
 // there and must not inherit one.
 type progressBody struct {
 	io.ReadCloser
-	dl   deadliner
-	d    time.Duration
-	done bool
+	dl       deadliner
+	d        time.Duration
+	done     bool
+	timedOut atomic.Bool // read by fail, perhaps on another goroutine
 }
 
 func (b *progressBody) Read(p []byte) (int, error) {
@@ -57,10 +59,22 @@ func (b *progressBody) Read(p []byte) (int, error) {
 	if err != nil {
 		b.done = true
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			b.timedOut.Store(true)
 			err = &bodyTimeout{b.d}
 		}
 	}
 	return n, err
+}
+
+// stalled returns the error to answer for a request whose body stopped
+// coming, or nil. net/http cancels the request's context when a read of
+// the connection fails, so the handler's error may be only that; the
+// stalled body is the reason.
+func stalled(r *http.Request) error {
+	if b, ok := r.Body.(*progressBody); ok && b.timedOut.Load() {
+		return &bodyTimeout{b.d}
+	}
+	return nil
 }
 
 // bodyTimeout is a request body that stopped coming: 408, which Nix

@@ -60,6 +60,9 @@ func Status(err error) int {
 // with any file-system path but a store path taken out (redact; the log
 // keeps the whole text with the request id).
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if st := stalled(r); st != nil {
+		err = st
+	}
 	code := Status(err)
 	h := w.Header()
 	h.Del("Content-Length")

@@ -108,7 +108,7 @@ type Options struct {
 	Authorize func(r *http.Request) error
 	// ReadProgress aborts a request whose body sends nothing for this
 	// long; WriteProgress drops a response that cannot send a chunk of
-	// 256 KiB for this long (deadline.go). Both default to
+	// 128 KiB for this long (deadline.go). Both default to
 	// DefaultProgressTimeout; negative turns them off.
 	ReadProgress, WriteProgress time.Duration
 	// NarInfoCacheBytes bounds the cache of signed narinfos (default 16 MiB).

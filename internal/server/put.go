@@ -484,7 +484,11 @@ func (h *putHandler) verify(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	for _, b := range rep.Bad {
-		fmt.Fprintf(w, "DAMAGED %s: %s\n", b.Name, h.s.redact(b.Reason))
+		reason := h.s.redact(b.Reason)
+		if reason != b.Reason {
+			h.s.logger(r).Warn("verify: damaged NAR file (its answer line without the path)", "blob", b.Name, "reason", b.Reason)
+		}
+		fmt.Fprintf(w, "DAMAGED %s: %s\n", b.Name, reason)
 		for _, p := range b.Paths {
 			verb := "affects"
 			if rep.Repaired {

@@ -28,6 +28,7 @@ import (
 
 // slowEnv is a public cache with uploads whose connections are counted.
 type slowEnv struct {
+	srv       *server.Server
 	url, addr string
 	ts        *tokenSet
 	up        *upload.Store
@@ -70,6 +71,7 @@ func newSlowEnv(t *testing.T, mutate func(*server.Options)) *slowEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.srv = srv
 	hs := httptest.NewUnstartedServer(srv)
 	hs.Listener = smallBufListener{hs.Listener}
 	hs.Config.ConnState = func(c net.Conn, st http.ConnState) {
@@ -133,17 +135,31 @@ func TestSlowUnauthenticatedPuts(t *testing.T) {
 	settle(t, "warm-up connection closed", func() bool { http.DefaultClient.CloseIdleConnections(); return e.open.Load() == 0 })
 	base := runtime.NumGoroutine()
 
-	routes := []struct{ method, path string }{
-		{"PUT", "/nar/" + p.fileName},
-		{"PUT", "/" + p.hash + ".narinfo"},
-		{"PUT", "/" + p.hash + ".ls"},
-		{"PUT", "/log/" + p.hash + "-x.drv"},
-		{"PUT", "/realisations/sha256:" + strings.Repeat("ab", 32) + "!out.doi"},
-		{"PUT", "/nix-cache-info"},
-		{"POST", "/api/pins/" + p.hash},
-		{"DELETE", "/api/pins/" + p.hash},
-		{"POST", "/api/gc"},
-		{"POST", "/api/verify"},
+	byName := map[string][]struct{ method, path string }{
+		"put-nar":         {{"PUT", "/nar/" + p.fileName}},
+		"put-narinfo":     {{"PUT", "/" + p.hash + ".narinfo"}},
+		"put-ls":          {{"PUT", "/" + p.hash + ".ls"}},
+		"put-log":         {{"PUT", "/log/" + p.hash + "-x.drv"}},
+		"put-realisation": {{"PUT", "/realisations/sha256:" + strings.Repeat("ab", 32) + "!out.doi"}},
+		"put-build-trace": {{"PUT", "/build-trace-v2/" + p.hash + "-x.drv/out.doi"}},
+		"put-cache-info":  {{"PUT", "/nix-cache-info"}},
+		"pin":             {{"POST", "/api/pins/" + p.hash}, {"PUT", "/api/pins/" + p.hash}},
+		"unpin":           {{"DELETE", "/api/pins/" + p.hash}},
+		"gc":              {{"POST", "/api/gc"}},
+		"verify":          {{"POST", "/api/verify"}},
+	}
+	var routes []struct{ method, path string }
+	for _, rt := range server.Routes(e.srv) {
+		for _, m := range rt.Methods {
+			if m == "PUT" || m == "POST" || m == "DELETE" {
+				if _, ok := byName[rt.Name]; !ok {
+					t.Errorf("write route %q (%s %s) is not attacked here: add it", rt.Name, m, rt.Path)
+				}
+			}
+		}
+	}
+	for _, rs := range byName {
+		routes = append(routes, rs...)
 	}
 	const n = 200
 	var wg sync.WaitGroup

@@ -69,7 +69,9 @@ type RunOptions struct {
 	ShutdownTimeout time.Duration
 	// ReadHeaderTimeout (default 10s), IdleTimeout (default 2m) and
 	// MaxHeaderBytes (default 64 KiB) limit idle and abusive clients.
-	// There is no write timeout: NAR downloads may take long.
+	// There is no whole-request read or write timeout (a NAR download or
+	// upload may take hours): bodies and responses get progress deadlines
+	// instead (Options.ReadProgress, WriteProgress; deadline.go).
 	ReadHeaderTimeout, IdleTimeout time.Duration
 	MaxHeaderBytes                 int
 }

@@ -127,6 +127,7 @@ func (s *Server) instrument(w http.ResponseWriter, r *http.Request) {
 	}()
 	if refusePath(r.URL.Path) {
 		rec.route = "refused"
+		refuseBody(rec, r)
 		s.fail(rec, r, store.ErrNotFound)
 		return
 	}

@@ -335,13 +335,18 @@ func (s *Server) routes() *mux.Router {
 	return r
 }
 
+// The refusals below never read a body; refuseBody ends the connection
+// after them instead of waiting for one.
+
 func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
 	s.setRoute(w, "not-found")
+	refuseBody(w, r)
 	s.fail(w, r, store.ErrNotFound)
 }
 
 func (s *Server) handleMethodNotAllowed(w http.ResponseWriter, r *http.Request) {
 	s.setRoute(w, "method-not-allowed")
+	refuseBody(w, r)
 	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 }
 
@@ -351,6 +356,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	if err := s.opts.Authorize(r); err != nil {
+		refuseBody(w, r)
 		s.fail(w, r, err)
 		return false
 	}

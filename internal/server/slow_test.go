@@ -217,6 +217,23 @@ func TestSlowUnauthenticatedPuts(t *testing.T) {
 	if answered.Load() != n || closed.Load() != n {
 		t.Fatalf("%d of %d answered, %d closed by the server", answered.Load(), n, closed.Load())
 	}
+	// Routes that do not exist, or not for that method, never read the
+	// body either.
+	for _, rq := range []struct{ method, path, want string }{
+		{"PUT", "/no/such/route", "404"}, {"PATCH", "/nix-cache-info", "405"}, {"PUT", "/a/../b", "404"},
+	} {
+		c := rawRequest(t, e.addr, rq.method, rq.path, "", 64<<10, []byte("abc"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		status, err := br.ReadString('\n')
+		if err != nil || !strings.HasPrefix(status, "HTTP/1.1 "+rq.want) {
+			t.Errorf("%s %s: %q %v", rq.method, rq.path, status, err)
+		}
+		if _, err := io.Copy(io.Discard, br); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s %s: connection not closed by the server: %v", rq.method, rq.path, err)
+		}
+		c.Close()
+	}
 	http.DefaultClient.CloseIdleConnections()
 	settle(t, "every connection closed on the server", func() bool { return e.open.Load() == 0 })
 	settle(t, "goroutines released", func() bool { return runtime.NumGoroutine() <= base+5 })

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -12,12 +13,19 @@ import (
 // Progress deadlines. A whole-request timeout would cut a 10 GB NAR on a
 // slow link, and no timeout lets a client hold a goroutine (and a file, and
 // an encoder) for as long as it likes by sending or reading nothing. So the
-// server gives each step its own deadline, renewed as bytes flow: a request
-// body read that brings nothing for ReadProgress fails, and a response that
-// cannot send one chunk (at most writeChunk bytes) within WriteProgress is
-// dropped. A client that keeps moving, however slowly, is never cut; one
-// slower than writeChunk per WriteProgress (about 4 KiB/s with the
+// server gives each step its own deadline: a read of a request body that
+// brings nothing for ReadProgress fails, and a response write of one chunk
+// (at most writeChunk bytes) that cannot complete within WriteProgress
+// drops the response. A client that keeps moving, however slowly, is never
+// cut; one slower than writeChunk per WriteProgress (about 4 KiB/s with the
 // defaults) counts as stopped.
+//
+// On HTTP/1 the deadlines are the connection's, renewed before each read
+// and write: an expired deadline only fails an operation in progress or
+// later, and net/http clears it after each request. On HTTP/2 a deadline is
+// a timer that resets the stream when it fires, even while the handler is
+// busy with something else, so there a watchdog sets one only when a read
+// or write has been blocked for the whole timeout.
 const (
 	// DefaultProgressTimeout is the default of both progress timeouts.
 	DefaultProgressTimeout = 30 * time.Second
@@ -31,6 +39,10 @@ const (
 	refuseGrace = time.Second
 )
 
+// aLongTimeAgo is a deadline that has passed: it fails a blocked operation
+// at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
 // deadliner is what net/http's HTTP/1 and HTTP/2 response writers offer
 // (http.ResponseController uses the same methods).
 type deadliner interface {
@@ -38,24 +50,71 @@ type deadliner interface {
 	SetWriteDeadline(time.Time) error
 }
 
-// progressBody renews the connection's read deadline before each read of
-// a request body, until the first error. After EOF it never touches the
-// deadline again: net/http's background read of the next request starts
-// there and must not inherit one.
+// watchdog calls expire when one operation (between start and stop) has
+// been running for d.
+type watchdog struct {
+	d      time.Duration
+	expire func()
+
+	mu    sync.Mutex
+	timer *time.Timer
+	busy  bool
+	since time.Time
+}
+
+func (w *watchdog) start() {
+	w.mu.Lock()
+	w.busy, w.since = true, time.Now()
+	if w.timer == nil {
+		w.timer = time.AfterFunc(w.d, w.fire)
+	} else {
+		w.timer.Reset(w.d)
+	}
+	w.mu.Unlock()
+}
+
+func (w *watchdog) stop() {
+	w.mu.Lock()
+	w.busy = false
+	w.mu.Unlock()
+	w.timer.Stop()
+}
+
+// fire runs on the timer's goroutine; a firing left over from an earlier
+// operation finds the current one too young and does nothing.
+func (w *watchdog) fire() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.busy && time.Since(w.since) >= w.d-time.Millisecond {
+		w.expire()
+	}
+}
+
+// progressBody gives each read of a request body its deadline, until the
+// first error. After EOF it never touches the deadline again: net/http's
+// background read of the next request starts there and must not inherit
+// one.
 type progressBody struct {
 	io.ReadCloser
 	dl       deadliner
 	d        time.Duration
+	dog      *watchdog // HTTP/2
 	done     bool
 	timedOut atomic.Bool // read by fail, perhaps on another goroutine
 }
 
-func (b *progressBody) Read(p []byte) (int, error) {
-	if b.done {
+func (b *progressBody) Read(p []byte) (n int, err error) {
+	switch {
+	case b.done:
 		return b.ReadCloser.Read(p)
+	case b.dog != nil:
+		b.dog.start()
+		n, err = b.ReadCloser.Read(p)
+		b.dog.stop()
+	default:
+		_ = b.dl.SetReadDeadline(time.Now().Add(b.d))
+		n, err = b.ReadCloser.Read(p)
 	}
-	_ = b.dl.SetReadDeadline(time.Now().Add(b.d))
-	n, err := b.ReadCloser.Read(p)
 	if err != nil {
 		b.done = true
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -88,21 +147,46 @@ func (e *bodyTimeout) Unwrap() error   { return os.ErrDeadlineExceeded }
 func (e *bodyTimeout) HTTPStatus() int { return http.StatusRequestTimeout }
 
 // setDeadlines arms the deadlines of a request that goes through the mux
-// (instrument): the write deadline for what net/http itself writes (a 100
-// Continue) and, when there is a body, the read deadline, which also
-// bounds net/http's own discarding of a body the handler left unread.
+// (instrument). On HTTP/1 the write deadline also covers what net/http
+// writes itself (a 100 Continue), and the read deadline, set at once when
+// there is a body, also bounds net/http's own discarding of a body the
+// handler left unread.
 func (s *Server) setDeadlines(rec *recorder, r *http.Request) {
 	dl, ok := rec.ResponseWriter.(deadliner)
 	if !ok {
 		return // e.g. httptest.ResponseRecorder
 	}
+	h2 := r.ProtoMajor >= 2
 	if s.wd > 0 {
 		rec.dl, rec.wd = dl, s.wd
-		rec.extend()
+		if h2 {
+			rec.dog = &watchdog{d: s.wd, expire: func() { _ = dl.SetWriteDeadline(aLongTimeAgo) }}
+		} else {
+			rec.begin()
+		}
 	}
 	if s.rd > 0 && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
-		_ = dl.SetReadDeadline(time.Now().Add(s.rd))
-		r.Body = &progressBody{ReadCloser: r.Body, dl: dl, d: s.rd}
+		b := &progressBody{ReadCloser: r.Body, dl: dl, d: s.rd}
+		if h2 {
+			b.dog = &watchdog{d: s.rd, expire: func() { _ = dl.SetReadDeadline(aLongTimeAgo) }}
+		} else {
+			_ = dl.SetReadDeadline(time.Now().Add(s.rd))
+		}
+		r.Body = b
+	}
+}
+
+// finalDeadline covers what net/http sends after the handler returned (the
+// buffered end of the response) on HTTP/1; net/http clears it after the
+// request. On HTTP/2 the stream is not touched after the handler (its
+// writer goes back to a pool): Run's WriteByteTimeout covers a client that
+// stops reading there.
+func finalDeadline(w http.ResponseWriter, r *http.Request, d time.Duration) {
+	if d <= 0 || r.ProtoMajor >= 2 {
+		return
+	}
+	if dl, ok := w.(deadliner); ok {
+		_ = dl.SetWriteDeadline(time.Now().Add(d))
 	}
 }
 
@@ -120,17 +204,26 @@ func refuseBody(w http.ResponseWriter, r *http.Request) {
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(refuseGrace))
 }
 
-// extend renews the write deadline for the next chunk.
-func (rec *recorder) extend() {
-	if rec.dl != nil {
+// begin and end bracket one write (chunk) of the response.
+func (rec *recorder) begin() {
+	if rec.dog != nil {
+		rec.dog.start()
+	} else if rec.dl != nil {
 		_ = rec.dl.SetWriteDeadline(time.Now().Add(rec.wd))
+	}
+}
+
+func (rec *recorder) end() {
+	if rec.dog != nil {
+		rec.dog.stop()
 	}
 }
 
 // write sends p in chunks, each with its own deadline.
 func (rec *recorder) write(p []byte) (int, error) {
 	if len(p) == 0 {
-		rec.extend()
+		rec.begin()
+		defer rec.end()
 		return rec.ResponseWriter.Write(p)
 	}
 	n := 0
@@ -139,8 +232,9 @@ func (rec *recorder) write(p []byte) (int, error) {
 		if len(c) > writeChunk {
 			c = c[:writeChunk]
 		}
-		rec.extend()
+		rec.begin()
 		m, err := rec.ResponseWriter.Write(c)
+		rec.end()
 		n += m
 		if err != nil {
 			return n, err
@@ -162,8 +256,9 @@ func (rec *recorder) readFrom(rf io.ReaderFrom, src io.Reader) (int64, error) {
 	var total int64
 	for remain > 0 {
 		c := min(remain, writeChunk)
-		rec.extend()
+		rec.begin()
 		n, err := rf.ReadFrom(&io.LimitedReader{R: base, N: c})
+		rec.end()
 		total += n
 		remain -= n
 		if limited {

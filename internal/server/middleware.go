@@ -56,6 +56,7 @@ type recorder struct {
 	route  string
 	dl     deadliner     // nil: no write deadlines
 	wd     time.Duration // the write progress timeout
+	dog    *watchdog     // HTTP/2 (see deadline.go)
 }
 
 func (rec *recorder) WriteHeader(code int) {
@@ -92,8 +93,9 @@ func (rec *recorder) ReadFrom(r io.Reader) (int64, error) {
 
 func (rec *recorder) Flush() {
 	if f, ok := rec.ResponseWriter.(http.Flusher); ok {
-		rec.extend()
+		rec.begin()
 		f.Flush()
+		rec.end()
 	}
 }
 
@@ -132,6 +134,7 @@ func (s *Server) instrument(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.router.ServeHTTP(rec, r)
+	finalDeadline(w, r, s.wd)
 }
 
 // maxPathLen is far above any URL a Nix client makes (a log URL with a

@@ -98,6 +98,12 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, o RunOptions) error {
 		MaxHeaderBytes:    o.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	if s.wd > 0 {
+		// HTTP/2 (TLS): a connection whose client stops reading is
+		// closed after the write progress timeout (the handlers' own
+		// watchdogs cover each stream while they write).
+		hs.HTTP2 = &http.HTTP2Config{WriteByteTimeout: s.wd}
+	}
 	errc := make(chan error, 1)
 	go func() {
 		if o.TLSCert != "" {

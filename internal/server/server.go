@@ -292,11 +292,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
 	if len(p) == 41 && (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.ContentLength == 0 &&
 		p[0] == '/' && p[33:] == ".narinfo" && validHashPart(p[1:33]) {
-		// A narinfo is small: one deadline covers it.
-		if dl, ok := w.(deadliner); ok && s.wd > 0 {
-			_ = dl.SetWriteDeadline(time.Now().Add(s.wd))
-		}
 		s.serveNarinfo(w, r, p[1:33])
+		// A narinfo is small: it is sent after the handler returns.
+		finalDeadline(w, r, s.wd)
 		return
 	}
 	s.instrument(w, r)

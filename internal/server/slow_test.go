@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -363,4 +364,107 @@ func TestSlowDownloads(t *testing.T) {
 		})
 	}
 	settle(t, "dropped connections closed", func() bool { return e.open.Load() <= 2 })
+}
+
+// TestSlowClientsHTTP2 repeats the slow-client cases over HTTP/2 (TLS,
+// through Run), where a deadline is a timer that resets the stream: a
+// handler that is busy for longer than the write timeout before it writes
+// is not cut (on HTTP/1 either), a slow reader gets the whole NAR, one
+// that stops reading is dropped, and an upload that stops sending is 408.
+func TestSlowClientsHTTP2(t *testing.T) {
+	const wd, rd = time.Second, 300 * time.Millisecond
+	e := newSlowEnv(t, func(o *server.Options) { o.WriteProgress, o.ReadProgress = wd, rd })
+	big := make([]byte, 12<<20)
+	rand.Read(big)
+	h := hashOf("slow-h2")
+	lp := e.local.addTree(t, h, "big", map[string]string{"f": string(big)})
+	narURL := "/nar/" + h + "-" + narinfo.SHA256(lp.info.NarHash).String()[7:] + ".nar"
+
+	certFile, keyFile, pool := selfSigned(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- e.srv.Run(ctx, smallBufListener{ln}, server.RunOptions{TLSCert: certFile, TLSKey: keyFile, ShutdownTimeout: time.Second})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	base := "https://" + ln.Addr().String()
+	client := func() *http.Client {
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true, DisableCompression: true}}
+	}
+	get := func(t *testing.T, c *http.Client, url string) *http.Response {
+		t.Helper()
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.ProtoMajor != 2 && strings.HasPrefix(url, "https") {
+			t.Fatalf("not HTTP/2: %s", resp.Proto)
+		}
+		return resp
+	}
+
+	t.Run("busy handler", func(t *testing.T) {
+		for _, url := range []string{base + narURL, e.url + narURL} {
+			lp.entered, lp.block = make(chan struct{}, 1), make(chan struct{})
+			go func() { <-lp.entered; time.Sleep(2*wd + wd/2); close(lp.block) }()
+			resp := get(t, client(), url)
+			got, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || !bytes.Equal(got, lp.nar) {
+				t.Fatalf("%s: a handler busy for longer than the write timeout was cut: %d bytes, %v", url[:5], len(got), err)
+			}
+		}
+		lp.entered, lp.block = nil, nil
+	})
+	t.Run("slow reader", func(t *testing.T) {
+		resp := get(t, client(), base+narURL)
+		defer resp.Body.Close()
+		sum := sha256.New()
+		buf := make([]byte, 64<<10)
+		for start := time.Now(); time.Since(start) < 3*wd; {
+			n, err := io.ReadFull(resp.Body, buf)
+			sum.Write(buf[:n])
+			if err != nil {
+				t.Fatalf("slow reader cut: %v", err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if _, err := io.Copy(sum, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		if want := sha256.Sum256(lp.nar); !bytes.Equal(sum.Sum(nil), want[:]) {
+			t.Fatal("slowly read body differs")
+		}
+	})
+	t.Run("stalled reader", func(t *testing.T) {
+		resp := get(t, client(), base+narURL)
+		defer resp.Body.Close()
+		io.ReadFull(resp.Body, make([]byte, 64<<10))
+		time.Sleep(3 * wd)
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err == nil || n+64<<10 >= int64(len(lp.nar)) {
+			t.Fatalf("a reader that stopped got the whole body (%d bytes, %v)", n+64<<10, err)
+		}
+	})
+	t.Run("stalled upload", func(t *testing.T) {
+		p := newUpPath(t, "slow-h2-up", []byte("h2 upload"))
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		req, _ := http.NewRequest("PUT", base+"/nar/"+p.fileName, pr)
+		req.ContentLength = int64(len(p.file))
+		req.Header.Set("Authorization", "Bearer "+e.ts.write)
+		go pw.Write(p.file[:3])
+		resp, err := client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 408 {
+			t.Fatalf("stalled upload over HTTP/2: %d", resp.StatusCode)
+		}
+	})
 }

@@ -78,6 +78,11 @@ type schema struct {
 	Client   map[string][]string        `json:"client"`
 	TOML     string                     `json:"toml"`
 	Branches map[string]json.RawMessage `json:"branches"`
+	Cache    struct {
+		Uploads, PrivateUploads, PrivateLocalOnly, PublicLocalOnly string
+		OK, PrivateWithoutTokens, UploadsWithoutTokens             []string
+		TokensInStore, TokensRelative, TokensInHome                []string
+	} `json:"cache"`
 }
 
 func evalSchema(t *testing.T) schema {
@@ -189,6 +194,72 @@ func TestRenderedTOMLLoads(t *testing.T) {
 	}
 	if cfg.Bind != "127.0.0.1:5000" || cfg.Priority != 30 {
 		t.Errorf("config read back wrong: bind %q priority %d", cfg.Bind, cfg.Priority)
+	}
+}
+
+// TestCacheModuleSettings: what the cache module renders passes the tokens
+// file by its own path (reread by the server, not a one-shot credential
+// copy), works for a private cache without uploads, and parses in the
+// server's config; its assertions refuse a private cache without tokens
+// and a tokens file the service could not reread.
+func TestCacheModuleSettings(t *testing.T) {
+	s := evalSchema(t)
+	const secret = "/run/secrets/concordia-tokens"
+	for name, tc := range map[string]struct {
+		toml            string
+		dir             bool
+		tokens, private bool
+	}{
+		"uploads":            {s.Cache.Uploads, true, true, false},
+		"private uploads":    {s.Cache.PrivateUploads, true, true, true},
+		"private local only": {s.Cache.PrivateLocalOnly, false, true, true},
+		"public local only":  {s.Cache.PublicLocalOnly, false, false, false},
+	} {
+		cfg, err := config.Parse([]byte(tc.toml))
+		if err != nil {
+			t.Errorf("%s: the server refuses the module's TOML: %v\n%s", name, err, tc.toml)
+			continue
+		}
+		if (cfg.Upload.Dir != "") != tc.dir || cfg.Upload.Private != tc.private || (cfg.Upload.TokensFile == secret) != tc.tokens {
+			t.Errorf("%s: upload %+v\n%s", name, cfg.Upload, tc.toml)
+		}
+		if strings.Contains(tc.toml, "/run/credentials/concordia-cache.service/tokens") {
+			t.Errorf("%s: the tokens file is a one-shot credential copy:\n%s", name, tc.toml)
+		}
+	}
+	if len(s.Cache.OK) != 0 {
+		t.Errorf("a good configuration fails assertions: %v", s.Cache.OK)
+	}
+	for name, tc := range map[string]struct {
+		msgs []string
+		want string
+	}{
+		"private without tokens": {s.Cache.PrivateWithoutTokens, "private needs"},
+		"uploads without tokens": {s.Cache.UploadsWithoutTokens, "tokensFile must be set"},
+		"tokens in the store":    {s.Cache.TokensInStore, "must not be in the Nix store"},
+		"relative tokens file":   {s.Cache.TokensRelative, "absolute path"},
+		"tokens under /home":     {s.Cache.TokensInHome, "ProtectHome"},
+	} {
+		if len(tc.msgs) != 1 || !strings.Contains(tc.msgs[0], tc.want) {
+			t.Errorf("%s: failing assertions %q, want one saying %q", name, tc.msgs, tc.want)
+		}
+	}
+}
+
+// TestCacheModuleReloads: the unit reloads with SIGHUP (which the server
+// turns into a reread of the tokens file) and no longer copies the tokens
+// file as a credential.
+func TestCacheModuleReloads(t *testing.T) {
+	b, err := os.ReadFile("modules/cache.nix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := string(b)
+	if !strings.Contains(mod, `ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";`) {
+		t.Error("cache.nix: ExecReload does not send SIGHUP")
+	}
+	if strings.Contains(mod, `"tokens:${`) {
+		t.Error("cache.nix still passes the tokens file through LoadCredential (copied once at start)")
 	}
 }
 

@@ -36,7 +36,7 @@ func (f *uploadFlags) register(fs *flag.FlagSet, http bool) {
 	fs.StringVar(&f.dir, "dir", f.dir, "the upload store `DIR` (overrides the config's [upload] dir)")
 	if http {
 		fs.StringVar(&f.cache, "cache", f.cache, "talk to the running cache at `URL` instead of opening the store")
-		fs.StringVar(&f.tokenFile, "token-file", f.tokenFile, "read the write token for --cache from `FILE` (or $CONCORDIA_TOKEN)")
+		fs.StringVar(&f.tokenFile, "token-file", f.tokenFile, "read the token for --cache from `FILE` (or $CONCORDIA_TOKEN): admin for gc, verify and pin --list, pin or admin to pin")
 	}
 }
 
@@ -96,7 +96,7 @@ func (f *uploadFlags) open(ctx context.Context, env *cli.Env) (*upload.Store, fu
 	}, nil
 }
 
-// token reads the write token for the HTTP API.
+// token reads the token for the HTTP API.
 func (f *uploadFlags) token() (string, error) {
 	if f.tokenFile != "" {
 		b, err := os.ReadFile(f.tokenFile)
@@ -108,11 +108,11 @@ func (f *uploadFlags) token() (string, error) {
 	if t := os.Getenv("CONCORDIA_TOKEN"); t != "" {
 		return t, nil
 	}
-	return "", cli.Usagef("--cache needs a write token: --token-file FILE or $CONCORDIA_TOKEN")
+	return "", cli.Usagef("--cache needs a token (admin for gc, verify and pin --list; pin or admin to pin): --token-file FILE or $CONCORDIA_TOKEN")
 }
 
-// call makes one API request with the write token; the response body is
-// decoded into out when non-nil.
+// call makes one API request with the token; the response body is
+// decoded into out when non-nil (a *string gets the text as it is).
 func (f *uploadFlags) call(ctx context.Context, method, path string, body io.Reader, out any) error {
 	tok, err := f.token()
 	if err != nil {
@@ -135,6 +135,10 @@ func (f *uploadFlags) call(ctx context.Context, method, path string, body io.Rea
 	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(data)))
 	}
+	if text, ok := out.(*string); ok {
+		*text = strings.TrimSpace(string(data))
+		return nil
+	}
 	if out != nil {
 		return json.Unmarshal(data, out)
 	}
@@ -152,7 +156,7 @@ func newGCCommand() *cli.Command {
 		Long: `Deletes uploaded paths by the [gc] policy (max_size, max_age), least
 recently used first, never a pinned path or anything in a pinned path's
 closure, and never a path that a kept path refers to. --dry-run prints what
-would go. With --cache the running server does it (needs a write token).`,
+would go. With --cache the running server does it (needs an admin token).`,
 		Flags: func(fs *flag.FlagSet) {
 			f.register(fs, true)
 			fs.BoolVar(&dryRun, "dry-run", false, "print what would be deleted, delete nothing")

@@ -135,7 +135,7 @@ func TestVerifyCommandRemote(t *testing.T) {
 	}
 	t.Cleanup(func() { up.Close() })
 	tokPath := filepath.Join(t.TempDir(), "tokens")
-	tok, line, _ := auth.Generate("ci", auth.Write)
+	tok, line, _ := auth.Generate("ops", auth.Admin)
 	os.WriteFile(tokPath, []byte(line+"\n"), 0o600)
 	toks, _ := auth.Load(tokPath, nil)
 	srv, err := server.New(server.Options{Stores: []store.Store{up}, Upload: &server.Uploads{Store: up, Tokens: toks}})

@@ -29,9 +29,15 @@ func newPinCommand() *cli.Command {
 		Short: "keep store paths (and their closures) through garbage collection",
 		Long: `Pins make GC roots in the upload store: a pinned path and everything it
 refers to are never collected. The deployer pins each host's running
-system through the HTTP API (POST/DELETE /api/pins/<hash> with a write
+system through the HTTP API (POST/DELETE /api/pins/<hash> with a pin
 token); this command does the same by hand, on the store directly or with
---cache URL on a running server.`,
+--cache URL on a running server.
+
+Over HTTP a pin belongs to the name of the token that made it: a pin token
+removes only its own pins, an admin token any pin; --list needs admin. On
+the store directly (no --cache) pins have no owner and --remove removes any.
+--list shows each pin's owner ("-" for none: pins made before owners
+existed, or on the store directly; only an admin removes those).`,
 		Flags: flags,
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			args, err := interspersed(args, flags)
@@ -63,15 +69,19 @@ token); this command does the same by hand, on the store directly or with
 						b, _ := json.Marshal(map[string]string{"storePath": p, "note": note})
 						body = bytes.NewReader(b)
 					}
+					var answer string
 					if body != nil {
-						err = f.call(ctx, method, "/api/pins/"+base[:32], body, nil)
+						err = f.call(ctx, method, "/api/pins/"+base[:32], body, &answer)
 					} else {
-						err = f.call(ctx, method, "/api/pins/"+base[:32], nil, nil)
+						err = f.call(ctx, method, "/api/pins/"+base[:32], nil, &answer)
 					}
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(env.Stdout, "%s %s\n", map[bool]string{true: "unpinned", false: "pinned"}[remove], p)
+					if answer == "" {
+						answer = map[bool]string{true: "unpinned", false: "pinned"}[remove] + " " + p
+					}
+					fmt.Fprintln(env.Stdout, answer)
 				}
 				return nil
 			}
@@ -106,6 +116,10 @@ token); this command does the same by hand, on the store directly or with
 
 func printPins(env *cli.Env, pins []upload.Pin) {
 	for _, p := range pins {
-		fmt.Fprintf(env.Stdout, "%s\t%s\t%s\n", p.StorePath, p.Created.Format("2006-01-02 15:04"), p.Note)
+		owner := p.Owner
+		if owner == "" {
+			owner = "-"
+		}
+		fmt.Fprintf(env.Stdout, "%s\t%s\t%s\t%s\n", p.StorePath, p.Created.Format("2006-01-02 15:04"), owner, p.Note)
 	}
 }

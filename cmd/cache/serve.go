@@ -8,11 +8,12 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bos55/concordia/internal/auth"
@@ -60,7 +61,10 @@ public key and the nix.conf lines clients need.
 
 The config file is TOML; Harmonia's settings.toml keys are accepted with the
 same meaning. Flags override the file. SIGTERM or SIGINT stops accepting and
-lets in-flight downloads finish.
+lets in-flight downloads finish. SIGHUP rereads the tokens file (which is
+also reread whenever its content changes); it never stops the server.
+With private = true every read needs a token with read; the server
+refuses to start without a tokens_file.
 
 An unprivileged server can read the Nix database only while its -wal and
 -shm files exist; Nix removes them when its last process exits. Run
@@ -127,6 +131,11 @@ func loadServeConfig(opts serveOptions) (*config.Config, error) {
 }
 
 func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
+	// From the start, so a SIGHUP (systemctl reload) can never end the
+	// process: it rereads the tokens file.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, err := loadServeConfig(opts)
 	if err != nil {
 		return err
@@ -143,20 +152,107 @@ func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
 	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(int64(cfg.MemoryLimit))
 	}
-
-	keys, generated, err := signingKeys(cfg, log)
+	a, err := newApp(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
+	defer a.close()
+	mode, _ := cfg.SocketFileMode()
+	ln, err := server.Listen(cfg.Bind, mode)
+	if err != nil {
+		return err
+	}
+	go a.reloadOnHUP(ctx, hup)
+	if a.tokens != nil {
+		go a.tokens.Watch(ctx, tokensWatchInterval)
+	}
+	printWelcome(env.Stdout, ln.Addr().String(), cfg, a.keys, a.generated)
+	log.Info("serving", "addr", ln.Addr().String(), "stores", a.stores, "keys", len(a.keys),
+		"compression", cfg.Compression, "tls", cfg.TLSCertPath != "", "private", cfg.Upload.Private)
+	err = a.srv.Run(ctx, ln, server.RunOptions{
+		TLSCert: cfg.TLSCertPath, TLSKey: cfg.TLSKeyPath,
+		ReadHeaderTimeout: time.Duration(cfg.Timeouts.ReadHeader),
+		IdleTimeout:       time.Duration(cfg.Timeouts.Idle),
+	})
+	if err == nil {
+		log.Info("stopped")
+	}
+	return err
+}
 
-	var cleanups []func() error
-	defer func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			if err := cleanups[i](); err != nil {
-				log.Warn("close", "err", err)
+// tokensWatchInterval is how often the tokens file is reread with no
+// request asking (requests reread it at most once a second themselves).
+const tokensWatchInterval = 5 * time.Second
+
+// app is a configured cache: the server and what it holds open. runServe
+// runs it; tests build it from a config.
+type app struct {
+	srv       *server.Server
+	tokens    *auth.Tokens // nil without tokens_file
+	keys      []narinfo.SecretKey
+	generated bool
+	stores    int
+	log       *slog.Logger
+	cleanups  []func() error
+}
+
+func (a *app) close() {
+	for i := len(a.cleanups) - 1; i >= 0; i-- {
+		if err := a.cleanups[i](); err != nil {
+			a.log.Warn("close", "err", err)
+		}
+	}
+	a.cleanups = nil
+}
+
+// reloadOnHUP rereads the tokens file on each SIGHUP. The signing keys
+// are not reloaded: they are in every cached signed narinfo and in the
+// upload store; changing them takes a restart.
+func (a *app) reloadOnHUP(ctx context.Context, hup <-chan os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if a.tokens == nil {
+				a.log.Info("SIGHUP: no tokens file to reread (signing keys change with a restart)")
+				continue
 			}
+			st := a.tokens.Reload()
+			if st.Err != nil {
+				a.log.Error("SIGHUP: tokens file reread: it cannot be read, no token works", "err", st.Err)
+				continue
+			}
+			a.log.Info("SIGHUP: tokens file reread", "tokens", st.Tokens, "refused_lines", len(st.Refused))
+		}
+	}
+}
+
+// newApp opens the stores and builds the server cfg describes. The tokens
+// file is loaded whenever it is set, uploads or not, and private = true is
+// enforced through it: a private cache of the local store alone needs
+// read tokens like any other.
+func newApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, error) {
+	a := &app{log: log}
+	built := false
+	defer func() {
+		if !built {
+			a.close()
 		}
 	}()
+	var err error
+	if cfg.Upload.Private && cfg.Upload.TokensFile == "" {
+		return nil, errors.New("private = true without tokens_file: nobody could authenticate, and a private cache is never served to everybody")
+	}
+	a.keys, a.generated, err = signingKeys(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Upload.TokensFile != "" {
+		if a.tokens, err = auth.Load(cfg.Upload.TokensFile, log); err != nil {
+			return nil, err
+		}
+	}
 
 	var localStore, uploadStore store.Store
 	var uploads *server.Uploads
@@ -169,9 +265,9 @@ func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
 			Logger:       log,
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
-		cleanups = append(cleanups, ls.Close)
+		a.cleanups = append(a.cleanups, ls.Close)
 		localStore = ls
 	} else {
 		log.Warn("no local store served", "nix_db_path", cfg.NixDBPath)
@@ -183,7 +279,7 @@ func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
 		}
 		us, err := upload.Open(ctx, cfg.Upload.Dir, upload.Options{
 			StoreDir:   cfg.VirtualNixStore,
-			SignKeys:   keys,
+			SignKeys:   a.keys,
 			Others:     others,
 			MaxSize:    int64(cfg.GC.MaxSize),
 			MaxAge:     time.Duration(cfg.GC.MaxAge),
@@ -191,17 +287,10 @@ func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
 			Log:        log,
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
-		cleanups = append(cleanups, us.Close)
-		uploads = &server.Uploads{Store: us}
-		if cfg.Upload.TokensFile != "" {
-			tokens, err := auth.Load(cfg.Upload.TokensFile, log)
-			if err != nil {
-				return err
-			}
-			uploads.Tokens = tokens
-		}
+		a.cleanups = append(a.cleanups, us.Close)
+		uploads = &server.Uploads{Store: us, Tokens: a.tokens}
 		uploadStore = us
 	}
 	var stores []store.Store
@@ -210,53 +299,39 @@ func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
 			stores = append(stores, st)
 		}
 	}
+	a.stores = len(stores)
 
 	sopts := server.Options{
 		Stores:            stores,
-		Keys:              keys,
+		Keys:              a.keys,
 		Compression:       cfg.Compression,
 		NegotiateEncoding: cfg.EnableCompression,
 		ZstdLevel:         cfg.Zstd.Level,
 		Priority:          cfg.Priority,
 		Logger:            log,
 		Version:           version.String(),
+		Tokens:            a.tokens,
+		Private:           cfg.Upload.Private,
+		ReadProgress:      time.Duration(cfg.Timeouts.ReadProgress),
+		WriteProgress:     time.Duration(cfg.Timeouts.WriteProgress),
 	}
 	if uploads != nil {
 		sopts.Upload = uploads
-		if cfg.Upload.Private {
-			tokens := uploads.Tokens
-			sopts.Authorize = func(r *http.Request) error {
-				_, err := tokens.Authorize(r, auth.Read)
-				return err
-			}
-		}
 	}
 	if cfg.CompressionCache.Dir != "" && cfg.CompressionCache.MaxSize > 0 {
 		cc, err := compress.Open(cfg.CompressionCache.Dir, int64(cfg.CompressionCache.MaxSize), cfg.Zstd.Level, log)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		cleanups = append(cleanups, cc.Close)
+		a.cleanups = append(a.cleanups, cc.Close)
 		sopts.Cache = server.CompressCache(cc)
 		sopts.Collectors = cc.Collectors()
 	}
-	srv, err := server.New(sopts)
-	if err != nil {
-		return err
+	if a.srv, err = server.New(sopts); err != nil {
+		return nil, err
 	}
-	mode, _ := cfg.SocketFileMode()
-	ln, err := server.Listen(cfg.Bind, mode)
-	if err != nil {
-		return err
-	}
-	printWelcome(env.Stdout, ln.Addr().String(), cfg, keys, generated)
-	log.Info("serving", "addr", ln.Addr().String(), "stores", len(stores), "keys", len(keys),
-		"compression", cfg.Compression, "tls", cfg.TLSCertPath != "")
-	err = srv.Run(ctx, ln, server.RunOptions{TLSCert: cfg.TLSCertPath, TLSKey: cfg.TLSKeyPath})
-	if err == nil {
-		log.Info("stopped")
-	}
-	return err
+	built = true
+	return a, nil
 }
 
 // preferOrder puts the preferred store first.

@@ -13,16 +13,28 @@ import (
 func newTokenCommand() *cli.Command {
 	perm := "write"
 	flags := func(fs *flag.FlagSet) {
-		fs.StringVar(&perm, "perm", perm, "permissions: read, write or read,write")
+		fs.StringVar(&perm, "perm", perm, "permissions, comma-separated: read, write, pin, admin")
 	}
 	return &cli.Command{
 		Name:  "token",
-		Usage: "[--perm read|write|read,write] NAME",
+		Usage: "[--perm read,write,pin,admin] NAME",
 		Short: "make an access token and its tokens-file line",
 		Long: `Prints a new random token (shown once: give it to CI, e.g. in a netrc file
 as "machine cache.example login ci password TOKEN") and the line to add to
 the [upload] tokens_file, which stores only the token's SHA-256. The server
-rereads the file when it changes; delete the line to revoke the token.`,
+rereads the file when its content changes (and on SIGHUP); delete the line
+to revoke the token. Each name must be on one line only.
+
+Permissions (--perm, comma-separated):
+  read   fetch from a private cache
+  write  upload new paths (nix copy --to); nothing else
+  pin    pin paths, and unpin the pins made under this token's name
+         (the deployer's token: deployer push --cache-token-file)
+  admin  garbage collection, verify and repair, the pin list, unpinning
+         any pin (cache gc/verify/pin --cache URL); includes pin
+
+A CI build job gets write (read,write for a private cache), the deploy job
+pin (read,pin): keep them in separate jobs, the two together own the fleet.`,
 		Flags: flags,
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			args, err := interspersed(args, flags)

@@ -29,7 +29,7 @@ FileHash and NarHash computed when it was uploaded, and the NAR structure.
 With --repair, damaged files move to quarantine/ in the store directory,
 their paths are dropped, and so is every path whose closure that breaks
 (the client then re-uploads them). Exit status 1 when damage was found.
-A running server holds the store's lock: use --cache URL (with a write
+A running server holds the store's lock: use --cache URL (with an admin
 token) to have it verify itself.`,
 		Flags: func(fs *flag.FlagSet) {
 			f.register(fs, true)

@@ -1,8 +1,22 @@
-// Package auth decides who may read from and write to the cache. Tokens live
-// in a plain file, one per line, as "name:permissions:sha256hex"; only the
-// SHA-256 of each token is stored, so the file leaks nothing usable. The file
-// is re-read when it changes (checked on use, at most once a second), so a
-// token is revoked by deleting its line, without a restart.
+// Package auth decides who may read from, write to, pin in and administer
+// the cache. Tokens live in a plain file, one per line, as
+// "name:permissions:sha256hex"; only the SHA-256 of each token is stored, so
+// the file leaks nothing usable.
+//
+// Revocation must hold, so the file is reread by content: on use (at most
+// once a second), periodically (Watch) and on demand (Reload, SIGHUP in
+// `cache serve`) the file is read again, through any symlink, and a change
+// of its bytes replaces every token. Its size and mtime mean nothing here: a
+// rotated file of the same size and mtime (cp -p, rsync -a, a symlink into
+// the Nix store) is seen like any other.
+//
+// Reloads fail closed. A file that cannot be read (deleted, no permission)
+// leaves no token working. A line that does not parse, or whose name or
+// token is also on another line, is refused (every line involved) and
+// reported with its line number in the log and in FileStatus; the other lines
+// are used, and the previous version of the file is never kept, so an edit
+// that revokes a token can only ever take tokens away. Load, at start, is
+// strict instead: a malformed file is an error naming the line.
 //
 // An unmodified `nix copy` can only send HTTP Basic credentials from its
 // netrc file, so Basic is accepted (any user name, the token as password)
@@ -12,6 +26,7 @@ package auth
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -19,11 +34,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,33 +51,57 @@ type Perm uint8
 const (
 	// Read allows fetching from a private cache.
 	Read Perm = 1 << iota
-	// Write allows uploads, pins and other changes. It does not imply Read:
-	// a CI upload token for a private cache must say "read,write".
+	// Write allows uploads (nix copy --to): new, verified paths only. It
+	// does not imply Read (a CI upload token for a private cache says
+	// "read,write"), and it does not allow pinning or administration.
 	Write
+	// Pin allows pinning paths, and unpinning the pins made under the
+	// same token name, never anyone else's: the deployer's permission.
+	Pin
+	// Admin allows garbage collection, verify and repair, the pin list,
+	// and unpinning any pin; it includes Pin. It grants neither Read nor
+	// Write.
+	Admin
 )
+
+var permNames = []struct {
+	p    Perm
+	name string
+}{{Read, "read"}, {Write, "write"}, {Pin, "pin"}, {Admin, "admin"}}
 
 func (p Perm) String() string {
 	var parts []string
-	if p&Read != 0 {
-		parts = append(parts, "read")
-	}
-	if p&Write != 0 {
-		parts = append(parts, "write")
+	for _, n := range permNames {
+		if p&n.p != 0 {
+			parts = append(parts, n.name)
+		}
 	}
 	return strings.Join(parts, ",")
 }
 
-// ParsePerm parses "read", "write" or "read,write" (any order).
+// Has reports whether p grants every permission in need (Admin grants Pin).
+func (p Perm) Has(need Perm) bool {
+	if p&Admin != 0 {
+		p |= Pin
+	}
+	return p&need == need
+}
+
+// ParsePerm parses a comma-separated list of read, write, pin and admin
+// (any order), e.g. "read,write" or "pin".
 func ParsePerm(s string) (Perm, error) {
 	var p Perm
 	for _, w := range strings.Split(s, ",") {
-		switch strings.TrimSpace(w) {
-		case "read":
-			p |= Read
-		case "write":
-			p |= Write
-		default:
-			return 0, fmt.Errorf("unknown permission %q (want read, write or read,write)", w)
+		w = strings.TrimSpace(w)
+		found := false
+		for _, n := range permNames {
+			if w == n.name {
+				p |= n.p
+				found = true
+			}
+		}
+		if !found {
+			return 0, fmt.Errorf("unknown permission %q (want a comma-separated list of read, write, pin, admin)", w)
 		}
 	}
 	return p, nil
@@ -77,129 +119,252 @@ var (
 // Basic is accepted.
 const Realm = "concordia"
 
+// DefaultRecheck is how long a read of the tokens file is trusted before a
+// use reads it again.
+const DefaultRecheck = time.Second
+
 type entry struct {
 	name string
 	perm Perm
 	hash [sha256.Size]byte
 }
 
-// Tokens is the parsed tokens file, reloaded when it changes. The zero
-// value is not usable; use Load.
-type Tokens struct {
-	path string
-	log  *slog.Logger
-	// recheck is how long a stat result is trusted; tests set it to 0.
-	recheck time.Duration
-
-	mu        sync.Mutex
-	entries   []entry
-	stamp     fileStamp
-	lastCheck time.Time
+// Problem is a line of the tokens file that was refused. Reason never
+// contains a hash.
+type Problem struct {
+	Line   int
+	Reason string
 }
 
-type fileStamp struct {
-	mod  time.Time
-	size int64
-	ok   bool
+func (p Problem) String() string { return fmt.Sprintf("line %d: %s", p.Line, p.Reason) }
+
+// FileStatus is what the last read of the tokens file found.
+type FileStatus struct {
+	// Tokens is the number of usable tokens.
+	Tokens int
+	// Refused are the lines that were not used.
+	Refused []Problem
+	// Err is set when the file could not be read: no token works.
+	Err error
+	// Read is when the file was last read and found changed (or first read).
+	Read time.Time
+}
+
+// snapshot is one version of the file, swapped whole.
+type snapshot struct {
+	entries  []entry
+	sum      [sha256.Size]byte // of the bytes read; meaningful when err == nil
+	err      error
+	problems []Problem
+	read     time.Time
+}
+
+// Tokens is the tokens file, reread as described in the package comment.
+// The zero value is not usable; use Load.
+type Tokens struct {
+	path    string
+	log     *slog.Logger
+	recheck atomic.Int64 // nanoseconds a read is trusted; tests set 0
+
+	mu        sync.Mutex // serializes rereads
+	lastCheck atomic.Int64
+	snap      atomic.Pointer[snapshot]
 }
 
 // Load reads the tokens file at path. A missing file means no tokens (every
-// write is refused) rather than an error, so a server can start before CI's
-// token is provisioned; a malformed line is an error naming it.
+// authenticated request is refused) rather than an error, so a server can
+// start before CI's token is provisioned. A file that is present but
+// unreadable, or has a refused line, is an error naming it: at start an
+// operator is there to fix it.
 func Load(path string, log *slog.Logger) (*Tokens, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	t := &Tokens{path: path, log: log, recheck: time.Second}
-	if err := t.reload(); err != nil {
-		return nil, err
+	t := &Tokens{path: path, log: log}
+	t.recheck.Store(int64(DefaultRecheck))
+	s := t.read()
+	switch {
+	case errors.Is(s.err, fs.ErrNotExist):
+		log.Warn("tokens file does not exist: every token is refused until it does", "path", path)
+	case s.err != nil:
+		return nil, s.err
+	case len(s.problems) > 0:
+		msgs := make([]string, len(s.problems))
+		for i, p := range s.problems {
+			msgs[i] = p.String()
+		}
+		return nil, fmt.Errorf("tokens file %s: %s", path, strings.Join(msgs, "; "))
 	}
+	t.snap.Store(s)
+	t.lastCheck.Store(time.Now().UnixNano())
 	return t, nil
 }
 
-// SetRecheck changes how long a stat of the file is trusted before it is
-// checked again for changes (default one second).
-func (t *Tokens) SetRecheck(d time.Duration) {
-	t.mu.Lock()
-	t.recheck = d
-	t.mu.Unlock()
-}
+// SetRecheck changes how long a read of the file is trusted before a use
+// reads it again (default DefaultRecheck).
+func (t *Tokens) SetRecheck(d time.Duration) { t.recheck.Store(int64(d)) }
 
-func (t *Tokens) reload() error {
-	st, err := os.Stat(t.path)
-	if errors.Is(err, os.ErrNotExist) {
-		t.entries, t.stamp = nil, fileStamp{}
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("tokens file: %w", err)
-	}
+// Path is the tokens file's path.
+func (t *Tokens) Path() string { return t.path }
+
+// read reads and parses the file into a new snapshot.
+func (t *Tokens) read() *snapshot {
+	s := &snapshot{read: time.Now()}
 	data, err := os.ReadFile(t.path)
 	if err != nil {
-		return fmt.Errorf("tokens file: %w", err)
+		s.err = fmt.Errorf("tokens file: %w", err)
+		return s
 	}
-	entries, err := parse(data)
-	if err != nil {
-		return fmt.Errorf("tokens file %s: %w", t.path, err)
-	}
-	t.entries = entries
-	t.stamp = fileStamp{mod: st.ModTime(), size: st.Size(), ok: true}
-	return nil
+	s.sum = sha256.Sum256(data)
+	s.entries, s.problems = parse(data)
+	return s
 }
 
-// current returns the entries, re-reading the file first when its mtime or
-// size changed. A file that became malformed keeps the old tokens working
-// and is logged, so a typo does not lock CI out; a deleted file revokes all.
-func (t *Tokens) current() []entry {
+// refresh rereads the file and swaps the snapshot when its content (or
+// readability) changed, logging what changed. Callers hold t.mu.
+func (t *Tokens) refresh() *snapshot {
+	old := t.snap.Load()
+	s := t.read()
+	if old != nil && s.err == nil && old.err == nil && s.sum == old.sum {
+		return old
+	}
+	if old != nil && s.err != nil && old.err != nil && s.err.Error() == old.err.Error() {
+		return old
+	}
+	t.snap.Store(s)
+	if s.err != nil {
+		t.log.Error("tokens file cannot be read: every token is refused", "path", t.path, "err", s.err)
+		return s
+	}
+	for _, p := range s.problems {
+		t.log.Error("tokens file line refused: its token does not work", "path", t.path, "line", p.Line, "reason", p.Reason)
+	}
+	t.log.Info("tokens file reloaded", "path", t.path, "tokens", len(s.entries), "refused_lines", len(s.problems))
+	return s
+}
+
+// current returns the snapshot, rereading the file first when the last
+// read is older than the recheck interval.
+func (t *Tokens) current() *snapshot {
+	recheck := t.recheck.Load()
+	if time.Now().UnixNano()-t.lastCheck.Load() >= recheck {
+		t.mu.Lock()
+		// Another caller may have reread while this one waited.
+		if now := time.Now().UnixNano(); now-t.lastCheck.Load() >= recheck {
+			t.refresh()
+			t.lastCheck.Store(time.Now().UnixNano())
+		}
+		t.mu.Unlock()
+	}
+	return t.snap.Load()
+}
+
+// Reload rereads the file now (SIGHUP) and returns what it found.
+func (t *Tokens) Reload() FileStatus {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	now := time.Now()
-	if now.Sub(t.lastCheck) < t.recheck {
-		return t.entries
-	}
-	t.lastCheck = now
-	st, err := os.Stat(t.path)
-	var stamp fileStamp
-	if err == nil {
-		stamp = fileStamp{mod: st.ModTime(), size: st.Size(), ok: true}
-	}
-	if stamp == t.stamp {
-		return t.entries
-	}
-	if err := t.reload(); err != nil {
-		t.log.Error("tokens file not reloaded, keeping the previous tokens", "err", err)
-		return t.entries
-	}
-	t.log.Info("tokens file reloaded", "path", t.path, "tokens", len(t.entries))
-	return t.entries
+	s := t.refresh()
+	t.lastCheck.Store(time.Now().UnixNano())
+	t.mu.Unlock()
+	return s.status()
 }
 
-// parse reads the tokens file format.
-func parse(data []byte) ([]entry, error) {
-	var out []entry
+// Watch rereads the file every interval until ctx ends, so a revocation
+// and a broken file show in the log and in FileStatus even while no request
+// comes.
+func (t *Tokens) Watch(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			t.Reload()
+		}
+	}
+}
+
+// FileStatus reports the current version of the file (rereading it if
+// the last read is older than the recheck interval).
+func (t *Tokens) FileStatus() FileStatus { return t.current().status() }
+
+func (s *snapshot) status() FileStatus {
+	return FileStatus{Tokens: len(s.entries), Refused: append([]Problem(nil), s.problems...), Err: s.err, Read: s.read}
+}
+
+// parse reads the tokens file format. Lines that do not parse are
+// refused; so are all the lines sharing a name or a token hash, since
+// either could be the one meant to be revoked.
+func parse(data []byte) ([]entry, []Problem) {
+	type parsed struct {
+		entry
+		line int
+	}
+	var lines []parsed
+	var problems []Problem
 	sc := bufio.NewScanner(bytes.NewReader(data))
-	for n := 1; sc.Scan(); n++ {
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	n := 0
+	for sc.Scan() {
+		n++
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
 		f := strings.Split(line, ":")
 		if len(f) != 3 || f[0] == "" {
-			return nil, fmt.Errorf("line %d: want name:permissions:sha256hex", n)
+			problems = append(problems, Problem{n, "want name:permissions:sha256hex"})
+			continue
 		}
 		perm, err := ParsePerm(f[1])
 		if err != nil {
-			return nil, fmt.Errorf("line %d: %w", n, err)
+			problems = append(problems, Problem{n, err.Error()})
+			continue
 		}
 		h, err := hex.DecodeString(f[2])
 		if err != nil || len(h) != sha256.Size {
-			return nil, fmt.Errorf("line %d: the hash must be 64 hex digits (sha256 of the token)", n)
+			problems = append(problems, Problem{n, "the hash must be 64 hex digits (sha256 of the token)"})
+			continue
 		}
-		e := entry{name: f[0], perm: perm}
-		copy(e.hash[:], h)
-		out = append(out, e)
+		p := parsed{entry{name: f[0], perm: perm}, n}
+		copy(p.hash[:], h)
+		lines = append(lines, p)
 	}
-	return out, sc.Err()
+	if err := sc.Err(); err != nil {
+		// A line too long to read: nothing after it is trusted either.
+		problems = append(problems, Problem{n + 1, "unreadable from here on: " + err.Error()})
+	}
+	firstName, firstHash := map[string]int{}, map[[sha256.Size]byte]int{}
+	for _, p := range lines {
+		if _, ok := firstName[p.name]; !ok {
+			firstName[p.name] = p.line
+		}
+		if _, ok := firstHash[p.hash]; !ok {
+			firstHash[p.hash] = p.line
+		}
+	}
+	dupName, dupHash := map[string]bool{}, map[[sha256.Size]byte]bool{}
+	for _, p := range lines {
+		if firstName[p.name] != p.line {
+			dupName[p.name] = true
+		}
+		if firstHash[p.hash] != p.line {
+			dupHash[p.hash] = true
+		}
+	}
+	var out []entry
+	for _, p := range lines {
+		switch {
+		case dupName[p.name]:
+			problems = append(problems, Problem{p.line, "a token name must be on one line only; every line with this name is refused"})
+		case dupHash[p.hash]:
+			problems = append(problems, Problem{p.line, "the same token is on another line; every line with it is refused"})
+		default:
+			out = append(out, p.entry)
+		}
+	}
+	slices.SortStableFunc(problems, func(a, b Problem) int { return a.Line - b.Line })
+	return out, problems
 }
 
 // Check looks a presented token up. Every stored hash is compared, in
@@ -209,7 +374,7 @@ func (t *Tokens) Check(token string) (name string, perm Perm, ok bool) {
 		return "", 0, false
 	}
 	sum := sha256.Sum256([]byte(token))
-	for _, e := range t.current() {
+	for _, e := range t.current().entries {
 		if subtle.ConstantTimeCompare(sum[:], e.hash[:]) == 1 {
 			name, perm, ok = e.name, e.perm, true
 		}
@@ -238,18 +403,27 @@ func Credentials(r *http.Request) (token string, ok bool) {
 	return "", true // some Authorization we do not understand: treat as wrong credentials
 }
 
-// Authorize checks that r carries a token with all of need. It returns the
-// token's name for logging.
-func (t *Tokens) Authorize(r *http.Request, need Perm) (string, error) {
+// Authenticate returns the name and permissions of the token r carries.
+func (t *Tokens) Authenticate(r *http.Request) (name string, perm Perm, err error) {
 	token, present := Credentials(r)
 	if !present {
-		return "", ErrNoCredentials
+		return "", 0, ErrNoCredentials
 	}
 	name, perm, ok := t.Check(token)
 	if !ok {
-		return "", ErrUnknownToken
+		return "", 0, ErrUnknownToken
 	}
-	if perm&need != need {
+	return name, perm, nil
+}
+
+// Authorize checks that r carries a token with all of need. It returns the
+// token's name for logging.
+func (t *Tokens) Authorize(r *http.Request, need Perm) (string, error) {
+	name, perm, err := t.Authenticate(r)
+	if err != nil {
+		return "", err
+	}
+	if !perm.Has(need) {
 		return name, fmt.Errorf("%w: %q has %s, needs %s", ErrForbidden, name, perm, need)
 	}
 	return name, nil
@@ -287,8 +461,8 @@ func (t *Tokens) Require(need Perm, next http.Handler) http.Handler {
 // Generate makes a new random token (32 bytes, URL-safe base64) and the
 // line that grants it perm under name in the tokens file.
 func Generate(name string, perm Perm) (token, line string, err error) {
-	if name == "" || strings.ContainsAny(name, ":\n") {
-		return "", "", fmt.Errorf("token name %q must be non-empty without ':'", name)
+	if name == "" || strings.ContainsAny(name, ":\n\r") || strings.TrimSpace(name) != name || strings.HasPrefix(name, "#") {
+		return "", "", fmt.Errorf("token name %q must be non-empty, without ':', newlines, surrounding spaces or a leading '#'", name)
 	}
 	if perm == 0 {
 		return "", "", errors.New("token needs at least one permission")

@@ -109,11 +109,15 @@ func TestRevokeReload(t *testing.T) {
 	if _, _, ok := toks.Check(tok2); !ok {
 		t.Fatal("remaining token refused after reload")
 	}
-	// A malformed edit keeps the previous tokens rather than locking out.
-	os.WriteFile(path, []byte("broken line\n"), 0o600)
+	// A malformed edit never keeps the previous version: the lines that
+	// parse are used, the malformed one is refused.
+	os.WriteFile(path, []byte("broken line\n"+line2+"\n"), 0o600)
 	os.Chtimes(path, future.Add(time.Second), future.Add(time.Second))
 	if _, _, ok := toks.Check(tok2); !ok {
-		t.Fatal("malformed file dropped the old tokens")
+		t.Fatal("a malformed line dropped the valid one")
+	}
+	if _, _, ok := toks.Check(tok); ok {
+		t.Fatal("a malformed edit brought back the revoked token")
 	}
 	// Removing the file revokes everything.
 	os.Remove(path)
@@ -126,7 +130,7 @@ func TestLoadErrors(t *testing.T) {
 	dir := t.TempDir()
 	for _, bad := range []string{
 		"ci:write",
-		"ci:admin:" + strings.Repeat("0", 64),
+		"ci:root:" + strings.Repeat("0", 64),
 		"ci:write:abc",
 		":write:" + strings.Repeat("0", 64),
 	} {

@@ -41,6 +41,13 @@ const (
 	compressionCacheName = "zstd"
 )
 
+// Defaults of the [timeouts] table.
+const (
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 2 * time.Minute
+	DefaultProgressTimeout   = 30 * time.Second
+)
+
 // Config is the whole file. Field comments give the TOML key; keys marked
 // Harmonia have Harmonia's meaning.
 type Config struct {
@@ -106,6 +113,7 @@ type Config struct {
 	CompressionCache CompressionCache `toml:"compression_cache"`
 	Upload           Upload           `toml:"upload"`
 	GC               GC               `toml:"gc"`
+	Timeouts         Timeouts         `toml:"timeouts"`
 }
 
 // Zstd is the [zstd] table.
@@ -128,10 +136,11 @@ type CompressionCache struct {
 type Upload struct {
 	// Dir enables uploads when set.
 	Dir string `toml:"dir"`
-	// TokensFile lists the credentials allowed to upload (and to read,
-	// when Private).
+	// TokensFile lists the credentials (read, write, pin, admin). It is
+	// used without Dir too: a private cache of the local store only.
 	TokensFile string `toml:"tokens_file"`
-	// Private makes reads need credentials too.
+	// Private makes every read (all but /, /health and /version) need a
+	// token with read, whatever else is set; it needs TokensFile.
 	Private bool `toml:"private"`
 	// Prefer decides which store answers when both have a path:
 	// "upload" (default) or "local". Both have the same NAR then:
@@ -145,6 +154,22 @@ type GC struct {
 	MaxSize  Size     `toml:"max_size"`
 	MaxAge   Duration `toml:"max_age"`
 	Interval Duration `toml:"interval"`
+}
+
+// Timeouts is the [timeouts] table: how long the server waits for a
+// client. The progress timeouts are renewed as bytes flow, so a large
+// download or upload on a slow link is never cut while it moves.
+type Timeouts struct {
+	// ReadHeader bounds reading a request's headers.
+	ReadHeader Duration `toml:"read_header"`
+	// Idle is how long a keep-alive connection may wait for its next
+	// request.
+	Idle Duration `toml:"idle"`
+	// ReadProgress aborts a request whose body sends nothing for this long.
+	ReadProgress Duration `toml:"read_progress"`
+	// WriteProgress drops a response that cannot send 128 KiB for this
+	// long (a client that stopped reading).
+	WriteProgress Duration `toml:"write_progress"`
 }
 
 // Default returns the configuration used when no file is given: listen on
@@ -168,6 +193,12 @@ func Default() *Config {
 		MemoryLimit:       DefaultMemoryLimit,
 		CompressionCache:  CompressionCache{MaxSize: DefaultCacheMaxSize},
 		Upload:            Upload{Prefer: DefaultPrefer},
+		Timeouts: Timeouts{
+			ReadHeader:    Duration(DefaultReadHeaderTimeout),
+			Idle:          Duration(DefaultIdleTimeout),
+			ReadProgress:  Duration(DefaultProgressTimeout),
+			WriteProgress: Duration(DefaultProgressTimeout),
+		},
 	}
 	return c
 }
@@ -312,7 +343,13 @@ func (c *Config) Validate() error {
 		return bad("upload.dir", "must be absolute, got %q", c.Upload.Dir)
 	}
 	if c.Upload.Private && c.Upload.TokensFile == "" {
-		return bad("upload.private", "needs upload.tokens_file (who may read?)")
+		return bad("upload.private", "needs upload.tokens_file: without it nobody can authenticate, and a private cache is never served to everybody")
+	}
+	for key, d := range map[string]Duration{"timeouts.read_header": c.Timeouts.ReadHeader, "timeouts.idle": c.Timeouts.Idle,
+		"timeouts.read_progress": c.Timeouts.ReadProgress, "timeouts.write_progress": c.Timeouts.WriteProgress} {
+		if d <= 0 {
+			return bad(key, "must be a positive duration, got %v", time.Duration(d))
+		}
 	}
 	if c.GC.MaxSize < 0 || c.GC.MaxAge < 0 || c.GC.Interval < 0 {
 		return bad("gc", "sizes and durations must not be negative")

@@ -86,6 +86,9 @@ func TestValidation(t *testing.T) {
 		{"[compression_cache]\nmax_size = \"ten gigs\"", "max_size"},
 		{"[gc]\nmax_age = \"forever\"", "max_age"},
 		{`state_dir = "rel"`, "state_dir"},
+		{"[timeouts]\nread_progress = \"0s\"", "timeouts.read_progress"},
+		{"[timeouts]\nwrite_progress = \"0\"", "timeouts.write_progress"},
+		{"[timeouts]\nidle = \"soon\"", "idle"},
 	} {
 		t.Run(tc.key, func(t *testing.T) {
 			_, err := config.Parse([]byte(tc.doc + "\n"))
@@ -178,5 +181,27 @@ func TestExampleIsTheDefault(t *testing.T) {
 	}
 	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
 		t.Errorf("example.toml differs from the defaults:\n%+v\n%+v", got, want)
+	}
+}
+
+// TestTimeouts: the [timeouts] table, with defaults for what it leaves out.
+func TestTimeouts(t *testing.T) {
+	c, err := config.Parse([]byte("[timeouts]\nread_progress = \"5s\"\nidle = \"1m\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.Timeouts
+	if time.Duration(got.ReadProgress) != 5*time.Second || time.Duration(got.Idle) != time.Minute ||
+		time.Duration(got.WriteProgress) != config.DefaultProgressTimeout || time.Duration(got.ReadHeader) != config.DefaultReadHeaderTimeout {
+		t.Fatalf("timeouts %+v", got)
+	}
+}
+
+// TestPrivateWithTokensWithoutUploads: a private cache of the local store
+// alone (tokens_file, no upload dir) is a valid configuration.
+func TestPrivateWithTokensWithoutUploads(t *testing.T) {
+	c, err := config.Parse([]byte("[upload]\nprivate = true\ntokens_file = \"/etc/concordia/tokens\"\n"))
+	if err != nil || !c.Upload.Private || c.Upload.Dir != "" {
+		t.Fatalf("%+v %v", c, err)
 	}
 }

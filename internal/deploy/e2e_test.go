@@ -524,7 +524,7 @@ func testCLI(e *e2e, ha, hb *fleettest.Host) {
 	cache := []string{"--cache", e.f.Cache.URL(), "--trusted-key", e.f.Cache.PublicKey()}
 	cc, concordia := e.f.Cache.(*fleettest.ConcordiaCache)
 	if concordia {
-		cache = append(cache, "--netrc-file", cc.Netrc())
+		cache = append(cache, "--netrc-file", cc.DeployNetrc())
 	}
 
 	nodes := writeNodes(v4)
@@ -545,19 +545,23 @@ func testCLI(e *e2e, ha, hb *fleettest.Host) {
 
 	if concordia {
 		// Each confirmed host's new system is pinned in the cache, so
-		// its GC never removes a running system.
-		resp, err := http.Get(cc.URL() + "/api/pins")
+		// its GC never removes a running system. The pin list is an
+		// index of the fleet: an admin's to read.
+		req, _ := http.NewRequest("GET", cc.URL()+"/api/pins", nil)
+		req.Header.Set("Authorization", "Bearer "+cc.AdminToken())
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var pins []struct {
 			StorePath string `json:"storePath"`
+			Owner     string `json:"owner"`
 		}
 		err = json.NewDecoder(resp.Body).Decode(&pins)
 		resp.Body.Close()
 		found := false
 		for _, p := range pins {
-			found = found || p.StorePath == v4
+			found = found || p.StorePath == v4 && p.Owner == "fleettest-deploy"
 		}
 		if err != nil || !found {
 			t.Fatalf("the deployed system %s is not pinned in the cache: %+v %v", v4, pins, err)

@@ -20,7 +20,12 @@ var ErrNoPinAPI = errors.New("cache has no pin API")
 
 // HTTPPinner pins systems in the cache through its pin API
 // (POST/DELETE <cache>/api/pins/<hash>), so the cache's garbage collector
-// never removes a running system or its rollback target.
+// never removes a running system or its rollback target. Its token needs
+// the cache's pin permission (read,pin on a private cache); the cache lets
+// it remove only the pins made under the same token name, so unpinning a
+// pin someone else made (an admin, a pin from before pins had owners) is
+// refused, logged as a warning and not an error: the system it protects
+// stays pinned, which is safe.
 type HTTPPinner struct {
 	Cache string
 	Token string
@@ -81,6 +86,14 @@ func (p *HTTPPinner) do(ctx context.Context, method, storePath string) error {
 		return nil
 	case resp.StatusCode == http.StatusNotFound && method == http.MethodDelete:
 		return nil // nothing pinned: fine
+	case resp.StatusCode == http.StatusForbidden && method == http.MethodDelete:
+		if p.Log != nil {
+			p.Log.Warn("not unpinned: the cache says another token made this pin (an admin can remove it: cache pin --remove)",
+				"path", storePath, "status", resp.Status)
+		}
+		return nil
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		return fmt.Errorf("%s %s: %s (the cache token needs the pin permission: cache token NAME --perm pin, or read,pin for a private cache)", method, u, resp.Status)
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
 		if p.absent.CompareAndSwap(false, true) && p.Log != nil {
 			p.Log.Debug("cache has no pin API; not pinning", "status", resp.Status)

@@ -22,7 +22,10 @@ import (
 // unless published, so "missing from the cache" can still be tested.
 type ConcordiaCache struct {
 	url, public, netrc string
-	env                []string
+	// deployNetrc holds the deploy job's token (read,pin), adminToken an
+	// operator's (admin): the upload token can do neither's work.
+	deployNetrc, adminToken string
+	env                     []string
 }
 
 // NewConcordiaCache builds ./cmd/cache and starts it on 127.0.0.1:0 for the
@@ -45,10 +48,15 @@ func NewConcordiaCache(t testing.TB) (*ConcordiaCache, error) {
 		return nil, err
 	}
 	c.public = strings.TrimSpace(string(b))
-	token := randHex(16)
-	sum := sha256.Sum256([]byte(token))
+	token, deployToken := randHex(16), randHex(16)
+	c.adminToken = randHex(16)
+	line := func(name, perm, tok string) string {
+		sum := sha256.Sum256([]byte(tok))
+		return name + ":" + perm + ":" + hex.EncodeToString(sum[:]) + "\n"
+	}
 	tokens := filepath.Join(dir, "tokens")
-	if err := os.WriteFile(tokens, []byte("fleettest-ci:read,write:"+hex.EncodeToString(sum[:])+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(tokens, []byte(line("fleettest-ci", "read,write", token)+line("fleettest-deploy", "read,pin", deployToken)+
+		line("fleettest-admin", "admin", c.adminToken)), 0o600); err != nil {
 		return nil, err
 	}
 	cfg := fmt.Sprintf("bind = \"127.0.0.1:0\"\nnix_db_path = \"\"\nsign_key_paths = [%q]\ncompression = \"none\"\nstate_dir = %q\n\n[upload]\ndir = %q\ntokens_file = %q\n",
@@ -103,6 +111,10 @@ func NewConcordiaCache(t testing.TB) (*ConcordiaCache, error) {
 	if err := os.WriteFile(c.netrc, []byte(fmt.Sprintf("machine %s login ci password %s\n", host, token)), 0o600); err != nil {
 		return nil, err
 	}
+	c.deployNetrc = filepath.Join(dir, "deploy-netrc")
+	if err := os.WriteFile(c.deployNetrc, []byte(fmt.Sprintf("machine %s login deploy password %s\n", host, deployToken)), 0o600); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -112,9 +124,16 @@ func (c *ConcordiaCache) URL() string { return c.url }
 // PublicKey implements Cache.
 func (c *ConcordiaCache) PublicKey() string { return c.public }
 
-// Netrc is the netrc file holding the cache's read-write token, as CI
-// hands it to `nix copy --to` and `deployer push --netrc-file` (pins).
+// Netrc is the netrc file holding the cache's upload token (read,write),
+// as the CI build job hands it to `nix copy --to`.
 func (c *ConcordiaCache) Netrc() string { return c.netrc }
+
+// DeployNetrc is the netrc file holding the deploy job's token (read,pin),
+// as it hands it to `deployer push --netrc-file` (closure checks, pins).
+func (c *ConcordiaCache) DeployNetrc() string { return c.deployNetrc }
+
+// AdminToken is an operator's token (admin): GC, verify, the pin list.
+func (c *ConcordiaCache) AdminToken() string { return c.adminToken }
 
 // Publish uploads paths with `nix copy --to`, as CI does.
 func (c *ConcordiaCache) Publish(ctx context.Context, paths ...string) error {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/internal/store/upload"
 	"github.com/bos55/concordia/pkg/nar"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -26,6 +28,7 @@ type StatusError interface {
 //	store.ErrConflict                    409 (an upload would change a served path)
 //	store.ErrNoSpace                     507
 //	auth: no/unknown credentials         401, lacking permission 403
+//	upload.ErrNotOwner                   403 (another token's pin)
 //	an error with HTTPStatus()           that status
 //	anything else                        500
 func Status(err error) int {
@@ -37,7 +40,7 @@ func Status(err error) int {
 		return se.HTTPStatus()
 	case errors.Is(err, store.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, auth.ErrForbidden):
+	case errors.Is(err, auth.ErrForbidden), errors.Is(err, upload.ErrNotOwner):
 		return http.StatusForbidden
 	case errors.Is(err, auth.ErrNoCredentials), errors.Is(err, auth.ErrUnknownToken):
 		return http.StatusUnauthorized
@@ -53,8 +56,13 @@ func Status(err error) int {
 
 // fail answers err with its status. 5xx are logged with the request id
 // (and the message kept generic, so paths of the server's disks do not
-// leak); 4xx carry the error text, which is about the client's input.
+// leak); 4xx carry the error text, which is about the client's input,
+// with any file-system path but a store path taken out (redact; the log
+// keeps the whole text with the request id).
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if st := stalled(r); st != nil {
+		err = st
+	}
 	code := Status(err)
 	h := w.Header()
 	h.Del("Content-Length")
@@ -77,7 +85,46 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		msg = http.StatusText(code)
 	}
+	if code != http.StatusNotFound && code < 500 {
+		if red := s.redact(msg); red != msg {
+			s.logger(r).Info("answer redacted", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
+			msg = red + " (details in the server log, request " + RequestID(r.Context()) + ")"
+		}
+	}
 	http.Error(w, msg, code)
+}
+
+// redact replaces every absolute file-system path in msg with "<path>",
+// except paths in the served store directory (store paths are what
+// clients name and ask for). Answers thus never show the server's own
+// directories (upload dir, state dir, a chroot store, the tokens file),
+// whatever error text reaches them.
+func (s *Server) redact(msg string) string {
+	if strings.IndexByte(msg, '/') < 0 {
+		return msg
+	}
+	var b strings.Builder
+	i := 0
+	for i < len(msg) {
+		c := msg[i]
+		if c != '/' || (i > 0 && !strings.ContainsRune(" \t\n\"'(=,:[<", rune(msg[i-1]))) || i+1 < len(msg) && msg[i+1] == '/' {
+			b.WriteByte(c)
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(msg) && !strings.ContainsRune(" \t\n\"'),;:]>", rune(msg[j])) {
+			j++
+		}
+		p := msg[i:j]
+		if p == s.storeDir || strings.HasPrefix(p, s.storeDir+"/") && !strings.Contains(p, "/../") {
+			b.WriteString(p)
+		} else {
+			b.WriteString("<path>")
+		}
+		i = j
+	}
+	return b.String()
 }
 
 // Fail is fail for handlers outside this package's files.

@@ -34,11 +34,24 @@ func (s *Server) handleVersion(w http.ResponseWriter, r *http.Request) {
 
 // handleHealth answers 200 while the process serves; it deliberately
 // does not touch the stores, so a slow disk does not flap a load
-// balancer's view of a server that can still answer from memory.
+// balancer's view of a server that can still answer from memory. Below
+// "OK" it reports a tokens file that cannot be read or has refused lines
+// (by line number only: /health needs no credentials), which leaves
+// tokens not working but the cache serving.
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	io.WriteString(w, "OK\n")
+	if s.opts.Tokens == nil {
+		return
+	}
+	st := s.opts.Tokens.FileStatus()
+	if st.Err != nil {
+		io.WriteString(w, "tokens file: cannot be read, no token works (see the server log)\n")
+	}
+	for _, p := range st.Refused {
+		fmt.Fprintf(w, "tokens file: line %d refused, its token does not work: %s\n", p.Line, p.Reason)
+	}
 }
 
 // handleListing serves /<hash>.ls: the NAR's listing, computed by

@@ -7,6 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/bos55/concordia/internal/auth"
 )
 
 // metrics are the server's Prometheus series. Label values on the hot
@@ -95,4 +97,28 @@ func (m *metrics) observe(route string, code int, seconds float64) {
 
 func (s *Server) metricsHandler() http.Handler {
 	return promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})
+}
+
+// tokenCollectors report the tokens file, so an alert can fire when an
+// edit refused a line or the file became unreadable (no token works).
+func tokenCollectors(t *auth.Tokens) []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "concordia_tokens",
+			Help: "Usable tokens in the tokens file (0 while it cannot be read).",
+		}, func() float64 { return float64(t.FileStatus().Tokens) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "concordia_tokens_file_refused_lines",
+			Help: "Lines of the tokens file that were refused (malformed, or a name or token on two lines): their tokens do not work.",
+		}, func() float64 { return float64(len(t.FileStatus().Refused)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "concordia_tokens_file_readable",
+			Help: "1 when the tokens file could be read at its last check; 0 means no token works.",
+		}, func() float64 {
+			if t.FileStatus().Err != nil {
+				return 0
+			}
+			return 1
+		}),
+	}
 }

@@ -48,11 +48,15 @@ func withRequestID(w http.ResponseWriter, r *http.Request) *http.Request {
 }
 
 // recorder remembers the status and route of a response for metrics. It
-// forwards ReadFrom (so file bodies keep sendfile) and Flush.
+// forwards ReadFrom (so file bodies keep sendfile) and Flush, and renews
+// the write deadline per chunk (deadline.go).
 type recorder struct {
 	http.ResponseWriter
 	status int
 	route  string
+	dl     deadliner     // nil: no write deadlines
+	wd     time.Duration // the write progress timeout
+	dog    *watchdog     // HTTP/2 (see deadline.go)
 }
 
 func (rec *recorder) WriteHeader(code int) {
@@ -66,22 +70,32 @@ func (rec *recorder) Write(p []byte) (int, error) {
 	if rec.status == 0 {
 		rec.status = http.StatusOK
 	}
-	return rec.ResponseWriter.Write(p)
+	if rec.dl == nil {
+		return rec.ResponseWriter.Write(p)
+	}
+	return rec.write(p)
 }
 
 func (rec *recorder) ReadFrom(r io.Reader) (int64, error) {
 	if rec.status == 0 {
 		rec.status = http.StatusOK
 	}
-	if rf, ok := rec.ResponseWriter.(io.ReaderFrom); ok {
+	rf, ok := rec.ResponseWriter.(io.ReaderFrom)
+	switch {
+	case ok && rec.dl == nil:
 		return rf.ReadFrom(r)
+	case ok:
+		return rec.readFrom(rf, r)
 	}
-	return io.Copy(struct{ io.Writer }{rec.ResponseWriter}, r)
+	// Through rec.Write, so the chunks get their deadlines.
+	return io.Copy(struct{ io.Writer }{rec}, r)
 }
 
 func (rec *recorder) Flush() {
 	if f, ok := rec.ResponseWriter.(http.Flusher); ok {
+		rec.begin()
 		f.Flush()
+		rec.end()
 	}
 }
 
@@ -93,6 +107,7 @@ func (s *Server) instrument(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	r = withRequestID(w, r)
 	rec := &recorder{ResponseWriter: w, route: "other"}
+	s.setDeadlines(rec, r)
 	defer func() {
 		code := rec.status
 		if p := recover(); p != nil {
@@ -114,10 +129,12 @@ func (s *Server) instrument(w http.ResponseWriter, r *http.Request) {
 	}()
 	if refusePath(r.URL.Path) {
 		rec.route = "refused"
+		refuseBody(rec, r)
 		s.fail(rec, r, store.ErrNotFound)
 		return
 	}
 	s.router.ServeHTTP(rec, r)
+	finalDeadline(w, r, s.wd)
 }
 
 // maxPathLen is far above any URL a Nix client makes (a log URL with a

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,8 +21,14 @@ import (
 
 // Uploads is what Options.Upload must be for the upload routes to accept
 // writes: the upload store and the tokens allowed to write. Options.Upload
-// set to a bare store (or Tokens nil) installs the routes but refuses every
-// write with 401, so a missing tokens file never means an open cache.
+// set to a bare store (with no Tokens here or in Options) installs the
+// routes but refuses every write with 401, so a missing tokens file never
+// means an open cache.
+//
+// Who may do what (auth.Perm): uploads need write; pinning needs pin, and
+// unpinning needs pin and the pin to be the token's own (same token name)
+// unless the token has admin; garbage collection, verify/repair and the
+// pin list need admin.
 type Uploads struct {
 	*upload.Store
 	Tokens *auth.Tokens
@@ -72,7 +79,11 @@ func (s *Server) putRoutes(r *mux.Router) {
 	if u.MaxNARSize == 0 {
 		u.MaxNARSize = defaultMaxNARSize
 	}
-	if u.Tokens == nil {
+	toks := u.Tokens
+	if toks == nil {
+		toks = s.opts.Tokens
+	}
+	if toks == nil {
 		s.log.Warn("uploads are enabled without a tokens file: every write is refused (set [upload] tokens_file)")
 	}
 	for _, c := range u.Collectors() {
@@ -80,48 +91,78 @@ func (s *Server) putRoutes(r *mux.Router) {
 			s.log.Warn("upload metric not registered", "err", err)
 		}
 	}
-	if u.Tokens != nil {
-		toks := u.Tokens
+	if toks != nil {
 		s.isWriter = func(r *http.Request) bool {
 			_, err := toks.Authorize(r, auth.Write)
 			return err == nil
 		}
 	}
-	h := &putHandler{s: s, u: u}
+	h := &putHandler{s: s, u: u, tokens: toks}
 	put := http.MethodPut
-	r.HandleFunc("/nix-cache-info", h.write(h.cacheInfo)).Methods(put).Name("put-cache-info")
-	r.HandleFunc("/nar/{name}", h.write(h.nar)).Methods(put).Name("put-nar")
+	write := func(f func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
+		return h.guard(auth.Write, f)
+	}
+	r.HandleFunc("/nix-cache-info", write(h.cacheInfo)).Methods(put).Name("put-cache-info")
+	r.HandleFunc("/nar/{name}", write(h.nar)).Methods(put).Name("put-nar")
 	r.HandleFunc("/nar/{name}", h.getNAR).Methods(http.MethodGet, http.MethodHead).Name("upload-nar")
-	r.HandleFunc("/{hash}.narinfo", h.write(h.narinfo)).Methods(put).Name("put-narinfo")
-	r.HandleFunc("/{hash}.ls", h.write(h.listing)).Methods(put).Name("put-ls")
-	r.HandleFunc("/log/{drv}", h.write(h.log)).Methods(put).Name("put-log")
-	r.HandleFunc("/realisations/{id}.doi", h.write(h.realisation)).Methods(put).Name("put-realisation")
-	r.HandleFunc("/build-trace-v2/{drv}/{output}.doi", h.write(h.buildTrace)).Methods(put).Name("put-build-trace")
-	r.HandleFunc("/api/pins", h.listPins).Methods(http.MethodGet).Name("pins")
-	r.HandleFunc("/api/pins/{hash}", h.write(h.pin)).Methods(http.MethodPost, put).Name("pin")
-	r.HandleFunc("/api/pins/{hash}", h.write(h.unpin)).Methods(http.MethodDelete).Name("unpin")
-	r.HandleFunc("/api/gc", h.write(h.gc)).Methods(http.MethodPost).Name("gc")
-	r.HandleFunc("/api/verify", h.write(h.verify)).Methods(http.MethodPost).Name("verify")
+	r.HandleFunc("/{hash}.narinfo", write(h.narinfo)).Methods(put).Name("put-narinfo")
+	r.HandleFunc("/{hash}.ls", write(h.listing)).Methods(put).Name("put-ls")
+	r.HandleFunc("/log/{drv}", write(h.log)).Methods(put).Name("put-log")
+	r.HandleFunc("/realisations/{id}.doi", write(h.realisation)).Methods(put).Name("put-realisation")
+	r.HandleFunc("/build-trace-v2/{drv}/{output}.doi", write(h.buildTrace)).Methods(put).Name("put-build-trace")
+	// The pin list is an index of every deployed system: admin only.
+	r.HandleFunc("/api/pins", h.guard(auth.Admin, h.listPins)).Methods(http.MethodGet).Name("pins")
+	r.HandleFunc("/api/pins/{hash}", h.guard(auth.Pin, h.pin)).Methods(http.MethodPost, put).Name("pin")
+	r.HandleFunc("/api/pins/{hash}", h.guard(auth.Pin, h.unpin)).Methods(http.MethodDelete).Name("unpin")
+	r.HandleFunc("/api/gc", h.guard(auth.Admin, h.gc)).Methods(http.MethodPost).Name("gc")
+	r.HandleFunc("/api/verify", h.guard(auth.Admin, h.verify)).Methods(http.MethodPost).Name("verify")
 }
 
 type putHandler struct {
-	s *Server
-	u *Uploads
+	s      *Server
+	u      *Uploads
+	tokens *auth.Tokens
 }
 
-// write guards a handler with a write token and answers its error.
-func (h *putHandler) write(f func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
+// caller is the token a request that passed guard was made with.
+type caller struct {
+	name string
+	perm auth.Perm
+}
+
+type callerKey struct{}
+
+func callerOf(r *http.Request) caller {
+	c, _ := r.Context().Value(callerKey{}).(caller)
+	return c
+}
+
+// guard runs f only for requests whose token has need, and answers f's
+// error. Anything else is answered 401/403 at once, before a byte of the
+// body is read, and the connection ends after that answer (refuseBody): a
+// client without the permission cannot hold a connection or a goroutine
+// by sending its body slowly.
+func (h *putHandler) guard(need auth.Perm, f func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		var c caller
 		err := auth.ErrNoCredentials
-		var who string
-		if h.u.Tokens != nil {
-			who, err = h.u.Tokens.Authorize(r, auth.Write)
+		if h.tokens != nil {
+			c.name, c.perm, err = h.tokens.Authenticate(r)
+			if err == nil && !c.perm.Has(need) {
+				err = fmt.Errorf("%w: %q has %s, needs %s", auth.ErrForbidden, c.name, c.perm, need)
+			}
 		}
 		if err != nil {
-			io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20)) // lets the client read the answer
+			if c.name != "" {
+				// A known token reaching past its permissions.
+				h.s.logger(r).Warn("request refused", "method", r.Method, "path", r.URL.Path, "token", c.name, "err", err)
+			}
+			refuseBody(w, r)
 			h.s.fail(w, r, err)
 			return
 		}
+		r = r.WithContext(context.WithValue(r.Context(), callerKey{}, c))
+		who := c.name
 		if err := f(w, r); err != nil {
 			if code := Status(err); code < 500 {
 				// A conflict is a token trying to change what the
@@ -240,7 +281,7 @@ func (h *putHandler) getNAR(w http.ResponseWriter, r *http.Request) {
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", narContentType)
-	w.Header().Set("Cache-Control", "max-age=31536000, immutable")
+	w.Header()["Cache-Control"] = h.s.ccForever // "private" on a private cache
 	http.ServeContent(w, r, "", time.Time{}, f)
 }
 
@@ -315,10 +356,12 @@ type pinRequest struct {
 	Note      string `json:"note"`
 }
 
-// pin pins a path by hash part: POST /api/pins/<hash> with a write token,
+// pin pins a path by hash part: POST /api/pins/<hash> with a pin token,
 // optionally {"storePath": ..., "note": ...}. The deployer calls it for
-// each host's running system.
+// each host's running system. The pin is recorded under the token's name;
+// a path pinned already by another token keeps that pin.
 func (h *putHandler) pin(w http.ResponseWriter, r *http.Request) error {
+	c := callerOf(r)
 	hash := mux.Vars(r)["hash"]
 	var req pinRequest
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
@@ -336,28 +379,40 @@ func (h *putHandler) pin(w http.ResponseWriter, r *http.Request) error {
 			return fmt.Errorf("%w: storePath %s does not have hash %s", store.ErrInvalid, req.StorePath, hash)
 		}
 		target = req.StorePath
-	} else if info, _, err := h.s.lookup(r.Context(), hash); err == nil {
-		target = info.StorePath
+	} else if h.s.opts.Authorize == nil || c.perm.Has(auth.Read) {
+		// Naming the path is a read: not for a pin-only token of a
+		// private cache.
+		if info, _, err := h.s.lookup(r.Context(), hash); err == nil {
+			target = info.StorePath
+		}
 	}
 	if req.Note == "" {
 		req.Note = "pinned over HTTP"
 	}
-	if err := h.u.Pin(r.Context(), target, req.Note); err != nil {
+	existing, err := h.u.PinAs(r.Context(), target, req.Note, c.name)
+	if err != nil {
 		return err
 	}
-	h.s.logger(r).Info("pinned", "path", target, "note", req.Note)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
+	if existing != nil {
+		h.s.logger(r).Info("pin kept: pinned already by another token", "path", target, "token", c.name, "owner", existing.Owner)
+		fmt.Fprintf(w, "pinned %s (already, by another token: only that token or an admin can unpin it)\n", target)
+		return nil
+	}
+	h.s.logger(r).Info("pinned", "path", target, "note", req.Note, "token", c.name)
 	fmt.Fprintf(w, "pinned %s\n", target)
 	return nil
 }
 
+// unpin removes a pin: the token's own, or any with admin.
 func (h *putHandler) unpin(w http.ResponseWriter, r *http.Request) error {
+	c := callerOf(r)
 	hash := mux.Vars(r)["hash"]
-	if err := h.u.Unpin(r.Context(), hash); err != nil {
+	if err := h.u.UnpinAs(r.Context(), hash, c.name, c.perm.Has(auth.Admin)); err != nil {
 		return err
 	}
-	h.s.logger(r).Info("unpinned", "hash", hash)
+	h.s.logger(r).Info("unpinned", "hash", hash, "token", c.name)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -423,12 +478,17 @@ func (h *putHandler) verify(w http.ResponseWriter, r *http.Request) error {
 	})
 	if err != nil {
 		// The status is sent; say it in the body, which the CLI checks.
-		fmt.Fprintf(w, "ERROR %v\n", err)
+		// Like every answer, without the server's paths (the log has them).
+		fmt.Fprintf(w, "ERROR %s (details in the server log, request %s)\n", h.s.redact(err.Error()), RequestID(r.Context()))
 		h.s.logger(r).Error("verify failed", "err", err)
 		return nil
 	}
 	for _, b := range rep.Bad {
-		fmt.Fprintf(w, "DAMAGED %s: %s\n", b.Name, b.Reason)
+		reason := h.s.redact(b.Reason)
+		if reason != b.Reason {
+			h.s.logger(r).Warn("verify: damaged NAR file (its answer line without the path)", "blob", b.Name, "reason", b.Reason)
+		}
+		fmt.Fprintf(w, "DAMAGED %s: %s\n", b.Name, reason)
 		for _, p := range b.Paths {
 			verb := "affects"
 			if rep.Repaired {
@@ -450,18 +510,16 @@ func (h *putHandler) verify(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (h *putHandler) listPins(w http.ResponseWriter, r *http.Request) {
-	if !h.s.authorize(w, r) {
-		return
-	}
+// listPins answers GET /api/pins (admin): every pin, with its owner.
+func (h *putHandler) listPins(w http.ResponseWriter, r *http.Request) error {
 	pins, err := h.u.Pins(r.Context())
 	if err != nil {
-		h.s.fail(w, r, err)
-		return
+		return err
 	}
 	if pins == nil {
 		pins = []upload.Pin{}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(pins)
+	w.Header().Set("Cache-Control", "no-store")
+	return json.NewEncoder(w).Encode(pins)
 }

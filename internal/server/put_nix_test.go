@@ -455,3 +455,51 @@ func TestNixCopyCannotReplacePath(t *testing.T) {
 		})
 	}
 }
+
+// TestNixCopyRefusedAtOnce: an unmodified `nix copy --to` with a token that
+// may not upload (read, pin) or none fails at once with the status the
+// server sent, on a small NAR and on one far over net/http's drain limit
+// (the server answers before the body and closes the connection), and
+// nothing is published.
+func TestNixCopyRefusedAtOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs nix")
+	}
+	n := newNixClient(t)
+	top, closure := buildUpClosure(t, n)
+	tagb := make([]byte, 4)
+	rand.Read(tagb)
+	f := filepath.Join(t.TempDir(), "big.nix")
+	os.WriteFile(f, []byte(fmt.Sprintf(`derivation { name = "refused-big-%x"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "/bin/head -c 3000000 /dev/urandom > $out" ]; }`, tagb)), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := n.run(ctx, "nix-build", "--no-out-link", f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := strings.TrimSpace(out)
+	e := newUpEnv(t, t.TempDir(), false)
+	for _, tc := range []struct {
+		who, token, status string
+	}{{"read token", e.readTok, "403"}, {"pin token", e.pinTok, "403"}, {"nobody", "", "401"}} {
+		for _, path := range []string{top, big} {
+			args := []string{"copy", "--to", e.url + "?compression=none", path}
+			if tc.token != "" {
+				args = append([]string{"copy", "--option", "netrc-file", writeNetrc(t, "x", tc.token)}, args[1:]...)
+			}
+			cctx, ccancel := context.WithTimeout(ctx, 90*time.Second)
+			_, err := newNixClient(t).run(cctx, "nix", args...)
+			timedOut := cctx.Err() != nil
+			ccancel()
+			if err == nil || timedOut || !strings.Contains(err.Error(), "HTTP error "+tc.status) {
+				t.Errorf("%s: nix copy %s: want a failure saying %s, got %v", tc.who, filepath.Base(path), tc.status, err)
+			}
+		}
+	}
+	for _, p := range append(closure, big) {
+		if code, _ := e.do(t, "GET", "/"+filepath.Base(p)[:32]+".narinfo", "", nil); code != 404 {
+			t.Errorf("%s published by a refused copy: %d", p, code)
+		}
+	}
+}

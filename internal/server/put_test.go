@@ -69,10 +69,12 @@ type upEnv struct {
 	up                *upload.Store
 	tokens            string // path of the tokens file
 	writeTok, readTok string
-	key               narinfo.SecretKey
-	puts              atomic.Int64 // PUT requests seen
-	blobGets          atomic.Int64 // GETs of /nar/<filehash>.nar.<ext>
-	dir               string
+	// pinTok has pin (the deployer's), adminTok admin (GC, verify, any pin).
+	pinTok, adminTok string
+	key              narinfo.SecretKey
+	puts             atomic.Int64 // PUT requests seen
+	blobGets         atomic.Int64 // GETs of /nar/<filehash>.nar.<ext>
+	dir              string
 }
 
 func newUpEnv(t testing.TB, dir string, private bool) *upEnv {
@@ -104,7 +106,10 @@ func newUpEnvWith(t testing.TB, dir string, private bool, others []store.Store, 
 	var wl, rl string
 	e.writeTok, wl, _ = auth.Generate("ci", auth.Read|auth.Write)
 	e.readTok, rl, _ = auth.Generate("laptop", auth.Read)
-	os.WriteFile(e.tokens, []byte(wl+"\n"+rl+"\n"), 0o600)
+	var pl, al string
+	e.pinTok, pl, _ = auth.Generate("deploy", auth.Pin)
+	e.adminTok, al, _ = auth.Generate("ops", auth.Admin)
+	os.WriteFile(e.tokens, []byte(wl+"\n"+rl+"\n"+pl+"\n"+al+"\n"), 0o600)
 	toks, err := auth.Load(e.tokens, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -289,26 +294,26 @@ func TestPutBadInputHTTP(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("zstd-encoded .ls: %v %v", err, resp.Status)
 	}
-	if code, msg := e.do(t, "POST", "/api/pins/"+p.hash, e.writeTok, nil); code != 200 || !strings.Contains(msg, p.info.StorePath) {
+	if code, msg := e.do(t, "POST", "/api/pins/"+p.hash, e.adminTok, nil); code != 200 || !strings.Contains(msg, p.info.StorePath) {
 		t.Fatalf("pin: %d %s", code, msg)
 	}
 	if code, _ := e.do(t, "POST", "/api/pins/"+p.hash, e.readTok, nil); code != 403 {
 		t.Fatalf("pin with read token: %d", code)
 	}
-	code, body := e.do(t, "POST", "/api/gc?dry-run=true&max-size=1", e.writeTok, nil)
+	code, body := e.do(t, "POST", "/api/gc?dry-run=true&max-size=1", e.adminTok, nil)
 	if code != 200 || strings.Contains(body, dep.base) || strings.Contains(body, p.base) || !strings.Contains(body, `"DryRun":true`) {
 		t.Fatalf("GC dry run with the closure pinned: %d %s", code, body)
 	}
 	if code, _ := e.do(t, "POST", "/api/gc", e.readTok, nil); code != 403 {
 		t.Fatalf("GC with a read token: %d", code)
 	}
-	if code, _ := e.do(t, "DELETE", "/api/pins/"+p.hash, e.writeTok, nil); code != 204 {
+	if code, _ := e.do(t, "DELETE", "/api/pins/"+p.hash, e.adminTok, nil); code != 204 {
 		t.Fatalf("unpin: %d", code)
 	}
-	if code, _ := e.do(t, "DELETE", "/api/pins/"+p.hash, e.writeTok, nil); code != 404 {
+	if code, _ := e.do(t, "DELETE", "/api/pins/"+p.hash, e.adminTok, nil); code != 404 {
 		t.Fatalf("second unpin: %d", code)
 	}
-	code, body = e.do(t, "POST", "/api/gc?max-size=1", e.writeTok, nil)
+	code, body = e.do(t, "POST", "/api/gc?max-size=1", e.adminTok, nil)
 	if code != 200 || !strings.Contains(body, dep.info.StorePath) || !strings.Contains(body, p.info.StorePath) {
 		t.Fatalf("GC after unpin: %d %s", code, body)
 	}
@@ -412,14 +417,14 @@ func TestVerifyAPI(t *testing.T) {
 	data, _ := os.ReadFile(f)
 	data[len(data)/2] ^= 1
 	os.WriteFile(f, data, 0o644)
-	code, body := e.do(t, "POST", "/api/verify", e.writeTok, nil)
+	code, body := e.do(t, "POST", "/api/verify", e.adminTok, nil)
 	if code != 200 || !strings.Contains(body, "DAMAGED "+bad.fileName) || !strings.Contains(body, "progress ") {
 		t.Fatalf("verify: %d %s", code, body)
 	}
 	if code, _ := e.do(t, "POST", "/api/verify", e.readTok, nil); code != 403 {
 		t.Fatalf("verify with a read token: %d", code)
 	}
-	code, body = e.do(t, "POST", "/api/verify?repair=true", e.writeTok, nil)
+	code, body = e.do(t, "POST", "/api/verify?repair=true", e.adminTok, nil)
 	if code != 200 || !strings.Contains(body, "dropped "+bad.info.StorePath) {
 		t.Fatalf("repair: %d %s", code, body)
 	}

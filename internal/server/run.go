@@ -69,7 +69,9 @@ type RunOptions struct {
 	ShutdownTimeout time.Duration
 	// ReadHeaderTimeout (default 10s), IdleTimeout (default 2m) and
 	// MaxHeaderBytes (default 64 KiB) limit idle and abusive clients.
-	// There is no write timeout: NAR downloads may take long.
+	// There is no whole-request read or write timeout (a NAR download or
+	// upload may take hours): bodies and responses get progress deadlines
+	// instead (Options.ReadProgress, WriteProgress; deadline.go).
 	ReadHeaderTimeout, IdleTimeout time.Duration
 	MaxHeaderBytes                 int
 }
@@ -95,6 +97,12 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, o RunOptions) error {
 		IdleTimeout:       o.IdleTimeout,
 		MaxHeaderBytes:    o.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	if s.wd > 0 {
+		// HTTP/2 (TLS): a connection whose client stops reading is
+		// closed after the write progress timeout (the handlers' own
+		// watchdogs cover each stream while they write).
+		hs.HTTP2 = &http.HTTP2Config{WriteByteTimeout: s.wd}
 	}
 	errc := make(chan error, 1)
 	go func() {

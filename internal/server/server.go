@@ -33,6 +33,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -91,10 +92,25 @@ type Options struct {
 	MaxLiveCompressions int
 	// Priority is announced in nix-cache-info (default 30).
 	Priority int
-	// Authorize, when set, guards every read route except /, /health,
-	// /version and /metrics (private caches). Its error goes through
-	// Status (auth errors map to 401/403).
+	// Tokens are the cache's credentials: the read guard of a Private
+	// cache, the upload, pin and admin routes (when Uploads.Tokens is nil),
+	// and the tokens-file report of /health and /metrics. Nil takes
+	// Uploads.Tokens.
+	Tokens *auth.Tokens
+	// Private makes every route except /, /health and /version (so also
+	// /metrics) need a token with read, whatever else is configured. New
+	// refuses Private without Tokens or Authorize: a private cache that
+	// nobody can authenticate to must not be served to everybody.
+	Private bool
+	// Authorize, when set, guards every read route except /, /health
+	// and /version (a private cache; Private sets it from Tokens). Its
+	// error goes through Status (auth errors map to 401/403).
 	Authorize func(r *http.Request) error
+	// ReadProgress aborts a request whose body sends nothing for this
+	// long; WriteProgress drops a response that cannot send a chunk of
+	// 128 KiB for this long (deadline.go). Both default to
+	// DefaultProgressTimeout; negative turns them off.
+	ReadProgress, WriteProgress time.Duration
 	// NarInfoCacheBytes bounds the cache of signed narinfos (default 16 MiB).
 	NarInfoCacheBytes int
 	// NarInfoTTL is how long a cached narinfo is served before the store
@@ -140,7 +156,13 @@ type Server struct {
 	shadowWarned sync.Map
 	router       *mux.Router
 	cacheInfo    []byte
+	// rd and wd are the progress timeouts (0: off).
+	rd, wd time.Duration
 }
+
+// ErrPrivateWithoutTokens is New's answer to a private cache with no way
+// to authenticate.
+var ErrPrivateWithoutTokens = errors.New("server: a private cache needs a tokens file (or an Authorize hook): without one nobody could read it")
 
 // New builds a Server from opts.
 func New(opts Options) (*Server, error) {
@@ -174,6 +196,30 @@ func New(opts Options) (*Server, error) {
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
+	if opts.Tokens == nil {
+		if u, ok := opts.Upload.(*Uploads); ok {
+			opts.Tokens = u.Tokens
+		}
+	}
+	if opts.Private && opts.Authorize == nil {
+		if opts.Tokens == nil {
+			return nil, ErrPrivateWithoutTokens
+		}
+		toks := opts.Tokens
+		opts.Authorize = func(r *http.Request) error {
+			_, err := toks.Authorize(r, auth.Read)
+			return err
+		}
+	}
+	progress := func(d time.Duration) time.Duration {
+		switch {
+		case d == 0:
+			return DefaultProgressTimeout
+		case d < 0:
+			return 0
+		}
+		return d
+	}
 	s := &Server{
 		opts:     opts,
 		stores:   opts.Stores,
@@ -185,6 +231,8 @@ func New(opts Options) (*Server, error) {
 		narinfos: newNarinfoCache(opts.NarInfoCacheBytes),
 		zsem:     make(chan struct{}, opts.MaxLiveCompressions),
 		listings: &listingCache{max: listingCacheLen},
+		rd:       progress(opts.ReadProgress),
+		wd:       progress(opts.WriteProgress),
 	}
 	s.uploadIdx = -1
 	for i, st := range s.stores {
@@ -207,6 +255,9 @@ func New(opts Options) (*Server, error) {
 			Help: "Approximate memory held by the narinfo cache (bounded by its size option).",
 		}, func() float64 { return float64(s.narinfos.bytes()) }),
 	}, opts.Collectors...)
+	if opts.Tokens != nil {
+		collectors = append(collectors, tokenCollectors(opts.Tokens)...)
+	}
 	m, err := newMetrics(s.reg, collectors)
 	if err != nil {
 		return nil, err
@@ -239,9 +290,11 @@ func (s *Server) StoreDir() string { return s.storeDir }
 // ServeHTTP routes narinfo GET/HEAD on a fast path, the rest through mux.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
-	if len(p) == 41 && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+	if len(p) == 41 && (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.ContentLength == 0 &&
 		p[0] == '/' && p[33:] == ".narinfo" && validHashPart(p[1:33]) {
 		s.serveNarinfo(w, r, p[1:33])
+		// A narinfo is small: it is sent after the handler returns.
+		finalDeadline(w, r, s.wd)
 		return
 	}
 	s.instrument(w, r)
@@ -256,7 +309,7 @@ func (s *Server) routes() *mux.Router {
 	r.HandleFunc("/nix-cache-info", s.handleCacheInfo).Methods(get...).Name("cache-info")
 	r.HandleFunc("/version", s.handleVersion).Methods(get...).Name("version")
 	r.HandleFunc("/health", s.handleHealth).Methods(get...).Name("health")
-	r.Handle("/metrics", s.metricsHandler()).Methods(get...).Name("metrics")
+	r.Handle("/metrics", s.guardRead(s.metricsHandler())).Methods(get...).Name("metrics")
 	// narinfo GETs normally take the fast path in ServeHTTP; this route
 	// catches the rest (e.g. a malformed hash) so they 404 the same way.
 	r.HandleFunc("/{hash}.narinfo", s.handleNarinfoSlow).Methods(get...).Name("narinfo")
@@ -280,13 +333,18 @@ func (s *Server) routes() *mux.Router {
 	return r
 }
 
+// The refusals below never read a body; refuseBody ends the connection
+// after them instead of waiting for one.
+
 func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
 	s.setRoute(w, "not-found")
+	refuseBody(w, r)
 	s.fail(w, r, store.ErrNotFound)
 }
 
 func (s *Server) handleMethodNotAllowed(w http.ResponseWriter, r *http.Request) {
 	s.setRoute(w, "method-not-allowed")
+	refuseBody(w, r)
 	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 }
 
@@ -296,10 +354,20 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	if err := s.opts.Authorize(r); err != nil {
+		refuseBody(w, r)
 		s.fail(w, r, err)
 		return false
 	}
 	return true
+}
+
+// guardRead wraps a handler that does not check the read guard itself.
+func (s *Server) guardRead(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.authorize(w, r) {
+			h.ServeHTTP(w, r)
+		}
+	})
 }
 
 // validHashPart reports whether s is a 32-character nix32 hash part.

@@ -133,6 +133,55 @@ rec {
     in
     kv top + concatStringsSep "" (map table (attrNames tables));
 
+  # cacheSettings: the settings the cache module renders to TOML, from its
+  # options. The tokens file is passed by path, never copied (no
+  # LoadCredential): the server rereads it whenever its content changes and
+  # on SIGHUP (systemctl reload), so a revocation reaches the running
+  # server. A tokens file works without uploads too (a private cache of the
+  # host's own store).
+  cacheSettings =
+    { listenAddress ? "127.0.0.1"
+    , port ? 5000
+    , priority ? 30
+    , compression ? "zstd"
+    , stateDir ? "/var/lib/concordia-cache"
+    , signKeyPaths ? [ ]
+    , upload ? { }
+    , gc ? { }
+    }:
+    let
+      up = { enable = false; tokensFile = null; private = false; } // upload;
+      g = { maxSize = null; maxAge = null; interval = null; } // gc;
+    in
+    {
+      bind = "${listenAddress}:${toString port}";
+      inherit priority compression;
+      state_dir = stateDir;
+      sign_key_paths = signKeyPaths;
+      upload =
+        (if up.enable then { dir = "${stateDir}/upload"; } else { })
+        // (if up.tokensFile != null then { tokens_file = toString up.tokensFile; } else { })
+        // (if up.enable || up.private then { private = up.private; } else { });
+      gc = if up.enable then { max_size = g.maxSize; max_age = g.maxAge; interval = g.interval; } else { };
+    };
+
+  # cacheAssertions: the cache module's checks of its upload options, as
+  # NixOS assertions (the failing ones are what the tests look at).
+  cacheAssertions = { upload ? { } }:
+    let
+      up = { enable = false; tokensFile = null; private = false; } // upload;
+      tf = if up.tokensFile == null then null else toString up.tokensFile;
+      opt = "services.concordia-cache.upload";
+      under = prefix: tf != null && substring 0 (stringLength prefix) tf == prefix;
+    in
+    [
+      { assertion = up.enable -> tf != null; message = "${opt}.tokensFile must be set when uploads are enabled"; }
+      { assertion = up.private -> tf != null; message = "${opt}.private needs ${opt}.tokensFile: without it nobody can authenticate, and the server refuses to serve a private cache to everybody"; }
+      { assertion = tf == null || substring 0 1 tf == "/"; message = "${opt}.tokensFile must be an absolute path"; }
+      { assertion = !(under "${builtins.storeDir}/"); message = "${opt}.tokensFile must not be in the Nix store: the store is world-readable and a copy there never changes, so no revocation would reach the server. Use a secret file the service user can read (sops-nix/agenix with owner = \"concordia-cache\"), or a stable path such as an /etc symlink"; }
+      { assertion = !(under "/home/" || under "/root/"); message = "${opt}.tokensFile is under /home or /root, which the service cannot see (ProtectHome)"; }
+    ];
+
   # substituterLine: what the client module puts in nix.conf for the cache.
   clientSettings = { url, publicKeys, priority ? null }: {
     substituters = [ (if priority == null then url else "${url}?priority=${toString priority}") ];

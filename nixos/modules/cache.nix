@@ -1,7 +1,10 @@
 # The Concordia binary cache as a hardened systemd service. Settings are
-# rendered to the TOML the server reads (nixos/lib toTOML, tested in CI);
-# signing keys and the upload tokens file come in as systemd credentials, so
-# they never sit in the Nix store or in the service's environment.
+# rendered to the TOML the server reads (nixos/lib cacheSettings and toTOML,
+# tested in CI). Signing keys come in as systemd credentials, so they never
+# sit in the Nix store or in the service's environment. The tokens file is
+# read in place, by path, not copied once at start: the server rereads it
+# whenever its content changes and on `systemctl reload` (SIGHUP), so
+# deleting a line revokes that token on the running server.
 { config, lib, pkgs, ... }:
 let
   cfg = config.services.concordia-cache;
@@ -9,23 +12,13 @@ let
   credDir = "/run/credentials/concordia-cache.service";
   keyNames = lib.imap0 (i: _: "sign-key-${toString i}") cfg.signKeyFiles;
   settings = lib.recursiveUpdate
-    {
-      bind = "${cfg.listenAddress}:${toString cfg.port}";
-      priority = cfg.priority;
-      compression = cfg.compression;
-      state_dir = "/var/lib/concordia-cache";
-      sign_key_paths = map (n: "${credDir}/${n}") keyNames;
-      upload = lib.optionalAttrs cfg.upload.enable {
-        dir = "/var/lib/concordia-cache/upload";
-        tokens_file = "${credDir}/tokens";
-        private = cfg.upload.private;
-      };
-      gc = lib.optionalAttrs cfg.upload.enable {
-        max_size = cfg.gc.maxSize;
-        max_age = cfg.gc.maxAge;
-        interval = cfg.gc.interval;
-      };
-    }
+    (clib.cacheSettings {
+      inherit (cfg) listenAddress port priority compression;
+      stateDir = "/var/lib/concordia-cache";
+      signKeyPaths = map (n: "${credDir}/${n}") keyNames;
+      upload = { inherit (cfg.upload) enable tokensFile private; };
+      gc = { inherit (cfg.gc) maxSize maxAge interval; };
+    })
     cfg.settings;
   configFile = pkgs.writeText "concordia-cache.toml" (clib.toTOML settings);
 in
@@ -47,8 +40,26 @@ in
     };
     upload = {
       enable = lib.mkEnableOption "uploads with `nix copy --to` (CI)";
-      tokensFile = lib.mkOption { type = lib.types.nullOr lib.types.path; default = null; description = "Tokens file (name:permissions:sha256), passed as a credential."; };
-      private = lib.mkOption { type = lib.types.bool; default = false; description = "Require a read token for reads too."; };
+      tokensFile = lib.mkOption {
+        type = lib.types.nullOr lib.types.path;
+        default = null;
+        example = "/run/secrets/concordia-tokens";
+        description = ''
+          Tokens file (one `name:permissions:sha256` line per token, made by
+          `cache token NAME --perm ...`; permissions read, write, pin, admin).
+          It is read in place by the service user `concordia-cache`, so make it
+          a secret owned by (or group-readable for) that user, e.g. sops-nix
+          `sops.secrets.concordia-tokens.owner = "concordia-cache";` or agenix
+          with `owner = "concordia-cache";`, outside /home and /root. It must not
+          be a Nix store path (a stable symlink into the store, such as an
+          /etc file, is fine). The server rereads it whenever its content
+          changes (checked at most once a second and every few seconds) and on
+          `systemctl reload concordia-cache`; a line that does not parse is
+          refused and reported, never the whole file kept as it was; a file
+          that cannot be read leaves no token working.
+        '';
+      };
+      private = lib.mkOption { type = lib.types.bool; default = false; description = "Require a read token for every read (all but /, /health and /version). Needs tokensFile; works without uploads too (a private cache of this host's store)."; };
     };
     gc = {
       maxSize = lib.mkOption { type = lib.types.nullOr lib.types.str; default = "50G"; description = "Upload store size limit."; };
@@ -68,8 +79,7 @@ in
   };
 
   config = lib.mkIf cfg.enable {
-    assertions = [
-      { assertion = cfg.upload.enable -> cfg.upload.tokensFile != null; message = "services.concordia-cache.upload.tokensFile must be set when uploads are enabled"; }
+    assertions = clib.cacheAssertions { upload = { inherit (cfg.upload) enable tokensFile private; }; } ++ [
       { assertion = cfg.nginx.enable -> cfg.nginx.domain != ""; message = "services.concordia-cache.nginx.domain must be set"; }
     ];
 
@@ -87,15 +97,16 @@ in
         # and the server's own open connection keeps them from then on.
         ExecStartPre = "+${cfg.package}/bin/cache serve --config ${configFile} --prepare-db";
         ExecStart = "${cfg.package}/bin/cache serve --config ${configFile}";
+        # SIGHUP rereads the tokens file (it never stops the server).
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         User = "concordia-cache";
         Group = "concordia-cache";
         Restart = "on-failure";
         StateDirectory = "concordia-cache";
         StateDirectoryMode = "0700";
-        LoadCredential =
-          lib.zipListsWith (n: f: "${n}:${f}") keyNames cfg.signKeyFiles
-          ++ lib.optional (cfg.upload.enable && cfg.upload.tokensFile != null) "tokens:${cfg.upload.tokensFile}";
+        # Signing keys only: they are read once at start. The tokens file
+        # is read in place (see upload.tokensFile).
+        LoadCredential = lib.zipListsWith (n: f: "${n}:${f}") keyNames cfg.signKeyFiles;
         # Read access to the store and its database only.
         ReadOnlyPaths = [ "/nix/store" "/nix/var/nix/db" "/nix/var/log/nix" ];
         ProtectSystem = "strict";

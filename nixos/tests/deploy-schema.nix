@@ -30,6 +30,26 @@ in
     zstd = { level = 3; };
     upload = { dir = "/var/lib/concordia-cache/upload"; private = false; tokens_file = "/run/credentials/x/\"tokens\""; };
   };
+  # The cache module's settings and assertions (nixos/lib cacheSettings,
+  # cacheAssertions), for the Go test to render and parse.
+  cache =
+    let
+      render = opts: clib.toTOML (clib.cacheSettings opts);
+      failing = opts: map (a: a.message) (builtins.filter (a: !a.assertion) (clib.cacheAssertions opts));
+      secret = "/run/secrets/concordia-tokens";
+    in
+    {
+      uploads = render { signKeyPaths = [ "/run/credentials/concordia-cache.service/sign-key-0" ]; upload = { enable = true; tokensFile = secret; }; gc = { maxSize = "50G"; }; };
+      privateUploads = render { upload = { enable = true; tokensFile = secret; private = true; }; };
+      privateLocalOnly = render { upload = { tokensFile = secret; private = true; }; };
+      publicLocalOnly = render { };
+      ok = failing { upload = { enable = true; tokensFile = secret; private = true; }; };
+      privateWithoutTokens = failing { upload = { private = true; }; };
+      uploadsWithoutTokens = failing { upload = { enable = true; }; };
+      tokensInStore = failing { upload = { enable = true; tokensFile = "${builtins.storeDir}/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-tokens"; }; };
+      tokensRelative = failing { upload = { enable = true; tokensFile = "tokens"; }; };
+      tokensInHome = failing { upload = { enable = true; tokensFile = "/home/ci/tokens"; }; };
+    };
   branches =
     let nodes = (clib.deployNodes { nixosConfigurations = fleet; }).nodes; in
     {

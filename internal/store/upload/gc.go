@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -329,15 +330,33 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 
 // Pin is a GC root.
 type Pin struct {
-	StorePath string    `json:"storePath"`
-	Note      string    `json:"note,omitempty"`
-	Created   time.Time `json:"created"`
+	StorePath string `json:"storePath"`
+	Note      string `json:"note,omitempty"`
+	// Owner is the name of the token that made the pin over HTTP; only
+	// that token name (or an admin) may remove it. "" for pins made on
+	// the store directly and before pins had owners: admin only.
+	Owner   string    `json:"owner,omitempty"`
+	Created time.Time `json:"created"`
 }
+
+// ErrNotOwner is returned by UnpinAs for a pin another token made.
+var ErrNotOwner = errors.New("pinned by another token")
 
 // Pin makes a path (and so its closure) a GC root. pathOrHash is a full
 // store path or a bare hash part (the HTTP pin API names paths by hash).
 // The path need not be uploaded yet: CI may pin a system before pushing it.
+// The pin has no owner (see PinAs).
 func (s *Store) Pin(ctx context.Context, pathOrHash, note string) error {
+	_, err := s.PinAs(ctx, pathOrHash, note, "")
+	return err
+}
+
+// PinAs pins like Pin, recording owner. A path pinned already under
+// another owner keeps that pin unchanged (it is pinned, which is what the
+// caller wants, and a pin must not change hands: its new owner could
+// unpin it); existing reports that. The same owner pinning again
+// refreshes the note and time.
+func (s *Store) PinAs(ctx context.Context, pathOrHash, note, owner string) (existing *Pin, err error) {
 	hp, storePath := pathOrHash, ""
 	if strings.Contains(pathOrHash, "/") {
 		dir, h, name, err := narinfo.ParseStorePath(pathOrHash)
@@ -345,30 +364,48 @@ func (s *Store) Pin(ctx context.Context, pathOrHash, note string) error {
 			err = checkName(name)
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %v", store.ErrInvalid, err)
+			return nil, fmt.Errorf("%w: %v", store.ErrInvalid, err)
 		}
 		if dir != s.storeDir {
-			return invalidf("%s is not in %s", pathOrHash, s.storeDir)
+			return nil, invalidf("%s is not in %s", pathOrHash, s.storeDir)
 		}
 		hp, storePath = h, pathOrHash
 	}
 	if !narinfo.ValidHashPart(hp) {
-		return invalidf("%q is neither a store path nor a hash part", pathOrHash)
+		return nil, invalidf("%q is neither a store path nor a hash part", pathOrHash)
 	}
 	if len(note) > 1024 {
-		return invalidf("pin note longer than 1024 bytes")
+		return nil, invalidf("pin note longer than 1024 bytes")
 	}
-	return mapErr(s.db.Update(func(tx *bolt.Tx) error {
+	err = mapErr(s.db.Update(func(tx *bolt.Tx) error {
+		if data := tx.Bucket(bPins).Get([]byte(hp)); data != nil {
+			// A record that does not parse belongs to nobody (admin only).
+			var old Pin
+			_ = json.Unmarshal(data, &old)
+			if old.Owner != owner || old.StorePath == "" {
+				existing = &old
+				return nil
+			}
+		}
 		if storePath == "" {
 			storePath = storePathOf(tx, hp) // the hash when not uploaded yet
 		}
-		return putJSON(tx.Bucket(bPins), []byte(hp), Pin{StorePath: storePath, Note: note, Created: s.now().UTC()})
+		return putJSON(tx.Bucket(bPins), []byte(hp), Pin{StorePath: storePath, Note: note, Owner: owner, Created: s.now().UTC()})
 	}))
+	return existing, err
 }
 
-// Unpin removes the pin of a store path (or bare hash part). ErrNotFound
-// when there was none.
+// Unpin removes the pin of a store path (or bare hash part), whoever made
+// it. ErrNotFound when there was none.
 func (s *Store) Unpin(ctx context.Context, pathOrHash string) error {
+	return s.UnpinAs(ctx, pathOrHash, "", true)
+}
+
+// UnpinAs removes a pin if owner made it, or any pin when anyOwner (an
+// admin). ErrNotFound when there was none, ErrNotOwner when another token
+// made it; either way nothing changes. The check and the removal are one
+// transaction.
+func (s *Store) UnpinAs(ctx context.Context, pathOrHash, owner string, anyOwner bool) error {
 	hp := pathOrHash
 	if strings.Contains(pathOrHash, "/") {
 		_, h, _, err := narinfo.ParseStorePath(pathOrHash)
@@ -383,8 +420,15 @@ func (s *Store) Unpin(ctx context.Context, pathOrHash string) error {
 		return invalidf("%q is neither a store path nor a hash part", pathOrHash)
 	}
 	return mapErr(s.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket(bPins).Get([]byte(hp)) == nil {
+		data := tx.Bucket(bPins).Get([]byte(hp))
+		if data == nil {
 			return store.ErrNotFound
+		}
+		if !anyOwner {
+			var old Pin
+			if json.Unmarshal(data, &old) != nil || old.StorePath == "" || old.Owner != owner {
+				return ErrNotOwner
+			}
 		}
 		return tx.Bucket(bPins).Delete([]byte(hp))
 	}))

@@ -7,7 +7,6 @@
 package deploy
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +16,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // ErrSchema marks a deploy description that cannot be used.
@@ -347,7 +348,7 @@ func CheckPath(storeDir, p string) error {
 	if p == "" {
 		return fmt.Errorf("%w: no profiles.system.path", ErrSchema)
 	}
-	if filepath.Dir(p) != storeDir || !validBase(filepath.Base(p)) {
+	if dir, _, _, err := narinfo.ParseStorePath(p); err != nil || dir != storeDir {
 		return fmt.Errorf("%w: %q is not a store path in %s", ErrSchema, p, storeDir)
 	}
 	base := filepath.Base(p)
@@ -360,30 +361,4 @@ func CheckPath(storeDir, p string) error {
 		}
 	}
 	return nil
-}
-
-const nix32Chars = "0123456789abcdfghijklmnpqrsvwxyz"
-
-// validBase reports whether s is <32 nix32 chars>-<name> with a name Nix
-// accepts; the host checks again, this only gives an early clear error.
-func validBase(s string) bool {
-	if len(s) < 34 || s[32] != '-' {
-		return false
-	}
-	for i := 0; i < 32; i++ {
-		if !strings.ContainsRune(nix32Chars, rune(s[i])) {
-			return false
-		}
-	}
-	name := s[33:]
-	if name == "" || name[0] == '.' {
-		return false
-	}
-	for _, c := range []byte(name) {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || bytes.IndexByte([]byte("+-._?="), c) >= 0
-		if !ok {
-			return false
-		}
-	}
-	return true
 }

@@ -483,14 +483,14 @@ func validKernelChange(k string) error {
 }
 
 // ValidStorePath checks that p is exactly storeDir/<32 nix32 chars>-<name>
-// with a name Nix accepts that does not start with a dot: no subpath, no
-// "..", nothing a shell or a path walk could abuse.
+// with a name Nix accepts (narinfo.ParseStorePath): no subpath, no "..",
+// nothing a shell or a path walk could abuse.
 func ValidStorePath(storeDir, p string) error {
 	if storeDir == "" {
 		storeDir = DefaultStoreDir
 	}
-	dir, _, name, err := narinfo.ParseStorePath(p)
-	if err != nil || dir != storeDir || name == "" || name[0] == '.' {
+	dir, _, _, err := narinfo.ParseStorePath(p)
+	if err != nil || dir != storeDir {
 		return fmt.Errorf("%w: %q is not a store path under %s", ErrInvalid, p, storeDir)
 	}
 	return nil

@@ -109,7 +109,9 @@ func TestParseCommandRefused(t *testing.T) {
 		"deployer fetch " + p + "/bin/sh",
 		"deployer fetch /nix/store/../../etc/shadow",
 		"deployer fetch /nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x", // e is not nix32
-		"deployer fetch /nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-.hidden",
+		"deployer fetch /nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-..",
+		"deployer fetch /nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-.-x",
+		"deployer fetch /nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-..-x",
 		"deployer fetch --state-dir /tmp " + p,
 		"deployer fetch -- " + p,
 		"deployer fetch " + strings.Repeat(p+" ", 65),

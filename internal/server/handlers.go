@@ -99,7 +99,7 @@ func (s *Server) handleLog(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	drv := mux.Vars(r)["drv"]
-	if _, _, err := narinfo.ParseBaseName(drv); err != nil || !strings.HasSuffix(drv, ".drv") {
+	if _, _, err := narinfo.ParseDerivation(drv); err != nil {
 		s.fail(w, r, store.ErrNotFound)
 		return
 	}

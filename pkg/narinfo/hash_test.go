@@ -129,6 +129,10 @@ func TestParseStorePath(t *testing.T) {
 		{"/nix/store/" + hp + "-" + strings.Repeat("x", 211), "/nix/store", strings.Repeat("x", 211)},
 		{"/nix/store/" + hp + "-Az09+-._?=", "/nix/store", "Az09+-._?="},
 		{"/nix/store/" + hp + "-foo.drv", "/nix/store", "foo.drv"},
+		// Leading periods are legal since Nix 2.4, as in Lix.
+		{"/nix/store/" + hp + "-.hidden", "/nix/store", ".hidden"},
+		{"/nix/store/" + hp + "-...", "/nix/store", "..."},
+		{"/nix/store/" + hp + "-..x", "/nix/store", "..x"},
 	}
 	for _, tc := range good {
 		dir, h, name, err := narinfo.ParseStorePath(tc.in)
@@ -144,6 +148,8 @@ func TestParseStorePath(t *testing.T) {
 		"/nix/store/" + hp + "-" + strings.Repeat("x", 212),
 		"/nix/store/" + hp + "-a b", "/nix/store/" + hp + "-a/b", "/nix/store/" + hp + "-a\n",
 		"/nix/store/" + hp + "-é", "/nix/store/" + hp + "-a:b",
+		// Nix's checkName: never the store dir or its parent.
+		"/nix/store/" + hp + "-.", "/nix/store/" + hp + "-..", "/nix/store/" + hp + "-.-x", "/nix/store/" + hp + "-..-x",
 	} {
 		if _, _, _, err := narinfo.ParseStorePath(in); !errors.Is(err, narinfo.ErrStorePath) {
 			t.Errorf("ParseStorePath(%q) err = %v, want ErrStorePath", in, err)
@@ -151,6 +157,11 @@ func TestParseStorePath(t *testing.T) {
 	}
 	if !narinfo.ValidHashPart(hp) || narinfo.ValidHashPart(hp[:31]) || narinfo.ValidHashPart("t"+hp[1:]) {
 		t.Error("ValidHashPart")
+	}
+	for base, ok := range map[string]bool{hp + "-hello.drv": true, hp + "-hello": false, hp + "-.drv": false, hp + "-..-x.drv": false} {
+		if _, _, err := narinfo.ParseDerivation(base); (err == nil) != ok {
+			t.Errorf("ParseDerivation(%q) = %v", base, err)
+		}
 	}
 }
 

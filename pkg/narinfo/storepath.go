@@ -42,7 +42,11 @@ func ParseStorePath(p string) (storeDir, hashPart, name string, err error) {
 }
 
 // ParseBaseName checks a store path base name "<32 nix32 chars>-<name>", as
-// found in References and Deriver lines, and splits it.
+// found in References and Deriver lines, and splits it. The name follows
+// Nix's checkName (libstore path.cc, as in Lix): 1 to 211 characters of
+// [A-Za-z0-9+-._?=], and not ".", "..", nor starting with ".-" or "..-",
+// which would name the store directory or its parent. (Leading periods are
+// otherwise allowed, as Nix allows them since 2.4.)
 func ParseBaseName(base string) (hashPart, name string, err error) {
 	if len(base) < HashPartLen+2 || base[HashPartLen] != '-' {
 		return "", "", fmt.Errorf("%w %q: want <32-char hash>-<name>", ErrStorePath, base)
@@ -58,6 +62,22 @@ func ParseBaseName(base string) (hashPart, name string, err error) {
 		if !nameChar(name[i]) {
 			return "", "", fmt.Errorf("%w %q: illegal character %q in name", ErrStorePath, base, name[i])
 		}
+	}
+	if name == "." || name == ".." || strings.HasPrefix(name, ".-") || strings.HasPrefix(name, "..-") {
+		return "", "", fmt.Errorf("%w %q: name %q would name the store directory or its parent", ErrStorePath, base, name)
+	}
+	return hashPart, name, nil
+}
+
+// ParseDerivation checks the base name of a derivation, "<hash>-<name>.drv"
+// (build logs and realisations are keyed by it).
+func ParseDerivation(base string) (hashPart, name string, err error) {
+	hashPart, name, err = ParseBaseName(base)
+	if err != nil {
+		return "", "", err
+	}
+	if !strings.HasSuffix(name, ".drv") || name == ".drv" {
+		return "", "", fmt.Errorf("%w %q: not a derivation (.drv)", ErrStorePath, base)
 	}
 	return hashPart, name, nil
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"strings"
 	"syscall"
 
 	"github.com/bos55/concordia/internal/store"
@@ -20,7 +19,7 @@ import (
 // opened through an os.Root, so neither the name nor a symlink in the log
 // directory can reach outside it.
 func (s *Store) BuildLog(ctx context.Context, drvBase string) (io.ReadCloser, string, error) {
-	if _, _, err := narinfo.ParseBaseName(drvBase); err != nil || !strings.HasSuffix(drvBase, ".drv") {
+	if _, _, err := narinfo.ParseDerivation(drvBase); err != nil {
 		return nil, "", store.ErrNotFound
 	}
 	if err := ctx.Err(); err != nil {

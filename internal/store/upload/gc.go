@@ -359,10 +359,7 @@ func (s *Store) Pin(ctx context.Context, pathOrHash, note string) error {
 func (s *Store) PinAs(ctx context.Context, pathOrHash, note, owner string) (existing *Pin, err error) {
 	hp, storePath := pathOrHash, ""
 	if strings.Contains(pathOrHash, "/") {
-		dir, h, name, err := narinfo.ParseStorePath(pathOrHash)
-		if err == nil {
-			err = checkName(name)
-		}
+		dir, h, _, err := narinfo.ParseStorePath(pathOrHash)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", store.ErrInvalid, err)
 		}

@@ -465,12 +465,9 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 	if err != nil {
 		return fmt.Errorf("%w: %v", store.ErrInvalid, err)
 	}
-	dir, hp, pname, err := narinfo.ParseStorePath(ni.StorePath)
+	dir, hp, _, err := narinfo.ParseStorePath(ni.StorePath)
 	if err != nil {
 		return fmt.Errorf("%w: StorePath: %v", store.ErrInvalid, err)
-	}
-	if err := checkName(pname); err != nil {
-		return fmt.Errorf("%w: StorePath %s: %v", store.ErrInvalid, ni.StorePath, err)
 	}
 	if dir != s.storeDir {
 		return invalidf("StorePath %s is not in %s", ni.StorePath, s.storeDir)
@@ -492,10 +489,7 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 	canon := nixbase32.EncodeToString(fh) + extFor(comp)
 	var refs []string // other than itself
 	for _, ref := range ni.References {
-		rh, rname, err := narinfo.ParseBaseName(ref)
-		if err == nil {
-			err = checkName(rname)
-		}
+		rh, _, err := narinfo.ParseBaseName(ref)
 		if err != nil {
 			return fmt.Errorf("%w: reference %s: %v", store.ErrInvalid, ref, err)
 		}
@@ -507,7 +501,7 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 		}
 	}
 	if ni.Deriver != "" {
-		if _, _, err := narinfo.ParseBaseName(ni.Deriver); err != nil || !strings.HasSuffix(ni.Deriver, ".drv") {
+		if _, _, err := narinfo.ParseDerivation(ni.Deriver); err != nil {
 			return invalidf("Deriver %q is not a .drv store path base name", ni.Deriver)
 		}
 	}
@@ -688,16 +682,6 @@ func (s *Store) keepServed(tx *bolt.Tx, hashPart string, old pathRec, ni *narinf
 	return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 }
 
-// checkName refuses the names newer Nix refuses beyond the character set:
-// ".", ".." and names starting with ".-" or "..-", which would make a
-// path that resolves to the store directory or its parent.
-func checkName(name string) error {
-	if name == "." || name == ".." || strings.HasPrefix(name, ".-") || strings.HasPrefix(name, "..-") {
-		return fmt.Errorf("name %q is not allowed", name)
-	}
-	return nil
-}
-
 func mergeSigs(a, b []string) []string {
 	out := slices.Concat(a, b)
 	slices.Sort(out)
@@ -758,7 +742,7 @@ func (s *Store) PutListing(ctx context.Context, hashPart string, body io.Reader)
 // either: a log the cache already serves (from here or the machine's own
 // log directory) may be uploaded again only with the same bytes.
 func (s *Store) PutLog(ctx context.Context, drvBase string, body io.Reader) error {
-	if _, _, err := narinfo.ParseBaseName(drvBase); err != nil || !strings.HasSuffix(drvBase, ".drv") {
+	if _, _, err := narinfo.ParseDerivation(drvBase); err != nil {
 		return invalidf("log name %q is not a .drv store path base name", drvBase)
 	}
 	data, err := readSmall(body, MaxLogSize, "build log")
@@ -791,7 +775,7 @@ func (s *Store) PutRealisation(ctx context.Context, id string, body io.Reader) e
 // realisations under "<drv base name>!<output>", the id the server asks
 // Realisation for.
 func (s *Store) PutBuildTrace(ctx context.Context, drvBase, output string, body io.Reader) error {
-	if _, _, err := narinfo.ParseBaseName(drvBase); err != nil || !strings.HasSuffix(drvBase, ".drv") {
+	if _, _, err := narinfo.ParseDerivation(drvBase); err != nil {
 		return invalidf("build trace: %q is not a .drv store path base name", drvBase)
 	}
 	if output == "" || strings.ContainsAny(output, "/!\x00") {

@@ -139,7 +139,7 @@ only root and the deploy user.`,
 			hostEnv()
 			o := gate.Options{Stdout: env.Stdout, Stderr: env.Stderr, Socket: socket, Version: version.String()}
 			if os.Geteuid() == 0 {
-				o.Local = &host.Options{Log: env.Logger}
+				o.Local = &host.Options{Logger: env.Logger}
 			}
 			req, err := hostverb.Parse(args)
 			if err != nil {
@@ -171,7 +171,7 @@ func watchdogCmd() *cli.Command {
 			if lockFD >= 3 {
 				lock = os.NewFile(uintptr(lockFD), "lock")
 			}
-			err := host.Work(context.WithoutCancel(ctx), host.Options{StateDir: stateDir, Log: env.Logger}, id, lock)
+			err := host.Work(context.WithoutCancel(ctx), host.Options{StateDir: stateDir, Logger: env.Logger}, id, lock)
 			if err != nil && !errors.Is(err, hostverb.ErrFailed) {
 				return err
 			}

@@ -208,10 +208,10 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	}
 	opts := deploy.Options{
 		Mode: mode, KernelChange: o.kernelChange, Parallel: o.parallel, ID: o.id,
-		Remote: ssh, Checker: checkerFor, Log: log, Progress: progress,
+		Remote: ssh, Checker: checkerFor, Logger: log, Progress: progress,
 	}
 	if !o.noPin {
-		opts.Pins = &deploy.HTTPPinner{Cache: o.cache, Token: token, Log: log, Note: "deployer push " + o.id}
+		opts.Pins = &deploy.HTTPPinner{Cache: o.cache, Token: token, Logger: log, Note: "deployer push " + o.id}
 	}
 	fmt.Fprintf(env.Stderr, "deploy %s: %s on %d node(s)\n", o.id, mode, len(nodes))
 	rep := deploy.Run(ctx, nodes, opts)

@@ -168,7 +168,7 @@ func (s *Server) ServeConn(ctx context.Context, c *net.UnixConn) {
 		cancel()
 	}()
 	o := s.Host
-	o.Log = slog.New(slog.NewTextHandler(io.MultiWriter(w.logWriter(), logSink{log}), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	o.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(w.logWriter(), logSink{log}), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	start := time.Now()
 	reply := Handle(ctx, o, env.Request, s.Version)
 	log.Info("host verb", "uid", uid, "verb", env.Request.Verb, "id", env.Request.ID, "exit", reply.ExitCode, "took", time.Since(start).Round(time.Millisecond))

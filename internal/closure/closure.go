@@ -51,7 +51,7 @@ type Checker struct {
 	Trusted []narinfo.PublicKey
 	// Workers bounds the concurrent requests (default 32).
 	Workers int
-	Log     *slog.Logger
+	Logger  *slog.Logger
 
 	mu   sync.Mutex
 	memo map[string]*entry // by hash part
@@ -224,8 +224,8 @@ func (c *Checker) fetch(ctx context.Context, storeDir, hash string) (*narinfo.Na
 	if err != nil {
 		return nil, fmt.Errorf("%w: GET %s: %v", ErrCache, u, err)
 	}
-	if c.Log != nil {
-		c.Log.Debug("narinfo", "path", info.StorePath, "refs", len(info.References))
+	if c.Logger != nil {
+		c.Logger.Debug("narinfo", "path", info.StorePath, "refs", len(info.References))
 	}
 	return info, nil
 }

@@ -32,7 +32,7 @@ type HTTPPinner struct {
 	// Note is recorded with each pin (e.g. the deploy id).
 	Note   string
 	Client *http.Client
-	Log    *slog.Logger
+	Logger *slog.Logger
 
 	absent atomic.Bool
 }
@@ -87,16 +87,16 @@ func (p *HTTPPinner) do(ctx context.Context, method, storePath string) error {
 	case resp.StatusCode == http.StatusNotFound && method == http.MethodDelete:
 		return nil // nothing pinned: fine
 	case resp.StatusCode == http.StatusForbidden && method == http.MethodDelete:
-		if p.Log != nil {
-			p.Log.Warn("not unpinned: the cache says another token made this pin (an admin can remove it: cache pin --remove)",
+		if p.Logger != nil {
+			p.Logger.Warn("not unpinned: the cache says another token made this pin (an admin can remove it: cache pin --remove)",
 				"path", storePath, "status", resp.Status)
 		}
 		return nil
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		return fmt.Errorf("%s %s: %s (the cache token needs the pin permission: cache token NAME --perm pin, or read,pin for a private cache)", method, u, resp.Status)
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
-		if p.absent.CompareAndSwap(false, true) && p.Log != nil {
-			p.Log.Debug("cache has no pin API; not pinning", "status", resp.Status)
+		if p.absent.CompareAndSwap(false, true) && p.Logger != nil {
+			p.Logger.Debug("cache has no pin API; not pinning", "status", resp.Status)
 		}
 		return nil
 	}

@@ -106,7 +106,7 @@ func TestHTTPPinnerAgainstCache(t *testing.T) {
 	defer hs.Close()
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	p := &deploy.HTTPPinner{Cache: hs.URL, Token: pinTok, Note: "deployer push d-1", Log: log}
+	p := &deploy.HTTPPinner{Cache: hs.URL, Token: pinTok, Note: "deployer push d-1", Logger: log}
 	owners := func() map[string]string {
 		pins, err := up.Pins(ctx)
 		if err != nil {

@@ -69,7 +69,7 @@ type Options struct {
 	Checker func(Node) Checker
 	Pins    Pinner // nil: no pinning
 	HTTP    *http.Client
-	Log     *slog.Logger
+	Logger  *slog.Logger
 	// Progress receives step changes; nil: none.
 	Progress Progress
 	// Grace is how long past the confirm timeout the deployer keeps asking
@@ -139,8 +139,8 @@ func (r *Report) Err() error {
 // Run deploys nodes in parallel and returns the report; it never returns
 // early because one host failed.
 func Run(ctx context.Context, nodes []Node, o Options) *Report {
-	if o.Log == nil {
-		o.Log = slog.New(slog.DiscardHandler)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Grace <= 0 {
 		o.Grace = 30 * time.Second
@@ -245,7 +245,7 @@ func (h *hostRun) run(ctx context.Context) {
 		h.end(err, "")
 		if err != nil {
 			// The system runs; a pin failure is worth a warning, not a failed deploy.
-			h.o.Log.Warn("pin in cache failed", "node", h.n.Name, "err", err)
+			h.o.Logger.Warn("pin in cache failed", "node", h.n.Name, "err", err)
 		}
 	}
 }
@@ -347,7 +347,7 @@ func (h *hostRun) activate(ctx context.Context) (*hostverb.Record, time.Time, bo
 		return nil, time.Time{}, false
 	case hostverb.Confirmed, hostverb.AwaitingConfirm, "":
 	default:
-		h.o.Log.Debug("unknown host state, going on", "node", h.n.Name, "state", rec.State)
+		h.o.Logger.Debug("unknown host state, going on", "node", h.n.Name, "state", rec.State)
 	}
 	return rec, time.Now(), true
 }
@@ -630,7 +630,7 @@ func (h *hostRun) pin(ctx context.Context) error {
 	}
 	st, err := h.c.status(ctx)
 	if err != nil {
-		h.o.Log.Debug("no host status, nothing unpinned", "node", h.n.Name, "err", err)
+		h.o.Logger.Debug("no host status, nothing unpinned", "node", h.n.Name, "err", err)
 		return nil
 	}
 	old := st.BeforePrevious(h.n.Path)

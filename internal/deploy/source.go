@@ -97,7 +97,7 @@ func Checkers(cache, token string, global []narinfo.PublicKey, nodes []Node, log
 		}
 		id := keySet(keys)
 		if bySet[id] == nil {
-			bySet[id] = &closure.Checker{Cache: cache, Client: client, Token: token, Trusted: keys, Workers: 32, Log: log}
+			bySet[id] = &closure.Checker{Cache: cache, Client: client, Token: token, Trusted: keys, Workers: 32, Logger: log}
 		}
 		byNode[n.Name] = bySet[id]
 	}

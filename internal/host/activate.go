@@ -92,7 +92,7 @@ func Activate(ctx context.Context, o Options, q hostverb.Request) (*hostverb.Rec
 func kernelCheck(o Options, q hostverb.Request, rec *hostverb.Record) error {
 	booted, err := os.Readlink(o.BootedSystem)
 	if err != nil {
-		o.Log.Warn("no booted system to compare the kernel with", "err", err)
+		o.Logger.Warn("no booted system to compare the kernel with", "err", err)
 		return nil
 	}
 	diff, err := bootChanges(booted, q.Path)
@@ -105,7 +105,7 @@ func kernelCheck(o Options, q hostverb.Request, rec *hostverb.Record) error {
 	rec.KernelChanged = true
 	if q.KernelChange == "boot" && q.Mode == hostverb.Switch {
 		rec.Mode, rec.RebootRequired, rec.MagicRollback = hostverb.Boot, true, false
-		o.Log.Info("kernel change: switch becomes boot", "changed", diff)
+		o.Logger.Info("kernel change: switch becomes boot", "changed", diff)
 		return nil
 	}
 	return fmt.Errorf("%w (%s differ from the booted system); nothing changed: deploy with mode boot or --kernel-change boot",
@@ -130,7 +130,7 @@ func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 	if err != nil {
 		return err
 	}
-	log := o.Log.With("id", id)
+	log := o.Logger.With("id", id)
 	fail := func(reason string) error {
 		rolled := ""
 		switch {
@@ -238,7 +238,7 @@ func watch(ctx context.Context, o Options, rec *hostverb.Record) error {
 	if err := rollbackDeploy(ctx, o, r); err != nil {
 		reason = why + ": rollback failed: " + err.Error()
 	}
-	o.Log.Warn("magic rollback", "id", r.ID, "reason", reason)
+	o.Logger.Warn("magic rollback", "id", r.ID, "reason", reason)
 	_, err = update(o, rec.ID, func(r *hostverb.Record) error {
 		r.RolledBack = !strings.Contains(reason, "rollback failed")
 		r.Set(hostverb.RolledBack, reason)

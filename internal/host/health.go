@@ -77,7 +77,7 @@ func Health(ctx context.Context, o Options, id string, timeout time.Duration) (*
 			failed = append(failed, fmt.Sprintf("%s (exit %d: %s)", r.Name, r.Exit, lastLine(r.Output)))
 		}
 	}
-	o.Log.Info("health checks", "id", id, "system", rec.Path, "checks", len(checks), "ok", res.OK)
+	o.Logger.Info("health checks", "id", id, "system", rec.Path, "checks", len(checks), "ok", res.OK)
 	if !res.OK {
 		return res, fmt.Errorf("%w: %s", hostverb.ErrUnhealthy, strings.Join(failed, "; "))
 	}

@@ -36,7 +36,7 @@ type Options struct {
 	Trust    Trust         // default NixTrust{} (the store's database, nix's trusted-public-keys)
 	Switcher Switcher      // default Detached{}
 	Spawner  Spawner       // default Reexec{} (the running binary's hidden watchdog verb)
-	Log      *slog.Logger  // default discards
+	Logger   *slog.Logger  // nil discards
 	Poll     time.Duration // how often waiters look at the state; default 100ms
 
 	// ID names the holder of the lock for Rollback; default "rollback".
@@ -67,8 +67,8 @@ func (o Options) withDefaults() Options {
 	if o.Spawner == nil {
 		o.Spawner = Reexec{}
 	}
-	if o.Log == nil {
-		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if o.Poll <= 0 {
 		o.Poll = 100 * time.Millisecond

@@ -108,6 +108,6 @@ func Rollback(ctx context.Context, o Options) error {
 	if code != 0 && code != hostverb.ExitRebootRequired {
 		return fmt.Errorf("%w: generation %d's switch-to-configuration exited %d (see %s)", hostverb.ErrFailed, prev.Number, code, logPath)
 	}
-	o.Log.Info("rolled back", "from", cur.Number, "to", prev.Number)
+	o.Logger.Info("rolled back", "from", cur.Number, "to", prev.Number)
 	return nil
 }

@@ -37,7 +37,7 @@ type NixTrust struct {
 	StoreDir string // default /nix/store
 	DBPath   string // default /nix/var/nix/db/db.sqlite
 	Nix      *nixcli.Exec
-	Log      *slog.Logger
+	Logger   *slog.Logger
 
 	once sync.Once
 	db   *local.Store
@@ -47,7 +47,7 @@ type NixTrust struct {
 // PathInfo implements Trust.
 func (t *NixTrust) PathInfo(ctx context.Context, p string) (*store.PathInfo, error) {
 	t.once.Do(func() {
-		log := t.Log
+		log := t.Logger
 		if log == nil {
 			log = slog.New(slog.DiscardHandler)
 		}

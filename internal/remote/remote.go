@@ -67,7 +67,7 @@ type SSH struct {
 	Persist time.Duration
 	// ConnectTimeout bounds each connection attempt.
 	ConnectTimeout time.Duration
-	Log            *slog.Logger
+	Logger         *slog.Logger
 
 	mu    sync.Mutex
 	dir   string
@@ -90,7 +90,7 @@ func New(log *slog.Logger) (*SSH, error) {
 		return nil, fmt.Errorf("control dir: %w", err)
 	}
 	return &SSH{Program: "ssh", Persist: 60 * time.Second, ConnectTimeout: 10 * time.Second,
-		Log: log, dir: dir, hosts: map[string]Target{}}, nil
+		Logger: log, dir: dir, hosts: map[string]Target{}}, nil
 }
 
 // CheckArgs returns ErrUnsafeArg for the first argument the remote side
@@ -158,7 +158,7 @@ func (s *SSH) exec(ctx context.Context, argv []string) (Result, error) {
 	start := time.Now()
 	err := cmd.Run()
 	r := Result{Stdout: out.Bytes(), Stderr: errb.Bytes()}
-	s.Log.Debug("ssh", "args", argv, "took", time.Since(start), "err", err)
+	s.Logger.Debug("ssh", "args", argv, "took", time.Since(start), "err", err)
 	if err == nil {
 		return r, nil
 	}

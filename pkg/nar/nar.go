@@ -18,9 +18,15 @@ const (
 // Header describes one node of a NAR, in the order the archive holds them.
 type Header struct {
 	// Path is "/" for the root and "/a/b" below it. Names are raw bytes:
-	// a NAR may hold any name a Unix file system can.
+	// a NAR may hold any name a Unix file system can. A Reader with
+	// ReaderOptions.OmitPath leaves it empty.
 	Path string
-	Type NodeType
+	// Name is the last element of Path ("" for the root) and Depth the
+	// number of elements (0 for the root), filled by Reader: enough to
+	// rebuild the tree without Path.
+	Name  string
+	Depth int
+	Type  NodeType
 	// Size is the length of a regular file's contents.
 	Size int64
 	// Executable mirrors the owner x bit; only regular files have it.

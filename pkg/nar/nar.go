@@ -54,8 +54,13 @@ type Error struct {
 
 func (e *Error) Error() string {
 	s := fmt.Sprintf("invalid NAR at offset %d", e.Offset)
-	if e.Path != "" {
-		s += fmt.Sprintf(" (in %q)", e.Path)
+	if p := e.Path; p != "" {
+		// A path may be as long as its depth allows (a NAR can nest
+		// thousands of 255-byte names): the message keeps both ends.
+		if len(p) > 512 {
+			p = fmt.Sprintf("%s...(%d bytes)...%s", p[:200], len(p)-400, p[len(p)-200:])
+		}
+		s += fmt.Sprintf(" (in %q)", p)
 	}
 	s += ": " + e.Reason
 	if e.Err != nil {

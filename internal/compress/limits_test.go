@@ -3,9 +3,7 @@ package compress_test
 import (
 	"bytes"
 	"compress/gzip"
-	"encoding/binary"
 	"errors"
-	"hash/crc32"
 	"io"
 	"os/exec"
 	"runtime"
@@ -14,41 +12,8 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/nartest"
 )
-
-// XZDictBomb is an xz stream whose LZMA2 block header claims a 4 GiB
-// dictionary (dictionary size code 40) around a few bytes of data: 136
-// bytes for a 77-byte payload, which made xz.NewReader allocate 4 GiB
-// before decoding a byte.
-// It is built from a real stream with the block header's dictionary byte
-// patched and the header CRC fixed, so every other part is valid.
-func XZDictBomb(t testing.TB, payload []byte) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	w, err := xz.WriterConfig{DictCap: 4096}.NewWriter(&b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(payload)
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s := b.Bytes()
-	// Stream header: 12 bytes; the block header follows: its size byte,
-	// flags, filter id 0x21, properties size 1, the dictionary code.
-	h := s[12:]
-	size := (int(h[0]) + 1) * 4
-	i := 2
-	if h[1]&0x40 != 0 || h[1]&0x80 != 0 {
-		t.Fatal("unexpected sizes in the block header")
-	}
-	if h[i] != 0x21 || h[i+1] != 1 {
-		t.Fatalf("unexpected filter flags % x", h[:size])
-	}
-	h[i+2] = 40 // 4 GiB - 1
-	binary.LittleEndian.PutUint32(h[size-4:], crc32.ChecksumIEEE(h[:size-4]))
-	return s
-}
 
 func totalAlloc(f func()) uint64 {
 	var a, b runtime.MemStats
@@ -80,7 +45,7 @@ func wantLimit(t *testing.T, err error, limit string) *compress.LimitError {
 // TestXZDictionaryBomb: the 136-byte stream is refused at its block
 // header, without allocating the dictionary.
 func TestXZDictionaryBomb(t *testing.T) {
-	bomb := XZDictBomb(t, testData(77, 1))
+	bomb := nartest.XZDictBomb(testData(77, 1), 40)
 	var err error
 	a := totalAlloc(func() { _, err = decodeAll(bytes.NewReader(bomb), "xz", compress.DecodeLimits{}) })
 	le := wantLimit(t, err, compress.LimitXZDict)
@@ -215,24 +180,14 @@ type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
-// ZstdWindowBomb is a zstd frame whose header claims a window of
-// 2^(10+exp) bytes, followed by one raw block.
-func ZstdWindowBomb(exp byte) []byte {
-	b := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, exp << 3}
-	// Last raw block of 5 bytes: header = last | type raw (0) | size<<3.
-	hdr := uint32(1 | 5<<3)
-	b = append(b, byte(hdr), byte(hdr>>8), byte(hdr>>16))
-	return append(b, "hello"...)
-}
-
 func TestZstdWindowBomb(t *testing.T) {
 	// Sanity: with a small window the same frame decodes.
-	if n, err := decodeAll(bytes.NewReader(ZstdWindowBomb(0)), "zstd", compress.DecodeLimits{}); err != nil || n != 5 {
+	if n, err := decodeAll(bytes.NewReader(nartest.ZstdWindowBomb(0, []byte("hello"))), "zstd", compress.DecodeLimits{}); err != nil || n != 5 {
 		t.Fatalf("1 KiB window: %d, %v", n, err)
 	}
 	for _, exp := range []byte{18, 31} { // 256 MiB, 2 TiB
 		var err error
-		a := totalAlloc(func() { _, err = decodeAll(bytes.NewReader(ZstdWindowBomb(exp)), "zstd", compress.DecodeLimits{}) })
+		a := totalAlloc(func() { _, err = decodeAll(bytes.NewReader(nartest.ZstdWindowBomb(exp, []byte("hello"))), "zstd", compress.DecodeLimits{}) })
 		wantLimit(t, err, compress.LimitZstdWindow)
 		t.Logf("window 2^%d: %v; %d bytes allocated", 10+int(exp), err, a)
 		if a > 16<<20 {
@@ -240,16 +195,9 @@ func TestZstdWindowBomb(t *testing.T) {
 		}
 	}
 	// The bound is the configured one.
-	_, err := decodeAll(bytes.NewReader(ZstdWindowBomb(12)), "zstd", compress.DecodeLimits{ZstdWindow: 1 << 20})
+	_, err := decodeAll(bytes.NewReader(nartest.ZstdWindowBomb(12, []byte("hello"))), "zstd", compress.DecodeLimits{ZstdWindow: 1 << 20})
 	wantLimit(t, err, compress.LimitZstdWindow)
 }
-
-// zeros is a reader of n zero bytes.
-func zeros(n int64) io.Reader { return io.LimitReader(zeroReader{}, n) }
-
-type zeroReader struct{}
-
-func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 func viaCLI(t *testing.T, in io.Reader, name string, args ...string) []byte {
 	t.Helper()
@@ -272,13 +220,13 @@ func viaCLI(t *testing.T, in io.Reader, name string, args ...string) []byte {
 func TestRatioBombs(t *testing.T) {
 	const size = 128 << 20
 	const defaultRatio = 50000
-	bz := viaCLI(t, zeros(size), "bzip2", "-9", "-c")
+	bz := viaCLI(t, nartest.Zeros(size), "bzip2", "-9", "-c")
 	var gz bytes.Buffer
 	gw, _ := gzip.NewWriterLevel(&gz, gzip.BestCompression)
-	io.Copy(gw, zeros(size))
+	io.Copy(gw, nartest.Zeros(size))
 	gw.Close()
-	zs := viaCLI(t, zeros(size), "zstd", "-3", "-c")
-	xs := viaCLI(t, zeros(size), "xz", "-6", "-c")
+	zs := viaCLI(t, nartest.Zeros(size), "zstd", "-3", "-c")
+	xs := viaCLI(t, nartest.Zeros(size), "xz", "-6", "-c")
 	for _, tc := range []struct {
 		codec string
 		in    []byte

@@ -16,6 +16,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -163,24 +164,47 @@ func (s *Store) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if err := s.withinLimits(rec.Blob, rec.Compression, rec.FileSize, rec.NarSize); err != nil {
+		return fmt.Errorf("NAR of %s: %w", rec.StorePath, err)
+	}
 	f, err := s.openBlob(rec.Blob)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	dec, err := compress.NewReader(f, rec.Compression)
+	l := s.opts.Limits
+	dec, err := compress.NewReaderLimits(f, rec.Compression, l.Decode(int64(rec.NarSize)))
 	if err != nil {
-		return err
+		return fmt.Errorf("NAR of %s: %w", rec.StorePath, limits.Stored(l.Check(err)))
 	}
 	defer dec.Close()
 	n, err := io.Copy(w, dec)
 	if err != nil {
-		return fmt.Errorf("NAR of %s: %w", rec.StorePath, err)
+		return fmt.Errorf("NAR of %s: %w", rec.StorePath, limits.Stored(l.Check(err)))
 	}
 	if uint64(n) != rec.NarSize {
 		return fmt.Errorf("NAR of %s: file gave %d bytes, want %d (run cache verify)", rec.StorePath, n, rec.NarSize)
 	}
 	return nil
+}
+
+// withinLimits refuses, before anything is opened, to decode a stored
+// blob its record shows to be over the limits (stored before they were
+// lowered): its NAR size, or a ratio of NAR to file size that only a bomb
+// reaches. What the record cannot show (an xz dictionary, a zstd window)
+// the decoder refuses at the header, before allocating.
+func (s *Store) withinLimits(blob, comp string, fileSize uint64, narSize uint64) error {
+	l := s.opts.Limits
+	var err error
+	switch {
+	case narSize > uint64(l.MaxNARSize):
+		err = &limits.Error{Key: limits.KeyNARSize, Max: l.MaxNARSize, Size: true,
+			Err: fmt.Errorf("stored NAR %s is %d bytes", blob, narSize)}
+	case comp != "none" && l.MaxRatio > 0 && narSize > compress.RatioFloor && narSize/max(fileSize, 1) > uint64(l.MaxRatio):
+		err = &limits.Error{Key: limits.KeyRatio, Max: l.MaxRatio, Size: true,
+			Err: fmt.Errorf("stored NAR %s decompresses %d:1", blob, narSize/max(fileSize, 1))}
+	}
+	return limits.Stored(err)
 }
 
 // OpenFileNAR implements store.FileNAR: the stored file as uploaded.

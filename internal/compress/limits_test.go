@@ -187,7 +187,9 @@ func TestZstdWindowBomb(t *testing.T) {
 	}
 	for _, exp := range []byte{18, 31} { // 256 MiB, 2 TiB
 		var err error
-		a := totalAlloc(func() { _, err = decodeAll(bytes.NewReader(nartest.ZstdWindowBomb(exp, []byte("hello"))), "zstd", compress.DecodeLimits{}) })
+		a := totalAlloc(func() {
+			_, err = decodeAll(bytes.NewReader(nartest.ZstdWindowBomb(exp, []byte("hello"))), "zstd", compress.DecodeLimits{})
+		})
 		wantLimit(t, err, compress.LimitZstdWindow)
 		t.Logf("window 2^%d: %v; %d bytes allocated", 10+int(exp), err, a)
 		if a > 16<<20 {

@@ -188,6 +188,31 @@ func (s *Store) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) erro
 	return nil
 }
 
+// NARFrom implements store.RangeNAR for NARs stored uncompressed (the
+// file is the NAR); a compressed one would have to be decoded from its
+// start, which is what NAR does, so that is errors.ErrUnsupported.
+func (s *Store) NARFrom(ctx context.Context, info *store.PathInfo, offset int64, w io.Writer) error {
+	rec, err := s.recordFor(info)
+	if err != nil {
+		return err
+	}
+	if rec.Compression != "none" {
+		return errors.ErrUnsupported
+	}
+	f, err := s.openBlob(rec.Blob)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, f); err != nil {
+		return fmt.Errorf("NAR of %s from %d: %w", rec.StorePath, offset, err)
+	}
+	return nil
+}
+
 // withinLimits refuses, before anything is opened, to decode a stored
 // blob its record shows to be over the limits (stored before they were
 // lowered): its NAR size, or a ratio of NAR to file size that only a bomb

@@ -188,13 +188,14 @@ func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
 			MaxSize:    int64(cfg.GC.MaxSize),
 			MaxAge:     time.Duration(cfg.GC.MaxAge),
 			GCInterval: time.Duration(cfg.GC.Interval),
+			Limits:     cfg.Limits.Values(),
 			Log:        log,
 		})
 		if err != nil {
 			return err
 		}
 		cleanups = append(cleanups, us.Close)
-		uploads = &server.Uploads{Store: us}
+		uploads = &server.Uploads{Store: us, MaxNARSize: cfg.Limits.Values().UploadBody()}
 		if cfg.Upload.TokensFile != "" {
 			tokens, err := auth.Load(cfg.Upload.TokensFile, log)
 			if err != nil {
@@ -220,6 +221,7 @@ func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
 		Priority:          cfg.Priority,
 		Logger:            log,
 		Version:           version.String(),
+		Limits:            cfg.Limits.Values(),
 	}
 	if uploads != nil {
 		sopts.Upload = uploads
@@ -238,7 +240,17 @@ func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
 		}
 		cleanups = append(cleanups, cc.Close)
 		sopts.Cache = server.CompressCache(cc)
+		sopts.Listings = sopts.Cache
 		sopts.Collectors = cc.Collectors()
+	} else {
+		// Listings are kept on disk either way: building one reads a
+		// whole NAR, and anonymous clients may ask again and again.
+		lc, err := compress.Open(filepath.Join(cfg.StateDir, listingCacheName), listingCacheSize, cfg.Zstd.Level, log)
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, lc.Close)
+		sopts.Listings = server.CompressCache(lc)
 	}
 	srv, err := server.New(sopts)
 	if err != nil {
@@ -258,6 +270,12 @@ func runServe(ctx context.Context, env *cli.Env, opts serveOptions) error {
 	}
 	return err
 }
+
+// The listing cache used when the compression cache is off.
+const (
+	listingCacheName = "listings"
+	listingCacheSize = 1 << 30
+)
 
 // preferOrder puts the preferred store first.
 func preferOrder(prefer string, localStore, uploadStore store.Store) []store.Store {

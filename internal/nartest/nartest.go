@@ -130,3 +130,18 @@ func Zeros(n int64) io.Reader { return io.LimitReader(zeroReader{}, n) }
 type zeroReader struct{}
 
 func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// ZeroFile streams the NAR of one regular file of n zero bytes.
+func ZeroFile(n int64) io.Reader {
+	var hdr bytes.Buffer
+	w := bufio.NewWriter(&hdr)
+	tokens(w, "nix-archive-1", "(", "type", "regular", "contents")
+	binary.Write(w, binary.LittleEndian, uint64(n))
+	w.Flush()
+	var tail bytes.Buffer
+	w = bufio.NewWriter(&tail)
+	w.Write(pad[:(8-n%8)%8])
+	tokens(w, ")")
+	w.Flush()
+	return io.MultiReader(&hdr, Zeros(n), &tail)
+}

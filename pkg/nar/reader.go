@@ -151,15 +151,21 @@ func (r *Reader) Next() (*Header, error) {
 	}
 	h := new(Header)
 	*h = r.hdr
-	if !r.opts.OmitPath {
-		h.Path = r.pathString(len(r.path))
-	}
 	if h.Depth > 0 {
-		top := r.stack[len(r.stack)-1]
+		parent := r.stack[len(r.stack)-1]
 		if h.Type == TypeDirectory {
-			top = r.stack[len(r.stack)-2]
+			parent = r.stack[len(r.stack)-2]
 		}
-		h.Name = string(r.path[top.pathLen+1:])
+		nameLen := len(r.path) - parent.pathLen - 1
+		if r.opts.OmitPath {
+			h.Name = string(r.path[len(r.path)-nameLen:])
+		} else {
+			// The name is the tail of the path: no second allocation.
+			h.Path = string(r.path)
+			h.Name = h.Path[len(h.Path)-nameLen:]
+		}
+	} else if !r.opts.OmitPath {
+		h.Path = "/"
 	}
 	if h.Type == TypeSymlink {
 		h.LinkTarget = string(r.target)

@@ -37,6 +37,8 @@ type DecodeLimits struct {
 	// MaxRatio bounds the decompressed bytes per compressed byte read,
 	// once more than RatioFloor bytes came out. 0: no bound.
 	MaxRatio int64
+	// RatioFloor is where MaxRatio starts to apply. 0: DefaultRatioFloor.
+	RatioFloor int64
 	// SizeHint is the decompressed size when the caller knows it (a
 	// stored NAR's NarSize): xz then allocates no larger dictionary than
 	// that data can use. 0: unknown.
@@ -50,11 +52,11 @@ const (
 	DefaultXZDict = 64 << 20
 	// DefaultZstdWindow is what `zstd --ultra -22` and `--long` use.
 	DefaultZstdWindow = 128 << 20
-	// RatioFloor is how much any stream may decompress to before
+	// DefaultRatioFloor is how much any stream may decompress to before
 	// MaxRatio applies, so small inputs of very regular data (a file of
 	// zeros) are never refused: a third of a second of bzip2, the
 	// slowest decoder per output byte.
-	RatioFloor = 64 << 20
+	DefaultRatioFloor = 64 << 20
 )
 
 // Names of the DecodeLimits bounds, as LimitError.Limit reports them.
@@ -102,6 +104,9 @@ func NewReaderLimits(r io.Reader, compression string, l DecodeLimits) (io.ReadCl
 	}
 	if l.ZstdWindow <= 0 {
 		l.ZstdWindow = DefaultZstdWindow
+	}
+	if l.RatioFloor <= 0 {
+		l.RatioFloor = DefaultRatioFloor
 	}
 	cr, in := newCountReader(r)
 	var dec io.ReadCloser
@@ -160,7 +165,7 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 	switch {
 	case b.l.MaxSize > 0 && b.out > b.l.MaxSize:
 		b.err = &LimitError{Limit: LimitSize, Max: b.l.MaxSize, Got: b.out}
-	case b.l.MaxRatio > 0 && b.out > RatioFloor && b.out/max(b.in.n, 1) > b.l.MaxRatio:
+	case b.l.MaxRatio > 0 && b.out > b.l.RatioFloor && b.out/max(b.in.n, 1) > b.l.MaxRatio:
 		b.err = &LimitError{Limit: LimitRatio, Max: b.l.MaxRatio, Got: b.out / max(b.in.n, 1)}
 	default:
 		return n, err

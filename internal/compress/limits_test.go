@@ -216,11 +216,14 @@ func viaCLI(t *testing.T, in io.Reader, name string, args ...string) []byte {
 }
 
 // TestRatioBombs: streams of zeros far past what real data compresses to
-// are stopped by the ratio bound once past RatioFloor, while the densest
+// are stopped by the ratio bound once past the floor, while the densest
 // legitimate data each codec can make (zeros: zstd ~32000:1, xz ~7000:1,
-// gzip ~1000:1) passes the default bound of 50000.
+// gzip ~1000:1) passes the default bound of 50000. The floor is 1 MiB here
+// (16 MiB streams) to keep the test quick; one bzip2 case runs with the
+// default floor.
 func TestRatioBombs(t *testing.T) {
-	const size = 128 << 20
+	const size = 16 << 20
+	const floor = 1 << 20
 	const defaultRatio = 50000
 	bz := viaCLI(t, nartest.Zeros(size), "bzip2", "-9", "-c")
 	var gz bytes.Buffer
@@ -245,7 +248,7 @@ func TestRatioBombs(t *testing.T) {
 		{"xz", xs, 1000, compress.LimitRatio},
 	} {
 		t.Run(tc.codec, func(t *testing.T) {
-			n, err := decodeAll(bytes.NewReader(tc.in), tc.codec, compress.DecodeLimits{MaxRatio: tc.ratio})
+			n, err := decodeAll(bytes.NewReader(tc.in), tc.codec, compress.DecodeLimits{MaxRatio: tc.ratio, RatioFloor: floor})
 			t.Logf("%d bytes of %s (%d:1), ratio bound %d: %d bytes out, %v", len(tc.in), tc.codec, int64(size)/int64(len(tc.in)), tc.ratio, n, err)
 			if tc.limit == "" {
 				if err != nil || n != size {
@@ -254,13 +257,23 @@ func TestRatioBombs(t *testing.T) {
 				return
 			}
 			wantLimit(t, err, tc.limit)
-			if n > compress.RatioFloor+4<<20 {
+			// The ratio is of the bytes the decoder took in, buffering
+			// included: it stops within a MiB of where that crosses.
+			if n > max(floor, tc.ratio*int64(len(tc.in)))+1<<20 {
 				t.Errorf("decoded %d bytes before stopping", n)
 			}
 		})
 	}
+	// With the default floor: 64 MiB come out, not all 96.
+	big := viaCLI(t, nartest.Zeros(96<<20), "bzip2", "-9", "-c")
+	n, err := decodeAll(bytes.NewReader(big), "bzip2", compress.DecodeLimits{MaxRatio: defaultRatio})
+	t.Logf("%d bytes of bzip2 for 96 MiB of zeros: stopped after %d bytes: %v", len(big), n, err)
+	wantLimit(t, err, compress.LimitRatio)
+	if n > compress.DefaultRatioFloor+1<<20 {
+		t.Errorf("decoded %d bytes past the default floor", n)
+	}
 	// The absolute bound stops a stream at its first byte past it.
-	n, err := decodeAll(bytes.NewReader(gz.Bytes()), "gzip", compress.DecodeLimits{MaxSize: 10 << 20})
+	n, err = decodeAll(bytes.NewReader(gz.Bytes()), "gzip", compress.DecodeLimits{MaxSize: 10 << 20})
 	wantLimit(t, err, compress.LimitSize)
 	if n > 10<<20+64<<10 {
 		t.Errorf("decoded %d bytes past a 10 MiB bound", n)

@@ -225,7 +225,7 @@ func (s *Store) withinLimits(blob, comp string, fileSize uint64, narSize uint64)
 	case narSize > uint64(l.MaxNARSize):
 		err = &limits.Error{Key: limits.KeyNARSize, Max: l.MaxNARSize, Size: true,
 			Err: fmt.Errorf("stored NAR %s is %d bytes", blob, narSize)}
-	case comp != "none" && l.MaxRatio > 0 && narSize > compress.RatioFloor && narSize/max(fileSize, 1) > uint64(l.MaxRatio):
+	case comp != "none" && l.MaxRatio > 0 && narSize > compress.DefaultRatioFloor && narSize/max(fileSize, 1) > uint64(l.MaxRatio):
 		err = &limits.Error{Key: limits.KeyRatio, Max: l.MaxRatio, Size: true,
 			Err: fmt.Errorf("stored NAR %s decompresses %d:1", blob, narSize/max(fileSize, 1))}
 	}

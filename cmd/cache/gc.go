@@ -77,7 +77,11 @@ func (f *uploadFlags) open(ctx context.Context, env *cli.Env) (*upload.Store, fu
 		Others:   others,
 		MaxSize:  int64(cfg.GC.MaxSize),
 		MaxAge:   time.Duration(cfg.GC.MaxAge),
-		Log:      log,
+		// verify checks blobs against the same limits the server
+		// enforces: a bound raised in the config must not make
+		// `cache verify --repair` quarantine what the server accepted.
+		Limits: cfg.Limits.Values(),
+		Log:    log,
 	})
 	if err != nil {
 		for _, c := range closers {

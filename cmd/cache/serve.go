@@ -284,13 +284,14 @@ func newApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, er
 			MaxSize:    int64(cfg.GC.MaxSize),
 			MaxAge:     time.Duration(cfg.GC.MaxAge),
 			GCInterval: time.Duration(cfg.GC.Interval),
+			Limits:     cfg.Limits.Values(),
 			Log:        log,
 		})
 		if err != nil {
 			return nil, err
 		}
 		a.cleanups = append(a.cleanups, us.Close)
-		uploads = &server.Uploads{Store: us, Tokens: a.tokens}
+		uploads = &server.Uploads{Store: us, Tokens: a.tokens, MaxNARSize: cfg.Limits.Values().UploadBody()}
 		uploadStore = us
 	}
 	var stores []store.Store
@@ -314,6 +315,7 @@ func newApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, er
 		Private:           cfg.Upload.Private,
 		ReadProgress:      time.Duration(cfg.Timeouts.ReadProgress),
 		WriteProgress:     time.Duration(cfg.Timeouts.WriteProgress),
+		Limits:            cfg.Limits.Values(),
 	}
 	if uploads != nil {
 		sopts.Upload = uploads
@@ -325,7 +327,17 @@ func newApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, er
 		}
 		a.cleanups = append(a.cleanups, cc.Close)
 		sopts.Cache = server.CompressCache(cc)
+		sopts.Listings = sopts.Cache
 		sopts.Collectors = cc.Collectors()
+	} else {
+		// Listings are kept on disk either way: building one reads a
+		// whole NAR, and anonymous clients may ask again and again.
+		lc, err := compress.Open(filepath.Join(cfg.StateDir, listingCacheName), listingCacheSize, cfg.Zstd.Level, log)
+		if err != nil {
+			return nil, err
+		}
+		a.cleanups = append(a.cleanups, lc.Close)
+		sopts.Listings = server.CompressCache(lc)
 	}
 	if a.srv, err = server.New(sopts); err != nil {
 		return nil, err
@@ -333,6 +345,12 @@ func newApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, er
 	built = true
 	return a, nil
 }
+
+// The listing cache used when the compression cache is off.
+const (
+	listingCacheName = "listings"
+	listingCacheSize = 1 << 30
+)
 
 // preferOrder puts the preferred store first.
 func preferOrder(prefer string, localStore, uploadStore store.Store) []store.Store {

@@ -1,6 +1,7 @@
 package compress_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ulikunitz/xz"
 
 	"github.com/bos55/concordia/internal/compress"
 )
@@ -339,4 +342,39 @@ func BenchmarkCacheHit(b *testing.B) {
 			e.Close()
 		}
 	})
+}
+
+// BenchmarkXZDecode compares this package's xz container reader with
+// ulikunitz/xz's own, over the same LZMA2 decoder: the container must not
+// cost throughput for the dictionary check it adds.
+func BenchmarkXZDecode(b *testing.B) {
+	data := testData(8<<20, 5)
+	var z bytes.Buffer
+	w, _ := xz.NewWriter(&z)
+	w.Write(data)
+	w.Close()
+	for _, impl := range []string{"compress", "ulikunitz"} {
+		b.Run(impl, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for i := 0; i < b.N; i++ {
+				var r io.Reader
+				if impl == "compress" {
+					d, err := compress.NewReader(bytes.NewReader(z.Bytes()), "xz")
+					if err != nil {
+						b.Fatal(err)
+					}
+					r = d
+				} else {
+					d, err := xz.NewReader(bytes.NewReader(z.Bytes()))
+					if err != nil {
+						b.Fatal(err)
+					}
+					r = d
+				}
+				if n, err := io.Copy(io.Discard, r); err != nil || n != int64(len(data)) {
+					b.Fatal(n, err)
+				}
+			}
+		})
+	}
 }

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/bos55/concordia/internal/limits"
 )
 
 // ErrInvalid is wrapped by every error about a bad configuration.
@@ -114,6 +116,7 @@ type Config struct {
 	Upload           Upload           `toml:"upload"`
 	GC               GC               `toml:"gc"`
 	Timeouts         Timeouts         `toml:"timeouts"`
+	Limits           Limits           `toml:"limits"`
 }
 
 // Zstd is the [zstd] table.
@@ -172,6 +175,65 @@ type Timeouts struct {
 	WriteProgress Duration `toml:"write_progress"`
 }
 
+// Limits is the [limits] table: what one NAR from an untrusted source (an
+// upload, or a stored one read back for a client) may cost. Uploads over a
+// bound are refused, naming the key; stored NARs over one are not decoded.
+type Limits struct {
+	MaxNARSize      Size  `toml:"max_nar_size"`
+	MaxDepth        int   `toml:"max_depth"`
+	MaxEntries      int64 `toml:"max_entries"`
+	MaxNameLength   int   `toml:"max_name_length"`
+	MaxTargetLength int   `toml:"max_target_length"`
+	XZDictMax       Size  `toml:"xz_dict_max"`
+	ZstdWindowMax   Size  `toml:"zstd_window_max"`
+	MaxRatio        int64 `toml:"max_ratio"`
+	MaxListingSize  Size  `toml:"max_listing_size"`
+}
+
+func defaultLimits() Limits {
+	d := limits.Default()
+	return Limits{
+		MaxNARSize: Size(d.MaxNARSize), MaxDepth: d.MaxDepth, MaxEntries: d.MaxEntries,
+		MaxNameLength: d.MaxNameLen, MaxTargetLength: d.MaxTargetLen,
+		XZDictMax: Size(d.XZDictMax), ZstdWindowMax: Size(d.ZstdWindowMax),
+		MaxRatio: d.MaxRatio, MaxListingSize: Size(d.MaxListingSize),
+	}
+}
+
+// Values are the bounds as the server enforces them.
+func (l Limits) Values() limits.Limits {
+	return limits.Limits{
+		MaxNARSize: int64(l.MaxNARSize), MaxDepth: l.MaxDepth, MaxEntries: l.MaxEntries,
+		MaxNameLen: l.MaxNameLength, MaxTargetLen: l.MaxTargetLength,
+		XZDictMax: int64(l.XZDictMax), ZstdWindowMax: int64(l.ZstdWindowMax),
+		MaxRatio: l.MaxRatio, MaxListingSize: int64(l.MaxListingSize),
+	}
+}
+
+func (l Limits) validate(bad func(key, format string, a ...any) error) error {
+	switch {
+	case l.MaxNARSize < 1<<20:
+		return bad(limits.KeyNARSize, "must be at least 1M, got %d", l.MaxNARSize)
+	case l.MaxDepth < 1 || l.MaxDepth > 1<<16:
+		return bad(limits.KeyDepth, "must be 1..65536, got %d", l.MaxDepth)
+	case l.MaxEntries < 1:
+		return bad(limits.KeyEntries, "must be at least 1, got %d", l.MaxEntries)
+	case l.MaxNameLength < 1 || l.MaxNameLength > limits.DefaultMaxNameLen:
+		return bad(limits.KeyNameLen, "must be 1..%d (a NAR name cannot be longer), got %d", limits.DefaultMaxNameLen, l.MaxNameLength)
+	case l.MaxTargetLength < 1 || l.MaxTargetLength > limits.DefaultMaxTargetLen:
+		return bad(limits.KeyTargetLen, "must be 1..%d (a NAR symlink target cannot be longer), got %d", limits.DefaultMaxTargetLen, l.MaxTargetLength)
+	case l.XZDictMax < 4<<10 || l.XZDictMax > 4<<30:
+		return bad(limits.KeyXZDict, "must be 4K..4G (what an xz header can ask for), got %d", l.XZDictMax)
+	case l.ZstdWindowMax < 1<<10 || l.ZstdWindowMax > 2<<30:
+		return bad(limits.KeyZstdWindow, "must be 1K..2G (zstd's largest window), got %d", l.ZstdWindowMax)
+	case l.MaxRatio < 0:
+		return bad(limits.KeyRatio, "must not be negative (0 turns the bound off), got %d", l.MaxRatio)
+	case l.MaxListingSize < 1<<10:
+		return bad(limits.KeyListingSize, "must be at least 1K, got %d", l.MaxListingSize)
+	}
+	return nil
+}
+
 // Default returns the configuration used when no file is given: listen on
 // 127.0.0.1:5000, serve the local store if its database exists, keep
 // state in the per-user (or system) state directory.
@@ -199,6 +261,7 @@ func Default() *Config {
 			ReadProgress:  Duration(DefaultProgressTimeout),
 			WriteProgress: Duration(DefaultProgressTimeout),
 		},
+		Limits:            defaultLimits(),
 	}
 	return c
 }
@@ -354,7 +417,7 @@ func (c *Config) Validate() error {
 	if c.GC.MaxSize < 0 || c.GC.MaxAge < 0 || c.GC.Interval < 0 {
 		return bad("gc", "sizes and durations must not be negative")
 	}
-	return nil
+	return c.Limits.validate(bad)
 }
 
 // SplitBind parses bind into a network ("tcp" or "unix") and address.

@@ -12,9 +12,9 @@ import (
 	"path"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/nar"
@@ -44,7 +44,7 @@ func (s *Server) handleServe(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := s.stores[idx]
-	listing, err := s.listing(ctx, st, info)
+	listing, err := s.tree(ctx, st, info)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -84,90 +84,9 @@ func (s *Server) handleServe(w http.ResponseWriter, r *http.Request) {
 	s.serveNARFile(w, r, st, info, target, node)
 }
 
-// listingCache keeps the listings of recently browsed paths: computing one
-// reads the whole NAR, and /serve needs it on every request. Keyed by
-// store path and NAR hash, so a re-created path never hits a stale entry.
-type listingCache struct {
-	mu    sync.Mutex
-	max   int
-	order []string
-	m     map[string]*nar.Listing
-}
-
-func (c *listingCache) get(key string) *nar.Listing {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[key]
-}
-
-func (c *listingCache) put(key string, l *nar.Listing) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil {
-		c.m = map[string]*nar.Listing{}
-	}
-	if _, ok := c.m[key]; ok {
-		return
-	}
-	if len(c.order) >= c.max {
-		delete(c.m, c.order[0])
-		c.order = c.order[1:]
-	}
-	c.order = append(c.order, key)
-	c.m[key] = l
-}
-
-// maxCachedNodes keeps huge listings (a toolchain has ~20k files) out of
-// the cache, which holds at most listingCacheLen entries.
-const (
-	maxCachedNodes  = 4096
-	listingCacheLen = 64
-)
-
-func countNodes(n *nar.Node) int {
-	c := 1
-	for _, e := range n.Entries {
-		c += countNodes(e.Node)
-	}
-	return c
-}
-
-// listing returns a path's NAR listing, from the cache or its store.
-func (s *Server) listing(ctx context.Context, st store.Store, info *store.PathInfo) (*nar.Listing, error) {
-	key := info.StorePath + "\x00" + string(info.NarHash)
-	if l := s.listings.get(key); l != nil {
-		return l, nil
-	}
-	l, err := s.readListing(ctx, st, info)
-	if err == nil && l.Root != nil && countNodes(l.Root) <= maxCachedNodes {
-		s.listings.put(key, l)
-	}
-	return l, err
-}
-
-// readListing reads a path's NAR listing from its store.
-func (s *Server) readListing(ctx context.Context, st store.Store, info *store.PathInfo) (*nar.Listing, error) {
-	var l *nar.Listing
-	derr, lerr := pipeNAR(ctx, st, info, func(r io.Reader) error {
-		var err error
-		l, err = nar.ListingFromReader(r)
-		return err
-	})
-	if derr != nil && errors.Is(derr, store.ErrNotFound) {
-		return nil, derr
-	}
-	if lerr == nil && derr != nil {
-		lerr = derr
-	}
-	if lerr != nil {
-		// A NAR our own store produced is not the client's fault: a
-		// plain error (500) even though the NAR reader calls it invalid.
-		return nil, fmt.Errorf("listing of %s: %v", info.StorePath, lerr)
-	}
-	return l, nil
-}
-
-// serveNARFile streams one regular file's contents out of the NAR.
+// serveNARFile streams one regular file's contents out of the NAR: from
+// its offset when the store can start there (the local store), else by
+// reading the NAR up to it.
 func (s *Server) serveNARFile(w http.ResponseWriter, r *http.Request, st store.Store, info *store.PathInfo, target string, node *nar.Node) {
 	h := w.Header()
 	ct := mime.TypeByExtension(path.Ext(target))
@@ -179,12 +98,34 @@ func (s *Server) serveNARFile(w http.ResponseWriter, r *http.Request, st store.S
 	if r.Method == http.MethodHead {
 		return
 	}
+	if rn, ok := st.(store.RangeNAR); ok && node.NarOffset > 0 {
+		fw := &fileWriter{w: w, left: node.Size, bytes: s.metrics.narSource}
+		err := rn.NARFrom(r.Context(), info, node.NarOffset, fw)
+		switch {
+		case errors.Is(err, errors.ErrUnsupported) && !fw.started:
+			// Read the NAR up to the file, below.
+		case fw.left == 0 && (err == nil || errors.Is(err, errRangeDone)):
+			if !fw.started { // an empty file
+				w.WriteHeader(http.StatusOK)
+			}
+			return
+		case err == nil:
+			err = fmt.Errorf("serve %s%s: NAR ended %d bytes into the file", info.StorePath, target, node.Size-fw.left)
+			fallthrough
+		default:
+			if !fw.started {
+				s.fail(w, r, err)
+				return
+			}
+			s.abort(r, err)
+		}
+	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(st.NAR(ctx, info, pw)) }()
+	go func() { pw.CloseWithError(st.NAR(ctx, info, &countWriter{w: pw, c: s.metrics.narSource})) }()
 	defer pr.CloseWithError(errors.New("done"))
-	nr := nar.NewReader(pr)
+	nr := nar.NewReaderOptions(pr, s.limits.NAR())
 	want := target
 	if want == "" {
 		want = "/"
@@ -208,6 +149,49 @@ func (s *Server) serveNARFile(w http.ResponseWriter, r *http.Request, st store.S
 		}
 		return
 	}
+}
+
+// fileWriter passes the first left bytes of a NAR stream to the response,
+// sending the status on the first one, then stops the stream.
+type fileWriter struct {
+	w       http.ResponseWriter
+	left    int64
+	started bool
+	bytes   prometheus.Counter
+}
+
+func (f *fileWriter) Write(p []byte) (int, error) {
+	f.bytes.Add(float64(len(p)))
+	if int64(len(p)) > f.left {
+		p = p[:f.left]
+	}
+	if len(p) > 0 {
+		if !f.started {
+			f.started = true
+			f.w.WriteHeader(http.StatusOK)
+		}
+		n, err := f.w.Write(p)
+		f.left -= int64(n)
+		if err != nil {
+			return 0, err
+		}
+	}
+	if f.left == 0 {
+		return 0, errRangeDone
+	}
+	return len(p), nil
+}
+
+// countWriter counts the bytes a store produced into a metric.
+type countWriter struct {
+	w io.Writer
+	c prometheus.Counter
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.c.Add(float64(n))
+	return n, err
 }
 
 // resolveInListing walks comps from the root of l, following symlinks

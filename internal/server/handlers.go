@@ -54,42 +54,6 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// handleListing serves /<hash>.ls: the NAR's listing, computed by
-// streaming the NAR through pkg/nar's reader (contents are skipped, so
-// memory grows with the number of files only).
-func (s *Server) handleListing(w http.ResponseWriter, r *http.Request) {
-	if !s.authorize(w, r) {
-		return
-	}
-	hash := mux.Vars(r)["hash"]
-	if !validHashPart(hash) {
-		s.fail(w, r, store.ErrNotFound)
-		return
-	}
-	info, idx, err := s.lookup(r.Context(), hash)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	l, err := s.listing(r.Context(), s.stores[idx], info)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	body, err := l.MarshalJSON()
-	if err != nil {
-		s.fail(w, r, fmt.Errorf("listing of %s: %v", info.StorePath, err))
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", itoa(len(body)))
-	h["Cache-Control"] = s.ccDay
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
-}
-
 // handleLog serves /log/<drv basename> from the first store with the
 // Logger capability that has it. A bzip2 log is sent as it is, with
 // Content-Encoding: bzip2, only to clients that ask for bzip2 (Nix
@@ -134,7 +98,7 @@ func (s *Server) handleLog(w http.ResponseWriter, r *http.Request) {
 			h.Set("Content-Encoding", "bzip2")
 			break
 		}
-		dec, err := compress.NewReader(rc, "bzip2")
+		dec, err := compress.NewReaderLimits(rc, "bzip2", s.limits.Decode(0))
 		if err != nil {
 			s.fail(w, r, err)
 			return

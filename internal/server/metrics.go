@@ -20,6 +20,8 @@ type metrics struct {
 	narBytes      *prometheus.CounterVec
 	narinfoCache  *prometheus.CounterVec
 	activeStreams prometheus.Gauge
+	listingBuilds prometheus.Counter
+	narSource     prometheus.Counter
 
 	narinfoOK, narinfoMissing prometheus.Counter
 	narinfoDur                prometheus.Observer
@@ -50,8 +52,16 @@ func newMetrics(reg *prometheus.Registry, extra []prometheus.Collector) (*metric
 			Name: "concordia_nar_active_streams",
 			Help: "NAR responses being sent right now.",
 		}),
+		listingBuilds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "concordia_listing_builds_total",
+			Help: "Listings (.ls) built from a NAR; each is built once and kept, so this grows with distinct NARs listed, not with requests.",
+		}),
+		narSource: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "concordia_nar_source_bytes_total",
+			Help: "NAR bytes stores produced to answer uncompressed NAR and /serve requests, those skipped before a range included: compare with concordia_nar_bytes_sent_total.",
+		}),
 	}
-	cs := []prometheus.Collector{m.requests, m.duration, m.narBytes, m.narinfoCache, m.activeStreams}
+	cs := []prometheus.Collector{m.requests, m.duration, m.narBytes, m.narinfoCache, m.activeStreams, m.listingBuilds, m.narSource}
 	cs = append(cs, extra...)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

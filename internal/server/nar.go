@@ -152,8 +152,19 @@ func (s *Server) narCounter(encoding string) prometheus.Counter {
 }
 
 // serveIdentity streams the uncompressed NAR from the store, with byte
-// ranges: the NAR size is known from the path info, so a range is served
-// by streaming and skipping.
+// ranges (the NAR size is known from the path info).
+//
+// A range must not cost more than it is worth: Nix resumes a dropped
+// download with "Range: bytes=N-" (N what it has), but an anonymous
+// "bytes=-1" asks for one byte of a NAR the store would have to produce
+// whole. So a range starting at N > 0 is served by the store from N when
+// it can start there cheaply (store.RangeNAR: the local store skips the
+// contents before N unread, an uncompressed upload seeks), else by
+// producing and dropping the first N bytes only when they are no more than
+// the range itself (or a few MiB), and otherwise the Range is ignored and
+// the whole NAR sent with 200, as RFC 9110 allows. Every answer then
+// costs at most twice what the client must take, and the resumption real
+// clients do is always served: their identity URLs are the local store's.
 func (s *Server) serveIdentity(w http.ResponseWriter, r *http.Request, st store.Store, info *store.PathInfo) {
 	size := int64(info.NarSize)
 	etag := `"` + narHash32(info.NarHash) + `"`
@@ -166,6 +177,7 @@ func (s *Server) serveIdentity(w http.ResponseWriter, r *http.Request, st store.
 		h.Set("Vary", "Accept-Encoding")
 	}
 	start, length, status := int64(0), size, http.StatusOK
+	rn, seekable := st.(store.RangeNAR)
 	if rh := r.Header.Get("Range"); rh != "" && ifRangeMatches(r, etag) {
 		rs, rl, ok, satisfiable := parseRange(rh, size)
 		if !satisfiable {
@@ -174,7 +186,7 @@ func (s *Server) serveIdentity(w http.ResponseWriter, r *http.Request, st store.
 			http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
 			return
 		}
-		if ok {
+		if ok && (seekable || rs <= max(rl, maxRangeSkip)) {
 			start, length, status = rs, rl, http.StatusPartialContent
 			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", rs, rs+rl-1, size))
 		}
@@ -186,8 +198,26 @@ func (s *Server) serveIdentity(w http.ResponseWriter, r *http.Request, st store.
 	}
 	s.metrics.activeStreams.Inc()
 	defer s.metrics.activeStreams.Dec()
-	nw := &narWriter{w: w, status: status, size: size, skip: start, remain: length, bytes: s.metrics.narBytes.WithLabelValues(CompressionNone)}
-	err := st.NAR(r.Context(), info, nw)
+	nw := &narWriter{w: w, status: status, size: size, skip: start, remain: length,
+		bytes: s.metrics.narBytes.WithLabelValues(CompressionNone), source: s.metrics.narSource}
+	var err error
+	if start > 0 && seekable {
+		nw.skip, nw.total = 0, start
+		err = rn.NARFrom(r.Context(), info, start, nw)
+		if errors.Is(err, errors.ErrUnsupported) && !nw.started && nw.total == start {
+			// Not from this path after all (a compressed upload):
+			// produce and drop, or send it all, as for other stores.
+			if start > max(length, maxRangeSkip) {
+				start, length, nw.status = 0, size, http.StatusOK
+				h.Del("Content-Range")
+				h.Set("Content-Length", strconv.FormatInt(size, 10))
+			}
+			nw.skip, nw.remain, nw.total = start, length, 0
+			err = st.NAR(r.Context(), info, nw)
+		}
+	} else {
+		err = st.NAR(r.Context(), info, nw)
+	}
 	if nw.stopped {
 		return // the range was sent; the rest of the dump was cut short on purpose
 	}
@@ -202,6 +232,10 @@ func (s *Server) serveIdentity(w http.ResponseWriter, r *http.Request, st store.
 		s.abort(r, err)
 	}
 }
+
+// maxRangeSkip is how many bytes before a range a store without
+// RangeNAR may produce and drop to serve it, however short the range.
+const maxRangeSkip = 4 << 20
 
 // abort ends a response whose headers (and some body) are out: the
 // connection is cut so the client sees a failed transfer, never a clean
@@ -228,15 +262,17 @@ type narWriter struct {
 	size    int64 // the whole NAR
 	skip    int64 // bytes still to drop before the range
 	remain  int64 // bytes still to send
-	total   int64 // bytes the store produced
+	total   int64 // bytes the store produced (from the range start with RangeNAR)
 	started bool
 	stopped bool
 	bytes   prometheus.Counter
+	source  prometheus.Counter
 }
 
 func (nw *narWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	nw.total += int64(n)
+	nw.source.Add(float64(n))
 	if nw.total > nw.size {
 		return 0, errNARTooLong
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/upload"
 )
@@ -32,7 +33,8 @@ import (
 type Uploads struct {
 	*upload.Store
 	Tokens *auth.Tokens
-	// MaxNARSize bounds one NAR upload's request body (default 64 GiB).
+	// MaxNARSize bounds one NAR upload's request body (default: what
+	// the server's limits allow, limits.Limits.UploadBody).
 	MaxNARSize int64
 }
 
@@ -48,9 +50,8 @@ func uploadTarget(u store.Store) store.Store {
 // Request body limits for the small documents (the store bounds them again
 // after decoding a Content-Encoding).
 const (
-	defaultMaxNARSize = 64 << 30
-	maxDocBody        = 64 << 20
-	maxNarinfoBody    = 1 << 20
+	maxDocBody     = 64 << 20
+	maxNarinfoBody = 1 << 20
 )
 
 // statusError gives an error its own status (Status honours HTTPStatus).
@@ -77,7 +78,7 @@ func (s *Server) putRoutes(r *mux.Router) {
 		}
 	}
 	if u.MaxNARSize == 0 {
-		u.MaxNARSize = defaultMaxNARSize
+		u.MaxNARSize = s.limits.UploadBody()
 	}
 	toks := u.Tokens
 	if toks == nil {
@@ -191,7 +192,7 @@ func (h *putHandler) body(w http.ResponseWriter, r *http.Request, max int64) (io
 		if enc == "x-gzip" {
 			enc = "gzip"
 		}
-		dec, err := compress.NewReader(limited, enc)
+		dec, err := compress.NewReaderLimits(limited, enc, h.s.limits.Decode(0))
 		if err != nil {
 			if errors.Is(err, compress.ErrUnknownCompression) {
 				return nil, &statusError{http.StatusUnsupportedMediaType, fmt.Errorf("Content-Encoding %q is not supported (use zstd, xz, gzip or bzip2)", enc)}
@@ -240,7 +241,12 @@ func (h *putHandler) nar(w http.ResponseWriter, r *http.Request) error {
 	start := time.Now()
 	info, err := h.u.PutNAR(r.Context(), name, body)
 	if err != nil {
-		return bodyErr(err)
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) && mbe.Limit == h.u.MaxNARSize {
+			return &limits.Error{Key: limits.KeyNARSize, Max: h.s.limits.MaxNARSize, Size: true,
+				Err: fmt.Errorf("NAR upload body larger than %d bytes", mbe.Limit)}
+		}
+		return bodyErr(h.s.limits.Check(err))
 	}
 	h.s.logger(r).Debug("NAR uploaded", "name", info.Name, "bytes", info.FileSize, "nar", info.NarSize,
 		"existed", info.Existed, "took", time.Since(start))

@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bos55/concordia/internal/auth"
+	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -126,6 +127,14 @@ type Options struct {
 	// Extra collectors (e.g. the compression cache's) registered with
 	// Registry.
 	Collectors []prometheus.Collector
+	// Limits bound what the server decodes and parses for a client
+	// (stored uploads, listings); zero value: limits.Default().
+	Limits limits.Limits
+	// Listings keeps the .ls listings the server builds, zstd-compressed
+	// on disk, each built once per NAR: cmd/cache passes the compression
+	// cache (or, with that off, one of its own). nil builds them in
+	// memory and keeps only small ones.
+	Listings ZstdCache
 }
 
 // Server serves the cache. Its fields are what handlers, including the
@@ -140,7 +149,11 @@ type Server struct {
 	reg      *prometheus.Registry
 	metrics  *metrics
 	zsem     chan struct{} // on-the-fly compression slots
-	listings *listingCache
+	limits   limits.Limits
+	// memListings holds listings without Options.Listings; trees the
+	// parsed listings /serve resolves paths in.
+	memListings memListings
+	trees       treeCache
 	// Cache-Control values: "private" is added for a private cache, so
 	// shared proxies never keep what needed credentials.
 	ccDay, ccForever []string
@@ -230,9 +243,9 @@ func New(opts Options) (*Server, error) {
 		reg:      opts.Registry,
 		narinfos: newNarinfoCache(opts.NarInfoCacheBytes),
 		zsem:     make(chan struct{}, opts.MaxLiveCompressions),
-		listings: &listingCache{max: listingCacheLen},
 		rd:       progress(opts.ReadProgress),
 		wd:       progress(opts.WriteProgress),
+		limits:   opts.Limits.OrDefault(),
 	}
 	s.uploadIdx = -1
 	for i, st := range s.stores {

@@ -101,6 +101,18 @@ type FileNAR interface {
 	OpenFileNAR(ctx context.Context, info *PathInfo) (f ReadSeekCloser, compression string, fileHash []byte, fileSize int64, err error)
 }
 
+// RangeNAR is the optional capability of streaming a NAR from an offset
+// without producing the bytes before it, so a client resuming a download
+// (Range: bytes=N-) costs about what it receives, not the whole NAR again.
+type RangeNAR interface {
+	// NARFrom writes the NAR of info's path from byte offset to its end:
+	// what NAR writes after its first offset bytes. Its errors are NAR's;
+	// it returns errors.ErrUnsupported, having written nothing, when it
+	// cannot start at an offset cheaply for this path (the caller then
+	// uses NAR).
+	NARFrom(ctx context.Context, info *PathInfo, offset int64, w io.Writer) error
+}
+
 // ReadSeekCloser is what http.ServeContent needs plus Close.
 type ReadSeekCloser interface {
 	io.ReadSeeker

@@ -181,3 +181,33 @@ func BenchmarkListingGoroot(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReaderGoroot reads the Go toolchain's NAR through Reader with
+// the default options, every header with its Path and every file's
+// contents, as a consumer of the package would.
+func BenchmarkReaderGoroot(b *testing.B) {
+	var buf bytes.Buffer
+	if _, err := nar.DumpPath(&buf, goroot(b)); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(buf.Len()))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		nr := nar.NewReader(bytes.NewReader(buf.Bytes()))
+		for {
+			h, err := nr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			if h.Type == nar.TypeRegular {
+				if _, err := io.Copy(io.Discard, nr); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	}
+}

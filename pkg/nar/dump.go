@@ -39,17 +39,19 @@ func tokens(ss ...string) []byte {
 }
 
 // sink buffers the NAR on its way to w. Errors are sticky, so the dump code
-// can write freely and check once per node.
+// can write freely and check once per node. The first skip bytes are
+// dropped instead of written (DumpPathFrom).
 type sink struct {
 	w     io.Writer
 	buf   []byte
 	n     int
 	total int64
+	skip  int64
 	err   error
 }
 
 func (s *sink) reset(w io.Writer, size int) {
-	s.w, s.n, s.total, s.err = w, 0, 0, nil
+	s.w, s.n, s.total, s.skip, s.err = w, 0, 0, 0, nil
 	if s.buf == nil {
 		s.buf = make([]byte, size)
 	}
@@ -59,12 +61,26 @@ func (s *sink) flush() {
 	if s.err != nil || s.n == 0 {
 		return
 	}
-	n, err := s.w.Write(s.buf[:s.n])
+	b := s.buf[:s.n]
+	s.n = 0
+	s.write(b)
+}
+
+// write sends b to w, less what is still to be skipped.
+func (s *sink) write(b []byte) {
+	if s.skip > 0 {
+		if int64(len(b)) <= s.skip {
+			s.skip -= int64(len(b))
+			return
+		}
+		b = b[s.skip:]
+		s.skip = 0
+	}
+	n, err := s.w.Write(b)
 	s.total += int64(n)
-	if err == nil && n != s.n {
+	if err == nil && n != len(b) {
 		err = io.ErrShortWrite
 	}
-	s.n = 0
 	s.err = err
 }
 
@@ -76,12 +92,7 @@ func (s *sink) raw(b []byte) {
 		if s.err != nil {
 			return
 		}
-		n, err := s.w.Write(b)
-		s.total += int64(n)
-		if err == nil && n != len(b) {
-			err = io.ErrShortWrite
-		}
-		s.err = err
+		s.write(b)
 		return
 	}
 	for len(b) > 0 {
@@ -125,12 +136,29 @@ var dumperPool = sync.Pool{New: func() any { return new(dumper) }}
 // symlinks not followed (the root included) and their targets kept as they
 // are. Other file types (sockets, devices, fifos) are refused, as Nix does.
 // It returns the number of bytes written.
-func DumpPath(w io.Writer, path string) (int64, error) {
+func DumpPath(w io.Writer, path string) (int64, error) { return dump(w, path, 0) }
+
+// DumpPathFrom writes what DumpPath would write after its first offset
+// bytes, and returns the number of bytes written (none when the NAR is not
+// longer than offset). The bytes before offset are not produced: on Linux
+// the contents of the files wholly before it are not read at all (their
+// size comes from the inode), so a client resuming the download of a large
+// NAR near its end costs a walk of the tree's metadata, not a second read
+// of everything it already has.
+func DumpPathFrom(w io.Writer, path string, offset int64) (int64, error) {
+	if offset < 0 {
+		return 0, fmt.Errorf("nar: dump %s from offset %d: negative offset", path, offset)
+	}
+	return dump(w, path, offset)
+}
+
+func dump(w io.Writer, path string, offset int64) (int64, error) {
 	// The path is used as given, like nix-store --dump does: "link/"
 	// dumps the directory a symlink points to, "link" the symlink.
 	d := dumperPool.Get().(*dumper)
 	defer dumperPool.Put(d)
 	d.reset(w)
+	d.skip = offset
 	d.raw(tokMagic)
 	err := d.root(path)
 	if err == nil {

@@ -133,14 +133,61 @@ func (d *dumper) file(fd, depth int) error {
 	if d.st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return d.pathErr(depth, errors.New("changed type while dumping"))
 	}
+	d.regularHeader(d.st.Mode, d.st.Size)
+	return d.contents(fd, d.st.Size, depth)
+}
+
+func (d *dumper) regularHeader(mode uint32, size int64) {
 	d.raw(tokRegular)
-	if d.st.Mode&unix.S_IXUSR != 0 {
+	if mode&unix.S_IXUSR != 0 {
 		d.raw(tokExecutable)
 	}
 	d.raw(tokContents)
-	size := d.st.Size
 	d.u64(uint64(size))
-	for rem := size; rem > 0; {
+}
+
+// skippedFile dumps a regular file that may lie wholly before the bytes
+// to skip, from its metadata: if its contents end before them, it is not
+// even opened. It reports false when the file must be opened after all.
+func (d *dumper) skippedFile(l *level, i, depth int) (bool, error) {
+	// Rare enough (resumed downloads) for the name's string copy.
+	if err := unix.Fstatat(l.fd, string(l.name(i)), &d.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return true, d.pathErr(depth, err)
+	}
+	if d.st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return true, d.pathErr(depth, errors.New("changed type while dumping"))
+	}
+	// Where the contents end relative to what is still skipped: the
+	// buffered bytes and the header come first.
+	if d.skip < int64(d.n)+int64(len(tokRegular)+len(tokExecutable)+len(tokContents)+8)+d.st.Size {
+		return false, nil
+	}
+	d.regularHeader(d.st.Mode, d.st.Size)
+	return true, d.contents(-1, d.st.Size, depth)
+}
+
+// contents writes size bytes of the file open at fd, padding and the
+// node's end. Bytes still to be skipped are not read: fd is read from the
+// first byte that is written, and not at all (it may be -1) when the
+// contents end before that.
+func (d *dumper) contents(fd int, size int64, depth int) error {
+	rem := size
+	if d.skip > 0 {
+		d.flush()
+		if d.err != nil {
+			return d.err
+		}
+		if skip := min(d.skip, size); skip > 0 {
+			if skip < size {
+				if _, err := unix.Seek(fd, skip, io.SeekStart); err != nil {
+					return d.pathErr(depth, err)
+				}
+			}
+			d.skip -= skip
+			rem -= skip
+		}
+	}
+	for rem > 0 {
 		if d.err != nil {
 			return d.err
 		}
@@ -231,6 +278,11 @@ func (d *dumper) entry(l *level, i, depth int) error {
 	}
 	switch typ {
 	case unix.DT_REG:
+		if d.skip > 0 {
+			if done, err := d.skippedFile(l, i, depth); done {
+				return err
+			}
+		}
 		fd, err := openat(l.fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY)
 		if err != nil {
 			return d.pathErr(depth, err)

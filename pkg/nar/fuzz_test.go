@@ -103,8 +103,43 @@ func FuzzNarReader(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := l.MarshalJSON(); err != nil {
+		js, err := l.MarshalJSON()
+		if err != nil {
 			t.Fatal(err)
 		}
+		var streamed bytes.Buffer
+		if _, err := nar.WriteListing(&streamed, bytes.NewReader(data), nar.ReaderOptions{}); err != nil || !bytes.Equal(streamed.Bytes(), js) {
+			t.Fatalf("WriteListing = %v, %q; MarshalJSON %q", err, streamed.Bytes(), js)
+		}
+		// Bounds only ever add a LimitError: a NAR accepted without
+		// them is accepted with bounds it fits in and refused, with a
+		// LimitError, by any it does not. The bounds come from the
+		// input, so the fuzzer explores them too.
+		o := fuzzLimits(data)
+		_, err = nar.ValidateOptions(bytes.NewReader(data), o)
+		var le *nar.LimitError
+		if err != nil && (!errors.Is(err, nar.ErrInvalid) || !errors.As(err, &le)) {
+			t.Fatalf("with %+v: refusal is not a LimitError: %v", o, err)
+		}
+		if err == nil && (o.MaxSize > 0 && o.MaxSize < int64(len(data))) {
+			t.Fatalf("with %+v: a NAR of %d bytes was accepted", o, len(data))
+		}
 	})
+}
+
+// fuzzLimits derives small bounds from the input's last bytes.
+func fuzzLimits(data []byte) nar.ReaderOptions {
+	b := func(i int) int {
+		if len(data) <= i {
+			return 0
+		}
+		return int(data[len(data)-1-i])
+	}
+	return nar.ReaderOptions{
+		MaxSize:      int64(b(0) * 8),
+		MaxDepth:     b(1) % 8,
+		MaxEntries:   int64(b(2) % 16),
+		MaxNameLen:   b(3) % 16,
+		MaxTargetLen: b(4) % 16,
+	}
 }

@@ -1,6 +1,7 @@
 package nar
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"sort"
@@ -37,12 +38,16 @@ type Entry struct {
 // listing. Contents are skipped, so memory grows with the number of nodes
 // only.
 func ListingFromReader(r io.Reader) (*Listing, error) {
-	nr := NewReader(r)
-	type open struct {
-		path string
-		node *Node
-	}
-	var stack []open
+	return ListingFromReaderOptions(r, ReaderOptions{})
+}
+
+// ListingFromReaderOptions is ListingFromReader with the bounds of o.
+func ListingFromReaderOptions(r io.Reader, o ReaderOptions) (*Listing, error) {
+	o.OmitPath = true
+	nr := NewReaderOptions(r, o)
+	// open[d] is the directory at depth d on the way to the last node:
+	// the reader guarantees NAR order, so a node's parent is there.
+	var open []*Node
 	var root *Node
 	for {
 		h, err := nr.Next()
@@ -59,26 +64,91 @@ func ListingFromReader(r io.Reader) (*Listing, error) {
 		case TypeSymlink:
 			n.Target = h.LinkTarget
 		}
-		if h.Path == "/" {
+		if h.Depth == 0 {
 			root = n
 		} else {
-			// The reader guarantees NAR order, so the parent is on
-			// the stack.
-			i := strings.LastIndexByte(h.Path, '/')
-			parent, name := h.Path[:i], h.Path[i+1:]
-			if parent == "" {
-				parent = "/"
-			}
-			for stack[len(stack)-1].path != parent {
-				stack = stack[:len(stack)-1]
-			}
-			p := stack[len(stack)-1].node
-			p.Entries = append(p.Entries, Entry{Name: name, Node: n})
+			p := open[h.Depth-1]
+			p.Entries = append(p.Entries, Entry{Name: h.Name, Node: n})
 		}
 		if h.Type == TypeDirectory {
-			stack = append(stack, open{h.Path, n})
+			open = append(open[:h.Depth], n)
 		}
 	}
+}
+
+// WriteListing reads and validates a whole NAR from r, with the bounds of
+// o, and writes its listing to w as Listing.MarshalJSON renders it, one
+// node at a time: memory does not grow with the number of nodes, so a NAR
+// of millions of files is listed in the reader's constant memory. It
+// returns the number of bytes written. w may have received part of the
+// listing when the NAR turns out invalid: write to a temporary place.
+func WriteListing(w io.Writer, r io.Reader, o ReaderOptions) (int64, error) {
+	o.OmitPath = true
+	nr := NewReaderOptions(r, o)
+	bw := &countWriter{w: bufio.NewWriterSize(w, 64<<10)}
+	// hasEntries[d] says whether the open directory at depth d has had
+	// an entry written (so the next one needs a comma).
+	var hasEntries []bool
+	var b []byte
+	closeTo := func(depth int) {
+		for len(hasEntries) > depth {
+			hasEntries = hasEntries[:len(hasEntries)-1]
+			b = append(b, "}}"...)
+		}
+	}
+	b = append(b, `{"version":1,"root":`...)
+	for {
+		h, err := nr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return bw.n, err
+		}
+		closeTo(h.Depth)
+		if h.Depth > 0 {
+			if hasEntries[h.Depth-1] {
+				b = append(b, ',')
+			}
+			hasEntries[h.Depth-1] = true
+			b = appendString(b, h.Name)
+			b = append(b, ':')
+		}
+		if h.Type == TypeDirectory {
+			b = append(b, `{"type":"directory","entries":{`...)
+			hasEntries = append(hasEntries, false)
+		} else {
+			b, _ = appendNode(b, &Node{Type: h.Type, Size: h.Size, Executable: h.Executable, NarOffset: h.Offset, Target: h.LinkTarget})
+		}
+		if len(b) >= 32<<10 {
+			bw.Write(b)
+			b = b[:0]
+		}
+	}
+	closeTo(0)
+	b = append(b, '}')
+	bw.Write(b)
+	if bw.err == nil {
+		bw.err = bw.w.(*bufio.Writer).Flush()
+	}
+	return bw.n, bw.err
+}
+
+// countWriter counts what reaches w and keeps the first error.
+type countWriter struct {
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	c.err = err
+	return n, err
 }
 
 // Lookup returns the node at path ("/" or "/a/b", or "" for the root), or

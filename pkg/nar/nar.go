@@ -18,9 +18,15 @@ const (
 // Header describes one node of a NAR, in the order the archive holds them.
 type Header struct {
 	// Path is "/" for the root and "/a/b" below it. Names are raw bytes:
-	// a NAR may hold any name a Unix file system can.
+	// a NAR may hold any name a Unix file system can. A Reader with
+	// ReaderOptions.OmitPath leaves it empty.
 	Path string
-	Type NodeType
+	// Name is the last element of Path ("" for the root) and Depth the
+	// number of elements (0 for the root), filled by Reader: enough to
+	// rebuild the tree without Path.
+	Name  string
+	Depth int
+	Type  NodeType
 	// Size is the length of a regular file's contents.
 	Size int64
 	// Executable mirrors the owner x bit; only regular files have it.
@@ -48,8 +54,13 @@ type Error struct {
 
 func (e *Error) Error() string {
 	s := fmt.Sprintf("invalid NAR at offset %d", e.Offset)
-	if e.Path != "" {
-		s += fmt.Sprintf(" (in %q)", e.Path)
+	if p := e.Path; p != "" {
+		// A path may be as long as its depth allows (a NAR can nest
+		// thousands of 255-byte names): the message keeps both ends.
+		if len(p) > 512 {
+			p = fmt.Sprintf("%s...(%d bytes)...%s", p[:200], len(p)-400, p[len(p)-200:])
+		}
+		s += fmt.Sprintf(" (in %q)", p)
 	}
 	s += ": " + e.Reason
 	if e.Err != nil {

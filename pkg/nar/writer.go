@@ -28,6 +28,14 @@ type Writer struct {
 	closed  bool
 }
 
+// frame is a directory a Writer has open: its path and the last entry
+// name written in it, to enforce strictly increasing names.
+type frame struct {
+	path    string
+	prev    string
+	hasPrev bool
+}
+
 // NewWriter returns a Writer of a NAR to w.
 func NewWriter(w io.Writer) *Writer {
 	nw := &Writer{}

@@ -120,6 +120,7 @@ type Store struct {
 }
 
 var (
+	_ store.RangeNAR     = (*Store)(nil)
 	_ store.Store        = (*Store)(nil)
 	_ store.Logger       = (*Store)(nil)
 	_ store.Realisations = (*Store)(nil)
@@ -362,6 +363,33 @@ func (s *Store) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) erro
 	// under us must not end as a clean but different response.
 	if info.NarSize != 0 && uint64(n) != info.NarSize {
 		return fmt.Errorf("local store: NAR of %s is %d bytes, database says %d", info.StorePath, n, info.NarSize)
+	}
+	return nil
+}
+
+// NARFrom implements store.RangeNAR: the dump skips the bytes before
+// offset without reading the contents of the files they hold.
+func (s *Store) NARFrom(ctx context.Context, info *store.PathInfo, offset int64, w io.Writer) error {
+	base, ok := s.baseName(info.StorePath)
+	if !ok {
+		return store.ErrNotFound
+	}
+	p := filepath.Join(s.realDir, base)
+	if _, err := os.Lstat(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return store.ErrNotFound
+		}
+		return fmt.Errorf("local store: %w", err)
+	}
+	n, err := nar.DumpPathFrom(&ctxWriter{ctx: ctx, w: w}, p, offset)
+	if err != nil {
+		if n == 0 && errors.Is(err, fs.ErrNotExist) {
+			return store.ErrNotFound
+		}
+		return fmt.Errorf("local store: NAR of %s from %d, after %d bytes: %w", info.StorePath, offset, n, err)
+	}
+	if info.NarSize != 0 && uint64(offset+n) != info.NarSize && uint64(offset) < info.NarSize {
+		return fmt.Errorf("local store: NAR of %s is %d bytes, database says %d", info.StorePath, offset+n, info.NarSize)
 	}
 	return nil
 }

@@ -95,6 +95,39 @@ func Run(t *testing.T, newStore func(t *testing.T) (store.Store, Fixture)) {
 			})
 		}
 	})
+	t.Run("RangeNAR", func(t *testing.T) {
+		s, fx := newStore(t)
+		rn, ok := s.(store.RangeNAR)
+		if !ok {
+			t.Skip("store does not stream NARs from an offset")
+		}
+		requirePaths(t, fx)
+		for _, p := range fx.Paths {
+			info := lookup(t, s, p.StorePath)
+			var full bytes.Buffer
+			if err := s.NAR(context.Background(), info, &full); err != nil {
+				t.Fatal(err)
+			}
+			n := int64(full.Len())
+			for _, off := range []int64{0, 1, 8, n / 3, n / 2, n - 9, n - 1, n} {
+				off = max(0, min(off, n))
+				var b bytes.Buffer
+				err := rn.NARFrom(context.Background(), info, off, &b)
+				if errors.Is(err, errors.ErrUnsupported) && b.Len() == 0 {
+					continue
+				}
+				if err != nil || !bytes.Equal(b.Bytes(), full.Bytes()[off:]) {
+					t.Errorf("NARFrom(%s, %d) = %d bytes, %v; want the last %d bytes of its NAR", p.StorePath, off, b.Len(), err, n-off)
+				}
+			}
+			gone := *info
+			gone.StorePath = s.StoreDir() + "/" + randomHashPart(t) + "-gone"
+			var b bytes.Buffer
+			if err := rn.NARFrom(context.Background(), &gone, 1, &b); !errors.Is(err, store.ErrNotFound) || b.Len() != 0 {
+				t.Errorf("NARFrom of a missing path = %v after %d bytes; want ErrNotFound", err, b.Len())
+			}
+		}
+	})
 	t.Run("NotFound", func(t *testing.T) {
 		s, fx := newStore(t)
 		requirePaths(t, fx)

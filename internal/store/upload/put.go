@@ -22,6 +22,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/nar"
 	"github.com/bos55/concordia/pkg/narinfo"
@@ -161,7 +162,7 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (info *
 	// hashes the NAR from a pipe.
 	pr, pw := io.Pipe()
 	done := make(chan verifyResult, 1)
-	go func() { done <- verifyStream(pr, comp, narSum) }()
+	go func() { done <- verifyStream(pr, comp, narSum, s.opts.Limits) }()
 	bufp := copyBufs.Get().(*[]byte)
 	in := &errReader{r: body}
 	_, copyErr := io.CopyBuffer(io.MultiWriter(fw, file, pw), in, *bufp)
@@ -369,8 +370,9 @@ type verifyResult struct {
 
 // verifyStream is the second stage of PutNAR. It always reads r to the
 // end (or closes it with its error), so the first stage never blocks on
-// the pipe.
-func verifyStream(r *io.PipeReader, comp string, narSum *countHash) (res verifyResult) {
+// the pipe. The limits apply as the bytes stream: a NAR over one stops
+// the upload at that byte, before the rest reaches the disk.
+func verifyStream(r *io.PipeReader, comp string, narSum *countHash, l limits.Limits) (res verifyResult) {
 	defer func() {
 		if res.err != nil {
 			r.CloseWithError(res.err)
@@ -383,14 +385,15 @@ func verifyStream(r *io.PipeReader, comp string, narSum *countHash) (res verifyR
 	br := verifyBufs.Get().(*bufio.Reader)
 	br.Reset(r)
 	defer func() { br.Reset(nil); verifyBufs.Put(br) }()
-	dec, err := compress.NewReader(br, comp)
+	dec, err := compress.NewReaderLimits(br, comp, l.Decode(0))
 	if err != nil {
-		res.err = err
+		res.err = l.Check(err)
 		return res
 	}
 	defer dec.Close()
-	res.narSize, res.err = nar.Validate(io.TeeReader(dec, narSum))
+	res.narSize, res.err = nar.ValidateOptions(io.TeeReader(dec, narSum), l.NAR())
 	if res.err != nil {
+		res.err = l.Check(res.err)
 		return res
 	}
 	res.extra, res.err = io.Copy(io.Discard, br)

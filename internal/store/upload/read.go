@@ -16,6 +16,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -163,24 +164,72 @@ func (s *Store) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) erro
 	if err != nil {
 		return err
 	}
+	if err := s.withinLimits(rec.Blob, rec.Compression, rec.FileSize, rec.NarSize); err != nil {
+		return fmt.Errorf("NAR of %s: %w", rec.StorePath, err)
+	}
 	f, err := s.openBlob(rec.Blob)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	dec, err := compress.NewReader(f, rec.Compression)
+	l := s.opts.Limits
+	dec, err := compress.NewReaderLimits(f, rec.Compression, l.Decode(int64(rec.NarSize)))
 	if err != nil {
-		return err
+		return fmt.Errorf("NAR of %s: %w", rec.StorePath, limits.Stored(l.Check(err)))
 	}
 	defer dec.Close()
 	n, err := io.Copy(w, dec)
 	if err != nil {
-		return fmt.Errorf("NAR of %s: %w", rec.StorePath, err)
+		return fmt.Errorf("NAR of %s: %w", rec.StorePath, limits.Stored(l.Check(err)))
 	}
 	if uint64(n) != rec.NarSize {
 		return fmt.Errorf("NAR of %s: file gave %d bytes, want %d (run cache verify)", rec.StorePath, n, rec.NarSize)
 	}
 	return nil
+}
+
+// NARFrom implements store.RangeNAR for NARs stored uncompressed (the
+// file is the NAR); a compressed one would have to be decoded from its
+// start, which is what NAR does, so that is errors.ErrUnsupported.
+func (s *Store) NARFrom(ctx context.Context, info *store.PathInfo, offset int64, w io.Writer) error {
+	rec, err := s.recordFor(info)
+	if err != nil {
+		return err
+	}
+	if rec.Compression != "none" {
+		return errors.ErrUnsupported
+	}
+	f, err := s.openBlob(rec.Blob)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, f); err != nil {
+		return fmt.Errorf("NAR of %s from %d: %w", rec.StorePath, offset, err)
+	}
+	return nil
+}
+
+// withinLimits refuses, before anything is opened, to decode a stored
+// blob its record shows to be over the limits (stored before they were
+// lowered): its NAR size, or a ratio of NAR to file size that only a bomb
+// reaches. What the record cannot show (an xz dictionary, a zstd window)
+// the decoder refuses at the header, before allocating.
+func (s *Store) withinLimits(blob, comp string, fileSize uint64, narSize uint64) error {
+	l := s.opts.Limits
+	var err error
+	switch {
+	case narSize > uint64(l.MaxNARSize):
+		err = &limits.Error{Key: limits.KeyNARSize, Max: l.MaxNARSize, Size: true,
+			Err: fmt.Errorf("stored NAR %s is %d bytes", blob, narSize)}
+	case comp != "none" && l.MaxRatio > 0 && narSize > compress.DefaultRatioFloor && narSize/max(fileSize, 1) > uint64(l.MaxRatio):
+		err = &limits.Error{Key: limits.KeyRatio, Max: l.MaxRatio, Size: true,
+			Err: fmt.Errorf("stored NAR %s decompresses %d:1", blob, narSize/max(fileSize, 1))}
+	}
+	return limits.Stored(err)
 }
 
 // OpenFileNAR implements store.FileNAR: the stored file as uploaded.

@@ -38,6 +38,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -62,13 +63,17 @@ type Options struct {
 	// kept (default one hour): nix copy PUTs the narinfo right after the
 	// NAR, so anything older was abandoned.
 	PendingGrace time.Duration
+	// Limits bound what an uploaded NAR may cost to verify, and which
+	// stored NARs read paths decode (zero value: limits.Default()).
+	Limits limits.Limits
 	// Log receives recovery, GC and repair events.
 	Log *slog.Logger
 	// Now replaces time.Now in tests.
 	Now func() time.Time
 }
 
-// Limits on the small documents kept in the index.
+// Limits on the small documents kept in the index. An uploaded listing is
+// kept as Nix sent it (the server serves the listings it builds itself).
 const (
 	MaxListingSize     = 64 << 20
 	MaxLogSize         = 64 << 20
@@ -169,6 +174,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	opts.Limits = opts.Limits.OrDefault()
 	s := &Store{
 		dir:      dir,
 		blobDir:  filepath.Join(dir, "blobs"),

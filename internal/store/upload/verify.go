@@ -117,14 +117,19 @@ func (s *Store) checkBlob(name string, rec *blobRec) string {
 		return fmt.Sprintf("cannot open: %v", err)
 	}
 	defer f.Close()
+	if err := s.withinLimits(name, rec.Compression, uint64(rec.FileSize), rec.NarSize); err != nil {
+		return err.Error()
+	}
+	l := s.opts.Limits
 	file := &countHash{h: sha256.New()}
-	dec, err := compress.NewReader(io.TeeReader(f, file), rec.Compression)
+	dec, err := compress.NewReaderLimits(io.TeeReader(f, file), rec.Compression, l.Decode(int64(rec.NarSize)))
 	if err != nil {
-		return fmt.Sprintf("cannot decompress: %v", err)
+		return fmt.Sprintf("cannot decompress: %v", l.Check(err))
 	}
 	defer dec.Close()
 	narSum := &countHash{h: sha256.New()}
-	_, verr := nar.Validate(io.TeeReader(dec, narSum))
+	_, verr := nar.ValidateOptions(io.TeeReader(dec, narSum), l.NAR())
+	verr = l.Check(verr)
 	io.Copy(io.Discard, io.TeeReader(f, file)) // hash any tail the decoder left
 	switch {
 	case file.n != rec.FileSize:

@@ -1,0 +1,50 @@
+package config_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/bos55/concordia/internal/config"
+	"github.com/bos55/concordia/internal/limits"
+)
+
+func TestLimitsDefaultsAndParse(t *testing.T) {
+	c, err := config.Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Limits.Values(); got != limits.Default() {
+		t.Errorf("default limits %+v, want %+v", got, limits.Default())
+	}
+	c, err = config.Parse([]byte("[limits]\nmax_nar_size = \"1T\"\nmax_depth = 64\nxz_dict_max = \"8M\"\nmax_ratio = 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.Limits.Values()
+	if l.MaxNARSize != 1<<40 || l.MaxDepth != 64 || l.XZDictMax != 8<<20 || l.MaxRatio != 0 || l.MaxEntries != limits.DefaultMaxEntries {
+		t.Errorf("parsed limits %+v", l)
+	}
+}
+
+func TestLimitsValidation(t *testing.T) {
+	for _, tc := range []struct{ doc, key string }{
+		{`max_nar_size = "1K"`, "limits.max_nar_size"},
+		{`max_depth = 0`, "limits.max_depth"},
+		{`max_entries = -1`, "limits.max_entries"},
+		{`max_name_length = 256`, "limits.max_name_length"},
+		{`max_target_length = 0`, "limits.max_target_length"},
+		{`xz_dict_max = "8G"`, "limits.xz_dict_max"},
+		{`zstd_window_max = "100"`, "limits.zstd_window_max"},
+		{`max_ratio = -5`, "limits.max_ratio"},
+		{`max_listing_size = "1"`, "limits.max_listing_size"},
+		{`max_depht = 5`, "limits.max_depht"},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			_, err := config.Parse([]byte("[limits]\n" + tc.doc + "\n"))
+			if err == nil || !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), tc.key) {
+				t.Fatalf("err = %v, want one naming %q", err, tc.key)
+			}
+		})
+	}
+}

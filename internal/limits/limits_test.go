@@ -1,0 +1,77 @@
+package limits_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/limits"
+	"github.com/bos55/concordia/pkg/nar"
+)
+
+// TestCheckNamesTheKey: each bound's refusal names its config key and
+// answers 413 for sizes, 400 for shapes; stored data answers 500.
+func TestCheckNamesTheKey(t *testing.T) {
+	l := limits.Default()
+	for _, tc := range []struct {
+		err    error
+		key    string
+		status int
+	}{
+		{&nar.LimitError{Limit: nar.LimitSize}, limits.KeyNARSize, 413},
+		{&nar.LimitError{Limit: nar.LimitDepth}, limits.KeyDepth, 400},
+		{&nar.LimitError{Limit: nar.LimitEntries}, limits.KeyEntries, 400},
+		{&nar.LimitError{Limit: nar.LimitNameLen}, limits.KeyNameLen, 400},
+		{&nar.LimitError{Limit: nar.LimitTargetLen}, limits.KeyTargetLen, 400},
+		{&compress.LimitError{Limit: compress.LimitXZDict}, limits.KeyXZDict, 413},
+		{&compress.LimitError{Limit: compress.LimitZstdWindow}, limits.KeyZstdWindow, 413},
+		{&compress.LimitError{Limit: compress.LimitSize}, limits.KeyNARSize, 413},
+		{&compress.LimitError{Limit: compress.LimitRatio}, limits.KeyRatio, 413},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			wrapped := fmt.Errorf("put NAR x: %w", tc.err)
+			err := l.Check(wrapped)
+			var le *limits.Error
+			if !errors.As(err, &le) || le.Key != tc.key || le.HTTPStatus() != tc.status || !strings.Contains(err.Error(), tc.key) {
+				t.Fatalf("Check = %v (%+v), want key %s, status %d", err, le, tc.key, tc.status)
+			}
+			if !errors.Is(err, tc.err) {
+				t.Error("the original error is not wrapped")
+			}
+			var se interface{ HTTPStatus() int }
+			if errors.As(limits.Stored(err), &se); se.HTTPStatus() != http.StatusInternalServerError {
+				t.Errorf("stored: status %d", se.HTTPStatus())
+			}
+		})
+	}
+	plain := errors.New("disk on fire")
+	if l.Check(plain) != plain || limits.Stored(plain) != plain {
+		t.Error("errors without a limit must pass unchanged")
+	}
+}
+
+// A real refusal reads well: the reader's words, then the key and value
+// as the config file writes them.
+func TestErrorMessage(t *testing.T) {
+	l := limits.Default()
+	l.MaxDepth = 2
+	var b bytes.Buffer
+	w := nar.NewWriter(&b)
+	for _, p := range []string{"/", "/a", "/a/b", "/a/b/c"} {
+		w.WriteHeader(&nar.Header{Path: p, Type: nar.TypeDirectory})
+	}
+	w.Close()
+	_, err := nar.ValidateOptions(&b, l.NAR())
+	msg := l.Check(err).Error()
+	if !strings.Contains(msg, `entry "c" is nested 3 directories deep`) || !strings.HasSuffix(msg, "(limits.max_depth = 2)") {
+		t.Errorf("message %q", msg)
+	}
+	msg = l.Check(&compress.LimitError{Limit: compress.LimitXZDict, Max: 64 << 20, Got: 1<<32 - 1}).Error()
+	if !strings.HasSuffix(msg, `(limits.xz_dict_max = "64M")`) {
+		t.Errorf("message %q", msg)
+	}
+}

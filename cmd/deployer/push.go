@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/bos55/concordia/internal/cacheapi"
 	"github.com/bos55/concordia/internal/cli"
 	"github.com/bos55/concordia/internal/deploy"
 	"github.com/bos55/concordia/internal/remote"
@@ -167,14 +168,9 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	if o.cache == "" {
 		return cli.Usagef("--cache is required: every closure is checked in the cache before a host is touched")
 	}
-	token, err := readToken(o.tokenFile)
+	token, err := cacheapi.Token(o.tokenFile, o.netrcFile, o.cache)
 	if err != nil {
 		return err
-	}
-	if token == "" && o.netrcFile != "" {
-		if token, err = netrcToken(o.netrcFile, o.cache); err != nil {
-			return err
-		}
 	}
 	global, err := loadKeys(o.trustedKeys, o.keyFiles)
 	if err != nil {

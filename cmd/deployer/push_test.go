@@ -57,17 +57,6 @@ func TestPushCommand(t *testing.T) {
 	}
 }
 
-func TestNetrcToken(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "netrc")
-	os.WriteFile(p, []byte("machine other login x password nope\nmachine cache.lan login ci password s3cret\ndefault login d password dflt\n"), 0o600)
-	for cache, want := range map[string]string{"https://cache.lan:8443/": "s3cret", "http://elsewhere": "dflt"} {
-		got, err := netrcToken(p, cache)
-		if err != nil || got != want {
-			t.Errorf("netrcToken(%s) = %q, %v; want %q", cache, got, err, want)
-		}
-	}
-}
-
 // TestPushFlake reads the nodes from a real flake through `nix eval`.
 func TestPushFlake(t *testing.T) {
 	if _, err := exec.LookPath("nix"); err != nil {

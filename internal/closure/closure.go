@@ -8,9 +8,7 @@ package closure
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"path"
@@ -18,12 +16,14 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/bos55/concordia/internal/cacheapi"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // ErrCache marks a cache that could not be asked (network, 5xx, auth):
-// different from a path being absent, which is a Result.
-var ErrCache = errors.New("cache unavailable")
+// different from a path being absent, which is a Result. It is the cache
+// client's ErrUnavailable.
+var ErrCache = cacheapi.ErrUnavailable
 
 // Result is the outcome of one walk.
 type Result struct {
@@ -196,33 +196,9 @@ func (c *Checker) narinfo(ctx context.Context, storeDir, hash string) (*narinfo.
 }
 
 func (c *Checker) fetch(ctx context.Context, storeDir, hash string) (*narinfo.NarInfo, error) {
-	u := strings.TrimRight(c.Cache, "/") + "/" + hash + ".narinfo"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCache, err)
-	}
-	if c.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Token)
-	}
-	client := c.Client
-	if client == nil {
-		client = http.DefaultClient
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("%w: GET %s: %v", ErrCache, u, err)
-	}
-	defer resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone:
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-		return nil, nil
-	case resp.StatusCode != http.StatusOK:
-		return nil, fmt.Errorf("%w: GET %s: %s", ErrCache, u, resp.Status)
-	}
-	info, err := narinfo.Parse(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, fmt.Errorf("%w: GET %s: %v", ErrCache, u, err)
+	info, err := (&cacheapi.Client{URL: c.Cache, Token: c.Token, HTTP: c.Client}).NarInfo(ctx, hash)
+	if err != nil || info == nil {
+		return nil, err
 	}
 	if c.Logger != nil {
 		c.Logger.Debug("narinfo", "path", info.StorePath, "refs", len(info.References))

@@ -1,22 +1,15 @@
 package deploy
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"path"
-	"strings"
 	"sync/atomic"
-)
 
-// ErrNoPinAPI means the cache has no pin API (404/405); pinning is then
-// skipped, once logged.
-var ErrNoPinAPI = errors.New("cache has no pin API")
+	"github.com/bos55/concordia/internal/cacheapi"
+)
 
 // HTTPPinner pins systems in the cache through its pin API
 // (POST/DELETE <cache>/api/pins/<hash>), so the cache's garbage collector
@@ -51,54 +44,31 @@ func (p *HTTPPinner) do(ctx context.Context, method, storePath string) error {
 	if p.absent.Load() {
 		return nil
 	}
-	base := path.Base(storePath)
-	if len(base) < 32 {
-		return fmt.Errorf("pin %s: not a store path", storePath)
-	}
-	u := strings.TrimRight(p.Cache, "/") + "/api/pins/" + base[:32]
-	var body io.Reader
+	c := &cacheapi.Client{URL: p.Cache, Token: p.Token, HTTP: p.Client}
+	var err error
 	if method == http.MethodPost {
-		b, _ := json.Marshal(map[string]string{"storePath": storePath, "note": p.Note})
-		body = bytes.NewReader(b)
+		_, err = c.Pin(ctx, storePath, p.Note)
+	} else {
+		_, err = c.Unpin(ctx, storePath)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
-	if err != nil {
-		return fmt.Errorf("pin %s: %w", storePath, err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if p.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+p.Token)
-	}
-	c := p.Client
-	if c == nil {
-		c = http.DefaultClient
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, u, err)
-	}
-	defer resp.Body.Close()
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 	switch {
-	case resp.StatusCode/100 == 2:
+	case err == nil:
 		return nil
-	case resp.StatusCode == http.StatusNotFound && method == http.MethodDelete:
+	case errors.Is(err, cacheapi.ErrNoAPI):
+		if p.absent.CompareAndSwap(false, true) && p.Logger != nil {
+			p.Logger.Debug("cache has no pin API; not pinning", "err", err)
+		}
+		return nil
+	case method == http.MethodDelete && errors.Is(err, cacheapi.ErrNotFound):
 		return nil // nothing pinned: fine
-	case resp.StatusCode == http.StatusForbidden && method == http.MethodDelete:
+	case method == http.MethodDelete && errors.Is(err, cacheapi.ErrForbidden):
 		if p.Logger != nil {
 			p.Logger.Warn("not unpinned: the cache says another token made this pin (an admin can remove it: cache pin --remove)",
-				"path", storePath, "status", resp.Status)
+				"path", storePath, "err", err)
 		}
 		return nil
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return fmt.Errorf("%s %s: %s (the cache token needs the pin permission: cache token NAME --perm pin, or read,pin for a private cache)", method, u, resp.Status)
-	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
-		if p.absent.CompareAndSwap(false, true) && p.Logger != nil {
-			p.Logger.Debug("cache has no pin API; not pinning", "status", resp.Status)
-		}
-		return nil
+	case errors.Is(err, cacheapi.ErrAuth) || errors.Is(err, cacheapi.ErrForbidden):
+		return fmt.Errorf("%w (the cache token needs the pin permission: cache token NAME --perm pin, or read,pin for a private cache)", err)
 	}
-	return fmt.Errorf("%s %s: %s", method, u, resp.Status)
+	return err
 }

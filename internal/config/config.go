@@ -261,7 +261,7 @@ func Default() *Config {
 			ReadProgress:  Duration(DefaultProgressTimeout),
 			WriteProgress: Duration(DefaultProgressTimeout),
 		},
-		Limits:            defaultLimits(),
+		Limits: defaultLimits(),
 	}
 	return c
 }

@@ -200,13 +200,18 @@ func defaultLimits() Limits {
 	}
 }
 
-// Values are the bounds as the server enforces them.
+// Values are the bounds as the server enforces them (max_ratio = 0, off,
+// is a negative MaxRatio there).
 func (l Limits) Values() limits.Limits {
+	ratio := l.MaxRatio
+	if ratio == 0 {
+		ratio = -1
+	}
 	return limits.Limits{
 		MaxNARSize: int64(l.MaxNARSize), MaxDepth: l.MaxDepth, MaxEntries: l.MaxEntries,
 		MaxNameLen: l.MaxNameLength, MaxTargetLen: l.MaxTargetLength,
 		XZDictMax: int64(l.XZDictMax), ZstdWindowMax: int64(l.ZstdWindowMax),
-		MaxRatio: l.MaxRatio, MaxListingSize: int64(l.MaxListingSize),
+		MaxRatio: ratio, MaxListingSize: int64(l.MaxListingSize),
 	}
 }
 

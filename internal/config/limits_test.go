@@ -22,8 +22,11 @@ func TestLimitsDefaultsAndParse(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := c.Limits.Values()
-	if l.MaxNARSize != 1<<40 || l.MaxDepth != 64 || l.XZDictMax != 8<<20 || l.MaxRatio != 0 || l.MaxEntries != limits.DefaultMaxEntries {
+	if l.MaxNARSize != 1<<40 || l.MaxDepth != 64 || l.XZDictMax != 8<<20 || l.MaxRatio >= 0 || l.MaxEntries != limits.DefaultMaxEntries {
 		t.Errorf("parsed limits %+v", l)
+	}
+	if l.OrDefault() != l || l.Decode(0).MaxRatio != 0 {
+		t.Errorf("max_ratio = 0 must stay off: %+v", l.OrDefault())
 	}
 }
 

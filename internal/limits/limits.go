@@ -19,8 +19,8 @@ import (
 	"github.com/bos55/concordia/pkg/nar"
 )
 
-// Limits are the bounds. Zero fields are not "no bound": use Default and
-// change what must differ (the config package does).
+// Limits are the bounds. A zero field means its default (see OrDefault),
+// never "no bound".
 type Limits struct {
 	MaxNARSize     int64 // uncompressed NAR bytes
 	MaxDepth       int   // directory nesting, the root at 0
@@ -29,7 +29,7 @@ type Limits struct {
 	MaxTargetLen   int   // bytes of one symlink target
 	XZDictMax      int64 // dictionary an xz block may ask for
 	ZstdWindowMax  int64 // window a zstd frame may ask for
-	MaxRatio       int64 // decompressed per compressed byte past the first 64 MiB; 0 = off
+	MaxRatio       int64 // decompressed per compressed byte past the first 64 MiB; negative: no bound
 	MaxListingSize int64 // bytes of one .ls document
 }
 
@@ -74,11 +74,29 @@ func Default() Limits {
 	}
 }
 
-// OrDefault is l, or Default when l is the zero value (an Options struct
-// nobody filled in).
+// OrDefault is l with every zero field set to its default, so an Options
+// struct that sets one bound (or none) keeps the others.
 func (l Limits) OrDefault() Limits {
-	if l == (Limits{}) {
-		return Default()
+	d := Default()
+	set := func(v *int64, def int64) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	set(&l.MaxNARSize, d.MaxNARSize)
+	set(&l.MaxEntries, d.MaxEntries)
+	set(&l.XZDictMax, d.XZDictMax)
+	set(&l.ZstdWindowMax, d.ZstdWindowMax)
+	set(&l.MaxRatio, d.MaxRatio)
+	set(&l.MaxListingSize, d.MaxListingSize)
+	if l.MaxDepth == 0 {
+		l.MaxDepth = d.MaxDepth
+	}
+	if l.MaxNameLen == 0 {
+		l.MaxNameLen = d.MaxNameLen
+	}
+	if l.MaxTargetLen == 0 {
+		l.MaxTargetLen = d.MaxTargetLen
 	}
 	return l
 }
@@ -101,7 +119,7 @@ func (l Limits) Decode(sizeHint int64) compress.DecodeLimits {
 		XZDict:     l.XZDictMax,
 		ZstdWindow: l.ZstdWindowMax,
 		MaxSize:    l.MaxNARSize,
-		MaxRatio:   l.MaxRatio,
+		MaxRatio:   max(l.MaxRatio, 0),
 		SizeHint:   sizeHint,
 	}
 }

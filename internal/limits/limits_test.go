@@ -75,3 +75,16 @@ func TestErrorMessage(t *testing.T) {
 		t.Errorf("message %q", msg)
 	}
 }
+
+// A struct that sets one bound keeps the defaults of the others.
+func TestOrDefault(t *testing.T) {
+	l := limits.Limits{MaxDepth: 7}.OrDefault()
+	want := limits.Default()
+	want.MaxDepth = 7
+	if l != want {
+		t.Errorf("OrDefault = %+v, want %+v", l, want)
+	}
+	if (limits.Limits{}).OrDefault() != limits.Default() {
+		t.Error("the zero value is not the defaults")
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/bos55/concordia/internal/nartest"
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/internal/store/local"
 	"github.com/bos55/concordia/pkg/nar"
 )
 
@@ -424,5 +425,55 @@ func TestRangeOnLocalNAR(t *testing.T) {
 		if produced != int64(len(body)) {
 			t.Errorf("%s: the store produced %d bytes for %d sent", tc.rng, produced, len(body))
 		}
+	}
+}
+
+// rangeFlaky is flakyStore with the local store's RangeNAR, so the real
+// client's resumption goes through NARFrom.
+type rangeFlaky struct {
+	*flakyStore
+	ls *local.Store
+}
+
+func (r *rangeFlaky) NARFrom(ctx context.Context, info *store.PathInfo, off int64, w io.Writer) error {
+	return r.ls.NARFrom(ctx, info, off, w)
+}
+
+// TestNixResumesFromLocalOffset: real Nix, its first download cut,
+// resumes with "Range: bytes=N-", which the local store serves from N
+// (DumpPathFrom) rather than dumping and dropping the first N bytes; the
+// copy verifies.
+func TestNixResumesFromLocalOffset(t *testing.T) {
+	cl := buildClosure(t)
+	s := startServer(t, "none", nil)
+	st := &rangeFlaky{flakyStore: &flakyStore{Store: s.ls, limit: 300 << 10, cut: map[string]bool{}}, ls: s.ls}
+	srv, err := server.New(server.Options{Stores: []store.Store{st}, Keys: s.srv.Keys(), Compression: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ranges atomic.Int64
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") != "" {
+			ranges.Add(1)
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	defer ts.Close()
+	env := nixEnv(t)
+	dst := filepath.Join(t.TempDir(), "store")
+	runNix(t, env, "nix", "copy", "--from", ts.URL, "--to", dst, cl.c,
+		"--option", "require-sigs", "true", "--option", "trusted-public-keys", s.pub.String(),
+		"--option", "download-attempts", "5")
+	runNix(t, env, "nix", "store", "verify", "--store", dst, "--sigs-needed", "1",
+		"--trusted-public-keys", s.pub.String(), "-r", cl.c)
+	if ranges.Load() == 0 {
+		t.Error("the client retried without a Range request")
+	}
+	ni := fetchNarinfo(t, ts.URL, cl.c)
+	sent := metric(t, srv, `concordia_nar_bytes_sent_total{encoding="none"}`)
+	produced := metric(t, srv, "concordia_nar_source_bytes_total")
+	t.Logf("%d Range requests; %v NAR bytes sent, %v produced by the store (NAR of c: %d bytes)", ranges.Load(), sent, produced, ni.NarSize)
+	if produced > sent+float64(64<<10) {
+		t.Errorf("the store produced %v bytes to send %v: the resumption re-dumped", produced, sent)
 	}
 }

@@ -98,6 +98,10 @@ func (s *Server) serveNARFile(w http.ResponseWriter, r *http.Request, st store.S
 	if r.Method == http.MethodHead {
 		return
 	}
+	if node.Size == 0 {
+		w.WriteHeader(http.StatusOK)
+		return
+	}
 	if rn, ok := st.(store.RangeNAR); ok && node.NarOffset > 0 {
 		fw := &fileWriter{w: w, left: node.Size, bytes: s.metrics.narSource}
 		err := rn.NARFrom(r.Context(), info, node.NarOffset, fw)
@@ -105,9 +109,6 @@ func (s *Server) serveNARFile(w http.ResponseWriter, r *http.Request, st store.S
 		case errors.Is(err, errors.ErrUnsupported) && !fw.started:
 			// Read the NAR up to the file, below.
 		case fw.left == 0 && (err == nil || errors.Is(err, errRangeDone)):
-			if !fw.started { // an empty file
-				w.WriteHeader(http.StatusOK)
-			}
 			return
 		case err == nil:
 			err = fmt.Errorf("serve %s%s: NAR ended %d bytes into the file", info.StorePath, target, node.Size-fw.left)

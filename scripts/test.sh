@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 
 need=()
-for pair in wrk:wrk shellcheck:shellcheck nix-store:nix-bin sshd:openssh-server sudo:sudo nginx:nginx zstd:zstd xz:xz-utils bzip2:bzip2 unshare:util-linux ip:iproute2; do
+for pair in wrk:wrk shellcheck:shellcheck nix-store:nix-bin sshd:openssh-server sudo:sudo nginx:nginx zstd:zstd xz:xz-utils bzip2:bzip2 unshare:util-linux flock:util-linux ip:iproute2 systemd-socket-activate:systemd systemctl:systemd; do
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

@@ -47,10 +47,23 @@ func printSummary(w io.Writer, rep *deploy.Report) {
 	ok := len(rep.Hosts) - len(rep.Failed)
 	fmt.Fprintf(w, "deploy %s: %d ok, %d not ok, %.1fs\n", rep.ID, ok, len(rep.Failed), rep.Millis/1000)
 	for _, h := range rep.Hosts {
-		if h.Result == deploy.OK {
+		if h.Result != deploy.OK {
+			fmt.Fprintf(w, "  %s: %s: %s\n", h.Node, strings.ToUpper(string(h.Result)), h.Error)
 			continue
 		}
-		fmt.Fprintf(w, "  %s: %s: %s\n", h.Node, strings.ToUpper(string(h.Result)), h.Error)
+		var notes []string
+		switch {
+		case h.RebootRequired:
+			notes = append(notes, "reboot required (kernel or modules differ from the booted system)")
+		case h.RebootRecommended:
+			notes = append(notes, "reboot recommended (new initrd)")
+		}
+		if len(h.FailedUnits) > 0 {
+			notes = append(notes, fmt.Sprintf("%d unit(s) failed before the deploy still failed: %s", len(h.FailedUnits), strings.Join(h.FailedUnits, ", ")))
+		}
+		if len(notes) > 0 {
+			fmt.Fprintf(w, "  %s: ok, %s\n", h.Node, strings.Join(notes, "; "))
+		}
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/bos55/concordia/internal/cacheapi"
 	"github.com/bos55/concordia/internal/cli"
 	"github.com/bos55/concordia/internal/deploy"
+	"github.com/bos55/concordia/internal/hostverb"
 	"github.com/bos55/concordia/internal/remote"
 )
 
@@ -38,6 +39,8 @@ type pushOpts struct {
 	netrcFile    string
 	parallel     int
 	kernelChange string
+	noCheck      bool
+	installBoot  bool
 	jsonFile     string
 	dryRun       bool
 	id           string
@@ -95,7 +98,9 @@ anything else -> nothing to do (exit 0).`,
 			fs.StringVar(&o.tokenFile, "cache-token-file", "", "file with a bearer token for a private cache (also used to pin)")
 			fs.StringVar(&o.netrcFile, "netrc-file", "", "netrc whose password for the cache's host is the cache token (as Nix's netrc-file)")
 			fs.IntVar(&o.parallel, "parallel", 0, "hosts deployed at once (0: all)")
-			fs.StringVar(&o.kernelChange, "kernel-change", "", "on a kernel/initrd change: report (default on the host) or boot")
+			fs.StringVar(&o.kernelChange, "kernel-change", "", "on a kernel change: switch (default: switch live, report reboot required), boot (install as boot default) or refuse")
+			fs.BoolVar(&o.noCheck, "no-check", false, "switch even when the switch inhibitors changed (NIXOS_NO_CHECK=1)")
+			fs.BoolVar(&o.installBoot, "install-bootloader", false, "have switch-to-configuration (re)install the boot loader (NIXOS_INSTALL_BOOTLOADER=1)")
 			fs.StringVar(&o.jsonFile, "json", "", "write a machine-readable report (steps, timings, results) to this file")
 			fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and touch nothing")
 			fs.StringVar(&o.id, "id", "", "deploy id (default: generated)")
@@ -127,8 +132,12 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	if err != nil {
 		return cli.Usagef("%v", err)
 	}
-	if o.kernelChange != "" && o.kernelChange != "report" && o.kernelChange != "boot" {
-		return cli.Usagef("--kernel-change must be report or boot")
+	switch o.kernelChange {
+	case "", hostverb.KernelSwitch, hostverb.KernelBoot, hostverb.KernelRefuse:
+	case hostverb.KernelReport:
+		o.kernelChange = hostverb.KernelRefuse // the old name
+	default:
+		return cli.Usagef("--kernel-change must be switch, boot or refuse")
 	}
 	if o.id == "" {
 		o.id = newID()
@@ -203,7 +212,7 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 		progress = deploy.NewLines(env.Stderr)
 	}
 	opts := deploy.Options{
-		Mode: mode, KernelChange: o.kernelChange, Parallel: o.parallel, ID: o.id,
+		Mode: mode, KernelChange: o.kernelChange, NoCheck: o.noCheck, InstallBootloader: o.installBoot, Parallel: o.parallel, ID: o.id,
 		Remote: ssh, Checker: checkerFor, Logger: log, Progress: progress,
 	}
 	if !o.noPin {

@@ -113,7 +113,7 @@ func TestPeerCheck(t *testing.T) {
 		t.Fatalf("another user was answered: %q", out)
 	}
 	sock2, _ := serve(t, "nobody")
-	if out := callAs(t, sock2, uint32(uid), uint32(gid)); !strings.HasPrefix(out, "0 ") || !strings.Contains(out, `"contract":2`) {
+	if out := callAs(t, sock2, uint32(uid), uint32(gid)); !strings.HasPrefix(out, "0 ") || !strings.Contains(out, `"contract":3`) {
 		t.Fatalf("the allowed user was refused: %q", out)
 	}
 	line, code, err := agent.Call(context.Background(), sock, hostverb.Request{Verb: hostverb.VerbStatus}, nil)

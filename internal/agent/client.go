@@ -36,9 +36,9 @@ func Call(ctx context.Context, socket string, req hostverb.Request, logs io.Writ
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	b, _ := json.Marshal(Envelope{Contract: hostverb.Contract, Request: req})
-	if _, err := c.Write(append(b, '\n')); err != nil {
-		return nil, 0, fmt.Errorf("send to the deployer agent: %w", err)
-	}
+	// An agent that refuses the caller answers before reading the
+	// request and closes: a failed write still leaves its answer to read.
+	_, werr := c.Write(append(b, '\n'))
 	sc := bufio.NewScanner(c)
 	sc.Buffer(make([]byte, 64<<10), 8<<20)
 	for sc.Scan() {
@@ -56,6 +56,9 @@ func Call(ctx context.Context, socket string, req hostverb.Request, logs io.Writ
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
+	}
+	if werr != nil {
+		return nil, 0, fmt.Errorf("send to the deployer agent: %w", werr)
 	}
 	return nil, 0, fmt.Errorf("%w (%v)", ErrLost, sc.Err())
 }

@@ -293,9 +293,11 @@ func TestE2E(t *testing.T) {
 		e := e.sub(t)
 		before := e.state(h3)
 		nk := e.f.System(t, fleettest.NewKernel)
-		rep := e.run(hostverb.Switch, "e2e-kernel-report", e.nodes(nk, 30, h3), nil)
+		// The default switches live since contract 3 (kernel-change.go's
+		// test covers it); refusing is an explicit choice now.
+		rep := e.run(hostverb.Switch, "e2e-kernel-report", e.nodes(nk, 30, h3), nil, func(o *deploy.Options) { o.KernelChange = hostverb.KernelRefuse })
 		if hr := rep.Hosts[0]; hr.Result != deploy.RebootRequired || rep.Err() == nil {
-			t.Fatalf("default: result %s (%s), want reboot-required and a non-zero exit", hr.Result, hr.Error)
+			t.Fatalf("refuse: result %s (%s), want reboot-required and a non-zero exit", hr.Result, hr.Error)
 		}
 		if after := e.state(h3); after != before {
 			t.Fatalf("a reported kernel change changed the host: %+v, want %+v", after, before)

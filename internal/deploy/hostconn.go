@@ -14,8 +14,9 @@ import (
 // hostConn asks one host's deployer for host verbs over ssh, in the
 // contract version that host speaks. The first answer tells: a reply
 // without a "contract" field comes from a contract 1 host, and a refusal
-// (exit 126) without one is an older gate that did not know the newer form
-// and ran nothing, so the request goes again in the older form.
+// (exit 126) from an older gate (its marker says which contract; none:
+// contract 1) means it did not know the newer form and ran nothing, so the
+// request goes again in the host's form.
 type hostConn struct {
 	r remote.Runner
 	t remote.Target
@@ -106,9 +107,18 @@ func (c *hostConn) call(ctx context.Context, fresh bool, req hostverb.Request) (
 		if derr != nil {
 			rep = &hostverb.Reply{}
 		}
-		if res.Code == hostverb.ExitRefused && rep.Contract == 0 && !known && v > hostverb.MinContract {
-			v-- // an older gate refused a form it does not know, before running anything
-			continue
+		if res.Code == hostverb.ExitRefused && !known {
+			// An older gate refused a form it does not know, before
+			// running anything: say it again in the host's own contract
+			// (only contract 1 gates answer without the marker).
+			older := rep.Contract
+			if older == 0 {
+				older = hostverb.MinContract
+			}
+			if older < v {
+				v = older
+				continue
+			}
 		}
 		if derr == nil || res.Code != hostverb.ExitRefused {
 			c.learn(max(rep.Contract, 1))

@@ -56,9 +56,14 @@ type Pinner interface {
 // Options configure one push.
 type Options struct {
 	Mode hostverb.Mode
-	// KernelChange is passed to activate as --kernel-change when set
-	// ("report" or "boot").
+	// KernelChange is activate's kernel policy ("" is the host's default:
+	// switch, reboot required, on contract 3 hosts; refuse on older ones;
+	// hostverb.KernelBoot or hostverb.KernelRefuse).
 	KernelChange string
+	// NoCheck passes NIXOS_NO_CHECK=1 to switch-to-configuration: a switch
+	// past changed switch inhibitors. InstallBootloader passes
+	// NIXOS_INSTALL_BOOTLOADER=1 (moving to another boot loader).
+	NoCheck, InstallBootloader bool
 	// Parallel bounds the hosts deployed at once; <= 0 means all.
 	Parallel int
 	// ID names this deploy on every host (lock holder, confirm, wait).
@@ -98,6 +103,12 @@ type HostReport struct {
 	Result         Outcome       `json:"result"`
 	Error          string        `json:"error,omitempty"`
 	RebootRequired bool          `json:"rebootRequired,omitempty"`
+	// RebootRecommended: only the initrd differs from the booted one.
+	RebootRecommended bool `json:"rebootRecommended,omitempty"`
+	// FailedUnits were failed before the deploy and still are (reported,
+	// the deploy stands); NewFailedUnits failed because of it.
+	FailedUnits    []string      `json:"failedUnits,omitempty"`
+	NewFailedUnits []string      `json:"newFailedUnits,omitempty"`
 	Missing        []string      `json:"missing,omitempty"`
 	Unsigned       []string      `json:"unsigned,omitempty"`
 	Start          time.Time     `json:"start"`
@@ -298,7 +309,7 @@ func (h *hostRun) activate(ctx context.Context) (*hostverb.Record, time.Time, bo
 	s := h.n.Settings
 	req := hostverb.Request{Verb: hostverb.VerbActivate, Mode: h.o.Mode, ID: h.o.ID, Path: h.n.Path,
 		ConfirmTimeout: s.ConfirmTimeout, MagicRollback: s.MagicRollback, AutoRollback: s.AutoRollback,
-		KernelChange: h.o.KernelChange}
+		KernelChange: h.o.KernelChange, NoCheck: h.o.NoCheck, Install: h.o.InstallBootloader}
 	h.begin(StepActivate)
 	actStart := time.Now()
 	actCtx, cancel := context.WithTimeout(ctx, s.ActivationTimeout)
@@ -338,6 +349,7 @@ func (h *hostRun) activate(ctx context.Context) (*hostverb.Record, time.Time, bo
 	if rec == nil {
 		rec = &hostverb.Record{}
 	}
+	h.noteRecord(rec)
 	switch rec.State {
 	case hostverb.Failed:
 		h.finish(Failed, fmt.Errorf("activation failed%s", colon(a.msg())))
@@ -352,8 +364,18 @@ func (h *hostRun) activate(ctx context.Context) (*hostverb.Record, time.Time, bo
 	return rec, time.Now(), true
 }
 
+// noteRecord copies what the host's record says the report must show.
+func (h *hostRun) noteRecord(rec *hostverb.Record) {
+	h.rep.RebootRequired = h.rep.RebootRequired || rec.RebootRequired
+	h.rep.RebootRecommended = rec.RebootRecommended
+	h.rep.FailedUnits, h.rep.NewFailedUnits = rec.FailedUnits, rec.NewFailedUnits
+}
+
 // activated reads activate's answer; false when the host is done.
 func (h *hostRun) activated(a answer) bool {
+	if a.Record != nil {
+		h.noteRecord(a.Record)
+	}
 	switch a.ExitCode {
 	case hostverb.ExitOK, hostverb.ExitRebootRequired:
 		h.rep.RebootRequired = a.ExitCode == hostverb.ExitRebootRequired || a.Record != nil && a.Record.RebootRequired
@@ -382,9 +404,15 @@ func (h *hostRun) activated(a answer) bool {
 			h.finish(Failed, err)
 		}
 	case hostverb.ExitLocked:
-		err := fmt.Errorf("host is locked by another deploy%s", colon(a.msg()))
+		err := fmt.Errorf("host is locked by another deploy or switch%s", colon(a.msg()))
 		h.end(err, "")
 		h.finish(Failed, err)
+	case hostverb.ExitPreSwitch:
+		// Nothing changed: the new system changes what cannot be switched
+		// live. Not a rollback.
+		err := fmt.Errorf("not activated%s", colon(a.msg()))
+		h.end(err, "")
+		h.finish(Refused, err)
 	default:
 		err := a.err(hostverb.VerbActivate)
 		h.end(err, "")

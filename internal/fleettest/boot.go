@@ -19,12 +19,17 @@ import (
 
 const bootScript = `set -e
 H="$1"
+. "$H/services.env"
 mount --bind "$H/nix" /nix
 mount --bind "$H/run" /run
 mkdir -p /boot
 mount --bind "$H/boot" /boot
-mkdir -p /run/sshd /run/fleettest
+mkdir -p /run/sshd /run/fleettest /run/systemd/system
 chmod 0755 /run/sshd
+# Inside this host, systemctl and systemd-run are the simulated systemd's
+# (whatever finds them: PATH, sudo's secure_path, /run/current-system).
+mount --bind "$FAKEBIN/systemctl" /usr/bin/systemctl
+mount --bind "$FAKEBIN/systemd-run" /usr/bin/systemd-run
 ln -sfn "$H/sshd_config" /run/fleettest/sshd_config
 NIX_CONF_DIR="$H/etc-nix" nix-store --init
 sh "$H/services.sh" "$H"
@@ -42,7 +47,8 @@ kill -9 $(cat /run/fleettest/nix-daemon.pid /run/sshd.pid /run/fleettest/agent.p
 const servicesScript = `H="$1"
 . "$H/services.env"
 up() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-mkdir -p /run/sshd /run/fleettest
+# As on a systemd-booted host (the fake systemctl and systemd-run answer).
+mkdir -p /run/sshd /run/fleettest /run/systemd/system
 if ! up /run/fleettest/nix-daemon.pid; then
   rm -f /nix/var/nix/daemon-socket/socket
   NIX_CONF_DIR="$H/etc-nix" HOME="$H/home" XDG_CACHE_HOME="$H/home/.cache" setsid nix-daemon </dev/null >>"$H/nix-daemon.log" 2>&1 &
@@ -66,7 +72,7 @@ if [ "$CONTRACT" = 2 ] && ! up /run/fleettest/agent.pid; then
   (umask 0177
    # shellcheck disable=SC2086 # AGENT_EXEC is the unit's ExecStart, split into words as systemd does
    setsid systemd-socket-activate $AGENT_ACCEPT -l "$AGENT_SOCKET" -E NIX_CONF_DIR="$H/etc-nix" \
-     -E PATH=/usr/sbin:/usr/bin:/sbin:/bin $AGENT_EXEC </dev/null >>"$H/agent.log" 2>&1 &
+     -E PATH="$FAKEBIN":/usr/sbin:/usr/bin:/sbin:/bin $AGENT_EXEC </dev/null >>"$H/agent.log" 2>&1 &
    echo $! > /run/fleettest/agent.pid)
   i=0
   while [ ! -S "$AGENT_SOCKET" ]; do
@@ -216,6 +222,10 @@ func (f *Fleet) Reboot(t testing.TB, h *Host) {
 // killAll SIGKILLs every process in h's mount namespace (all of them, or all
 // but the keeper), and returns how many it found.
 func (f *Fleet) killAll(h *Host, keeperToo bool) int {
+	// A mount namespace's inode number is reused as soon as it is gone:
+	// another fleet's host (another test binary) may get it while this
+	// loop still runs. Only processes older than the loop are this host's.
+	began := Ticks()
 	n := 0
 	for range 20 {
 		found := 0
@@ -226,6 +236,9 @@ func (f *Fleet) killAll(h *Host, keeperToo bool) int {
 				continue
 			}
 			if !keeperToo && h.keeper != nil && pid == h.keeper.Process.Pid {
+				continue
+			}
+			if StartTicks(pid) > began {
 				continue
 			}
 			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err == nil && ns == h.mntNS {
@@ -278,7 +291,7 @@ func removeAll(dir string) {
 // module's own plain-Nix function (nixos/lib agentUnits), so the simulated
 // hosts run the agent exactly as the module configures it, and renders
 // them for services.sh.
-func agentEnv(deployer string) (string, error) {
+func agentEnv(deployer, fakeBin string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
@@ -305,6 +318,6 @@ func agentEnv(deployer string) (string, error) {
 	if u.Socket.Accept {
 		accept = "--accept"
 	}
-	return fmt.Sprintf("CONTRACT=2\nAGENT_SOCKET=%s\nAGENT_OWNER=%s\nAGENT_GROUP=%s\nAGENT_MODE=%s\nAGENT_ACCEPT=%s\nAGENT_EXEC='%s'\n",
-		u.Socket.ListenStream, u.Socket.SocketUser, u.Socket.SocketGroup, u.Socket.SocketMode, accept, u.Service.ExecStart), nil
+	return fmt.Sprintf("CONTRACT=2\nAGENT_SOCKET=%s\nAGENT_OWNER=%s\nAGENT_GROUP=%s\nAGENT_MODE=%s\nAGENT_ACCEPT=%s\nAGENT_EXEC='%s'\nFAKEBIN=%s\n",
+		u.Socket.ListenStream, u.Socket.SocketUser, u.Socket.SocketGroup, u.Socket.SocketMode, accept, u.Service.ExecStart, fakeBin), nil
 }

@@ -127,6 +127,9 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := writeFakeSystemd(f.fakeBin()); err != nil {
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
 	var buildErr error
 	wg.Add(1)
@@ -160,8 +163,8 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 		if err := f.installSudoers(t); err != nil {
 			t.Fatal(err)
 		}
-		f.servicesEnv = "CONTRACT=1\n"
-	} else if f.servicesEnv, err = agentEnv(f.Deployer); err != nil {
+		f.servicesEnv = "CONTRACT=1\nFAKEBIN=" + f.fakeBin() + "\n"
+	} else if f.servicesEnv, err = agentEnv(f.Deployer, f.fakeBin()); err != nil {
 		t.Fatal(err)
 	}
 	hostsStart := time.Now()
@@ -191,6 +194,10 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 		hostsStart.Sub(setupStart).Round(time.Millisecond), f.Cache)
 	return f
 }
+
+// fakeBin is where the fleet's fake systemctl and systemd-run are (the
+// systems link them as sw/bin/).
+func (f *Fleet) fakeBin() string { return filepath.Join(f.Dir, "fakebin") }
 
 // Publish puts paths into the hosts' cache, signed.
 func (f *Fleet) Publish(t testing.TB, paths ...string) {

@@ -1,7 +1,6 @@
 package fleettest_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -109,11 +108,11 @@ func TestFleetCleanup(t *testing.T) {
 	// A namespace's inode number is reused once it is gone, and root Nix
 	// processes of other tests unshare mount namespaces of their own, so
 	// only a process that started before the fleet ended is a leftover.
-	ended := uptimeTicks(t)
+	ended := fleettest.Ticks()
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || startTicks(pid) > ended {
+		if err != nil || fleettest.StartTicks(pid) > ended {
 			continue
 		}
 		l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
@@ -150,32 +149,4 @@ func TestFleetMany(t *testing.T) {
 			t.Fatalf("%s: %v %s", h.Name, err, out)
 		}
 	}
-}
-
-// uptimeTicks is now, in the clock ticks (USER_HZ, 100 on Linux) that
-// /proc/PID/stat gives start times in.
-func uptimeTicks(t *testing.T) int64 {
-	b, err := os.ReadFile("/proc/uptime")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var up float64
-	fmt.Sscanf(string(b), "%f", &up)
-	return int64(up*100) + 1
-}
-
-// startTicks is when pid started, in clock ticks since boot (field 22 of
-// /proc/PID/stat); a gone process counts as started now.
-func startTicks(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 1 << 62
-	}
-	// the command name (field 2) may hold spaces: count from its ")"
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 20 {
-		return 1 << 62
-	}
-	n, _ := strconv.ParseInt(f[19], 10, 64)
-	return n
 }

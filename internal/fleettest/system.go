@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,16 +13,33 @@ import (
 )
 
 // System describes a fake NixOS system: a closure built by real Nix (builder
-// /bin/sh) whose bin/switch-to-configuration does to /run/current-system,
-// the system profile's boot entries and /run/activation.log what the real
-// one does, plus what the variant asks for.
+// /bin/sh) whose bin/switch-to-configuration behaves as
+// switch-to-configuration-ng does, in its order: the lock
+// /run/nixos/switch-to-configuration.lock taken non-blocking (exit 11 when
+// another switch holds it), pre-switch checks (switch inhibitors, skipped
+// with NIXOS_NO_CHECK=1: exit 1 "Pre-switch checks failed"), the boot
+// loader for switch and boot, exit 100 before activating anything when the
+// init interface version changes, the activation, and exit 4 when any unit
+// is failed afterwards (a unit failed before the switch included). It does
+// to /run/current-system, the boot entries and /run/activation.log what
+// the real one does.
 type System struct {
-	Label          string        // part of the name; systems differ by label
-	Kernel         string        // content of kernel, initrd and kernel-modules; default "6.1.0"
-	FailActivation bool          // switch/test: change /run/current-system, then exit 1
+	Label  string // part of the name; systems differ by label
+	Kernel string // content of kernel and kernel-modules; default "6.1.0"
+	// Initrd is the initrd's content; default "initrd-<Kernel>". Another
+	// Initrd with the same Kernel is what most nixpkgs bumps are.
+	Initrd string
+	// InitInterface is init-interface-version; default "systemd".
+	InitInterface string
+	// Inhibitors is switch-inhibitors (system.switch.inhibitors): a switch
+	// or test into a system whose value differs from the running one's for
+	// a key both have is refused.
+	Inhibitors map[string]string
+	// FailUnits are units this system's activation leaves failed.
+	FailUnits      []string
+	FailActivation bool          // the activation script fails (exit 2)
 	BreakSSH       bool          // switch/test: stop the host's sshd (and never start it)
-	Sleep          time.Duration // switch-to-configuration sleeps this long first
-	Exit           int           // exit status of a successful activation (100: reboot required)
+	Sleep          time.Duration // switch-to-configuration sleeps this long, holding its lock
 	// Health are the health checks the system ships, as the NixOS module
 	// writes them: etc/concordia/health-checks.json naming scripts inside
 	// the system's own closure.
@@ -43,20 +61,24 @@ type HealthCheck struct {
 // The usual variants.
 var (
 	Good      = System{Label: "good"}
-	Failing   = System{Label: "failing", FailActivation: true}
+	Failing   = System{Label: "failing", FailUnits: []string{"broken.service"}}
 	BreaksSSH = System{Label: "breaks-ssh", BreakSSH: true}
 	NewKernel = System{Label: "new-kernel", Kernel: "6.6.0"}
 	Slow      = System{Label: "slow", Sleep: 3 * time.Second}
 )
 
 const builderScript = `set -e
-/bin/mkdir -p "$out/bin" "$out/kernel-modules/lib/modules"
+/bin/mkdir -p "$out/bin" "$out/kernel-modules/lib/modules" "$out/sw/bin"
 printf '%s\n' "$kernelVersion" > "$out/kernel"
-printf 'initrd-%s\n' "$kernelVersion" > "$out/initrd"
+printf '%s\n' "$initrd" > "$out/initrd"
 printf '%s\n' "$kernelVersion" > "$out/kernel-modules/lib/modules/version"
 printf '%s\n' "$label" > "$out/nixos-version"
-{ printf '#!/bin/sh\nout=%s\nbreakSSH=%s\n' "$out" "$breakSSH"; printf '%s\n' "$activateBody"; } > "$out/activate"
-{ printf '#!/bin/sh\nout=%s\nsleepSecs=%s\nfailActivation=%s\nexitCode=%s\n' "$out" "$sleepSecs" "$failActivation" "$exitCode"; printf '%s\n' "$switchBody"; } > "$out/bin/switch-to-configuration"
+printf '%s' "$initInterface" > "$out/init-interface-version"
+printf '%s' "$inhibitors" > "$out/switch-inhibitors"
+/bin/ln -s "$fakeBin/systemctl" "$out/sw/bin/systemctl"
+/bin/ln -s "$fakeBin/systemd-run" "$out/sw/bin/systemd-run"
+{ printf '#!/bin/sh\nout=%s\nbreakSSH=%s\nfailActivation=%s\nfailUnits="%s"\n' "$out" "$breakSSH" "$failActivation" "$failUnits"; printf '%s\n' "$activateBody"; } > "$out/activate"
+{ printf '#!/bin/sh\nout=%s\nsleepSecs=%s\n' "$out" "$sleepSecs"; printf '%s\n' "$switchBody"; } > "$out/bin/switch-to-configuration"
 /bin/chmod 0555 "$out/activate" "$out/bin/switch-to-configuration"
 if [ -n "$stcLink" ]; then /bin/rm -f "$out/bin/switch-to-configuration"; /bin/ln -s "$stcLink" "$out/bin/switch-to-configuration"; fi
 if [ -n "$healthJSON" ]; then
@@ -73,7 +95,11 @@ fi
 `
 
 // activateBody is what stage 2 / switch-to-configuration runs: make this the
-// running system and (re)start sshd, or, for the breaks-ssh variant, stop it.
+// running system, (re)start sshd (or, for the breaks-ssh variant, stop
+// it), and restart the system's units: units the previous system left
+// failed are restarted (cleared), this system's FailUnits fail. Units
+// failed by the host itself (FailUnit) stay failed. It exits 2 when
+// failActivation says so, as a failing activation script does.
 const activateBody = `/bin/ln -sfn "$out" /run/current-system
 running() { [ -f /run/sshd.pid ] && kill -0 "$(/bin/cat /run/sshd.pid)" 2>/dev/null; }
 if [ "$breakSSH" = 1 ]; then
@@ -87,14 +113,47 @@ elif ! running; then
   while [ ! -s /run/sshd.pid ] && [ $i -lt 500 ]; do /bin/sleep 0.01; i=$((i+1)); done
   echo "started sshd" >&2
 fi
+/bin/mkdir -p ` + unitsDir + `
+for f in ` + unitsDir + `/*; do
+  [ -e "$f" ] || continue
+  [ "$(/usr/bin/cut -d' ' -f2 "$f")" = system ] && /bin/rm -f "$f"
+done
+for u in $failUnits; do echo "failed system" > "` + unitsDir + `/$u"; done
+[ "$failActivation" = 1 ] && { echo "Failed to run activate script" >&2; exit 2; }
+exit 0
 `
 
+// switchBody is switch-to-configuration-ng's order of things.
 const switchBody = `action="$1"
 case "$action" in
-switch|boot|test|dry-activate) ;;
-*) echo "usage: $0 [switch|boot|test|dry-activate]" >&2; exit 1 ;;
+switch|boot|test|dry-activate|check) ;;
+*) echo "usage: $0 [check|switch|boot|test|dry-activate]" >&2; exit 1 ;;
 esac
+/bin/mkdir -p /run/nixos
+/bin/chmod 0755 /run/nixos
+exec 9>>/run/nixos/switch-to-configuration.lock
+if ! /usr/bin/flock -n 9; then echo "Could not acquire lock" >&2; exit 11; fi
 [ "$sleepSecs" = 0 ] || /bin/sleep "$sleepSecs"
+# Pre-switch checks: the switch inhibitors (keys both systems have, with
+# another value) refuse a live switch, unless NIXOS_NO_CHECK=1.
+inhibitors() { /bin/sed -n 's/^  "\([^"]*\)": "\([^"]*\)",\{0,1\}$/\1 \2/p' "$1" 2>/dev/null; }
+if [ "$NIXOS_NO_CHECK" != 1 ] && [ "$action" != boot ] && [ "$action" != dry-activate ]; then
+  diff=$(inhibitors /run/current-system/switch-inhibitors | while read -r k old; do
+    new=$(inhibitors "$out/switch-inhibitors" | while read -r k2 v2; do [ "$k2" = "$k" ] && echo "$v2"; done)
+    [ -n "$new" ] && [ "$new" != "$old" ] && echo "$k : $old -> $new"
+  done)
+  if [ -n "$diff" ]; then
+    echo "There are changes to critical components of the system:" >&2
+    echo >&2; echo "$diff" >&2; echo >&2
+    echo "Switching into this system is not recommended." >&2
+    echo "If you really want to switch into this configuration directly, then" >&2
+    echo "you can set NIXOS_NO_CHECK=1 to ignore pre-switch checks." >&2
+    echo "Pre-switch check 'switchInhibitors' failed" >&2
+    echo "Pre-switch checks failed" >&2
+    exit 1
+  fi
+fi
+[ "$action" = check ] && exit 0
 echo "$action $out $(/bin/date +%s.%N)" >> /run/activation.log
 if [ "$action" = dry-activate ]; then echo "would activate $out"; exit 0; fi
 if [ "$action" = switch ] || [ "$action" = boot ]; then
@@ -116,15 +175,22 @@ if [ "$action" = switch ] || [ "$action" = boot ]; then
   printf 'default nixos-generation-%s.conf\ntimeout 3\n' "$gen" > /boot/loader/loader.conf.tmp
   /bin/mv /boot/loader/loader.conf.tmp /boot/loader/loader.conf
 fi
-if [ "$action" = switch ] || [ "$action" = test ]; then
-  if [ "$failActivation" = 1 ]; then
-    /bin/ln -sfn "$out" /run/current-system
-    echo "error: the following units failed: broken.service" >&2
-    exit 1
-  fi
-  "$out/activate"
+[ "$action" = boot ] && exit 0
+if [ "$(/bin/cat /run/current-system/init-interface-version 2>/dev/null)" != "$(/bin/cat "$out/init-interface-version")" ]; then
+  echo "Warning: the new NixOS configuration has an 'init' that is" >&2
+  echo "incompatible with the current configuration.  The new configuration" >&2
+  echo "won't take effect until you reboot the system." >&2
+  exit 100
 fi
-exit "$exitCode"
+echo "activating the configuration..." >&2
+"$out/activate"
+rc=$?
+failed=$(for f in ` + unitsDir + `/*; do [ -e "$f" ] && [ "$(/usr/bin/cut -d' ' -f1 "$f")" = failed ] && echo "${f##*/}"; done | /usr/bin/tr '\n' ' ')
+if [ -n "$failed" ]; then
+  echo "warning: the following units failed: $failed" >&2
+  exit 4
+fi
+exit $rc
 `
 
 // nixString quotes s as a Nix string literal.
@@ -140,11 +206,20 @@ func boolStr(b bool) string {
 	return "0"
 }
 
-// expr is the Nix expression of s (salt makes the store path fresh).
-func (s System) expr(salt string) string {
+// expr is the Nix expression of s (salt makes the store path fresh;
+// fakeBin is where the fleet's fake systemctl and systemd-run are).
+func (s System) expr(salt, fakeBin string) string {
 	kernel := s.Kernel
 	if kernel == "" {
 		kernel = "6.1.0"
+	}
+	initrd := s.Initrd
+	if initrd == "" {
+		initrd = "initrd-" + kernel
+	}
+	initIf := s.InitInterface
+	if initIf == "" {
+		initIf = "systemd"
 	}
 	label := s.Label
 	if label == "" {
@@ -154,15 +229,20 @@ func (s System) expr(salt string) string {
 		"name":           "nixos-system-fleet-" + salt + "-" + label,
 		"builder":        "/bin/sh",
 		"kernelVersion":  kernel,
+		"initrd":         initrd,
+		"initInterface":  initIf,
+		"inhibitors":     inhibitorsJSON(s.Inhibitors),
+		"failUnits":      strings.Join(s.FailUnits, " "),
+		"fakeBin":        fakeBin,
 		"label":          label,
 		"breakSSH":       boolStr(s.BreakSSH),
 		"failActivation": boolStr(s.FailActivation),
 		"sleepSecs":      strconv.FormatFloat(s.Sleep.Seconds(), 'f', -1, 64),
-		"exitCode":       strconv.Itoa(s.Exit),
 		"activateBody":   activateBody,
 		"switchBody":     switchBody,
 	}
-	keys := []string{"name", "builder", "kernelVersion", "label", "breakSSH", "failActivation", "sleepSecs", "exitCode", "activateBody", "switchBody"}
+	keys := []string{"name", "builder", "kernelVersion", "initrd", "initInterface", "inhibitors", "failUnits", "fakeBin",
+		"label", "breakSSH", "failActivation", "sleepSecs", "activateBody", "switchBody"}
 	if s.STCLink != "" {
 		attrs["stcLink"] = s.STCLink
 		keys = append(keys, "stcLink")
@@ -193,11 +273,35 @@ func (s System) expr(salt string) string {
 	return b.String()
 }
 
+// inhibitorsJSON renders switch-inhibitors as nixpkgs writes it (an
+// object of strings), one key per line so the fake switch can read it
+// without jq.
+func inhibitorsJSON(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString("{\n")
+	for i, k := range keys {
+		kj, _ := json.Marshal(k)
+		vj, _ := json.Marshal(m[k])
+		b.WriteString("  " + string(kj) + ": " + string(vj))
+		if i < len(keys)-1 {
+			b.WriteString(",")
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
 // Build builds s in the machine's store (the "CI builder") and returns its
 // store path. It is not in the cache until published.
 func (f *Fleet) Build(t testing.TB, s System) string {
 	t.Helper()
-	out, err := command(f.nixEnv, "nix-build", "--no-out-link", "-E", s.expr(f.salt)).Output()
+	out, err := command(f.nixEnv, "nix-build", "--no-out-link", "-E", s.expr(f.salt, f.fakeBin())).Output()
 	if err != nil {
 		var stderr string
 		var ee *exec.ExitError
@@ -213,7 +317,7 @@ func (f *Fleet) Build(t testing.TB, s System) string {
 // valid in h's store with no signature at all.
 func (f *Fleet) BuildOn(t testing.TB, h *Host, s System) string {
 	t.Helper()
-	out, err := f.Exec(h, "nix-build", "--no-out-link", "-E", s.expr(f.salt))
+	out, err := f.Exec(h, "nix-build", "--no-out-link", "-E", s.expr(f.salt, f.fakeBin()))
 	if err != nil {
 		t.Fatalf("build system %s on %s: %v %s", s.Label, h.Name, err, out)
 	}

@@ -47,20 +47,20 @@ func run(t *testing.T, sock, line string) (int, string, string) {
 func TestAgentLostIsConnectionLoss(t *testing.T) {
 	sock := fakeAgent(t, "")
 	code, out, _ := run(t, sock, "deployer wait --id d-1")
-	if code != hostverb.ExitLost || !strings.Contains(out, `"contract":2`) {
+	if code != hostverb.ExitLost || !strings.Contains(out, `"contract":3`) {
 		t.Fatalf("exit %d %s", code, out)
 	}
 }
 
 func TestAgentUnreachableNothingRan(t *testing.T) {
 	code, out, errs := run(t, filepath.Join(t.TempDir(), "none.sock"), "deployer status")
-	if code != hostverb.ExitFailed || !strings.Contains(errs, "not reachable") || !strings.Contains(out, `"contract":2`) {
+	if code != hostverb.ExitFailed || !strings.Contains(errs, "not reachable") || !strings.Contains(out, `"contract":3`) {
 		t.Fatalf("exit %d %s %s", code, out, errs)
 	}
 }
 
 func TestAgentAnswerRelayed(t *testing.T) {
-	sock := fakeAgent(t, `{"log":"working"}`+"\n"+`{"final":true,"exit":3,"reply":{"contract":2,"exitCode":3,"error":"host is locked by another deploy: d-0"}}`+"\n")
+	sock := fakeAgent(t, `{"log":"working"}`+"\n"+`{"final":true,"exit":3,"reply":{"contract":3,"exitCode":3,"error":"host is locked by another deploy: d-0"}}`+"\n")
 	code, out, errs := run(t, sock, "deployer activate --id d-1 /nix/store/0c6kzph7l0dcbfmjap64f0czdafn3b7x-nixos-system-a")
 	if code != hostverb.ExitLocked || !strings.Contains(out, "d-0") || !strings.Contains(errs, "working") || !strings.Contains(errs, "locked") {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out, errs)

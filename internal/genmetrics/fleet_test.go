@@ -50,23 +50,23 @@ func TestFleetExporter(t *testing.T) {
 		}
 	}
 
-	expect("boot", "nixos_current_generation 1", "nixos_boot_generation 1", "nixos_booted_generation 1",
+	expect("boot", "nixos_current_generation 1", "nixos_boot_generation{source=\"systemd-boot\"} 1", "nixos_booted_generation 1",
 		"nixos_test_deployment_active 0", "nixos_reboot_required 0")
 
 	deploy("switch", "m-1", v2)
-	expect("switch", "nixos_current_generation 2", "nixos_boot_generation 2", "nixos_booted_generation 1",
+	expect("switch", "nixos_current_generation 2", "nixos_boot_generation{source=\"systemd-boot\"} 2", "nixos_booted_generation 1",
 		"nixos_test_deployment_active 0", "nixos_reboot_required 0")
 
 	deploy("test", "m-2", v3)
-	expect("test", "nixos_current_generation 0", "nixos_boot_generation 2",
+	expect("test", "nixos_current_generation 0", "nixos_boot_generation{source=\"systemd-boot\"} 2",
 		"nixos_test_deployment_active 1", "nixos_reboot_required 0")
 
 	deploy("boot", "m-3", k)
-	expect("boot of a new kernel", "nixos_current_generation 0", "nixos_boot_generation 3",
+	expect("boot of a new kernel", "nixos_current_generation 0", "nixos_boot_generation{source=\"systemd-boot\"} 3",
 		"nixos_test_deployment_active 1", "nixos_reboot_required 1")
 
 	f.Reboot(t, h)
-	expect("reboot", "nixos_current_generation 3", "nixos_boot_generation 3", "nixos_booted_generation 3",
+	expect("reboot", "nixos_current_generation 3", "nixos_boot_generation{source=\"systemd-boot\"} 3", "nixos_booted_generation 3",
 		"nixos_test_deployment_active 0", "nixos_reboot_required 0")
 	got := f.MustExec(t, h, "cat", "/run/nixos.prom")
 	if !strings.Contains(got, `version="new-kernel"`) {

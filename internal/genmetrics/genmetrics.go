@@ -22,7 +22,7 @@ type Collector struct {
 	opts host.Options
 	now  func() time.Time
 
-	current, boot, booted, age, test, reboot, info, up *prometheus.Desc
+	current, boot, booted, age, test, reboot, recommend, failed, info, up *prometheus.Desc
 }
 
 // New returns a collector for the host described by o (zero value: the real
@@ -32,22 +32,24 @@ func New(o host.Options) *Collector {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	return &Collector{
-		opts:    o,
-		now:     time.Now,
-		current: d("nixos_current_generation", "Generation number of the running system (/run/current-system); 0 when it is no generation of the system profile, as during a test deployment."),
-		boot:    d("nixos_boot_generation", "Generation number of the system profile, the default at the next boot."),
-		booted:  d("nixos_booted_generation", "Generation number of the system that was booted (/run/booted-system); 0 when it is no longer a generation."),
-		age:     d("nixos_config_age_seconds", "Seconds since the running configuration was activated."),
-		test:    d("nixos_test_deployment_active", "1 when the running system is not the boot default (a `test` deployment, reverted by a reboot)."),
-		reboot:  d("nixos_reboot_required", "1 when the boot default or the running system has another kernel, initrd or kernel modules than the booted one."),
-		info:    d("nixos_system_info", "The running, booted and boot-default systems; value is always 1.", "version", "current", "booted", "boot_default"),
-		up:      d("nixos_generation_metrics_up", "1 when the generation state could be read."),
+		opts:      o,
+		now:       time.Now,
+		current:   d("nixos_current_generation", "Generation number of the running system (/run/current-system); 0 when it is no generation of the system profile, as during a test deployment."),
+		boot:      d("nixos_boot_generation", "Generation number of the system the boot loader starts next: its default entry where it can be read (source systemd-boot or grub), else the system profile (source profile).", "source"),
+		booted:    d("nixos_booted_generation", "Generation number of the system that was booted (/run/booted-system); 0 when it is no longer a generation."),
+		age:       d("nixos_config_age_seconds", "Seconds since the running configuration was activated."),
+		test:      d("nixos_test_deployment_active", "1 when the running system is not the boot default (a `test` deployment, reverted by a reboot)."),
+		reboot:    d("nixos_reboot_required", "1 when the boot default or the running system has another kernel or kernel modules than the booted one."),
+		recommend: d("nixos_reboot_recommended", "1 when only the initrd differs from the booted one's (most nixpkgs updates): a reboot is recommended, not required."),
+		failed:    d("nixos_failed_units", "Number of failed systemd units."),
+		info:      d("nixos_system_info", "The running, booted and boot-default systems; value is always 1.", "version", "current", "booted", "boot_default"),
+		up:        d("nixos_generation_metrics_up", "1 when the generation state could be read."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.current, c.boot, c.booted, c.age, c.test, c.reboot, c.info, c.up} {
+	for _, d := range []*prometheus.Desc{c.current, c.boot, c.booted, c.age, c.test, c.reboot, c.recommend, c.failed, c.info, c.up} {
 		ch <- d
 	}
 }
@@ -64,14 +66,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	g(c.up, 1)
 	g(c.current, float64(st.Current.Generation))
-	g(c.boot, float64(st.Profile.Generation))
+	g(c.boot, float64(st.BootDefault.Generation), st.BootDefaultSource)
 	g(c.booted, float64(st.Booted.Generation))
 	g(c.test, b2f(st.TestActive))
 	g(c.reboot, b2f(st.RebootPending))
+	g(c.recommend, b2f(st.RebootSuggested))
+	g(c.failed, float64(len(st.UnitsFailed)))
 	if age, ok := c.configAge(); ok {
 		g(c.age, age.Seconds())
 	}
-	g(c.info, 1, version(st.Current.Path), st.Current.Path, st.Booted.Path, st.Profile.Path)
+	g(c.info, 1, version(st.Current.Path), st.Current.Path, st.Booted.Path, st.BootDefault.Path)
 }
 
 // configAge is how long ago /run/current-system was last pointed somewhere:

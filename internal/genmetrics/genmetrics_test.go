@@ -34,6 +34,8 @@ func newLayout(t *testing.T) *layout {
 		Profile:       filepath.Join(d, "profiles", "system"),
 		CurrentSystem: filepath.Join(d, "run", "current-system"),
 		BootedSystem:  filepath.Join(d, "run", "booted-system"),
+		BootDir:       filepath.Join(d, "boot"), // no loader: the profile is the boot default
+		NixOSRunDir:   filepath.Join(d, "run", "nixos"),
 	}}
 }
 
@@ -76,7 +78,7 @@ func (l *layout) expect(want string) {
 	}
 }
 
-const header = `# HELP nixos_boot_generation Generation number of the system profile, the default at the next boot.
+const header = `# HELP nixos_boot_generation Generation number of the system the boot loader starts next: its default entry where it can be read (source systemd-boot or grub), else the system profile (source profile).
 # TYPE nixos_boot_generation gauge
 # HELP nixos_booted_generation Generation number of the system that was booted (/run/booted-system); 0 when it is no longer a generation.
 # TYPE nixos_booted_generation gauge
@@ -84,14 +86,14 @@ const header = `# HELP nixos_boot_generation Generation number of the system pro
 # TYPE nixos_current_generation gauge
 # HELP nixos_generation_metrics_up 1 when the generation state could be read.
 # TYPE nixos_generation_metrics_up gauge
-# HELP nixos_reboot_required 1 when the boot default or the running system has another kernel, initrd or kernel modules than the booted one.
+# HELP nixos_reboot_required 1 when the boot default or the running system has another kernel or kernel modules than the booted one.
 # TYPE nixos_reboot_required gauge
 # HELP nixos_test_deployment_active 1 when the running system is not the boot default (a ` + "`test`" + ` deployment, reverted by a reboot).
 # TYPE nixos_test_deployment_active gauge
 `
 
 func values(cur, boot, booted, test, reboot int) string {
-	return header + "nixos_boot_generation " + itoa(boot) + "\nnixos_booted_generation " + itoa(booted) +
+	return header + "nixos_boot_generation{source=\"profile\"} " + itoa(boot) + "\nnixos_booted_generation " + itoa(booted) +
 		"\nnixos_current_generation " + itoa(cur) + "\nnixos_generation_metrics_up 1\nnixos_reboot_required " + itoa(reboot) +
 		"\nnixos_test_deployment_active " + itoa(test) + "\n"
 }
@@ -183,5 +185,48 @@ func TestUnreadable(t *testing.T) {
 	reg := genmetrics.Registry(l.opts)
 	if n, err := testutil.GatherAndCount(reg); err != nil || n == 0 {
 		t.Fatalf("gather: %d metrics, %v", n, err)
+	}
+}
+
+// The boot generation is the loader's default where it can be read (it can
+// differ from the profile: an entry picked by hand, a boot loader that was
+// not updated), the profile only as a fallback; the label says which.
+func TestBootGenerationFromTheLoader(t *testing.T) {
+	l := newLayout(t)
+	a := l.system("a", "k1", "24.05.1")
+	b := l.system("b", "k1", "24.05.2")
+	l.generation(1, a)
+	l.generation(2, b)
+	l.link(l.opts.CurrentSystem, b)
+	l.link(l.opts.BootedSystem, b)
+	gather := func() string {
+		var out strings.Builder
+		mfs, err := genmetrics.Registry(l.opts).Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "nixos_boot_generation" {
+				for _, m := range mf.GetMetric() {
+					out.WriteString(m.GetLabel()[0].GetValue() + " " + strconv.Itoa(int(m.GetGauge().GetValue())))
+				}
+			}
+		}
+		return out.String()
+	}
+	if got := gather(); got != "profile 2" {
+		t.Fatalf("no loader: %q", got)
+	}
+	os.MkdirAll(filepath.Join(l.opts.BootDir, "loader"), 0o755)
+	os.WriteFile(filepath.Join(l.opts.BootDir, "loader", "loader.conf"), []byte("timeout 3\ndefault nixos-generation-1.conf\n"), 0o644)
+	if got := gather(); got != "systemd-boot 1" {
+		t.Fatalf("systemd-boot: %q", got)
+	}
+	os.RemoveAll(filepath.Join(l.opts.BootDir, "loader"))
+	os.MkdirAll(filepath.Join(l.opts.BootDir, "grub"), 0o755)
+	grub := "set default=0\nmenuentry \"NixOS - Default\" {\n  linux /nix/store/x-linux/bzImage init=" + a + "/init loglevel=4\n}\n"
+	os.WriteFile(filepath.Join(l.opts.BootDir, "grub", "grub.cfg"), []byte(grub), 0o644)
+	if got := gather(); got != "grub 1" {
+		t.Fatalf("grub: %q", got)
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -13,12 +15,14 @@ import (
 	"github.com/bos55/concordia/internal/nixcli"
 )
 
-// Activate is `deployer activate`: it validates, locks the host, checks the
-// system, then hands the deploy to a detached worker (Work) and waits for it
-// to finish activating. The returned record says what happened; err is nil
-// only when the system was activated (awaiting confirmation or done).
-// If this process dies (the SSH session dropped), the worker carries on and
-// `deployer wait` reports the outcome.
+// Activate is the activate verb: it validates, checks the system, locks
+// the host, refuses while another switch runs or the switch inhibitors
+// change (unless NoCheck), applies the kernel policy, then hands the deploy
+// to a detached worker (Work) and waits for it to finish activating. The
+// returned record says what happened; err is nil only when the system was
+// activated (awaiting confirmation or done). If this process dies (the SSH
+// session dropped), the worker carries on and the wait verb reports the
+// outcome.
 func Activate(ctx context.Context, o Options, q hostverb.Request) (*hostverb.Record, error) {
 	o = o.withDefaults()
 	q.Verb = hostverb.VerbActivate
@@ -26,7 +30,7 @@ func Activate(ctx context.Context, o Options, q hostverb.Request) (*hostverb.Rec
 		q.ConfirmTimeout = 30 * time.Second
 	}
 	if q.KernelChange == "" {
-		q.KernelChange = "report"
+		q.KernelChange = hostverb.KernelSwitch
 	}
 	if err := q.Validate(o.StoreDir); err != nil {
 		return nil, err
@@ -45,10 +49,16 @@ func Activate(ctx context.Context, o Options, q hostverb.Request) (*hostverb.Rec
 			lock.Close()
 		}
 	}()
+	if q.Mode != hostverb.DryActivate {
+		if err := switchBusy(ctx, o); err != nil {
+			return nil, err
+		}
+	}
 	rec := &hostverb.Record{
 		ID: q.ID, Mode: q.Mode, RequestedMode: q.Mode, Path: q.Path, ActivationExit: -1,
 		MagicRollback: q.MagicRollback && q.Mode.NeedsConfirm(),
 		AutoRollback:  q.AutoRollback, ConfirmTimeout: q.ConfirmTimeout.String(),
+		NoCheck: q.NoCheck, InstallBootloader: q.Install,
 		Log: LogPath(o, q.ID), Started: time.Now().UTC(),
 	}
 	if cur, err := os.Readlink(o.CurrentSystem); err == nil {
@@ -60,6 +70,12 @@ func Activate(ctx context.Context, o Options, q hostverb.Request) (*hostverb.Rec
 		rec.PreviousGeneration, rec.PreviousProfile = g.Number, g.Path
 	}
 	if q.Mode.NeedsConfirm() {
+		if !q.NoCheck && rec.Previous != "" {
+			if diff := inhibitorChanges(rec.Previous, q.Path); len(diff) > 0 {
+				return nil, fmt.Errorf("%w: switch inhibitors changed (%s): switching into this system live is not recommended; nothing changed. Deploy with --mode boot and reboot, or pass --no-check to switch anyway",
+					hostverb.ErrPreSwitch, strings.Join(diff, "; "))
+			}
+		}
 		if err := kernelCheck(o, q, rec); err != nil {
 			return nil, err
 		}
@@ -86,35 +102,47 @@ func Activate(ctx context.Context, o Options, q hostverb.Request) (*hostverb.Rec
 	return r, r.Err()
 }
 
-// kernelCheck compares the new system's kernel, initrd and modules with the
-// booted system's: a change is reported (nothing done) or, with
-// --kernel-change boot, turns a switch into boot.
+// kernelCheck compares the new system's kernel, modules and initrd with the
+// booted system's. A kernel or module change is switched into by default
+// (it works: the booted kernel's modules stay reachable) and recorded as
+// reboot required; KernelBoot turns a switch into boot, KernelRefuse
+// refuses (nothing changed). An initrd-only change (most nixpkgs bumps) is
+// only recorded: reboot recommended.
 func kernelCheck(o Options, q hostverb.Request, rec *hostverb.Record) error {
 	booted, err := os.Readlink(o.BootedSystem)
 	if err != nil {
 		o.Logger.Warn("no booted system to compare the kernel with", "err", err)
 		return nil
 	}
-	diff, err := bootChanges(booted, q.Path)
+	bc, err := compareBoot(booted, q.Path)
 	if err != nil {
 		return err
 	}
-	if len(diff) == 0 {
+	rec.RebootRecommended = bc.initrd && !bc.required()
+	if !bc.required() {
 		return nil
 	}
 	rec.KernelChanged = true
-	if q.KernelChange == "boot" && q.Mode == hostverb.Switch {
-		rec.Mode, rec.RebootRequired, rec.MagicRollback = hostverb.Boot, true, false
-		o.Logger.Info("kernel change: switch becomes boot", "changed", diff)
-		return nil
+	switch q.KernelChange {
+	case hostverb.KernelBoot:
+		if q.Mode == hostverb.Switch {
+			rec.Mode, rec.RebootRequired, rec.MagicRollback = hostverb.Boot, true, false
+			o.Logger.Info("kernel change: switch becomes boot", "changed", bc.names())
+			return nil
+		}
+	case hostverb.KernelRefuse, hostverb.KernelReport:
+		return fmt.Errorf("%w (%s differ from the booted system); nothing changed: deploy with mode boot, --kernel-change boot, or the default (switch, then reboot)",
+			hostverb.ErrKernelChange, strings.Join(bc.names(), ", "))
 	}
-	return fmt.Errorf("%w (%s differ from the booted system); nothing changed: deploy with mode boot or --kernel-change boot",
-		hostverb.ErrKernelChange, strings.Join(diff, ", "))
+	rec.RebootRequired = true
+	o.Logger.Info("kernel change: switching live, reboot required", "changed", bc.names())
+	return nil
 }
 
 // Work is the detached worker of deploy id (the hidden `watchdog` verb): it
-// sets the profile, runs switch-to-configuration, rolls back at once if that
-// fails, and otherwise waits for confirmation until the deadline, rolling
+// sets the profile, runs switch-to-configuration, reads its exit status as
+// switch-to-configuration-ng means it, rolls back at once if the switch
+// failed, and otherwise waits for confirmation until the deadline, rolling
 // back when none comes. lock is the host lock; it is closed on return.
 func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 	o = o.withDefaults()
@@ -131,11 +159,24 @@ func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 		return err
 	}
 	log := o.Logger.With("id", id)
-	fail := func(reason string) error {
+	so := SwitchOptions{NoCheck: rec.NoCheck, InstallBootloader: rec.InstallBootloader}
+	// fail records a failed activation. refused says why
+	// switch-to-configuration activated nothing ("": it did activate, or
+	// never ran), in which case only the profile is put back.
+	fail := func(reason, refused string) error {
+		activated := refused == ""
 		rolled := ""
 		switch {
-		case !rec.CreatedGeneration && rec.ActivationExit == -1:
+		case !profileMoved(rec) && (rec.ActivationExit == -1 || !activated):
 			rolled = "; nothing was changed"
+		case rec.ActivationExit == -1 || !activated:
+			// The switch never ran, or activated nothing: only the
+			// profile moved.
+			if err := restoreProfile(ctx, o, rec); err != nil {
+				rolled = "; putting the profile back failed: " + err.Error()
+			} else {
+				rolled = "; nothing was activated, the profile is back"
+			}
 		case rec.AutoRollback:
 			if err := rollbackDeploy(ctx, o, rec); err != nil {
 				rolled = "; rollback failed too: " + err.Error()
@@ -149,48 +190,108 @@ func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 		_, err := update(o, id, func(r *hostverb.Record) error {
 			r.RolledBack = rolled == "; rolled back"
 			r.Generation, r.CreatedGeneration, r.ActivationExit = rec.Generation, rec.CreatedGeneration, rec.ActivationExit
+			r.NewFailedUnits, r.FailedUnits, r.Refused = rec.NewFailedUnits, rec.FailedUnits, refused
 			r.Set(hostverb.Failed, reason+rolled)
 			return nil
 		})
 		return err
 	}
+	if rec.Mode != hostverb.DryActivate {
+		if rec.FailedBefore, err = o.Units.Failed(ctx); err != nil {
+			log.Warn("cannot list failed units; every failed unit will count as this deploy's", "err", err)
+		}
+	}
 	if rec.Mode == hostverb.Switch || rec.Mode == hostverb.Boot {
+		before, err := nixcli.Generations(o.Profile)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fail("list generations: "+err.Error(), "")
+		}
 		if err := o.Nix.SetProfile(ctx, o.Profile, rec.Path); err != nil {
-			return fail("set profile: " + err.Error())
+			return fail("set profile: "+err.Error(), "")
 		}
 		g, ok, err := nixcli.CurrentGeneration(o.Profile)
 		if err != nil || !ok || g.Path != rec.Path {
-			return fail(fmt.Sprintf("profile %s does not point at %s after setting it (%v)", o.Profile, rec.Path, err))
+			return fail(fmt.Sprintf("profile %s does not point at %s after setting it (%v)", o.Profile, rec.Path, err), "")
 		}
-		rec.Generation, rec.CreatedGeneration = g.Number, g.Number != rec.PreviousGeneration
+		// Nix reuses the newest generation when it already holds the
+		// path: only a number that was not there before is this deploy's.
+		rec.Generation, rec.CreatedGeneration = g.Number, !slices.ContainsFunc(before, func(b hostverb.Generation) bool { return b.Number == g.Number })
 		if _, err := update(o, id, func(r *hostverb.Record) error {
-			r.Generation, r.CreatedGeneration = rec.Generation, rec.CreatedGeneration
+			r.Generation, r.CreatedGeneration, r.FailedBefore = rec.Generation, rec.CreatedGeneration, rec.FailedBefore
 			return nil
 		}); err != nil {
 			return err
 		}
 	}
-	code, err := o.Switcher.Switch(ctx, rec.Path, rec.Mode, rec.Log)
+	code, err := o.Switcher.Switch(ctx, rec.Path, rec.Mode, rec.Log, so)
 	rec.ActivationExit = code
-	if err != nil {
-		return fail("switch-to-configuration: " + err.Error())
+	switch {
+	case errors.Is(err, ErrSwitchBusy):
+		rec.ActivationExit = 11
+		return fail("another switch-to-configuration is running (nixos-rebuild?): "+err.Error(), hostverb.RefusedLocked)
+	case err != nil:
+		return fail("switch-to-configuration: "+err.Error(), "")
 	}
-	if code != 0 && code != hostverb.ExitRebootRequired {
-		return fail(fmt.Sprintf("switch-to-configuration %s exited with status %d (see %s)", rec.Mode, code, rec.Log))
+	switch code {
+	case 0:
+	case 11: // EAGAIN: ng's lock, taken between our check and its start
+		return fail("another switch-to-configuration holds its lock (nixos-rebuild, system.autoUpgrade, comin?)", hostverb.RefusedLocked)
+	case 100:
+		// ng saw a new init interface and stopped before activating
+		// anything; a switch had installed the boot loader first.
+		if rec.Mode == hostverb.Test {
+			return fail("the new system's init interface differs from the running one's: it can only be booted (deploy with --mode boot and reboot)", hostverb.RefusedInit)
+		}
+		if rec.Mode == hostverb.Switch {
+			_, err := update(o, id, func(r *hostverb.Record) error {
+				r.ActivationExit, r.Mode, r.RebootRequired, r.MagicRollback = code, hostverb.Boot, true, false
+				r.Set(hostverb.Confirmed, "installed as the boot default but not activated: its init interface differs from the running system's; reboot to run it")
+				return nil
+			})
+			return err
+		}
+	case 4:
+		// ng: some unit is failed after the switch. Ours only if it was
+		// not failed before.
+		after, lerr := o.Units.Failed(ctx)
+		if lerr != nil {
+			return fail(fmt.Sprintf("switch-to-configuration %s exited 4 (failed units) and they cannot be listed: %v", rec.Mode, lerr), "")
+		}
+		rec.NewFailedUnits, rec.FailedUnits = minus(after, rec.FailedBefore), minus(after, minus(after, rec.FailedBefore))
+		if len(rec.NewFailedUnits) > 0 {
+			return fail(fmt.Sprintf("units failed: %s (see %s)", strings.Join(rec.NewFailedUnits, ", "), rec.Log), "")
+		}
+		log.Warn("activated; units failed before the deploy are still failed", "units", rec.FailedUnits)
+	case 1:
+		if preSwitchFailed(rec.Log) {
+			return fail("pre-switch checks failed"+checkDetail(rec.Log)+" (deploy with --mode boot and reboot, or pass --no-check)", hostverb.RefusedChecks)
+		}
+		return fail(fmt.Sprintf("switch-to-configuration %s exited with status %d (see %s)", rec.Mode, code, rec.Log), "")
+	default:
+		return fail(fmt.Sprintf("switch-to-configuration %s exited with status %d (see %s)", rec.Mode, code, rec.Log), "")
+	}
+	note := "activated"
+	if len(rec.FailedUnits) > 0 {
+		note += fmt.Sprintf(", %d unit(s) still failed from before: %s", len(rec.FailedUnits), strings.Join(rec.FailedUnits, ", "))
+	}
+	if rec.RebootRequired && rec.Mode.NeedsConfirm() {
+		note += "; reboot required (kernel or modules differ from the booted system)"
+	} else if rec.RebootRecommended {
+		note += "; reboot recommended (the initrd differs from the booted one)"
 	}
 	if !rec.MagicRollback {
 		_, err := update(o, id, func(r *hostverb.Record) error {
-			r.ActivationExit, r.RebootRequired = code, r.RebootRequired || code == hostverb.ExitRebootRequired
-			r.Set(hostverb.Confirmed, "activated; no confirmation needed")
+			r.ActivationExit, r.FailedUnits = code, rec.FailedUnits
+			r.Set(hostverb.Confirmed, note+"; no confirmation needed")
 			return nil
 		})
 		return err
 	}
 	timeout, _ := time.ParseDuration(rec.ConfirmTimeout)
 	rec, err = update(o, id, func(r *hostverb.Record) error {
-		r.ActivationExit, r.RebootRequired = code, r.RebootRequired || code == hostverb.ExitRebootRequired
+		r.ActivationExit, r.FailedUnits = code, rec.FailedUnits
 		r.Deadline = time.Now().UTC().Add(timeout)
-		r.Set(hostverb.AwaitingConfirm, "activated; waiting for confirmation until "+r.Deadline.Format(time.RFC3339))
+		r.Set(hostverb.AwaitingConfirm, note+"; waiting for confirmation until "+r.Deadline.Format(time.RFC3339))
 		return nil
 	})
 	if err != nil {
@@ -198,6 +299,42 @@ func Work(ctx context.Context, o Options, id string, lock *os.File) error {
 	}
 	log.Info("activated, watchdog armed", "deadline", rec.Deadline)
 	return watch(ctx, o, rec)
+}
+
+// preSwitchFailed reports whether switch-to-configuration's output (the
+// deploy log) says its pre-switch checks refused the switch.
+func preSwitchFailed(logPath string) bool {
+	b, _ := readTail(logPath, 16<<10)
+	return strings.Contains(string(b), "Pre-switch checks failed")
+}
+
+// checkDetail is what the pre-switch checks printed about the change
+// (the inhibitors' "key : old -> new" lines), as ": a; b".
+func checkDetail(logPath string) string {
+	b, _ := readTail(logPath, 16<<10)
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, " -> ") && strings.Contains(l, " : ") {
+			lines = append(lines, strings.TrimSpace(l))
+		}
+	}
+	if len(lines) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(lines, "; ")
+}
+
+// readTail reads at most the last n bytes of path.
+func readTail(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > n {
+		f.Seek(fi.Size()-n, io.SeekStart)
+	}
+	return io.ReadAll(io.LimitReader(f, n))
 }
 
 // watch waits for confirmation and rolls back at the deadline.
@@ -248,47 +385,89 @@ func watch(ctx context.Context, o Options, rec *hostverb.Record) error {
 }
 
 // rollbackDeploy undoes deploy rec. switch/boot: the profile goes back to
-// the previous generation, the deploy's generation is deleted and the
-// previous generation is activated the same way; test: the previously
-// running system is activated with test, the profile untouched.
+// the previous generation, the deploy's generation (only one it created) is
+// deleted and the previous generation is activated the same way; test: the
+// previously running system is activated with test, the profile untouched.
+// A switch back that exits 4 only for units that were failed before the
+// deploy has rolled back fine.
 func rollbackDeploy(ctx context.Context, o Options, rec *hostverb.Record) error {
-	var errs []error
-	switch rec.Mode {
-	case hostverb.Test, hostverb.DryActivate:
-		if rec.Mode == hostverb.DryActivate {
-			return nil
+	switchBack := func(system string, action hostverb.Mode) error {
+		code, err := o.Switcher.Switch(ctx, system, action, rec.Log, SwitchOptions{NoCheck: true})
+		if err != nil {
+			return err
 		}
-		if rec.Previous == "" {
-			return errors.New("no previously running system to go back to")
+		if code == 4 {
+			after, lerr := o.Units.Failed(ctx)
+			if lerr == nil && len(minus(after, rec.FailedBefore)) == 0 {
+				return nil
+			}
+			if lerr == nil {
+				return fmt.Errorf("previous system's switch-to-configuration %s: units still failed: %s", action, strings.Join(minus(after, rec.FailedBefore), ", "))
+			}
 		}
-		if code, err := o.Switcher.Switch(ctx, rec.Previous, hostverb.Test, rec.Log); err != nil || code != 0 {
-			return fmt.Errorf("previous system's switch-to-configuration test: status %d %v", code, err)
+		if code != 0 && code != hostverb.ExitRebootRequired {
+			return fmt.Errorf("previous system's switch-to-configuration %s: status %d", action, code)
 		}
 		return nil
 	}
-	if rec.CreatedGeneration && rec.PreviousGeneration > 0 {
-		if err := o.Nix.SwitchGeneration(ctx, o.Profile, rec.PreviousGeneration); err != nil {
-			return err // without the profile back, deleting or activating would make things worse
+	switch rec.Mode {
+	case hostverb.DryActivate:
+		return nil
+	case hostverb.Test:
+		if rec.Previous == "" {
+			return errors.New("no previously running system to go back to")
 		}
-		if err := o.Nix.DeleteGeneration(ctx, o.Profile, rec.Generation); err != nil {
-			errs = append(errs, err)
+		return switchBack(rec.Previous, hostverb.Test)
+	}
+	var errs []error
+	if err := restoreProfile(ctx, o, rec); err != nil {
+		if !errors.Is(err, errDeleteGeneration) {
+			return err // without the profile back, activating would make things worse
 		}
+		errs = append(errs, err)
 	}
 	target, action := rec.PreviousProfile, rec.Mode
 	if target == "" {
 		// First deploy on a profile-less host: put the running system back.
 		target, action = rec.Previous, hostverb.Test
 		if rec.Mode == hostverb.Boot {
-			return errors.Join(errs...)
+			return nil
 		}
 	}
 	if target == "" {
 		return errors.Join(append(errs, errors.New("no previous generation or system to go back to"))...)
 	}
-	if code, err := o.Switcher.Switch(ctx, target, action, rec.Log); err != nil || (code != 0 && code != hostverb.ExitRebootRequired) {
-		errs = append(errs, fmt.Errorf("previous system's switch-to-configuration %s: status %d %v", action, code, err))
+	if err := switchBack(target, action); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// restoreProfile points the profile back at the generation it had before
+// the deploy, when the deploy moved it, and deletes the deploy's generation
+// only if the deploy created it (Nix reuses the newest generation when it
+// already holds the path: that one was there before). A failed delete
+// wraps errDeleteGeneration: the profile is back all the same.
+func restoreProfile(ctx context.Context, o Options, rec *hostverb.Record) error {
+	if !profileMoved(rec) || rec.PreviousGeneration <= 0 {
+		return nil
+	}
+	if err := o.Nix.SwitchGeneration(ctx, o.Profile, rec.PreviousGeneration); err != nil {
+		return err
+	}
+	if rec.CreatedGeneration {
+		if err := o.Nix.DeleteGeneration(ctx, o.Profile, rec.Generation); err != nil {
+			return fmt.Errorf("%w: %w", errDeleteGeneration, err)
+		}
+	}
+	return nil
+}
+
+var errDeleteGeneration = errors.New("delete the deploy's generation")
+
+// profileMoved: the deploy set the profile to another generation.
+func profileMoved(rec *hostverb.Record) bool {
+	return rec.Generation != 0 && rec.Generation != rec.PreviousGeneration
 }
 
 // Confirm is `deployer confirm`: it stops the watchdog of deploy id. A deploy

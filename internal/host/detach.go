@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -15,10 +16,31 @@ import (
 )
 
 // Switcher runs <system>/bin/switch-to-configuration <action>, appending its
-// output to logPath, and returns its exit status.
+// output to logPath, and returns its exit status. ErrSwitchBusy means it
+// could not start because another switch is running (nothing ran).
 type Switcher interface {
-	Switch(ctx context.Context, system string, action hostverb.Mode, logPath string) (int, error)
+	Switch(ctx context.Context, system string, action hostverb.Mode, logPath string, so SwitchOptions) (int, error)
 }
+
+// SwitchOptions are the environment switch-to-configuration reads.
+type SwitchOptions struct {
+	NoCheck           bool // NIXOS_NO_CHECK=1: skip the pre-switch checks (switch inhibitors)
+	InstallBootloader bool // NIXOS_INSTALL_BOOTLOADER=1: (re)install the boot loader
+}
+
+func (so SwitchOptions) env() []string {
+	var env []string
+	if so.NoCheck {
+		env = append(env, "NIXOS_NO_CHECK=1")
+	}
+	if so.InstallBootloader {
+		env = append(env, "NIXOS_INSTALL_BOOTLOADER=1")
+	}
+	return env
+}
+
+// ErrSwitchBusy: another switch holds switch-to-configuration's unit.
+var ErrSwitchBusy = errors.New("another switch-to-configuration is running")
 
 // Spawner starts the deploy's worker (Work) so that it outlives the verb that
 // started it and the SSH session around it. lock must stay open in the
@@ -32,18 +54,29 @@ type Spawner interface {
 func systemdBooted() bool { return isDir("/run/systemd/system") }
 
 // Detached runs switch-to-configuration in its own session and process group
-// (and, when systemd is PID 1, in its own transient unit), with stdin from
-// /dev/null and output to the log, so a hang-up of the SSH session can
-// reach neither it nor its children. Cancelling ctx does not stop it:
-// half an activation is worse than a slow one.
+// (and, when systemd is PID 1, in the transient unit nixos-rebuild uses,
+// nixos-rebuild-switch-to-configuration, as nixos-rebuild runs it: systemd
+// then never lets the two switch at once, and the switch survives the
+// deployer's own unit), with stdin from /dev/null and output to the log, so
+// a hang-up of the SSH session can reach neither it nor its children.
+// Cancelling ctx does not stop it: half an activation is worse than a slow
+// one.
 type Detached struct{}
 
 // Switch implements Switcher.
-func (Detached) Switch(ctx context.Context, system string, action hostverb.Mode, logPath string) (int, error) {
+func (Detached) Switch(ctx context.Context, system string, action hostverb.Mode, logPath string, so SwitchOptions) (int, error) {
 	argv := []string{filepath.Join(system, "bin", "switch-to-configuration"), string(action)}
+	env := append(activationEnv(), so.env()...)
 	if systemdBooted() {
-		argv = append([]string{"systemd-run", "--unit=concordia-switch-" + strconv.FormatInt(time.Now().UnixNano(), 36),
-			"--wait", "--pipe", "--collect", "--quiet", "--service-type=exec", "--"}, argv...)
+		// A transient service starts with systemd's environment: pass
+		// what switch-to-configuration reads, as nixos-rebuild does.
+		run := []string{systemdTool("systemd-run"), "--unit=" + RebuildUnit, "--wait", "--pipe", "--collect", "--quiet", "--service-type=exec"}
+		for _, kv := range env {
+			if !strings.HasPrefix(kv, "PATH=") {
+				run = append(run, "-E", kv)
+			}
+		}
+		argv = append(append(run, "--"), argv...)
 	}
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
@@ -55,13 +88,20 @@ func (Detached) Switch(ctx context.Context, system string, action hostverb.Mode,
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Env = activationEnv()
+	cmd.Env = env
+	var tail tailBuffer
+	if systemdBooted() {
+		cmd.Stderr = io.MultiWriter(logf, &tail)
+	}
 	err = cmd.Run()
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
 		return 0, nil
 	case errors.As(err, &ee) && ee.ExitCode() >= 0:
+		if strings.Contains(tail.String(), "Failed to start transient") && strings.Contains(tail.String(), RebuildUnit) {
+			return -1, fmt.Errorf("%w (systemd: %s)", ErrSwitchBusy, lastLine(tail.String()))
+		}
 		return ee.ExitCode(), nil
 	default:
 		return -1, fmt.Errorf("run %s: %w", argv[0], err)
@@ -97,7 +137,7 @@ func (r Reexec) Spawn(ctx context.Context, o Options, id string, lock *os.File) 
 	}
 	argv := []string{exe, "watchdog", "--id", id, "--state-dir", o.StateDir, "--lock-fd", "3"}
 	if systemdBooted() {
-		argv = append([]string{"systemd-run", "--scope", "--collect", "--quiet", "--unit=concordia-deploy-" + id, "--"}, argv...)
+		argv = append([]string{systemdTool("systemd-run"), "--scope", "--collect", "--quiet", "--unit=concordia-deploy-" + id, "--"}, argv...)
 	}
 	logf, err := os.OpenFile(LogPath(o, id), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {

@@ -88,7 +88,7 @@ func TestFleetHostVerbs(t *testing.T) {
 	f := fleettest.New(t, 6, fleettest.Options{})
 	old := f.Initial
 	v2 := f.System(t, fleettest.System{Label: "v2"})
-	v3 := f.System(t, fleettest.System{Label: "v3", Exit: 100})
+	v3 := f.System(t, fleettest.System{Label: "v3", InitInterface: "systemd-next"})
 	failing := f.System(t, fleettest.Failing)
 	breaks := f.System(t, fleettest.BreaksSSH)
 	kernel := f.System(t, fleettest.NewKernel)
@@ -122,8 +122,9 @@ func TestFleetHostVerbs(t *testing.T) {
 		if st.code != 0 || st.raw["lock"] != nil || st.raw["testActive"] != false {
 			t.Fatalf("status: %d %v", st.code, st.raw)
 		}
-		// dry-activate changes nothing; boot only the profile and boot entry,
-		// and its exit 100 (reboot required) comes through.
+		// dry-activate changes nothing; boot only the profile and boot entry
+		// (switch-to-configuration checks no init interface for boot: it
+		// never exits 100 there).
 		mustFetch(t, f, h, v3)
 		if r := activate(t, f, h, "dry-activate", "dry-1", v3); r.code != 0 || r.rec.State != hostverb.Confirmed {
 			t.Fatalf("dry-activate: %d %+v", r.code, r.rec)
@@ -132,7 +133,7 @@ func TestFleetHostVerbs(t *testing.T) {
 			t.Fatal("dry-activate changed the host")
 		}
 		r = activate(t, f, h, "boot", "boot-1", v3)
-		if r.code != hostverb.ExitRebootRequired || r.rec.State != hostverb.Confirmed || !r.rec.RebootRequired {
+		if r.code != 0 || r.rec.State != hostverb.Confirmed || r.rec.Mode != hostverb.Boot {
 			t.Fatalf("boot: %d %+v", r.code, r.rec)
 		}
 		if n, _ := f.BootDefault(t, h); n != 3 || f.Readlink(t, h, "/run/current-system") != v2 {
@@ -309,7 +310,7 @@ func TestFleetHostVerbs(t *testing.T) {
 		t.Parallel()
 		h := f.Hosts[5]
 		mustFetch(t, f, h, kernel)
-		r := activate(t, f, h, "switch", "k-1", kernel)
+		r := activate(t, f, h, "switch", "k-1", kernel, "--kernel-change", "report")
 		if r.code != hostverb.ExitKernelChange {
 			t.Fatalf("kernel change: exit %d %s", r.code, r.stderr)
 		}
@@ -346,7 +347,7 @@ func TestFleetHostVerbs(t *testing.T) {
 		as := func(user string, argv ...string) (string, error) {
 			return f.Exec(h, append([]string{"runuser", "-u", user, "--"}, argv...)...)
 		}
-		if out, err := as("deploy", f.Deployer, "host", "status"); err != nil || !strings.Contains(out, `"contract":2`) {
+		if out, err := as("deploy", f.Deployer, "host", "status"); err != nil || !strings.Contains(out, `"contract":3`) {
 			t.Fatalf("control: deploy cannot ask the agent for the status: %v %s", err, out)
 		}
 		// The socket's mode keeps others out before the agent's peer check

@@ -26,6 +26,9 @@ type fakeNix struct {
 	mu    sync.Mutex
 	valid map[string]bool
 	calls []string
+	// reuse makes SetProfile behave as nix-env does when the newest
+	// generation already holds the path: it switches to it.
+	reuse bool
 }
 
 func (f *fakeNix) log(s string) { f.mu.Lock(); f.calls = append(f.calls, s); f.mu.Unlock() }
@@ -43,7 +46,11 @@ func (f *fakeNix) SetProfile(ctx context.Context, profile, path string) error {
 	gens, _ := nixcli.Generations(profile)
 	n := 1
 	if len(gens) > 0 {
-		n = gens[len(gens)-1].Number + 1
+		last := gens[len(gens)-1]
+		if f.reuse && last.Path == path {
+			return repoint(profile, filepath.Base(last.Link))
+		}
+		n = last.Number + 1
 	}
 	link := fmt.Sprintf("%s-%d-link", filepath.Base(profile), n)
 	if err := os.Symlink(path, filepath.Join(filepath.Dir(profile), link)); err != nil {
@@ -83,15 +90,33 @@ type fakeSwitch struct {
 	exit    map[string]int
 	hold    map[string]chan struct{}
 	calls   []string
+	opts    []host.SwitchOptions
+	// output is written to the log; failedAfter, when set for a system,
+	// is the failed units after switching to it (written to units).
+	output      map[string]string
+	failedAfter map[string][]string
+	units       *fakeUnits
 }
 
-func (s *fakeSwitch) Switch(ctx context.Context, system string, action hostverb.Mode, logPath string) (int, error) {
+func (s *fakeSwitch) Switch(ctx context.Context, system string, action hostverb.Mode, logPath string, so host.SwitchOptions) (int, error) {
 	s.mu.Lock()
 	s.calls = append(s.calls, string(action)+" "+filepath.Base(system))
-	code, hold := s.exit[system], s.hold[system]
+	s.opts = append(s.opts, so)
+	code, hold, out := s.exit[system], s.hold[system], s.output[system]
+	failed, setFailed := s.failedAfter[system]
 	s.mu.Unlock()
 	if hold != nil {
 		<-hold
+	}
+	if out != "" {
+		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err == nil {
+			f.WriteString(out)
+			f.Close()
+		}
+	}
+	if setFailed && s.units != nil {
+		s.units.set(failed...)
 	}
 	if action == hostverb.Switch || action == hostverb.Test {
 		if err := repoint(s.current, system); err != nil {
@@ -171,9 +196,30 @@ func (f *fakeTrust) add(p string, signer *narinfo.SecretKey, refs ...string) *st
 	return info
 }
 
+// fakeUnits is systemd's unit table: failed units, and active ones.
+type fakeUnits struct {
+	mu             sync.Mutex
+	failed, active []string
+}
+
+func (u *fakeUnits) Failed(ctx context.Context) ([]string, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.failed), nil
+}
+
+func (u *fakeUnits) Active(ctx context.Context, unit string) (bool, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Contains(u.active, unit), nil
+}
+
+func (u *fakeUnits) set(failed ...string) { u.mu.Lock(); u.failed = failed; u.mu.Unlock() }
+
 type env struct {
 	t     *testing.T
 	o     host.Options
+	units *fakeUnits
 	trust *fakeTrust
 	nix   *fakeNix
 	sw    *fakeSwitch
@@ -188,14 +234,16 @@ func newEnv(t *testing.T) *env {
 	for _, d := range []string{"store", "profiles", "run"} {
 		os.MkdirAll(filepath.Join(root, d), 0o755)
 	}
-	e := &env{t: t, store: filepath.Join(root, "store"), nix: &fakeNix{valid: map[string]bool{}}, trust: newFakeTrust(t)}
-	e.sw = &fakeSwitch{current: filepath.Join(root, "run", "current-system"), exit: map[string]int{}, hold: map[string]chan struct{}{}}
+	e := &env{t: t, store: filepath.Join(root, "store"), nix: &fakeNix{valid: map[string]bool{}}, trust: newFakeTrust(t), units: &fakeUnits{}}
+	e.sw = &fakeSwitch{current: filepath.Join(root, "run", "current-system"), exit: map[string]int{}, hold: map[string]chan struct{}{},
+		output: map[string]string{}, failedAfter: map[string][]string{}, units: e.units}
 	e.spawn = &goSpawner{}
 	e.o = host.Options{
 		StateDir: filepath.Join(root, "run", "concordia"), StoreDir: e.store,
 		Profile:       filepath.Join(root, "profiles", "system"),
 		CurrentSystem: e.sw.current, BootedSystem: filepath.Join(root, "run", "booted-system"),
-		Nix: e.nix, Trust: e.trust, Switcher: e.sw, Spawner: e.spawn, Poll: 5 * time.Millisecond,
+		Nix: e.nix, Trust: e.trust, Units: e.units, Switcher: e.sw, Spawner: e.spawn, Poll: 5 * time.Millisecond,
+		NixOSRunDir: filepath.Join(root, "run", "nixos"), BootDir: filepath.Join(root, "boot"),
 	}
 	t.Cleanup(e.spawn.wg.Wait)
 	return e
@@ -465,12 +513,14 @@ func TestKernelChange(t *testing.T) {
 	e := newEnv(t)
 	old, newK := e.system("6.1"), e.system("6.6")
 	e.boot(old)
-	_, err := host.Activate(context.Background(), e.o, e.req("d1", hostverb.Switch, newK))
+	refuse := e.req("d1", hostverb.Switch, newK)
+	refuse.KernelChange = "refuse"
+	_, err := host.Activate(context.Background(), e.o, refuse)
 	if hostverb.ExitCode(err) != hostverb.ExitKernelChange || !strings.Contains(err.Error(), "kernel") {
-		t.Fatalf("report: %v", err)
+		t.Fatalf("refuse: %v", err)
 	}
 	if n, _ := e.profile(); n != 1 || len(e.sw.Calls()) != 0 {
-		t.Fatal("kernel change report changed something")
+		t.Fatal("kernel change refusal changed something")
 	}
 	q := e.req("d2", hostverb.Switch, newK)
 	q.KernelChange = "boot"

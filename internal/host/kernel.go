@@ -3,33 +3,56 @@ package host
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
 )
 
-// bootFiles are the parts of a system that only a reboot can change.
-var bootFiles = []string{"kernel", "initrd", "kernel-modules"}
+// bootChange says which boot-time parts of a system differ from another's.
+// On NixOS kernel, initrd and kernel-modules are links into other store
+// paths; the simulated systems hold small files and directories.
+type bootChange struct{ kernel, modules, initrd bool }
 
-// bootChanges lists which of kernel, initrd and kernel-modules differ
-// between systems a and b. On NixOS they are links into other store paths
-// and compare by target; the simulated systems hold small files and
-// directories, compared by content.
-func bootChanges(a, b string) ([]string, error) {
-	var diff []string
-	for _, name := range bootFiles {
-		same, err := sameTree(filepath.Join(a, name), filepath.Join(b, name))
-		if err != nil {
-			return nil, fmt.Errorf("compare %s: %w", name, err)
-		}
-		if !same {
-			diff = append(diff, name)
-		}
+// required: only a reboot runs the new kernel or modules. (The initrd's
+// store path changes on most nixpkgs bumps, since stage 1 carries systemd,
+// udev and kmod: on its own it only recommends a reboot.)
+func (c bootChange) required() bool { return c.kernel || c.modules }
+
+func (c bootChange) names() []string {
+	var n []string
+	if c.kernel {
+		n = append(n, "kernel")
 	}
-	return diff, nil
+	if c.initrd {
+		n = append(n, "initrd")
+	}
+	if c.modules {
+		n = append(n, "kernel-modules")
+	}
+	return n
+}
+
+// compareBoot compares the boot-time parts of systems a and b.
+func compareBoot(a, b string) (bootChange, error) {
+	var c bootChange
+	for _, p := range []struct {
+		name string
+		diff *bool
+	}{{"kernel", &c.kernel}, {"initrd", &c.initrd}, {"kernel-modules", &c.modules}} {
+		same, err := sameTree(filepath.Join(a, p.name), filepath.Join(b, p.name))
+		if err != nil {
+			return c, fmt.Errorf("compare %s: %w", p.name, err)
+		}
+		*p.diff = !same
+	}
+	return c, nil
 }
 
 func sameTree(a, b string) (bool, error) {
@@ -58,8 +81,26 @@ func sameTree(a, b string) (bool, error) {
 	return bytes.Equal(ha, hb), nil
 }
 
+// hashes caches treeHash of paths in /nix/store, which never change: the
+// exporter compares the same kernels at every scrape.
+var hashes struct {
+	sync.Mutex
+	m map[string][]byte
+}
+
+const maxCachedHashes = 64
+
 // treeHash hashes names, kinds, link targets and contents under root.
 func treeHash(root string) ([]byte, error) {
+	cacheable := strings.HasPrefix(root, "/nix/store/")
+	if cacheable {
+		hashes.Lock()
+		h, ok := hashes.m[root]
+		hashes.Unlock()
+		if ok {
+			return h, nil
+		}
+	}
 	h := sha256.New()
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -90,5 +131,46 @@ func treeHash(root string) ([]byte, error) {
 		}
 		return nil
 	})
-	return h.Sum(nil), err
+	if err != nil {
+		return nil, err
+	}
+	sum := h.Sum(nil)
+	if cacheable {
+		hashes.Lock()
+		if hashes.m == nil || len(hashes.m) >= maxCachedHashes {
+			hashes.m = map[string][]byte{}
+		}
+		hashes.m[root] = sum
+		hashes.Unlock()
+	}
+	return sum, nil
+}
+
+// inhibitorChanges compares the switch inhibitors of two systems
+// (system.switch.inhibitors, a JSON object of strings in
+// <toplevel>/switch-inhibitors) as nixpkgs' pre-switch check does: a key
+// both have with another value blocks a live switch. It returns
+// "key : old -> new" for each, sorted; none when either file is missing
+// or unreadable (switch-to-configuration's own check still runs).
+func inhibitorChanges(current, next string) []string {
+	read := func(sys string) map[string]string {
+		b, err := os.ReadFile(filepath.Join(sys, "switch-inhibitors"))
+		if err != nil {
+			return nil
+		}
+		var m map[string]string
+		if json.Unmarshal(b, &m) != nil {
+			return nil
+		}
+		return m
+	}
+	old, nw := read(current), read(next)
+	var diff []string
+	for k, v := range old {
+		if nv, ok := nw[k]; ok && nv != v {
+			diff = append(diff, fmt.Sprintf("%s : %s -> %s", k, v, nv))
+		}
+	}
+	sort.Strings(diff)
+	return diff
 }

@@ -31,9 +31,12 @@ type Options struct {
 	Profile       string // default /nix/var/nix/profiles/system
 	CurrentSystem string // default /run/current-system
 	BootedSystem  string // default /run/booted-system
+	NixOSRunDir   string // switch-to-configuration's run directory (its lock); default /run/nixos
+	BootDir       string // where the boot loader's files are; default /boot
 
 	Nix      nixcli.Runner // default &nixcli.Exec{}
 	Trust    Trust         // default NixTrust{} (the store's database, nix's trusted-public-keys)
+	Units    Units         // default Systemctl{}
 	Switcher Switcher      // default Detached{}
 	Spawner  Spawner       // default Reexec{} (the running binary's hidden watchdog verb)
 	Logger   *slog.Logger  // nil discards
@@ -54,12 +57,17 @@ func (o Options) withDefaults() Options {
 	def(&o.Profile, "/nix/var/nix/profiles/system")
 	def(&o.CurrentSystem, "/run/current-system")
 	def(&o.BootedSystem, "/run/booted-system")
+	def(&o.NixOSRunDir, "/run/nixos")
+	def(&o.BootDir, "/boot")
 	def(&o.ID, "rollback")
 	if o.Nix == nil {
 		o.Nix = &nixcli.Exec{}
 	}
 	if o.Trust == nil {
 		o.Trust = &NixTrust{StoreDir: o.StoreDir}
+	}
+	if o.Units == nil {
+		o.Units = Systemctl{}
 	}
 	if o.Switcher == nil {
 		o.Switcher = Detached{}

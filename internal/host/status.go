@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/bos55/concordia/internal/hostverb"
@@ -41,23 +44,88 @@ func Inspect(ctx context.Context, o Options) (*hostverb.Status, error) {
 	} else if ok {
 		st.Profile = hostverb.System{Path: g.Path, Generation: g.Number}
 	}
-	st.TestActive = st.Current.Path != "" && st.Profile.Path != "" && st.Current.Path != st.Profile.Path
-	// A reboot is pending when the boot default or the running system has a
-	// kernel, initrd or module set other than the booted one's. A plain
+	st.BootDefault, st.BootDefaultSource = st.Profile, "profile"
+	if sys, src := loaderDefault(o, gens); sys.Path != "" {
+		st.BootDefault, st.BootDefaultSource = sys, src
+	}
+	st.TestActive = st.Current.Path != "" && st.BootDefault.Path != "" && st.Current.Path != st.BootDefault.Path
+	// A reboot is pending when the boot default or the running system has
+	// a kernel or module set other than the booted one's; an initrd alone
+	// only recommends one (it changes with most nixpkgs bumps). A plain
 	// switch with the same kernel does not count: rebooting would change
 	// nothing that is not already running.
-	if st.Profile.Path != "" && st.Booted.Path != "" && st.Profile.Path != st.Booted.Path {
-		if diff, err := bootChanges(st.Booted.Path, st.Profile.Path); err != nil || len(diff) > 0 {
-			st.RebootReasons = append(st.RebootReasons, fmt.Sprintf("boot default's %v differ from the booted system's", diff))
+	for _, c := range []struct{ sys, what string }{{st.BootDefault.Path, "boot default's"}, {st.Current.Path, "running system's"}} {
+		if c.sys == "" || st.Booted.Path == "" || c.sys == st.Booted.Path {
+			continue
+		}
+		bc, err := compareBoot(st.Booted.Path, c.sys)
+		switch {
+		case err != nil:
+			st.RebootReasons = append(st.RebootReasons, fmt.Sprintf("%s kernel cannot be compared with the booted one: %v", c.what, err))
+			st.RebootPending = true
+		case bc.required():
+			st.RebootReasons = append(st.RebootReasons, fmt.Sprintf("%s %v differ from the booted system's", c.what, bc.names()))
+			st.RebootPending = true
+		case bc.initrd:
+			st.RebootSuggested = true
 		}
 	}
-	if st.Current.Path != "" && st.Booted.Path != "" && st.Current.Path != st.Booted.Path {
-		if diff, err := bootChanges(st.Booted.Path, st.Current.Path); err == nil && len(diff) > 0 {
-			st.RebootReasons = append(st.RebootReasons, fmt.Sprintf("running system's %v differ from the booted kernel", diff))
-		}
+	if failed, err := o.Units.Failed(ctx); err == nil {
+		st.UnitsFailed = failed
 	}
-	st.RebootPending = len(st.RebootReasons) > 0
 	return st, nil
+}
+
+// loaderDefault reads what the boot loader starts next: systemd-boot's
+// loader.conf default entry, or GRUB's first entry when it is the default;
+// empty when neither can be read.
+func loaderDefault(o Options, gens []hostverb.Generation) (hostverb.System, string) {
+	genPath := func(n int) string {
+		for _, g := range gens {
+			if g.Number == n {
+				return g.Path
+			}
+		}
+		return ""
+	}
+	if b, err := os.ReadFile(filepath.Join(o.BootDir, "loader", "loader.conf")); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) != 2 || f[0] != "default" {
+				continue
+			}
+			// nixos-generation-N.conf, or -N-specialisation-X.conf
+			rest, ok := strings.CutPrefix(f[1], "nixos-generation-")
+			if !ok {
+				continue
+			}
+			num, _, _ := strings.Cut(strings.TrimSuffix(rest, ".conf"), "-")
+			if n, err := strconv.Atoi(num); err == nil {
+				if p := genPath(n); p != "" {
+					return hostverb.System{Path: p, Generation: n}, "systemd-boot"
+				}
+			}
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(o.BootDir, "grub", "grub.cfg")); err == nil {
+		cfg := string(b)
+		if strings.Contains(cfg, "set default=0") || strings.Contains(cfg, `set default="0"`) {
+			// The first menuentry's init= names its toplevel.
+			if i := strings.Index(cfg, "menuentry "); i >= 0 {
+				if j := strings.Index(cfg[i:], " init="); j >= 0 {
+					init := strings.Fields(cfg[i+j+len(" init="):])[0]
+					sys := filepath.Dir(init)
+					for _, g := range gens {
+						if g.Path == sys {
+							return hostverb.System{Path: sys, Generation: g.Number}, "grub"
+						}
+					}
+					return hostverb.System{Path: sys}, "grub"
+				}
+			}
+		}
+	}
+	return hostverb.System{}, ""
 }
 
 // Rollback is the rollback verb: the profile goes back to the generation
@@ -93,6 +161,9 @@ func Rollback(ctx context.Context, o Options) error {
 		return err
 	}
 	defer lock.Close()
+	if err := switchBusy(ctx, o); err != nil {
+		return err
+	}
 	ctx = context.WithoutCancel(ctx)
 	if err := o.Nix.SwitchGeneration(ctx, o.Profile, prev.Number); err != nil {
 		return err
@@ -101,9 +172,15 @@ func Rollback(ctx context.Context, o Options) error {
 		return err
 	}
 	logPath := LogPath(o, o.ID)
-	code, err := o.Switcher.Switch(ctx, prev.Path, hostverb.Switch, logPath)
+	failedBefore, _ := o.Units.Failed(ctx)
+	code, err := o.Switcher.Switch(ctx, prev.Path, hostverb.Switch, logPath, SwitchOptions{NoCheck: true})
 	if err != nil {
 		return err
+	}
+	if code == 4 { // failed units: fine if only those failed before
+		if after, err := o.Units.Failed(ctx); err == nil && len(minus(after, failedBefore)) == 0 {
+			code = 0
+		}
 	}
 	if code != 0 && code != hostverb.ExitRebootRequired {
 		return fmt.Errorf("%w: generation %d's switch-to-configuration exited %d (see %s)", hostverb.ErrFailed, prev.Number, code, logPath)

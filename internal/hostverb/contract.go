@@ -16,7 +16,11 @@
 // rules, `status --local` and `rollback --local` for the host-side forms.
 // Contract 2 is `deployer VERB ...` for every verb, answered by a root
 // agent behind the gate, so the deploy user needs no sudo; it adds the
-// `health` verb. A host of contract 2 accepts the contract 1 forms too (an
+// `health` verb. Contract 3 is switch-to-configuration-ng's world: a kernel
+// change switches by default (reboot required, reported), activate takes
+// --kernel-change switch|boot|refuse, --no-check (NIXOS_NO_CHECK=1, past
+// switch inhibitors) and --install-bootloader (NIXOS_INSTALL_BOOTLOADER=1),
+// and exit 7 is a refusal by pre-switch checks. A host of contract 2 accepts the contract 1 forms too (an
 // older push side keeps working), and every answer it prints carries
 // "contract": 2. A push side that gets exit 126 without that marker is
 // talking to an older gate, which refuses unknown forms before running
@@ -31,7 +35,7 @@ import (
 // Contract is the version this package speaks; MinContract the oldest it
 // can still encode requests for.
 const (
-	Contract    = 2
+	Contract    = 3
 	MinContract = 1
 )
 
@@ -43,6 +47,7 @@ const (
 	ExitInvalid        = 4
 	ExitKernelChange   = 5
 	ExitRolledBack     = 6
+	ExitPreSwitch      = 7 // pre-switch checks (switch inhibitors) refused it: nothing changed
 	ExitTimeout        = 8
 	ExitRebootRequired = 100
 	// ExitRefused: the gate (or the agent) refused the request before
@@ -60,6 +65,7 @@ var (
 	ErrInvalid      = errors.New("invalid input")
 	ErrLocked       = errors.New("host is locked by another deploy")
 	ErrKernelChange = errors.New("reboot required: kernel, initrd or kernel modules change")
+	ErrPreSwitch    = errors.New("pre-switch checks failed")
 	ErrFailed       = errors.New("activation failed")
 	ErrRolledBack   = errors.New("deploy was rolled back")
 	ErrTimeout      = errors.New("timed out waiting for the deploy")
@@ -83,6 +89,8 @@ func ExitCode(err error) int {
 		return ExitInvalid
 	case errors.Is(err, ErrKernelChange):
 		return ExitKernelChange
+	case errors.Is(err, ErrPreSwitch):
+		return ExitPreSwitch
 	case errors.Is(err, ErrRolledBack):
 		return ExitRolledBack
 	case errors.Is(err, ErrTimeout):
@@ -109,6 +117,8 @@ func ErrorFor(code int, msg string) error {
 		base = ErrInvalid
 	case ExitKernelChange:
 		base = ErrKernelChange
+	case ExitPreSwitch:
+		base = ErrPreSwitch
 	case ExitRolledBack:
 		base = ErrRolledBack
 	case ExitTimeout:

@@ -32,17 +32,27 @@ const (
 // Validate refuses values in the others.
 type Request struct {
 	Verb           Verb          `json:"verb"`
-	ID             string        `json:"id,omitempty"`             // activate, confirm, wait, health, rollback
-	Mode           Mode          `json:"mode,omitempty"`           // activate
-	Path           string        `json:"path,omitempty"`           // activate: the toplevel
-	Paths          []string      `json:"paths,omitempty"`          // fetch
-	ConfirmTimeout time.Duration `json:"confirmTimeout,omitempty"` // activate
-	Timeout        time.Duration `json:"timeout,omitempty"`        // wait, health
-	MagicRollback  bool          `json:"magicRollback,omitempty"`  // activate
-	AutoRollback   bool          `json:"autoRollback,omitempty"`   // activate
-	KernelChange   string        `json:"kernelChange,omitempty"`   // activate: report or boot
-	Reject         bool          `json:"reject,omitempty"`         // confirm
+	ID             string        `json:"id,omitempty"`                // activate, confirm, wait, health, rollback
+	Mode           Mode          `json:"mode,omitempty"`              // activate
+	Path           string        `json:"path,omitempty"`              // activate: the toplevel
+	Paths          []string      `json:"paths,omitempty"`             // fetch
+	ConfirmTimeout time.Duration `json:"confirmTimeout,omitempty"`    // activate
+	Timeout        time.Duration `json:"timeout,omitempty"`           // wait, health
+	MagicRollback  bool          `json:"magicRollback,omitempty"`     // activate
+	AutoRollback   bool          `json:"autoRollback,omitempty"`      // activate
+	KernelChange   string        `json:"kernelChange,omitempty"`      // activate: switch, boot, refuse (report: refuse, contract 1-2)
+	NoCheck        bool          `json:"noCheck,omitempty"`           // activate: NIXOS_NO_CHECK=1 (contract 3)
+	Install        bool          `json:"installBootloader,omitempty"` // activate: NIXOS_INSTALL_BOOTLOADER=1 (contract 3)
+	Reject         bool          `json:"reject,omitempty"`            // confirm
 }
+
+// Kernel change policies of activate.
+const (
+	KernelSwitch = "switch" // switch anyway; reboot required, reported (contract 3 default)
+	KernelBoot   = "boot"   // a switch becomes boot
+	KernelRefuse = "refuse" // refuse, nothing changed (exit 5)
+	KernelReport = "report" // contract 1-2's name and default: refuse
+)
 
 // Limits of the wire form.
 const (
@@ -54,6 +64,7 @@ const (
 // flag is one flag of a verb: how it is written and where it goes.
 type flag struct {
 	name   string
+	since  int // contract version that introduced the flag (0: the verb's)
 	isBool bool
 	// legacy flags are contract 1 forms (status --local --json): accepted
 	// and ignored.
@@ -93,6 +104,8 @@ var (
 	fMagic        = flag{name: "magic-rollback", isBool: true, set: func(r *Request, v string) error { r.MagicRollback = v == "true"; return nil }}
 	fAuto         = flag{name: "auto-rollback", isBool: true, set: func(r *Request, v string) error { r.AutoRollback = v == "true"; return nil }}
 	fKernelChange = flag{name: "kernel-change", set: func(r *Request, v string) error { r.KernelChange = v; return validKernelChange(v) }}
+	fNoCheck      = flag{name: "no-check", since: 3, isBool: true, set: func(r *Request, v string) error { r.NoCheck = v == "true"; return nil }}
+	fInstall      = flag{name: "install-bootloader", since: 3, isBool: true, set: func(r *Request, v string) error { r.Install = v == "true"; return nil }}
 	fReject       = flag{name: "reject", isBool: true, set: func(r *Request, v string) error { r.Reject = v == "true"; return nil }}
 	fLocal        = flag{name: "local", isBool: true, legacy: true, set: func(*Request, string) error { return nil }}
 	fJSON         = flag{name: "json", isBool: true, legacy: true, set: func(*Request, string) error { return nil }}
@@ -102,10 +115,10 @@ var specs = map[Verb]spec{
 	VerbVersion: {since: 1},
 	VerbFetch:   {since: 1, minPaths: 1, maxPaths: MaxFetchPaths, fields: []string{"paths"}},
 	VerbActivate: {root: true, since: 1, minPaths: 1, maxPaths: 1,
-		flags:  []flag{fMode, fID, fConfirmTimeout, fMagic, fAuto, fKernelChange},
-		fields: []string{"id", "mode", "path", "confirmTimeout", "magicRollback", "autoRollback", "kernelChange"},
+		flags:  []flag{fMode, fID, fConfirmTimeout, fMagic, fAuto, fKernelChange, fNoCheck, fInstall},
+		fields: []string{"id", "mode", "path", "confirmTimeout", "magicRollback", "autoRollback", "kernelChange", "noCheck", "installBootloader"},
 		defaults: func(r *Request) {
-			r.Mode, r.ConfirmTimeout, r.MagicRollback, r.AutoRollback, r.KernelChange = Switch, 30*time.Second, true, true, "report"
+			r.Mode, r.ConfirmTimeout, r.MagicRollback, r.AutoRollback, r.KernelChange = Switch, 30*time.Second, true, true, KernelSwitch
 		}},
 	VerbConfirm:  {root: true, since: 1, flags: []flag{fID, fReject}, fields: []string{"id", "reject"}},
 	VerbWait:     {root: true, since: 1, flags: []flag{fID, fTimeout}, fields: []string{"id", "timeout"}, defaults: func(r *Request) { r.Timeout = 10 * time.Minute }},
@@ -164,8 +177,9 @@ func ProgramWord(w string) bool {
 
 // ParseCommand parses an SSH command line (SSH_ORIGINAL_COMMAND): words
 // separated by spaces, `[sudo -n] PROGRAM VERB [FLAGS] [PATHS]`. It
-// returns the request and the contract version whose form the line used
-// (1 for the sudo form), or an error wrapping ErrRefused that says why.
+// returns the request and the form the line used (1: the sudo form of
+// contract 1; 2: the form of every later contract), or an error wrapping
+// ErrRefused that says why.
 func ParseCommand(line string) (Request, int, error) {
 	switch {
 	case line == "":
@@ -189,7 +203,7 @@ func ParseCommand(line string) (Request, int, error) {
 	if len(words) == 0 {
 		return Request{}, 0, refusef("no command (interactive logins are not allowed)")
 	}
-	form := Contract
+	form := 2 // every contract since 2 shares the sudo-less form
 	if words[0] == "sudo" {
 		if len(words) < 2 || words[1] != "-n" {
 			return Request{}, 0, refusef("sudo is accepted only as `sudo -n deployer VERB` (contract 1)")
@@ -394,6 +408,8 @@ func (r *Request) setFields() []string {
 	add(r.MagicRollback, "magicRollback")
 	add(r.AutoRollback, "autoRollback")
 	add(r.KernelChange != "", "kernelChange")
+	add(r.NoCheck, "noCheck")
+	add(r.Install, "installBootloader")
 	add(r.Reject, "reject")
 	return out
 }
@@ -422,8 +438,23 @@ func (r *Request) Encode(v int) ([]string, error) {
 		val("id", r.ID)
 		val("confirm-timeout", r.ConfirmTimeout.String())
 		w = append(w, fmt.Sprintf("--magic-rollback=%t", r.MagicRollback), fmt.Sprintf("--auto-rollback=%t", r.AutoRollback))
-		if r.KernelChange != "" {
-			val("kernel-change", r.KernelChange)
+		kc, err := kernelChangeFor(r.KernelChange, v)
+		if err != nil {
+			return nil, err
+		}
+		if kc != "" {
+			val("kernel-change", kc)
+		}
+		if r.NoCheck || r.Install {
+			if v < 3 {
+				return nil, fmt.Errorf("%w: --no-check and --install-bootloader need contract 3, the host speaks %d", ErrUnsupported, v)
+			}
+			if r.NoCheck {
+				w = append(w, "--no-check")
+			}
+			if r.Install {
+				w = append(w, "--install-bootloader")
+			}
 		}
 		w = append(w, r.Path)
 	case VerbConfirm:
@@ -476,10 +507,33 @@ func ValidMode(m string) error {
 }
 
 func validKernelChange(k string) error {
-	if k != "report" && k != "boot" {
-		return fmt.Errorf("%w: kernel-change %q must be report or boot", ErrInvalid, k)
+	switch k {
+	case KernelSwitch, KernelBoot, KernelRefuse, KernelReport:
+		return nil
 	}
-	return nil
+	return fmt.Errorf("%w: kernel-change %q must be switch, boot or refuse", ErrInvalid, k)
+}
+
+// kernelChangeFor is the --kernel-change value to send a host of contract
+// v ("" for its default). Contract 1-2 hosts know report (their default:
+// refuse) and boot; they cannot switch into a new kernel.
+func kernelChangeFor(k string, v int) (string, error) {
+	if v >= 3 {
+		if k == KernelSwitch || k == "" {
+			return "", nil // the default
+		}
+		if k == KernelReport {
+			return KernelRefuse, nil
+		}
+		return k, nil
+	}
+	switch k {
+	case KernelBoot:
+		return KernelBoot, nil
+	case KernelRefuse, KernelReport:
+		return KernelReport, nil
+	}
+	return "", nil // the host's default: it refuses a kernel change
 }
 
 // ValidStorePath checks that p is exactly storeDir/<32 nix32 chars>-<name>

@@ -29,13 +29,13 @@ func TestParseCommandAllowed(t *testing.T) {
 		{"deployer status", 2, hostverb.Request{Verb: hostverb.VerbStatus}},
 		{"sudo -n " + self + " activate --mode switch --id d-1 --confirm-timeout 30s " + p, 1,
 			hostverb.Request{Verb: hostverb.VerbActivate, Mode: hostverb.Switch, ID: "d-1", ConfirmTimeout: 30 * time.Second,
-				MagicRollback: true, AutoRollback: true, KernelChange: "report", Path: p}},
+				MagicRollback: true, AutoRollback: true, KernelChange: "switch", Path: p}},
 		{"deployer activate --mode test --id d-1 --confirm-timeout 1m30s --magic-rollback=false --auto-rollback=true --kernel-change boot " + p, 2,
 			hostverb.Request{Verb: hostverb.VerbActivate, Mode: hostverb.Test, ID: "d-1", ConfirmTimeout: 90 * time.Second,
 				AutoRollback: true, KernelChange: "boot", Path: p}},
 		{"sudo -n " + self + " activate --id d-1 --magic-rollback=false " + p, 1,
 			hostverb.Request{Verb: hostverb.VerbActivate, Mode: hostverb.Switch, ID: "d-1", ConfirmTimeout: 30 * time.Second,
-				AutoRollback: true, KernelChange: "report", Path: p}},
+				AutoRollback: true, KernelChange: "switch", Path: p}},
 		{"sudo -n deployer confirm --id d-1", 1, hostverb.Request{Verb: hostverb.VerbConfirm, ID: "d-1"}},
 		{"deployer confirm --id d-1 --reject", 2, hostverb.Request{Verb: hostverb.VerbConfirm, ID: "d-1", Reject: true}},
 		{"sudo -n " + self + " wait --id d-1 --timeout 5m", 1, hostverb.Request{Verb: hostverb.VerbWait, ID: "d-1", Timeout: 5 * time.Minute}},
@@ -194,7 +194,8 @@ func TestEncodeRoundTrip(t *testing.T) {
 		{Verb: hostverb.VerbFetch, Paths: []string{p, q}},
 		{Verb: hostverb.VerbVersion},
 		{Verb: hostverb.VerbActivate, Mode: hostverb.Boot, ID: "d-1", ConfirmTimeout: 90 * time.Second, AutoRollback: true, KernelChange: "boot", Path: p},
-		{Verb: hostverb.VerbActivate, Mode: hostverb.Switch, ID: "d-2", ConfirmTimeout: 1500 * time.Millisecond, MagicRollback: true, KernelChange: "report", Path: p},
+		{Verb: hostverb.VerbActivate, Mode: hostverb.Switch, ID: "d-2", ConfirmTimeout: 1500 * time.Millisecond, MagicRollback: true, KernelChange: "refuse", Path: p},
+		{Verb: hostverb.VerbActivate, Mode: hostverb.Test, ID: "d-3", ConfirmTimeout: time.Minute, KernelChange: "switch", NoCheck: true, Install: true, Path: p},
 		{Verb: hostverb.VerbConfirm, ID: "d-1"},
 		{Verb: hostverb.VerbConfirm, ID: "d-1", Reject: true},
 		{Verb: hostverb.VerbWait, ID: "d-1", Timeout: 73 * time.Second},
@@ -205,6 +206,12 @@ func TestEncodeRoundTrip(t *testing.T) {
 	for _, r := range reqs {
 		for v := hostverb.MinContract; v <= hostverb.Contract; v++ {
 			w, err := r.Encode(v)
+			if (r.NoCheck || r.Install) && v < 3 {
+				if !errors.Is(err, hostverb.ErrUnsupported) {
+					t.Errorf("v%d %+v: %v, want unsupported", v, r, err)
+				}
+				continue
+			}
 			if r.Verb == hostverb.VerbHealth && v < 2 {
 				if !errors.Is(err, hostverb.ErrUnsupported) {
 					t.Errorf("health in contract %d: %v, want unsupported", v, err)
@@ -218,7 +225,10 @@ func TestEncodeRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%q: %v", w, err)
 			}
-			if !reflect.DeepEqual(got, r) || (r.Verb.Root() && r.Verb != hostverb.VerbStatus && form != v) {
+			if got.KernelChange == hostverb.KernelReport {
+				got.KernelChange = hostverb.KernelRefuse // the same policy, by its contract 1-2 name
+			}
+			if !reflect.DeepEqual(got, r) || (r.Verb.Root() && r.Verb != hostverb.VerbStatus && form != min(v, 2)) {
 				t.Errorf("v%d %q parsed to %+v (form %d), want %+v", v, w, got, form, r)
 			}
 		}
@@ -270,11 +280,18 @@ func FuzzParseCommand(f *testing.F) {
 		if err := r.Validate(hostverb.DefaultStoreDir); err != nil {
 			t.Fatalf("parsed %+v does not validate: %v", r, err)
 		}
-		w, err := r.Encode(form)
+		v := form
+		if v == 2 {
+			v = hostverb.Contract // the sudo-less form: this contract's
+		}
+		w, err := r.Encode(v)
 		if err != nil {
 			t.Fatalf("parsed %+v does not encode: %v", r, err)
 		}
 		again, _, err := hostverb.ParseCommand(strings.Join(w, " "))
+		if again.KernelChange == hostverb.KernelRefuse && r.KernelChange == hostverb.KernelReport {
+			again.KernelChange = r.KernelChange
+		}
 		if err != nil || !reflect.DeepEqual(again, r) {
 			t.Fatalf("%q -> %+v -> %q -> %+v %v", cmd, r, w, again, err)
 		}

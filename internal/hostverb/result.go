@@ -58,10 +58,31 @@ type Record struct {
 	Reason        string `json:"reason,omitempty"`
 	ExitCode      int    `json:"exitCode"` // the verb's exit code for this state
 
-	ActivationExit int  `json:"activationExit"` // switch-to-configuration's exit status (-1: not run)
-	RebootRequired bool `json:"rebootRequired"` // it exited 100, or a kernel change became boot
-	KernelChanged  bool `json:"kernelChanged"`
-	RolledBack     bool `json:"rolledBack"`
+	ActivationExit int `json:"activationExit"` // switch-to-configuration's exit status (-1: not run)
+	// RebootRequired: the kernel or its modules differ from the booted
+	// ones (switched live, or installed as the boot default), or the new
+	// init interface waits for a reboot (exit 100).
+	RebootRequired bool `json:"rebootRequired"`
+	// RebootRecommended: only the initrd differs from the booted one.
+	RebootRecommended bool `json:"rebootRecommended,omitempty"`
+	KernelChanged     bool `json:"kernelChanged"`
+	RolledBack        bool `json:"rolledBack"`
+
+	// FailedBefore are the units that were failed before the deploy;
+	// FailedUnits those failed after it that were failed before too (the
+	// deploy stands, they are reported); NewFailedUnits those that failed
+	// because of it (the deploy failed).
+	FailedBefore   []string `json:"failedBefore,omitempty"`
+	FailedUnits    []string `json:"failedUnits,omitempty"`
+	NewFailedUnits []string `json:"newFailedUnits,omitempty"`
+	// Refused says why switch-to-configuration activated nothing:
+	// RefusedLocked (another switch held its lock), RefusedChecks (its
+	// pre-switch checks), RefusedInit (a new init interface, exit 100).
+	Refused string `json:"refused,omitempty"`
+	// NoCheck and InstallBootloader are what the deploy asked
+	// switch-to-configuration (NIXOS_NO_CHECK, NIXOS_INSTALL_BOOTLOADER).
+	NoCheck           bool `json:"noCheck,omitempty"`
+	InstallBootloader bool `json:"installBootloader,omitempty"`
 
 	Previous           string `json:"previous"`           // /run/current-system before
 	PreviousGeneration int    `json:"previousGeneration"` // profile generation before (0: none)
@@ -82,6 +103,13 @@ type Record struct {
 	History []Event   `json:"history"`
 }
 
+// Why switch-to-configuration activated nothing (Record.Refused).
+const (
+	RefusedLocked = "locked"
+	RefusedChecks = "pre-switch-checks"
+	RefusedInit   = "init-interface"
+)
+
 // Set moves the record to state s, keeping the change in its history.
 func (r *Record) Set(s State, reason string) {
 	now := time.Now().UTC()
@@ -93,6 +121,14 @@ func (r *Record) Set(s State, reason string) {
 func (r *Record) exitCode() int {
 	switch r.State {
 	case Failed:
+		switch r.Refused {
+		case RefusedLocked:
+			return ExitLocked
+		case RefusedChecks:
+			return ExitPreSwitch
+		case RefusedInit:
+			return ExitKernelChange
+		}
 		return ExitFailed
 	case RolledBack, RollingBack:
 		return ExitRolledBack
@@ -109,7 +145,7 @@ func (r *Record) exitCode() int {
 func (r *Record) Err() error {
 	switch r.State {
 	case Failed:
-		return fmt.Errorf("%w: %s", ErrFailed, r.Reason)
+		return ErrorFor(r.exitCode(), r.Reason)
 	case RolledBack, RollingBack:
 		return fmt.Errorf("%w: %s", ErrRolledBack, r.Reason)
 	}
@@ -142,14 +178,24 @@ type System struct {
 
 // Status is the answer of status.
 type Status struct {
-	Current       System       `json:"current"` // /run/current-system
-	Booted        System       `json:"booted"`  // /run/booted-system
-	Profile       System       `json:"profile"` // the boot default
-	Generations   []Generation `json:"generations"`
-	TestActive    bool         `json:"testActive"`    // running system is not the boot default
-	RebootPending bool         `json:"rebootPending"` // boot default or running kernel/initrd/modules differ from booted
-	RebootReasons []string     `json:"rebootReasons,omitempty"`
-	Lock          *Holder      `json:"lock,omitempty"` // the deploy holding the host lock
+	Current     System       `json:"current"` // /run/current-system
+	Booted      System       `json:"booted"`  // /run/booted-system
+	Profile     System       `json:"profile"` // the boot default
+	Generations []Generation `json:"generations"`
+	// BootDefault is what the boot loader starts next, read from the
+	// loader where it can be (BootDefaultSource "systemd-boot" or "grub"),
+	// else the profile ("profile").
+	BootDefault       System `json:"bootDefault"`
+	BootDefaultSource string `json:"bootDefaultSource,omitempty"`
+	TestActive        bool   `json:"testActive"`    // running system is not the boot default
+	RebootPending     bool   `json:"rebootPending"` // boot default or running kernel/modules differ from booted
+	// RebootSuggested: only the initrd differs (a reboot recommended).
+	// The JSON names of a Status may not be a Record's: both are inline
+	// in a Reply (TestReplyFieldsDistinct).
+	RebootSuggested bool     `json:"rebootSuggested,omitempty"`
+	RebootReasons   []string `json:"rebootReasons,omitempty"`
+	UnitsFailed     []string `json:"unitsFailed,omitempty"` // systemd's failed units
+	Lock            *Holder  `json:"lock,omitempty"`        // the deploy holding the host lock
 }
 
 // BeforePrevious returns the store path of the generation two before the

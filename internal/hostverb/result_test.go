@@ -3,6 +3,8 @@ package hostverb_test
 import (
 	"encoding/json"
 	"errors"
+	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/bos55/concordia/internal/hostverb"
@@ -100,4 +102,24 @@ func FuzzDecodeReply(f *testing.F) {
 			r.Record.Err()
 		}
 	})
+}
+
+// The results are inline in one Reply: a JSON name two of them share is
+// silently dropped by encoding/json on both sides. Only Record's exitCode
+// is shadowed on purpose (Reply's is the same value).
+func TestReplyFieldsDistinct(t *testing.T) {
+	seen := map[string]string{"contract": "Reply", "exitCode": "Reply", "error": "Reply"}
+	for _, v := range []any{hostverb.Record{}, hostverb.Status{}, hostverb.Fetched{}, hostverb.Health{}, hostverb.VersionInfo{}} {
+		typ := reflect.TypeOf(v)
+		for i := 0; i < typ.NumField(); i++ {
+			name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+			if name == "" || name == "-" {
+				name = typ.Field(i).Name
+			}
+			if prev, dup := seen[name]; dup && !(typ.Name() == "Record" && name == "exitCode") {
+				t.Errorf("%s.%s and %s both use the JSON name %q", typ.Name(), typ.Field(i).Name, prev, name)
+			}
+			seen[name] = typ.Name()
+		}
+	}
 }

@@ -261,7 +261,7 @@ func TestE2E(t *testing.T) {
 		if hr := reps[0].Hosts[0]; hr.Result != deploy.OK {
 			t.Fatalf("first deploy: %s %s", hr.Result, hr.Error)
 		}
-		if hr := reps[1].Hosts[0]; hr.Result != deploy.Failed || !strings.Contains(hr.Error, "locked") || !strings.Contains(hr.Error, "e2e-lock-1") {
+		if hr := reps[1].Hosts[0]; hr.Result != deploy.Refused || !strings.Contains(hr.Error, "locked") || !strings.Contains(hr.Error, "e2e-lock-1") {
 			t.Fatalf("second deploy: %s %s, want refused naming e2e-lock-1", hr.Result, hr.Error)
 		}
 		if got := e.current(h1); got != slower {

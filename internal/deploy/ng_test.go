@@ -113,7 +113,7 @@ func TestNgAnotherSwitch(t *testing.T) {
 			rep := e.run(hostverb.Switch, "ng-busy-"+strings.ReplaceAll(strings.ReplaceAll(tc.name, " ", "-"), "'", ""), e.nodes(v2, 30, h), nil)
 			release()
 			hr := rep.Hosts[0]
-			if hr.Result != deploy.Failed || !strings.Contains(hr.Error, tc.want) {
+			if hr.Result != deploy.Refused || !strings.Contains(hr.Error, tc.want) {
 				t.Fatalf("%s %s", hr.Result, hr.Error)
 			}
 			if after := e.state(h); after != before {

@@ -21,13 +21,20 @@ type Outcome string
 
 // Outcomes. Only OK counts as success: a rollback is a failure of the
 // deploy even though the host is healthy again (deploy-rs exits 0 there).
+// OK may still carry RebootRequired, RebootRecommended or FailedUnits
+// (failed before the deploy and still failed): the deploy stands.
 const (
-	OK             Outcome = "ok"
-	Failed         Outcome = "failed"
-	RolledBack     Outcome = "rolled-back"
-	Refused        Outcome = "refused"         // closure check failed: nothing changed
-	RebootRequired Outcome = "reboot-required" // kernel change, nothing changed
-	Planned        Outcome = "planned"         // --dry-run
+	OK         Outcome = "ok"
+	Failed     Outcome = "failed"
+	RolledBack Outcome = "rolled-back"
+	// Refused: nothing changed on the host. The closure check failed,
+	// another deploy or switch (nixos-rebuild, ng's lock) held the host,
+	// or switch inhibitors refused a live switch.
+	Refused Outcome = "refused"
+	// RebootRequired: a kernel change under --kernel-change=refuse (or a
+	// host older than contract 3); nothing changed.
+	RebootRequired Outcome = "reboot-required"
+	Planned        Outcome = "planned" // --dry-run
 )
 
 // Steps, in order.
@@ -404,9 +411,10 @@ func (h *hostRun) activated(a answer) bool {
 			h.finish(Failed, err)
 		}
 	case hostverb.ExitLocked:
+		// Nothing changed either: try again when the other one is done.
 		err := fmt.Errorf("host is locked by another deploy or switch%s", colon(a.msg()))
 		h.end(err, "")
-		h.finish(Failed, err)
+		h.finish(Refused, err)
 	case hostverb.ExitPreSwitch:
 		// Nothing changed: the new system changes what cannot be switched
 		// live. Not a rollback.

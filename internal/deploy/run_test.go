@@ -334,7 +334,7 @@ func TestRunOutcomes(t *testing.T) {
 				}
 				return remote.Result{}, nil
 			},
-			want: deploy.Failed, verbs: "fetch activate", errText: "d-0",
+			want: deploy.Refused, verbs: "fetch activate", errText: "d-0",
 		},
 		{
 			name: "kernel change",

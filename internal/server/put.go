@@ -47,12 +47,10 @@ func uploadTarget(u store.Store) store.Store {
 	return u
 }
 
-// Request body limits for the small documents (the store bounds them again
-// after decoding a Content-Encoding).
-const (
-	maxDocBody     = 64 << 20
-	maxNarinfoBody = 1 << 20
-)
+// Request body limit for the small documents (the store bounds them again
+// after decoding a Content-Encoding). Narinfos and logs have their own
+// (limits.max_narinfo_size, limits.max_log_size).
+const maxDocBody = 64 << 20
 
 // statusError gives an error its own status (Status honours HTTPStatus).
 type statusError struct {
@@ -293,12 +291,17 @@ func (h *putHandler) getNAR(w http.ResponseWriter, r *http.Request) {
 
 func (h *putHandler) narinfo(w http.ResponseWriter, r *http.Request) error {
 	hash := mux.Vars(r)["hash"]
-	body, err := h.body(w, r, maxNarinfoBody)
+	max := h.s.limits.MaxNarinfoSize
+	body, err := h.body(w, r, max)
 	if err != nil {
 		return err
 	}
 	defer body.Close()
 	if err := h.u.PutNarInfo(r.Context(), hash, body); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) && mbe.Limit == max {
+			return h.s.limits.NarinfoTooLarge(fmt.Errorf("narinfo upload body larger than %d bytes", max))
+		}
 		return bodyErr(err)
 	}
 	// The read side may hold this hash's narinfo from another store or

@@ -92,6 +92,7 @@ type Store struct {
 	now      func() time.Time
 	storeDir string
 	metrics  *metrics
+	ownNames []string // names of SignKeys: the signatures always kept
 
 	// fileMu orders blob file creation against blob deletion (GC,
 	// pending cleanup, repair), so a blob re-uploaded while it is being
@@ -187,6 +188,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		stop:     make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)
+	for _, k := range opts.SignKeys {
+		s.ownNames = append(s.ownNames, k.Name())
+	}
 	for _, d := range []string{dir, s.blobDir, filepath.Join(dir, "quarantine")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("upload store: %w", err)

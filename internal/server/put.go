@@ -323,12 +323,19 @@ func (h *putHandler) listing(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *putHandler) log(w http.ResponseWriter, r *http.Request) error {
-	body, err := h.body(w, r, maxDocBody)
+	// The store counts the log's bytes after any Content-Encoding; on
+	// the wire it cannot be much larger than that.
+	max := h.s.limits.MaxLogSize + h.s.limits.MaxLogSize/64 + 64<<10
+	body, err := h.body(w, r, max)
 	if err != nil {
 		return err
 	}
 	defer body.Close()
 	if err := h.u.PutLog(r.Context(), mux.Vars(r)["drv"], body); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) && mbe.Limit == max {
+			return h.s.limits.LogTooLarge(fmt.Errorf("build log upload body larger than %d bytes", max))
+		}
 		return bodyErr(err)
 	}
 	return created(w)

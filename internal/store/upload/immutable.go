@@ -7,13 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -139,41 +137,6 @@ func canonicalJSON(data []byte) ([]byte, error) {
 		return nil, err
 	}
 	return json.Marshal(v)
-}
-
-// otherLog returns another store's build log of drvBase, decompressed, or
-// nil when none has one.
-func (s *Store) otherLog(ctx context.Context, drvBase string) ([]byte, error) {
-	for _, o := range s.opts.Others {
-		lg, ok := o.(store.Logger)
-		if !ok {
-			continue
-		}
-		rc, comp, err := lg.BuildLog(ctx, drvBase)
-		if errors.Is(err, store.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("build log %s in another store: %w", drvBase, err)
-		}
-		defer rc.Close()
-		var r io.Reader = rc
-		if comp != "" {
-			dec, err := compress.NewReader(rc, comp)
-			if err != nil {
-				return nil, fmt.Errorf("build log %s in another store: %w", drvBase, err)
-			}
-			defer dec.Close()
-			r = dec
-		}
-		// One byte past the limit is enough to differ from any upload.
-		data, err := io.ReadAll(io.LimitReader(r, MaxLogSize+1))
-		if err != nil {
-			return nil, fmt.Errorf("build log %s in another store: %w", drvBase, err)
-		}
-		return data, nil
-	}
-	return nil, nil
 }
 
 // otherRealisation returns another store's realisation document id, or nil.

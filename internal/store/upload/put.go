@@ -786,30 +786,6 @@ func (s *Store) PutListing(ctx context.Context, hashPart string, body io.Reader)
 	return mapErr(err)
 }
 
-// PutLog stores the build log of a derivation ("<hash>-<name>.drv"). Logs
-// are only informational, but a token must not rewrite what a build said
-// either: a log the cache already serves (from here or the machine's own
-// log directory) may be uploaded again only with the same bytes.
-func (s *Store) PutLog(ctx context.Context, drvBase string, body io.Reader) error {
-	if _, _, err := narinfo.ParseDerivation(drvBase); err != nil {
-		return invalidf("log name %q is not a .drv store path base name", drvBase)
-	}
-	data, err := readSmall(body, MaxLogSize, "build log")
-	if err != nil {
-		return err
-	}
-	other, err := s.otherLog(ctx, drvBase)
-	if err != nil {
-		return err
-	}
-	if other != nil {
-		if err := sameDoc(other, data, bytes.Equal, "build log "+drvBase); err != nil {
-			return err
-		}
-	}
-	return s.putOnce(bLogs, drvBase, data, bytes.Equal, "build log")
-}
-
 // PutRealisation stores a realisation document "sha256:<hash>!<output>"
 // (realisations/<id>.doi). A realisation says which store path a
 // derivation output is, so it is as immutable as the path: one the cache

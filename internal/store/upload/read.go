@@ -337,15 +337,6 @@ func (s *Store) Listing(ctx context.Context, hashPart string) ([]byte, error) {
 	return doc[8:], nil
 }
 
-// BuildLog implements store.Logger. Logs are stored as uploaded, plain.
-func (s *Store) BuildLog(ctx context.Context, drvBase string) (io.ReadCloser, string, error) {
-	data, err := s.getDoc(bLogs, drvBase)
-	if err != nil {
-		return nil, "", err
-	}
-	return io.NopCloser(bytes.NewReader(data)), "", nil
-}
-
 // Realisation implements store.Realisations.
 func (s *Store) Realisation(ctx context.Context, id string) ([]byte, error) {
 	return s.getDoc(bReal, id)

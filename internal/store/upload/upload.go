@@ -6,9 +6,11 @@
 // recorded only in memory, because nobody has been told it is published,
 // so a crash may lose it (Open removes blob files without a record) and
 // the upload costs one durable commit (the narinfo's) instead of two.
-// Everything else (narinfos, blob reference counts, last access,
-// pins, listings, logs, realisations) lives in one bbolt file, so each change
-// is one transaction. The publication order is what makes a crash harmless:
+// Build logs are files too, zstd-compressed once under logs/, so a log
+// costs the index a small record and a reader a stream, not the whole log.
+// Everything else (narinfos, blob reference counts, last access, pins,
+// listings, log records, realisations, tombstones) lives in one bbolt file,
+// so each change is one transaction. The publication order is what makes a crash harmless:
 // a blob is written to a temp file, fsynced, renamed and its directory
 // fsynced before its index record is committed, and a narinfo is committed
 // only after its blob is durable and verified. Open cleans up whatever an
@@ -74,9 +76,9 @@ type Options struct {
 
 // Limits on the small documents kept in the index. An uploaded listing is
 // kept as Nix sent it (the server serves the listings it builds itself).
+// Build logs are files, bounded by limits.max_log_size (logs.go).
 const (
 	MaxListingSize     = 64 << 20
-	MaxLogSize         = 64 << 20
 	MaxRealisationSize = 1 << 20
 )
 
@@ -86,6 +88,7 @@ const (
 type Store struct {
 	dir      string
 	blobDir  string
+	logDir   string
 	db       *bolt.DB
 	opts     Options
 	log      *slog.Logger
@@ -123,9 +126,13 @@ var (
 	bAccess   = []byte("access")   // hash part -> unix seconds (decimal)
 	bPins     = []byte("pins")     // hash part -> Pin JSON
 	bListings = []byte("listings") // hash part -> upload time (8 bytes, big-endian unix) + .ls JSON
-	bLogs     = []byte("logs")     // drv base name -> log bytes
+	bLogFiles = []byte("logfiles") // drv base name -> logRec JSON (the log is logs/<drv>.zst)
 	bReal     = []byte("realisations")
-	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogs, bReal}
+	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal}
+
+	// bOldLogs held whole logs (drv base name -> bytes) before they were
+	// files; Open moves them out and deletes it.
+	bOldLogs = []byte("logs")
 )
 
 // pathRec is an accepted narinfo, with the blob it claims.
@@ -179,6 +186,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	s := &Store{
 		dir:      dir,
 		blobDir:  filepath.Join(dir, "blobs"),
+		logDir:   filepath.Join(dir, "logs"),
 		opts:     opts,
 		log:      opts.Log,
 		now:      opts.Now,
@@ -191,7 +199,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	for _, k := range opts.SignKeys {
 		s.ownNames = append(s.ownNames, k.Name())
 	}
-	for _, d := range []string{dir, s.blobDir, filepath.Join(dir, "quarantine")} {
+	for _, d := range []string{dir, s.blobDir, s.logDir, filepath.Join(dir, "quarantine")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("upload store: %w", err)
 		}
@@ -210,7 +218,13 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		return nil
 	})
 	if err == nil {
+		err = s.migrateLogs()
+	}
+	if err == nil {
 		err = s.recover(ctx)
+	}
+	if err == nil {
+		err = s.recoverLogs()
 	}
 	if err != nil {
 		db.Close()

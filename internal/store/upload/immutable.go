@@ -90,11 +90,17 @@ func (s *Store) servedElsewhere(ctx context.Context, hashPart string) (*served, 
 // already: then the same document (by same) is a no-op and another one is
 // ErrConflict. Both in one write transaction, so of two racing uploads of
 // different documents one is refused.
-func (s *Store) putOnce(bucket []byte, key string, data []byte, same func(a, b []byte) bool, what string) error {
+// onNew, if set, runs in the transaction that stores a new document.
+func (s *Store) putOnce(bucket []byte, key string, data []byte, same func(a, b []byte) bool, what string, onNew func(*bolt.Tx) error) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		if old := b.Get([]byte(key)); old != nil {
 			return sameDoc(old, data, same, what+" "+key)
+		}
+		if onNew != nil {
+			if err := onNew(tx); err != nil {
+				return err
+			}
 		}
 		return b.Put([]byte(key), data)
 	})

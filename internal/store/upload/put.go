@@ -829,5 +829,8 @@ func (s *Store) putJSONDoc(ctx context.Context, bucket []byte, key string, body 
 			return err
 		}
 	}
-	return s.putOnce(bucket, key, data, sameJSON, what)
+	meta := realRec{Owner: realisationOwner(data), Created: s.now().Unix()}
+	return s.putOnce(bucket, key, data, sameJSON, what, func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bRealMeta), []byte(key), meta)
+	})
 }

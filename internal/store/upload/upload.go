@@ -128,7 +128,8 @@ var (
 	bListings = []byte("listings") // hash part -> upload time (8 bytes, big-endian unix) + .ls JSON
 	bLogFiles = []byte("logfiles") // drv base name -> logRec JSON (the log is logs/<drv>.zst)
 	bReal     = []byte("realisations")
-	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal}
+	bRealMeta = []byte("realisationmeta") // realisation id -> realRec JSON
+	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta}
 
 	// bOldLogs held whole logs (drv base name -> bytes) before they were
 	// files; Open moves them out and deletes it.
@@ -225,6 +226,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	if err == nil {
 		err = s.recoverLogs()
+	}
+	if err == nil {
+		err = s.recoverRealisations()
 	}
 	if err != nil {
 		db.Close()

@@ -77,6 +77,7 @@ func (f *uploadFlags) open(ctx context.Context, env *cli.Env) (*upload.Store, fu
 		Others:   others,
 		MaxSize:  int64(cfg.GC.MaxSize),
 		MaxAge:   time.Duration(cfg.GC.MaxAge),
+		Remember: time.Duration(cfg.GC.Remember),
 		// verify checks blobs against the same limits the server
 		// enforces: a bound raised in the config must not make
 		// `cache verify --repair` quarantine what the server accepted.

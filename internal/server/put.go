@@ -28,8 +28,8 @@ import (
 //
 // Who may do what (auth.Perm): uploads need write; pinning needs pin, and
 // unpinning needs pin and the pin to be the token's own (same token name)
-// unless the token has admin; garbage collection, verify/repair and the
-// pin list need admin.
+// unless the token has admin; garbage collection, verify/repair, the pin
+// list and forgetting a collected path's tombstone need admin.
 type Uploads struct {
 	*upload.Store
 	Tokens *auth.Tokens
@@ -114,6 +114,7 @@ func (s *Server) putRoutes(r *mux.Router) {
 	r.HandleFunc("/api/pins/{hash}", h.guard(auth.Pin, h.pin)).Methods(http.MethodPost, put).Name("pin")
 	r.HandleFunc("/api/pins/{hash}", h.guard(auth.Pin, h.unpin)).Methods(http.MethodDelete).Name("unpin")
 	r.HandleFunc("/api/gc", h.guard(auth.Admin, h.gc)).Methods(http.MethodPost).Name("gc")
+	r.HandleFunc("/api/tombstones/{hash}", h.guard(auth.Admin, h.forget)).Methods(http.MethodDelete).Name("forget")
 	r.HandleFunc("/api/verify", h.guard(auth.Admin, h.verify)).Methods(http.MethodPost).Name("verify")
 }
 
@@ -473,6 +474,19 @@ func (h *putHandler) gc(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(rep)
+}
+
+// forget removes the tombstone of a collected path (DELETE
+// /api/tombstones/<hash>, admin): the store path may then be uploaded
+// with another NAR. 204, or 404 when there is none.
+func (h *putHandler) forget(w http.ResponseWriter, r *http.Request) error {
+	path, err := h.u.Forget(r.Context(), mux.Vars(r)["hash"])
+	if err != nil {
+		return err
+	}
+	h.s.logger(r).Warn("tombstone forgotten: the path may be uploaded with another NAR", "path", path, "token", callerOf(r).name)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // verify re-hashes the upload store on a running server (whose lock keeps

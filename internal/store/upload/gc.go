@@ -311,11 +311,15 @@ func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 	rep.LogsDeleted, rep.RealisationsDeleted = len(logs), len(realisations)
 	rep.PathsAfter = len(nodes) - len(deleted)
 	rep.SizeAfter = rep.SizeBefore - rep.Freed
+	rep.Tombstones = len(deleted)
+	if rep.TombstonesPruned, err = s.pruneTombs(tx, dryRun); err != nil {
+		return nil, err
+	}
 	if dryRun {
 		return rep, nil
 	}
 	for _, hp := range deleted {
-		if err := deletePath(tx, hp); err != nil {
+		if err := s.deletePath(tx, hp); err != nil {
 			return nil, err
 		}
 	}
@@ -583,6 +587,7 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 			return err
 		}
 		st.Bytes += st.LogBytes
+		st.Tombstones = tx.Bucket(bTombs).Stats().KeyN
 		err = tx.Bucket(bReal).ForEach(func(k, v []byte) error {
 			st.Realisations++
 			st.Bytes += int64(len(v))

@@ -645,6 +645,9 @@ func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string,
 		if hadOld {
 			return s.keepServed(tx, hashPart, old, ni)
 		}
+		if err := s.checkTomb(tx, hashPart, ni); err != nil {
+			return err
+		}
 		var missing []string
 		for _, ref := range refs {
 			if hasBase(paths, s.storeDir, ref) || slices.Contains(elsewhere, ref) {

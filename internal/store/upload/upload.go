@@ -61,6 +61,10 @@ type Options struct {
 	MaxSize    int64
 	MaxAge     time.Duration
 	GCInterval time.Duration
+	// Remember is how long the NAR hash and references of a deleted path
+	// are kept (a tombstone), refusing an upload of that store path with
+	// another NAR meanwhile (gc.remember); 0 keeps them forever.
+	Remember time.Duration
 	// PendingGrace is how long an uploaded NAR no narinfo has claimed is
 	// kept (default one hour): nix copy PUTs the narinfo right after the
 	// NAR, so anything older was abandoned.
@@ -129,7 +133,8 @@ var (
 	bLogFiles = []byte("logfiles") // drv base name -> logRec JSON (the log is logs/<drv>.zst)
 	bReal     = []byte("realisations")
 	bRealMeta = []byte("realisationmeta") // realisation id -> realRec JSON
-	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta}
+	bTombs    = []byte("tombstones")      // hash part -> tombRec JSON of a collected path
+	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs}
 
 	// bOldLogs held whole logs (drv base name -> bytes) before they were
 	// files; Open moves them out and deletes it.
@@ -293,7 +298,7 @@ func (s *Store) recover(ctx context.Context) error {
 		}
 		for _, k := range gone {
 			s.log.Warn("dropping path whose NAR file is missing", "hash", string(k))
-			if err := deletePath(tx, string(k)); err != nil {
+			if err := s.deletePath(tx, string(k)); err != nil {
 				return err
 			}
 			dropped = append(dropped, string(k))
@@ -389,7 +394,7 @@ func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, 
 		for _, hp := range broken {
 			sp := storePathOf(tx, hp)
 			s.log.Warn("dropping path whose closure is incomplete", "path", sp)
-			if err := deletePath(tx, hp); err != nil {
+			if err := s.deletePath(tx, hp); err != nil {
 				return dropped, err
 			}
 			dropped = append(dropped, sp)
@@ -406,8 +411,10 @@ func storePathOf(tx *bolt.Tx, hp string) string {
 }
 
 // deletePath removes a path's record and decrements its blob's count. The
-// blob file itself stays until a blob sweep, which needs fileMu.
-func deletePath(tx *bolt.Tx, hp string) error {
+// blob file itself stays until a blob sweep, which needs fileMu. The
+// path's NAR hash and references are remembered (a tombstone): the cache
+// served them, so the store path must not get another NAR.
+func (s *Store) deletePath(tx *bolt.Tx, hp string) error {
 	key := []byte(hp)
 	v := tx.Bucket(bPaths).Get(key)
 	if v == nil {
@@ -415,6 +422,9 @@ func deletePath(tx *bolt.Tx, hp string) error {
 	}
 	var r pathRec
 	if json.Unmarshal(v, &r) == nil {
+		if err := s.bury(tx, hp, &r); err != nil {
+			return err
+		}
 		blobs := tx.Bucket(bBlobs)
 		var b blobRec
 		if bv := blobs.Get([]byte(r.Blob)); bv != nil && json.Unmarshal(bv, &b) == nil && b.Refs > 0 {

@@ -80,12 +80,19 @@ func (p *HTTPPinner) do(ctx context.Context, method, storePath string) error {
 		return fmt.Errorf("%s %s: %w", method, u, err)
 	}
 	defer resp.Body.Close()
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	answer := strings.TrimSpace(string(b))
 	switch {
 	case resp.StatusCode/100 == 2:
 		return nil
 	case resp.StatusCode == http.StatusNotFound && method == http.MethodDelete:
 		return nil // nothing pinned: fine
+	case resp.StatusCode == http.StatusNotFound && strings.Contains(answer, "the cache does not have"):
+		// The pin API is there, the path is not (collected since the
+		// closure check?): a failed pin, not a cache without pins.
+		return fmt.Errorf("%s %s: %s: %s", method, u, resp.Status, answer)
+	case resp.StatusCode == http.StatusForbidden && method == http.MethodPost && strings.Contains(answer, "max_pins_per_token"):
+		return fmt.Errorf("%s %s: %s: %s", method, u, resp.Status, answer)
 	case resp.StatusCode == http.StatusForbidden && method == http.MethodDelete:
 		if p.Logger != nil {
 			p.Logger.Warn("not unpinned: the cache says another token made this pin (an admin can remove it: cache pin --remove)",

@@ -377,8 +377,14 @@ type pinRequest struct {
 // optionally {"storePath": ..., "note": ...}. The deployer calls it for
 // each host's running system. The pin is recorded under the token's name;
 // a path pinned already by another token keeps that pin.
+//
+// A pin keeps GC from freeing space, so a pin token may pin only what the
+// cache has (in any store it serves; 404 otherwise) and at most
+// limits.max_pins_per_token paths (403 past that); an admin may pin paths
+// before they are uploaded, and any number.
 func (h *putHandler) pin(w http.ResponseWriter, r *http.Request) error {
 	c := callerOf(r)
+	admin := c.perm.Has(auth.Admin)
 	hash := mux.Vars(r)["hash"]
 	var req pinRequest
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
@@ -396,17 +402,28 @@ func (h *putHandler) pin(w http.ResponseWriter, r *http.Request) error {
 			return fmt.Errorf("%w: storePath %s does not have hash %s", store.ErrInvalid, req.StorePath, hash)
 		}
 		target = req.StorePath
-	} else if h.s.opts.Authorize == nil || c.perm.Has(auth.Read) {
+	}
+	info, _, err := h.s.lookup(r.Context(), hash)
+	switch {
+	case err == nil && req.StorePath != "" && info.StorePath != req.StorePath && !admin:
+		return pinAbsent(req.StorePath)
+	case err == nil && req.StorePath == "" && (h.s.opts.Authorize == nil || c.perm.Has(auth.Read)):
 		// Naming the path is a read: not for a pin-only token of a
 		// private cache.
-		if info, _, err := h.s.lookup(r.Context(), hash); err == nil {
-			target = info.StorePath
-		}
+		target = info.StorePath
+	case errors.Is(err, store.ErrNotFound) && !admin:
+		return pinAbsent(target)
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return err
 	}
 	if req.Note == "" {
 		req.Note = "pinned over HTTP"
 	}
-	existing, err := h.u.PinAs(r.Context(), target, req.Note, c.name)
+	maxPins := h.s.limits.MaxPinsPerToken
+	if admin {
+		maxPins = 0
+	}
+	existing, err := h.u.PinWith(r.Context(), target, req.Note, c.name, maxPins)
 	if err != nil {
 		return err
 	}
@@ -420,6 +437,13 @@ func (h *putHandler) pin(w http.ResponseWriter, r *http.Request) error {
 	h.s.logger(r).Info("pinned", "path", target, "note", req.Note, "token", c.name)
 	fmt.Fprintf(w, "pinned %s\n", target)
 	return nil
+}
+
+// pinAbsent is the refusal of a pin of a path the cache does not have.
+// Its text is sent (unlike a read path's 404): the deployer tells it from
+// a cache without the pin API by "the cache does not have".
+func pinAbsent(what string) error {
+	return &apiNotFound{fmt.Sprintf("pin refused: the cache does not have %s (upload it first; only an admin token may pin a path the cache does not have)", what)}
 }
 
 // unpin removes a pin: the token's own, or any with admin.
@@ -480,7 +504,11 @@ func (h *putHandler) gc(w http.ResponseWriter, r *http.Request) error {
 // /api/tombstones/<hash>, admin): the store path may then be uploaded
 // with another NAR. 204, or 404 when there is none.
 func (h *putHandler) forget(w http.ResponseWriter, r *http.Request) error {
-	path, err := h.u.Forget(r.Context(), mux.Vars(r)["hash"])
+	hash := mux.Vars(r)["hash"]
+	path, err := h.u.Forget(r.Context(), hash)
+	if errors.Is(err, store.ErrNotFound) {
+		return &apiNotFound{"no tombstone for " + hash + ": nothing collected under it is remembered (never collected, forgotten, or past gc.remember)"}
+	}
 	if err != nil {
 		return err
 	}

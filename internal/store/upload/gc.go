@@ -449,9 +449,14 @@ type Pin struct {
 // ErrNotOwner is returned by UnpinAs for a pin another token made.
 var ErrNotOwner = errors.New("pinned by another token")
 
+// ErrTooManyPins is PinWith's refusal of a new pin for an owner that
+// holds its limit already (limits.max_pins_per_token).
+var ErrTooManyPins = errors.New("too many pins")
+
 // Pin makes a path (and so its closure) a GC root. pathOrHash is a full
 // store path or a bare hash part (the HTTP pin API names paths by hash).
-// The path need not be uploaded yet: CI may pin a system before pushing it.
+// The path need not be uploaded yet: an operator may pin a system before
+// pushing it (over HTTP only an admin may, see the server's pin route).
 // The pin has no owner (see PinAs).
 func (s *Store) Pin(ctx context.Context, pathOrHash, note string) error {
 	_, err := s.PinAs(ctx, pathOrHash, note, "")
@@ -464,6 +469,14 @@ func (s *Store) Pin(ctx context.Context, pathOrHash, note string) error {
 // unpin it); existing reports that. The same owner pinning again
 // refreshes the note and time.
 func (s *Store) PinAs(ctx context.Context, pathOrHash, note, owner string) (existing *Pin, err error) {
+	return s.PinWith(ctx, pathOrHash, note, owner, 0)
+}
+
+// PinWith is PinAs for an owner that may hold at most maxPins pins (0: no
+// bound): a new pin past that is ErrTooManyPins and changes nothing, in
+// the same transaction as the count. Re-pinning one of its own paths, or
+// one another owner pinned, makes no new pin and is never refused.
+func (s *Store) PinWith(ctx context.Context, pathOrHash, note, owner string, maxPins int) (existing *Pin, err error) {
 	hp, storePath := pathOrHash, ""
 	if strings.Contains(pathOrHash, "/") {
 		dir, h, _, err := narinfo.ParseStorePath(pathOrHash)
@@ -489,6 +502,23 @@ func (s *Store) PinAs(ctx context.Context, pathOrHash, note, owner string) (exis
 			if old.Owner != owner || old.StorePath == "" {
 				existing = &old
 				return nil
+			}
+		}
+		if maxPins > 0 && tx.Bucket(bPins).Get([]byte(hp)) == nil {
+			n := 0
+			err := tx.Bucket(bPins).ForEach(func(_, v []byte) error {
+				var p Pin
+				if json.Unmarshal(v, &p) == nil && p.Owner == owner {
+					n++
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if n >= maxPins {
+				return fmt.Errorf("%w: token %q holds %d pins, the most one token may (limits.max_pins_per_token = %d): unpin systems no host runs any more",
+					ErrTooManyPins, owner, n, maxPins)
 			}
 		}
 		if storePath == "" {

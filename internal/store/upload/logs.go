@@ -21,13 +21,14 @@ import (
 )
 
 // Build logs. Each is a file logs/<drv base name>.zst, compressed once at
-// upload with a small zstd window (compress.DocWindow) and published
-// durably before its record is committed; the index keeps only the record
-// (logRec). A log is bounded by limits.max_log_size, counted on the
-// decompressed bytes as they stream in, so a small body that inflates to
-// gigabytes stops at the limit with nothing stored. A reader is sent the
-// file as it is when it accepts zstd (OpenLogFile), else a stream decoded
-// with a DocWindow of memory (BuildLog): neither ever holds a whole log.
+// upload (independent zstd frames of 64 KiB of text, compress.DocFrame)
+// and published durably before its record is committed; the index keeps
+// only the record (logRec). A log is bounded by limits.max_log_size,
+// counted on the decompressed bytes as they stream in, so a small body
+// that inflates to gigabytes stops at the limit with nothing stored. A
+// reader is sent the file as it is when it accepts zstd (OpenLogFile),
+// else the text decoded a frame at a time (BuildLog): a reader holds one
+// frame, never a whole log nor a decoder while it does not read.
 
 const logExt = ".zst"
 
@@ -285,10 +286,15 @@ func (s *Store) OpenLogFile(ctx context.Context, drvBase string) (store.ReadSeek
 	return f, "zstd", rec.FileSize, nil
 }
 
-// logReader closes the decoder, then the file.
+// logReader closes the decoder, then the file; WriteTo hands the
+// decoder's frames to the destination without another copy buffer.
 type logReader struct {
 	io.ReadCloser
 	f *os.File
+}
+
+func (r *logReader) WriteTo(w io.Writer) (int64, error) {
+	return r.ReadCloser.(io.WriterTo).WriteTo(w)
 }
 
 func (r *logReader) Close() error {

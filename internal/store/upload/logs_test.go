@@ -14,17 +14,10 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/bos55/concordia/internal/limits"
+	"github.com/bos55/concordia/internal/nartest"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/upload"
 )
-
-// zeros reads as an endless run of zero bytes.
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
-}
 
 func readLog(t *testing.T, s *upload.Store, drv string) string {
 	t.Helper()
@@ -117,7 +110,7 @@ func TestLogBombRefusedWhileStreaming(t *testing.T) {
 	bomb := enc.EncodeAll(make([]byte, 64<<20), nil)
 	for i, body := range []io.Reader{
 		bytes.NewReader(bomb), bytes.NewReader(bomb), // decoded by the server, as Content-Encoding
-		io.LimitReader(zeros{}, 1<<40),
+		nartest.Zeros(1 << 40),
 	} {
 		drv := hashPart("bomb-"+string(rune('a'+i))) + "-bomb.drv"
 		r := body

@@ -86,7 +86,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		msg = http.StatusText(code)
 	}
-	if code != http.StatusNotFound && code < 500 {
+	if code < 500 && msg != "not found" {
 		if red := s.redact(msg); red != msg {
 			s.logger(r).Info("answer redacted", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
 			msg = red + " (details in the server log, request " + RequestID(r.Context()) + ")"

@@ -10,6 +10,26 @@ import (
 // pile of them, makes a record that the cache or a deployer then refuses
 // to read: the deployer's closure check reads at most 1 MiB of a narinfo.
 
+// docDefaults sets the document bounds left at zero to their defaults, so
+// Limits that name only NAR bounds (written before these existed) do not
+// refuse every signature, log or pin.
+func (l Limits) docDefaults() Limits {
+	d := Default()
+	if l.MaxNarinfoSize == 0 {
+		l.MaxNarinfoSize = d.MaxNarinfoSize
+	}
+	if l.MaxSignatures == 0 {
+		l.MaxSignatures = d.MaxSignatures
+	}
+	if l.MaxLogSize == 0 {
+		l.MaxLogSize = d.MaxLogSize
+	}
+	if l.MaxPinsPerToken == 0 {
+		l.MaxPinsPerToken = d.MaxPinsPerToken
+	}
+	return l
+}
+
 // NarinfoTooLarge is the refusal of an uploaded narinfo over
 // MaxNarinfoSize bytes (413).
 func (l Limits) NarinfoTooLarge(err error) error {

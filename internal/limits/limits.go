@@ -100,7 +100,7 @@ func (l Limits) OrDefault() Limits {
 	if l == (Limits{}) {
 		return Default()
 	}
-	return l
+	return l.docDefaults()
 }
 
 // NAR is what pkg/nar's reader must enforce.

@@ -119,3 +119,14 @@ func TestDocumentRefusalsNameTheirKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestOrDefaultFillsDocumentBounds: Limits that set NAR bounds only (as
+// written before the document bounds) get the document defaults.
+func TestOrDefaultFillsDocumentBounds(t *testing.T) {
+	l := limits.Limits{MaxNARSize: 1 << 20, MaxDepth: 8}.OrDefault()
+	d := limits.Default()
+	if l.MaxNARSize != 1<<20 || l.MaxNarinfoSize != d.MaxNarinfoSize || l.MaxSignatures != d.MaxSignatures ||
+		l.MaxLogSize != d.MaxLogSize || l.MaxPinsPerToken != d.MaxPinsPerToken {
+		t.Fatalf("%+v", l)
+	}
+}

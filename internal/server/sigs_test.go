@@ -179,4 +179,27 @@ func TestLegacySignaturesServedTrimmed(t *testing.T) {
 	if got := e.served(t, p.hash); !bytes.Equal(unzstd(t, got.file), p.nar) {
 		t.Fatal("the legacy path's NAR changed")
 	}
+	// Uploading it again adds nothing to the record, and drops nothing
+	// stored: it is still served trimmed.
+	if code, msg := e.putPath(t, withSigsPath(p, fakeSigs("again", 3))); code != 200 {
+		t.Fatalf("re-upload of the legacy path: %d %s", code, msg)
+	}
+	e.up.Close()
+	again, err := upload.Open(ctx, dir, upload.Options{Limits: loose})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if ni, err := again.NarInfo(ctx, p.hash); err != nil || len(ni.Sigs) != 6000 {
+		t.Fatalf("the stored record after a re-upload: %d signatures, %v", len(ni.Sigs), err)
+	}
+}
+
+// withSigsPath is p with its narinfo carrying sigs.
+func withSigsPath(p *upPath, sigs []string) *upPath {
+	q := *p
+	info := *p.info
+	info.Sigs = sigs
+	q.info = &info
+	return &q
 }

@@ -697,9 +697,15 @@ func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string,
 // path the cache already serves correctly, a client re-sending it (nix
 // copy from a machine that signed it too) must not fail for it, and the
 // signatures that are kept are the ones hosts already use.
+//
+// A record stored before the limits, over them already, keeps its
+// signatures as they are (nothing stored is dropped; it is served
+// trimmed, servedSigs) and gets none added.
 func (s *Store) keepServed(tx *bolt.Tx, hashPart string, old pathRec, ni *narinfo.NarInfo) error {
 	ni.Sign(s.opts.SignKeys...)
-	old.Sigs = s.boundSigs(&old, old.Sigs, ni.Sigs)
+	if s.opts.Limits.SigsWithin(old.baseSize(), old.Sigs) {
+		old.Sigs = s.boundSigs(&old, old.Sigs, ni.Sigs)
+	}
 	if err := putJSON(tx.Bucket(bPaths), []byte(hashPart), old); err != nil {
 		return err
 	}

@@ -111,9 +111,11 @@ func TestSignaturePileUp(t *testing.T) {
 		}
 		e.checkClosure(t, top.info.StorePath)
 	}
-	if size, sigs := e.servedSigs(t, top); len(sigs) != 3 || int64(size) > max {
+	size, sigs := e.servedSigs(t, top)
+	if len(sigs) != 3 || int64(size) > max {
 		t.Fatalf("after the refused uploads: %d bytes, signatures %v", size, sigs)
 	}
+	t.Logf("six uploads of %d bytes (10,000 Sig lines) refused; the narinfo served is %d bytes, %d signatures", len(withSigs(top, fakeSigs("pile0", 10_000))), size, len(sigs))
 	// Within the limits, six times: accepted, trimmed to the limit.
 	for i := range 6 {
 		if code, msg := e.do(t, "PUT", "/"+top.hash+".narinfo", e.writeTok, withSigs(top, fakeSigs(fmt.Sprintf("more%d", i), 16))); code != 200 {
@@ -131,6 +133,8 @@ func TestSignaturePileUp(t *testing.T) {
 		}
 		e.checkClosure(t, top.info.StorePath)
 	}
+	size, sigs = e.servedSigs(t, top)
+	t.Logf("after six re-uploads of 16 new signatures each: %d bytes, %d signatures", size, len(sigs))
 	code, msg := e.do(t, "PUT", "/"+other.hash+".narinfo", e.writeTok, withSigs(other, fakeSigs("many", 17)))
 	if code != http.StatusBadRequest || !strings.Contains(msg, limits.KeySignatures) {
 		t.Fatalf("17 signatures: %d %q, want 400 naming %s", code, msg, limits.KeySignatures)
@@ -168,6 +172,7 @@ func TestLegacySignaturesServedTrimmed(t *testing.T) {
 
 	e := newUpEnv(t, dir, false)
 	size, sigs := e.servedSigs(t, p)
+	t.Logf("a record stored with 6,000 signatures (%d bytes) is served as %d bytes, %d signatures", len(withSigs(p, fakeSigs("legacy", 6000))), size, len(sigs))
 	if int64(size) > limits.DefaultMaxNarinfoSize || len(sigs) > limits.DefaultMaxSignatures || !strings.Contains(strings.Join(sigs, " "), e.key.Name()+":") {
 		t.Fatalf("legacy record served as %d bytes with %d signatures: %v", size, len(sigs), sigs)
 	}

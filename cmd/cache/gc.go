@@ -77,6 +77,7 @@ func (f *uploadFlags) open(ctx context.Context, env *cli.Env) (*upload.Store, fu
 		Others:   others,
 		MaxSize:  int64(cfg.GC.MaxSize),
 		MaxAge:   time.Duration(cfg.GC.MaxAge),
+		Remember: time.Duration(cfg.GC.Remember),
 		// verify checks blobs against the same limits the server
 		// enforces: a bound raised in the config must not make
 		// `cache verify --repair` quarantine what the server accepted.
@@ -159,8 +160,12 @@ func newGCCommand() *cli.Command {
 		Short: "garbage-collect the upload store without breaking a closure",
 		Long: `Deletes uploaded paths by the [gc] policy (max_size, max_age), least
 recently used first, never a pinned path or anything in a pinned path's
-closure, and never a path that a kept path refers to. --dry-run prints what
-would go. With --cache the running server does it (needs an admin token).`,
+closure, and never a path that a kept path refers to. Build logs and
+realisations go with the paths they belong to (and count in max_size); the
+NAR hash of each deleted path is remembered for [gc] remember, so the same
+store path cannot be uploaded again with another NAR meanwhile (cache
+forget). --dry-run prints what would go. With --cache the running server
+does it (needs an admin token).`,
 		Flags: func(fs *flag.FlagSet) {
 			f.register(fs, true)
 			fs.BoolVar(&dryRun, "dry-run", false, "print what would be deleted, delete nothing")
@@ -237,8 +242,14 @@ func printReport(w io.Writer, rep *upload.Report) {
 	fmt.Fprintf(w, "%s %d of %d paths, %s in %d NAR files; %s -> %s",
 		verb, len(rep.Deleted), rep.PathsBefore, humanBytes(rep.Freed), rep.BlobsDeleted,
 		humanBytes(rep.SizeBefore), humanBytes(rep.SizeAfter))
+	if rep.LogsDeleted > 0 || rep.RealisationsDeleted > 0 {
+		fmt.Fprintf(w, "; %d build logs and %d realisations with them", rep.LogsDeleted, rep.RealisationsDeleted)
+	}
 	if rep.Pending > 0 {
 		fmt.Fprintf(w, "; %d abandoned uploads removed", rep.Pending)
+	}
+	if rep.Tombstones > 0 || rep.TombstonesPruned > 0 {
+		fmt.Fprintf(w, "; %d NAR hashes remembered, %d forgotten (gc.remember)", rep.Tombstones, rep.TombstonesPruned)
 	}
 	fmt.Fprintln(w)
 }

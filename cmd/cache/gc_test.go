@@ -65,7 +65,7 @@ func seedUploads(t *testing.T, n int) (string, []string, []string) {
 func runUploadCmd(t *testing.T, args ...string) (int, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	cmds := []*cli.Command{newGCCommand(), newVerifyCommand(), newPinCommand(), newTokenCommand()}
+	cmds := []*cli.Command{newGCCommand(), newVerifyCommand(), newPinCommand(), newForgetCommand(), newTokenCommand()}
 	code := cli.Main("cache", "test", cmds, args, &cli.Env{Stdout: &out, Stderr: &errb})
 	return code, out.String() + errb.String()
 }
@@ -154,5 +154,55 @@ func TestVerifyCommandRemote(t *testing.T) {
 	os.WriteFile(f, data, 0o644)
 	if code, out := runUploadCmd(t, "verify", "--cache", hs.URL); code != 1 || !strings.Contains(out, "DAMAGED "+files[0]) {
 		t.Fatalf("remote verify of damage: %d %s", code, out)
+	}
+}
+
+// TestForgetCommand: cache forget on the store directly, and with --cache
+// on a running server, where it needs an admin token (a write token gets
+// 403 and changes nothing); a path with no tombstone is an error.
+func TestForgetCommand(t *testing.T) {
+	dir, paths, _ := seedUploads(t, 2)
+	if code, out := runUploadCmd(t, "gc", "--max-size", "1", "--dir", dir); code != 0 || !strings.Contains(out, "2 NAR hashes remembered") {
+		t.Fatalf("gc: %d %s", code, out)
+	}
+	if code, out := runUploadCmd(t, "forget", paths[0], "--dir", dir); code != 0 || !strings.Contains(out, "forgot "+paths[0]) {
+		t.Fatalf("forget: %d %s", code, out)
+	}
+	if code, out := runUploadCmd(t, "forget", paths[0], "--dir", dir); code == 0 {
+		t.Fatalf("forget twice: %d %s", code, out)
+	}
+	if code, _ := runUploadCmd(t, "forget", "/etc/passwd", "--dir", dir); code == 0 {
+		t.Fatal("forgot a non-store path")
+	}
+
+	up, err := upload.Open(context.Background(), dir, upload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	tokPath := filepath.Join(t.TempDir(), "tokens")
+	admin, al, _ := auth.Generate("ops", auth.Admin)
+	write, wl, _ := auth.Generate("ci", auth.Read|auth.Write)
+	os.WriteFile(tokPath, []byte(al+"\n"+wl+"\n"), 0o600)
+	toks, _ := auth.Load(tokPath, nil)
+	srv, err := server.New(server.Options{Stores: []store.Store{up}, Upload: &server.Uploads{Store: up, Tokens: toks}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	t.Setenv("CONCORDIA_TOKEN", write)
+	if code, out := runUploadCmd(t, "forget", paths[1], "--cache", hs.URL); code == 0 || !strings.Contains(out, "403") {
+		t.Fatalf("forget with a write token: %d %s", code, out)
+	}
+	if st, _ := up.Stats(context.Background()); st.Tombstones != 1 {
+		t.Fatalf("the refused forget changed the store: %+v", st)
+	}
+	t.Setenv("CONCORDIA_TOKEN", admin)
+	if code, out := runUploadCmd(t, "forget", paths[1], "--cache", hs.URL); code != 0 || !strings.Contains(out, "forgot "+paths[1]) {
+		t.Fatalf("forget as admin: %d %s", code, out)
+	}
+	if st, _ := up.Stats(context.Background()); st.Tombstones != 0 {
+		t.Fatalf("tombstones left: %+v", st)
 	}
 }

@@ -15,7 +15,7 @@ func main() {
 		newServeCommand(),
 		newKeygenCommand(),
 		newVersionCommand(),
-		newGCCommand(), newVerifyCommand(), newPinCommand(), newTokenCommand(),
+		newGCCommand(), newVerifyCommand(), newPinCommand(), newForgetCommand(), newTokenCommand(),
 	}
 	os.Exit(cli.Main("cache", "cache: Concordia's Nix binary cache (serve, sign, take uploads)", cmds, os.Args[1:], nil))
 }

@@ -284,6 +284,7 @@ func newApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, er
 			MaxSize:    int64(cfg.GC.MaxSize),
 			MaxAge:     time.Duration(cfg.GC.MaxAge),
 			GCInterval: time.Duration(cfg.GC.Interval),
+			Remember:   time.Duration(cfg.GC.Remember),
 			Limits:     cfg.Limits.Values(),
 			Log:        log,
 		})

@@ -19,6 +19,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/bos55/concordia/internal/limits"
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // ErrInvalid is wrapped by every error about a bad configuration.
@@ -157,7 +158,13 @@ type GC struct {
 	MaxSize  Size     `toml:"max_size"`
 	MaxAge   Duration `toml:"max_age"`
 	Interval Duration `toml:"interval"`
+	// Remember is how long the NAR hash of a collected path is kept, so
+	// an upload cannot give that store path another NAR; 0 is forever.
+	Remember Duration `toml:"remember"`
 }
+
+// DefaultRemember is how long a collected path's NAR hash is kept.
+const DefaultRemember = 90 * 24 * time.Hour
 
 // Timeouts is the [timeouts] table: how long the server waits for a
 // client. The progress timeouts are renewed as bytes flow, so a large
@@ -188,6 +195,10 @@ type Limits struct {
 	ZstdWindowMax   Size  `toml:"zstd_window_max"`
 	MaxRatio        int64 `toml:"max_ratio"`
 	MaxListingSize  Size  `toml:"max_listing_size"`
+	MaxNarinfoSize  Size  `toml:"max_narinfo_size"`
+	MaxSignatures   int   `toml:"max_signatures"`
+	MaxLogSize      Size  `toml:"max_log_size"`
+	MaxPinsPerToken int   `toml:"max_pins_per_token"`
 }
 
 func defaultLimits() Limits {
@@ -197,6 +208,8 @@ func defaultLimits() Limits {
 		MaxNameLength: d.MaxNameLen, MaxTargetLength: d.MaxTargetLen,
 		XZDictMax: Size(d.XZDictMax), ZstdWindowMax: Size(d.ZstdWindowMax),
 		MaxRatio: d.MaxRatio, MaxListingSize: Size(d.MaxListingSize),
+		MaxNarinfoSize: Size(d.MaxNarinfoSize), MaxSignatures: d.MaxSignatures,
+		MaxLogSize: Size(d.MaxLogSize), MaxPinsPerToken: d.MaxPinsPerToken,
 	}
 }
 
@@ -212,6 +225,8 @@ func (l Limits) Values() limits.Limits {
 		MaxNameLen: l.MaxNameLength, MaxTargetLen: l.MaxTargetLength,
 		XZDictMax: int64(l.XZDictMax), ZstdWindowMax: int64(l.ZstdWindowMax),
 		MaxRatio: ratio, MaxListingSize: int64(l.MaxListingSize),
+		MaxNarinfoSize: int64(l.MaxNarinfoSize), MaxSignatures: l.MaxSignatures,
+		MaxLogSize: int64(l.MaxLogSize), MaxPinsPerToken: l.MaxPinsPerToken,
 	}
 }
 
@@ -235,6 +250,14 @@ func (l Limits) validate(bad func(key, format string, a ...any) error) error {
 		return bad(limits.KeyRatio, "must not be negative (0 turns the bound off), got %d", l.MaxRatio)
 	case l.MaxListingSize < 1<<10:
 		return bad(limits.KeyListingSize, "must be at least 1K, got %d", l.MaxListingSize)
+	case l.MaxNarinfoSize < 4<<10 || l.MaxNarinfoSize > narinfo.MaxSize:
+		return bad(limits.KeyNarinfoSize, "must be 4K..1M (the deployer's closure check reads at most 1M of a narinfo), got %d", l.MaxNarinfoSize)
+	case l.MaxSignatures < 1 || l.MaxSignatures > 1024:
+		return bad(limits.KeySignatures, "must be 1..1024, got %d", l.MaxSignatures)
+	case l.MaxLogSize < 1<<10:
+		return bad(limits.KeyLogSize, "must be at least 1K, got %d", l.MaxLogSize)
+	case l.MaxPinsPerToken < 1:
+		return bad(limits.KeyPinsPerToken, "must be at least 1, got %d", l.MaxPinsPerToken)
 	}
 	return nil
 }
@@ -260,6 +283,7 @@ func Default() *Config {
 		MemoryLimit:       DefaultMemoryLimit,
 		CompressionCache:  CompressionCache{MaxSize: DefaultCacheMaxSize},
 		Upload:            Upload{Prefer: DefaultPrefer},
+		GC:                GC{Remember: Duration(DefaultRemember)},
 		Timeouts: Timeouts{
 			ReadHeader:    Duration(DefaultReadHeaderTimeout),
 			Idle:          Duration(DefaultIdleTimeout),
@@ -419,7 +443,7 @@ func (c *Config) Validate() error {
 			return bad(key, "must be a positive duration, got %v", time.Duration(d))
 		}
 	}
-	if c.GC.MaxSize < 0 || c.GC.MaxAge < 0 || c.GC.Interval < 0 {
+	if c.GC.MaxSize < 0 || c.GC.MaxAge < 0 || c.GC.Interval < 0 || c.GC.Remember < 0 {
 		return bad("gc", "sizes and durations must not be negative")
 	}
 	return c.Limits.validate(bad)

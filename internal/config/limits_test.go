@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bos55/concordia/internal/config"
 	"github.com/bos55/concordia/internal/limits"
@@ -42,6 +43,10 @@ func TestLimitsValidation(t *testing.T) {
 		{`max_ratio = -5`, "limits.max_ratio"},
 		{`max_listing_size = "1"`, "limits.max_listing_size"},
 		{`max_depht = 5`, "limits.max_depht"},
+		{`max_narinfo_size = "2M"`, "limits.max_narinfo_size"},
+		{`max_signatures = 0`, "limits.max_signatures"},
+		{`max_log_size = "10"`, "limits.max_log_size"},
+		{`max_pins_per_token = 0`, "limits.max_pins_per_token"},
 	} {
 		t.Run(tc.key, func(t *testing.T) {
 			_, err := config.Parse([]byte("[limits]\n" + tc.doc + "\n"))
@@ -49,5 +54,27 @@ func TestLimitsValidation(t *testing.T) {
 				t.Fatalf("err = %v, want one naming %q", err, tc.key)
 			}
 		})
+	}
+}
+
+// TestDocumentLimitsAndRemember: the [limits] keys for narinfos, logs and
+// pins, and [gc] remember (90 days unless set; "0" is forever).
+func TestDocumentLimitsAndRemember(t *testing.T) {
+	c, err := config.Parse([]byte("[limits]\nmax_narinfo_size = \"16K\"\nmax_signatures = 4\nmax_log_size = \"1G\"\nmax_pins_per_token = 10\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.Limits.Values()
+	if l.MaxNarinfoSize != 16<<10 || l.MaxSignatures != 4 || l.MaxLogSize != 1<<30 || l.MaxPinsPerToken != 10 || l.MaxNARSize != limits.DefaultMaxNARSize {
+		t.Errorf("parsed limits %+v", l)
+	}
+	if time.Duration(c.GC.Remember) != config.DefaultRemember {
+		t.Errorf("default remember %v", time.Duration(c.GC.Remember))
+	}
+	for doc, want := range map[string]time.Duration{"[gc]\nremember = \"0\"\n": 0, "[gc]\nremember = \"1d\"\n": 24 * time.Hour} {
+		c, err := config.Parse([]byte(doc))
+		if err != nil || time.Duration(c.GC.Remember) != want {
+			t.Errorf("%q: %v %v", doc, c, err)
+		}
 	}
 }

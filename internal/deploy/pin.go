@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync/atomic"
 
 	"github.com/bos55/concordia/internal/cacheapi"
@@ -61,6 +62,12 @@ func (p *HTTPPinner) do(ctx context.Context, method, storePath string) error {
 		return nil
 	case method == http.MethodDelete && errors.Is(err, cacheapi.ErrNotFound):
 		return nil // nothing pinned: fine
+	case errors.Is(err, cacheapi.ErrNotFound):
+		// The pin API is there, the path is not (collected since the
+		// closure check?): a failed pin, not a cache without pins.
+		return err
+	case method == http.MethodPost && errors.Is(err, cacheapi.ErrForbidden) && strings.Contains(err.Error(), "max_pins_per_token"):
+		return err
 	case method == http.MethodDelete && errors.Is(err, cacheapi.ErrForbidden):
 		if p.Logger != nil {
 			p.Logger.Warn("not unpinned: the cache says another token made this pin (an admin can remove it: cache pin --remove)",

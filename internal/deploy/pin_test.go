@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/internal/deploy"
+	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/upload"
@@ -98,7 +100,8 @@ func TestHTTPPinnerAgainstCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Options{Stores: []store.Store{up}, Upload: &server.Uploads{Store: up, Tokens: toks}})
+	// The systems are in the cache (a pin token may pin only those).
+	srv, err := server.New(server.Options{Stores: []store.Store{up, present{sys1, sys2}}, Upload: &server.Uploads{Store: up, Tokens: toks}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,5 +151,65 @@ func TestHTTPPinnerAgainstCache(t *testing.T) {
 	}
 	if _, ok := owners()[sys1]; ok {
 		t.Fatal("the upload token pinned")
+	}
+}
+
+// present is a store that has the given store paths (no NARs).
+type present []string
+
+func (p present) StoreDir() string { return "/nix/store" }
+
+func (p present) PathInfo(ctx context.Context, hash string) (*store.PathInfo, error) {
+	for _, sp := range p {
+		if sp[len("/nix/store/"):][:32] == hash {
+			return &store.PathInfo{StorePath: sp, NarHash: make([]byte, 32), NarSize: 1}, nil
+		}
+	}
+	return nil, store.ErrNotFound
+}
+
+func (p present) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) error {
+	return store.ErrNotFound
+}
+
+// TestHTTPPinnerRefusals: a path the cache does not have (404, a pin token
+// may pin only what the cache has) and a pin past the token's limit (403)
+// are errors saying the cache's reason, and neither makes the pinner take
+// the cache for one without a pin API: the next pin is still sent.
+func TestHTTPPinnerRefusals(t *testing.T) {
+	ctx := context.Background()
+	up, err := upload.Open(ctx, t.TempDir(), upload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	tokPath := filepath.Join(t.TempDir(), "tokens")
+	pinTok, pinLine, _ := auth.Generate("deploy", auth.Pin)
+	os.WriteFile(tokPath, []byte(pinLine+"\n"), 0o600)
+	toks, err := auth.Load(tokPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := limits.Default()
+	l.MaxPinsPerToken = 1
+	srv, err := server.New(server.Options{Stores: []store.Store{up, present{sys1, sys2}}, Upload: &server.Uploads{Store: up, Tokens: toks}, Limits: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	p := &deploy.HTTPPinner{Cache: hs.URL, Token: pinTok}
+	absent := "/nix/store/2c6kzph7l0dcbfmjap64f0czdafn3b7x-nixos-system-gone-24.05"
+	if err := p.Pin(ctx, absent); err == nil || !strings.Contains(err.Error(), "does not have") {
+		t.Fatalf("pin of a path the cache does not have: %v", err)
+	}
+	if err := p.Pin(ctx, sys1); err != nil {
+		t.Fatalf("pin after a refusal: %v", err)
+	}
+	if err := p.Pin(ctx, sys2); err == nil || !strings.Contains(err.Error(), "max_pins_per_token") {
+		t.Fatalf("pin past the limit: %v", err)
+	}
+	if pins, _ := up.Pins(ctx); len(pins) != 1 || pins[0].StorePath != sys1 {
+		t.Fatalf("pins %+v", pins)
 	}
 }

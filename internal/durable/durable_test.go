@@ -60,3 +60,45 @@ func assertNoTemp(t *testing.T, dir string, want int) {
 		t.Fatalf("dir holds %v, want %d file(s): a temporary file was left", names, want)
 	}
 }
+
+// TestFileStreams: a streamed file is invisible until Commit, and Abort
+// leaves nothing behind.
+func TestFileStreams(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "log.zst")
+	f, err := durable.Create(p, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		f.Write([]byte("chunk "))
+	}
+	if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("visible before Commit: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 || !durable.IsTemp(ents[0].Name()) {
+		t.Fatalf("temporary file %v not recognised", ents)
+	}
+	if err := f.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	f.Abort() // after Commit: nothing
+	if b, err := os.ReadFile(p); err != nil || string(b) != "chunk chunk chunk " {
+		t.Fatalf("%q %v", b, err)
+	}
+	g, err := durable.Create(p, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Write([]byte("never published"))
+	g.Abort()
+	if b, _ := os.ReadFile(p); string(b) != "chunk chunk chunk " {
+		t.Fatalf("aborted file replaced the published one: %q", b)
+	}
+	assertNoTemp(t, dir, 1)
+	h, _ := durable.Create(p, 0o644)
+	if err := h.CommitNew(); !errors.Is(err, durable.ErrExists) {
+		t.Fatalf("CommitNew over an existing file: %v", err)
+	}
+	assertNoTemp(t, dir, 1)
+}

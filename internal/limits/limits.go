@@ -31,6 +31,11 @@ type Limits struct {
 	ZstdWindowMax  int64 // window a zstd frame may ask for
 	MaxRatio       int64 // decompressed per compressed byte past the first 64 MiB; negative: no bound
 	MaxListingSize int64 // bytes of one .ls document
+	// What one upload token may make the cache keep beside NARs.
+	MaxNarinfoSize  int64 // bytes of one narinfo, uploaded or served
+	MaxSignatures   int   // Sig lines of one narinfo
+	MaxLogSize      int64 // decompressed bytes of one build log
+	MaxPinsPerToken int   // pins one token name (not an admin) may hold
 }
 
 // The defaults; internal/config/example.toml says why each.
@@ -44,6 +49,11 @@ const (
 	DefaultZstdWindowMax  = compress.DefaultZstdWindow
 	DefaultMaxRatio       = 50_000
 	DefaultMaxListingSize = 1 << 30
+
+	DefaultMaxNarinfoSize  = 64 << 10
+	DefaultMaxSignatures   = 16
+	DefaultMaxLogSize      = 64 << 20
+	DefaultMaxPinsPerToken = 1000
 )
 
 // Config keys of the bounds, as errors name them.
@@ -57,6 +67,11 @@ const (
 	KeyZstdWindow  = "limits.zstd_window_max"
 	KeyRatio       = "limits.max_ratio"
 	KeyListingSize = "limits.max_listing_size"
+
+	KeyNarinfoSize  = "limits.max_narinfo_size"
+	KeySignatures   = "limits.max_signatures"
+	KeyLogSize      = "limits.max_log_size"
+	KeyPinsPerToken = "limits.max_pins_per_token"
 )
 
 // Default returns the default bounds.
@@ -71,6 +86,11 @@ func Default() Limits {
 		ZstdWindowMax:  DefaultZstdWindowMax,
 		MaxRatio:       DefaultMaxRatio,
 		MaxListingSize: DefaultMaxListingSize,
+
+		MaxNarinfoSize:  DefaultMaxNarinfoSize,
+		MaxSignatures:   DefaultMaxSignatures,
+		MaxLogSize:      DefaultMaxLogSize,
+		MaxPinsPerToken: DefaultMaxPinsPerToken,
 	}
 }
 
@@ -98,7 +118,7 @@ func (l Limits) OrDefault() Limits {
 	if l.MaxTargetLen == 0 {
 		l.MaxTargetLen = d.MaxTargetLen
 	}
-	return l
+	return l.docDefaults()
 }
 
 // NAR is what pkg/nar's reader must enforce.

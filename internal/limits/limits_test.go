@@ -88,3 +88,58 @@ func TestOrDefault(t *testing.T) {
 		t.Error("the zero value is not the defaults")
 	}
 }
+
+// TestBoundSigs: the cache's own signatures always stay; the others are
+// kept in the order given (stored before new) while the count and the
+// rendered size are within the bounds.
+func TestBoundSigs(t *testing.T) {
+	l := limits.Default()
+	l.MaxSignatures = 3
+	stored := []string{"a-1:AAAA", "b-1:BBBB"}
+	upload := []string{"c-1:CCCC", "a-1:AAAA", "d-1:DDDD", "cache-1:OWN"}
+	kept, dropped := l.BoundSigs(100, []string{"cache-1"}, stored, upload)
+	if strings.Join(kept, " ") != "cache-1:OWN a-1:AAAA b-1:BBBB" || strings.Join(dropped, " ") != "c-1:CCCC d-1:DDDD" {
+		t.Fatalf("kept %v, dropped %v", kept, dropped)
+	}
+	if l.SigsWithin(100, kept) != true || l.SigsWithin(100, append(kept, "e-1:E")) {
+		t.Fatal("SigsWithin disagrees with the count bound")
+	}
+	// The size bound: a document near the limit keeps only its own.
+	l.MaxSignatures = 16
+	kept, _ = l.BoundSigs(int(l.MaxNarinfoSize)-20, []string{"cache-1"}, stored, []string{"cache-1:OWN"})
+	if len(kept) != 1 || kept[0] != "cache-1:OWN" {
+		t.Fatalf("near the size limit kept %v", kept)
+	}
+	if l.SigsWithin(int(l.MaxNarinfoSize)-5, []string{"x:y"}) {
+		t.Fatal("SigsWithin ignores the size bound")
+	}
+}
+
+func TestDocumentRefusalsNameTheirKeys(t *testing.T) {
+	l := limits.Default()
+	for _, tc := range []struct {
+		err    error
+		key    string
+		status int
+	}{
+		{l.NarinfoTooLarge(errors.New("narinfo too large")), limits.KeyNarinfoSize, 413},
+		{l.TooManySignatures(17, errors.New("narinfo")), limits.KeySignatures, 400},
+		{l.LogTooLarge(errors.New("log too large")), limits.KeyLogSize, 413},
+	} {
+		var le *limits.Error
+		if !errors.As(tc.err, &le) || le.HTTPStatus() != tc.status || !strings.Contains(tc.err.Error(), tc.key) {
+			t.Errorf("%v: want %d naming %s", tc.err, tc.status, tc.key)
+		}
+	}
+}
+
+// TestOrDefaultFillsDocumentBounds: Limits that set NAR bounds only (as
+// written before the document bounds) get the document defaults.
+func TestOrDefaultFillsDocumentBounds(t *testing.T) {
+	l := limits.Limits{MaxNARSize: 1 << 20, MaxDepth: 8}.OrDefault()
+	d := limits.Default()
+	if l.MaxNARSize != 1<<20 || l.MaxNarinfoSize != d.MaxNarinfoSize || l.MaxSignatures != d.MaxSignatures ||
+		l.MaxLogSize != d.MaxLogSize || l.MaxPinsPerToken != d.MaxPinsPerToken {
+		t.Fatalf("%+v", l)
+	}
+}

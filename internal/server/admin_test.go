@@ -84,6 +84,7 @@ func TestWriteTokenIsNotAdmin(t *testing.T) {
 		{"POST", "/api/verify"},
 		{"POST", "/api/verify?repair=true"},
 		{"GET", "/api/pins"},
+		{"DELETE", "/api/tombstones/" + loose.hash},
 	}
 	for _, who := range []struct{ name, tok string }{{"write token", e.writeTok}, {"read token", e.readTok}, {"nobody", ""}} {
 		for _, a := range attacks {

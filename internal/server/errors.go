@@ -29,6 +29,7 @@ type StatusError interface {
 //	store.ErrNoSpace                     507
 //	auth: no/unknown credentials         401, lacking permission 403
 //	upload.ErrNotOwner                   403 (another token's pin)
+//	upload.ErrTooManyPins                403 (limits.max_pins_per_token)
 //	an error with HTTPStatus()           that status
 //	anything else                        500
 func Status(err error) int {
@@ -40,7 +41,7 @@ func Status(err error) int {
 		return se.HTTPStatus()
 	case errors.Is(err, store.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, auth.ErrForbidden), errors.Is(err, upload.ErrNotOwner):
+	case errors.Is(err, auth.ErrForbidden), errors.Is(err, upload.ErrNotOwner), errors.Is(err, upload.ErrTooManyPins):
 		return http.StatusForbidden
 	case errors.Is(err, auth.ErrNoCredentials), errors.Is(err, auth.ErrUnknownToken):
 		return http.StatusUnauthorized
@@ -75,7 +76,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case code == http.StatusUnauthorized:
 		h.Set("WWW-Authenticate", `Basic realm="`+auth.Realm+`", charset="UTF-8"`)
-	case code == http.StatusNotFound:
+	case code == http.StatusNotFound && !errors.As(err, new(*apiNotFound)):
 		msg = "not found"
 	case code >= 500:
 		if errors.Is(err, context.Canceled) || r.Context().Err() != nil {
@@ -85,7 +86,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		msg = http.StatusText(code)
 	}
-	if code != http.StatusNotFound && code < 500 {
+	if code < 500 && msg != "not found" {
 		if red := s.redact(msg); red != msg {
 			s.logger(r).Info("answer redacted", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
 			msg = red + " (details in the server log, request " + RequestID(r.Context()) + ")"
@@ -93,6 +94,14 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	http.Error(w, msg, code)
 }
+
+// apiNotFound is a 404 of the admin and pin API whose text is sent: on
+// the read paths a 404 says only "not found" (they answer for a cache's
+// contents), but an API caller needs to know why.
+type apiNotFound struct{ msg string }
+
+func (e *apiNotFound) Error() string { return e.msg }
+func (e *apiNotFound) Unwrap() error { return store.ErrNotFound }
 
 // redact replaces every absolute file-system path in msg with "<path>",
 // except paths in the served store directory (store paths are what

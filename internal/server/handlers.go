@@ -6,6 +6,7 @@ import (
 	"html/template"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/gorilla/mux"
@@ -55,9 +56,13 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleLog serves /log/<drv basename> from the first store with the
-// Logger capability that has it. A bzip2 log is sent as it is, with
-// Content-Encoding: bzip2, only to clients that ask for bzip2 (Nix
-// decodes that); everyone else gets plain text, like Harmonia.
+// Logger capability that has it. A log is streamed, never held whole: a
+// store that keeps it compressed in a file (LogFiles, the upload store's
+// zstd) sends that file as it is, with Content-Encoding, to a client whose
+// Accept-Encoding names it, and the log decoded to the others; a bzip2 log
+// (the machine's own log directory) likewise goes as it is only to clients
+// that ask for bzip2 (Nix decodes that), decoded to everyone else, like
+// Harmonia. The progress deadlines drop a client that stops reading.
 func (s *Server) handleLog(w http.ResponseWriter, r *http.Request) {
 	if !s.authorize(w, r) {
 		return
@@ -72,10 +77,39 @@ func (s *Server) handleLog(w http.ResponseWriter, r *http.Request) {
 		comp string
 		err  = error(store.ErrNotFound)
 	)
+	ae := r.Header.Get("Accept-Encoding")
 	for _, st := range s.stores {
 		lg, ok := st.(store.Logger)
 		if !ok {
 			continue
+		}
+		if lf, ok := st.(store.LogFiles); ok && acceptsCodec(ae, "zstd") {
+			var f store.ReadSeekCloser
+			var enc string
+			var size int64
+			f, enc, size, err = lf.OpenLogFile(r.Context(), drv)
+			if err == nil && enc == "zstd" {
+				defer f.Close()
+				h := w.Header()
+				h.Set("Content-Type", "text/plain; charset=utf-8")
+				h.Set("Vary", "Accept-Encoding")
+				h.Set("Content-Encoding", "zstd")
+				h.Set("Content-Length", strconv.FormatInt(size, 10))
+				if r.Method == http.MethodHead {
+					return
+				}
+				if _, err := io.Copy(w, io.LimitReader(f, size)); err != nil {
+					s.abort(r, err)
+				}
+				return
+			}
+			if err == nil {
+				f.Close() // another encoding: decoded below
+			} else if errors.Is(err, store.ErrNotFound) {
+				continue
+			} else {
+				break
+			}
 		}
 		rc, comp, err = lg.BuildLog(r.Context(), drv)
 		if err == nil || !errors.Is(err, store.ErrNotFound) {
@@ -94,7 +128,7 @@ func (s *Server) handleLog(w http.ResponseWriter, r *http.Request) {
 	switch comp {
 	case "":
 	case "bz2", "bzip2":
-		if acceptsCodec(r.Header.Get("Accept-Encoding"), "bzip2") {
+		if acceptsCodec(ae, "bzip2") {
 			h.Set("Content-Encoding", "bzip2")
 			break
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/gorilla/mux"
 
+	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -323,10 +325,42 @@ func (s *Server) buildNarinfo(ctx context.Context, st store.Store, hash string, 
 		ni.FileSize = info.NarSize
 	}
 	ni.Sign(s.keys...)
+	s.boundSigs(ni)
 	if err := ni.Validate(); err != nil {
 		return nil, fmt.Errorf("narinfo of %s would be corrupt: %v", info.StorePath, err)
 	}
 	return ni, nil
+}
+
+// boundSigs trims the signatures of a narinfo over the limits (a record
+// stored before they existed, or a store that holds many) to what
+// limits.BoundSigs keeps, the server's own first: the document stays
+// within limits.max_narinfo_size, which clients and the deployer's closure
+// check read whole.
+func (s *Server) boundSigs(ni *narinfo.NarInfo) {
+	n := 0
+	for _, sig := range ni.Sigs {
+		n += limits.SigLineCost(sig)
+	}
+	if len(ni.Sigs) <= s.limits.MaxSignatures && int64(n) <= s.limits.MaxNarinfoSize/4 {
+		return // the common case: no rendering
+	}
+	sigs := ni.Sigs
+	ni.Sigs = nil
+	base := len(ni.String())
+	if s.limits.SigsWithin(base, sigs) {
+		ni.Sigs = sigs
+		return
+	}
+	own := make([]string, len(s.keys))
+	for i, k := range s.keys {
+		own[i] = k.Name()
+	}
+	kept, dropped := s.limits.BoundSigs(base, own, sigs)
+	slices.Sort(kept)
+	ni.Sigs = kept
+	s.log.Debug("narinfo served without some signatures (limits.max_signatures, limits.max_narinfo_size)",
+		"path", ni.StorePath, "kept", len(kept), "dropped", len(dropped))
 }
 
 // writerNarinfo answers an uploader (a request with a write token) from

@@ -157,7 +157,7 @@ var (
 	openRoutes  = []string{"landing", "health", "version"}
 	writeRoutes = []string{"put-cache-info", "put-nar", "put-narinfo", "put-ls", "put-log", "put-realisation", "put-build-trace"}
 	pinRoutes   = []string{"pin", "unpin"}
-	adminRoutes = []string{"pins", "gc", "verify"}
+	adminRoutes = []string{"pins", "gc", "verify", "forget"}
 )
 
 func classified(name string) bool {

@@ -28,8 +28,8 @@ import (
 //
 // Who may do what (auth.Perm): uploads need write; pinning needs pin, and
 // unpinning needs pin and the pin to be the token's own (same token name)
-// unless the token has admin; garbage collection, verify/repair and the
-// pin list need admin.
+// unless the token has admin; garbage collection, verify/repair, the pin
+// list and forgetting a collected path's tombstone need admin.
 type Uploads struct {
 	*upload.Store
 	Tokens *auth.Tokens
@@ -47,12 +47,10 @@ func uploadTarget(u store.Store) store.Store {
 	return u
 }
 
-// Request body limits for the small documents (the store bounds them again
-// after decoding a Content-Encoding).
-const (
-	maxDocBody     = 64 << 20
-	maxNarinfoBody = 1 << 20
-)
+// Request body limit for the small documents (the store bounds them again
+// after decoding a Content-Encoding). Narinfos and logs have their own
+// (limits.max_narinfo_size, limits.max_log_size).
+const maxDocBody = 64 << 20
 
 // statusError gives an error its own status (Status honours HTTPStatus).
 type statusError struct {
@@ -116,6 +114,7 @@ func (s *Server) putRoutes(r *mux.Router) {
 	r.HandleFunc("/api/pins/{hash}", h.guard(auth.Pin, h.pin)).Methods(http.MethodPost, put).Name("pin")
 	r.HandleFunc("/api/pins/{hash}", h.guard(auth.Pin, h.unpin)).Methods(http.MethodDelete).Name("unpin")
 	r.HandleFunc("/api/gc", h.guard(auth.Admin, h.gc)).Methods(http.MethodPost).Name("gc")
+	r.HandleFunc("/api/tombstones/{hash}", h.guard(auth.Admin, h.forget)).Methods(http.MethodDelete).Name("forget")
 	r.HandleFunc("/api/verify", h.guard(auth.Admin, h.verify)).Methods(http.MethodPost).Name("verify")
 }
 
@@ -293,12 +292,17 @@ func (h *putHandler) getNAR(w http.ResponseWriter, r *http.Request) {
 
 func (h *putHandler) narinfo(w http.ResponseWriter, r *http.Request) error {
 	hash := mux.Vars(r)["hash"]
-	body, err := h.body(w, r, maxNarinfoBody)
+	max := h.s.limits.MaxNarinfoSize
+	body, err := h.body(w, r, max)
 	if err != nil {
 		return err
 	}
 	defer body.Close()
 	if err := h.u.PutNarInfo(r.Context(), hash, body); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) && mbe.Limit == max {
+			return h.s.limits.NarinfoTooLarge(fmt.Errorf("narinfo upload body larger than %d bytes", max))
+		}
 		return bodyErr(err)
 	}
 	// The read side may hold this hash's narinfo from another store or
@@ -320,12 +324,19 @@ func (h *putHandler) listing(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *putHandler) log(w http.ResponseWriter, r *http.Request) error {
-	body, err := h.body(w, r, maxDocBody)
+	// The store counts the log's bytes after any Content-Encoding; on
+	// the wire it cannot be much larger than that.
+	max := h.s.limits.MaxLogSize + h.s.limits.MaxLogSize/64 + 64<<10
+	body, err := h.body(w, r, max)
 	if err != nil {
 		return err
 	}
 	defer body.Close()
 	if err := h.u.PutLog(r.Context(), mux.Vars(r)["drv"], body); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) && mbe.Limit == max {
+			return h.s.limits.LogTooLarge(fmt.Errorf("build log upload body larger than %d bytes", max))
+		}
 		return bodyErr(err)
 	}
 	return created(w)
@@ -366,8 +377,14 @@ type pinRequest struct {
 // optionally {"storePath": ..., "note": ...}. The deployer calls it for
 // each host's running system. The pin is recorded under the token's name;
 // a path pinned already by another token keeps that pin.
+//
+// A pin keeps GC from freeing space, so a pin token may pin only what the
+// cache has (in any store it serves; 404 otherwise) and at most
+// limits.max_pins_per_token paths (403 past that); an admin may pin paths
+// before they are uploaded, and any number.
 func (h *putHandler) pin(w http.ResponseWriter, r *http.Request) error {
 	c := callerOf(r)
+	admin := c.perm.Has(auth.Admin)
 	hash := mux.Vars(r)["hash"]
 	var req pinRequest
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
@@ -385,17 +402,28 @@ func (h *putHandler) pin(w http.ResponseWriter, r *http.Request) error {
 			return fmt.Errorf("%w: storePath %s does not have hash %s", store.ErrInvalid, req.StorePath, hash)
 		}
 		target = req.StorePath
-	} else if h.s.opts.Authorize == nil || c.perm.Has(auth.Read) {
+	}
+	info, _, err := h.s.lookup(r.Context(), hash)
+	switch {
+	case err == nil && req.StorePath != "" && info.StorePath != req.StorePath && !admin:
+		return pinAbsent(req.StorePath)
+	case err == nil && req.StorePath == "" && (h.s.opts.Authorize == nil || c.perm.Has(auth.Read)):
 		// Naming the path is a read: not for a pin-only token of a
 		// private cache.
-		if info, _, err := h.s.lookup(r.Context(), hash); err == nil {
-			target = info.StorePath
-		}
+		target = info.StorePath
+	case errors.Is(err, store.ErrNotFound) && !admin:
+		return pinAbsent(target)
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return err
 	}
 	if req.Note == "" {
 		req.Note = "pinned over HTTP"
 	}
-	existing, err := h.u.PinAs(r.Context(), target, req.Note, c.name)
+	maxPins := h.s.limits.MaxPinsPerToken
+	if admin {
+		maxPins = 0
+	}
+	existing, err := h.u.PinWith(r.Context(), target, req.Note, c.name, maxPins)
 	if err != nil {
 		return err
 	}
@@ -409,6 +437,13 @@ func (h *putHandler) pin(w http.ResponseWriter, r *http.Request) error {
 	h.s.logger(r).Info("pinned", "path", target, "note", req.Note, "token", c.name)
 	fmt.Fprintf(w, "pinned %s\n", target)
 	return nil
+}
+
+// pinAbsent is the refusal of a pin of a path the cache does not have.
+// Its text is sent (unlike a read path's 404): the deployer tells it from
+// a cache without the pin API by "the cache does not have".
+func pinAbsent(what string) error {
+	return &apiNotFound{fmt.Sprintf("pin refused: the cache does not have %s (upload it first; only an admin token may pin a path the cache does not have)", what)}
 }
 
 // unpin removes a pin: the token's own, or any with admin.
@@ -463,6 +498,23 @@ func (h *putHandler) gc(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(rep)
+}
+
+// forget removes the tombstone of a collected path (DELETE
+// /api/tombstones/<hash>, admin): the store path may then be uploaded
+// with another NAR. 204, or 404 when there is none.
+func (h *putHandler) forget(w http.ResponseWriter, r *http.Request) error {
+	hash := mux.Vars(r)["hash"]
+	path, err := h.u.Forget(r.Context(), hash)
+	if errors.Is(err, store.ErrNotFound) {
+		return &apiNotFound{"no tombstone for " + hash + ": nothing collected under it is remembered (never collected, forgotten, or past gc.remember)"}
+	}
+	if err != nil {
+		return err
+	}
+	h.s.logger(r).Warn("tombstone forgotten: the path may be uploaded with another NAR", "path", path, "token", callerOf(r).name)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // verify re-hashes the upload store on a running server (whose lock keeps

@@ -148,6 +148,7 @@ func TestSlowUnauthenticatedPuts(t *testing.T) {
 		"unpin":           {{"DELETE", "/api/pins/" + p.hash}},
 		"gc":              {{"POST", "/api/gc"}},
 		"verify":          {{"POST", "/api/verify"}},
+		"forget":          {{"DELETE", "/api/tombstones/" + p.hash}},
 	}
 	var routes []struct{ method, path string }
 	for _, rt := range server.Routes(e.srv) {

@@ -83,6 +83,17 @@ type Logger interface {
 	BuildLog(ctx context.Context, drvBase string) (r io.ReadCloser, compression string, err error)
 }
 
+// LogFiles is the optional capability of a Logger that keeps build logs
+// compressed in files: the server sends such a file as it is to a client
+// whose Accept-Encoding names its compression, and streams the log
+// decoded (Logger.BuildLog) to the others.
+type LogFiles interface {
+	// OpenLogFile opens the stored file of a derivation's log: the bytes,
+	// their compression as a Content-Encoding ("zstd") and the file's
+	// size. ErrNotFound when there is none.
+	OpenLogFile(ctx context.Context, drvBase string) (f ReadSeekCloser, encoding string, size int64, err error)
+}
+
 // Realisations is the optional capability of answering content-addressed
 // derivation realisations (realisations/<drvhash>!<output>.doi).
 type Realisations interface {

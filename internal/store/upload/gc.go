@@ -22,7 +22,7 @@ import (
 
 // Policy bounds what GC keeps. A zero field is no bound.
 type Policy struct {
-	MaxSize int64         // total bytes of NAR files
+	MaxSize int64         // total bytes of NAR files, build logs and realisations
 	MaxAge  time.Duration // since last access (narinfo or NAR served, upload)
 }
 
@@ -30,13 +30,21 @@ type Policy struct {
 type Report struct {
 	DryRun       bool
 	Deleted      []string // store paths, in deletion order
-	Freed        int64    // bytes of NAR files removed
+	Freed        int64    // bytes of NAR files, logs and realisations removed
 	BlobsDeleted int
 	Pending      int // abandoned uploads removed
 	SizeBefore   int64
 	SizeAfter    int64
 	PathsBefore  int
 	PathsAfter   int
+	// Logs and realisations removed: with their paths, or belonging to
+	// none past the grace period.
+	LogsDeleted         int
+	RealisationsDeleted int
+	// Tombstones written for the deleted paths, and expired ones removed
+	// (gc.remember).
+	Tombstones       int
+	TombstonesPruned int
 }
 
 // Node is one path as the GC planner sees it.
@@ -45,6 +53,11 @@ type Node struct {
 	Blob   string
 	Access int64 // unix seconds
 	Pinned bool
+	// Docs are what else the path keeps (its derivation's build log, its
+	// realisations), each freed, like a blob, with the last path that
+	// lists it; their sizes are in Plan's blobSize and their counts in
+	// blobRefs. They change no deletion decision but the size bound's.
+	Docs []string
 }
 
 // Plan decides which paths to delete. It deletes, oldest access first,
@@ -108,10 +121,12 @@ func Plan(nodes map[string]*Node, blobSize map[string]int64, blobRefs map[string
 				heap.Push(h, r)
 			}
 		}
-		refs[n.Blob]--
-		if refs[n.Blob] == 0 {
-			freed += blobSize[n.Blob]
-			freedBlobs = append(freedBlobs, n.Blob)
+		for _, b := range append([]string{n.Blob}, n.Docs...) {
+			refs[b]--
+			if refs[b] == 0 {
+				freed += blobSize[b]
+				freedBlobs = append(freedBlobs, b)
+			}
 		}
 	}
 	return deleted, freed, freedBlobs
@@ -162,6 +177,13 @@ func (s *Store) GCWith(ctx context.Context, p Policy, dryRun bool) (*Report, err
 	return rep, nil
 }
 
+// Keys of the documents in Plan's maps, beside blob names (which never
+// hold a slash).
+const (
+	logDoc  = "log/"
+	realDoc = "realisation/"
+)
+
 func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 	s.fileMu.Lock()
 	defer s.fileMu.Unlock()
@@ -176,6 +198,7 @@ func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 	paths := map[string]string{}
 	blobSize := map[string]int64{}
 	blobRefs := map[string]int{}
+	derivers := map[string][]string{} // drv base name -> hash parts of its outputs here
 	acc, pins := tx.Bucket(bAccess), tx.Bucket(bPins)
 	err = tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
 		var r pathRec
@@ -195,6 +218,9 @@ func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 		}
 		nodes[string(k)] = n
 		paths[string(k)] = r.StorePath
+		if r.Deriver != "" {
+			derivers[r.Deriver] = append(derivers[r.Deriver], string(k))
+		}
 		return nil
 	})
 	if err != nil {
@@ -213,37 +239,118 @@ func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Logs and realisations: each kept by the paths it belongs to, or, if
+	// none, for the grace period after its upload.
+	graceCutoff := s.now().Add(-s.opts.PendingGrace).Unix()
+	var orphans []string
+	attach := func(key string, size, created int64, owners []string) {
+		rep.SizeBefore += size
+		blobSize[key] = size
+		for _, hp := range owners {
+			if n := nodes[hp]; n != nil {
+				n.Docs = append(n.Docs, key)
+				blobRefs[key]++
+			}
+		}
+		if blobRefs[key] == 0 && created < graceCutoff {
+			orphans = append(orphans, key)
+		}
+	}
+	err = tx.Bucket(bLogFiles).ForEach(func(k, v []byte) error {
+		var l logRec
+		if err := json.Unmarshal(v, &l); err != nil {
+			return fmt.Errorf("index record of log %s: %w", k, err)
+		}
+		attach(logDoc+string(k), l.FileSize, l.Created, derivers[string(k)])
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	reals := tx.Bucket(bReal)
+	err = tx.Bucket(bRealMeta).ForEach(func(k, v []byte) error {
+		var m realRec
+		if err := json.Unmarshal(v, &m); err != nil {
+			return fmt.Errorf("index record of realisation %s: %w", k, err)
+		}
+		var owners []string
+		if m.Owner != "" {
+			owners = []string{m.Owner}
+		}
+		attach(realDoc+string(k), int64(len(reals.Get(k))), m.Created, owners)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var orphanBytes int64
+	for _, k := range orphans {
+		orphanBytes += blobSize[k]
+	}
+
 	rep.PathsBefore = len(nodes)
 	var cutoff int64
 	if p.MaxAge > 0 {
 		cutoff = s.now().Add(-p.MaxAge).Unix()
 	}
-	deleted, freed, freedBlobs := Plan(nodes, blobSize, blobRefs, rep.SizeBefore, p.MaxSize, cutoff)
+	deleted, freed, freedBlobs := Plan(nodes, blobSize, blobRefs, rep.SizeBefore-orphanBytes, p.MaxSize, cutoff)
 	for _, hp := range deleted {
 		rep.Deleted = append(rep.Deleted, paths[hp])
 	}
-	rep.Freed, rep.BlobsDeleted = freed, len(freedBlobs)
+	var blobs, logs, realisations []string
+	for _, b := range append(freedBlobs, orphans...) {
+		if k, ok := strings.CutPrefix(b, logDoc); ok {
+			logs = append(logs, k)
+		} else if k, ok := strings.CutPrefix(b, realDoc); ok {
+			realisations = append(realisations, k)
+		} else {
+			blobs = append(blobs, b)
+		}
+	}
+	rep.Freed, rep.BlobsDeleted = freed+orphanBytes, len(blobs)
+	rep.LogsDeleted, rep.RealisationsDeleted = len(logs), len(realisations)
 	rep.PathsAfter = len(nodes) - len(deleted)
-	rep.SizeAfter = rep.SizeBefore - freed
+	rep.SizeAfter = rep.SizeBefore - rep.Freed
+	rep.Tombstones = len(deleted)
+	if rep.TombstonesPruned, err = s.pruneTombs(tx, dryRun); err != nil {
+		return nil, err
+	}
 	if dryRun {
 		return rep, nil
 	}
 	for _, hp := range deleted {
-		if err := deletePath(tx, hp); err != nil {
+		if err := s.deletePath(tx, hp); err != nil {
 			return nil, err
 		}
 	}
-	for _, b := range freedBlobs {
+	for _, b := range blobs {
 		if err := tx.Bucket(bBlobs).Delete([]byte(b)); err != nil {
 			return nil, err
+		}
+	}
+	for _, drv := range logs {
+		if err := tx.Bucket(bLogFiles).Delete([]byte(drv)); err != nil {
+			return nil, err
+		}
+	}
+	for _, id := range realisations {
+		for _, b := range [][]byte{bReal, bRealMeta} {
+			if err := tx.Bucket(b).Delete([]byte(id)); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, mapErr(err)
 	}
-	for _, b := range freedBlobs {
+	for _, b := range blobs {
 		if err := os.Remove(filepath.Join(s.blobDir, b)); err != nil && !os.IsNotExist(err) {
 			s.log.Warn("GC could not remove a NAR file", "blob", b, "err", err)
+		}
+	}
+	for _, drv := range logs {
+		if err := os.Remove(s.logPath(drv)); err != nil && !os.IsNotExist(err) {
+			s.log.Warn("GC could not remove a build log file", "drv", drv, "err", err)
 		}
 	}
 	return rep, nil
@@ -342,9 +449,14 @@ type Pin struct {
 // ErrNotOwner is returned by UnpinAs for a pin another token made.
 var ErrNotOwner = errors.New("pinned by another token")
 
+// ErrTooManyPins is PinWith's refusal of a new pin for an owner that
+// holds its limit already (limits.max_pins_per_token).
+var ErrTooManyPins = errors.New("too many pins")
+
 // Pin makes a path (and so its closure) a GC root. pathOrHash is a full
 // store path or a bare hash part (the HTTP pin API names paths by hash).
-// The path need not be uploaded yet: CI may pin a system before pushing it.
+// The path need not be uploaded yet: an operator may pin a system before
+// pushing it (over HTTP only an admin may, see the server's pin route).
 // The pin has no owner (see PinAs).
 func (s *Store) Pin(ctx context.Context, pathOrHash, note string) error {
 	_, err := s.PinAs(ctx, pathOrHash, note, "")
@@ -357,6 +469,14 @@ func (s *Store) Pin(ctx context.Context, pathOrHash, note string) error {
 // unpin it); existing reports that. The same owner pinning again
 // refreshes the note and time.
 func (s *Store) PinAs(ctx context.Context, pathOrHash, note, owner string) (existing *Pin, err error) {
+	return s.PinWith(ctx, pathOrHash, note, owner, 0)
+}
+
+// PinWith is PinAs for an owner that may hold at most maxPins pins (0: no
+// bound): a new pin past that is ErrTooManyPins and changes nothing, in
+// the same transaction as the count. Re-pinning one of its own paths, or
+// one another owner pinned, makes no new pin and is never refused.
+func (s *Store) PinWith(ctx context.Context, pathOrHash, note, owner string, maxPins int) (existing *Pin, err error) {
 	hp, storePath := pathOrHash, ""
 	if strings.Contains(pathOrHash, "/") {
 		dir, h, _, err := narinfo.ParseStorePath(pathOrHash)
@@ -382,6 +502,23 @@ func (s *Store) PinAs(ctx context.Context, pathOrHash, note, owner string) (exis
 			if old.Owner != owner || old.StorePath == "" {
 				existing = &old
 				return nil
+			}
+		}
+		if maxPins > 0 && tx.Bucket(bPins).Get([]byte(hp)) == nil {
+			n := 0
+			err := tx.Bucket(bPins).ForEach(func(_, v []byte) error {
+				var p Pin
+				if json.Unmarshal(v, &p) == nil && p.Owner == owner {
+					n++
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if n >= maxPins {
+				return fmt.Errorf("%w: token %q holds %d pins, the most one token may (limits.max_pins_per_token = %d): unpin systems no host runs any more",
+					ErrTooManyPins, owner, n, maxPins)
 			}
 		}
 		if storePath == "" {
@@ -453,16 +590,44 @@ type Stats struct {
 	Paths   int
 	Blobs   int
 	Pending int
-	Bytes   int64
+	// Bytes is what max_size bounds: NAR files (pending ones included),
+	// build log files and realisation documents.
+	Bytes        int64
+	Logs         int
+	LogBytes     int64 // of the compressed files
+	Realisations int
+	// Tombstones are the collected paths whose NAR hash is remembered.
+	Tombstones int
 }
 
-// Stats counts paths and NAR bytes.
+// Stats counts paths and the bytes GC bounds.
 func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
 	err := s.db.View(func(tx *bolt.Tx) error {
 		st.Paths = tx.Bucket(bPaths).Stats().KeyN
+		err := tx.Bucket(bLogFiles).ForEach(func(k, v []byte) error {
+			var l logRec
+			if json.Unmarshal(v, &l) == nil {
+				st.Logs++
+				st.LogBytes += l.FileSize
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		st.Bytes += st.LogBytes
+		st.Tombstones = tx.Bucket(bTombs).Stats().KeyN
+		err = tx.Bucket(bReal).ForEach(func(k, v []byte) error {
+			st.Realisations++
+			st.Bytes += int64(len(v))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 		blobs := tx.Bucket(bBlobs)
-		err := blobs.ForEach(func(k, v []byte) error {
+		err = blobs.ForEach(func(k, v []byte) error {
 			var b blobRec
 			if json.Unmarshal(v, &b) == nil {
 				st.Blobs++

@@ -7,13 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -92,11 +90,17 @@ func (s *Store) servedElsewhere(ctx context.Context, hashPart string) (*served, 
 // already: then the same document (by same) is a no-op and another one is
 // ErrConflict. Both in one write transaction, so of two racing uploads of
 // different documents one is refused.
-func (s *Store) putOnce(bucket []byte, key string, data []byte, same func(a, b []byte) bool, what string) error {
+// onNew, if set, runs in the transaction that stores a new document.
+func (s *Store) putOnce(bucket []byte, key string, data []byte, same func(a, b []byte) bool, what string, onNew func(*bolt.Tx) error) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		if old := b.Get([]byte(key)); old != nil {
 			return sameDoc(old, data, same, what+" "+key)
+		}
+		if onNew != nil {
+			if err := onNew(tx); err != nil {
+				return err
+			}
 		}
 		return b.Put([]byte(key), data)
 	})
@@ -139,41 +143,6 @@ func canonicalJSON(data []byte) ([]byte, error) {
 		return nil, err
 	}
 	return json.Marshal(v)
-}
-
-// otherLog returns another store's build log of drvBase, decompressed, or
-// nil when none has one.
-func (s *Store) otherLog(ctx context.Context, drvBase string) ([]byte, error) {
-	for _, o := range s.opts.Others {
-		lg, ok := o.(store.Logger)
-		if !ok {
-			continue
-		}
-		rc, comp, err := lg.BuildLog(ctx, drvBase)
-		if errors.Is(err, store.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("build log %s in another store: %w", drvBase, err)
-		}
-		defer rc.Close()
-		var r io.Reader = rc
-		if comp != "" {
-			dec, err := compress.NewReader(rc, comp)
-			if err != nil {
-				return nil, fmt.Errorf("build log %s in another store: %w", drvBase, err)
-			}
-			defer dec.Close()
-			r = dec
-		}
-		// One byte past the limit is enough to differ from any upload.
-		data, err := io.ReadAll(io.LimitReader(r, MaxLogSize+1))
-		if err != nil {
-			return nil, fmt.Errorf("build log %s in another store: %w", drvBase, err)
-		}
-		return data, nil
-	}
-	return nil, nil
 }
 
 // otherRealisation returns another store's realisation document id, or nil.

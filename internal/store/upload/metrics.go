@@ -46,7 +46,7 @@ func newMetrics(s *Store) *metrics {
 	return &metrics{
 		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "concordia_upload_requests_total",
-			Help: "Uploads by kind (nar, narinfo) and result (ok, invalid, conflict, nospace, error).",
+			Help: "Uploads by kind (nar, narinfo, log) and result (ok, invalid, conflict, nospace, error).",
 		}, []string{"kind", "result"}),
 		received: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "concordia_upload_received_bytes_total",
@@ -62,11 +62,11 @@ func newMetrics(s *Store) *metrics {
 		}),
 		freed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "concordia_gc_freed_bytes_total",
-			Help: "Bytes of NAR files removed by garbage collection.",
+			Help: "Bytes of NAR files, build logs and realisations removed by garbage collection.",
 		}),
 		size: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "concordia_upload_store_bytes",
-			Help: "Bytes of NAR files in the upload store, pending uploads included.",
+			Help: "Bytes of NAR files (pending uploads included), build logs and realisations in the upload store: what gc.max_size bounds.",
 		}, stat(func(st Stats) float64 { return float64(st.Bytes) })),
 		paths: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "concordia_upload_store_paths",

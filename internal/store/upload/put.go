@@ -464,9 +464,18 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 	if !narinfo.ValidHashPart(hashPart) {
 		return invalidf("%q is not a 32-character nix32 hash", hashPart)
 	}
-	ni, err := narinfo.Parse(body)
+	l := s.opts.Limits
+	ni, err := narinfo.Parse(&atMost{r: body, left: l.MaxNarinfoSize,
+		err: l.NarinfoTooLarge(invalidf("narinfo of %s larger than %d bytes", hashPart, l.MaxNarinfoSize))})
 	if err != nil {
+		if !errors.Is(err, narinfo.ErrInvalid) {
+			// The body: over the limit, past the server's, or broken.
+			return fmt.Errorf("%w: narinfo of %s: %w", store.ErrInvalid, hashPart, err)
+		}
 		return fmt.Errorf("%w: %v", store.ErrInvalid, err)
+	}
+	if len(ni.Sigs) > l.MaxSignatures {
+		return l.TooManySignatures(len(ni.Sigs), invalidf("narinfo of %s", hashPart))
 	}
 	dir, hp, _, err := narinfo.ParseStorePath(ni.StorePath)
 	if err != nil {
@@ -636,6 +645,9 @@ func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string,
 		if hadOld {
 			return s.keepServed(tx, hashPart, old, ni)
 		}
+		if err := s.checkTomb(tx, hashPart, ni); err != nil {
+			return err
+		}
 		var missing []string
 		for _, ref := range refs {
 			if hasBase(paths, s.storeDir, ref) || slices.Contains(elsewhere, ref) {
@@ -654,9 +666,10 @@ func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string,
 		rec := pathRec{
 			StorePath: ni.StorePath, Blob: canon, Compression: comp,
 			FileHash: b.FileHash, FileSize: uint64(b.FileSize), NarHash: b.NarHash, NarSize: b.NarSize,
-			References: ni.References, Deriver: ni.Deriver, System: ni.System, Sigs: ni.Sigs, CA: ni.CA,
+			References: ni.References, Deriver: ni.Deriver, System: ni.System, CA: ni.CA,
 			Registered: s.now().UTC(),
 		}
+		rec.Sigs = s.boundSigs(&rec, ni.Sigs)
 		b.Refs++
 		if err := putJSON(blobs, []byte(canon), b); err != nil {
 			return err
@@ -676,19 +689,61 @@ func (s *Store) commitNarInfo(ni *narinfo.NarInfo, hashPart, canon, comp string,
 // byte a client fetches changes. Only the upload's signatures, and the
 // cache's own (a key may have been added since), are merged in: they sign
 // the same fingerprint. The access time is refreshed.
+//
+// The merge never grows the record past the limits: the cache's own
+// signatures and the stored ones come first, and the upload's new ones
+// are dropped once the record holds max_signatures or would render past
+// max_narinfo_size. Dropping rather than refusing: the upload is of a
+// path the cache already serves correctly, a client re-sending it (nix
+// copy from a machine that signed it too) must not fail for it, and the
+// signatures that are kept are the ones hosts already use.
+//
+// A record stored before the limits, over them already, keeps its
+// signatures as they are (nothing stored is dropped; it is served
+// trimmed, servedSigs) and gets none added.
 func (s *Store) keepServed(tx *bolt.Tx, hashPart string, old pathRec, ni *narinfo.NarInfo) error {
 	ni.Sign(s.opts.SignKeys...)
-	old.Sigs = mergeSigs(old.Sigs, ni.Sigs)
+	if s.opts.Limits.SigsWithin(old.baseSize(), old.Sigs) {
+		old.Sigs = s.boundSigs(&old, old.Sigs, ni.Sigs)
+	}
 	if err := putJSON(tx.Bucket(bPaths), []byte(hashPart), old); err != nil {
 		return err
 	}
 	return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 }
 
-func mergeSigs(a, b []string) []string {
-	out := slices.Concat(a, b)
-	slices.Sort(out)
-	return slices.Compact(out)
+// boundSigs is the signatures rec keeps of lists (in order of
+// preference, see limits.BoundSigs), sorted. What does not fit is logged.
+func (s *Store) boundSigs(rec *pathRec, lists ...[]string) []string {
+	kept, dropped := s.opts.Limits.BoundSigs(rec.baseSize(), s.ownNames, lists...)
+	if len(dropped) > 0 {
+		s.log.Info("signatures not kept: the record is at limits.max_signatures or limits.max_narinfo_size",
+			"path", rec.StorePath, "kept", len(kept), "dropped", len(dropped))
+	}
+	slices.Sort(kept)
+	return slices.Compact(kept)
+}
+
+// atMost reads r, failing with err once more than left bytes came.
+type atMost struct {
+	r    io.Reader
+	left int64
+	err  error
+}
+
+func (a *atMost) Read(p []byte) (int, error) {
+	if a.left < 0 {
+		return 0, a.err
+	}
+	if int64(len(p)) > a.left+1 {
+		p = p[:a.left+1]
+	}
+	n, err := a.r.Read(p)
+	a.left -= int64(n)
+	if a.left < 0 {
+		return n, a.err
+	}
+	return n, err
 }
 
 // readSmall reads at most limit bytes, refusing more.
@@ -740,30 +795,6 @@ func (s *Store) PutListing(ctx context.Context, hashPart string, body io.Reader)
 	return mapErr(err)
 }
 
-// PutLog stores the build log of a derivation ("<hash>-<name>.drv"). Logs
-// are only informational, but a token must not rewrite what a build said
-// either: a log the cache already serves (from here or the machine's own
-// log directory) may be uploaded again only with the same bytes.
-func (s *Store) PutLog(ctx context.Context, drvBase string, body io.Reader) error {
-	if _, _, err := narinfo.ParseDerivation(drvBase); err != nil {
-		return invalidf("log name %q is not a .drv store path base name", drvBase)
-	}
-	data, err := readSmall(body, MaxLogSize, "build log")
-	if err != nil {
-		return err
-	}
-	other, err := s.otherLog(ctx, drvBase)
-	if err != nil {
-		return err
-	}
-	if other != nil {
-		if err := sameDoc(other, data, bytes.Equal, "build log "+drvBase); err != nil {
-			return err
-		}
-	}
-	return s.putOnce(bLogs, drvBase, data, bytes.Equal, "build log")
-}
-
 // PutRealisation stores a realisation document "sha256:<hash>!<output>"
 // (realisations/<id>.doi). A realisation says which store path a
 // derivation output is, so it is as immutable as the path: one the cache
@@ -807,5 +838,8 @@ func (s *Store) putJSONDoc(ctx context.Context, bucket []byte, key string, body 
 			return err
 		}
 	}
-	return s.putOnce(bucket, key, data, sameJSON, what)
+	meta := realRec{Owner: realisationOwner(data), Created: s.now().Unix()}
+	return s.putOnce(bucket, key, data, sameJSON, what, func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bRealMeta), []byte(key), meta)
+	})
 }

@@ -107,7 +107,7 @@ func (s *Store) PathInfo(ctx context.Context, hashPart string) (*store.PathInfo,
 		NarSize:    rec.NarSize,
 		References: refs,
 		Deriver:    s.full(rec.Deriver),
-		Sigs:       slices.Clone(rec.Sigs),
+		Sigs:       s.servedSigs(rec),
 		CA:         rec.CA,
 		Registered: rec.Registered,
 	}, nil
@@ -124,13 +124,45 @@ func (s *Store) NarInfo(ctx context.Context, hashPart string) (*narinfo.NarInfo,
 		return nil, err
 	}
 	s.touch(hashPart)
-	fh := narinfo.SHA256(rec.FileHash)
+	ni := rec.narinfo()
+	ni.Sigs = s.servedSigs(rec)
+	return ni, nil
+}
+
+// narinfo is the record as a narinfo document, without signatures.
+func (r *pathRec) narinfo() *narinfo.NarInfo {
+	fh := narinfo.SHA256(r.FileHash)
 	return &narinfo.NarInfo{
-		StorePath: rec.StorePath, URL: "nar/" + rec.Blob, Compression: rec.Compression,
-		FileHash: &fh, FileSize: rec.FileSize, NarHash: narinfo.SHA256(rec.NarHash), NarSize: rec.NarSize,
-		References: slices.Clone(rec.References), Deriver: rec.Deriver, System: rec.System,
-		Sigs: slices.Clone(rec.Sigs), CA: rec.CA,
-	}, nil
+		StorePath: r.StorePath, URL: "nar/" + r.Blob, Compression: r.Compression,
+		FileHash: &fh, FileSize: r.FileSize, NarHash: narinfo.SHA256(r.NarHash), NarSize: r.NarSize,
+		References: slices.Clone(r.References), Deriver: r.Deriver, System: r.System, CA: r.CA,
+	}
+}
+
+// baseSize is the length of the record's narinfo without Sig lines.
+func (r *pathRec) baseSize() int { return len(r.narinfo().String()) }
+
+// servedSigs is the record's signatures as served: all of them, unless
+// the record is over the limits (stored before they existed, when every
+// upload of a path added its signatures), then the cache's own and as
+// many of the others as fit (limits.BoundSigs).
+func (s *Store) servedSigs(rec *pathRec) []string {
+	l := s.opts.Limits
+	var n int
+	for _, sig := range rec.Sigs {
+		n += limits.SigLineCost(sig)
+	}
+	// Records accepted under the limits pass here without rendering.
+	if len(rec.Sigs) <= l.MaxSignatures && int64(n) <= l.MaxNarinfoSize/4 {
+		return slices.Clone(rec.Sigs)
+	}
+	base := rec.baseSize()
+	if l.SigsWithin(base, rec.Sigs) {
+		return slices.Clone(rec.Sigs)
+	}
+	kept, _ := l.BoundSigs(base, s.ownNames, rec.Sigs)
+	slices.Sort(kept)
+	return kept
 }
 
 func (s *Store) recordFor(info *store.PathInfo) (*pathRec, error) {
@@ -303,15 +335,6 @@ func (s *Store) Listing(ctx context.Context, hashPart string) ([]byte, error) {
 		return nil, fmt.Errorf("listing record of %s: too short", hashPart)
 	}
 	return doc[8:], nil
-}
-
-// BuildLog implements store.Logger. Logs are stored as uploaded, plain.
-func (s *Store) BuildLog(ctx context.Context, drvBase string) (io.ReadCloser, string, error) {
-	data, err := s.getDoc(bLogs, drvBase)
-	if err != nil {
-		return nil, "", err
-	}
-	return io.NopCloser(bytes.NewReader(data)), "", nil
 }
 
 // Realisation implements store.Realisations.

@@ -6,9 +6,11 @@
 // recorded only in memory, because nobody has been told it is published,
 // so a crash may lose it (Open removes blob files without a record) and
 // the upload costs one durable commit (the narinfo's) instead of two.
-// Everything else (narinfos, blob reference counts, last access,
-// pins, listings, logs, realisations) lives in one bbolt file, so each change
-// is one transaction. The publication order is what makes a crash harmless:
+// Build logs are files too, zstd-compressed once under logs/, so a log
+// costs the index a small record and a reader a stream, not the whole log.
+// Everything else (narinfos, blob reference counts, last access, pins,
+// listings, log records, realisations, tombstones) lives in one bbolt file,
+// so each change is one transaction. The publication order is what makes a crash harmless:
 // a blob is written to a temp file, fsynced, renamed and its directory
 // fsynced before its index record is committed, and a narinfo is committed
 // only after its blob is durable and verified. Open cleans up whatever an
@@ -59,6 +61,10 @@ type Options struct {
 	MaxSize    int64
 	MaxAge     time.Duration
 	GCInterval time.Duration
+	// Remember is how long the NAR hash and references of a deleted path
+	// are kept (a tombstone), refusing an upload of that store path with
+	// another NAR meanwhile (gc.remember); 0 keeps them forever.
+	Remember time.Duration
 	// PendingGrace is how long an uploaded NAR no narinfo has claimed is
 	// kept (default one hour): nix copy PUTs the narinfo right after the
 	// NAR, so anything older was abandoned.
@@ -74,9 +80,9 @@ type Options struct {
 
 // Limits on the small documents kept in the index. An uploaded listing is
 // kept as Nix sent it (the server serves the listings it builds itself).
+// Build logs are files, bounded by limits.max_log_size (logs.go).
 const (
 	MaxListingSize     = 64 << 20
-	MaxLogSize         = 64 << 20
 	MaxRealisationSize = 1 << 20
 )
 
@@ -86,12 +92,14 @@ const (
 type Store struct {
 	dir      string
 	blobDir  string
+	logDir   string
 	db       *bolt.DB
 	opts     Options
 	log      *slog.Logger
 	now      func() time.Time
 	storeDir string
 	metrics  *metrics
+	ownNames []string // names of SignKeys: the signatures always kept
 
 	// fileMu orders blob file creation against blob deletion (GC,
 	// pending cleanup, repair), so a blob re-uploaded while it is being
@@ -122,9 +130,15 @@ var (
 	bAccess   = []byte("access")   // hash part -> unix seconds (decimal)
 	bPins     = []byte("pins")     // hash part -> Pin JSON
 	bListings = []byte("listings") // hash part -> upload time (8 bytes, big-endian unix) + .ls JSON
-	bLogs     = []byte("logs")     // drv base name -> log bytes
+	bLogFiles = []byte("logfiles") // drv base name -> logRec JSON (the log is logs/<drv>.zst)
 	bReal     = []byte("realisations")
-	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogs, bReal}
+	bRealMeta = []byte("realisationmeta") // realisation id -> realRec JSON
+	bTombs    = []byte("tombstones")      // hash part -> tombRec JSON of a collected path
+	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs}
+
+	// bOldLogs held whole logs (drv base name -> bytes) before they were
+	// files; Open moves them out and deletes it.
+	bOldLogs = []byte("logs")
 )
 
 // pathRec is an accepted narinfo, with the blob it claims.
@@ -178,6 +192,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	s := &Store{
 		dir:      dir,
 		blobDir:  filepath.Join(dir, "blobs"),
+		logDir:   filepath.Join(dir, "logs"),
 		opts:     opts,
 		log:      opts.Log,
 		now:      opts.Now,
@@ -187,7 +202,10 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		stop:     make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)
-	for _, d := range []string{dir, s.blobDir, filepath.Join(dir, "quarantine")} {
+	for _, k := range opts.SignKeys {
+		s.ownNames = append(s.ownNames, k.Name())
+	}
+	for _, d := range []string{dir, s.blobDir, s.logDir, filepath.Join(dir, "quarantine")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("upload store: %w", err)
 		}
@@ -206,7 +224,16 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		return nil
 	})
 	if err == nil {
+		err = s.migrateLogs()
+	}
+	if err == nil {
 		err = s.recover(ctx)
+	}
+	if err == nil {
+		err = s.recoverLogs()
+	}
+	if err == nil {
+		err = s.recoverRealisations()
 	}
 	if err != nil {
 		db.Close()
@@ -271,7 +298,7 @@ func (s *Store) recover(ctx context.Context) error {
 		}
 		for _, k := range gone {
 			s.log.Warn("dropping path whose NAR file is missing", "hash", string(k))
-			if err := deletePath(tx, string(k)); err != nil {
+			if err := s.deletePath(tx, string(k)); err != nil {
 				return err
 			}
 			dropped = append(dropped, string(k))
@@ -367,7 +394,7 @@ func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, 
 		for _, hp := range broken {
 			sp := storePathOf(tx, hp)
 			s.log.Warn("dropping path whose closure is incomplete", "path", sp)
-			if err := deletePath(tx, hp); err != nil {
+			if err := s.deletePath(tx, hp); err != nil {
 				return dropped, err
 			}
 			dropped = append(dropped, sp)
@@ -384,8 +411,10 @@ func storePathOf(tx *bolt.Tx, hp string) string {
 }
 
 // deletePath removes a path's record and decrements its blob's count. The
-// blob file itself stays until a blob sweep, which needs fileMu.
-func deletePath(tx *bolt.Tx, hp string) error {
+// blob file itself stays until a blob sweep, which needs fileMu. The
+// path's NAR hash and references are remembered (a tombstone): the cache
+// served them, so the store path must not get another NAR.
+func (s *Store) deletePath(tx *bolt.Tx, hp string) error {
 	key := []byte(hp)
 	v := tx.Bucket(bPaths).Get(key)
 	if v == nil {
@@ -393,6 +422,9 @@ func deletePath(tx *bolt.Tx, hp string) error {
 	}
 	var r pathRec
 	if json.Unmarshal(v, &r) == nil {
+		if err := s.bury(tx, hp, &r); err != nil {
+			return err
+		}
 		blobs := tx.Bucket(bBlobs)
 		var b blobRec
 		if bv := blobs.Get([]byte(r.Blob)); bv != nil && json.Unmarshal(bv, &b) == nil && b.Refs > 0 {

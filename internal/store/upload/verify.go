@@ -166,7 +166,7 @@ func (s *Store) repair(ctx context.Context, rep *VerifyReport) error {
 			return err
 		}
 		for _, hp := range drop {
-			if err := deletePath(tx, hp); err != nil {
+			if err := s.deletePath(tx, hp); err != nil {
 				return err
 			}
 		}

@@ -1,0 +1,152 @@
+package upload
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// Tombstones. A path the cache served may be on any host that fetched it,
+// so collecting it must not free its store path for another NAR: a host
+// that has the old content and a new host would then run different
+// contents under one name, and the cache would have signed both. When a
+// path's record is deleted (GC, repair, recovery), its NAR hash and a hash
+// of its references are kept under its hash part, for Options.Remember
+// (gc.remember; forever when 0). Meanwhile an upload of that store path
+// must describe the same NAR (then it simply comes back, and the tombstone
+// goes), else it is refused with ErrConflict like an upload over a path
+// the cache has. An admin lifts a tombstone early with Forget (`cache
+// forget`), e.g. after a build was found to be broken everywhere.
+
+// tombRec is a collected path, reduced to what a new upload is compared
+// with. About 200 bytes whatever the number of references.
+type tombRec struct {
+	StorePath string `json:"storePath"`
+	NarHash   []byte `json:"narHash"`
+	RefsHash  []byte `json:"refsHash"`  // refsHash of the references
+	Collected int64  `json:"collected"` // unix seconds
+}
+
+// refsHash identifies a set of references (base names).
+func refsHash(refs []string) []byte {
+	sum := sha256.Sum256([]byte(strings.Join(setOf(refs), " ")))
+	return sum[:]
+}
+
+// bury writes the tombstone of r, deleted now.
+func (s *Store) bury(tx *bolt.Tx, hp string, r *pathRec) error {
+	return putJSON(tx.Bucket(bTombs), []byte(hp), tombRec{
+		StorePath: r.StorePath, NarHash: r.NarHash, RefsHash: refsHash(r.References), Collected: s.now().Unix(),
+	})
+}
+
+func (s *Store) expired(t *tombRec, now int64) bool {
+	return s.opts.Remember > 0 && t.Collected < now-int64(s.opts.Remember/time.Second)
+}
+
+// checkTomb compares an upload of hashPart, which the index does not have,
+// with its tombstone: nil (and the tombstone removed, the path being
+// back) when it describes the collected path or there is none, else an
+// ErrConflict naming both NAR hashes, when the path was collected and how
+// to let another NAR in. Runs in the upload's write transaction.
+func (s *Store) checkTomb(tx *bolt.Tx, hashPart string, ni *narinfo.NarInfo) error {
+	b := tx.Bucket(bTombs)
+	var t tombRec
+	found, err := getJSON(b, []byte(hashPart), &t)
+	if err != nil || !found {
+		return err
+	}
+	if s.expired(&t, s.now().Unix()) {
+		return b.Delete([]byte(hashPart))
+	}
+	when := time.Unix(t.Collected, 0).UTC().Format("2006-01-02 15:04:05 UTC")
+	how := fmt.Sprintf("store paths are immutable, and hosts that fetched it keep that content; an admin allows another NAR with `cache forget %s`", t.StorePath)
+	if s.opts.Remember > 0 {
+		how += fmt.Sprintf(", or it is allowed after %s (gc.remember)",
+			time.Unix(t.Collected, 0).Add(s.opts.Remember).UTC().Format("2006-01-02"))
+	}
+	switch {
+	case ni.StorePath != t.StorePath:
+		return fmt.Errorf("%w: this hash part was %s until it was collected (garbage collection) on %s, the upload names %s (%s)",
+			store.ErrConflict, t.StorePath, when, ni.StorePath, how)
+	case string(ni.NarHash.Digest) != string(t.NarHash):
+		return fmt.Errorf("%w: %s was in the cache with NarHash %s until it was collected (garbage collection) on %s; the upload has NarHash %s (%s)",
+			store.ErrConflict, t.StorePath, narinfo.SHA256(t.NarHash), when, ni.NarHash, how)
+	case string(refsHash(ni.References)) != string(t.RefsHash):
+		return fmt.Errorf("%w: %s was in the cache with NarHash %s and other References than the upload's %q until it was collected (garbage collection) on %s (%s)",
+			store.ErrConflict, t.StorePath, narinfo.SHA256(t.NarHash), setOf(ni.References), when, how)
+	}
+	return b.Delete([]byte(hashPart))
+}
+
+// pruneTombs removes the tombstones older than Options.Remember; it runs
+// in GC's transaction (dry: counts only).
+func (s *Store) pruneTombs(tx *bolt.Tx, dry bool) (int, error) {
+	if s.opts.Remember <= 0 {
+		return 0, nil
+	}
+	now := s.now().Unix()
+	b := tx.Bucket(bTombs)
+	var gone [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		var t tombRec
+		if json.Unmarshal(v, &t) != nil || s.expired(&t, now) {
+			gone = append(gone, append([]byte(nil), k...))
+		}
+		return nil
+	})
+	if err != nil || dry {
+		return len(gone), err
+	}
+	for _, k := range gone {
+		if err := b.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(gone), nil
+}
+
+// Forget removes the tombstone of a collected path (a full store path or
+// a hash part), so it may be uploaded again with another NAR. ErrNotFound
+// when there is none; ErrConflict when the path is in the cache (forget
+// is not for paths it serves: those never change).
+func (s *Store) Forget(ctx context.Context, pathOrHash string) (forgotten string, err error) {
+	hp := pathOrHash
+	if strings.Contains(pathOrHash, "/") {
+		_, h, _, err := narinfo.ParseStorePath(pathOrHash)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", store.ErrInvalid, err)
+		}
+		hp = h
+	}
+	if !narinfo.ValidHashPart(hp) {
+		return "", invalidf("%q is neither a store path nor a hash part", pathOrHash)
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		var t tombRec
+		found, err := getJSON(tx.Bucket(bTombs), []byte(hp), &t)
+		if err != nil {
+			return err
+		}
+		if !found {
+			if tx.Bucket(bPaths).Get([]byte(hp)) != nil {
+				return fmt.Errorf("%w: %s is in the cache: a path it has never changes, there is nothing to forget", store.ErrConflict, storePathOf(tx, hp))
+			}
+			return fmt.Errorf("no tombstone for %s: %w", pathOrHash, store.ErrNotFound)
+		}
+		forgotten = t.StorePath
+		return tx.Bucket(bTombs).Delete([]byte(hp))
+	})
+	if err == nil {
+		s.log.Info("tombstone forgotten: the path may be uploaded with another NAR", "path", forgotten)
+	}
+	return forgotten, mapErr(err)
+}

@@ -82,7 +82,7 @@ func (f *uploadFlags) open(ctx context.Context, env *cli.Env) (*upload.Store, fu
 		// enforces: a bound raised in the config must not make
 		// `cache verify --repair` quarantine what the server accepted.
 		Limits: cfg.Limits.Values(),
-		Log:    log,
+		Logger: log,
 	})
 	if err != nil {
 		for _, c := range closers {

@@ -286,7 +286,7 @@ func newApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, er
 			GCInterval: time.Duration(cfg.GC.Interval),
 			Remember:   time.Duration(cfg.GC.Remember),
 			Limits:     cfg.Limits.Values(),
-			Log:        log,
+			Logger:     log,
 		})
 		if err != nil {
 			return nil, err

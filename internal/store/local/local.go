@@ -101,7 +101,7 @@ type Options struct {
 	// 2*GOMAXPROCS (at least 4): a lookup holds a connection for
 	// microseconds, so more would only add memory.
 	MaxConns int
-	// Logger defaults to slog.Default().
+	// Logger receives warnings; nil discards them.
 	Logger *slog.Logger
 }
 
@@ -185,7 +185,7 @@ func withDefaults(o Options) Options {
 		o.MaxConns = max(4, 2*runtime.GOMAXPROCS(0))
 	}
 	if o.Logger == nil {
-		o.Logger = slog.Default()
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return o
 }

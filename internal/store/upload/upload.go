@@ -72,8 +72,8 @@ type Options struct {
 	// Limits bound what an uploaded NAR may cost to verify, and which
 	// stored NARs read paths decode (zero value: limits.Default()).
 	Limits limits.Limits
-	// Log receives recovery, GC and repair events.
-	Log *slog.Logger
+	// Logger receives recovery, GC and repair events; nil discards them.
+	Logger *slog.Logger
 	// Now replaces time.Now in tests.
 	Now func() time.Time
 }
@@ -182,8 +182,8 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if opts.PendingGrace == 0 {
 		opts.PendingGrace = time.Hour
 	}
-	if opts.Log == nil {
-		opts.Log = slog.New(slog.DiscardHandler)
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -194,7 +194,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		blobDir:  filepath.Join(dir, "blobs"),
 		logDir:   filepath.Join(dir, "logs"),
 		opts:     opts,
-		log:      opts.Log,
+		log:      opts.Logger,
 		now:      opts.Now,
 		storeDir: opts.StoreDir,
 		access:   map[string]int64{},

@@ -253,18 +253,13 @@ func (s *Server) refreshNarinfo(ctx context.Context, hash string, old *narinfoEn
 	return e, nil
 }
 
-// narExt is the file extension Nix uses for a NAR compressed with c.
+// narExt is the file extension of a NAR compressed with c (pkg/narinfo's
+// table; ".nar.<c>" for a compression it does not know).
 func narExt(c string) string {
-	switch c {
-	case "", CompressionNone:
-		return ".nar"
-	case "zstd":
-		return ".nar.zst"
-	case "bzip2":
-		return ".nar.bz2"
-	default: // xz, br, lz4, lzip, gzip... Nix's own names
-		return ".nar." + c
+	if ext, ok := narinfo.NARSuffix(c); ok {
+		return ext
 	}
+	return ".nar." + c
 }
 
 // narHash32 is the nix32 text of a raw SHA-256 NAR digest.

@@ -30,25 +30,12 @@ import (
 
 const tmpPrefix = ".tmp-"
 
-// extensions maps NAR file name suffixes to narinfo Compression values.
-var extensions = []struct{ ext, comp string }{
-	{".nar", "none"},
-	{".nar.zst", "zstd"},
-	{".nar.xz", "xz"},
-	{".nar.bz2", "bzip2"},
-	{".nar.gz", "gzip"},
-}
-
 // ParseNARName splits "<filehash nix32>.nar[.ext]" into the file hash and
 // the compression its extension means.
 func ParseNARName(name string) (fileHash []byte, compression string, err error) {
-	base, ext, _ := strings.Cut(name, ".")
-	for _, e := range extensions {
-		if "."+ext == e.ext {
-			compression = e.comp
-		}
-	}
-	if compression == "" {
+	base, suffix, _ := narinfo.SplitNARName(name)
+	compression, ok := narinfo.SuffixCompression(suffix)
+	if !ok || compression == "lzip" || compression == "lz4" || compression == "br" {
 		return nil, "", fmt.Errorf("%w: NAR file name %q: want <nix32 file hash>.nar[.zst|.xz|.bz2|.gz]", store.ErrInvalid, name)
 	}
 	if len(base) != nixbase32.EncodedLen(sha256.Size) {
@@ -400,11 +387,10 @@ func verifyStream(r *io.PipeReader, comp string, narSum *countHash, l limits.Lim
 	return res
 }
 
+// extFor is the suffix of a stored NAR compressed with comp.
 func extFor(comp string) string {
-	for _, e := range extensions {
-		if e.comp == comp {
-			return e.ext
-		}
+	if ext, ok := narinfo.NARSuffix(comp); ok {
+		return ext
 	}
 	return ".nar"
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/internal/store"
-	"github.com/bos55/concordia/internal/store/upload"
 	"github.com/bos55/concordia/pkg/nar"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -28,8 +27,8 @@ type StatusError interface {
 //	store.ErrConflict                    409 (an upload would change a served path)
 //	store.ErrNoSpace                     507
 //	auth: no/unknown credentials         401, lacking permission 403
-//	upload.ErrNotOwner                   403 (another token's pin)
-//	upload.ErrTooManyPins                403 (limits.max_pins_per_token)
+//	store.ErrNotOwner                   403 (another token's pin)
+//	store.ErrTooManyPins                403 (limits.max_pins_per_token)
 //	an error with HTTPStatus()           that status
 //	anything else                        500
 func Status(err error) int {
@@ -41,7 +40,7 @@ func Status(err error) int {
 		return se.HTTPStatus()
 	case errors.Is(err, store.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, auth.ErrForbidden), errors.Is(err, upload.ErrNotOwner), errors.Is(err, upload.ErrTooManyPins):
+	case errors.Is(err, auth.ErrForbidden), errors.Is(err, store.ErrNotOwner), errors.Is(err, store.ErrTooManyPins):
 		return http.StatusForbidden
 	case errors.Is(err, auth.ErrNoCredentials), errors.Is(err, auth.ErrUnknownToken):
 		return http.StatusUnauthorized

@@ -22,7 +22,7 @@ func (s *Server) handleCacheInfo(w http.ResponseWriter, r *http.Request) {
 	}
 	h := w.Header()
 	h["Content-Type"] = hdrCacheInfoType
-	h.Set("Content-Length", itoa(len(s.cacheInfo)))
+	h.Set("Content-Length", strconv.Itoa(len(s.cacheInfo)))
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(s.cacheInfo)
 	}
@@ -230,7 +230,7 @@ func (s *Server) serveRealisation(w http.ResponseWriter, r *http.Request, id str
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", itoa(len(doc)))
+	h.Set("Content-Length", strconv.Itoa(len(doc)))
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(doc)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -115,7 +116,7 @@ func (s *Server) lookup(ctx context.Context, hash string) (*store.PathInfo, int,
 	for i, st := range s.stores {
 		info, err := st.PathInfo(ctx, hash)
 		if err == nil {
-			if !strings.HasPrefix(basename(info.StorePath), hash+"-") {
+			if !strings.HasPrefix(path.Base(info.StorePath), hash+"-") {
 				return nil, 0, fmt.Errorf("store %d answered %s for hash %s", i, info.StorePath, hash)
 			}
 			if i == s.uploadIdx {
@@ -153,7 +154,7 @@ func (s *Server) unshadowed(ctx context.Context, hash string, up *store.PathInfo
 		if info.StorePath == up.StorePath && bytes.Equal(info.NarHash, up.NarHash) {
 			return up, idx, nil
 		}
-		if !strings.HasPrefix(basename(info.StorePath), hash+"-") {
+		if !strings.HasPrefix(path.Base(info.StorePath), hash+"-") {
 			return nil, 0, fmt.Errorf("store %d answered %s for hash %s", j, info.StorePath, hash)
 		}
 		if _, warned := s.shadowWarned.LoadOrStore(hash, true); !warned {
@@ -290,11 +291,11 @@ func (s *Server) buildNarinfo(ctx context.Context, st store.Store, hash string, 
 		CA:        info.CA,
 	}
 	if info.Deriver != "" {
-		ni.Deriver = basename(info.Deriver)
+		ni.Deriver = path.Base(info.Deriver)
 	}
 	ni.References = make([]string, len(info.References))
 	for i, ref := range info.References {
-		ni.References[i] = basename(ref)
+		ni.References[i] = path.Base(ref)
 	}
 	if fn, ok := st.(store.FileNAR); ok {
 		f, comp, fileHash, fileSize, err := fn.OpenFileNAR(ctx, info)

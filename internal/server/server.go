@@ -26,7 +26,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
-	"strings"
+	"strconv"
 	"sync"
 	"time"
 
@@ -67,9 +67,10 @@ type Options struct {
 	// Stores answer in order: PathInfo comes from the first that has the
 	// path, and its bytes are served from that same store.
 	Stores []store.Store
-	// Upload is the store that takes uploads (also in Stores), or nil.
-	// When set, the upload routes (put.go) are installed.
-	Upload store.Store
+	// Upload takes uploads, or is nil: the upload routes (put.go) and the
+	// admin API of its store's other capabilities (admin.go) are
+	// installed. Its Store is normally one of Stores too.
+	Upload *Uploads
 	// Keys sign every narinfo (in addition to the store's signatures).
 	Keys []narinfo.SecretKey
 	// Compression is what narinfos announce for stores that have no
@@ -142,7 +143,7 @@ type Options struct {
 type Server struct {
 	opts     Options
 	stores   []store.Store
-	upload   store.Store
+	upload   store.Uploader // nil: no uploads
 	keys     []narinfo.SecretKey
 	storeDir string
 	log      *slog.Logger
@@ -209,10 +210,11 @@ func New(opts Options) (*Server, error) {
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
-	if opts.Tokens == nil {
-		if u, ok := opts.Upload.(*Uploads); ok {
-			opts.Tokens = u.Tokens
-		}
+	if opts.Upload != nil && opts.Upload.Store == nil {
+		return nil, errors.New("server: Options.Upload has no Store")
+	}
+	if opts.Tokens == nil && opts.Upload != nil {
+		opts.Tokens = opts.Upload.Tokens
 	}
 	if opts.Private && opts.Authorize == nil {
 		if opts.Tokens == nil {
@@ -236,7 +238,6 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		opts:     opts,
 		stores:   opts.Stores,
-		upload:   opts.Upload,
 		keys:     opts.Keys,
 		storeDir: "/nix/store",
 		log:      opts.Logger,
@@ -247,6 +248,9 @@ func New(opts Options) (*Server, error) {
 		wd:       progress(opts.WriteProgress),
 		limits:   opts.Limits.OrDefault(),
 	}
+	if opts.Upload != nil {
+		s.upload = opts.Upload.Store
+	}
 	s.uploadIdx = -1
 	for i, st := range s.stores {
 		if i == 0 {
@@ -254,7 +258,7 @@ func New(opts Options) (*Server, error) {
 		} else if st.StoreDir() != s.storeDir {
 			return nil, errors.New("server: stores disagree on the store directory: " + s.storeDir + " and " + st.StoreDir())
 		}
-		if opts.Upload != nil && st == uploadTarget(opts.Upload) {
+		if s.upload != nil && st == s.upload {
 			s.uploadIdx = i
 		}
 	}
@@ -280,7 +284,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Authorize != nil {
 		s.ccDay, s.ccForever = []string{"private, max-age=86400"}, []string{"private, max-age=31536000, immutable"}
 	}
-	s.cacheInfo = []byte("StoreDir: " + s.storeDir + "\nWantMassQuery: 1\nPriority: " + itoa(opts.Priority) + "\n")
+	s.cacheInfo = []byte("StoreDir: " + s.storeDir + "\nWantMassQuery: 1\nPriority: " + strconv.Itoa(opts.Priority) + "\n")
 	s.router = s.routes()
 	return s, nil
 }
@@ -401,34 +405,4 @@ func validNix32(s string) bool {
 		}
 	}
 	return true
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	neg := n < 0
-	if neg {
-		n = -n
-	}
-	var b [20]byte
-	i := len(b)
-	for n > 0 {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	if neg {
-		i--
-		b[i] = '-'
-	}
-	return string(b[i:])
-}
-
-// basename returns the last element of a store path.
-func basename(p string) string {
-	if i := strings.LastIndexByte(p, '/'); i >= 0 {
-		return p[i+1:]
-	}
-	return p
 }

@@ -6,46 +6,17 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
-
-// Policy bounds what GC keeps. A zero field is no bound.
-type Policy struct {
-	MaxSize int64         // total bytes of NAR files, build logs and realisations
-	MaxAge  time.Duration // since last access (narinfo or NAR served, upload)
-}
-
-// Report says what a GC run did (or, dry, would do).
-type Report struct {
-	DryRun       bool
-	Deleted      []string // store paths, in deletion order
-	Freed        int64    // bytes of NAR files, logs and realisations removed
-	BlobsDeleted int
-	Pending      int // abandoned uploads removed
-	SizeBefore   int64
-	SizeAfter    int64
-	PathsBefore  int
-	PathsAfter   int
-	// Logs and realisations removed: with their paths, or belonging to
-	// none past the grace period.
-	LogsDeleted         int
-	RealisationsDeleted int
-	// Tombstones written for the deleted paths, and expired ones removed
-	// (gc.remember).
-	Tombstones       int
-	TombstonesPruned int
-}
 
 // Node is one path as the GC planner sees it.
 type Node struct {
@@ -434,24 +405,6 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 	}
 	return len(gone), nil
 }
-
-// Pin is a GC root.
-type Pin struct {
-	StorePath string `json:"storePath"`
-	Note      string `json:"note,omitempty"`
-	// Owner is the name of the token that made the pin over HTTP; only
-	// that token name (or an admin) may remove it. "" for pins made on
-	// the store directly and before pins had owners: admin only.
-	Owner   string    `json:"owner,omitempty"`
-	Created time.Time `json:"created"`
-}
-
-// ErrNotOwner is returned by UnpinAs for a pin another token made.
-var ErrNotOwner = errors.New("pinned by another token")
-
-// ErrTooManyPins is PinWith's refusal of a new pin for an owner that
-// holds its limit already (limits.max_pins_per_token).
-var ErrTooManyPins = errors.New("too many pins")
 
 // Pin makes a path (and so its closure) a GC root. pathOrHash is a full
 // store path or a bare hash part (the HTTP pin API names paths by hash).

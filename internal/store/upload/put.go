@@ -30,37 +30,6 @@ import (
 
 const tmpPrefix = ".tmp-"
 
-// ParseNARName splits "<filehash nix32>.nar[.ext]" into the file hash and
-// the compression its extension means.
-func ParseNARName(name string) (fileHash []byte, compression string, err error) {
-	base, suffix, _ := narinfo.SplitNARName(name)
-	compression, ok := narinfo.SuffixCompression(suffix)
-	if !ok || compression == "lzip" || compression == "lz4" || compression == "br" {
-		return nil, "", fmt.Errorf("%w: NAR file name %q: want <nix32 file hash>.nar[.zst|.xz|.bz2|.gz]", store.ErrInvalid, name)
-	}
-	if len(base) != nixbase32.EncodedLen(sha256.Size) {
-		return nil, "", fmt.Errorf("%w: NAR file name %q: the file hash must be %d nix32 characters", store.ErrInvalid, name, nixbase32.EncodedLen(sha256.Size))
-	}
-	h, err := nixbase32.DecodeString(base)
-	if err != nil {
-		return nil, "", fmt.Errorf("%w: NAR file name %q: %v", store.ErrInvalid, name, err)
-	}
-	return h, compression, nil
-}
-
-// BlobInfo is what an upload computed for a NAR file.
-type BlobInfo struct {
-	Name        string
-	Compression string
-	FileHash    []byte
-	FileSize    int64
-	NarHash     []byte
-	NarSize     uint64
-	// Existed is true when the blob was already stored (the upload was
-	// verified and then dropped: one copy per FileHash).
-	Existed bool
-}
-
 // errWriter remembers the first write error, so a full disk is reported
 // as such rather than as the read error the tee turns it into.
 type errWriter struct {

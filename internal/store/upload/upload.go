@@ -39,6 +39,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
@@ -171,6 +172,10 @@ type blobRec struct {
 	Created     time.Time `json:"created"`
 }
 
+// ErrLocked is Open's error when another process (a running `cache
+// serve`) holds the store's index; it wraps bbolt's lock timeout.
+var ErrLocked = fmt.Errorf("held by another process: %w", bolterrors.ErrTimeout)
+
 // Open opens (creating if needed) the upload store in dir and recovers
 // from an interrupted run: temp files are removed, index entries whose blob
 // is missing are dropped (with the paths whose closure that breaks), and
@@ -211,6 +216,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		}
 	}
 	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o644, &bolt.Options{Timeout: 5 * time.Second})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("upload store index %s: %w", dir, ErrLocked)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("upload store index: %w", err)
 	}

@@ -19,26 +19,6 @@ import (
 	"github.com/bos55/concordia/pkg/nar"
 )
 
-// BadBlob is a NAR file that failed re-verification.
-type BadBlob struct {
-	Name   string
-	Reason string
-	Paths  []string // store paths that claimed it
-}
-
-// VerifyReport says what Verify found and, with repair, did.
-type VerifyReport struct {
-	Checked int
-	Bytes   int64
-	Bad     []BadBlob
-	// Broken are paths dropped by repair because a reference of theirs
-	// was dropped (their closure would be incomplete).
-	Broken []string
-	// Repaired is true when bad blobs were quarantined and their paths
-	// dropped.
-	Repaired bool
-}
-
 // Verify re-hashes every NAR file against the FileHash and NarHash computed
 // at upload, and re-validates the NAR structure. With repair, bad files are
 // moved to quarantine/, the paths claiming them are dropped, and so is

@@ -1,0 +1,210 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/bos55/concordia/pkg/narinfo"
+)
+
+// The capabilities of a store that takes uploads. The server installs the
+// upload routes for an Uploader and the admin API for what else it is
+// (Pinner, Collector, Verifier, Forgetter), so a second backend (blobs on
+// an object store) is served by the same handlers, and storetest's
+// RunUploader holds it to the same contract.
+
+// Uploader is the capability of taking uploads as `nix copy --to` sends
+// them over HTTP: NAR files first, named by the hash of their bytes, then
+// the narinfo that claims one, and the documents around a path (listing,
+// build log, realisations). A store that takes uploads serves them, so it
+// is a Store. Bodies are untrusted: every method verifies what it is given
+// and keeps nothing of a refused upload (ErrInvalid, ErrConflict,
+// ErrNoSpace, or a limits error naming the bound).
+type Uploader interface {
+	Store
+	// PutNAR stores the NAR file name (ParseNARName's form) from body,
+	// checking that the bytes hash to the name and decode to a valid NAR.
+	// The file is pending, not served, until a narinfo claims it.
+	PutNAR(ctx context.Context, name string, body io.Reader) (*BlobInfo, error)
+	// HasNAR reports whether the NAR file name was received, pending or
+	// claimed: nix copy HEADs a NAR before PUTting it and skips the
+	// upload on 200.
+	HasNAR(ctx context.Context, name string) (bool, error)
+	// OpenBlob opens a claimed NAR file by its name, for GET /nar/<name>
+	// (the URL an uploaded narinfo names). Pending files are ErrNotFound.
+	OpenBlob(ctx context.Context, name string) (f ReadSeekCloser, size int64, err error)
+	// PutNarInfo publishes the path of hashPart once everything its
+	// narinfo claims is true: its NAR was received and matches, and every
+	// reference is present (here or in a store this one defers to). A
+	// path that is served already may come again only unchanged
+	// (ErrConflict otherwise).
+	PutNarInfo(ctx context.Context, hashPart string, body io.Reader) error
+	// PutListing stores the .ls listing of hashPart (sent before the
+	// narinfo); write-once once the path is published.
+	PutListing(ctx context.Context, hashPart string, body io.Reader) error
+	// PutLog stores the build log of a derivation ("<hash>-<name>.drv");
+	// a log served already may come again only with the same text.
+	PutLog(ctx context.Context, drvBase string, body io.Reader) error
+	// PutRealisation stores a realisation ("sha256:<hash>!<output>"), as
+	// immutable as the path it names.
+	PutRealisation(ctx context.Context, id string, body io.Reader) error
+	// PutBuildTrace stores a build-trace-v2 document, answered afterwards
+	// by Realisation("<drv base name>!<output>").
+	PutBuildTrace(ctx context.Context, drvBase, output string, body io.Reader) error
+}
+
+// BlobInfo is what an upload computed for a NAR file.
+type BlobInfo struct {
+	Name        string
+	Compression string
+	FileHash    []byte
+	FileSize    int64
+	NarHash     []byte
+	NarSize     uint64
+	// Existed is true when the blob was already stored (the upload was
+	// verified and then dropped: one copy per FileHash).
+	Existed bool
+}
+
+// ParseNARName splits "<filehash nix32>.nar[.ext]", the name under which
+// Nix uploads a NAR file, into the file hash and the compression its
+// extension means. Anything else is ErrInvalid.
+func ParseNARName(name string) (fileHash []byte, compression string, err error) {
+	base, suffix, _ := narinfo.SplitNARName(name)
+	compression, ok := narinfo.SuffixCompression(suffix)
+	if !ok || compression == "lzip" || compression == "lz4" || compression == "br" {
+		return nil, "", fmt.Errorf("%w: NAR file name %q: want <nix32 file hash>.nar[.zst|.xz|.bz2|.gz]", ErrInvalid, name)
+	}
+	if len(base) != nixbase32.EncodedLen(sha256.Size) {
+		return nil, "", fmt.Errorf("%w: NAR file name %q: the file hash must be %d nix32 characters", ErrInvalid, name, nixbase32.EncodedLen(sha256.Size))
+	}
+	h, err := nixbase32.DecodeString(base)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: NAR file name %q: %v", ErrInvalid, name, err)
+	}
+	return h, compression, nil
+}
+
+// Pinner is the capability of keeping paths through garbage collection:
+// a pinned path and its closure are GC roots. The deployer pins each
+// host's running system; a pin made over HTTP belongs to the token that
+// made it, so one pin token cannot unpin another's systems.
+type Pinner interface {
+	// PinWith pins a full store path or a bare hash part (a path not
+	// uploaded yet may be pinned) for owner, who may hold at most
+	// maxPins pins (0: no bound; ErrTooManyPins past it, nothing
+	// changed). A path pinned already by another owner keeps that pin,
+	// which existing reports; the same owner pinning again refreshes
+	// its note.
+	PinWith(ctx context.Context, pathOrHash, note, owner string, maxPins int) (existing *Pin, err error)
+	// UnpinAs removes the pin if owner made it, or any pin when
+	// anyOwner (an admin): ErrNotFound when there is none, ErrNotOwner
+	// when another owner made it; either way nothing changes.
+	UnpinAs(ctx context.Context, pathOrHash, owner string, anyOwner bool) error
+	// Pins lists every pin, sorted by store path.
+	Pins(ctx context.Context) ([]Pin, error)
+}
+
+// Pin is a GC root.
+type Pin struct {
+	StorePath string `json:"storePath"`
+	Note      string `json:"note,omitempty"`
+	// Owner is the name of the token that made the pin over HTTP; only
+	// that token name (or an admin) may remove it. "" for pins made on
+	// the store directly and before pins had owners: admin only.
+	Owner   string    `json:"owner,omitempty"`
+	Created time.Time `json:"created"`
+}
+
+// ErrNotOwner is UnpinAs's refusal of a pin another token made.
+var ErrNotOwner = errors.New("pinned by another token")
+
+// ErrTooManyPins is PinWith's refusal of a new pin for an owner that
+// holds its limit already (limits.max_pins_per_token).
+var ErrTooManyPins = errors.New("too many pins")
+
+// Collector is the capability of garbage collection that never breaks a
+// closure: only paths no pin and no kept path needs are deleted, least
+// recently used first, with the documents that belong to them.
+type Collector interface {
+	// GC collects with the store's configured policy.
+	GC(ctx context.Context, dryRun bool) (*GCReport, error)
+	// GCWith collects with policy p instead (an operator's one-off
+	// bounds).
+	GCWith(ctx context.Context, p Policy, dryRun bool) (*GCReport, error)
+}
+
+// Policy bounds what GC keeps. A zero field is no bound.
+type Policy struct {
+	MaxSize int64         // total bytes of NAR files, build logs and realisations
+	MaxAge  time.Duration // since last access (narinfo or NAR served, upload)
+}
+
+// GCReport says what a GC run did (or, dry, would do). It is also the
+// JSON answer of the server's POST /api/gc.
+type GCReport struct {
+	DryRun       bool
+	Deleted      []string // store paths, in deletion order
+	Freed        int64    // bytes of NAR files, logs and realisations removed
+	BlobsDeleted int
+	Pending      int // abandoned uploads removed
+	SizeBefore   int64
+	SizeAfter    int64
+	PathsBefore  int
+	PathsAfter   int
+	// Logs and realisations removed: with their paths, or belonging to
+	// none past the grace period.
+	LogsDeleted         int
+	RealisationsDeleted int
+	// Tombstones written for the deleted paths, and expired ones removed
+	// (gc.remember).
+	Tombstones       int
+	TombstonesPruned int
+}
+
+// Verifier is the capability of re-checking stored NAR files against the
+// hashes computed at upload, since disks rot after a file is accepted.
+type Verifier interface {
+	// Verify re-hashes every NAR file; with repair, damaged ones are set
+	// aside and the paths claiming them dropped, with every path whose
+	// closure that breaks. progress, when set, is called with bytes done
+	// and total.
+	Verify(ctx context.Context, repair bool, progress func(done, total int64)) (*VerifyReport, error)
+}
+
+// BadBlob is a NAR file that failed re-verification.
+type BadBlob struct {
+	Name   string
+	Reason string
+	Paths  []string // store paths that claimed it
+}
+
+// VerifyReport says what Verify found and, with repair, did.
+type VerifyReport struct {
+	Checked int
+	Bytes   int64
+	Bad     []BadBlob
+	// Broken are paths dropped by repair because a reference of theirs
+	// was dropped (their closure would be incomplete).
+	Broken []string
+	// Repaired is true when bad blobs were quarantined and their paths
+	// dropped.
+	Repaired bool
+}
+
+// Forgetter is the capability of lifting a tombstone. A collected path's
+// NAR hash is remembered so an upload cannot give that store path other
+// contents (hosts that fetched it keep the old ones); an operator who
+// knows no host should keep them lets it be uploaded anew.
+type Forgetter interface {
+	// Forget removes the tombstone of a collected path (a full store
+	// path or a hash part) and returns the path. ErrNotFound when there
+	// is none; ErrConflict when the store serves the path.
+	Forget(ctx context.Context, pathOrHash string) (forgotten string, err error)
+}

@@ -4,9 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"strings"
+	"time"
 
+	"github.com/bos55/concordia/internal/cli"
 	"github.com/bos55/concordia/internal/durable"
+	"golang.org/x/term"
 
 	"github.com/bos55/concordia/internal/deploy"
 	"github.com/bos55/concordia/internal/hostverb"
@@ -75,4 +79,18 @@ func writeJSON(path string, v any) error {
 		return err
 	}
 	return durable.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// progressFor draws live progress on a terminal (unless --debug), lines
+// otherwise; live is nil when lines are used.
+func progressFor(env *cli.Env, o pushOpts, nodes []deploy.Node) (deploy.Progress, *deploy.Live) {
+	if f, ok := env.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) && !o.fleet.debug {
+		names := make([]string, len(nodes))
+		for i, n := range nodes {
+			names[i] = n.Name
+		}
+		live := deploy.NewLive(env.Stderr, names, 200*time.Millisecond)
+		return live, live
+	}
+	return deploy.NewLines(env.Stderr), nil
 }

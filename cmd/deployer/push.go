@@ -5,10 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"time"
-
-	"golang.org/x/term"
 
 	"github.com/bos55/concordia/internal/cacheapi"
 	"github.com/bos55/concordia/internal/cli"
@@ -29,62 +25,30 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 		return cli.Usagef("unexpected arguments %q (select nodes with --on)", args)
 	}
 	log := o.fleet.log(env)
-	mode, err := deploy.ParseMode(o.mode)
+	mode, err := o.checkFlags()
 	if err != nil {
-		return cli.Usagef("%v", err)
-	}
-	switch o.kernelChange {
-	case "", hostverb.KernelSwitch, hostverb.KernelBoot, hostverb.KernelRefuse:
-	case hostverb.KernelReport:
-		o.kernelChange = hostverb.KernelRefuse // the old name
-	default:
-		return cli.Usagef("--kernel-change must be switch, boot or refuse")
-	}
-	if o.id == "" {
-		o.id = newID()
+		return err
 	}
 	mode, nodes, err := o.selectNodes(ctx, env, log, mode)
 	if err != nil || nodes == nil {
 		return err
 	}
-
 	if o.dryRun {
 		printPlan(env.Stdout, o, mode, nodes)
 		return nil
 	}
-	if o.cache == "" {
-		return cli.Usagef("--cache is required: every closure is checked in the cache before a host is touched")
-	}
-	token, err := cacheapi.Token(o.tokenFile, o.netrcFile, o.cache)
+	opts, err := o.deployOptions(log, mode, nodes)
 	if err != nil {
 		return err
 	}
-	global, err := loadKeys(o.trustedKeys, o.keyFiles)
-	if err != nil {
-		return err
-	}
-	checkerFor, err := deploy.Checkers(o.cache, token, global, nodes, log)
-	if errors.Is(err, deploy.ErrSchema) {
-		return cli.Usagef("%v", err)
-	}
-	if err != nil {
-		return err
-	}
-
 	ssh, err := remote.New(log)
 	if err != nil {
 		return err
 	}
 	defer ssh.Close()
-
+	opts.Remote = ssh
 	progress, live := progressFor(env, o, nodes)
-	opts := deploy.Options{
-		Mode: mode, KernelChange: o.kernelChange, NoCheck: o.noCheck, InstallBootloader: o.installBoot, Parallel: o.parallel, ID: o.id,
-		Remote: ssh, Checker: checkerFor, Logger: log, Progress: progress,
-	}
-	if !o.noPin {
-		opts.Pins = &deploy.HTTPPinner{Cache: o.cache, Token: token, Logger: log, Note: "deployer push " + o.id}
-	}
+	opts.Progress = progress
 	fmt.Fprintf(env.Stderr, "deploy %s: %s on %d node(s)\n", o.id, mode, len(nodes))
 	rep := deploy.Run(ctx, nodes, opts)
 	if live != nil {
@@ -97,6 +61,56 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	}
 	printSummary(env.Stderr, rep)
 	return rep.Err()
+}
+
+// checkFlags checks the flags that need no fleet and fills in the id.
+func (o *pushOpts) checkFlags() (hostverb.Mode, error) {
+	mode, err := deploy.ParseMode(o.mode)
+	if err != nil {
+		return mode, cli.Usagef("%v", err)
+	}
+	switch o.kernelChange {
+	case "", hostverb.KernelSwitch, hostverb.KernelBoot, hostverb.KernelRefuse:
+	case hostverb.KernelReport:
+		o.kernelChange = hostverb.KernelRefuse // the old name
+	default:
+		return mode, cli.Usagef("--kernel-change must be switch, boot or refuse")
+	}
+	if o.id == "" {
+		o.id = newID()
+	}
+	return mode, nil
+}
+
+// deployOptions is everything a real push needs besides ssh: the cache,
+// its token, the keys each node's closure is checked against, the pins.
+func (o pushOpts) deployOptions(log *slog.Logger, mode hostverb.Mode, nodes []deploy.Node) (deploy.Options, error) {
+	if o.cache == "" {
+		return deploy.Options{}, cli.Usagef("--cache is required: every closure is checked in the cache before a host is touched")
+	}
+	token, err := cacheapi.Token(o.tokenFile, o.netrcFile, o.cache)
+	if err != nil {
+		return deploy.Options{}, err
+	}
+	global, err := loadKeys(o.trustedKeys, o.keyFiles)
+	if err != nil {
+		return deploy.Options{}, err
+	}
+	checkerFor, err := deploy.Checkers(o.cache, token, global, nodes, log)
+	if errors.Is(err, deploy.ErrSchema) {
+		return deploy.Options{}, cli.Usagef("%v", err)
+	}
+	if err != nil {
+		return deploy.Options{}, err
+	}
+	opts := deploy.Options{
+		Mode: mode, KernelChange: o.kernelChange, NoCheck: o.noCheck, InstallBootloader: o.installBoot, Parallel: o.parallel, ID: o.id,
+		Checker: checkerFor, Logger: log,
+	}
+	if !o.noPin {
+		opts.Pins = &deploy.HTTPPinner{Cache: o.cache, Token: token, Logger: log, Note: "deployer push " + o.id}
+	}
+	return opts, nil
 }
 
 // selectNodes reads the fleet and picks the nodes of --branch or --on, with
@@ -131,18 +145,4 @@ func (o pushOpts) selectNodes(ctx context.Context, env *cli.Env, log *slog.Logge
 		}
 	}
 	return mode, nodes, nil
-}
-
-// progressFor draws live progress on a terminal (unless --debug), lines
-// otherwise; live is nil when lines are used.
-func progressFor(env *cli.Env, o pushOpts, nodes []deploy.Node) (deploy.Progress, *deploy.Live) {
-	if f, ok := env.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) && !o.fleet.debug {
-		names := make([]string, len(nodes))
-		for i, n := range nodes {
-			names[i] = n.Name
-		}
-		live := deploy.NewLive(env.Stderr, names, 200*time.Millisecond)
-		return live, live
-	}
-	return deploy.NewLines(env.Stderr), nil
 }

@@ -70,97 +70,118 @@ func (c *Checker) Check(ctx context.Context, root string) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("check closure %s: %w", root, err)
 	}
+	base := path.Base(root)
+	if !strings.HasPrefix(base, hash) {
+		return nil, fmt.Errorf("check closure %s: %w", root, narinfo.ErrStorePath)
+	}
 	workers := c.Workers
 	if workers <= 0 {
 		workers = 32
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	var (
-		mu       sync.Mutex
-		seen     = map[string]bool{}
-		res      = &Result{Root: root}
-		firstErr error
-		wg       sync.WaitGroup
-		sem      = make(chan struct{}, workers)
-	)
-	fail := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
-			cancel()
-		}
-		mu.Unlock()
-	}
-	var visit func(base string)
-	visit = func(base string) {
-		mu.Lock()
-		if seen[base] {
-			mu.Unlock()
-			return
-		}
-		seen[base] = true
-		mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			full := storeDir + "/" + base
-			h, _, err := narinfo.ParseBaseName(base)
-			if err != nil {
-				fail(fmt.Errorf("check closure %s: reference %q: %w", root, base, err))
-				return
-			}
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			info, err := c.narinfo(ctx, storeDir, h)
-			<-sem
-			if err != nil {
-				fail(err)
-				return
-			}
-			mu.Lock()
-			switch {
-			case info == nil:
-				res.Missing = append(res.Missing, full)
-			default:
-				res.Paths++
-				if info.StorePath != full {
-					res.Missing = append(res.Missing, full)
-				} else if _, ok := info.Verify(c.Trusted); !ok && !info.ContentAddressed() {
-					// A content-addressed path proves itself: its store path
-					// is computed from its CA, so Nix substitutes it unsigned
-					// even with require-sigs, and so does the host.
-					res.Unsigned = append(res.Unsigned, full)
-				}
-			}
-			mu.Unlock()
-			if info == nil || info.StorePath != full {
-				return
-			}
-			for _, ref := range info.References {
-				visit(ref)
-			}
-		}()
-	}
-	base := path.Base(root)
-	if !strings.HasPrefix(base, hash) {
-		return nil, fmt.Errorf("check closure %s: %w", root, narinfo.ErrStorePath)
-	}
-	visit(base)
-	wg.Wait()
-	if firstErr != nil {
-		return nil, firstErr
+	w := &walk{c: c, ctx: ctx, cancel: cancel, storeDir: storeDir, root: root,
+		seen: map[string]bool{}, res: &Result{Root: root}, sem: make(chan struct{}, workers)}
+	w.visit(base)
+	w.wg.Wait()
+	if w.firstErr != nil {
+		return nil, w.firstErr
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("check closure %s: %w", root, err)
 	}
-	sort.Strings(res.Missing)
-	sort.Strings(res.Unsigned)
-	return res, nil
+	sort.Strings(w.res.Missing)
+	sort.Strings(w.res.Unsigned)
+	return w.res, nil
+}
+
+// walk is one Check: every path of the closure is looked up once, at most
+// sem's capacity at a time, and the first error cancels the rest.
+type walk struct {
+	c        *Checker
+	ctx      context.Context
+	cancel   context.CancelFunc
+	storeDir string
+	root     string
+	sem      chan struct{}
+	wg       sync.WaitGroup
+
+	mu       sync.Mutex
+	seen     map[string]bool
+	res      *Result
+	firstErr error
+}
+
+func (w *walk) fail(err error) {
+	w.mu.Lock()
+	if w.firstErr == nil {
+		w.firstErr = err
+		w.cancel()
+	}
+	w.mu.Unlock()
+}
+
+// visit looks base up in the background, once, and then its references.
+func (w *walk) visit(base string) {
+	w.mu.Lock()
+	if w.seen[base] {
+		w.mu.Unlock()
+		return
+	}
+	w.seen[base] = true
+	w.mu.Unlock()
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		info, ok := w.lookup(base)
+		if !ok {
+			return
+		}
+		for _, ref := range info.References {
+			w.visit(ref)
+		}
+	}()
+}
+
+// lookup fetches base's narinfo and records what it says; ok is false when
+// there is nothing to follow (missing, mismatched, error).
+func (w *walk) lookup(base string) (info *narinfo.NarInfo, ok bool) {
+	full := w.storeDir + "/" + base
+	h, _, err := narinfo.ParseBaseName(base)
+	if err != nil {
+		w.fail(fmt.Errorf("check closure %s: reference %q: %w", w.root, base, err))
+		return nil, false
+	}
+	select {
+	case w.sem <- struct{}{}:
+	case <-w.ctx.Done():
+		return nil, false
+	}
+	info, err = w.c.narinfo(w.ctx, w.storeDir, h)
+	<-w.sem
+	if err != nil {
+		w.fail(err)
+		return nil, false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case info == nil || info.StorePath != full:
+		w.res.Missing = append(w.res.Missing, full)
+		if info != nil {
+			w.res.Paths++
+		}
+		return nil, false
+	default:
+		w.res.Paths++
+		if _, signed := info.Verify(w.c.Trusted); !signed && !info.ContentAddressed() {
+			// A content-addressed path proves itself: its store path
+			// is computed from its CA, so Nix substitutes it unsigned
+			// even with require-sigs, and so does the host.
+			w.res.Unsigned = append(w.res.Unsigned, full)
+		}
+		return info, true
+	}
 }
 
 // narinfo returns the parsed narinfo for hash, nil if the cache has none.

@@ -235,70 +235,74 @@ func merge(levels []*rawSettings) (Settings, error) {
 		TempPath:          DefaultTempPath,
 		DeployerPath:      DefaultDeployerPath,
 	}
-	str := func(get func(*rawSettings) *string, dst *string) {
-		for _, l := range levels {
-			if v := get(l); v != nil {
-				*dst = *v
-				return
-			}
-		}
+	pick(levels, func(r *rawSettings) *string { return r.SSHUser }, &s.SSHUser)
+	pick(levels, func(r *rawSettings) *string { return r.User }, &s.User)
+	pick(levels, func(r *rawSettings) *string { return r.TempPath }, &s.TempPath)
+	pick(levels, func(r *rawSettings) *string { return r.Sudo }, &s.Sudo)
+	pick(levels, func(r *rawSettings) *string { return r.DeployerPath }, &s.DeployerPath)
+	pick(levels, func(r *rawSettings) *bool { return r.FastConnection }, &s.FastConnection)
+	pick(levels, func(r *rawSettings) *bool { return r.AutoRollback }, &s.AutoRollback)
+	pick(levels, func(r *rawSettings) *bool { return r.MagicRollback }, &s.MagicRollback)
+	pick(levels, func(r *rawSettings) *bool { return r.RemoteBuild }, &s.RemoteBuild)
+	pick(levels, func(r *rawSettings) *bool { return r.InteractiveSudo }, &s.InteractiveSudo)
+	var secs uint16
+	if pick(levels, func(r *rawSettings) *uint16 { return r.ConfirmTimeout }, &secs) {
+		s.ConfirmTimeout = time.Duration(secs) * time.Second
 	}
-	boolean := func(get func(*rawSettings) *bool, dst *bool) {
-		for _, l := range levels {
-			if v := get(l); v != nil {
-				*dst = *v
-				return
-			}
-		}
+	if pick(levels, func(r *rawSettings) *uint16 { return r.ActivationTimeout }, &secs) {
+		s.ActivationTimeout = time.Duration(secs) * time.Second
 	}
-	secs := func(get func(*rawSettings) *uint16, dst *time.Duration) {
-		for _, l := range levels {
-			if v := get(l); v != nil {
-				*dst = time.Duration(*v) * time.Second
-				return
-			}
-		}
+	var list []string
+	if pick(levels, func(r *rawSettings) *[]string { return setList(r.Tags) }, &list) {
+		s.Tags = append([]string(nil), list...)
 	}
-	list := func(get func(*rawSettings) []string, dst *[]string) {
-		for _, l := range levels {
-			if v := get(l); v != nil {
-				*dst = append([]string(nil), v...)
-				return
-			}
-		}
+	if pick(levels, func(r *rawSettings) *[]string { return setList(r.TrustedKeys) }, &list) {
+		s.TrustedKeys = append([]string(nil), list...)
 	}
-	str(func(r *rawSettings) *string { return r.SSHUser }, &s.SSHUser)
-	str(func(r *rawSettings) *string { return r.User }, &s.User)
-	str(func(r *rawSettings) *string { return r.TempPath }, &s.TempPath)
-	str(func(r *rawSettings) *string { return r.Sudo }, &s.Sudo)
-	str(func(r *rawSettings) *string { return r.DeployerPath }, &s.DeployerPath)
-	boolean(func(r *rawSettings) *bool { return r.FastConnection }, &s.FastConnection)
-	boolean(func(r *rawSettings) *bool { return r.AutoRollback }, &s.AutoRollback)
-	boolean(func(r *rawSettings) *bool { return r.MagicRollback }, &s.MagicRollback)
-	boolean(func(r *rawSettings) *bool { return r.RemoteBuild }, &s.RemoteBuild)
-	boolean(func(r *rawSettings) *bool { return r.InteractiveSudo }, &s.InteractiveSudo)
-	secs(func(r *rawSettings) *uint16 { return r.ConfirmTimeout }, &s.ConfirmTimeout)
-	secs(func(r *rawSettings) *uint16 { return r.ActivationTimeout }, &s.ActivationTimeout)
-	list(func(r *rawSettings) []string { return r.Tags }, &s.Tags)
-	list(func(r *rawSettings) []string { return r.TrustedKeys }, &s.TrustedKeys)
 	for _, l := range levels {
 		s.SSHOpts = append(s.SSHOpts, l.SSHOpts...)
 		if s.HealthChecks == nil && l.HealthChecks != nil {
 			s.HealthChecks = append([]HealthCheck(nil), l.HealthChecks...)
 		}
 	}
+	return s, s.validate()
+}
+
+// pick sets *dst to the value of the first level that sets one, and says
+// whether one did.
+func pick[T any](levels []*rawSettings, get func(*rawSettings) *T, dst *T) bool {
+	for _, l := range levels {
+		if v := get(l); v != nil {
+			*dst = *v
+			return true
+		}
+	}
+	return false
+}
+
+// setList makes an unset (nil) list look unset to pick; an empty but
+// set list ([]) still counts as set.
+func setList(v []string) *[]string {
+	if v == nil {
+		return nil
+	}
+	return &v
+}
+
+// validate checks what merge cannot express in types.
+func (s Settings) validate() error {
 	for i, h := range s.HealthChecks {
 		if (h.Command == "") == (h.URL == "") {
-			return s, fmt.Errorf("healthChecks[%d]: set exactly one of command and url", i)
+			return fmt.Errorf("healthChecks[%d]: set exactly one of command and url", i)
 		}
 	}
 	if s.ConfirmTimeout <= 0 {
-		return s, errors.New("confirmTimeout must be > 0")
+		return errors.New("confirmTimeout must be > 0")
 	}
 	if !filepath.IsAbs(s.DeployerPath) && strings.Contains(s.DeployerPath, "/") {
-		return s, fmt.Errorf("deployerPath %q must be absolute or a bare name", s.DeployerPath)
+		return fmt.Errorf("deployerPath %q must be absolute or a bare name", s.DeployerPath)
 	}
-	return s, nil
+	return nil
 }
 
 // ignoredSettings names settings that are set somewhere but mean nothing

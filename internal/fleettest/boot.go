@@ -92,6 +92,19 @@ ln -sfn "$sys" /run/current-system
 `
 
 func (f *Fleet) start(h *Host) error {
+	if err := f.writeHostFiles(h); err != nil {
+		return err
+	}
+	if err := h.boot(); err != nil {
+		return err
+	}
+	return f.installInitial(h)
+}
+
+// writeHostFiles lays out h's directory: its sshd (accepting only the
+// fleet's deploy key, forced through the gate), nix.conf trusting only the
+// cache, and the scripts that boot it.
+func (f *Fleet) writeHostFiles(h *Host) error {
 	for _, d := range []string{"nix", "run", "boot", "etc-nix", "home"} {
 		if err := os.MkdirAll(filepath.Join(h.Dir, d), 0o755); err != nil {
 			return err
@@ -125,6 +138,13 @@ func (f *Fleet) start(h *Host) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// boot starts h's keeper (the process whose mount namespace is the host)
+// and waits for its services to say ready.
+func (h *Host) boot() error {
+	var err error
 	h.keeper = exec.Command("unshare", "-m", "--propagation", "private", "/bin/sh", filepath.Join(h.Dir, "boot.sh"), h.Dir)
 	h.keeper.Env = append(os.Environ(), "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
 	stdout, err := h.keeper.StdoutPipe()
@@ -160,21 +180,28 @@ func (f *Fleet) start(h *Host) error {
 	if h.mntNS, err = os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", h.keeper.Process.Pid)); err != nil {
 		return err
 	}
-	if f.Initial != "" {
-		// The initial system arrives like any other: from the cache,
-		// through the host's daemon, signature checked.
-		if out, err := f.Exec(h, "env", "NIX_REMOTE=daemon", "nix-store", "--realise", f.Initial); err != nil {
-			return fmt.Errorf("%s: fetch initial system: %v %s", h.Name, err, out)
-		}
-		if out, err := f.Exec(h, "nix-env", "-p", "/nix/var/nix/profiles/system", "--set", f.Initial); err != nil {
-			return fmt.Errorf("%s: set profile: %v %s", h.Name, err, out)
-		}
-		if out, err := f.Exec(h, f.Initial+"/bin/switch-to-configuration", "boot"); err != nil {
-			return fmt.Errorf("%s: install boot entry: %v %s", h.Name, err, out)
-		}
-		if out, err := f.Exec(h, "/bin/sh", filepath.Join(h.Dir, "bootsys.sh")); err != nil {
-			return fmt.Errorf("%s: boot system: %v %s", h.Name, err, out)
-		}
+	return nil
+}
+
+// installInitial gives h the fleet's initial system the way a real host
+// gets one: from the cache, through its daemon, signature checked.
+func (f *Fleet) installInitial(h *Host) error {
+	if f.Initial == "" {
+		return nil
+	}
+	// The initial system arrives like any other: from the cache,
+	// through the host's daemon, signature checked.
+	if out, err := f.Exec(h, "env", "NIX_REMOTE=daemon", "nix-store", "--realise", f.Initial); err != nil {
+		return fmt.Errorf("%s: fetch initial system: %v %s", h.Name, err, out)
+	}
+	if out, err := f.Exec(h, "nix-env", "-p", "/nix/var/nix/profiles/system", "--set", f.Initial); err != nil {
+		return fmt.Errorf("%s: set profile: %v %s", h.Name, err, out)
+	}
+	if out, err := f.Exec(h, f.Initial+"/bin/switch-to-configuration", "boot"); err != nil {
+		return fmt.Errorf("%s: install boot entry: %v %s", h.Name, err, out)
+	}
+	if out, err := f.Exec(h, "/bin/sh", filepath.Join(h.Dir, "bootsys.sh")); err != nil {
+		return fmt.Errorf("%s: boot system: %v %s", h.Name, err, out)
 	}
 	return nil
 }

@@ -168,11 +168,21 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 		t.Fatal(err)
 	}
 	hostsStart := time.Now()
+	f.bootHosts(t, n)
+	t.Logf("fleettest: %d hosts booted in %s (setup before: %s; cache %T)", n, time.Since(hostsStart).Round(time.Millisecond),
+		hostsStart.Sub(setupStart).Round(time.Millisecond), f.Cache)
+	return f
+}
+
+// bootHosts starts n hosts in parallel, each on its own loopback address.
+func (f *Fleet) bootHosts(t testing.TB, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
 	f.Hosts = make([]*Host, n)
 	errs := make([]error, n)
 	addrs := pickAddrs(n)
 	for i := range n {
-		f.Hosts[i] = &Host{Name: fmt.Sprintf("host%d", i+1), Dir: filepath.Join(dir, fmt.Sprintf("host%d", i+1)), Addr: addrs[i].ip, Port: addrs[i].port}
+		f.Hosts[i] = &Host{Name: fmt.Sprintf("host%d", i+1), Dir: filepath.Join(f.Dir, fmt.Sprintf("host%d", i+1)), Addr: addrs[i].ip, Port: addrs[i].port}
 	}
 	for i := range n {
 		h := f.Hosts[i]
@@ -190,9 +200,6 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 	if err := f.writeSSHConfig(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("fleettest: %d hosts booted in %s (setup before: %s; cache %T)", n, time.Since(hostsStart).Round(time.Millisecond),
-		hostsStart.Sub(setupStart).Round(time.Millisecond), f.Cache)
-	return f
 }
 
 // fakeBin is where the fleet's fake systemctl and systemd-run are (the

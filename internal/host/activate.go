@@ -52,6 +52,36 @@ func Activate(ctx context.Context, o Options, q hostverb.Request) (*hostverb.Rec
 			return nil, err
 		}
 	}
+	rec, err := newRecord(o, q)
+	if err != nil {
+		return nil, err
+	}
+	rec.Set(hostverb.Activating, "")
+	if err := create(o, rec); err != nil {
+		return nil, err
+	}
+	pid, err := o.Spawner.Spawn(ctx, o, q.ID, lock)
+	if err != nil {
+		update(o, q.ID, func(r *hostverb.Record) error {
+			r.Set(hostverb.Failed, "could not start the worker: "+err.Error())
+			return nil
+		})
+		return nil, fmt.Errorf("%w: %v", hostverb.ErrFailed, err)
+	}
+	spawned = true
+	lock.Close() // the worker has its own descriptor of the lock now
+	update(o, q.ID, func(r *hostverb.Record) error { r.WorkerPID = pid; return nil })
+	r, err := waitFor(ctx, o, q.ID, func(s hostverb.State) bool { return s != hostverb.Activating }, pid)
+	if err != nil {
+		return r, err
+	}
+	return r, r.Err()
+}
+
+// newRecord is the activation record of q before anything changed: what
+// runs now (the previous system and generation, the rollback targets), and
+// the refusals that need them (inhibitors, kernel policy).
+func newRecord(o Options, q hostverb.Request) (*hostverb.Record, error) {
 	rec := &hostverb.Record{
 		ID: q.ID, Mode: q.Mode, RequestedMode: q.Mode, Path: q.Path, ActivationExit: -1,
 		MagicRollback: q.MagicRollback && q.Mode.NeedsConfirm(),
@@ -78,26 +108,7 @@ func Activate(ctx context.Context, o Options, q hostverb.Request) (*hostverb.Rec
 			return nil, err
 		}
 	}
-	rec.Set(hostverb.Activating, "")
-	if err := create(o, rec); err != nil {
-		return nil, err
-	}
-	pid, err := o.Spawner.Spawn(ctx, o, q.ID, lock)
-	if err != nil {
-		update(o, q.ID, func(r *hostverb.Record) error {
-			r.Set(hostverb.Failed, "could not start the worker: "+err.Error())
-			return nil
-		})
-		return nil, fmt.Errorf("%w: %v", hostverb.ErrFailed, err)
-	}
-	spawned = true
-	lock.Close() // the worker has its own descriptor of the lock now
-	update(o, q.ID, func(r *hostverb.Record) error { r.WorkerPID = pid; return nil })
-	r, err := waitFor(ctx, o, q.ID, func(s hostverb.State) bool { return s != hostverb.Activating }, pid)
-	if err != nil {
-		return r, err
-	}
-	return r, r.Err()
+	return rec, nil
 }
 
 // kernelCheck compares the new system's kernel, modules and initrd with the

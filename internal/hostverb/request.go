@@ -243,44 +243,9 @@ func Parse(words []string) (Request, error) {
 	if sp.defaults != nil {
 		sp.defaults(&r)
 	}
-	seen := map[string]bool{}
-	rest := words[1:]
-	for len(rest) > 0 && strings.HasPrefix(rest[0], "-") {
-		w := rest[0]
-		rest = rest[1:]
-		name, val, hasVal := strings.Cut(strings.TrimPrefix(w, "--"), "=")
-		if !strings.HasPrefix(w, "--") || name == "" {
-			return Request{}, refusef("%s: %q: flags are written --name", v, w)
-		}
-		f, ok := findFlag(sp.flags, name)
-		if !ok {
-			return Request{}, refusef("%s takes no flag --%s", v, name)
-		}
-		if seen[name] {
-			return Request{}, refusef("%s: --%s given twice", v, name)
-		}
-		seen[name] = true
-		switch {
-		case f.legacy && hasVal:
-			return Request{}, refusef("%s: --%s takes no value", v, name)
-		case f.isBool && !hasVal:
-			val = "true"
-		case f.isBool && val != "true" && val != "false":
-			return Request{}, refusef("%s: --%s takes no value but =true or =false", v, name)
-		case !f.isBool && hasVal:
-			return Request{}, refusef("%s: write --%s VALUE, not --%s=VALUE", v, name, name)
-		case !f.isBool:
-			if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
-				return Request{}, refusef("%s: --%s needs a value", v, name)
-			}
-			val, rest = rest[0], rest[1:]
-			if len(val) > maxValue {
-				return Request{}, refusef("%s: --%s value longer than %d bytes", v, name, maxValue)
-			}
-		}
-		if err := f.set(&r, val); err != nil {
-			return Request{}, refusef("%s: --%s: %v", v, name, err)
-		}
+	rest, err := parseFlags(v, sp, &r, words[1:])
+	if err != nil {
+		return Request{}, err
 	}
 	for _, p := range rest {
 		if strings.HasPrefix(p, "-") {
@@ -563,4 +528,49 @@ func parseDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%w: duration %q: %v", ErrInvalid, s, err)
 	}
 	return d, nil
+}
+
+// parseFlags sets r from the flags at the start of words and returns the
+// words after them (the store paths).
+func parseFlags(v Verb, sp spec, r *Request, words []string) ([]string, error) {
+	seen := map[string]bool{}
+	rest := words
+	for len(rest) > 0 && strings.HasPrefix(rest[0], "-") {
+		w := rest[0]
+		rest = rest[1:]
+		name, val, hasVal := strings.Cut(strings.TrimPrefix(w, "--"), "=")
+		if !strings.HasPrefix(w, "--") || name == "" {
+			return nil, refusef("%s: %q: flags are written --name", v, w)
+		}
+		f, ok := findFlag(sp.flags, name)
+		if !ok {
+			return nil, refusef("%s takes no flag --%s", v, name)
+		}
+		if seen[name] {
+			return nil, refusef("%s: --%s given twice", v, name)
+		}
+		seen[name] = true
+		switch {
+		case f.legacy && hasVal:
+			return nil, refusef("%s: --%s takes no value", v, name)
+		case f.isBool && !hasVal:
+			val = "true"
+		case f.isBool && val != "true" && val != "false":
+			return nil, refusef("%s: --%s takes no value but =true or =false", v, name)
+		case !f.isBool && hasVal:
+			return nil, refusef("%s: write --%s VALUE, not --%s=VALUE", v, name, name)
+		case !f.isBool:
+			if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
+				return nil, refusef("%s: --%s needs a value", v, name)
+			}
+			val, rest = rest[0], rest[1:]
+			if len(val) > maxValue {
+				return nil, refusef("%s: --%s value longer than %d bytes", v, name, maxValue)
+			}
+		}
+		if err := f.set(r, val); err != nil {
+			return nil, refusef("%s: --%s: %v", v, name, err)
+		}
+	}
+	return rest, nil
 }

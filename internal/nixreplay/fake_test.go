@@ -51,9 +51,12 @@ func (f *fakeCache) serve(w http.ResponseWriter, r *http.Request) {
 		ContentType: r.Header.Get("Content-Type"), ContentEncoding: r.Header.Get("Content-Encoding"),
 		Expect: r.Header.Get("Expect"), Range: r.Header.Get("Range")}
 	// Go's server consumes the Expect header; r.Header keeps it.
+	f.mu.Lock()
+	statusFn, encode := f.status, f.encode
+	f.mu.Unlock()
 	status := 0
-	if f.status != nil {
-		status = f.status(r)
+	if statusFn != nil {
+		status = statusFn(r)
 	}
 	defer func() {
 		e.Status = status
@@ -108,13 +111,13 @@ func (f *fakeCache) serve(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	if f.encode != "" {
-		enc, err := Compress(r.Context(), f.encode, b)
+	if encode != "" {
+		enc, err := Compress(r.Context(), encode, b)
 		if err != nil {
 			f.t.Error(err)
 		}
 		b = enc
-		w.Header().Set("Content-Encoding", f.encode)
+		w.Header().Set("Content-Encoding", encode)
 	}
 	w.Header().Set("ETag", `"x"`)
 	if cutting && r.Method == http.MethodGet {
@@ -145,6 +148,14 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 		s.status = 200
 	}
 	return s.ResponseWriter.Write(b)
+}
+
+// set changes the fake's behaviour under its lock: the requests it races
+// with may come from a subprocess, invisible to the race detector.
+func (f *fakeCache) set(fn func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn()
 }
 
 func (f *fakeCache) Entries() []Entry {

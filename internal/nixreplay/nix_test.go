@@ -110,10 +110,10 @@ func TestNix28GroundTruth(t *testing.T) {
 
 	upload := func(t *testing.T, comp string, status func(*http.Request) int) (real, replay []string, realErr, replayErr error) {
 		fr := newFakeCache(t)
-		fr.status = status
+		fr.set(func() { fr.status = status })
 		_, realErr = (&realNix{t: t, home: t.TempDir()}).run(ctx, "nix", "copy", "--to", fr.URL()+"?compression="+comp, top)
 		fp := newFakeCache(t)
-		fp.status = status
+		fp.set(func() { fp.status = status })
 		replayErr = (&Client{Profile: prof, BaseURL: fp.URL()}).Upload(ctx, paths, UploadOptions{Compression: comp})
 		return Normalize(fr.Entries(), fr.Owner), Normalize(fp.Entries(), fp.Owner), realErr, replayErr
 	}

@@ -34,6 +34,47 @@ func (s *Server) serveZstd(w http.ResponseWriter, r *http.Request, st store.Stor
 		w.WriteHeader(http.StatusOK)
 		return
 	}
+	counter := s.metrics.narBytes.WithLabelValues(CompressionZstd)
+	s.metrics.activeStreams.Inc()
+	defer s.metrics.activeStreams.Dec()
+	if s.opts.Cache == nil {
+		s.zstdLive(w, r, st, info, encoded, counter)
+		return
+	}
+	s.zstdCached(w, r, st, info, encoded, counter)
+}
+
+// zstdLive compresses the NAR for this response alone (no cache).
+func (s *Server) zstdLive(w http.ResponseWriter, r *http.Request, st store.Store, info *store.PathInfo, encoded bool, counter prometheus.Counter) {
+	ctx := r.Context()
+	if !encoded { // the caller of the encoded form holds a slot already
+		select {
+		case s.zsem <- struct{}{}:
+			defer func() { <-s.zsem }()
+		case <-ctx.Done():
+			return
+		}
+	}
+	lw := &lazyWriter{w: w, bytes: counter}
+	enc, err := compress.NewEncoder(lw, s.opts.ZstdLevel)
+	if err == nil {
+		err = pipelinedNAR(ctx, st, info, enc)
+		if err == nil {
+			err = enc.Close()
+		}
+	}
+	if err != nil {
+		if !lw.started {
+			s.fail(w, r, err)
+			return
+		}
+		s.abort(r, err)
+	}
+}
+
+// zstdCached serves the NAR from the compression cache, compressing it
+// into the cache first when no client asked for it before.
+func (s *Server) zstdCached(w http.ResponseWriter, r *http.Request, st store.Store, info *store.PathInfo, encoded bool, counter prometheus.Counter) {
 	ctx := r.Context()
 	// The cache runs produce on its own goroutine, detached from this
 	// request; it takes a compression slot too, so cold compressions of
@@ -49,41 +90,13 @@ func (s *Server) serveZstd(w http.ResponseWriter, r *http.Request, st store.Stor
 		}
 		return pipelinedNAR(ctx, st, info, w)
 	}
-	counter := s.metrics.narBytes.WithLabelValues(CompressionZstd)
-	s.metrics.activeStreams.Inc()
-	defer s.metrics.activeStreams.Dec()
-	if s.opts.Cache == nil {
-		if !encoded { // the caller of the encoded form holds a slot already
-			select {
-			case s.zsem <- struct{}{}:
-				defer func() { <-s.zsem }()
-			case <-ctx.Done():
-				return
-			}
-		}
-		lw := &lazyWriter{w: w, bytes: counter}
-		enc, err := compress.NewEncoder(lw, s.opts.ZstdLevel)
-		if err == nil {
-			err = pipelinedNAR(ctx, st, info, enc)
-			if err == nil {
-				err = enc.Close()
-			}
-		}
-		if err != nil {
-			if !lw.started {
-				s.fail(w, r, err)
-				return
-			}
-			s.abort(r, err)
-		}
-		return
-	}
 	e, err := s.opts.Cache.Get(ctx, narHash32(info.NarHash), produce)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	defer e.Close()
+	h := w.Header()
 	if size, known := e.Size(); e.Complete() && known {
 		if !encoded {
 			h.Set("ETag", `"`+narHash32(info.NarHash)+`-zst"`)

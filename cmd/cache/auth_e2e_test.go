@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bos55/concordia/internal/app"
 	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/internal/config"
 )
@@ -69,16 +70,16 @@ func TestServePrivateWithoutTokensRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Upload.Private = true
-	if a, err := newApp(context.Background(), cfg, slog.New(slog.DiscardHandler)); err == nil {
-		a.close()
-		t.Fatal("newApp built a private cache without tokens")
+	if a, err := app.Open(context.Background(), cfg, slog.New(slog.DiscardHandler)); err == nil {
+		a.Close()
+		t.Fatal("app.Open built a private cache without tokens")
 	}
 }
 
 // TestServePrivateWithoutUploads: private = true with a tokens file and no
 // upload dir (the configuration that served the whole local store to
 // anyone) needs a read token on every read route, through the real
-// binary and through newApp with the machine's store when there is one.
+// binary and through app.Open with the machine's store when there is one.
 func TestServePrivateWithoutUploads(t *testing.T) {
 	dir := t.TempDir()
 	readTok, readLine, _ := auth.Generate("laptop", auth.Read)
@@ -118,12 +119,12 @@ tokens_file = %q
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := newApp(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	a, err := app.Open(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.close()
-	hs := httptest.NewServer(a.srv)
+	defer a.Close()
+	hs := httptest.NewServer(a.Server)
 	defer hs.Close()
 	out, err := exec.Command("nix", "--extra-experimental-features", "nix-command", "path-info", "--all").Output()
 	if err != nil || len(strings.Fields(string(out))) == 0 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net/http"
 	"path"
 
 	"github.com/bos55/concordia/internal/cli"
@@ -13,7 +12,7 @@ import (
 
 func newForgetCommand() *cli.Command {
 	var f uploadFlags
-	flags := func(fs *flag.FlagSet) { f.register(fs, true) }
+	flags := func(fs *flag.FlagSet) { f.register(fs) }
 	return &cli.Command{
 		Name:  "forget",
 		Usage: "[--config FILE | --dir DIR | --cache URL] STORE_PATH...",
@@ -47,14 +46,7 @@ server does it (DELETE /api/tombstones/<hash>, needs an admin token).`,
 				}
 			}
 			if f.cache != "" {
-				for _, p := range args {
-					hash := path.Base(p)[:narinfo.HashPartLen]
-					if err := f.call(ctx, http.MethodDelete, "/api/tombstones/"+hash, nil, nil); err != nil {
-						return err
-					}
-					fmt.Fprintf(env.Stdout, "forgot %s: it may be uploaded with another NAR\n", p)
-				}
-				return nil
+				return forgetRemote(ctx, env, &f, args)
 			}
 			us, done, err := f.open(ctx, env)
 			if err != nil {
@@ -71,4 +63,19 @@ server does it (DELETE /api/tombstones/<hash>, needs an admin token).`,
 			return nil
 		},
 	}
+}
+
+// forgetRemote has the server forget each path.
+func forgetRemote(ctx context.Context, env *cli.Env, f *uploadFlags, paths []string) error {
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		if err := c.Forget(ctx, path.Base(p)[:narinfo.HashPartLen]); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "forgot %s: it may be uploaded with another NAR\n", p)
+	}
+	return nil
 }

@@ -1,16 +1,15 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"net/http"
 	"path"
+	"strings"
 
 	"github.com/bos55/concordia/internal/cli"
-	"github.com/bos55/concordia/internal/store/upload"
+	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 func newPinCommand() *cli.Command {
@@ -18,7 +17,7 @@ func newPinCommand() *cli.Command {
 	var remove, list bool
 	var note string
 	flags := func(fs *flag.FlagSet) {
-		f.register(fs, true)
+		f.register(fs)
 		fs.BoolVar(&remove, "remove", remove, "remove the pins instead")
 		fs.BoolVar(&list, "list", list, "list the pins")
 		fs.StringVar(&note, "note", note, "say why (shown by --list)")
@@ -48,42 +47,7 @@ existed, or on the store directly; only an admin removes those).`,
 				return cli.Usagef("give store paths to pin, or --list")
 			}
 			if f.cache != "" {
-				if list {
-					var pins []upload.Pin
-					if err := f.call(ctx, http.MethodGet, "/api/pins", nil, &pins); err != nil {
-						return err
-					}
-					printPins(env, pins)
-					return nil
-				}
-				for _, p := range args {
-					base := path.Base(p)
-					if len(base) < 32 {
-						return cli.Usagef("%s is not a store path", p)
-					}
-					method := http.MethodPost
-					var body *bytes.Reader
-					if remove {
-						method = http.MethodDelete
-					} else {
-						b, _ := json.Marshal(map[string]string{"storePath": p, "note": note})
-						body = bytes.NewReader(b)
-					}
-					var answer string
-					if body != nil {
-						err = f.call(ctx, method, "/api/pins/"+base[:32], body, &answer)
-					} else {
-						err = f.call(ctx, method, "/api/pins/"+base[:32], nil, &answer)
-					}
-					if err != nil {
-						return err
-					}
-					if answer == "" {
-						answer = map[bool]string{true: "unpinned", false: "pinned"}[remove] + " " + p
-					}
-					fmt.Fprintln(env.Stdout, answer)
-				}
-				return nil
+				return pinRemote(ctx, env, &f, args, list, remove, note)
 			}
 			us, done, err := f.open(ctx, env)
 			if err != nil {
@@ -107,14 +71,58 @@ existed, or on the store directly; only an admin removes those).`,
 				if err != nil {
 					return fmt.Errorf("%s: %w", p, err)
 				}
-				fmt.Fprintf(env.Stdout, "%s %s\n", map[bool]string{true: "unpinned", false: "pinned"}[remove], p)
+				fmt.Fprintf(env.Stdout, "%s %s\n", pinVerb(remove), p)
 			}
 			return nil
 		},
 	}
 }
 
-func printPins(env *cli.Env, pins []upload.Pin) {
+// pinRemote pins, unpins or lists on a running server, where a pin
+// belongs to the token's name.
+func pinRemote(ctx context.Context, env *cli.Env, f *uploadFlags, args []string, list, remove bool, note string) error {
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	if list {
+		pins, err := c.Pins(ctx)
+		if err != nil {
+			return err
+		}
+		printPins(env, pins)
+		return nil
+	}
+	for _, p := range args {
+		if len(path.Base(p)) < narinfo.HashPartLen {
+			return cli.Usagef("%s is not a store path", p)
+		}
+		var answer []byte
+		if remove {
+			answer, err = c.Unpin(ctx, p)
+		} else {
+			answer, err = c.Pin(ctx, p, note)
+		}
+		if err != nil {
+			return err
+		}
+		text := strings.TrimSpace(string(answer))
+		if text == "" {
+			text = pinVerb(remove) + " " + p
+		}
+		fmt.Fprintln(env.Stdout, text)
+	}
+	return nil
+}
+
+func pinVerb(remove bool) string {
+	if remove {
+		return "unpinned"
+	}
+	return "pinned"
+}
+
+func printPins(env *cli.Env, pins []store.Pin) {
 	for _, p := range pins {
 		owner := p.Owner
 		if owner == "" {

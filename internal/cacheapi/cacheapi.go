@@ -1,12 +1,13 @@
 // Package cacheapi is the one client of a Concordia cache's HTTP interface:
 // narinfos (read as any Nix client reads them) and the cache's own API
-// (pins, GC, verify). The deployer's closure check and pinner and the
+// (pins, GC, verify, tombstones). The deployer's closure check and pinner and the
 // `cache` command's --cache mode all use it, and it is the one place that
 // finds the token a caller sends: a token file, a netrc (as Nix reads it
 // for `nix copy`) or $CONCORDIA_TOKEN.
 package cacheapi
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
 
@@ -79,6 +81,24 @@ func (c *Client) http() *http.Client {
 // do sends one request and returns the response body (at most limit
 // bytes) of a 2xx answer, or an *Error.
 func (c *Client) do(ctx context.Context, method, path string, body []byte, limit int64) ([]byte, error) {
+	resp, err := c.send(ctx, method, path, body)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s %s: %v", ErrUnavailable, method, resp.Request.URL, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%w: %s %s: answer larger than %d bytes", ErrUnavailable, method, resp.Request.URL, limit)
+	}
+	return data, nil
+}
+
+// send sends one request and returns the response of a 2xx answer, its
+// body for the caller to read and close, or an *Error.
+func (c *Client) send(ctx context.Context, method, path string, body []byte) (*http.Response, error) {
 	var r io.Reader
 	if body != nil {
 		r = bytes.NewReader(body)
@@ -98,18 +118,12 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, limit
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s %s: %v", ErrUnavailable, method, u, err)
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s %s: %v", ErrUnavailable, method, u, err)
-	}
 	if resp.StatusCode/100 == 2 {
-		if int64(len(data)) > limit {
-			return nil, fmt.Errorf("%w: %s %s: answer larger than %d bytes", ErrUnavailable, method, u, limit)
-		}
-		return data, nil
+		return resp, nil
 	}
-	e := &Error{Method: method, Path: path, Status: resp.Status, Body: strings.TrimSpace(string(data[:min(len(data), 4096)]))}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	e := &Error{Method: method, Path: path, Status: resp.Status, Body: strings.TrimSpace(string(data))}
 	switch resp.StatusCode {
 	case http.StatusUnauthorized:
 		e.kind = ErrAuth
@@ -167,30 +181,88 @@ func (c *Client) Unpin(ctx context.Context, pathOrHash string) (json.RawMessage,
 	return json.RawMessage(data), apiErr(err)
 }
 
-// Pins returns the pin list (admin) as the cache answers it, a JSON array
-// of the upload store's pins.
-func (c *Client) Pins(ctx context.Context) (json.RawMessage, error) {
+// Pins returns the pin list (admin).
+func (c *Client) Pins(ctx context.Context) ([]store.Pin, error) {
 	data, err := c.do(ctx, http.MethodGet, "/api/pins", nil, 64<<20)
-	return json.RawMessage(data), apiErr(err)
+	if err != nil {
+		return nil, apiErr(err)
+	}
+	var pins []store.Pin
+	if err := json.Unmarshal(data, &pins); err != nil {
+		return nil, fmt.Errorf("%w: GET /api/pins: %v", ErrUnavailable, err)
+	}
+	return pins, nil
 }
 
-// Call is any other API call (GC, verify): method and path with its query,
-// the JSON body (nil: none), the answer decoded into out (a *string gets
-// the text; nil: dropped).
-func (c *Client) Call(ctx context.Context, method, path string, body []byte, out any) error {
-	data, err := c.do(ctx, method, path, body, 64<<20)
+// GC has the cache collect its upload store (admin). A zero field of p
+// leaves the cache's own [gc] bound; dryRun only reports.
+func (c *Client) GC(ctx context.Context, p store.Policy, dryRun bool) (*store.GCReport, error) {
+	q := fmt.Sprintf("/api/gc?dry-run=%t", dryRun)
+	if p.MaxSize > 0 {
+		q += fmt.Sprintf("&max-size=%d", p.MaxSize)
+	}
+	if p.MaxAge > 0 {
+		q += "&max-age=" + p.MaxAge.String()
+	}
+	data, err := c.do(ctx, http.MethodPost, q, nil, 64<<20)
 	if err != nil {
-		return apiErr(err)
+		return nil, apiErr(err)
 	}
-	switch o := out.(type) {
-	case nil:
-		return nil
-	case *string:
-		*o = strings.TrimSpace(string(data))
-		return nil
-	default:
-		return json.Unmarshal(data, out)
+	var rep store.GCReport
+	if err := json.Unmarshal(data, &rep); err != nil {
+		return nil, fmt.Errorf("%w: POST /api/gc: %v", ErrUnavailable, err)
 	}
+	return &rep, nil
+}
+
+// ErrVerifyFailed: the cache's verify run stopped on an error (its answer
+// said ERROR), so what it checked is not the whole store.
+var ErrVerifyFailed = errors.New("the cache's verify failed")
+
+// Verify has the cache re-hash its upload store (admin), quarantining
+// damage with repair. The answer streams while the cache works: progress,
+// when set, gets each progress report, and line every other line, as the
+// cache words it (what `cache verify` prints). damaged reports a damaged
+// NAR file; an ERROR line is ErrVerifyFailed, after every line was given.
+func (c *Client) Verify(ctx context.Context, repair bool, progress func(done, total int64), line func(string)) (damaged bool, err error) {
+	resp, err := c.send(ctx, http.MethodPost, fmt.Sprintf("/api/verify?repair=%t", repair), nil)
+	if err != nil {
+		return false, apiErr(err)
+	}
+	defer resp.Body.Close()
+	failed := false
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		text := sc.Text()
+		var done, total int64
+		if n, _ := fmt.Sscanf(text, "progress %d %d", &done, &total); n == 2 {
+			if progress != nil {
+				progress(done, total)
+			}
+			continue
+		}
+		damaged = damaged || strings.HasPrefix(text, "DAMAGED ")
+		failed = failed || strings.HasPrefix(text, "ERROR ")
+		line(text)
+	}
+	if err := sc.Err(); err != nil {
+		return damaged, fmt.Errorf("%w: reading the answer of POST /api/verify: %v", ErrUnavailable, err)
+	}
+	if failed {
+		return damaged, ErrVerifyFailed
+	}
+	return damaged, nil
+}
+
+// Forget lifts the tombstone of a collected path (admin), so it may be
+// uploaded with another NAR: ErrNotFound when there is none.
+func (c *Client) Forget(ctx context.Context, pathOrHash string) error {
+	hash, err := hashOf(pathOrHash)
+	if err != nil {
+		return err
+	}
+	_, err = c.do(ctx, http.MethodDelete, "/api/tombstones/"+hash, nil, 1<<20)
+	return apiErr(err)
 }
 
 // apiErr tells a missing API from a missing thing: 405, or a 404 whose

@@ -72,49 +72,10 @@ func (s *Server) handleLog(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, store.ErrNotFound)
 		return
 	}
-	var (
-		rc   io.ReadCloser
-		comp string
-		err  = error(store.ErrNotFound)
-	)
 	ae := r.Header.Get("Accept-Encoding")
-	for _, st := range s.stores {
-		lg, ok := st.(store.Logger)
-		if !ok {
-			continue
-		}
-		if lf, ok := st.(store.LogFiles); ok && acceptsCodec(ae, "zstd") {
-			var f store.ReadSeekCloser
-			var enc string
-			var size int64
-			f, enc, size, err = lf.OpenLogFile(r.Context(), drv)
-			if err == nil && enc == "zstd" {
-				defer f.Close()
-				h := w.Header()
-				h.Set("Content-Type", "text/plain; charset=utf-8")
-				h.Set("Vary", "Accept-Encoding")
-				h.Set("Content-Encoding", "zstd")
-				h.Set("Content-Length", strconv.FormatInt(size, 10))
-				if r.Method == http.MethodHead {
-					return
-				}
-				if _, err := io.Copy(w, io.LimitReader(f, size)); err != nil {
-					s.abort(r, err)
-				}
-				return
-			}
-			if err == nil {
-				f.Close() // another encoding: decoded below
-			} else if errors.Is(err, store.ErrNotFound) {
-				continue
-			} else {
-				break
-			}
-		}
-		rc, comp, err = lg.BuildLog(r.Context(), drv)
-		if err == nil || !errors.Is(err, store.ErrNotFound) {
-			break
-		}
+	rc, comp, served, err := s.findLog(w, r, drv, ae)
+	if served {
+		return
 	}
 	if err != nil {
 		s.fail(w, r, err)
@@ -147,6 +108,59 @@ func (s *Server) handleLog(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, err := io.Copy(w, body); err != nil {
+		s.abort(r, err)
+	}
+}
+
+// findLog asks the stores in order for the log of drv. A stored zstd
+// file goes out as it is to a client that takes zstd (served reports
+// that the response is done); otherwise the log is returned as the store
+// streams it, in its compression comp, for the caller to send.
+func (s *Server) findLog(w http.ResponseWriter, r *http.Request, drv, ae string) (rc io.ReadCloser, comp string, served bool, err error) {
+	err = store.ErrNotFound
+	for _, st := range s.stores {
+		lg, ok := st.(store.Logger)
+		if !ok {
+			continue
+		}
+		if lf, ok := st.(store.LogFiles); ok && acceptsCodec(ae, "zstd") {
+			var f store.ReadSeekCloser
+			var enc string
+			var size int64
+			f, enc, size, err = lf.OpenLogFile(r.Context(), drv)
+			if err == nil && enc == "zstd" {
+				s.sendLogFile(w, r, f, size)
+				return nil, "", true, nil
+			}
+			if err == nil {
+				f.Close() // another encoding: decoded by the caller
+			} else if errors.Is(err, store.ErrNotFound) {
+				continue
+			} else {
+				return nil, "", false, err
+			}
+		}
+		rc, comp, err = lg.BuildLog(r.Context(), drv)
+		if err == nil || !errors.Is(err, store.ErrNotFound) {
+			return rc, comp, false, err
+		}
+	}
+	return nil, "", false, err
+}
+
+// sendLogFile sends a zstd log file as its own Content-Encoding, and
+// closes it.
+func (s *Server) sendLogFile(w http.ResponseWriter, r *http.Request, f store.ReadSeekCloser, size int64) {
+	defer f.Close()
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Vary", "Accept-Encoding")
+	h.Set("Content-Encoding", "zstd")
+	h.Set("Content-Length", strconv.FormatInt(size, 10))
+	if r.Method == http.MethodHead {
+		return
+	}
+	if _, err := io.Copy(w, io.LimitReader(f, size)); err != nil {
 		s.abort(r, err)
 	}
 }

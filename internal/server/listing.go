@@ -102,31 +102,41 @@ func (s *Server) handleListing(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, store.ErrNotFound)
 		return
 	}
-	ctx := r.Context()
-	info, idx, err := s.lookup(ctx, hash)
+	info, idx, err := s.lookup(r.Context(), hash)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	st := s.stores[idx]
-	h := w.Header()
 	if s.opts.Listings == nil {
-		body, err := s.memListings.get(ctx, listingKey(info), func(w io.Writer) error {
-			return s.writeListing(ctx, st, info, w)
-		})
-		if err != nil {
-			s.fail(w, r, err)
-			return
-		}
-		h.Set("Content-Type", "application/json")
-		h.Set("Content-Length", strconv.Itoa(len(body)))
-		h["Cache-Control"] = s.ccDay
-		if r.Method != http.MethodHead {
-			_, _ = w.Write(body)
-		}
+		s.listingFromMemory(w, r, s.stores[idx], info)
 		return
 	}
-	e, err := s.opts.Listings.Get(ctx, listingKey(info), func(ctx context.Context, w io.Writer) error {
+	s.listingFromCache(w, r, s.stores[idx], info)
+}
+
+// listingFromMemory builds the listing in memory (kept if small).
+func (s *Server) listingFromMemory(w http.ResponseWriter, r *http.Request, st store.Store, info *store.PathInfo) {
+	ctx := r.Context()
+	body, err := s.memListings.get(ctx, listingKey(info), func(w io.Writer) error {
+		return s.writeListing(ctx, st, info, w)
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h["Cache-Control"] = s.ccDay
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+}
+
+// listingFromCache serves the listing from the zstd listing cache,
+// building it there first when it is not.
+func (s *Server) listingFromCache(w http.ResponseWriter, r *http.Request, st store.Store, info *store.PathInfo) {
+	e, err := s.opts.Listings.Get(r.Context(), listingKey(info), func(ctx context.Context, w io.Writer) error {
 		return s.writeListing(ctx, st, info, w)
 	})
 	if err != nil {
@@ -134,6 +144,7 @@ func (s *Server) handleListing(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer e.Close()
+	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h["Cache-Control"] = s.ccDay
 	h.Set("Vary", "Accept-Encoding")

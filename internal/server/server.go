@@ -180,51 +180,9 @@ var ErrPrivateWithoutTokens = errors.New("server: a private cache needs a tokens
 
 // New builds a Server from opts.
 func New(opts Options) (*Server, error) {
-	if opts.Compression == "" {
-		opts.Compression = CompressionZstd
-	}
-	if opts.Compression != CompressionZstd && opts.Compression != CompressionNone {
-		return nil, errors.New("server: compression must be zstd or none, got " + opts.Compression)
-	}
-	if opts.ZstdLevel == 0 {
-		opts.ZstdLevel = 1
-	}
-	if opts.Priority == 0 {
-		opts.Priority = 30
-	}
-	if opts.NarInfoCacheBytes == 0 {
-		opts.NarInfoCacheBytes = 16 << 20
-	}
-	if opts.NarInfoTTL == 0 {
-		opts.NarInfoTTL = time.Second
-	}
-	if opts.MaxLiveCompressions <= 0 {
-		opts.MaxLiveCompressions = max(2, runtime.GOMAXPROCS(0))
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Registry == nil {
-		opts.Registry = prometheus.NewRegistry()
-	}
-	if opts.Version == "" {
-		opts.Version = "dev"
-	}
-	if opts.Upload != nil && opts.Upload.Store == nil {
-		return nil, errors.New("server: Options.Upload has no Store")
-	}
-	if opts.Tokens == nil && opts.Upload != nil {
-		opts.Tokens = opts.Upload.Tokens
-	}
-	if opts.Private && opts.Authorize == nil {
-		if opts.Tokens == nil {
-			return nil, ErrPrivateWithoutTokens
-		}
-		toks := opts.Tokens
-		opts.Authorize = func(r *http.Request) error {
-			_, err := toks.Authorize(r, auth.Read)
-			return err
-		}
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	progress := func(d time.Duration) time.Duration {
 		switch {
@@ -251,17 +209,92 @@ func New(opts Options) (*Server, error) {
 	if opts.Upload != nil {
 		s.upload = opts.Upload.Store
 	}
+	if err := s.placeStores(); err != nil {
+		return nil, err
+	}
+	if s.metrics, err = newMetrics(s.reg, s.collectors()); err != nil {
+		return nil, err
+	}
+	s.ccDay, s.ccForever = []string{"max-age=86400"}, []string{"max-age=31536000, immutable"}
+	if opts.Authorize != nil {
+		s.ccDay, s.ccForever = []string{"private, max-age=86400"}, []string{"private, max-age=31536000, immutable"}
+	}
+	s.cacheInfo = []byte("StoreDir: " + s.storeDir + "\nWantMassQuery: 1\nPriority: " + strconv.Itoa(opts.Priority) + "\n")
+	s.router = s.routes()
+	return s, nil
+}
+
+// withDefaults fills the options' defaults and refuses what cannot be
+// served; a Private cache gets its read guard from Tokens here.
+func (opts Options) withDefaults() (Options, error) {
+	if opts.Compression == "" {
+		opts.Compression = CompressionZstd
+	}
+	if opts.Compression != CompressionZstd && opts.Compression != CompressionNone {
+		return opts, errors.New("server: compression must be zstd or none, got " + opts.Compression)
+	}
+	if opts.ZstdLevel == 0 {
+		opts.ZstdLevel = 1
+	}
+	if opts.Priority == 0 {
+		opts.Priority = 30
+	}
+	if opts.NarInfoCacheBytes == 0 {
+		opts.NarInfoCacheBytes = 16 << 20
+	}
+	if opts.NarInfoTTL == 0 {
+		opts.NarInfoTTL = time.Second
+	}
+	if opts.MaxLiveCompressions <= 0 {
+		opts.MaxLiveCompressions = max(2, runtime.GOMAXPROCS(0))
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	if opts.Upload != nil && opts.Upload.Store == nil {
+		return opts, errors.New("server: Options.Upload has no Store")
+	}
+	if opts.Tokens == nil && opts.Upload != nil {
+		opts.Tokens = opts.Upload.Tokens
+	}
+	if opts.Private && opts.Authorize == nil {
+		if opts.Tokens == nil {
+			return opts, ErrPrivateWithoutTokens
+		}
+		toks := opts.Tokens
+		opts.Authorize = func(r *http.Request) error {
+			_, err := toks.Authorize(r, auth.Read)
+			return err
+		}
+	}
+	return opts, nil
+}
+
+// placeStores takes the store directory from the stores, which must
+// agree on it, and finds the upload store among them.
+func (s *Server) placeStores() error {
 	s.uploadIdx = -1
 	for i, st := range s.stores {
 		if i == 0 {
 			s.storeDir = st.StoreDir()
 		} else if st.StoreDir() != s.storeDir {
-			return nil, errors.New("server: stores disagree on the store directory: " + s.storeDir + " and " + st.StoreDir())
+			return errors.New("server: stores disagree on the store directory: " + s.storeDir + " and " + st.StoreDir())
 		}
 		if s.upload != nil && st == s.upload {
 			s.uploadIdx = i
 		}
 	}
+	return nil
+}
+
+// collectors are the metrics registered beside the request metrics.
+func (s *Server) collectors() []prometheus.Collector {
 	collectors := append([]prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "concordia_narinfo_cache_entries",
@@ -271,22 +304,11 @@ func New(opts Options) (*Server, error) {
 			Name: "concordia_narinfo_cache_bytes",
 			Help: "Approximate memory held by the narinfo cache (bounded by its size option).",
 		}, func() float64 { return float64(s.narinfos.bytes()) }),
-	}, opts.Collectors...)
-	if opts.Tokens != nil {
-		collectors = append(collectors, tokenCollectors(opts.Tokens)...)
+	}, s.opts.Collectors...)
+	if s.opts.Tokens != nil {
+		collectors = append(collectors, tokenCollectors(s.opts.Tokens)...)
 	}
-	m, err := newMetrics(s.reg, collectors)
-	if err != nil {
-		return nil, err
-	}
-	s.metrics = m
-	s.ccDay, s.ccForever = []string{"max-age=86400"}, []string{"max-age=31536000, immutable"}
-	if opts.Authorize != nil {
-		s.ccDay, s.ccForever = []string{"private, max-age=86400"}, []string{"private, max-age=31536000, immutable"}
-	}
-	s.cacheInfo = []byte("StoreDir: " + s.storeDir + "\nWantMassQuery: 1\nPriority: " + strconv.Itoa(opts.Priority) + "\n")
-	s.router = s.routes()
-	return s, nil
+	return collectors
 }
 
 // Registry is where the server's metrics live (the upload side adds its own).

@@ -1,7 +1,9 @@
 // Package storetest is the compliance suite every store.Store backend runs,
 // so the server can treat them alike: a backend's test builds a store and
 // a Fixture describing what it must hold (ideally produced by real Nix),
-// and calls Run.
+// and calls Run. A backend that takes uploads also calls RunUploader,
+// which fills an empty store through store.Uploader and checks what it
+// accepts, refuses, pins, collects and verifies.
 package storetest
 
 import (

@@ -37,6 +37,9 @@ var (
 	// ErrNoAPI: the server has no such API (404/405 on an API route: not a
 	// Concordia cache, or an older one).
 	ErrNoAPI = errors.New("cache has no such API")
+	// ErrTooManyPins: 403 because the token holds as many pins as the
+	// cache allows (limits.max_pins_per_token); it is an ErrForbidden too.
+	ErrTooManyPins = fmt.Errorf("%w: the token's pin limit is reached", ErrForbidden)
 )
 
 // MaxNarInfo bounds the narinfo body read (what the cache's own
@@ -129,6 +132,9 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte) (*h
 		e.kind = ErrAuth
 	case http.StatusForbidden:
 		e.kind = ErrForbidden
+		if resp.Header.Get(store.RefusalHeader) == store.RefusalTooManyPins {
+			e.kind = ErrTooManyPins
+		}
 	case http.StatusNotFound, http.StatusGone:
 		e.kind = ErrNotFound
 	case http.StatusMethodNotAllowed:

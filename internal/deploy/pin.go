@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync/atomic"
 
 	"github.com/bos55/concordia/internal/cacheapi"
@@ -66,7 +65,7 @@ func (p *HTTPPinner) do(ctx context.Context, method, storePath string) error {
 		// The pin API is there, the path is not (collected since the
 		// closure check?): a failed pin, not a cache without pins.
 		return err
-	case method == http.MethodPost && errors.Is(err, cacheapi.ErrForbidden) && strings.Contains(err.Error(), "max_pins_per_token"):
+	case method == http.MethodPost && errors.Is(err, cacheapi.ErrTooManyPins):
 		return err
 	case method == http.MethodDelete && errors.Is(err, cacheapi.ErrForbidden):
 		if p.Logger != nil {

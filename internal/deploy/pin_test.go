@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/bos55/concordia/internal/auth"
+	"github.com/bos55/concordia/internal/cacheapi"
 	"github.com/bos55/concordia/internal/deploy"
 	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/server"
@@ -206,7 +208,7 @@ func TestHTTPPinnerRefusals(t *testing.T) {
 	if err := p.Pin(ctx, sys1); err != nil {
 		t.Fatalf("pin after a refusal: %v", err)
 	}
-	if err := p.Pin(ctx, sys2); err == nil || !strings.Contains(err.Error(), "max_pins_per_token") {
+	if err := p.Pin(ctx, sys2); err == nil || !strings.Contains(err.Error(), "max_pins_per_token") || !errors.Is(err, cacheapi.ErrTooManyPins) {
 		t.Fatalf("pin past the limit: %v", err)
 	}
 	if pins, _ := up.Pins(ctx); len(pins) != 1 || pins[0].StorePath != sys1 {

@@ -75,6 +75,8 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case code == http.StatusUnauthorized:
 		h.Set("WWW-Authenticate", `Basic realm="`+auth.Realm+`", charset="UTF-8"`)
+	case errors.Is(err, store.ErrTooManyPins):
+		h.Set(store.RefusalHeader, store.RefusalTooManyPins)
 	case code == http.StatusNotFound && !errors.As(err, new(*apiNotFound)):
 		msg = "not found"
 	case code >= 500:

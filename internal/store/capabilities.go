@@ -129,6 +129,15 @@ var ErrNotOwner = errors.New("pinned by another token")
 // holds its limit already (limits.max_pins_per_token).
 var ErrTooManyPins = errors.New("too many pins")
 
+// RefusalHeader names, in an HTTP answer of the cache, which of its
+// refusals a 4xx is when the status alone does not say (both a missing
+// permission and a full pin quota are 403): its clients match the value,
+// never the text of the body.
+const RefusalHeader = "Concordia-Refusal"
+
+// RefusalTooManyPins is RefusalHeader's value for ErrTooManyPins.
+const RefusalTooManyPins = "too-many-pins"
+
 // Collector is the capability of garbage collection that never breaks a
 // closure: only paths no pin and no kept path needs are deleted, least
 // recently used first, with the documents that belong to them.

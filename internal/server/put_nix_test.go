@@ -26,7 +26,10 @@ import (
 type nixClient struct {
 	t    testing.TB
 	home string
-	cpu  time.Duration // user+system time of the last command
+	// cacheHome, when set, is the XDG_CACHE_HOME instead of one inside
+	// home: a command given its own throwaway narinfo disk cache.
+	cacheHome string
+	cpu       time.Duration // user+system time of the last command
 }
 
 func newNixClient(t testing.TB) *nixClient {
@@ -44,9 +47,13 @@ func newNixClient(t testing.TB) *nixClient {
 
 func (n *nixClient) run(ctx context.Context, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
+	cacheHome := n.cacheHome
+	if cacheHome == "" {
+		cacheHome = filepath.Join(n.home, "cache")
+	}
 	cmd.Env = append(os.Environ(),
 		"HOME="+n.home,
-		"XDG_CACHE_HOME="+filepath.Join(n.home, "cache"),
+		"XDG_CACHE_HOME="+cacheHome,
 		"XDG_CONFIG_HOME="+filepath.Join(n.home, "config"),
 		"NIX_CONFIG=experimental-features = nix-command\nsubstituters = \n",
 	)

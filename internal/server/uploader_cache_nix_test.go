@@ -15,7 +15,8 @@ import (
 // the cache's key, fails "lacks a valid signature": the first half shows
 // it with one shared client cache, on purpose. The remedy the example
 // workflow and the README give: the upload step runs with a throwaway
-// XDG_CACHE_HOME, and the runner's later substitution asks the cache.
+// XDG_CACHE_HOME, and the runner's later substitution asks the cache; or
+// the later command passes narinfo-cache-positive-ttl 0.
 func TestUploaderNarinfoCache(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs nix")
@@ -25,10 +26,11 @@ func TestUploaderNarinfoCache(t *testing.T) {
 	e := newUpEnv(t, t.TempDir(), false)
 	netrc := writeNetrc(t, "ci", e.writeTok)
 	to := e.url + "?compression=zstd"
-	substitute := func(n *nixClient, top string) error {
+	substitute := func(n *nixClient, top string, opts ...string) error {
 		dst := filepath.Join(t.TempDir(), "dst")
-		_, err := n.run(ctx, "nix", "copy", "--option", "trusted-public-keys", e.key.Public().String(),
-			"--option", "require-sigs", "true", "--from", e.url, "--to", dst, top)
+		args := append([]string{"copy", "--option", "trusted-public-keys", e.key.Public().String(),
+			"--option", "require-sigs", "true"}, opts...)
+		_, err := n.run(ctx, "nix", append(args, "--from", e.url, "--to", dst, top)...)
 		return err
 	}
 
@@ -41,6 +43,10 @@ func TestUploaderNarinfoCache(t *testing.T) {
 		err := substitute(runner, top)
 		if err == nil || !strings.Contains(err.Error(), "lacks a valid signature") {
 			t.Fatalf("substituting through the uploader's own narinfo cache: %v; want the client's 'lacks a valid signature' (if this passes, the client no longer caches what it uploaded: drop the remedy)", err)
+		}
+		// The reader-side way out: do not believe the disk cache.
+		if err := substitute(runner, top, "--option", "narinfo-cache-positive-ttl", "0"); err != nil {
+			t.Fatalf("with narinfo-cache-positive-ttl 0: %v", err)
 		}
 	})
 

@@ -18,13 +18,13 @@ import (
 
 	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/internal/cli"
-	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/config"
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/local"
 	"github.com/bos55/concordia/internal/store/upload"
 	"github.com/bos55/concordia/internal/version"
+	"github.com/bos55/concordia/internal/zstdcache"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
 
@@ -322,7 +322,7 @@ func newApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, er
 		sopts.Upload = uploads
 	}
 	if cfg.CompressionCache.Dir != "" && cfg.CompressionCache.MaxSize > 0 {
-		cc, err := compress.Open(cfg.CompressionCache.Dir, int64(cfg.CompressionCache.MaxSize), cfg.Zstd.Level, log)
+		cc, err := zstdcache.Open(cfg.CompressionCache.Dir, int64(cfg.CompressionCache.MaxSize), cfg.Zstd.Level, log)
 		if err != nil {
 			return nil, err
 		}
@@ -333,7 +333,7 @@ func newApp(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, er
 	} else {
 		// Listings are kept on disk either way: building one reads a
 		// whole NAR, and anonymous clients may ask again and again.
-		lc, err := compress.Open(filepath.Join(cfg.StateDir, listingCacheName), listingCacheSize, cfg.Zstd.Level, log)
+		lc, err := zstdcache.Open(filepath.Join(cfg.StateDir, listingCacheName), listingCacheSize, cfg.Zstd.Level, log)
 		if err != nil {
 			return nil, err
 		}

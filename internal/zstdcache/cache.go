@@ -1,4 +1,4 @@
-package compress
+package zstdcache
 
 import (
 	"bufio"
@@ -19,6 +19,9 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/durable"
 )
 
 var (
@@ -158,7 +161,7 @@ func Open(dir string, maxBytes int64, level int, log *slog.Logger) (*Cache, erro
 	c := &Cache{
 		dir:     dir,
 		max:     maxBytes,
-		level:   Level(level),
+		level:   compress.Level(level),
 		log:     log,
 		db:      db,
 		ctx:     ctx,
@@ -263,7 +266,7 @@ func (c *Cache) load() error {
 	}
 	if removed > 0 {
 		c.log.Info("compression cache: removed leftover files", "count", removed)
-		if err := syncDir(c.dir); err != nil {
+		if err := durable.SyncDir(c.dir); err != nil {
 			return fmt.Errorf("open cache %s: %w", c.dir, err)
 		}
 	}
@@ -316,7 +319,7 @@ func (c *Cache) Get(ctx context.Context, key string, produce func(ctx context.Co
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil, fmt.Errorf("get %s: %w", key, ErrClosed)
+		return nil, fmt.Errorf("get %s: %w", key, compress.ErrClosed)
 	}
 
 	if el, ok := c.items[key]; ok {
@@ -411,7 +414,7 @@ func (c *Cache) run(fl *flight, tmp *os.File, produce func(ctx context.Context, 
 func (c *Cache) compress(fl *flight, tmp *os.File, produce func(ctx context.Context, w io.Writer) error) (size int64, err error) {
 	pw := &progressWriter{ctx: c.ctx, f: tmp, fl: fl, m: &c.m}
 	bw := bufio.NewWriterSize(pw, writeBuffer)
-	enc := newParallelWriter(bw, c.level)
+	enc := compress.NewParallelWriter(bw, c.level)
 	defer enc.Abort() // waits for its helpers; a no-op after Close
 	// produce runs detached from any request: a panic in it must not take
 	// the whole server down.
@@ -450,7 +453,7 @@ func (c *Cache) publish(fl *flight, tmp *os.File) error {
 		}
 	}
 	if err == nil {
-		err = syncDir(c.dir)
+		err = durable.SyncDir(c.dir)
 	}
 	if err != nil {
 		os.Remove(fl.path)
@@ -572,19 +575,4 @@ func validKey(key string) bool {
 		}
 	}
 	return true
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
 }

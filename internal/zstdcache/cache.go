@@ -193,18 +193,51 @@ func Open(dir string, maxBytes int64, level int, log *slog.Logger) (*Cache, erro
 // load reconciles the directory with the index after a clean stop or a
 // crash, and fills the in-memory LRU.
 func (c *Cache) load() error {
+	blobs, removed, err := c.scanDir()
+	if err != nil {
+		return err
+	}
+	items, err := c.reconcile(blobs)
+	if err != nil {
+		return fmt.Errorf("open cache index %s: %w", c.dir, err)
+	}
+	// A blob without a record was renamed into place but its record never
+	// reached the index (crash in between): remove it, as the index is
+	// the authority on what is in the cache.
+	for key := range blobs {
+		if err := os.Remove(c.blobPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("open cache: remove orphan blob %s: %w", key, err)
+		}
+		removed++
+	}
+	if removed > 0 {
+		c.log.Info("compression cache: removed leftover files", "count", removed)
+		if err := durable.SyncDir(c.dir); err != nil {
+			return fmt.Errorf("open cache %s: %w", c.dir, err)
+		}
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].atime.Before(items[j].atime) })
+	for _, it := range items {
+		c.items[it.key] = c.lru.PushFront(it)
+		c.size += it.size
+	}
+	return nil
+}
+
+// scanDir removes the temp files of interrupted productions and returns
+// the sizes of the blob files (by key) and how many files it removed.
+func (c *Cache) scanDir() (blobs map[string]int64, removed int, err error) {
 	des, err := os.ReadDir(c.dir)
 	if err != nil {
-		return fmt.Errorf("open cache %s: %w", c.dir, err)
+		return nil, 0, fmt.Errorf("open cache %s: %w", c.dir, err)
 	}
-	blobs := make(map[string]int64)
-	removed := 0
+	blobs = make(map[string]int64)
 	for _, de := range des {
 		name := de.Name()
 		switch {
 		case strings.HasPrefix(name, tmpPrefix):
 			if err := os.Remove(filepath.Join(c.dir, name)); err != nil {
-				return fmt.Errorf("open cache: remove leftover %s: %w", name, err)
+				return nil, 0, fmt.Errorf("open cache: remove leftover %s: %w", name, err)
 			}
 			removed++
 		case strings.HasSuffix(name, blobExt) && de.Type().IsRegular():
@@ -214,14 +247,20 @@ func (c *Cache) load() error {
 			}
 			info, err := de.Info()
 			if err != nil {
-				return fmt.Errorf("open cache: stat %s: %w", name, err)
+				return nil, 0, fmt.Errorf("open cache: stat %s: %w", name, err)
 			}
 			blobs[key] = info.Size()
 		}
 	}
+	return blobs, removed, nil
+}
 
+// reconcile drops the index records without a complete blob of their
+// size, and returns the others as items. The blobs it found a record for
+// leave blobs: what is left there has none.
+func (c *Cache) reconcile(blobs map[string]int64) ([]*item, error) {
 	var items []*item
-	err = c.db.Update(func(tx *bolt.Tx) error {
+	err := c.db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketName)
 		if err != nil {
 			return err
@@ -252,30 +291,7 @@ func (c *Cache) load() error {
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("open cache index %s: %w", c.dir, err)
-	}
-	// A blob without a record was renamed into place but its record never
-	// reached the index (crash in between): remove it, as the index is
-	// the authority on what is in the cache.
-	for key := range blobs {
-		if err := os.Remove(c.blobPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("open cache: remove orphan blob %s: %w", key, err)
-		}
-		removed++
-	}
-	if removed > 0 {
-		c.log.Info("compression cache: removed leftover files", "count", removed)
-		if err := durable.SyncDir(c.dir); err != nil {
-			return fmt.Errorf("open cache %s: %w", c.dir, err)
-		}
-	}
-	sort.Slice(items, func(i, j int) bool { return items[i].atime.Before(items[j].atime) })
-	for _, it := range items {
-		c.items[it.key] = c.lru.PushFront(it)
-		c.size += it.size
-	}
-	return nil
+	return items, err
 }
 
 // Close cancels running productions (their readers get the error), waits

@@ -454,7 +454,12 @@ func (c *Cache) compress(fl *flight, tmp *os.File, produce func(ctx context.Cont
 	return pw.n, nil
 }
 
-// publish makes tmp durable under its final name.
+// publish makes tmp durable under its final name. It is durable.File's
+// sequence (fsync, close, rename, fsync the directory) by hand because the
+// rename and the flight's path must change together under fl.mu, so a
+// reader joining the production opens the file by one name or the other,
+// while the fsync must not hold that lock; and a failure must mark the
+// flight gone under the same lock.
 func (c *Cache) publish(fl *flight, tmp *os.File) error {
 	err := tmp.Sync()
 	if cerr := tmp.Close(); err == nil {

@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/durable"
 	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/nar"
@@ -312,11 +313,15 @@ func (p *pendingBlob) failed() bool {
 // path after another, so this takes the file's fsyncs off the critical
 // path. The file was renamed into place first; that is safe because a
 // blob file is published only by the narinfo that claims it, which waits
-// for durable, and a file without a record is removed by Open.
+// for durable, and a file without a record is removed by Open. That order
+// is why the NAR is not written with durable.File, whose Commit fsyncs
+// before the rename, on the upload's critical path: here the fsyncs run
+// while the client sends the narinfo, which waits for them, and the
+// narinfo, not the file's name, is what publishes the blob.
 func (s *Store) makeDurable(canon string, p *pendingBlob, f *os.File) {
 	defer s.wg.Done()
 	dirDone := make(chan error, 1)
-	go func() { dirDone <- syncDir(s.blobDir) }()
+	go func() { dirDone <- durable.SyncDir(s.blobDir) }()
 	err := syncFile(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -412,15 +417,6 @@ func extFor(comp string) string {
 		return ext
 	}
 	return ".nar"
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func isNoSpace(err error) bool {

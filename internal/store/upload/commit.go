@@ -7,7 +7,6 @@ import (
 	"io"
 	"slices"
 
-	"github.com/nix-community/go-nix/pkg/nixbase32"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/bos55/concordia/internal/store"
@@ -39,7 +38,7 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 	if err != nil {
 		return err
 	}
-	canon := nixbase32.EncodeToString(up.fileHash) + extFor(up.urlComp)
+	canon := s.blobOf(up)
 	// References found in another store are settled before the write
 	// transaction, which then only has to look at its own index.
 	elsewhere, err := s.refsElsewhere(ctx, up.refs)
@@ -83,6 +82,36 @@ func (s *Store) parseNarInfo(hashPart string, body io.Reader) (*narinfo.NarInfo,
 		return nil, fmt.Errorf("%w: %v", store.ErrInvalid, err)
 	}
 	return ni, nil
+}
+
+// blobOf is the name of the blob the upload's URL names. A bare ".nar"
+// may be stored in any of bareCompressions (Nix names gzip NARs so): it is
+// the one pending or in the index, else the uncompressed one, which the
+// commit then finds was not uploaded.
+func (s *Store) blobOf(up *narinfoUpload) string {
+	names := blobNames(up.fileHash, up.urlComp)
+	if len(names) == 1 {
+		return names[0]
+	}
+	s.pendMu.Lock()
+	for _, n := range names {
+		if s.pending[n] != nil {
+			s.pendMu.Unlock()
+			return n
+		}
+	}
+	s.pendMu.Unlock()
+	found := names[0]
+	s.db.View(func(tx *bolt.Tx) error {
+		for _, n := range names {
+			if tx.Bucket(bBlobs).Get([]byte(n)) != nil {
+				found = n
+				return nil
+			}
+		}
+		return nil
+	})
+	return found
 }
 
 // refsElsewhere is which of refs another store has and this index does

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -108,6 +109,7 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (*BlobI
 	if err != nil {
 		return nil, err
 	}
+	comp = got.comp // a bare .nar's, from its bytes
 	if !bytes.Equal(got.fileHash, wantHash) {
 		return nil, fmt.Errorf("%w: NAR %s: file hash mismatch: the name says %s, the %d bytes received hash to %s",
 			store.ErrInvalid, name, nixbase32.EncodeToString(wantHash), got.fileSize, nixbase32.EncodeToString(got.fileHash))
@@ -130,6 +132,7 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (*BlobI
 
 // received is what receive computed of an uploaded NAR file.
 type received struct {
+	comp     string // the compression it is in
 	fileHash []byte
 	fileSize int64
 	narHash  []byte
@@ -161,13 +164,13 @@ func (s *Store) receive(ctx context.Context, name, comp string, tmp *os.File, bo
 		pw.Close()
 	}
 	res := <-done
-	if err := s.checkReceived(ctx, name, comp, fw, in, res, copyErr, narSum); err != nil {
+	if err := s.checkReceived(ctx, name, res.comp, fw, in, res, copyErr, narSum); err != nil {
 		return nil, err
 	}
 	if err := buf.Flush(); err != nil {
 		return nil, mapErr(fmt.Errorf("put NAR %s: write: %w", name, err))
 	}
-	return &received{fileHash: file.h.Sum(nil), fileSize: file.n, narHash: narSum.h.Sum(nil), narSize: uint64(res.narSize)}, nil
+	return &received{comp: res.comp, fileHash: file.h.Sum(nil), fileSize: file.n, narHash: narSum.h.Sum(nil), narSize: uint64(res.narSize)}, nil
 }
 
 // checkReceived says why an upload failed, of all the ways the stages
@@ -374,6 +377,7 @@ var (
 )
 
 type verifyResult struct {
+	comp    string // the compression the stream was decoded as
 	narSize int64
 	extra   int64 // compressed bytes after the end of the stream
 	err     error
@@ -396,6 +400,18 @@ func verifyStream(r *io.PipeReader, comp string, narSum *countHash, l limits.Lim
 	br := verifyBufs.Get().(*bufio.Reader)
 	br.Reset(r)
 	defer func() { br.Reset(nil); verifyBufs.Put(br) }()
+	res.comp = comp
+	if comp == "none" {
+		// A bare .nar: Nix names a NAR in a compression without a
+		// suffix of its own (gzip) so too.
+		head, _ := br.Peek(compress.SniffLen)
+		res.comp = compress.Sniff(head)
+		if !slices.Contains(bareCompressions, res.comp) {
+			res.err = fmt.Errorf("the file is %s-compressed, which this cache does not take (upload with compression=zstd, xz, bzip2, gzip or none)", res.comp)
+			return res
+		}
+	}
+	comp = res.comp
 	dec, err := compress.NewReaderLimits(br, comp, l.Decode(0))
 	if err != nil {
 		res.err = l.Check(err)
@@ -411,6 +427,27 @@ func verifyStream(r *io.PipeReader, comp string, narSum *countHash, l limits.Lim
 	return res
 }
 
+// bareCompressions are what a NAR file named with the bare ".nar" suffix
+// may be in, found from its bytes (verifyStream), and so which blobs such
+// a name may be stored as: no compression first, then those Nix writes
+// without a suffix (gzip), then the others this store decodes.
+var bareCompressions = []string{"none", "gzip", "zstd", "xz", "bzip2"}
+
+// blobNames are the names the NAR file with hash h, named in compression
+// comp, may be stored under: one, or, for a bare ".nar", one per
+// bareCompressions.
+func blobNames(h []byte, comp string) []string {
+	hash := nixbase32.EncodeToString(h)
+	if comp != "none" {
+		return []string{hash + extFor(comp)}
+	}
+	names := make([]string, len(bareCompressions))
+	for i, c := range bareCompressions {
+		names[i] = hash + extFor(c)
+	}
+	return names
+}
+
 // extFor is the suffix of a stored NAR compressed with comp.
 func extFor(comp string) string {
 	if ext, ok := narinfo.NARSuffix(comp); ok {
@@ -424,22 +461,27 @@ func isNoSpace(err error) bool {
 }
 
 // HasNAR reports whether the NAR file name is stored, pending or claimed:
-// nix copy HEADs a NAR before PUTting it and skips the upload on 200.
+// nix copy HEADs a NAR before PUTting it and skips the upload on 200. A
+// bare ".nar" is found whatever compression its bytes turned out to be in.
 func (s *Store) HasNAR(ctx context.Context, name string) (bool, error) {
 	h, comp, err := ParseNARName(name)
 	if err != nil {
 		return false, err
 	}
-	canon := nixbase32.EncodeToString(h) + extFor(comp)
+	names := blobNames(h, comp)
 	s.pendMu.Lock()
-	p := s.pending[canon]
-	s.pendMu.Unlock()
-	if p != nil && !p.failed() {
-		return true, nil
+	for _, canon := range names {
+		if p := s.pending[canon]; p != nil && !p.failed() {
+			s.pendMu.Unlock()
+			return true, nil
+		}
 	}
+	s.pendMu.Unlock()
 	var ok bool
 	err = s.db.View(func(tx *bolt.Tx) error {
-		ok = tx.Bucket(bBlobs).Get([]byte(canon)) != nil
+		for _, canon := range names {
+			ok = ok || tx.Bucket(bBlobs).Get([]byte(canon)) != nil
+		}
 		return nil
 	})
 	return ok, err

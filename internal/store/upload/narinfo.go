@@ -3,6 +3,7 @@ package upload
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,7 +29,7 @@ type narinfoUpload struct {
 	ni       *narinfo.NarInfo
 	hashPart string
 	fileHash []byte   // of the NAR file the URL names
-	urlComp  string   // the compression the URL's suffix names
+	urlComp  string   // the compression the URL's suffix names ("none" for any, see blobNames)
 	refs     []string // the references other than the path itself
 }
 
@@ -59,7 +60,13 @@ func checkForm(ni *narinfo.NarInfo, hashPart, storeDir string, l limits.Limits) 
 	if err != nil {
 		return nil, err
 	}
-	if ni.Compression != comp {
+	if comp == "none" && ni.Compression != "none" {
+		// A bare .nar: what the file is in is checked against the
+		// bytes received (validateNarInfo); Nix names gzip NARs so.
+		if !slices.Contains(bareCompressions, ni.Compression) {
+			return nil, invalidf("Compression %q of the NAR file %s is not one this cache takes (zstd, xz, bzip2, gzip or none)", ni.Compression, blobName)
+		}
+	} else if ni.Compression != comp {
 		return nil, invalidf("Compression %q does not match the NAR file %s (%s)", ni.Compression, blobName, comp)
 	}
 	up := &narinfoUpload{ni: ni, hashPart: hashPart, fileHash: fh, urlComp: comp}
@@ -111,6 +118,9 @@ func validateNarInfo(up *narinfoUpload, h *holdings) (*pathRec, error) {
 	if b == nil {
 		return nil, invalidf("URL %s names a NAR that was not uploaded (PUT it first)", ni.URL)
 	}
+	if ni.Compression != b.Compression {
+		return nil, invalidf("Compression %q does not match the uploaded NAR file %s, which is in %s", ni.Compression, h.blobName, b.Compression)
+	}
 	if err := matchBlob(ni, b); err != nil {
 		return nil, err
 	}
@@ -142,7 +152,7 @@ func validateNarInfo(up *narinfoUpload, h *holdings) (*pathRec, error) {
 		return nil, invalidf("references not in the cache (upload them first): %s", strings.Join(missing, " "))
 	}
 	return &pathRec{
-		StorePath: ni.StorePath, Blob: h.blobName, Compression: up.urlComp,
+		StorePath: ni.StorePath, Blob: h.blobName, Compression: b.Compression,
 		FileHash: b.FileHash, FileSize: uint64(b.FileSize), NarHash: b.NarHash, NarSize: b.NarSize,
 		References: ni.References, Deriver: ni.Deriver, System: ni.System, CA: ni.CA,
 	}, nil

@@ -66,6 +66,13 @@ func TestValidateNarInfo(t *testing.T) {
 		{name: "content addressed", ni: func(ni *narinfo.NarInfo) { ni.CA = "fixed:r:sha256:" + nixbase32.EncodeToString(narHash) }},
 		{name: "uncompressed", ni: func(ni *narinfo.NarInfo) { ni.URL, ni.Compression = "nar/"+fh32+".nar", "none" },
 			h: func(h *holdings) { h.blob.Compression, h.blobName = "none", fh32+".nar" }},
+		{name: "bare .nar in gzip, as Nix names it", ni: func(ni *narinfo.NarInfo) { ni.URL, ni.Compression = "nar/"+fh32+".nar", "gzip" },
+			h: func(h *holdings) { h.blob.Compression, h.blobName = "gzip", fh32+".nar.gz" }},
+		{name: "bare .nar, compression not the file's", ni: func(ni *narinfo.NarInfo) { ni.URL, ni.Compression = "nar/"+fh32+".nar", "none" },
+			h:    func(h *holdings) { h.blob.Compression, h.blobName = "gzip", fh32+".nar.gz" },
+			want: store.ErrInvalid, msg: `Compression "none" does not match the uploaded NAR file ` + fh32 + ".nar.gz, which is in gzip"},
+		{name: "bare .nar said to be lz4", ni: func(ni *narinfo.NarInfo) { ni.URL, ni.Compression = "nar/"+fh32+".nar", "lz4" },
+			want: store.ErrInvalid, msg: `Compression "lz4" of the NAR file ` + fh32 + ".nar is not one this cache takes"},
 		{name: "too many signatures", ni: func(ni *narinfo.NarInfo) {
 			for i := range limits.DefaultMaxSignatures + 1 {
 				ni.Sigs = append(ni.Sigs, "k"+strings.Repeat("x", i)+":c2ln")

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/bos55/concordia/internal/auth"
-	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/config"
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/signkey"
@@ -23,6 +22,7 @@ import (
 	"github.com/bos55/concordia/internal/store/local"
 	"github.com/bos55/concordia/internal/store/upload"
 	"github.com/bos55/concordia/internal/version"
+	"github.com/bos55/concordia/internal/zstdcache"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
 
@@ -154,7 +154,7 @@ func (a *App) serverOptions(cfg *config.Config) (server.Options, error) {
 		opts.Upload = &server.Uploads{Store: a.Upload, Tokens: a.Tokens, MaxNARSize: cfg.Limits.Values().UploadBody()}
 	}
 	if cfg.CompressionCache.Dir != "" && cfg.CompressionCache.MaxSize > 0 {
-		cc, err := compress.Open(cfg.CompressionCache.Dir, int64(cfg.CompressionCache.MaxSize), cfg.Zstd.Level, a.logger)
+		cc, err := zstdcache.Open(cfg.CompressionCache.Dir, int64(cfg.CompressionCache.MaxSize), cfg.Zstd.Level, a.logger)
 		if err != nil {
 			return opts, err
 		}
@@ -166,7 +166,7 @@ func (a *App) serverOptions(cfg *config.Config) (server.Options, error) {
 	}
 	// Listings are kept on disk either way: building one reads a whole
 	// NAR, and anonymous clients may ask again and again.
-	lc, err := compress.Open(filepath.Join(cfg.StateDir, listingCacheName), listingCacheSize, cfg.Zstd.Level, a.logger)
+	lc, err := zstdcache.Open(filepath.Join(cfg.StateDir, listingCacheName), listingCacheSize, cfg.Zstd.Level, a.logger)
 	if err != nil {
 		return opts, err
 	}

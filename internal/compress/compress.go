@@ -1,13 +1,15 @@
-// Package compress does the zstd work of the binary cache: a pooled
-// streaming encoder for answers that are compressed on the fly, a decoder
-// for every codec a Nix client may upload with, and Cache, which compresses
-// each NAR once and serves the result to every later (or concurrent) reader.
+// Package compress holds the codecs of the binary cache: a pooled
+// streaming zstd encoder for answers compressed on the fly, a parallel one
+// (ParallelWriter) for the compress-once cache, the zstd document frames
+// build logs are kept in, and a decoder, with limits, for every codec a Nix
+// client may upload with. The cache that compresses each NAR once and
+// serves the result to every later reader is package zstdcache; this
+// package keeps no state on disk.
 //
-// Ten hosts pulling the same closure should cost one compression: that is
-// why Cache exists. When the disk cache is off, NewWriter still keeps the
-// per-stream cost low by reusing encoders and pinning each stream to one
-// goroutine, so several streams spread over the cores instead of each one
-// starting GOMAXPROCS workers.
+// When the disk cache is off, NewWriter still keeps the per-stream cost low
+// by reusing encoders and pinning each stream to one goroutine, so several
+// streams spread over the cores instead of each one starting GOMAXPROCS
+// workers.
 package compress
 
 import (

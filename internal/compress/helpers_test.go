@@ -2,12 +2,8 @@ package compress_test
 
 import (
 	"bytes"
-	"context"
-	"io"
 	"math/rand"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -32,43 +28,6 @@ func testData(n int, seed int64) []byte {
 		}
 	}
 	return b.Bytes()[:n]
-}
-
-// incompressible returns n random bytes: their zstd size is n plus a few
-// bytes of framing, which makes eviction arithmetic predictable.
-func incompressible(n int, seed int64) []byte {
-	b := make([]byte, n)
-	rand.New(rand.NewSource(seed)).Read(b)
-	return b
-}
-
-// producer writes data in chunks, pausing between them so concurrent
-// readers really overlap with the production, and counts its calls.
-type producer struct {
-	data  []byte
-	chunk int
-	pause time.Duration
-	calls atomic.Int32
-}
-
-func (p *producer) produce(ctx context.Context, w io.Writer) error {
-	p.calls.Add(1)
-	chunk := p.chunk
-	if chunk == 0 {
-		chunk = 64 << 10
-	}
-	for off := 0; off < len(p.data); off += chunk {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if _, err := w.Write(p.data[off:min(off+chunk, len(p.data))]); err != nil {
-			return err
-		}
-		if p.pause > 0 {
-			time.Sleep(p.pause)
-		}
-	}
-	return nil
 }
 
 func unzstd(t testing.TB, b []byte) []byte {

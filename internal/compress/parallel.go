@@ -8,7 +8,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// frameSize is the input of one frame of a parallelWriter. Each frame is
+// frameSize is the input of one frame of a ParallelWriter. Each frame is
 // compressed on its own, without the history of the one before, so it
 // trades a little ratio for parallelism: on a GOROOT NAR at SpeedFastest,
 // 1 MiB frames came out 1.6% larger than one stream and still 0.2%
@@ -22,7 +22,7 @@ const frameSize = 1 << 20
 // concurrent productions (two frame buffers per helper).
 var helpers = make(chan struct{}, runtime.GOMAXPROCS(0))
 
-// parallelWriter compresses what is written to it as a sequence of zstd
+// ParallelWriter compresses what is written to it as a sequence of zstd
 // frames of frameSize input bytes each, several at once, and writes them
 // to w in order. Concatenated frames are one valid zstd stream: the zstd
 // CLI, libzstd's streaming decoder, libarchive (which every Nix version
@@ -37,7 +37,7 @@ var helpers = make(chan struct{}, runtime.GOMAXPROCS(0))
 // their own as soon as they and those before them are done, so readers
 // tailing the output see a frame compressed by a helper even while the
 // producer is stalled.
-type parallelWriter struct {
+type ParallelWriter struct {
 	level   zstd.EncoderLevel
 	buf     *[]byte     // the frame being filled
 	ordered chan *frame // to the output goroutine, in stream order
@@ -61,9 +61,9 @@ var (
 	outBufs = sync.Pool{New: func() any { b := make([]byte, 0, frameSize+frameSize/128+64); return &b }}
 )
 
-// newParallelWriter returns a parallelWriter at level l writing to w.
-func newParallelWriter(w io.Writer, l zstd.EncoderLevel) *parallelWriter {
-	p := &parallelWriter{
+// NewParallelWriter returns a ParallelWriter at level l writing to w.
+func NewParallelWriter(w io.Writer, l zstd.EncoderLevel) *ParallelWriter {
+	p := &ParallelWriter{
 		level: l,
 		// Room for a frame per helper and one compressed inline: past
 		// that, Write waits, so a slow destination bounds memory.
@@ -75,7 +75,7 @@ func newParallelWriter(w io.Writer, l zstd.EncoderLevel) *parallelWriter {
 }
 
 // output writes frames in order until ordered is closed.
-func (p *parallelWriter) output(w io.Writer) {
+func (p *ParallelWriter) output(w io.Writer) {
 	defer close(p.out)
 	for f := range p.ordered {
 		<-f.done
@@ -95,7 +95,7 @@ func (p *parallelWriter) output(w io.Writer) {
 	}
 }
 
-func (p *parallelWriter) fail(err error) {
+func (p *ParallelWriter) fail(err error) {
 	p.mu.Lock()
 	if p.err == nil {
 		p.err = err
@@ -103,13 +103,13 @@ func (p *parallelWriter) fail(err error) {
 	p.mu.Unlock()
 }
 
-func (p *parallelWriter) failed() error {
+func (p *ParallelWriter) failed() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.err
 }
 
-func (p *parallelWriter) Write(b []byte) (int, error) {
+func (p *ParallelWriter) Write(b []byte) (int, error) {
 	if p.closed {
 		return 0, ErrClosed
 	}
@@ -137,7 +137,7 @@ func (p *parallelWriter) Write(b []byte) (int, error) {
 
 // submit starts compressing the current frame, on a helper if one is
 // free, else right here, and queues it for output.
-func (p *parallelWriter) submit() {
+func (p *ParallelWriter) submit() {
 	f := &frame{in: p.buf, out: outBufs.Get().(*[]byte), done: make(chan struct{})}
 	p.buf, p.wrote = nil, true
 	select {
@@ -154,7 +154,7 @@ func (p *parallelWriter) submit() {
 	p.ordered <- f
 }
 
-func (p *parallelWriter) encode(f *frame) error {
+func (p *ParallelWriter) encode(f *frame) error {
 	enc, err := getEncoder(p.level, streamConc, nil)
 	if err != nil {
 		return err
@@ -168,7 +168,7 @@ func (p *parallelWriter) encode(f *frame) error {
 // written. An empty input still makes one (empty) frame, which decoders
 // that refuse zero bytes need. Close or Abort must be called even after
 // an error: they are what wait for the helpers and the output goroutine.
-func (p *parallelWriter) Close() error {
+func (p *ParallelWriter) Close() error {
 	if p.closed {
 		return nil
 	}
@@ -184,7 +184,7 @@ func (p *parallelWriter) Close() error {
 }
 
 // Abort drops what is not written yet and waits for the frames in flight.
-func (p *parallelWriter) Abort() {
+func (p *ParallelWriter) Abort() {
 	if p.closed {
 		return
 	}
@@ -194,7 +194,7 @@ func (p *parallelWriter) Abort() {
 	p.finish()
 }
 
-func (p *parallelWriter) finish() {
+func (p *ParallelWriter) finish() {
 	p.closed = true
 	if p.buf != nil {
 		inBufs.Put(p.buf)

@@ -32,7 +32,7 @@ func mixedData(n int, seed uint64) []byte {
 func parallelCompress(t *testing.T, data []byte, chunks int) []byte {
 	t.Helper()
 	var out bytes.Buffer
-	w := newParallelWriter(&out, zstd.SpeedFastest)
+	w := NewParallelWriter(&out, zstd.SpeedFastest)
 	step := max(1, len(data)/chunks)
 	for i := 0; i < len(data); i += step {
 		if _, err := w.Write(data[i:min(i+step, len(data))]); err != nil {
@@ -90,7 +90,7 @@ func TestParallelWriterMany(t *testing.T) {
 			defer wg.Done()
 			data := mixedData(3*frameSize+i*1000, uint64(i))
 			var out bytes.Buffer
-			w := newParallelWriter(&out, zstd.SpeedFastest)
+			w := NewParallelWriter(&out, zstd.SpeedFastest)
 			w.Write(data)
 			if err := w.Close(); err != nil {
 				t.Error(err)
@@ -127,13 +127,13 @@ func (f *failAfter) Write(p []byte) (int, error) {
 // for the frames in flight.
 func TestParallelWriterErrors(t *testing.T) {
 	data := mixedData(8*frameSize, 3)
-	w := newParallelWriter(&failAfter{n: frameSize / 2}, zstd.SpeedFastest)
+	w := NewParallelWriter(&failAfter{n: frameSize / 2}, zstd.SpeedFastest)
 	_, werr := w.Write(data)
 	cerr := w.Close()
 	if !errors.Is(werr, errDisk) && !errors.Is(cerr, errDisk) {
 		t.Fatalf("Write %v, Close %v: want the destination's error", werr, cerr)
 	}
-	w = newParallelWriter(io.Discard, zstd.SpeedFastest)
+	w = NewParallelWriter(io.Discard, zstd.SpeedFastest)
 	w.Write(data[:3*frameSize+5])
 	w.Abort()
 	w.Abort()

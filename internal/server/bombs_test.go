@@ -19,12 +19,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/nartest"
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/local"
+	"github.com/bos55/concordia/internal/zstdcache"
 	"github.com/bos55/concordia/pkg/nar"
 )
 
@@ -144,7 +144,7 @@ func TestListingOfAMillionEntriesIsBuiltOnce(t *testing.T) {
 		t.Skip("-short")
 	}
 	st := newStreamStore(t, "million", func() io.ReadCloser { return nartest.Wide(1_000_000) })
-	cc, err := compress.Open(t.TempDir(), 1<<30, 1, nil)
+	cc, err := zstdcache.Open(t.TempDir(), 1<<30, 1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

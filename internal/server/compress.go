@@ -4,15 +4,15 @@ import (
 	"context"
 	"io"
 
-	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/zstdcache"
 )
 
-// CompressCache adapts internal/compress's cache to ZstdCache: its Get
-// returns the concrete *compress.Entry, which Go does not accept where an
+// CompressCache adapts internal/zstdcache's cache to ZstdCache: its Get
+// returns the concrete *zstdcache.Entry, which Go does not accept where an
 // interface result is declared, so this one-method shim converts it.
-func CompressCache(c *compress.Cache) ZstdCache { return cacheAdapter{c} }
+func CompressCache(c *zstdcache.Cache) ZstdCache { return cacheAdapter{c} }
 
-type cacheAdapter struct{ c *compress.Cache }
+type cacheAdapter struct{ c *zstdcache.Cache }
 
 func (a cacheAdapter) Get(ctx context.Context, key string, produce func(context.Context, io.Writer) error) (ZstdEntry, error) {
 	e, err := a.c.Get(ctx, key, produce)

@@ -29,6 +29,7 @@ import (
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/local"
+	"github.com/bos55/concordia/internal/zstdcache"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
 
@@ -177,7 +178,7 @@ func startServer(t *testing.T, compression string, mutate func(*server.Options))
 	}
 	opts := server.Options{Stores: []store.Store{ls}, Keys: []narinfo.SecretKey{sk}, Compression: compression,
 		NegotiateEncoding: true, Logger: log, NarInfoTTL: time.Nanosecond}
-	cc, err := compress.Open(t.TempDir(), 1<<30, 1, log)
+	cc, err := zstdcache.Open(t.TempDir(), 1<<30, 1, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ const (
 )
 
 // ZstdCache is the compress-once cache of zstd NARs, seen through the
-// small interface the server needs (internal/compress.Cache behind an
+// small interface the server needs (internal/zstdcache.Cache behind an
 // adapter, or a fake in tests).
 type ZstdCache interface {
 	// Get returns the compressed NAR keyed by key (the nix32 NAR hash),

@@ -19,9 +19,9 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/bos55/concordia/internal/auth"
-	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/internal/zstdcache"
 	"github.com/bos55/concordia/pkg/nar"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -471,7 +471,7 @@ func testNARGone(t *testing.T, cache string) {
 		case "fake":
 			o.Cache = newMemCache()
 		case "compress":
-			cc, err := compress.Open(t.TempDir(), 1<<20, 1, nil)
+			cc, err := zstdcache.Open(t.TempDir(), 1<<20, 1, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

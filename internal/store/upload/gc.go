@@ -11,11 +11,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/bos55/concordia/internal/store"
-	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // Node is one path as the GC planner sees it.
@@ -155,6 +153,19 @@ const (
 	realDoc = "realisation/"
 )
 
+// gcGraph is what gc plans with, read from the index: every path as a
+// Node, the blobs' and documents' sizes and claims, and the documents
+// that belong to no path and are past their grace period.
+type gcGraph struct {
+	nodes    map[string]*Node
+	paths    map[string]string // hash part -> store path
+	blobSize map[string]int64
+	blobRefs map[string]int
+	derivers map[string][]string // drv base name -> hash parts of its outputs here
+	size     int64               // of every blob and document
+	orphans  []string
+}
+
 func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 	s.fileMu.Lock()
 	defer s.fileMu.Unlock()
@@ -164,14 +175,38 @@ func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 	}
 	defer tx.Rollback()
 
-	rep := &Report{DryRun: dryRun}
-	nodes := map[string]*Node{}
-	paths := map[string]string{}
-	blobSize := map[string]int64{}
-	blobRefs := map[string]int{}
-	derivers := map[string][]string{} // drv base name -> hash parts of its outputs here
+	g := &gcGraph{nodes: map[string]*Node{}, paths: map[string]string{}, blobSize: map[string]int64{},
+		blobRefs: map[string]int{}, derivers: map[string][]string{}}
+	if err := g.readPaths(tx); err != nil {
+		return nil, err
+	}
+	if err := g.readBlobs(tx); err != nil {
+		return nil, err
+	}
+	if err := g.readDocs(tx, s.now().Add(-s.opts.PendingGrace).Unix()); err != nil {
+		return nil, err
+	}
+	rep, c := s.plan(g, p, dryRun)
+	if rep.TombstonesPruned, err = s.pruneTombs(tx, dryRun); err != nil {
+		return nil, err
+	}
+	if dryRun {
+		return rep, nil
+	}
+	if err := s.deleteCollected(tx, c); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, mapErr(err)
+	}
+	s.removeCollected(c)
+	return rep, nil
+}
+
+// readPaths adds every path of the index to g.
+func (g *gcGraph) readPaths(tx *bolt.Tx) error {
 	acc, pins := tx.Bucket(bAccess), tx.Bucket(bPins)
-	err = tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
+	return tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
 		var r pathRec
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("index record %s: %w", k, err)
@@ -187,59 +222,58 @@ func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 		} else {
 			n.Access = r.Registered.Unix()
 		}
-		nodes[string(k)] = n
-		paths[string(k)] = r.StorePath
+		g.nodes[string(k)] = n
+		g.paths[string(k)] = r.StorePath
 		if r.Deriver != "" {
-			derivers[r.Deriver] = append(derivers[r.Deriver], string(k))
+			g.derivers[r.Deriver] = append(g.derivers[r.Deriver], string(k))
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	err = tx.Bucket(bBlobs).ForEach(func(k, v []byte) error {
+}
+
+// readBlobs adds every blob of the index to g.
+func (g *gcGraph) readBlobs(tx *bolt.Tx) error {
+	return tx.Bucket(bBlobs).ForEach(func(k, v []byte) error {
 		var b blobRec
 		if err := json.Unmarshal(v, &b); err != nil {
 			return fmt.Errorf("index record %s: %w", k, err)
 		}
-		blobSize[string(k)] = b.FileSize
-		blobRefs[string(k)] = b.Refs
-		rep.SizeBefore += b.FileSize
+		g.blobSize[string(k)] = b.FileSize
+		g.blobRefs[string(k)] = b.Refs
+		g.size += b.FileSize
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	// Logs and realisations: each kept by the paths it belongs to, or, if
-	// none, for the grace period after its upload.
-	graceCutoff := s.now().Add(-s.opts.PendingGrace).Unix()
-	var orphans []string
+}
+
+// readDocs adds the logs and realisations to g: each kept by the paths it
+// belongs to, or, if none, until graceCutoff after its upload.
+func (g *gcGraph) readDocs(tx *bolt.Tx, graceCutoff int64) error {
 	attach := func(key string, size, created int64, owners []string) {
-		rep.SizeBefore += size
-		blobSize[key] = size
+		g.size += size
+		g.blobSize[key] = size
 		for _, hp := range owners {
-			if n := nodes[hp]; n != nil {
+			if n := g.nodes[hp]; n != nil {
 				n.Docs = append(n.Docs, key)
-				blobRefs[key]++
+				g.blobRefs[key]++
 			}
 		}
-		if blobRefs[key] == 0 && created < graceCutoff {
-			orphans = append(orphans, key)
+		if g.blobRefs[key] == 0 && created < graceCutoff {
+			g.orphans = append(g.orphans, key)
 		}
 	}
-	err = tx.Bucket(bLogFiles).ForEach(func(k, v []byte) error {
+	err := tx.Bucket(bLogFiles).ForEach(func(k, v []byte) error {
 		var l logRec
 		if err := json.Unmarshal(v, &l); err != nil {
 			return fmt.Errorf("index record of log %s: %w", k, err)
 		}
-		attach(logDoc+string(k), l.FileSize, l.Created, derivers[string(k)])
+		attach(logDoc+string(k), l.FileSize, l.Created, g.derivers[string(k)])
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	reals := tx.Bucket(bReal)
-	err = tx.Bucket(bRealMeta).ForEach(func(k, v []byte) error {
+	return tx.Bucket(bRealMeta).ForEach(func(k, v []byte) error {
 		var m realRec
 		if err := json.Unmarshal(v, &m); err != nil {
 			return fmt.Errorf("index record of realisation %s: %w", k, err)
@@ -251,80 +285,86 @@ func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 		attach(realDoc+string(k), int64(len(reals.Get(k))), m.Created, owners)
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	var orphanBytes int64
-	for _, k := range orphans {
-		orphanBytes += blobSize[k]
-	}
+}
 
-	rep.PathsBefore = len(nodes)
+// collected is what a GC deletes, by kind.
+type collected struct {
+	paths, blobs, logs, realisations []string
+}
+
+// plan decides with Plan what g loses under policy p, and reports it.
+func (s *Store) plan(g *gcGraph, p Policy, dryRun bool) (*Report, *collected) {
+	rep := &Report{DryRun: dryRun, SizeBefore: g.size, PathsBefore: len(g.nodes)}
+	var orphanBytes int64
+	for _, k := range g.orphans {
+		orphanBytes += g.blobSize[k]
+	}
 	var cutoff int64
 	if p.MaxAge > 0 {
 		cutoff = s.now().Add(-p.MaxAge).Unix()
 	}
-	deleted, freed, freedBlobs := Plan(nodes, blobSize, blobRefs, rep.SizeBefore-orphanBytes, p.MaxSize, cutoff)
+	deleted, freed, freedBlobs := Plan(g.nodes, g.blobSize, g.blobRefs, rep.SizeBefore-orphanBytes, p.MaxSize, cutoff)
+	c := &collected{paths: deleted}
 	for _, hp := range deleted {
-		rep.Deleted = append(rep.Deleted, paths[hp])
+		rep.Deleted = append(rep.Deleted, g.paths[hp])
 	}
-	var blobs, logs, realisations []string
-	for _, b := range append(freedBlobs, orphans...) {
+	for _, b := range append(freedBlobs, g.orphans...) {
 		if k, ok := strings.CutPrefix(b, logDoc); ok {
-			logs = append(logs, k)
+			c.logs = append(c.logs, k)
 		} else if k, ok := strings.CutPrefix(b, realDoc); ok {
-			realisations = append(realisations, k)
+			c.realisations = append(c.realisations, k)
 		} else {
-			blobs = append(blobs, b)
+			c.blobs = append(c.blobs, b)
 		}
 	}
-	rep.Freed, rep.BlobsDeleted = freed+orphanBytes, len(blobs)
-	rep.LogsDeleted, rep.RealisationsDeleted = len(logs), len(realisations)
-	rep.PathsAfter = len(nodes) - len(deleted)
+	rep.Freed, rep.BlobsDeleted = freed+orphanBytes, len(c.blobs)
+	rep.LogsDeleted, rep.RealisationsDeleted = len(c.logs), len(c.realisations)
+	rep.PathsAfter = len(g.nodes) - len(deleted)
 	rep.SizeAfter = rep.SizeBefore - rep.Freed
 	rep.Tombstones = len(deleted)
-	if rep.TombstonesPruned, err = s.pruneTombs(tx, dryRun); err != nil {
-		return nil, err
-	}
-	if dryRun {
-		return rep, nil
-	}
-	for _, hp := range deleted {
+	return rep, c
+}
+
+// deleteCollected deletes the records of what c names.
+func (s *Store) deleteCollected(tx *bolt.Tx, c *collected) error {
+	for _, hp := range c.paths {
 		if err := s.deletePath(tx, hp); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	for _, b := range blobs {
+	for _, b := range c.blobs {
 		if err := tx.Bucket(bBlobs).Delete([]byte(b)); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	for _, drv := range logs {
+	for _, drv := range c.logs {
 		if err := tx.Bucket(bLogFiles).Delete([]byte(drv)); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	for _, id := range realisations {
+	for _, id := range c.realisations {
 		for _, b := range [][]byte{bReal, bRealMeta} {
 			if err := tx.Bucket(b).Delete([]byte(id)); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	if err := tx.Commit(); err != nil {
-		return nil, mapErr(err)
-	}
-	for _, b := range blobs {
+	return nil
+}
+
+// removeCollected removes the files of what c names, once their records
+// are gone: a file left behind by a failure is only disk space.
+func (s *Store) removeCollected(c *collected) {
+	for _, b := range c.blobs {
 		if err := os.Remove(filepath.Join(s.blobDir, b)); err != nil && !os.IsNotExist(err) {
 			s.log.Warn("GC could not remove a NAR file", "blob", b, "err", err)
 		}
 	}
-	for _, drv := range logs {
+	for _, drv := range c.logs {
 		if err := os.Remove(s.logPath(drv)); err != nil && !os.IsNotExist(err) {
 			s.log.Warn("GC could not remove a build log file", "drv", drv, "err", err)
 		}
 	}
-	return rep, nil
 }
 
 // SweepPending removes uploaded NAR files no narinfo claimed within the
@@ -335,67 +375,15 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 	cutoff := s.now().Add(-s.opts.PendingGrace)
 	var gone []string
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		blobs := tx.Bucket(bBlobs)
-		// In-memory pending blobs: drop those a narinfo has claimed
-		// since (the index has them now) and those past the grace
-		// period. This happens inside the write transaction, so a
-		// narinfo cannot claim a blob between the check and its
-		// removal. Should the commit fail, the dropped files stay
-		// until the next Open removes them as unrecorded.
-		fresh := map[string]bool{}
-		var expired []string
-		s.pendMu.Lock()
-		for k, b := range s.pending {
-			var rec blobRec
-			if found, _ := getJSON(blobs, []byte(k), &rec); found && rec.Refs > 0 {
-				delete(s.pending, k)
-				continue
-			}
-			if b.failed() || b.rec.Created.Before(cutoff) {
-				delete(s.pending, k)
-				expired = append(expired, k)
-				continue
-			}
-			fresh[k] = true
-		}
-		s.pendMu.Unlock()
-		var gone0 []string
-		err := blobs.ForEach(func(k, v []byte) error {
-			var b blobRec
-			if json.Unmarshal(v, &b) == nil && b.Refs == 0 && b.Created.Before(cutoff) && !fresh[string(k)] {
-				gone0 = append(gone0, string(k))
-			}
-			return nil
-		})
+		fresh, expired := s.sweepMemory(tx, cutoff)
+		unclaimed, err := sweepUnclaimed(tx, cutoff, fresh)
 		if err != nil {
 			return err
 		}
-		for _, k := range gone0 {
-			if err := blobs.Delete([]byte(k)); err != nil {
-				return err
-			}
-		}
-		gone = append(gone0, expired...)
+		gone = append(unclaimed, expired...)
 		slices.Sort(gone)
 		gone = slices.Compact(gone)
-		// Listings whose narinfo never came (Nix PUTs .ls first).
-		paths, ls := tx.Bucket(bPaths), tx.Bucket(bListings)
-		var stale [][]byte
-		err = ls.ForEach(func(k, v []byte) error {
-			if paths.Get(k) == nil && (len(v) < 8 || int64(binary.BigEndian.Uint64(v)) < cutoff.Unix()) {
-				stale = append(stale, bytes.Clone(k))
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, k := range stale {
-			if err := ls.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
+		return sweepListings(tx, cutoff)
 	})
 	if err != nil {
 		return 0, mapErr(err)
@@ -406,136 +394,77 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 	return len(gone), nil
 }
 
-// Pin makes a path (and so its closure) a GC root. pathOrHash is a full
-// store path or a bare hash part (the HTTP pin API names paths by hash).
-// The path need not be uploaded yet: an operator may pin a system before
-// pushing it (over HTTP only an admin may, see the server's pin route).
-// The pin has no owner (see PinAs).
-func (s *Store) Pin(ctx context.Context, pathOrHash, note string) error {
-	_, err := s.PinAs(ctx, pathOrHash, note, "")
-	return err
+// sweepMemory drops the in-memory pending blobs a narinfo has claimed
+// since (the index has them now) and those past the grace period
+// (expired, whose files go). This happens inside the write transaction,
+// so a narinfo cannot claim a blob between the check and its removal.
+// Should the commit fail, the dropped files stay until the next Open
+// removes them as unrecorded. fresh are the pending blobs kept.
+func (s *Store) sweepMemory(tx *bolt.Tx, cutoff time.Time) (fresh map[string]bool, expired []string) {
+	blobs := tx.Bucket(bBlobs)
+	fresh = map[string]bool{}
+	s.pendMu.Lock()
+	defer s.pendMu.Unlock()
+	for k, b := range s.pending {
+		var rec blobRec
+		if found, _ := getJSON(blobs, []byte(k), &rec); found && rec.Refs > 0 {
+			delete(s.pending, k)
+			continue
+		}
+		if b.failed() || b.rec.Created.Before(cutoff) {
+			delete(s.pending, k)
+			expired = append(expired, k)
+			continue
+		}
+		fresh[k] = true
+	}
+	return fresh, expired
 }
 
-// PinAs pins like Pin, recording owner. A path pinned already under
-// another owner keeps that pin unchanged (it is pinned, which is what the
-// caller wants, and a pin must not change hands: its new owner could
-// unpin it); existing reports that. The same owner pinning again
-// refreshes the note and time.
-func (s *Store) PinAs(ctx context.Context, pathOrHash, note, owner string) (existing *Pin, err error) {
-	return s.PinWith(ctx, pathOrHash, note, owner, 0)
-}
-
-// PinWith is PinAs for an owner that may hold at most maxPins pins (0: no
-// bound): a new pin past that is ErrTooManyPins and changes nothing, in
-// the same transaction as the count. Re-pinning one of its own paths, or
-// one another owner pinned, makes no new pin and is never refused.
-func (s *Store) PinWith(ctx context.Context, pathOrHash, note, owner string, maxPins int) (existing *Pin, err error) {
-	hp, storePath := pathOrHash, ""
-	if strings.Contains(pathOrHash, "/") {
-		dir, h, _, err := narinfo.ParseStorePath(pathOrHash)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", store.ErrInvalid, err)
+// sweepUnclaimed deletes the index records of blobs no path claims (their
+// paths were deleted) older than cutoff, unless a fresh upload of them is
+// pending, and returns their names.
+func sweepUnclaimed(tx *bolt.Tx, cutoff time.Time, fresh map[string]bool) ([]string, error) {
+	blobs := tx.Bucket(bBlobs)
+	var gone []string
+	err := blobs.ForEach(func(k, v []byte) error {
+		var b blobRec
+		if json.Unmarshal(v, &b) == nil && b.Refs == 0 && b.Created.Before(cutoff) && !fresh[string(k)] {
+			gone = append(gone, string(k))
 		}
-		if dir != s.storeDir {
-			return nil, invalidf("%s is not in %s", pathOrHash, s.storeDir)
-		}
-		hp, storePath = h, pathOrHash
-	}
-	if !narinfo.ValidHashPart(hp) {
-		return nil, invalidf("%q is neither a store path nor a hash part", pathOrHash)
-	}
-	if len(note) > 1024 {
-		return nil, invalidf("pin note longer than 1024 bytes")
-	}
-	err = mapErr(s.db.Update(func(tx *bolt.Tx) error {
-		if data := tx.Bucket(bPins).Get([]byte(hp)); data != nil {
-			// A record that does not parse belongs to nobody (admin only).
-			var old Pin
-			_ = json.Unmarshal(data, &old)
-			if old.Owner != owner || old.StorePath == "" {
-				existing = &old
-				return nil
-			}
-		}
-		if maxPins > 0 && tx.Bucket(bPins).Get([]byte(hp)) == nil {
-			n := 0
-			err := tx.Bucket(bPins).ForEach(func(_, v []byte) error {
-				var p Pin
-				if json.Unmarshal(v, &p) == nil && p.Owner == owner {
-					n++
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			if n >= maxPins {
-				return fmt.Errorf("%w: token %q holds %d pins, the most one token may (limits.max_pins_per_token = %d): unpin systems no host runs any more",
-					ErrTooManyPins, owner, n, maxPins)
-			}
-		}
-		if storePath == "" {
-			storePath = storePathOf(tx, hp) // the hash when not uploaded yet
-		}
-		return putJSON(tx.Bucket(bPins), []byte(hp), Pin{StorePath: storePath, Note: note, Owner: owner, Created: s.now().UTC()})
-	}))
-	return existing, err
-}
-
-// Unpin removes the pin of a store path (or bare hash part), whoever made
-// it. ErrNotFound when there was none.
-func (s *Store) Unpin(ctx context.Context, pathOrHash string) error {
-	return s.UnpinAs(ctx, pathOrHash, "", true)
-}
-
-// UnpinAs removes a pin if owner made it, or any pin when anyOwner (an
-// admin). ErrNotFound when there was none, ErrNotOwner when another token
-// made it; either way nothing changes. The check and the removal are one
-// transaction.
-func (s *Store) UnpinAs(ctx context.Context, pathOrHash, owner string, anyOwner bool) error {
-	hp := pathOrHash
-	if strings.Contains(pathOrHash, "/") {
-		_, h, _, err := narinfo.ParseStorePath(pathOrHash)
-		if err != nil {
-			return fmt.Errorf("%w: %v", store.ErrInvalid, err)
-		}
-		hp = h
-	} else if len(hp) > narinfo.HashPartLen {
-		hp = hp[:narinfo.HashPartLen]
-	}
-	if !narinfo.ValidHashPart(hp) {
-		return invalidf("%q is neither a store path nor a hash part", pathOrHash)
-	}
-	return mapErr(s.db.Update(func(tx *bolt.Tx) error {
-		data := tx.Bucket(bPins).Get([]byte(hp))
-		if data == nil {
-			return store.ErrNotFound
-		}
-		if !anyOwner {
-			var old Pin
-			if json.Unmarshal(data, &old) != nil || old.StorePath == "" || old.Owner != owner {
-				return ErrNotOwner
-			}
-		}
-		return tx.Bucket(bPins).Delete([]byte(hp))
-	}))
-}
-
-// Pins lists the GC roots, sorted by store path.
-func (s *Store) Pins(ctx context.Context) ([]Pin, error) {
-	var out []Pin
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bPins).ForEach(func(k, v []byte) error {
-			var p Pin
-			if err := json.Unmarshal(v, &p); err != nil {
-				return err
-			}
-			out = append(out, p)
-			return nil
-		})
+		return nil
 	})
-	slices.SortFunc(out, func(a, b Pin) int { return strings.Compare(a.StorePath, b.StorePath) })
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range gone {
+		if err := blobs.Delete([]byte(k)); err != nil {
+			return nil, err
+		}
+	}
+	return gone, nil
+}
+
+// sweepListings deletes the listings whose narinfo never came (Nix PUTs
+// .ls first) and that are older than cutoff.
+func sweepListings(tx *bolt.Tx, cutoff time.Time) error {
+	paths, ls := tx.Bucket(bPaths), tx.Bucket(bListings)
+	var stale [][]byte
+	err := ls.ForEach(func(k, v []byte) error {
+		if paths.Get(k) == nil && (len(v) < 8 || int64(binary.BigEndian.Uint64(v)) < cutoff.Unix()) {
+			stale = append(stale, bytes.Clone(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range stale {
+		if err := ls.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Stats is the store's size for metrics and `cache gc`.

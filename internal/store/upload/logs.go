@@ -99,10 +99,7 @@ func (s *Store) putLog(ctx context.Context, drvBase string, body io.Reader) erro
 		if err != nil {
 			return bodyErr("build log "+drvBase, err)
 		}
-		if hs := (logSum{have.SHA256, have.Size}); !hs.same(up) {
-			return logConflict(drvBase, hs, up)
-		}
-		return nil
+		return sameLog(drvBase, have, up)
 	}
 	other, err := s.otherLog(ctx, drvBase)
 	if err != nil {
@@ -131,7 +128,21 @@ func (s *Store) putLog(ctx context.Context, drvBase string, body io.Reader) erro
 		return fmt.Errorf("build log %s: %w", drvBase, err)
 	}
 	rec := logRec{Size: up.size, FileSize: fi.Size(), SHA256: up.sum, Created: s.now().Unix()}
+	return s.publishLog(drvBase, f, rec, up)
+}
 
+// sameLog refuses an upload of a log stored already unless it has the
+// same text (then it is a no-op).
+func sameLog(drvBase string, have *logRec, up logSum) error {
+	if hs := (logSum{have.SHA256, have.Size}); !hs.same(up) {
+		return logConflict(drvBase, hs, up)
+	}
+	return nil
+}
+
+// publishLog gives the written log f its name and its record rec, unless
+// another upload of it came first (then it is compared with that).
+func (s *Store) publishLog(drvBase string, f *durable.File, rec logRec, up logSum) error {
 	// fileMu orders this against another upload of the same log and
 	// against GC, which deletes records and files holding it: the check,
 	// the rename and the record are one step.
@@ -140,15 +151,12 @@ func (s *Store) putLog(ctx context.Context, drvBase string, body io.Reader) erro
 	if have, err := s.logRecord(drvBase); err != nil {
 		return err
 	} else if have != nil {
-		if hs := (logSum{have.SHA256, have.Size}); !hs.same(up) {
-			return logConflict(drvBase, hs, up)
-		}
-		return nil
+		return sameLog(drvBase, have, up)
 	}
 	if err := f.Commit(); err != nil {
 		return fmt.Errorf("build log %s: %w", drvBase, err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		return putJSON(tx.Bucket(bLogFiles), []byte(drvBase), rec)
 	})
 	if err != nil {

@@ -13,8 +13,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/nix-community/go-nix/pkg/nixbase32"
-
 	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
@@ -284,18 +282,27 @@ func (s *Store) OpenBlob(ctx context.Context, name string) (store.ReadSeekCloser
 	if err != nil {
 		return nil, 0, store.ErrNotFound
 	}
-	canon := nixbase32.EncodeToString(h) + extFor(comp)
+	// A bare ".nar" is the name Nix gave a gzip NAR too (blobNames).
 	var rec blobRec
-	var found bool
+	var canon string
 	err = s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		found, err = getJSON(tx.Bucket(bBlobs), []byte(canon), &rec)
-		return err
+		for _, n := range blobNames(h, comp) {
+			var r blobRec
+			found, err := getJSON(tx.Bucket(bBlobs), []byte(n), &r)
+			if err != nil {
+				return err
+			}
+			if found && r.Refs > 0 {
+				rec, canon = r, n
+				return nil
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, 0, err
 	}
-	if !found || rec.Refs == 0 {
+	if canon == "" {
 		return nil, 0, store.ErrNotFound
 	}
 	f, err := s.openBlob(canon)

@@ -52,26 +52,32 @@ func (s *Store) expired(t *tombRec, now int64) bool {
 	return s.opts.Remember > 0 && t.Collected < now-int64(s.opts.Remember/time.Second)
 }
 
-// checkTomb compares an upload of hashPart, which the index does not have,
-// with its tombstone: nil (and the tombstone removed, the path being
-// back) when it describes the collected path or there is none, else an
-// ErrConflict naming both NAR hashes, when the path was collected and how
-// to let another NAR in. Runs in the upload's write transaction.
-func (s *Store) checkTomb(tx *bolt.Tx, hashPart string, ni *narinfo.NarInfo) error {
+// tombFor is the tombstone of hashPart, which the index does not have:
+// nil when there is none, or when it has expired (it is then removed).
+// Runs in the upload's write transaction.
+func (s *Store) tombFor(tx *bolt.Tx, hashPart string) (*tombRec, error) {
 	b := tx.Bucket(bTombs)
 	var t tombRec
 	found, err := getJSON(b, []byte(hashPart), &t)
 	if err != nil || !found {
-		return err
+		return nil, err
 	}
 	if s.expired(&t, s.now().Unix()) {
-		return b.Delete([]byte(hashPart))
+		return nil, b.Delete([]byte(hashPart))
 	}
+	return &t, nil
+}
+
+// tombConflict compares an upload with the tombstone of its hash part:
+// nil when it describes the collected path (which then simply comes
+// back), else an ErrConflict naming both NAR hashes, when the path was
+// collected and how to let another NAR in (remember is gc.remember).
+func tombConflict(t *tombRec, ni *narinfo.NarInfo, remember time.Duration) error {
 	when := time.Unix(t.Collected, 0).UTC().Format("2006-01-02 15:04:05 UTC")
 	how := fmt.Sprintf("store paths are immutable, and hosts that fetched it keep that content; an admin allows another NAR with `cache forget %s`", t.StorePath)
-	if s.opts.Remember > 0 {
+	if remember > 0 {
 		how += fmt.Sprintf(", or it is allowed after %s (gc.remember)",
-			time.Unix(t.Collected, 0).Add(s.opts.Remember).UTC().Format("2006-01-02"))
+			time.Unix(t.Collected, 0).Add(remember).UTC().Format("2006-01-02"))
 	}
 	switch {
 	case ni.StorePath != t.StorePath:
@@ -84,7 +90,7 @@ func (s *Store) checkTomb(tx *bolt.Tx, hashPart string, ni *narinfo.NarInfo) err
 		return fmt.Errorf("%w: %s was in the cache with NarHash %s and other References than the upload's %q until it was collected (garbage collection) on %s (%s)",
 			store.ErrConflict, t.StorePath, narinfo.SHA256(t.NarHash), setOf(ni.References), when, how)
 	}
-	return b.Delete([]byte(hashPart))
+	return nil
 }
 
 // pruneTombs removes the tombstones older than Options.Remember; it runs

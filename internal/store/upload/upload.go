@@ -215,12 +215,24 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("upload store: %w", err)
 		}
 	}
-	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o644, &bolt.Options{Timeout: 5 * time.Second})
+	if err := s.openIndex(ctx); err != nil {
+		return nil, err
+	}
+	s.wg.Add(1)
+	go s.background()
+	return s, nil
+}
+
+// openIndex opens the bbolt index, creating its buckets, and recovers
+// from an interrupted run (logs moved out of the index, files and records
+// made to agree). The index is closed again if that fails.
+func (s *Store) openIndex(ctx context.Context) error {
+	db, err := bolt.Open(filepath.Join(s.dir, "index.db"), 0o644, &bolt.Options{Timeout: 5 * time.Second})
 	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("upload store index %s: %w", dir, ErrLocked)
+		return fmt.Errorf("upload store index %s: %w", s.dir, ErrLocked)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("upload store index: %w", err)
+		return fmt.Errorf("upload store index: %w", err)
 	}
 	s.db = db
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -245,11 +257,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	if err != nil {
 		db.Close()
-		return nil, fmt.Errorf("upload store %s: %w", dir, err)
+		return fmt.Errorf("upload store %s: %w", s.dir, err)
 	}
-	s.wg.Add(1)
-	go s.background()
-	return s, nil
+	return nil
 }
 
 // Close stops background work and flushes access times.
@@ -273,83 +283,23 @@ func (s *Store) Dir() string { return s.dir }
 
 // recover makes the files and the index agree after a crash.
 func (s *Store) recover(ctx context.Context) error {
-	ents, err := os.ReadDir(s.blobDir)
+	onDisk, err := s.blobFiles()
 	if err != nil {
 		return err
 	}
-	onDisk := map[string]bool{}
-	for _, e := range ents {
-		name := e.Name()
-		if strings.HasPrefix(name, tmpPrefix) {
-			s.log.Info("removing leftover of an interrupted upload", "file", name)
-			os.Remove(filepath.Join(s.blobDir, name))
-			continue
-		}
-		onDisk[name] = true
-	}
 	var dropped []string
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		blobs := tx.Bucket(bBlobs)
-		refs := map[string]int{}
-		var gone [][]byte
-		err := tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
-			var r pathRec
-			if err := json.Unmarshal(v, &r); err != nil || !onDisk[r.Blob] || blobs.Get([]byte(r.Blob)) == nil {
-				gone = append(gone, k)
-				return nil
-			}
-			refs[r.Blob]++
-			return nil
-		})
+		refs, gone, err := s.pathsWithBlobs(tx, onDisk)
 		if err != nil {
 			return err
 		}
-		for _, k := range gone {
-			s.log.Warn("dropping path whose NAR file is missing", "hash", string(k))
-			if err := s.deletePath(tx, string(k)); err != nil {
-				return err
-			}
-			dropped = append(dropped, string(k))
-		}
-		// Blob records: drop those without a file, fix reference counts.
-		var noFile [][]byte
-		type fix struct {
-			k []byte
-			r blobRec
-		}
-		var fixes []fix
-		err = blobs.ForEach(func(k, v []byte) error {
-			if !onDisk[string(k)] {
-				noFile = append(noFile, k)
-				return nil
-			}
-			var b blobRec
-			if err := json.Unmarshal(v, &b); err != nil {
-				noFile = append(noFile, k)
-				return nil
-			}
-			if b.Refs != refs[string(k)] {
-				b.Refs = refs[string(k)]
-				fixes = append(fixes, fix{k, b})
-			}
-			return nil
-		})
-		if err != nil {
+		dropped = append(dropped, gone...)
+		if err := s.fixBlobRecords(tx, onDisk, refs); err != nil {
 			return err
-		}
-		for _, k := range noFile {
-			s.log.Warn("dropping record of a missing NAR file", "blob", string(k))
-			if err := blobs.Delete(k); err != nil {
-				return err
-			}
-		}
-		for _, f := range fixes {
-			if err := putJSON(blobs, f.k, f.r); err != nil {
-				return err
-			}
 		}
 		// Blob files without a record were renamed into place but their
 		// record never committed: nobody can have been told about them.
+		blobs := tx.Bucket(bBlobs)
 		for name := range onDisk {
 			if blobs.Get([]byte(name)) == nil {
 				s.log.Info("removing NAR file without a record", "blob", name)
@@ -364,6 +314,98 @@ func (s *Store) recover(ctx context.Context) error {
 		s.log.Warn("recovery dropped paths", "count", len(dropped), "paths", dropped)
 	}
 	return err
+}
+
+// blobFiles is the set of blob files on disk, once the temp files of
+// interrupted uploads are removed.
+func (s *Store) blobFiles() (map[string]bool, error) {
+	ents, err := os.ReadDir(s.blobDir)
+	if err != nil {
+		return nil, err
+	}
+	onDisk := map[string]bool{}
+	for _, e := range ents {
+		name := e.Name()
+		if strings.HasPrefix(name, tmpPrefix) {
+			s.log.Info("removing leftover of an interrupted upload", "file", name)
+			os.Remove(filepath.Join(s.blobDir, name))
+			continue
+		}
+		onDisk[name] = true
+	}
+	return onDisk, nil
+}
+
+// pathsWithBlobs deletes the paths whose blob file or record is missing
+// (returning their hash parts) and counts the claims on each blob of the
+// others.
+func (s *Store) pathsWithBlobs(tx *bolt.Tx, onDisk map[string]bool) (refs map[string]int, dropped []string, err error) {
+	blobs := tx.Bucket(bBlobs)
+	refs = map[string]int{}
+	var gone [][]byte
+	err = tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
+		var r pathRec
+		if err := json.Unmarshal(v, &r); err != nil || !onDisk[r.Blob] || blobs.Get([]byte(r.Blob)) == nil {
+			gone = append(gone, k)
+			return nil
+		}
+		refs[r.Blob]++
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, k := range gone {
+		s.log.Warn("dropping path whose NAR file is missing", "hash", string(k))
+		if err := s.deletePath(tx, string(k)); err != nil {
+			return nil, nil, err
+		}
+		dropped = append(dropped, string(k))
+	}
+	return refs, dropped, nil
+}
+
+// fixBlobRecords drops the blob records without a file (or unreadable)
+// and sets each one's claim count to refs'.
+func (s *Store) fixBlobRecords(tx *bolt.Tx, onDisk map[string]bool, refs map[string]int) error {
+	blobs := tx.Bucket(bBlobs)
+	var noFile [][]byte
+	type fix struct {
+		k []byte
+		r blobRec
+	}
+	var fixes []fix
+	err := blobs.ForEach(func(k, v []byte) error {
+		if !onDisk[string(k)] {
+			noFile = append(noFile, k)
+			return nil
+		}
+		var b blobRec
+		if err := json.Unmarshal(v, &b); err != nil {
+			noFile = append(noFile, k)
+			return nil
+		}
+		if b.Refs != refs[string(k)] {
+			b.Refs = refs[string(k)]
+			fixes = append(fixes, fix{k, b})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range noFile {
+		s.log.Warn("dropping record of a missing NAR file", "blob", string(k))
+		if err := blobs.Delete(k); err != nil {
+			return err
+		}
+	}
+	for _, f := range fixes {
+		if err := putJSON(blobs, f.k, f.r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // dropBrokenClosures deletes, until none is left, every path that refers

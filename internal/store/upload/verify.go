@@ -16,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/durable"
 	"github.com/bos55/concordia/pkg/nar"
 )
 
@@ -175,7 +176,7 @@ func (s *Store) repair(ctx context.Context, rep *VerifyReport) error {
 			os.Remove(src)
 		}
 	}
-	syncDir(s.blobDir)
+	durable.SyncDir(s.blobDir)
 	slices.Sort(rep.Broken)
 	rep.Repaired = true
 	return nil

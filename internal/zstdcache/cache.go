@@ -1,4 +1,4 @@
-package compress
+package zstdcache
 
 import (
 	"bufio"
@@ -19,6 +19,9 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/durable"
 )
 
 var (
@@ -158,7 +161,7 @@ func Open(dir string, maxBytes int64, level int, log *slog.Logger) (*Cache, erro
 	c := &Cache{
 		dir:     dir,
 		max:     maxBytes,
-		level:   Level(level),
+		level:   compress.Level(level),
 		log:     log,
 		db:      db,
 		ctx:     ctx,
@@ -190,18 +193,51 @@ func Open(dir string, maxBytes int64, level int, log *slog.Logger) (*Cache, erro
 // load reconciles the directory with the index after a clean stop or a
 // crash, and fills the in-memory LRU.
 func (c *Cache) load() error {
+	blobs, removed, err := c.scanDir()
+	if err != nil {
+		return err
+	}
+	items, err := c.reconcile(blobs)
+	if err != nil {
+		return fmt.Errorf("open cache index %s: %w", c.dir, err)
+	}
+	// A blob without a record was renamed into place but its record never
+	// reached the index (crash in between): remove it, as the index is
+	// the authority on what is in the cache.
+	for key := range blobs {
+		if err := os.Remove(c.blobPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("open cache: remove orphan blob %s: %w", key, err)
+		}
+		removed++
+	}
+	if removed > 0 {
+		c.log.Info("compression cache: removed leftover files", "count", removed)
+		if err := durable.SyncDir(c.dir); err != nil {
+			return fmt.Errorf("open cache %s: %w", c.dir, err)
+		}
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].atime.Before(items[j].atime) })
+	for _, it := range items {
+		c.items[it.key] = c.lru.PushFront(it)
+		c.size += it.size
+	}
+	return nil
+}
+
+// scanDir removes the temp files of interrupted productions and returns
+// the sizes of the blob files (by key) and how many files it removed.
+func (c *Cache) scanDir() (blobs map[string]int64, removed int, err error) {
 	des, err := os.ReadDir(c.dir)
 	if err != nil {
-		return fmt.Errorf("open cache %s: %w", c.dir, err)
+		return nil, 0, fmt.Errorf("open cache %s: %w", c.dir, err)
 	}
-	blobs := make(map[string]int64)
-	removed := 0
+	blobs = make(map[string]int64)
 	for _, de := range des {
 		name := de.Name()
 		switch {
 		case strings.HasPrefix(name, tmpPrefix):
 			if err := os.Remove(filepath.Join(c.dir, name)); err != nil {
-				return fmt.Errorf("open cache: remove leftover %s: %w", name, err)
+				return nil, 0, fmt.Errorf("open cache: remove leftover %s: %w", name, err)
 			}
 			removed++
 		case strings.HasSuffix(name, blobExt) && de.Type().IsRegular():
@@ -211,14 +247,20 @@ func (c *Cache) load() error {
 			}
 			info, err := de.Info()
 			if err != nil {
-				return fmt.Errorf("open cache: stat %s: %w", name, err)
+				return nil, 0, fmt.Errorf("open cache: stat %s: %w", name, err)
 			}
 			blobs[key] = info.Size()
 		}
 	}
+	return blobs, removed, nil
+}
 
+// reconcile drops the index records without a complete blob of their
+// size, and returns the others as items. The blobs it found a record for
+// leave blobs: what is left there has none.
+func (c *Cache) reconcile(blobs map[string]int64) ([]*item, error) {
 	var items []*item
-	err = c.db.Update(func(tx *bolt.Tx) error {
+	err := c.db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketName)
 		if err != nil {
 			return err
@@ -249,30 +291,7 @@ func (c *Cache) load() error {
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("open cache index %s: %w", c.dir, err)
-	}
-	// A blob without a record was renamed into place but its record never
-	// reached the index (crash in between): remove it, as the index is
-	// the authority on what is in the cache.
-	for key := range blobs {
-		if err := os.Remove(c.blobPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("open cache: remove orphan blob %s: %w", key, err)
-		}
-		removed++
-	}
-	if removed > 0 {
-		c.log.Info("compression cache: removed leftover files", "count", removed)
-		if err := syncDir(c.dir); err != nil {
-			return fmt.Errorf("open cache %s: %w", c.dir, err)
-		}
-	}
-	sort.Slice(items, func(i, j int) bool { return items[i].atime.Before(items[j].atime) })
-	for _, it := range items {
-		c.items[it.key] = c.lru.PushFront(it)
-		c.size += it.size
-	}
-	return nil
+	return items, err
 }
 
 // Close cancels running productions (their readers get the error), waits
@@ -316,7 +335,7 @@ func (c *Cache) Get(ctx context.Context, key string, produce func(ctx context.Co
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil, fmt.Errorf("get %s: %w", key, ErrClosed)
+		return nil, fmt.Errorf("get %s: %w", key, compress.ErrClosed)
 	}
 
 	if el, ok := c.items[key]; ok {
@@ -411,7 +430,7 @@ func (c *Cache) run(fl *flight, tmp *os.File, produce func(ctx context.Context, 
 func (c *Cache) compress(fl *flight, tmp *os.File, produce func(ctx context.Context, w io.Writer) error) (size int64, err error) {
 	pw := &progressWriter{ctx: c.ctx, f: tmp, fl: fl, m: &c.m}
 	bw := bufio.NewWriterSize(pw, writeBuffer)
-	enc := newParallelWriter(bw, c.level)
+	enc := compress.NewParallelWriter(bw, c.level)
 	defer enc.Abort() // waits for its helpers; a no-op after Close
 	// produce runs detached from any request: a panic in it must not take
 	// the whole server down.
@@ -435,7 +454,12 @@ func (c *Cache) compress(fl *flight, tmp *os.File, produce func(ctx context.Cont
 	return pw.n, nil
 }
 
-// publish makes tmp durable under its final name.
+// publish makes tmp durable under its final name. It is durable.File's
+// sequence (fsync, close, rename, fsync the directory) by hand because the
+// rename and the flight's path must change together under fl.mu, so a
+// reader joining the production opens the file by one name or the other,
+// while the fsync must not hold that lock; and a failure must mark the
+// flight gone under the same lock.
 func (c *Cache) publish(fl *flight, tmp *os.File) error {
 	err := tmp.Sync()
 	if cerr := tmp.Close(); err == nil {
@@ -450,7 +474,7 @@ func (c *Cache) publish(fl *flight, tmp *os.File) error {
 		}
 	}
 	if err == nil {
-		err = syncDir(c.dir)
+		err = durable.SyncDir(c.dir)
 	}
 	if err != nil {
 		os.Remove(fl.path)
@@ -572,19 +596,4 @@ func validKey(key string) bool {
 		}
 	}
 	return true
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package compress
+package zstdcache
 
 import (
 	"sync/atomic"

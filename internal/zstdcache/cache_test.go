@@ -1,4 +1,4 @@
-package compress_test
+package zstdcache_test
 
 import (
 	"bytes"
@@ -16,12 +16,13 @@ import (
 	"time"
 
 	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/zstdcache"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-func openCache(t *testing.T, dir string, max int64) *compress.Cache {
+func openCache(t *testing.T, dir string, max int64) *zstdcache.Cache {
 	t.Helper()
-	c, err := compress.Open(dir, max, 0, nil)
+	c, err := zstdcache.Open(dir, max, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +30,7 @@ func openCache(t *testing.T, dir string, max int64) *compress.Cache {
 	return c
 }
 
-func readEntry(t testing.TB, c *compress.Cache, key string, p *producer) []byte {
+func readEntry(t testing.TB, c *zstdcache.Cache, key string, p *producer) []byte {
 	t.Helper()
 	e, err := c.Get(context.Background(), key, p.produce)
 	if err != nil {
@@ -147,7 +148,7 @@ func TestLateJoiner(t *testing.T) {
 	if _, ok := b.Size(); ok {
 		t.Fatal("size known while production is held")
 	}
-	if _, err := b.Seek(0, io.SeekEnd); !errors.Is(err, compress.ErrIncomplete) {
+	if _, err := b.Seek(0, io.SeekEnd); !errors.Is(err, zstdcache.ErrIncomplete) {
 		t.Fatalf("Seek on running production: %v, want ErrIncomplete", err)
 	}
 
@@ -212,7 +213,7 @@ func TestProducerErrorReachesEveryReader(t *testing.T) {
 	}
 	dir := t.TempDir()
 	c := openCache(t, dir, 1<<30)
-	var entries []*compress.Entry
+	var entries []*zstdcache.Entry
 	for range 4 {
 		e, err := c.Get(context.Background(), "bad", produce)
 		if err != nil {
@@ -295,7 +296,7 @@ func TestReaderLeaving(t *testing.T) {
 }
 
 func TestCloseCancelsProduction(t *testing.T) {
-	c, err := compress.Open(t.TempDir(), 1<<30, 0, nil)
+	c, err := zstdcache.Open(t.TempDir(), 1<<30, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +322,7 @@ func TestCloseCancelsProduction(t *testing.T) {
 // TestCloseStopsProducerIgnoringContext: Close must not wait for a whole
 // NAR when produce never looks at its context; its next write fails.
 func TestCloseStopsProducerIgnoringContext(t *testing.T) {
-	c, err := compress.Open(t.TempDir(), 1<<30, 0, nil)
+	c, err := zstdcache.Open(t.TempDir(), 1<<30, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,7 +434,7 @@ func TestReopenFindsCompleteEntriesAndLRUOrder(t *testing.T) {
 	for i, k := range []string{"a", "b", "c"} {
 		ps[k] = &producer{data: incompressible(blob, int64(30+i))}
 	}
-	c, err := compress.Open(dir, 1<<30, 0, nil)
+	c, err := zstdcache.Open(dir, 1<<30, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +447,7 @@ func TestReopenFindsCompleteEntriesAndLRUOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c, err = compress.Open(dir, 1<<30, 0, nil)
+	c, err = zstdcache.Open(dir, 1<<30, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -480,7 +481,7 @@ func TestOpenCleansCrashLeftovers(t *testing.T) {
 	dir := t.TempDir()
 	pa := &producer{data: testData(1<<18, 40)}
 	pb := &producer{data: testData(1<<18, 41)}
-	c, err := compress.Open(dir, 1<<30, 0, nil)
+	c, err := zstdcache.Open(dir, 1<<30, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -525,7 +526,7 @@ func TestOpenCleansCrashLeftovers(t *testing.T) {
 func TestSecondOpenOfSameDirFails(t *testing.T) {
 	dir := t.TempDir()
 	openCache(t, dir, 1<<20)
-	if c, err := compress.Open(dir, 1<<20, 0, nil); err == nil {
+	if c, err := zstdcache.Open(dir, 1<<20, 0, nil); err == nil {
 		c.Close()
 		t.Fatal("second Open of a dir in use succeeded")
 	}
@@ -597,7 +598,7 @@ func TestSeekAndRange(t *testing.T) {
 func TestInvalidKeysAndDisabled(t *testing.T) {
 	c := openCache(t, t.TempDir(), 1<<20)
 	for _, k := range []string{"", "../x", "a/b", ".tmp-x", "a.zst", strings.Repeat("x", 200), "a\x00b"} {
-		if _, err := c.Get(context.Background(), k, nil); !errors.Is(err, compress.ErrInvalidKey) {
+		if _, err := c.Get(context.Background(), k, nil); !errors.Is(err, zstdcache.ErrInvalidKey) {
 			t.Errorf("key %q: %v, want ErrInvalidKey", k, err)
 		}
 	}
@@ -605,7 +606,7 @@ func TestInvalidKeysAndDisabled(t *testing.T) {
 		dir string
 		max int64
 	}{{"", 1 << 20}, {t.TempDir(), 0}} {
-		if _, err := compress.Open(tc.dir, tc.max, 0, nil); !errors.Is(err, compress.ErrDisabled) {
+		if _, err := zstdcache.Open(tc.dir, tc.max, 0, nil); !errors.Is(err, zstdcache.ErrDisabled) {
 			t.Errorf("Open(%q, %d): %v, want ErrDisabled", tc.dir, tc.max, err)
 		}
 	}

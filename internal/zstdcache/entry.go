@@ -1,4 +1,4 @@
-package compress
+package zstdcache
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"github.com/bos55/concordia/internal/compress"
 )
 
 // Entry is one reader of a compressed NAR. An Entry that was complete when
@@ -52,7 +54,7 @@ func (e *Entry) Size() (int64, bool) {
 // production's error if it failed.
 func (e *Entry) Read(p []byte) (int, error) {
 	if e.closed {
-		return 0, ErrClosed
+		return 0, compress.ErrClosed
 	}
 	if e.fl == nil {
 		return e.f.Read(p) // accounted by countServed
@@ -98,7 +100,7 @@ func (e *Entry) Read(p []byte) (int, error) {
 // production is still running.
 func (e *Entry) Seek(offset int64, whence int) (int64, error) {
 	if e.closed {
-		return 0, ErrClosed
+		return 0, compress.ErrClosed
 	}
 	if e.fl == nil {
 		e.countServed()
@@ -158,7 +160,7 @@ func (e *Entry) countServed() {
 // makes the copy fall back to Read.
 func (e *Entry) SyscallConn() (syscall.RawConn, error) {
 	if e.closed {
-		return nil, ErrClosed
+		return nil, compress.ErrClosed
 	}
 	if e.fl != nil {
 		return nil, fmt.Errorf("syscall conn %s: %w", e.fl.key, ErrIncomplete)

@@ -75,9 +75,14 @@ type Config struct {
 	TLSKeyPath  string `toml:"tls_key_path"`
 	// EnableCompression lets identity NAR responses be sent with
 	// Content-Encoding: zstd when the request's Accept-Encoding asks for
-	// it (Harmonia: enable_compression, which compresses responses by
-	// Accept-Encoding). Concordia defaults it to true; only clients that
-	// ask get encoded bytes, so it is safe.
+	// it (Harmonia: enable_compression). Off by default: Nix 2.14 and
+	// later ask for zstd on every request, and no Nix resumes a cut
+	// download whose body was Content-Encoded (filetransfer.cc: a resume
+	// needs Accept-Ranges and no encoding), so with it on every cut
+	// transfer of an uncompressed NAR URL fails the substitution. The
+	// bandwidth is saved anyway where it matters: narinfos announce
+	// compression = "zstd" (.nar.zst files, which take ranges once
+	// compressed) unless the operator chose "none".
 	EnableCompression bool `toml:"enable_compression"`
 	// Zstd is Harmonia's [zstd] table.
 	Zstd Zstd `toml:"zstd"`
@@ -271,7 +276,7 @@ func Default() *Config {
 		Workers:           DefaultWorkers,
 		MaxConnectionRate: DefaultConnRate,
 		Priority:          DefaultPriority,
-		EnableCompression: true,
+		EnableCompression: false,
 		Zstd:              Zstd{Level: DefaultZstdLevel},
 		VirtualNixStore:   DefaultStoreDir,
 		NixDBPath:         DefaultNixDBPath,

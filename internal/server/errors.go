@@ -72,6 +72,12 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	h.Del("ETag")
 	h.Set("Cache-Control", "no-store")
 	msg := err.Error()
+	if code == http.StatusUnauthorized || code == http.StatusForbidden {
+		// Said here because the client often does not: most Nix versions
+		// take a refused narinfo for a miss and remember it for an hour
+		// (narinfo-cache-negative-ttl) without a word to their user.
+		s.logger(r).Info("request refused", "method", r.Method, "path", r.URL.Path, "status", code, "reason", msg, "remote", r.RemoteAddr)
+	}
 	switch {
 	case code == http.StatusUnauthorized:
 		h.Set("WWW-Authenticate", `Basic realm="`+auth.Realm+`", charset="UTF-8"`)

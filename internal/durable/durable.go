@@ -20,21 +20,18 @@ var ErrExists = errors.New("already exists")
 
 // WriteFile publishes data at path, replacing what was there.
 func WriteFile(path string, data []byte, mode os.FileMode) error {
-	f, err := Create(path, mode)
-	if err != nil {
-		return err
-	}
-	defer f.Abort()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return f.Commit()
+	return write(path, data, mode, (*File).Commit)
 }
 
 // WriteNew publishes data at path only if nothing is there yet: it links
 // the temporary file into place, which, unlike rename, fails when the
 // target exists (the error wraps ErrExists).
 func WriteNew(path string, data []byte, mode os.FileMode) error {
+	return write(path, data, mode, (*File).CommitNew)
+}
+
+// write fills a temporary file with data and publishes it with commit.
+func write(path string, data []byte, mode os.FileMode, commit func(*File) error) error {
 	f, err := Create(path, mode)
 	if err != nil {
 		return err
@@ -43,7 +40,7 @@ func WriteNew(path string, data []byte, mode os.FileMode) error {
 	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return f.CommitNew()
+	return commit(f)
 }
 
 // File is a file being written that appears at its path only when

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -152,4 +153,28 @@ func (s *Server) logger(r *http.Request) *slog.Logger {
 		return s.log.With("req", id)
 	}
 	return s.log
+}
+
+// sendAfterFirstChunk reads body's first 32 KiB before it sends the
+// status, so an error before the first byte (a path gone since the
+// lookup, a build that failed) is answered with its own status instead of
+// a 200 cut short; then it streams the rest. Bytes go through dst, which
+// is w or a wrapper of it (a byte counter).
+func (s *Server) sendAfterFirstChunk(w http.ResponseWriter, r *http.Request, dst io.Writer, body io.Reader) {
+	buf := make([]byte, 32<<10)
+	n, err := io.ReadFull(body, buf)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+	if _, werr := dst.Write(buf[:n]); werr != nil {
+		s.abort(r, werr)
+	}
+	if err != nil { // the whole body fitted in buf
+		return
+	}
+	if _, err := io.CopyBuffer(dst, body, buf); err != nil {
+		s.abort(r, err)
+	}
 }

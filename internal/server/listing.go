@@ -169,24 +169,9 @@ func (s *Server) listingFromCache(w http.ResponseWriter, r *http.Request, st sto
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	// The first chunk before the status: a build that fails before
-	// producing anything (the path vanished) is still a clean error.
-	buf := make([]byte, 32<<10)
-	n, err := io.ReadFull(body, buf)
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		s.fail(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusOK)
-	if _, werr := w.Write(buf[:n]); werr != nil {
-		s.abort(r, werr)
-	}
-	if err != nil {
-		return
-	}
-	if _, err := io.CopyBuffer(w, body, buf); err != nil {
-		s.abort(r, err)
-	}
+	// A build that fails before producing anything (the path vanished)
+	// is still a clean error.
+	s.sendAfterFirstChunk(w, r, w, body)
 }
 
 // memListings keeps built listings in memory when there is no disk

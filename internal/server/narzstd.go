@@ -105,26 +105,9 @@ func (s *Server) zstdCached(w http.ResponseWriter, r *http.Request, st store.Sto
 		}
 		h.Set("Content-Length", strconv.FormatInt(size, 10))
 	}
-	// Read the first chunk before answering, so a store error that
-	// happens before any byte (a path gone since the lookup) is a clean
-	// 404 rather than a 200 cut short.
-	buf := make([]byte, 32<<10)
-	n, err := io.ReadFull(e, buf)
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		s.fail(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusOK)
-	if _, werr := w.Write(buf[:n]); werr != nil {
-		s.abort(r, werr)
-	}
-	counter.Add(float64(n))
-	if err != nil { // the whole entry fitted in buf
-		return
-	}
-	if _, err := io.CopyBuffer(&countingWriter{ResponseWriter: w, c: counter}, e, buf); err != nil {
-		s.abort(r, err)
-	}
+	// A store error that happens before any byte (a path gone since the
+	// lookup) is a clean 404 rather than a 200 cut short.
+	s.sendAfterFirstChunk(w, r, &countingWriter{ResponseWriter: w, c: counter}, e)
 }
 
 // pipelinedNAR runs the store's NAR dump on its own goroutine, feeding w

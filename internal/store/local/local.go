@@ -341,16 +341,9 @@ func (s *Store) PathInfo(ctx context.Context, hashPart string) (*store.PathInfo,
 // before the first byte is ErrNotFound with nothing written; one that
 // changes or vanishes later is an error, so the caller aborts the response.
 func (s *Store) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) error {
-	base, ok := s.baseName(info.StorePath)
-	if !ok {
-		return store.ErrNotFound
-	}
-	p := filepath.Join(s.realDir, base)
-	if _, err := os.Lstat(p); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return store.ErrNotFound
-		}
-		return fmt.Errorf("local store: %w", err)
+	p, err := s.onDisk(info)
+	if err != nil {
+		return err
 	}
 	n, err := nar.DumpPath(&ctxWriter{ctx: ctx, w: w}, p)
 	if err != nil {
@@ -370,16 +363,9 @@ func (s *Store) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) erro
 // NARFrom implements store.RangeNAR: the dump skips the bytes before
 // offset without reading the contents of the files they hold.
 func (s *Store) NARFrom(ctx context.Context, info *store.PathInfo, offset int64, w io.Writer) error {
-	base, ok := s.baseName(info.StorePath)
-	if !ok {
-		return store.ErrNotFound
-	}
-	p := filepath.Join(s.realDir, base)
-	if _, err := os.Lstat(p); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return store.ErrNotFound
-		}
-		return fmt.Errorf("local store: %w", err)
+	p, err := s.onDisk(info)
+	if err != nil {
+		return err
 	}
 	n, err := nar.DumpPathFrom(&ctxWriter{ctx: ctx, w: w}, p, offset)
 	if err != nil {
@@ -392,6 +378,23 @@ func (s *Store) NARFrom(ctx context.Context, info *store.PathInfo, offset int64,
 		return fmt.Errorf("local store: NAR of %s is %d bytes, database says %d", info.StorePath, offset+n, info.NarSize)
 	}
 	return nil
+}
+
+// onDisk is where info's path is in RealStoreDir; ErrNotFound when it is
+// not a path of this store or is gone (collected since its lookup).
+func (s *Store) onDisk(info *store.PathInfo) (string, error) {
+	base, ok := s.baseName(info.StorePath)
+	if !ok {
+		return "", store.ErrNotFound
+	}
+	p := filepath.Join(s.realDir, base)
+	if _, err := os.Lstat(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", store.ErrNotFound
+		}
+		return "", fmt.Errorf("local store: %w", err)
+	}
+	return p, nil
 }
 
 // baseName returns the base name of a path under StoreDir, if it is one.

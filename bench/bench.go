@@ -115,6 +115,7 @@ func (b *bench) all(ctx context.Context) error {
 		{"rss", b.benchRSS},
 		{"e2e", b.benchE2E},
 		{"upload", b.benchUpload},
+		{"upload-rtt", b.benchUploadRTT},
 		{"deploy", b.benchDeploy},
 	}
 	for _, s := range steps {

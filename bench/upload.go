@@ -23,6 +23,12 @@ type uploadCache struct {
 // store, which already has every path and would make uploads no-ops) and
 // a write token handed to Nix through a netrc file.
 func (b *bench) startUploadCache(ctx context.Context) (*uploadCache, error) {
+	return b.startUploadCacheWith(ctx, "")
+}
+
+// startUploadCacheWith is startUploadCache with extra top-level config
+// lines (e.g. TLS).
+func (b *bench) startUploadCacheWith(ctx context.Context, extra string) (*uploadCache, error) {
 	state := filepath.Join(b.work, "state-upload")
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, err
@@ -38,8 +44,8 @@ func (b *bench) startUploadCache(ctx context.Context) (*uploadCache, error) {
 		return nil, err
 	}
 	cfg := filepath.Join(state, "cache.toml")
-	conf := fmt.Sprintf("nix_db_path = %q\n[upload]\ndir = %q\ntokens_file = %q\n",
-		filepath.Join(state, "no-local-store.sqlite"), filepath.Join(state, "upload"), tokens)
+	conf := fmt.Sprintf("%snix_db_path = %q\n[upload]\ndir = %q\ntokens_file = %q\n",
+		extra, filepath.Join(state, "no-local-store.sqlite"), filepath.Join(state, "upload"), tokens)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}

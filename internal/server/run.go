@@ -98,11 +98,23 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, o RunOptions) error {
 		MaxHeaderBytes:    o.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	hs.HTTP2 = &http.HTTP2Config{
+		// Uploads over HTTP/2 (Nix uses it over TLS) are paced by these
+		// flow-control windows, not by TCP's: a stream sends at most its
+		// window per round trip. Go's 1 MiB default caps a nix copy to a
+		// cache 20 ms away at ~50 MB/s (bench group upload-rtt); 8 MiB a
+		// stream and 32 MiB a connection carry ~400 MB/s at that
+		// distance. The cost is what a client may send ahead of the
+		// handlers: at most 32 MiB per connection, and only authenticated
+		// PUTs read their bodies (others are refused before).
+		MaxReceiveBufferPerStream:     h2StreamWindow,
+		MaxReceiveBufferPerConnection: h2ConnWindow,
+	}
 	if s.wd > 0 {
 		// HTTP/2 (TLS): a connection whose client stops reading is
 		// closed after the write progress timeout (the handlers' own
 		// watchdogs cover each stream while they write).
-		hs.HTTP2 = &http.HTTP2Config{WriteByteTimeout: s.wd}
+		hs.HTTP2.WriteByteTimeout = s.wd
 	}
 	errc := make(chan error, 1)
 	go func() {
@@ -130,3 +142,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener, o RunOptions) error {
 	}
 	return err
 }
+
+// The HTTP/2 receive windows (see Run).
+const (
+	h2StreamWindow = 8 << 20
+	h2ConnWindow   = 32 << 20
+)

@@ -360,7 +360,7 @@ func sizeString(n int64) string {
 // durationString writes a duration as the config does (d for whole days).
 func durationString(d time.Duration) string {
 	switch {
-	case d >= 24*time.Hour && d%(24*time.Hour) == 0:
+	case d > 24*time.Hour && d%(24*time.Hour) == 0:
 		return fmt.Sprintf("%dd", d/(24*time.Hour))
 	case d >= time.Hour && d%time.Hour == 0:
 		return fmt.Sprintf("%dh", d/time.Hour)

@@ -97,7 +97,7 @@ func TestValidateNarInfo(t *testing.T) {
 		{name: "deriver not a derivation", ni: func(ni *narinfo.NarInfo) { ni.Deriver = "33333333333333333333333333333333-hello" },
 			want: store.ErrInvalid, msg: "is not a .drv store path base name"},
 		{name: "NAR not uploaded", h: func(h *holdings) { h.blob = nil }, want: store.ErrInvalid, msg: "names a NAR that was not uploaded"},
-		{name: "NAR not uploaded or expired", h: func(h *holdings) { h.blob, h.pendingGrace = nil, 24 * time.Hour }, want: store.ErrInvalid,
+		{name: "NAR not uploaded or expired", h: func(h *holdings) { h.blob, h.pendingGrace = nil, 24*time.Hour }, want: store.ErrInvalid,
 			msg: "names a NAR that was not uploaded or expired after 24h unclaimed (upload.pending_max_age); upload it again"},
 		{name: "NAR dropped", h: func(h *holdings) { h.blob, h.dropped = nil, "it was dropped because of reasons" }, want: store.ErrInvalid,
 			msg: "names a NAR that was not uploaded: it was dropped because of reasons; upload it again"},

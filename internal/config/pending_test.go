@@ -29,8 +29,8 @@ func TestPendingAndWriterKeys(t *testing.T) {
 		t.Fatalf("parsed: %+v %+v", c.Upload, c.GC)
 	}
 	for doc, key := range map[string]string{
-		"[upload]\npending_max_age = \"0\"\n":                 "upload.pending_max_age",
-		"[upload]\npending_max_size = \"1K\"\n":               "upload.pending_max_size",
+		"[upload]\npending_max_age = \"0\"\n":                "upload.pending_max_age",
+		"[upload]\npending_max_size = \"1K\"\n":              "upload.pending_max_size",
 		"[gc]\nmax_size = \"10G\"\nhard_max_size = \"5G\"\n": "gc.hard_max_size",
 	} {
 		if _, err := config.Parse([]byte(doc)); err == nil || !strings.Contains(err.Error(), key) {

@@ -123,6 +123,9 @@ func printReport(w io.Writer, rep *store.GCReport) {
 	if rep.Pending > 0 {
 		fmt.Fprintf(w, "; %d abandoned uploads removed", rep.Pending)
 	}
+	if rep.KeptForWriters > 0 {
+		fmt.Fprintf(w, "; %d paths kept: an uploader was told they exist within gc.writer_ttl", rep.KeptForWriters)
+	}
 	if rep.Tombstones > 0 || rep.TombstonesPruned > 0 {
 		fmt.Fprintf(w, "; %d NAR hashes remembered, %d forgotten (gc.remember)", rep.Tombstones, rep.TombstonesPruned)
 	}

@@ -76,7 +76,13 @@ func uploadOptions(cfg *config.Config, ls *local.Store, logger *slog.Logger) upl
 		MaxSize:  int64(cfg.GC.MaxSize),
 		MaxAge:   time.Duration(cfg.GC.MaxAge),
 		Remember: time.Duration(cfg.GC.Remember),
-		Limits:   cfg.Limits.Values(),
-		Logger:   logger,
+		// Pending NARs and the paths kept for writers (gc.writer_ttl: 0
+		// is off, as for the store).
+		PendingGrace: time.Duration(cfg.Upload.PendingMaxAge),
+		MaxPending:   int64(cfg.Upload.PendingMaxSize),
+		WriterTTL:    time.Duration(cfg.GC.WriterTTL),
+		HardMaxSize:  int64(cfg.GC.HardMaxSize),
+		Limits:       cfg.Limits.Values(),
+		Logger:       logger,
 	}
 }

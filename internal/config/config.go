@@ -156,7 +156,19 @@ type Upload struct {
 	// uploads that differ from a local path are refused, and an older
 	// upload record that differs is never served over the local path.
 	Prefer string `toml:"prefer"`
+	// PendingMaxAge is how long an uploaded NAR waits for its narinfo,
+	// across restarts: Nix 2.35 sends every NAR of a closure before the
+	// first narinfo. PendingMaxSize bounds those NARs' bytes; past it the
+	// oldest are dropped first.
+	PendingMaxAge  Duration `toml:"pending_max_age"`
+	PendingMaxSize Size     `toml:"pending_max_size"`
 }
+
+// Defaults of the pending NARs' bounds.
+const (
+	DefaultPendingMaxAge  = 24 * time.Hour
+	DefaultPendingMaxSize = 20 << 30
+)
 
 // GC is the [gc] table for the upload store.
 type GC struct {
@@ -166,7 +178,18 @@ type GC struct {
 	// Remember is how long the NAR hash of a collected path is kept, so
 	// an upload cannot give that store path another NAR; 0 is forever.
 	Remember Duration `toml:"remember"`
+	// WriterTTL keeps a path a writer was told exists (its upload, or a
+	// narinfo lookup with a write token) for that long, past max_size and
+	// max_age: Nix caches narinfos for narinfo-cache-positive-ttl (30
+	// days) and never re-uploads a path it believes present. 0 turns it
+	// off. HardMaxSize is the size past which those paths go too (0: one
+	// and a half times max_size).
+	WriterTTL   Duration `toml:"writer_ttl"`
+	HardMaxSize Size     `toml:"hard_max_size"`
 }
+
+// DefaultWriterTTL is Nix's narinfo-cache-positive-ttl.
+const DefaultWriterTTL = 30 * 24 * time.Hour
 
 // DefaultRemember is how long a collected path's NAR hash is kept.
 const DefaultRemember = 90 * 24 * time.Hour
@@ -287,8 +310,9 @@ func Default() *Config {
 		LogLevel:          "info",
 		MemoryLimit:       DefaultMemoryLimit,
 		CompressionCache:  CompressionCache{MaxSize: DefaultCacheMaxSize},
-		Upload:            Upload{Prefer: DefaultPrefer},
-		GC:                GC{Remember: Duration(DefaultRemember)},
+		Upload: Upload{Prefer: DefaultPrefer,
+			PendingMaxAge: Duration(DefaultPendingMaxAge), PendingMaxSize: DefaultPendingMaxSize},
+		GC: GC{Remember: Duration(DefaultRemember), WriterTTL: Duration(DefaultWriterTTL)},
 		Timeouts: Timeouts{
 			ReadHeader:    Duration(DefaultReadHeaderTimeout),
 			Idle:          Duration(DefaultIdleTimeout),
@@ -448,8 +472,17 @@ func (c *Config) Validate() error {
 			return bad(key, "must be a positive duration, got %v", time.Duration(d))
 		}
 	}
-	if c.GC.MaxSize < 0 || c.GC.MaxAge < 0 || c.GC.Interval < 0 || c.GC.Remember < 0 {
+	if c.GC.MaxSize < 0 || c.GC.MaxAge < 0 || c.GC.Interval < 0 || c.GC.Remember < 0 || c.GC.WriterTTL < 0 || c.GC.HardMaxSize < 0 {
 		return bad("gc", "sizes and durations must not be negative")
+	}
+	if c.GC.HardMaxSize > 0 && c.GC.HardMaxSize < c.GC.MaxSize {
+		return bad("gc.hard_max_size", "must be at least gc.max_size (%d), got %d", c.GC.MaxSize, c.GC.HardMaxSize)
+	}
+	if c.Upload.PendingMaxAge <= 0 {
+		return bad("upload.pending_max_age", "must be a positive duration, got %v", time.Duration(c.Upload.PendingMaxAge))
+	}
+	if c.Upload.PendingMaxSize < 1<<20 {
+		return bad("upload.pending_max_size", "must be at least 1M, got %d", c.Upload.PendingMaxSize)
 	}
 	return c.Limits.validate(bad)
 }

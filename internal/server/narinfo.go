@@ -379,6 +379,11 @@ func (s *Server) writerNarinfo(w http.ResponseWriter, r *http.Request, hash stri
 		s.fail(w, r, err)
 		return Status(err)
 	}
+	if t, ok := s.upload.(store.WriterTold); ok {
+		// The client keeps this answer in its disk cache: GC keeps
+		// the path while that lasts.
+		t.ToldWriter(hash)
+	}
 	body := ni.String()
 	h := w.Header()
 	h.Set("Content-Type", "text/x-nix-narinfo")

@@ -95,6 +95,13 @@ func newUpEnvStores(t testing.TB, dir string, private bool, before []store.Store
 // options.
 func newUpEnvWith(t testing.TB, dir string, private bool, others []store.Store, uploadFirst bool, mutate func(*server.Options)) *upEnv {
 	t.Helper()
+	return newUpEnvOpts(t, dir, private, others, uploadFirst, mutate, upload.Options{})
+}
+
+// newUpEnvOpts is newUpEnvWith with the upload store opened with upOpts
+// (its SignKeys and Others are the environment's).
+func newUpEnvOpts(t testing.TB, dir string, private bool, others []store.Store, uploadFirst bool, mutate func(*server.Options), upOpts upload.Options) *upEnv {
+	t.Helper()
 	e := &upEnv{dir: dir}
 	sk, _, err := narinfo.GenerateKey("concordia-test-1")
 	if err != nil {
@@ -115,7 +122,8 @@ func newUpEnvWith(t testing.TB, dir string, private bool, others []store.Store, 
 		t.Fatal(err)
 	}
 	toks.SetRecheck(0)
-	e.up, err = upload.Open(context.Background(), dir, upload.Options{SignKeys: []narinfo.SecretKey{sk}, Others: others})
+	upOpts.SignKeys, upOpts.Others = []narinfo.SecretKey{sk}, others
+	e.up, err = upload.Open(context.Background(), dir, upOpts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -175,6 +175,10 @@ type GCReport struct {
 	// (gc.remember).
 	Tombstones       int
 	TombstonesPruned int
+	// KeptForWriters are the paths GC would have deleted but kept
+	// because a writer was told they exist within gc.writer_ttl (see
+	// WriterTold).
+	KeptForWriters int
 }
 
 // Verifier is the capability of re-checking stored NAR files against the

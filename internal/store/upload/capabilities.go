@@ -16,6 +16,7 @@ var (
 	_ store.Realisations = (*Store)(nil)
 	_ store.FileNAR      = (*Store)(nil)
 	_ store.RangeNAR     = (*Store)(nil)
+	_ store.WriterTold   = (*Store)(nil)
 )
 
 // The types of those capabilities are package store's, shared by every

@@ -146,12 +146,19 @@ func (s *Store) claim(ctx context.Context, up *narinfoUpload, canon string, else
 		p := s.pending[canon]
 		s.pendMu.Unlock()
 		if p != nil {
+			s.startReverify(canon, p)
 			select {
 			case <-p.durable:
 			case <-ctx.Done():
 				return false, ctx.Err()
 			}
 			if p.err != nil {
+				s.pendMu.Lock()
+				replaced := s.pending[canon] != p
+				s.pendMu.Unlock()
+				if replaced && attempt < 10 {
+					continue // a new upload of the NAR took its place
+				}
 				return false, p.err
 			}
 		}
@@ -203,9 +210,11 @@ func (s *Store) holdings(tx *bolt.Tx, up *narinfoUpload, canon string, elsewhere
 	paths := tx.Bucket(bPaths)
 	h := &holdings{
 		storeDir: s.storeDir, blob: b, blobName: canon, other: other, remember: s.opts.Remember,
-		has: func(ref string) bool { return hasBase(paths, s.storeDir, ref) || slices.Contains(elsewhere, ref) },
+		pendingGrace: s.opts.PendingGrace,
+		has:          func(ref string) bool { return hasBase(paths, s.storeDir, ref) || slices.Contains(elsewhere, ref) },
 	}
 	if b == nil {
+		h.dropped = s.droppedWhy(canon)
 		return h, nil, nil // refused for that before anything else is read
 	}
 	var old pathRec
@@ -270,7 +279,18 @@ func (s *Store) insert(tx *bolt.Tx, up *narinfoUpload, rec *pathRec, b *blobRec)
 	if err := putJSON(tx.Bucket(bPaths), []byte(up.hashPart), rec); err != nil {
 		return err
 	}
-	return tx.Bucket(bAccess).Put([]byte(up.hashPart), unixBytes(s.now().Unix()))
+	return s.uploaded(tx, up.hashPart)
+}
+
+// uploaded stamps a path whose narinfo PUT is answered 200: accessed, and
+// told to a writer, since Nix keeps the narinfo it uploaded in its disk
+// cache (and so believes the path present) as it keeps one it fetched.
+func (s *Store) uploaded(tx *bolt.Tx, hashPart string) error {
+	now := unixBytes(s.now().Unix())
+	if err := tx.Bucket(bAccess).Put([]byte(hashPart), now); err != nil {
+		return err
+	}
+	return tx.Bucket(bTold).Put([]byte(hashPart), now)
 }
 
 // keepServed commits an upload of a path the index already has, which
@@ -299,7 +319,7 @@ func (s *Store) keepServed(tx *bolt.Tx, hashPart string, old pathRec, ni *narinf
 	if err := putJSON(tx.Bucket(bPaths), []byte(hashPart), old); err != nil {
 		return err
 	}
-	return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
+	return s.uploaded(tx, hashPart)
 }
 
 // boundSigs is the signatures rec keeps of lists (in order of

@@ -21,6 +21,9 @@ type Node struct {
 	Refs   []string // hash parts of references, self excluded
 	Blob   string
 	Access int64 // unix seconds
+	// Told is when a writer was last told the path exists (unix
+	// seconds, 0: never); see Bounds.ToldCutoff.
+	Told   int64
 	Pinned bool
 	// Docs are what else the path keeps (its derivation's build log, its
 	// realisations), each freed, like a blob, with the last path that
@@ -37,6 +40,26 @@ type Node struct {
 // blobSize gives each blob's bytes and blobRefs how many paths claim it;
 // total is the current size. Exported so the property test can drive it.
 func Plan(nodes map[string]*Node, blobSize map[string]int64, blobRefs map[string]int, total, maxSize, cutoff int64) (deleted []string, freed int64, freedBlobs []string) {
+	deleted, freed, freedBlobs, _ = PlanWith(nodes, blobSize, blobRefs, Bounds{Total: total, MaxSize: maxSize, Cutoff: cutoff})
+	return deleted, freed, freedBlobs
+}
+
+// Bounds are what PlanWith collects down to.
+type Bounds struct {
+	Total   int64 // the current size
+	MaxSize int64 // 0: no size bound
+	Cutoff  int64 // unix seconds; a path last accessed before it is old (0: no age bound)
+	// ToldCutoff keeps the paths a writer was told exist at or after it
+	// (Node.Told, unix seconds; 0: none kept so), unless the total is
+	// over HardMaxSize (0: never): then those go too, oldest access
+	// first, until it is within HardMaxSize.
+	ToldCutoff  int64
+	HardMaxSize int64
+}
+
+// PlanWith is Plan with the writers' paths kept (Bounds.ToldCutoff); kept
+// are those it would have deleted but for that, still kept.
+func PlanWith(nodes map[string]*Node, blobSize map[string]int64, blobRefs map[string]int, b Bounds) (deleted []string, freed int64, freedBlobs, kept []string) {
 	referrers := map[string]int{}
 	for hp, n := range nodes {
 		for _, r := range n.Refs {
@@ -72,33 +95,59 @@ func Plan(nodes map[string]*Node, blobSize map[string]int64, blobRefs map[string
 	for b, n := range blobRefs {
 		refs[b] = n
 	}
-	for h.Len() > 0 {
-		hp := heap.Pop(h).(string)
-		n := nodes[hp]
-		old := cutoff > 0 && n.Access < cutoff
-		over := maxSize > 0 && total-freed > maxSize
-		if !old && !over {
-			break // everything left is newer and the size is within bounds
-		}
-		deleted = append(deleted, hp)
-		for _, r := range n.Refs {
-			if r == hp || nodes[r] == nil {
+	// A path a writer was told exists is set aside, not deleted; its
+	// references stay referred to. Only past the hard bound are those
+	// taken up again.
+	told := map[string]bool{}
+	hard := false
+	for {
+		for h.Len() > 0 {
+			hp := heap.Pop(h).(string)
+			n := nodes[hp]
+			old := !hard && b.Cutoff > 0 && n.Access < b.Cutoff
+			over := !hard && b.MaxSize > 0 && b.Total-freed > b.MaxSize
+			if hard {
+				over = b.Total-freed > b.HardMaxSize
+			}
+			if !old && !over {
+				break // everything left is newer and the size is within bounds
+			}
+			if !hard && b.ToldCutoff > 0 && n.Told >= b.ToldCutoff {
+				told[hp] = true
+				kept = append(kept, hp)
 				continue
 			}
-			referrers[r]--
-			if referrers[r] == 0 && !protected[r] {
-				heap.Push(h, r)
+			delete(told, hp)
+			deleted = append(deleted, hp)
+			for _, r := range n.Refs {
+				if r == hp || nodes[r] == nil {
+					continue
+				}
+				referrers[r]--
+				if referrers[r] == 0 && !protected[r] {
+					heap.Push(h, r)
+				}
+			}
+			for _, bl := range append([]string{n.Blob}, n.Docs...) {
+				refs[bl]--
+				if refs[bl] == 0 {
+					freed += blobSize[bl]
+					freedBlobs = append(freedBlobs, bl)
+				}
 			}
 		}
-		for _, b := range append([]string{n.Blob}, n.Docs...) {
-			refs[b]--
-			if refs[b] == 0 {
-				freed += blobSize[b]
-				freedBlobs = append(freedBlobs, b)
-			}
+		if hard || len(kept) == 0 || b.HardMaxSize <= 0 || b.Total-freed <= b.HardMaxSize {
+			break
 		}
+		hard = true
+		h.hps = h.hps[:0]
+		for _, hp := range kept {
+			h.hps = append(h.hps, hp)
+		}
+		heap.Init(h)
 	}
-	return deleted, freed, freedBlobs
+	kept = slices.DeleteFunc(kept, func(hp string) bool { return !told[hp] })
+	return deleted, freed, freedBlobs, kept
 }
 
 type byAccess struct {
@@ -142,9 +191,14 @@ func (s *Store) GCWith(ctx context.Context, p Policy, dryRun bool) (*Report, err
 	}
 	s.metrics.gcRuns.Inc()
 	s.metrics.freed.Add(float64(rep.Freed))
-	s.log.Info("GC", "deleted", len(rep.Deleted), "freed", rep.Freed, "size", rep.SizeAfter, "pending", rep.Pending)
+	s.log.Info("GC", "deleted", len(rep.Deleted), "freed", rep.Freed, "size", rep.SizeAfter, "pending", rep.Pending,
+		"kept_for_writers", rep.KeptForWriters)
 	return rep, nil
 }
+
+// docGrace is how long a build log or realisation that belongs to no
+// uploaded path is kept: Nix uploads them after the path's narinfo.
+const docGrace = time.Hour
 
 // Keys of the documents in Plan's maps, beside blob names (which never
 // hold a slash).
@@ -183,7 +237,7 @@ func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 	if err := g.readBlobs(tx); err != nil {
 		return nil, err
 	}
-	if err := g.readDocs(tx, s.now().Add(-s.opts.PendingGrace).Unix()); err != nil {
+	if err := g.readDocs(tx, s.now().Add(-docGrace).Unix()); err != nil {
 		return nil, err
 	}
 	rep, c := s.plan(g, p, dryRun)
@@ -205,7 +259,7 @@ func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 
 // readPaths adds every path of the index to g.
 func (g *gcGraph) readPaths(tx *bolt.Tx) error {
-	acc, pins := tx.Bucket(bAccess), tx.Bucket(bPins)
+	acc, pins, told := tx.Bucket(bAccess), tx.Bucket(bPins), tx.Bucket(bTold)
 	return tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
 		var r pathRec
 		if err := json.Unmarshal(v, &r); err != nil {
@@ -221,6 +275,9 @@ func (g *gcGraph) readPaths(tx *bolt.Tx) error {
 			n.Access = parseUnix(a)
 		} else {
 			n.Access = r.Registered.Unix()
+		}
+		if t := told.Get(k); t != nil {
+			n.Told = parseUnix(t)
 		}
 		g.nodes[string(k)] = n
 		g.paths[string(k)] = r.StorePath
@@ -303,7 +360,15 @@ func (s *Store) plan(g *gcGraph, p Policy, dryRun bool) (*Report, *collected) {
 	if p.MaxAge > 0 {
 		cutoff = s.now().Add(-p.MaxAge).Unix()
 	}
-	deleted, freed, freedBlobs := Plan(g.nodes, g.blobSize, g.blobRefs, rep.SizeBefore-orphanBytes, p.MaxSize, cutoff)
+	b := Bounds{Total: rep.SizeBefore - orphanBytes, MaxSize: p.MaxSize, Cutoff: cutoff, HardMaxSize: s.opts.HardMaxSize}
+	if s.opts.WriterTTL > 0 {
+		b.ToldCutoff = s.now().Add(-s.opts.WriterTTL).Unix()
+	}
+	if b.HardMaxSize == 0 {
+		b.HardMaxSize = p.MaxSize + p.MaxSize/2 // none without a size bound
+	}
+	deleted, freed, freedBlobs, kept := PlanWith(g.nodes, g.blobSize, g.blobRefs, b)
+	rep.KeptForWriters = len(kept)
 	c := &collected{paths: deleted}
 	for _, hp := range deleted {
 		rep.Deleted = append(rep.Deleted, g.paths[hp])

@@ -127,6 +127,11 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (*BlobI
 	if err != nil {
 		return nil, err
 	}
+	if renamed {
+		if err := s.boundPending(canon); err != nil {
+			return nil, err
+		}
+	}
 	return info, nil
 }
 
@@ -217,13 +222,22 @@ func (s *Store) place(name, canon string, tmp *os.File, info *BlobInfo, rec blob
 	defer s.fileMu.Unlock()
 	final := filepath.Join(s.blobDir, canon)
 	p := s.livePending(canon)
+	if p != nil && p.unverified() {
+		// Kept across a restart and not verified again yet: this
+		// upload's verified bytes replace the file.
+		s.pendMu.Lock()
+		delete(s.pending, canon)
+		s.pendMu.Unlock()
+		p = nil
+	}
 	indexed, claimed, err := s.indexedBlob(canon)
 	if err != nil {
 		return false, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
 	}
 	if _, err := os.Stat(final); err == nil && !indexed && p == nil {
 		// A file nothing accounts for cannot be trusted to be durable
-		// (it should not exist: Open removes such files): replace it.
+		// or intact (Open makes such files pending; this is one not
+		// verified since): replace it.
 		os.Remove(final)
 	} else if err == nil {
 		// Stored already (the caller drops our copy): claimed, or
@@ -295,6 +309,11 @@ type pendingBlob struct {
 	// why). A narinfo claiming the file is committed only after that.
 	durable chan struct{}
 	err     error
+	// adopted is a file Open found without a record (kept across a
+	// restart): durable is closed only once the first claim had it
+	// verified again (verify, pending.go).
+	adopted bool
+	verify  sync.Once
 }
 
 // syncFile is f.Sync, replaced by tests to make fsync slow or fail.
@@ -316,7 +335,8 @@ func (p *pendingBlob) failed() bool {
 // path after another, so this takes the file's fsyncs off the critical
 // path. The file was renamed into place first; that is safe because a
 // blob file is published only by the narinfo that claims it, which waits
-// for durable, and a file without a record is removed by Open. That order
+// for durable, and a file without a record that Open finds is verified
+// and fsynced again before a narinfo claims it (pending.go). That order
 // is why the NAR is not written with durable.File, whose Commit fsyncs
 // before the rename, on the upload's critical path: here the fsyncs run
 // while the client sends the narinfo, which waits for them, and the

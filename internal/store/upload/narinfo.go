@@ -100,6 +100,11 @@ type holdings struct {
 	other    *served  // what another store serves under it, if any
 	tomb     *tombRec // its tombstone (when old is nil), if not expired
 	remember time.Duration
+	// pendingGrace is how long a NAR waits for its narinfo, and dropped
+	// why the store dropped the NAR the URL names ("" if it did not, or
+	// forgot), for the refusal of a narinfo whose NAR is missing.
+	pendingGrace time.Duration
+	dropped      string
 	// has reports whether a reference (a base name other than the
 	// path's) is present, here or in another store.
 	has func(ref string) bool
@@ -116,7 +121,11 @@ type holdings struct {
 func validateNarInfo(up *narinfoUpload, h *holdings) (*pathRec, error) {
 	ni, b := up.ni, h.blob
 	if b == nil {
-		return nil, invalidf("URL %s names a NAR that was not uploaded (PUT it first)", ni.URL)
+		if h.dropped != "" {
+			return nil, invalidf("URL %s names a NAR that was not uploaded: %s; upload it again", ni.URL, h.dropped)
+		}
+		return nil, invalidf("URL %s names a NAR that was not uploaded or expired after %s unclaimed (upload.pending_max_age); upload it again",
+			ni.URL, durationString(h.pendingGrace))
 	}
 	if ni.Compression != b.Compression {
 		return nil, invalidf("Compression %q does not match the uploaded NAR file %s, which is in %s", ni.Compression, h.blobName, b.Compression)
@@ -149,7 +158,12 @@ func validateNarInfo(up *narinfoUpload, h *holdings) (*pathRec, error) {
 		}
 	}
 	if len(missing) > 0 {
-		return nil, invalidf("references not in the cache (upload them first): %s", strings.Join(missing, " "))
+		// The client checks each reference with a narinfo lookup it
+		// caches for narinfo-cache-positive-ttl: one the cache
+		// collected since stays present for it, and it never sends it.
+		return nil, invalidf("references not in the cache (upload them first): %s; a client that uploaded or fetched them before "+
+			"may believe them present from its narinfo cache: retry with --option narinfo-cache-positive-ttl 0",
+			strings.Join(missing, " "))
 	}
 	return &pathRec{
 		StorePath: ni.StorePath, Blob: h.blobName, Compression: b.Compression,

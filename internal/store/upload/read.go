@@ -35,22 +35,38 @@ func (s *Store) touch(hashPart string) {
 	s.accessMu.Unlock()
 }
 
+// ToldWriter records, in memory like an access, that a writer got the
+// narinfo of hashPart (store.WriterTold): GC keeps the path for
+// Options.WriterTTL from then.
+func (s *Store) ToldWriter(hashPart string) {
+	now := s.now().Unix()
+	s.accessMu.Lock()
+	s.told[hashPart] = now
+	s.accessMu.Unlock()
+}
+
 func (s *Store) flushAccess() {
 	s.accessMu.Lock()
-	pending := s.access
-	s.access = map[string]int64{}
+	pending, told := s.access, s.told
+	s.access, s.told = map[string]int64{}, map[string]int64{}
 	s.accessMu.Unlock()
-	if len(pending) == 0 {
+	if len(pending) == 0 && len(told) == 0 {
 		return
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		paths, acc := tx.Bucket(bPaths), tx.Bucket(bAccess)
-		for hp, t := range pending {
-			if paths.Get([]byte(hp)) == nil {
-				continue // collected meanwhile
-			}
-			if err := acc.Put([]byte(hp), unixBytes(t)); err != nil {
-				return err
+		paths := tx.Bucket(bPaths)
+		for _, m := range []struct {
+			b     []byte
+			times map[string]int64
+		}{{bAccess, pending}, {bTold, told}} {
+			b := tx.Bucket(m.b)
+			for hp, t := range m.times {
+				if paths.Get([]byte(hp)) == nil {
+					continue // collected meanwhile
+				}
+				if err := b.Put([]byte(hp), unixBytes(t)); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

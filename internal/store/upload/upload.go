@@ -2,10 +2,11 @@
 //
 // NAR files are kept as uploaded (compressed), content-addressed by their
 // FileHash under blobs/, one copy per hash however many paths or clients
-// upload it. A verified NAR no narinfo has claimed yet is pending: it is
-// recorded only in memory, because nobody has been told it is published,
-// so a crash may lose it (Open removes blob files without a record) and
-// the upload costs one durable commit (the narinfo's) instead of two.
+// upload it. A verified NAR no narinfo has claimed yet is pending: the
+// index has no record of it, because nobody has been told it is published,
+// so the upload costs one durable commit (the narinfo's) instead of two;
+// the file is the record, and Open keeps such files pending, verified again
+// when a narinfo claims them (pending.go).
 // Build logs are files too, zstd-compressed once under logs/, so a log
 // costs the index a small record and a reader a stream, not the whole log.
 // Everything else (narinfos, blob reference counts, last access, pins,
@@ -67,9 +68,24 @@ type Options struct {
 	// another NAR meanwhile (gc.remember); 0 keeps them forever.
 	Remember time.Duration
 	// PendingGrace is how long an uploaded NAR no narinfo has claimed is
-	// kept (default one hour): nix copy PUTs the narinfo right after the
-	// NAR, so anything older was abandoned.
+	// kept, with the listing sent beside it (default DefaultPendingGrace,
+	// upload.pending_max_age): Nix 2.35 PUTs every NAR of a closure before
+	// the first narinfo, so a NAR waits as long as the whole copy takes.
 	PendingGrace time.Duration
+	// MaxPending bounds the bytes of those NAR files (0: DefaultMaxPending;
+	// negative: no bound); past it the oldest are dropped first
+	// (upload.pending_max_size).
+	MaxPending int64
+	// WriterTTL keeps through GC the paths a writer was told exist (a
+	// narinfo GET or HEAD with a write token answered 200, or the path's
+	// own narinfo PUT) for that long: Nix keeps the narinfo in its disk
+	// cache for narinfo-cache-positive-ttl (30 days) and would never
+	// upload a collected path again (gc.writer_ttl; 0: no such
+	// protection). HardMaxSize is the size past which GC collects such
+	// paths anyway (gc.hard_max_size; 0: one and a half times the run's
+	// max size, none without one; negative: none).
+	WriterTTL   time.Duration
+	HardMaxSize int64
 	// Limits bound what an uploaded NAR may cost to verify, and which
 	// stored NARs read paths decode (zero value: limits.Default()).
 	Limits limits.Limits
@@ -116,9 +132,14 @@ type Store struct {
 	// claim and a sweep never both win.
 	pendMu  sync.Mutex
 	pending map[string]*pendingBlob
+	// dropped says why a pending blob was dropped before its claim
+	// (pending.go), for the narinfo that comes too late.
+	dropped      map[string]string
+	droppedOrder []string
 
 	accessMu sync.Mutex
 	access   map[string]int64 // hash part -> unix seconds, not yet flushed
+	told     map[string]int64 // hash part -> unix seconds a writer was told it exists, not yet flushed
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -135,7 +156,8 @@ var (
 	bReal     = []byte("realisations")
 	bRealMeta = []byte("realisationmeta") // realisation id -> realRec JSON
 	bTombs    = []byte("tombstones")      // hash part -> tombRec JSON of a collected path
-	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs}
+	bTold     = []byte("told")            // hash part -> unix seconds (decimal) a writer was last told it exists
+	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs, bTold}
 
 	// bOldLogs held whole logs (drv base name -> bytes) before they were
 	// files; Open moves them out and deletes it.
@@ -179,13 +201,17 @@ var ErrLocked = fmt.Errorf("held by another process: %w", bolterrors.ErrTimeout)
 // Open opens (creating if needed) the upload store in dir and recovers
 // from an interrupted run: temp files are removed, index entries whose blob
 // is missing are dropped (with the paths whose closure that breaks), and
-// blob files without a record are removed.
+// blob files without a record are pending again (or removed once past the
+// grace period).
 func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if opts.StoreDir == "" {
 		opts.StoreDir = "/nix/store"
 	}
 	if opts.PendingGrace == 0 {
-		opts.PendingGrace = time.Hour
+		opts.PendingGrace = DefaultPendingGrace
+	}
+	if opts.MaxPending == 0 {
+		opts.MaxPending = DefaultMaxPending
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -203,7 +229,9 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		now:      opts.Now,
 		storeDir: opts.StoreDir,
 		access:   map[string]int64{},
+		told:     map[string]int64{},
 		pending:  map[string]*pendingBlob{},
+		dropped:  map[string]string{},
 		stop:     make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)
@@ -217,6 +245,10 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	if err := s.openIndex(ctx); err != nil {
 		return nil, err
+	}
+	if err := s.boundPending(""); err != nil {
+		s.db.Close()
+		return nil, fmt.Errorf("upload store %s: %w", dir, err)
 	}
 	s.wg.Add(1)
 	go s.background()
@@ -297,13 +329,13 @@ func (s *Store) recover(ctx context.Context) error {
 		if err := s.fixBlobRecords(tx, onDisk, refs); err != nil {
 			return err
 		}
-		// Blob files without a record were renamed into place but their
-		// record never committed: nobody can have been told about them.
+		// Blob files without a record are NARs no narinfo claimed
+		// yet (or whose record a GC deleted just before it stopped):
+		// pending, verified again by the claim (pending.go).
 		blobs := tx.Bucket(bBlobs)
 		for name := range onDisk {
 			if blobs.Get([]byte(name)) == nil {
-				s.log.Info("removing NAR file without a record", "blob", name)
-				os.Remove(filepath.Join(s.blobDir, name))
+				s.adoptPending(name)
 			}
 		}
 		broken, err := s.dropBrokenClosures(ctx, tx)
@@ -484,7 +516,7 @@ func (s *Store) deletePath(tx *bolt.Tx, hp string) error {
 			}
 		}
 	}
-	for _, b := range [][]byte{bPaths, bAccess, bListings} {
+	for _, b := range [][]byte{bPaths, bAccess, bListings, bTold} {
 		if err := tx.Bucket(b).Delete(key); err != nil {
 			return err
 		}

@@ -303,8 +303,11 @@ func TestRecovery(t *testing.T) {
 	s.Close()
 	blobs := filepath.Join(dir, "blobs")
 	// A temp file of an interrupted upload, a blob whose record never
-	// committed, and the blob of the leaf deleted behind our back.
+	// committed (a pending NAR: kept, verified again when claimed), a
+	// file that is no NAR file, and the blob of the leaf deleted behind
+	// our back.
 	os.WriteFile(filepath.Join(blobs, ".tmp-123"), []byte("partial"), 0o644)
+	os.WriteFile(filepath.Join(blobs, "not-a-nar"), []byte("junk"), 0o644)
 	orphan := newPath(t, "rec-orphan", []byte("orphan"))
 	os.WriteFile(filepath.Join(blobs, orphan.fileName), orphan.file, 0o644)
 	os.Remove(filepath.Join(blobs, a[0].fileName))
@@ -312,13 +315,19 @@ func TestRecovery(t *testing.T) {
 	s = openStore(t, dir, upload.Options{})
 	files := blobFiles(t, dir)
 	for _, f := range files {
-		if strings.HasPrefix(f, ".tmp") || f == orphan.fileName || f == a[0].fileName {
+		if strings.HasPrefix(f, ".tmp") || f == "not-a-nar" || f == a[0].fileName {
 			t.Errorf("left after recovery: %s", f)
 		}
 	}
+	if !slices.Contains(files, orphan.fileName) {
+		t.Errorf("the pending NAR file was removed by recovery")
+	}
+	if err := s.PutNarInfo(ctx, orphan.hash, strings.NewReader(orphan.narinfo())); err != nil {
+		t.Fatalf("narinfo claiming the NAR kept across the restart: %v", err)
+	}
 	paths, _ := s.Paths(ctx)
-	if len(paths) != 1 || paths[0] != lone.info.StorePath {
-		t.Fatalf("paths after recovery %v: the leaf's referrers must go with it", paths)
+	if want := []string{lone.info.StorePath, orphan.info.StorePath}; !slices.Equal(paths, want) {
+		t.Fatalf("paths after recovery %v, want %v: the leaf's referrers must go with it", paths, want)
 	}
 	// The blobs of the dropped referrers stay until GC/sweep (pending);
 	// re-uploading the closure works.
@@ -512,11 +521,12 @@ func TestReferenceNameMustMatch(t *testing.T) {
 	}
 }
 
-// TestPendingLostOnRestart: a pending NAR lives only in memory. After a
-// restart (a crash between the NAR PUT and the narinfo PUT) its file is
-// gone, HasNAR says so (nix copy sends it again), and a narinfo naming it
-// is refused until it is re-sent.
-func TestPendingLostOnRestart(t *testing.T) {
+// TestPendingKeptOnRestart: a pending NAR survives a restart (a crash
+// between the NAR PUT and the narinfo PUT): its file stays, HasNAR says so
+// (nix copy does not send it again), and the narinfo naming it is
+// accepted once the file is verified again. (Before, a pending NAR lived
+// only in memory and a restart lost it.)
+func TestPendingKeptOnRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	s, err := upload.Open(ctx, dir, upload.Options{})
@@ -532,17 +542,23 @@ func TestPendingLostOnRestart(t *testing.T) {
 	}
 	s.Close()
 	s = openStore(t, dir, upload.Options{})
-	if files := blobFiles(t, dir); len(files) != 0 {
-		t.Fatalf("pending blob file survived a restart: %v", files)
+	if files := blobFiles(t, dir); len(files) != 1 || files[0] != p.fileName {
+		t.Fatalf("pending blob files after a restart: %v", files)
 	}
-	if ok, _ := s.HasNAR(ctx, p.fileName); ok {
-		t.Fatal("HasNAR true for a NAR lost in a restart")
+	if st, _ := s.Stats(ctx); st.Pending != 1 || st.Blobs != 1 || st.Bytes != int64(len(p.file)) {
+		t.Fatalf("stats with one pending blob after a restart: %+v", st)
 	}
-	if err := s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())); !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), "not uploaded") {
-		t.Fatalf("narinfo for a lost NAR: %v", err)
+	if ok, _ := s.HasNAR(ctx, p.fileName); !ok {
+		t.Fatal("HasNAR false for a NAR kept across a restart")
 	}
-	if err := p.upload(ctx, s); err != nil {
-		t.Fatalf("retry after restart: %v", err)
+	if _, _, err := s.OpenBlob(ctx, p.fileName); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("pending blob served after a restart: %v", err)
+	}
+	if err := s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())); err != nil {
+		t.Fatalf("narinfo for a NAR kept across a restart: %v", err)
+	}
+	if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
+		t.Fatalf("served after the restart: %v", err)
 	}
 }
 

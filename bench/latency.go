@@ -87,12 +87,12 @@ func (b *bench) uploadThroughDelay(ctx context.Context, bin string, tls bool, ce
 		scheme = "https"
 	}
 	url := fmt.Sprintf("%s://%s?compression=none", scheme, proxy.Addr())
-	return b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to", url,
-		"--option", "netrc-file", up.netrc, "--option", "ssl-cert-file", cert, b.w.big.Path)
+	return b.timeCmd(ctx, []string{"NIX_SSL_CERT_FILE=" + cert}, "nix", "--extra-experimental-features", "nix-command",
+		"copy", "--to", url, "--option", "netrc-file", up.netrc, b.w.big.Path)
 }
 
 // selfSigned writes a certificate for 127.0.0.1 (and its key) that the
-// client is told to trust with ssl-cert-file.
+// client is told to trust with NIX_SSL_CERT_FILE.
 func selfSigned(dir string) (certPath, keyPath string, err error) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -101,8 +101,8 @@ func selfSigned(dir string) (certPath, keyPath string, err error) {
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)

@@ -78,8 +78,8 @@ type BlobInfo struct {
 func ParseNARName(name string) (fileHash []byte, compression string, err error) {
 	base, suffix, _ := narinfo.SplitNARName(name)
 	compression, ok := narinfo.SuffixCompression(suffix)
-	if !ok || compression == "lzip" || compression == "lz4" || compression == "br" {
-		return nil, "", fmt.Errorf("%w: NAR file name %q: want <nix32 file hash>.nar[.zst|.xz|.bz2|.gz]", ErrInvalid, name)
+	if !ok {
+		return nil, "", fmt.Errorf("%w: NAR file name %q: want <nix32 file hash>.nar[.zst|.xz|.bz2|.lzip|.lz4|.br|.gz]", ErrInvalid, name)
 	}
 	if len(base) != nixbase32.EncodedLen(sha256.Size) {
 		return nil, "", fmt.Errorf("%w: NAR file name %q: the file hash must be %d nix32 characters", ErrInvalid, name, nixbase32.EncodedLen(sha256.Size))

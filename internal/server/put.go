@@ -102,6 +102,7 @@ func (s *Server) putRoutes(r *mux.Router) {
 	r.HandleFunc("/log/{drv}", write(h.log)).Methods(put).Name("put-log")
 	r.HandleFunc("/realisations/{id}.doi", write(h.realisation)).Methods(put).Name("put-realisation")
 	r.HandleFunc("/build-trace-v2/{drv}/{output}.doi", write(h.buildTrace)).Methods(put).Name("put-build-trace")
+	r.HandleFunc("/debuginfo/{id}", write(h.debugInfo)).Methods(put).Name("put-debuginfo")
 	h.adminRoutes(r)
 }
 

@@ -59,8 +59,13 @@ func (s *Server) handleDebugInfo(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(doc)))
 	// Not immutable: the document goes when GC collects its NAR, and a
-	// later upload may name another.
-	h.Set("Cache-Control", "no-cache")
+	// later upload may name another; a private cache's answer is for
+	// its reader alone.
+	if s.opts.Authorize != nil {
+		h.Set("Cache-Control", "private, no-cache")
+	} else {
+		h.Set("Cache-Control", "no-cache")
+	}
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(doc)
 	}

@@ -103,6 +103,9 @@ func (s *Server) putRoutes(r *mux.Router) {
 	r.HandleFunc("/realisations/{id}.doi", write(h.realisation)).Methods(put).Name("put-realisation")
 	r.HandleFunc("/build-trace-v2/{drv}/{output}.doi", write(h.buildTrace)).Methods(put).Name("put-build-trace")
 	r.HandleFunc("/debuginfo/{id}", write(h.debugInfo)).Methods(put).Name("put-debuginfo")
+	// Only the upload store keeps debuginfo documents, so they are read
+	// where uploads are taken.
+	r.HandleFunc("/debuginfo/{id}", h.s.handleDebugInfo).Methods(http.MethodGet, http.MethodHead).Name("debuginfo")
 	h.adminRoutes(r)
 }
 

@@ -358,7 +358,6 @@ func (s *Server) routes() *mux.Router {
 	r.PathPrefix("/serve/{hash}/").HandlerFunc(s.handleServe).Methods(get...).Name("serve")
 	r.HandleFunc("/realisations/{id}.doi", s.handleRealisation).Methods(get...).Name("realisation")
 	r.HandleFunc("/build-trace-v2/{drv}/{output}.doi", s.handleBuildTrace).Methods(get...).Name("build-trace")
-	r.HandleFunc("/debuginfo/{id}", s.handleDebugInfo).Methods(get...).Name("debuginfo")
 	// NAR URLs: Concordia's and nix-serve's /nar/<out>-<narhash>.nar[.ext],
 	// Harmonia's /nar/<narhash>.nar?hash=<out>, nix-serve's legacy
 	// /nar/<out>.nar. Anything else under /nar/ (notably the

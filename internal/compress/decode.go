@@ -1,15 +1,20 @@
 package compress
 
 import (
+	"bufio"
 	"compress/bzip2"
 	"compress/gzip"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"sync"
 
+	"github.com/andybalholm/brotli"
 	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
+	"github.com/ulikunitz/xz/lzma"
 )
 
 // Sentinel errors of the package.
@@ -26,8 +31,9 @@ var (
 // gigabytes or decompress for hours. The zero value applies the default
 // memory bounds and no bound on the output.
 type DecodeLimits struct {
-	// XZDict bounds the dictionary an xz block may ask for; its decoder
-	// allocates it whole before decoding a byte. 0: DefaultXZDict.
+	// XZDict bounds the dictionary an xz block, an lzip member or an
+	// lzma stream may ask for: each is LZMA, whose decoder allocates
+	// the dictionary whole before decoding a byte. 0: DefaultXZDict.
 	XZDict int64
 	// ZstdWindow bounds a zstd frame's window, the history its decoder
 	// keeps. 0: DefaultZstdWindow.
@@ -62,6 +68,8 @@ const (
 // Names of the DecodeLimits bounds, as LimitError.Limit reports them.
 const (
 	LimitXZDict     = "xz dictionary"
+	LimitLzipDict   = "lzip dictionary"
+	LimitLZMADict   = "lzma dictionary"
 	LimitZstdWindow = "zstd window"
 	LimitSize       = "decompressed size"
 	LimitRatio      = "decompression ratio"
@@ -84,9 +92,13 @@ func (e *LimitError) Error() string {
 
 // NewReader returns a reader of the plain bytes of r, which are compressed
 // with the codec named as in a narinfo Compression field ("none", "zstd",
-// "xz", "bzip2", "gzip"; "bz2" and "gz" are accepted as aliases and the
-// empty string means "none"), with the default DecodeLimits. Close
-// releases decoder resources; it does not close r.
+// "xz", "bzip2", "gzip", "br", "lz4", "lzip", "lzma"; "bz2" and "gz" are
+// accepted as aliases and the empty string means "none"), with the
+// default DecodeLimits. These are every method Nix names (its
+// CompressionAlgo, compression-algo.hh 2.34.0:10-23) but the four no NAR
+// or document is ever written in outside Nix's own tests: "compress",
+// "grzip", "lrzip" and "lzop" are ErrUnknownCompression. Close releases
+// decoder resources; it does not close r.
 func NewReader(r io.Reader, compression string) (io.ReadCloser, error) {
 	return NewReaderLimits(r, compression, DecodeLimits{})
 }
@@ -97,7 +109,14 @@ func NewReader(r io.Reader, compression string) (io.ReadCloser, error) {
 //
 // xz is read by this package's own container reader over
 // github.com/ulikunitz/xz/lzma, a pure Go decoder (the standard library
-// has none and only internal/nixcli may run programs), see xzReader.
+// has none and only internal/nixcli may run programs), see xzReader;
+// lzip likewise (lzipReader). Brotli is github.com/andybalholm/brotli,
+// whose window is at most 16 MiB (lgwin 24): the large-window variant
+// (RFC 9841, up to 1 GiB) is refused, as Nix's decoder refuses it
+// (BrotliDecoderCreateInstance without BROTLI_DECODER_PARAM_LARGE_WINDOW,
+// compression.cc 2.32.0:140-145). lz4 is the frame format, read by
+// github.com/pierrec/lz4/v4 one block (at most 4 MiB; 8 MiB in the
+// legacy format) at a time.
 func NewReaderLimits(r io.Reader, compression string, l DecodeLimits) (io.ReadCloser, error) {
 	if l.XZDict <= 0 {
 		l.XZDict = DefaultXZDict
@@ -137,6 +156,26 @@ func NewReaderLimits(r io.Reader, compression string, l DecodeLimits) (io.ReadCl
 			return nil, fmt.Errorf("gzip decoder: %w", err)
 		}
 		dec = g
+	case "br":
+		dec = &brotliReader{r: brotli.NewReader(cr)}
+	case "lz4":
+		z := lz4.NewReader(cr)
+		if err := z.Apply(lz4.ConcurrencyOption(1)); err != nil {
+			return nil, fmt.Errorf("lz4 decoder: %w", err)
+		}
+		dec = &lz4Reader{r: z}
+	case "lzip":
+		z, err := newLzipReader(cr, l.XZDict, l.SizeHint)
+		if err != nil {
+			return nil, fmt.Errorf("lzip decoder: %w", err)
+		}
+		dec = z
+	case "lzma":
+		z, err := newLZMAReader(cr, l.XZDict)
+		if err != nil {
+			return nil, fmt.Errorf("lzma decoder: %w", err)
+		}
+		dec = z
 	default:
 		return nil, fmt.Errorf("decode %q: %w", compression, ErrUnknownCompression)
 	}
@@ -246,4 +285,64 @@ func (z *zstdReader) Close() error {
 	}
 	z.d = nil
 	return nil
+}
+
+// brotliReader names the decoder's errors and keeps the first one, io.EOF
+// included: the decoder would read its source again on the next Read.
+// Bytes after the end of the stream are an error ("excessive input").
+type brotliReader struct {
+	r   *brotli.Reader
+	err error
+}
+
+func (b *brotliReader) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	n, err := b.r.Read(p)
+	if err != nil {
+		if err != io.EOF {
+			err = fmt.Errorf("brotli: %w", err)
+		}
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *brotliReader) Close() error { return nil }
+
+// lz4Reader names the decoder's errors.
+type lz4Reader struct{ r *lz4.Reader }
+
+func (z *lz4Reader) Read(p []byte) (int, error) {
+	n, err := z.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("lz4: %w", err)
+	}
+	return n, err
+}
+
+func (z *lz4Reader) Close() error { return nil }
+
+// newLZMAReader reads the classic .lzma format (a 13-byte header, then
+// one LZMA stream), which Nix 2.32 and later can send as a Content-Encoding
+// of a narinfo, listing or log. Its header's dictionary is checked
+// against maxDict before the decoder allocates it.
+func newLZMAReader(r io.Reader, maxDict int64) (io.ReadCloser, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	h, err := br.Peek(lzma.HeaderLen)
+	if err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil, fmt.Errorf("lzma: truncated header")
+		}
+		return nil, err
+	}
+	if dict := int64(binary.LittleEndian.Uint32(h[1:])); dict > maxDict {
+		return nil, &LimitError{Limit: LimitLZMADict, Max: maxDict, Got: dict}
+	}
+	z, err := lzma.ReaderConfig{DictCap: int(maxDict)}.NewReader(br)
+	if err != nil {
+		return nil, fmt.Errorf("lzma: %w", err)
+	}
+	return io.NopCloser(z), nil
 }

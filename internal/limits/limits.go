@@ -27,7 +27,7 @@ type Limits struct {
 	MaxEntries     int64 // nodes in one NAR
 	MaxNameLen     int   // bytes of one entry name
 	MaxTargetLen   int   // bytes of one symlink target
-	XZDictMax      int64 // dictionary an xz block may ask for
+	XZDictMax      int64 // dictionary an xz block, lzip member or lzma stream may ask for
 	ZstdWindowMax  int64 // window a zstd frame may ask for
 	MaxRatio       int64 // decompressed per compressed byte past the first 64 MiB; negative: no bound
 	MaxListingSize int64 // bytes of one .ls document
@@ -222,7 +222,7 @@ func (l Limits) Check(err error) error {
 	var ce *compress.LimitError
 	if errors.As(err, &ce) {
 		switch ce.Limit {
-		case compress.LimitXZDict:
+		case compress.LimitXZDict, compress.LimitLzipDict, compress.LimitLZMADict:
 			return &Error{Key: KeyXZDict, Max: l.XZDictMax, Size: true, Err: err}
 		case compress.LimitZstdWindow:
 			return &Error{Key: KeyZstdWindow, Max: l.ZstdWindowMax, Size: true, Err: err}

@@ -146,7 +146,13 @@ func newPrivateCache(t *testing.T, withUploads bool) *privateCache {
 		if err := up.PutNarInfo(ctx, p.hash, strings.NewReader(p.info.String())); err != nil {
 			t.Fatal(err)
 		}
+		id := strings.Repeat("ef", 20)
+		doc := `{"archive":"../nar/` + p.fileName + `","member":"lib/debug/.build-id/ef/` + id[2:] + `.debug"}`
+		if err := up.PutDebugInfo(ctx, id, strings.NewReader(doc)); err != nil {
+			t.Fatal(err)
+		}
 		pc.urls["upload-nar"] = []string{"/nar/" + p.fileName}
+		pc.urls["debuginfo"] = []string{"/debuginfo/" + id, "/debuginfo/" + id + ".debug"}
 		pc.urls["narinfo"] = append(pc.urls["narinfo"], "/"+p.hash+".narinfo")
 	}
 	return pc
@@ -155,7 +161,7 @@ func newPrivateCache(t *testing.T, withUploads bool) *privateCache {
 // Route classes: every route of the router must be in exactly one.
 var (
 	openRoutes  = []string{"landing", "health", "version"}
-	writeRoutes = []string{"put-cache-info", "put-nar", "put-narinfo", "put-ls", "put-log", "put-realisation", "put-build-trace"}
+	writeRoutes = []string{"put-cache-info", "put-nar", "put-narinfo", "put-ls", "put-log", "put-realisation", "put-build-trace", "put-debuginfo"}
 	pinRoutes   = []string{"pin", "unpin"}
 	adminRoutes = []string{"pins", "gc", "verify", "forget"}
 )

@@ -102,6 +102,10 @@ func (s *Server) putRoutes(r *mux.Router) {
 	r.HandleFunc("/log/{drv}", write(h.log)).Methods(put).Name("put-log")
 	r.HandleFunc("/realisations/{id}.doi", write(h.realisation)).Methods(put).Name("put-realisation")
 	r.HandleFunc("/build-trace-v2/{drv}/{output}.doi", write(h.buildTrace)).Methods(put).Name("put-build-trace")
+	r.HandleFunc("/debuginfo/{id}", write(h.debugInfo)).Methods(put).Name("put-debuginfo")
+	// Only the upload store keeps debuginfo documents, so they are read
+	// where uploads are taken.
+	r.HandleFunc("/debuginfo/{id}", h.s.handleDebugInfo).Methods(http.MethodGet, http.MethodHead).Name("debuginfo")
 	h.adminRoutes(r)
 }
 
@@ -166,29 +170,39 @@ func (h *putHandler) guard(need auth.Perm, f func(w http.ResponseWriter, r *http
 	}
 }
 
+// contentEncodings are the Content-Encoding values a PUT body may have:
+// Nix 2.32 and later compress narinfo, .ls and log bodies with the
+// narinfo-compression, ls-compression and log-compression methods and
+// send the method's name as the Content-Encoding
+// (http-binary-cache-store.cc 2.32.0:149-162, 2.34.0:158-170), so the
+// values are Nix's compression method names (compression-algo.hh
+// 2.34.0:10-23), "none" included, with HTTP's "identity" and "x-gzip".
+// Each is decoded with the bounded decoders of internal/compress. Nix's
+// "compress", "grzip", "lrzip" and "lzop" have no decoder here (415).
+var contentEncodings = map[string]string{
+	"": "none", "identity": "none", "none": "none",
+	"zstd": "zstd", "xz": "xz", "gzip": "gzip", "x-gzip": "gzip", "bzip2": "bzip2",
+	"br": "br", "lz4": "lz4", "lzip": "lzip", "lzma": "lzma",
+}
+
 // body returns the request body, limited to max bytes and decoded per
-// its Content-Encoding (Nix 2.32 and later may compress narinfo, .ls and
-// log bodies).
+// its Content-Encoding (see contentEncodings).
 func (h *putHandler) body(w http.ResponseWriter, r *http.Request, max int64) (io.ReadCloser, error) {
 	limited := http.MaxBytesReader(w, r.Body, max)
 	enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
-	switch enc {
-	case "", "identity":
-		return limited, nil
-	case "zstd", "xz", "gzip", "x-gzip", "bzip2", "br":
-		if enc == "x-gzip" {
-			enc = "gzip"
-		}
-		dec, err := compress.NewReaderLimits(limited, enc, h.s.limits.Decode(0))
-		if err != nil {
-			if errors.Is(err, compress.ErrUnknownCompression) {
-				return nil, &statusError{http.StatusUnsupportedMediaType, fmt.Errorf("Content-Encoding %q is not supported (use zstd, xz, gzip or bzip2)", enc)}
-			}
-			return nil, fmt.Errorf("%w: Content-Encoding %s: %v", store.ErrInvalid, enc, err)
-		}
-		return dec, nil
+	codec, ok := contentEncodings[enc]
+	if !ok {
+		return nil, &statusError{http.StatusUnsupportedMediaType,
+			fmt.Errorf("Content-Encoding %q is not supported (use zstd, br, gzip, xz, bzip2, lz4, lzip, lzma or none)", enc)}
 	}
-	return nil, &statusError{http.StatusUnsupportedMediaType, fmt.Errorf("Content-Encoding %q is not supported (use zstd, xz, gzip or bzip2)", enc)}
+	if codec == "none" {
+		return limited, nil
+	}
+	dec, err := compress.NewReaderLimits(limited, codec, h.s.limits.Decode(0))
+	if err != nil {
+		return nil, fmt.Errorf("%w: Content-Encoding %s: %v", store.ErrInvalid, enc, err)
+	}
+	return dec, nil
 }
 
 // bodyErr turns a body over its limit into 413.

@@ -2,9 +2,6 @@ package server_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -66,32 +63,52 @@ func TestNixCopyGzip(t *testing.T) {
 	t.Logf("the uploader fetched %d NARs by the names it uploaded them under", e.blobGets.Load()-before)
 }
 
-// TestNixCopyLz4Refused: this cache cannot decode lz4, so an upload in it
-// fails at its first NAR, saying so, and publishes nothing.
-func TestNixCopyLz4Refused(t *testing.T) {
+// TestNixCopyNewCompressions: nix copy --to with compression=br, lz4 and
+// lzip (which this cache refused before it decoded them) uploads each NAR
+// under Nix's suffix for it, the cache keeps the file as it came, and a
+// fresh client trusting only the cache's key copies the closure back and
+// verifies it.
+func TestNixCopyNewCompressions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs nix")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	n := newNixClient(t)
-	dir := t.TempDir()
-	tag := make([]byte, 8)
-	rand.Read(tag)
-	os.WriteFile(filepath.Join(dir, "f"), []byte("lz4 "+hex.EncodeToString(tag)), 0o644)
-	out, err := n.run(ctx, "nix-store", "--add", dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := strings.TrimSpace(out)
-	e := newUpEnv(t, t.TempDir(), false)
-	netrc := writeNetrc(t, "ci", e.writeTok)
-	_, err = n.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url+"?compression=lz4", path)
-	if err == nil || !strings.Contains(err.Error(), "HTTP error 400") {
-		t.Fatalf("nix copy in lz4: want HTTP error 400, got %v", err)
-	}
-	t.Logf("nix says: %v", err)
-	if code, _ := e.do(t, "GET", "/"+filepath.Base(path)[:32]+".narinfo", "", nil); code != 404 {
-		t.Fatalf("%s published by a refused copy: %d", path, code)
+	top, closure := buildUpClosure(t, n)
+	for _, tc := range []struct{ compression, suffix string }{
+		{"br", ".nar.br"}, {"lz4", ".nar.lz4"}, {"lzip", ".nar.lzip"},
+	} {
+		t.Run(tc.compression, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			up := newNixClient(t)
+			e := newUpEnv(t, t.TempDir(), false)
+			netrc := writeNetrc(t, "ci", e.writeTok)
+			if _, err := up.run(ctx, "nix", "copy", "--option", "netrc-file", netrc, "--to", e.url+"?compression="+tc.compression, top); err != nil {
+				t.Fatal(err)
+			}
+			paths, _ := e.up.Paths(ctx)
+			if strings.Join(paths, " ") != strings.Join(closure, " ") {
+				t.Fatalf("uploaded %v, want %v", paths, closure)
+			}
+			for _, p := range paths {
+				ni, err := e.up.NarInfo(ctx, filepath.Base(p)[:32])
+				if err != nil || ni.Compression != tc.compression || !strings.HasSuffix(ni.URL, tc.suffix) {
+					t.Fatalf("%s stored as %v (%v), want a %s in %s", p, ni, err, tc.suffix, tc.compression)
+				}
+				t.Logf("%s: URL %s, Compression %s, FileSize %d, NarSize %d", filepath.Base(p), ni.URL, ni.Compression, ni.FileSize, ni.NarSize)
+			}
+			key := e.key.Public().String()
+			trust := []string{"--option", "trusted-public-keys", key, "--option", "require-sigs", "true"}
+			fresh := newNixClient(t)
+			dst := filepath.Join(t.TempDir(), "dst")
+			args := append(append([]string{"copy"}, trust...), "--from", e.url, "--to", dst, top)
+			if _, err := fresh.run(ctx, "nix", args...); err != nil {
+				t.Fatal(err)
+			}
+			args = append(append([]string{"store", "verify", "--store", dst}, trust...), "--recursive", top)
+			if _, err := fresh.run(ctx, "nix", args...); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

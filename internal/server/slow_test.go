@@ -144,6 +144,7 @@ func TestSlowUnauthenticatedPuts(t *testing.T) {
 		"put-realisation": {{"PUT", "/realisations/sha256:" + strings.Repeat("ab", 32) + "!out.doi"}},
 		"put-build-trace": {{"PUT", "/build-trace-v2/" + p.hash + "-x.drv/out.doi"}},
 		"put-cache-info":  {{"PUT", "/nix-cache-info"}},
+		"put-debuginfo":   {{"PUT", "/debuginfo/" + strings.Repeat("ab", 20)}},
 		"pin":             {{"POST", "/api/pins/" + p.hash}, {"PUT", "/api/pins/" + p.hash}},
 		"unpin":           {{"DELETE", "/api/pins/" + p.hash}},
 		"gc":              {{"POST", "/api/gc"}},

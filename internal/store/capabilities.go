@@ -59,6 +59,25 @@ type Uploader interface {
 	PutBuildTrace(ctx context.Context, drvBase, output string, body io.Reader) error
 }
 
+// DebugInfo is the capability of keeping Nix's index of DWARF debug info
+// files by build ID: with index-debug-info=true, nix copy --to HEADs
+// debuginfo/<build-id>.debug and, when that is absent, PUTs a small JSON
+// document there naming the NAR and the member holding the debug file,
+// before it PUTs that NAR (binary-cache-store.cc 2.8.0:212-265,
+// 2.32.0:215-267). Readers (dwarffs) GET debuginfo/<build-id> and follow
+// "archive".
+type DebugInfo interface {
+	// PutDebugInfo stores the document of buildID (40 lowercase hex
+	// digits, what Nix indexes). Write-once: the same document again is
+	// a no-op, another is ErrConflict while the NAR the first names is
+	// served.
+	PutDebugInfo(ctx context.Context, buildID string, body io.Reader) error
+	// DebugInfo returns the document of buildID, ErrNotFound when there
+	// is none or the NAR it names is not served (not uploaded yet, or
+	// collected).
+	DebugInfo(ctx context.Context, buildID string) ([]byte, error)
+}
+
 // BlobInfo is what an upload computed for a NAR file.
 type BlobInfo struct {
 	Name        string
@@ -78,8 +97,8 @@ type BlobInfo struct {
 func ParseNARName(name string) (fileHash []byte, compression string, err error) {
 	base, suffix, _ := narinfo.SplitNARName(name)
 	compression, ok := narinfo.SuffixCompression(suffix)
-	if !ok || compression == "lzip" || compression == "lz4" || compression == "br" {
-		return nil, "", fmt.Errorf("%w: NAR file name %q: want <nix32 file hash>.nar[.zst|.xz|.bz2|.gz]", ErrInvalid, name)
+	if !ok {
+		return nil, "", fmt.Errorf("%w: NAR file name %q: want <nix32 file hash>.nar[.zst|.xz|.bz2|.lzip|.lz4|.br|.gz]", ErrInvalid, name)
 	}
 	if len(base) != nixbase32.EncodedLen(sha256.Size) {
 		return nil, "", fmt.Errorf("%w: NAR file name %q: the file hash must be %d nix32 characters", ErrInvalid, name, nixbase32.EncodedLen(sha256.Size))

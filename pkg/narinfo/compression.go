@@ -4,11 +4,14 @@ import "strings"
 
 // narSuffixes is the one table of NAR file-name suffixes. Nix names an
 // uploaded NAR "nar/<file hash>.nar" plus the suffix of its compression
-// (binary-cache-store.cc, addToStoreCommon): .xz, .bz2, .zst, .lzip, .lz4
-// or .br; every other method, gzip included, gets the bare ".nar", so a
-// bare .nar's bytes, not its name, say whether it is compressed.
-// ".nar.gz" is not Nix's: it is how this cache (and others) name a gzip
-// NAR, accepted on upload and used for stored gzip NARs.
+// (binary-cache-store.cc 2.8.0:168-175, 2.32.0:173-180): .xz, .bz2, .zst,
+// .lzip, .lz4 or .br; every other method, gzip and none included, gets the
+// bare ".nar", so a bare .nar's bytes, not its name, say whether it is
+// compressed. Every row but the last is Nix's. ".nar.gz" is not: it is how
+// this cache (and others) name a gzip NAR, accepted on upload and used for
+// the stored gzip NARs that Nix sent as a bare .nar, whose narinfo then
+// says URL nar/<hash>.nar.gz, Compression: gzip (clients decode by the
+// Compression field, never the URL).
 var narSuffixes = []struct{ compression, suffix string }{
 	{"none", ".nar"},
 	{"xz", ".nar.xz"},

@@ -93,6 +93,16 @@ func TestPutNARRefusesOverLimits(t *testing.T) {
 		{"target", compressedPath("target", longName.Bytes(), zstdBytes(t, longName.Bytes()), "zstd", ".nar.zst"), func(l *limits.Limits) { l.MaxTargetLen = 299 }, limits.KeyTargetLen, 400},
 		{"size", compressedPath("size", makeNAR(t, make([]byte, 3<<20)), zstdBytes(t, makeNAR(t, make([]byte, 3<<20))), "zstd", ".nar.zst"), func(l *limits.Limits) { l.MaxNARSize = 2 << 20 }, limits.KeyNARSize, 413},
 	}
+	if _, err := exec.LookPath("lzip"); err == nil {
+		cmd := exec.Command("lzip", "-0", "-c")
+		cmd.Stdin = bytes.NewReader(small)
+		lz, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lz[5] = 29 // the header claims a 512 MiB dictionary
+		cases = append(cases, tc{"lzip dictionary", compressedPath("lzip-bomb", small, lz, "lzip", ".nar.lzip"), nil, limits.KeyXZDict, 413})
+	}
 	if _, err := exec.LookPath("bzip2"); err == nil {
 		zeros := makeNAR(t, make([]byte, 100<<20))
 		cmd := exec.Command("bzip2", "-9", "-c")

@@ -21,6 +21,7 @@ import (
 
 	"github.com/bos55/concordia/internal/app"
 	"github.com/bos55/concordia/internal/auth"
+	"github.com/bos55/concordia/internal/config"
 	"github.com/bos55/concordia/internal/nartest"
 	"github.com/bos55/concordia/internal/nixreplay"
 )
@@ -44,6 +45,14 @@ type clientCache struct {
 	mu      sync.Mutex
 	cutDone map[string]bool
 	narSent atomic.Int64
+
+	// restartBeforeNarinfo, when set, closes the cache and opens it
+	// again from the same config and directories just before the first
+	// narinfo PUT: a restart in the middle of a NARs-first upload.
+	restartBeforeNarinfo atomic.Bool
+	t                    *testing.T
+	cfg                  *config.Config
+	app                  atomic.Pointer[app.App]
 }
 
 type lockedLog struct {
@@ -76,19 +85,36 @@ func newClientCache(t *testing.T, extra string, private bool) *clientCache {
 	}
 	cfg, _ := parse(t, extra+fmt.Sprintf("\n[upload]\ndir = %q\ntokens_file = %q\nprivate = %t\n", filepath.Join(dir, "up"), tokens, private))
 	cfg.CompressionCache.Dir = filepath.Join(dir, "zstd")
-	a, err := app.Open(context.Background(), cfg, slog.New(slog.NewTextHandler(c.log, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(a.Close)
-	hs := httptest.NewServer(c.wrap(a.Server))
+	c.t, c.cfg = t, cfg
+	c.open()
+	t.Cleanup(func() { c.app.Load().Close() })
+	hs := httptest.NewServer(c.wrap())
 	t.Cleanup(hs.Close)
 	c.url = hs.URL
 	return c
 }
 
-func (c *clientCache) wrap(h http.Handler) http.Handler {
+func (c *clientCache) open() {
+	a, err := app.Open(context.Background(), c.cfg, slog.New(slog.NewTextHandler(c.log, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		c.t.Error(err)
+		return
+	}
+	c.app.Store(a)
+}
+
+// restart closes the cache and opens it again, as a service restart does.
+func (c *clientCache) restart() {
+	c.app.Load().Close()
+	c.open()
+}
+
+func (c *clientCache) wrap() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, ".narinfo") && c.restartBeforeNarinfo.CompareAndSwap(true, false) {
+			c.restart()
+		}
+		h := c.app.Load().Server
 		if r.Method != http.MethodGet || !strings.HasPrefix(r.URL.Path, "/nar/") {
 			h.ServeHTTP(w, r)
 			return
@@ -170,9 +196,10 @@ func testClosure(t *testing.T) (top string, paths []nixreplay.Path) {
 	}
 }
 
-// compressions a profile uploads with in these tests: what the cache
-// takes today.
-var compressions = []string{"none", "zstd", "xz", "bzip2", "gzip"}
+// compressions a profile uploads with in these tests: every method Nix
+// can write a NAR in (br, lz4 and lzip through the Debian tools, which
+// the test script installs).
+var compressions = []string{"none", "zstd", "xz", "bzip2", "gzip", "br", "lz4", "lzip"}
 
 func TestClientsAgainstDefaultConfig(t *testing.T) {
 	for _, p := range nixreplay.Profiles {
@@ -316,6 +343,35 @@ func TestClientsAgainstPrivateCache(t *testing.T) {
 			}
 			if log := c.log.String(); !strings.Contains(log, "unknown or revoked token") {
 				t.Fatalf("the server did not log the unknown token:\n%s", log)
+			}
+		})
+	}
+}
+
+// TestNARsFirstUploadAcrossRestart: Nix 2.35 sends every NAR of a closure
+// before any narinfo; the cache restarts between the two (a deploy of the
+// cache, a crash), and every narinfo is still accepted: the NARs waiting
+// for them survived. The closure then substitutes and verifies.
+func TestNARsFirstUploadAcrossRestart(t *testing.T) {
+	for _, p := range nixreplay.Profiles {
+		if p.Order != nixreplay.OrderNARsFirst {
+			continue
+		}
+		t.Run(p.Name, func(t *testing.T) {
+			c := newClientCache(t, "", false)
+			ctx := context.Background()
+			top, paths := testClosure(t)
+			c.restartBeforeNarinfo.Store(true)
+			up := &nixreplay.Client{Profile: p, BaseURL: c.url, Login: "ci", Password: c.writeTok}
+			if err := up.Upload(ctx, paths, nixreplay.UploadOptions{Compression: "zstd"}); err != nil {
+				t.Fatalf("upload across a restart: %v\n%s", err, traceOf(up))
+			}
+			if c.restartBeforeNarinfo.Load() {
+				t.Fatal("the cache was not restarted")
+			}
+			down := &nixreplay.Client{Profile: p, BaseURL: c.url}
+			if got, err := down.Substitute(ctx, top); err != nil || len(got) != 3 {
+				t.Fatalf("substitute: %d paths, %v", len(got), err)
 			}
 		})
 	}

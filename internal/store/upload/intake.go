@@ -427,7 +427,7 @@ func verifyStream(r *io.PipeReader, comp string, narSum *countHash, l limits.Lim
 		head, _ := br.Peek(compress.SniffLen)
 		res.comp = compress.Sniff(head)
 		if !slices.Contains(bareCompressions, res.comp) {
-			res.err = fmt.Errorf("the file is %s-compressed, which this cache does not take (upload with compression=zstd, xz, bzip2, gzip or none)", res.comp)
+			res.err = fmt.Errorf("the file is %s-compressed, which this cache does not take under a bare .nar name (Nix names such a NAR with its suffix, e.g. .nar.%s; a bare .nar holds a NAR, or gzip, zstd, xz or bzip2 bytes)", res.comp, res.comp)
 			return res
 		}
 	}

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -35,21 +34,9 @@ func (s *Server) handleDebugInfo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := strings.TrimSuffix(mux.Vars(r)["id"], ".debug")
-	var (
-		doc []byte
-		err = error(store.ErrNotFound)
-	)
+	doc, err := []byte(nil), error(store.ErrNotFound)
 	if validBuildID(id) {
-		for _, st := range s.stores {
-			d, ok := st.(store.DebugInfo)
-			if !ok {
-				continue
-			}
-			doc, err = d.DebugInfo(r.Context(), id)
-			if err == nil || !errors.Is(err, store.ErrNotFound) {
-				break
-			}
-		}
+		doc, err = firstDoc(s.stores, func(d store.DebugInfo) ([]byte, error) { return d.DebugInfo(r.Context(), id) })
 	}
 	if err != nil {
 		s.fail(w, r, err)

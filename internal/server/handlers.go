@@ -224,20 +224,7 @@ func (s *Server) serveRealisation(w http.ResponseWriter, r *http.Request, id str
 	if !s.authorize(w, r) {
 		return
 	}
-	var (
-		doc []byte
-		err = error(store.ErrNotFound)
-	)
-	for _, st := range s.stores {
-		rs, ok := st.(store.Realisations)
-		if !ok {
-			continue
-		}
-		doc, err = rs.Realisation(r.Context(), id)
-		if err == nil || !errors.Is(err, store.ErrNotFound) {
-			break
-		}
-	}
+	doc, err := firstDoc(s.stores, func(rs store.Realisations) ([]byte, error) { return rs.Realisation(r.Context(), id) })
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -291,4 +278,21 @@ func (s *Server) handleLanding(w http.ResponseWriter, r *http.Request) {
 	if err := landingTmpl.Execute(w, data); err != nil {
 		s.logger(r).Warn("landing page", "err", err)
 	}
+}
+
+// firstDoc asks the stores that have capability C, in order, for a
+// document; the first answer that is not ErrNotFound wins (ErrNotFound
+// when none has it).
+func firstDoc[C any](stores []store.Store, get func(C) ([]byte, error)) ([]byte, error) {
+	for _, st := range stores {
+		c, ok := st.(C)
+		if !ok {
+			continue
+		}
+		doc, err := get(c)
+		if err == nil || !errors.Is(err, store.ErrNotFound) {
+			return doc, err
+		}
+	}
+	return nil, store.ErrNotFound
 }

@@ -1,7 +1,7 @@
-// Package nartest makes hostile inputs for tests: NARs too deep or too
-// wide to build in memory comfortably (streamed instead), and compressed
-// streams whose headers ask the decoder for more memory than they are
-// worth. Only tests import it.
+// Package nartest makes inputs for tests: NARs too deep or too wide to
+// build in memory comfortably (streamed instead), compressed streams
+// whose headers ask the decoder for more memory than they are worth, and
+// ordinary NAR-like data for benchmarks (inputs.go). Only tests import it.
 package nartest
 
 import (

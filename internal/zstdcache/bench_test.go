@@ -7,73 +7,22 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/bos55/concordia/internal/nartest"
 
 	"github.com/bos55/concordia/internal/zstdcache"
 )
 
-// benchDir holds the benchmark NAR; TestMain removes it.
-var benchDir string
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if benchDir != "" {
-		os.RemoveAll(benchDir)
-	}
+	nartest.RemoveBenchNAR()
 	os.Exit(code)
 }
 
-var benchNAR struct {
-	once sync.Once
-	path string
-	data []byte
-	err  error
-}
-
-// benchInput returns a realistic NAR: $CONCORDIA_BENCH_NAR if set, else
-// `nix-store --dump $(go env GOROOT)` (Go sources, binaries, test data:
-// a few hundred MiB of mixed text and machine code), else synthetic data.
-func benchInput(b *testing.B) (string, []byte) {
-	benchNAR.once.Do(func() {
-		if p := os.Getenv("CONCORDIA_BENCH_NAR"); p != "" {
-			benchNAR.path = p
-			benchNAR.data, benchNAR.err = os.ReadFile(p)
-			return
-		}
-		benchDir, benchNAR.err = os.MkdirTemp("", "concordia-compress-bench-")
-		if benchNAR.err != nil {
-			return
-		}
-		benchNAR.path = filepath.Join(benchDir, "goroot.nar")
-		if _, err := exec.LookPath("nix-store"); err == nil {
-			f, err := os.Create(benchNAR.path)
-			if err != nil {
-				benchNAR.err = err
-				return
-			}
-			cmd := exec.Command("nix-store", "--dump", runtime.GOROOT())
-			cmd.Env = append(os.Environ(), "HOME="+benchDir, "XDG_CACHE_HOME="+benchDir)
-			cmd.Stdout = f
-			err = cmd.Run()
-			f.Close()
-			if err == nil {
-				benchNAR.data, benchNAR.err = os.ReadFile(benchNAR.path)
-				return
-			}
-		}
-		benchNAR.data = testData(128<<20, 1)
-		benchNAR.err = os.WriteFile(benchNAR.path, benchNAR.data, 0o600)
-	})
-	if benchNAR.err != nil {
-		b.Fatal(benchNAR.err)
-	}
-	return benchNAR.path, benchNAR.data
-}
+func benchInput(b *testing.B) (string, []byte) { return nartest.BenchNAR(b) }
 
 // BenchmarkCacheCold is a miss end to end: produce, compress, write,
 // fsync, rename, while the first reader streams the result.

@@ -18,7 +18,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
-	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/pkg/nar"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -32,18 +31,8 @@ func TestServeUploadSurvivesSIGKILL(t *testing.T) {
 		t.Skip("-short")
 	}
 	dir := t.TempDir()
-	tok, line, _ := auth.Generate("ci", auth.Write)
-	tokens := filepath.Join(dir, "tokens")
-	os.WriteFile(tokens, []byte(line+"\n"), 0o600)
+	cfg, tok := writeCacheConfig(t, dir, "")
 	upDir := filepath.Join(dir, "upload")
-	cfg := filepath.Join(dir, "cache.toml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`bind = "127.0.0.1:0"
-state_dir = %q
-nix_db_path = %q
-[upload]
-dir = %q
-tokens_file = %q
-`, filepath.Join(dir, "state"), filepath.Join(dir, "no-nix-db.sqlite"), upDir, tokens)), 0o644)
 
 	p := startServe(t, "--config", cfg)
 

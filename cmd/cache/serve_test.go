@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bos55/concordia/internal/syncbuf"
+
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/bos55/concordia/internal/cli"
@@ -58,27 +60,10 @@ func cacheBinary(t *testing.T) string {
 type serveProc struct {
 	cmd    *exec.Cmd
 	url    string
-	stdout *lockedBuffer
-	stderr *lockedBuffer
+	stdout *syncbuf.Buffer
+	stderr *syncbuf.Buffer
 	exited chan struct{} // closed when the process has exited
 	err    error         // its exit status, once exited is closed
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 var servingRE = regexp.MustCompile(`Serving \S+ on (\S+)`)
@@ -92,7 +77,7 @@ func startServe(t *testing.T, args ...string) *serveProc {
 	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, ".cache"))
 	pr, pw := io.Pipe()
 	cmd.Stdout = pw
-	p := &serveProc{cmd: cmd, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &serveProc{cmd: cmd, stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -348,7 +333,7 @@ func TestServeAsNobody(t *testing.T) {
 		cmd := exec.Command(nbin, "serve", "--bind", "127.0.0.1:0", "--state-dir", state)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 		cmd.Env = []string{"HOME=/nonexistent", "PATH=/usr/bin:/bin"}
-		out := &lockedBuffer{}
+		out := &syncbuf.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/bos55/concordia/internal/syncbuf"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
@@ -38,7 +39,7 @@ import (
 type clientCache struct {
 	url              string
 	writeTok, readTk string
-	log              *lockedLog
+	log              *syncbuf.Buffer
 	// cut, when > 0, cuts the first plain GET of each NAR URL after that
 	// many bytes (a dropped connection); cutDone remembers which.
 	cut     int64
@@ -55,27 +56,10 @@ type clientCache struct {
 	app                  atomic.Pointer[app.App]
 }
 
-type lockedLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func newClientCache(t *testing.T, extra string, private bool) *clientCache {
 	t.Helper()
 	dir := t.TempDir()
-	c := &clientCache{log: &lockedLog{}, cutDone: map[string]bool{}}
+	c := &clientCache{log: &syncbuf.Buffer{}, cutDone: map[string]bool{}}
 	var wl, rl string
 	c.writeTok, wl, _ = auth.Generate("ci", auth.Read|auth.Write)
 	c.readTk, rl, _ = auth.Generate("laptop", auth.Read)

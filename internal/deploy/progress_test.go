@@ -1,34 +1,17 @@
 package deploy_test
 
 import (
-	"bytes"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/bos55/concordia/internal/syncbuf"
 
 	"github.com/bos55/concordia/internal/deploy"
 )
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestLive(t *testing.T) {
-	var buf syncBuf
+	var buf syncbuf.Buffer
 	l := deploy.NewLive(&buf, []string{"web2", "web1"}, time.Millisecond)
 	l.Step("web1", "activate")
 	l.Step("web2", "fetch")

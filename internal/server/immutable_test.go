@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bos55/concordia/internal/syncbuf"
+
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
@@ -109,7 +111,7 @@ func TestPutCannotReplaceServedPath(t *testing.T) {
 		for _, where := range []string{"local", "upload"} {
 			t.Run("prefer "+prefer+", path in the "+where+" store", func(t *testing.T) {
 				local := newFakeStore()
-				logs := &syncBuffer{}
+				logs := &syncbuf.Buffer{}
 				e := newUpEnvWith(t, t.TempDir(), false, []store.Store{local}, prefer == "upload", func(o *server.Options) {
 					freshReads(o)
 					o.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -386,7 +388,7 @@ func TestUploadDoesNotShadowLocalPath(t *testing.T) {
 	for _, prefer := range []string{"upload", "local"} {
 		t.Run("prefer "+prefer, func(t *testing.T) {
 			local := newFakeStore()
-			logs := &syncBuffer{}
+			logs := &syncbuf.Buffer{}
 			e := newUpEnvWith(t, t.TempDir(), false, []store.Store{local}, prefer == "upload", func(o *server.Options) {
 				freshReads(o)
 				o.Logger = slog.New(slog.NewTextHandler(logs, nil))

@@ -8,29 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/bos55/concordia/internal/syncbuf"
 
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/store"
 )
-
-type lockedLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestErrorBodiesHideServerPaths: what the server answers never shows its
 // own file-system paths or a token's hash, whatever error text reaches the
@@ -39,7 +23,7 @@ func (l *lockedLog) String() string {
 // the request id the client was given.
 func TestErrorBodiesHideServerPaths(t *testing.T) {
 	dir := t.TempDir()
-	logs := &lockedLog{}
+	logs := &syncbuf.Buffer{}
 	local := newFakeStore()
 	e := newUpEnvWith(t, dir, false, []store.Store{local}, true, func(o *server.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bos55/concordia/internal/syncbuf"
+
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/bos55/concordia/internal/compress"
@@ -554,7 +556,7 @@ func TestRealisationThroughServer(t *testing.T) {
 // with TLS by default), trusting our self-signed certificate.
 func TestNixCopyOverTLS(t *testing.T) {
 	cl := buildClosure(t)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	s := startServer(t, "zstd", func(o *server.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
@@ -577,21 +579,4 @@ func TestNixCopyOverTLS(t *testing.T) {
 	if !strings.Contains(logs.String(), "route=nar status=200") || !strings.Contains(logs.String(), "proto=HTTP/2.0") {
 		t.Errorf("want NARs sent over HTTP/2; access log:\n%s", logs.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

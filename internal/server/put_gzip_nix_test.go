@@ -37,18 +37,7 @@ func TestNixCopyGzip(t *testing.T) {
 		}
 	}
 
-	key := e.key.Public().String()
-	trust := []string{"--option", "trusted-public-keys", key, "--option", "require-sigs", "true"}
-	fresh := newNixClient(t)
-	dst := filepath.Join(t.TempDir(), "dst")
-	args := append(append([]string{"copy"}, trust...), "--from", e.url, "--to", dst, top)
-	if _, err := fresh.run(ctx, "nix", args...); err != nil {
-		t.Fatal(err)
-	}
-	args = append(append([]string{"store", "verify", "--store", dst}, trust...), "--recursive", top)
-	if _, err := fresh.run(ctx, "nix", args...); err != nil {
-		t.Fatal(err)
-	}
+	substituteVerified(ctx, t, e.url, e.key.Public().String(), top)
 
 	// The uploader's cached narinfos lack the cache's signature, so it
 	// checks none; what it fetches is nar/<file hash>.nar.
@@ -97,18 +86,7 @@ func TestNixCopyNewCompressions(t *testing.T) {
 				}
 				t.Logf("%s: URL %s, Compression %s, FileSize %d, NarSize %d", filepath.Base(p), ni.URL, ni.Compression, ni.FileSize, ni.NarSize)
 			}
-			key := e.key.Public().String()
-			trust := []string{"--option", "trusted-public-keys", key, "--option", "require-sigs", "true"}
-			fresh := newNixClient(t)
-			dst := filepath.Join(t.TempDir(), "dst")
-			args := append(append([]string{"copy"}, trust...), "--from", e.url, "--to", dst, top)
-			if _, err := fresh.run(ctx, "nix", args...); err != nil {
-				t.Fatal(err)
-			}
-			args = append(append([]string{"store", "verify", "--store", dst}, trust...), "--recursive", top)
-			if _, err := fresh.run(ctx, "nix", args...); err != nil {
-				t.Fatal(err)
-			}
+			substituteVerified(ctx, t, e.url, e.key.Public().String(), top)
 		})
 	}
 }

@@ -254,15 +254,7 @@ func TestNixCopyServedFromUploadOnly(t *testing.T) {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	trust := []string{"--option", "trusted-public-keys", e.key.Public().String()}
-	dst := filepath.Join(t.TempDir(), "dst")
-	args := append([]string{"copy", "--from", hs.URL, "--to", dst}, trust...)
-	if _, err := newNixClient(t).run(ctx, "nix", append(args, top)...); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := newNixClient(t).run(ctx, "nix", append([]string{"store", "verify", "--store", dst, "--recursive", top}, trust...)...); err != nil {
-		t.Fatal(err)
-	}
+	substituteVerified(ctx, t, hs.URL, e.key.Public().String(), top)
 }
 
 // TestNixCopyLog: `nix store copy-log --to` uploads a build log (PUT
@@ -388,6 +380,23 @@ func TestNixUploaderSubstitutes(t *testing.T) {
 	}
 }
 
+// substituteVerified has a fresh client (its disk cache has never seen
+// these paths), trusting only key, copy top from the cache at url into a
+// fresh chroot store and verify it there; it returns the store's root.
+func substituteVerified(ctx context.Context, t *testing.T, url, key, top string) string {
+	t.Helper()
+	c := newNixClient(t)
+	dst := filepath.Join(t.TempDir(), "dst")
+	trust := []string{"--option", "trusted-public-keys", key, "--option", "require-sigs", "true"}
+	if _, err := c.run(ctx, "nix", append(append([]string{"copy"}, trust...), "--from", url, "--to", dst, top)...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.run(ctx, "nix", append(append([]string{"store", "verify", "--store", dst}, trust...), "--recursive", top)...); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
 // writeNetrc writes a netrc giving the loopback server login's token, for
 // nix's --option netrc-file, and returns its path.
 func writeNetrc(t testing.TB, login, token string) string {
@@ -446,15 +455,7 @@ func TestNixCopyCannotReplacePath(t *testing.T) {
 				t.Fatalf("PUT of another NAR for %s: %d %q, want 409 naming %s and %s", leaf, code, msg, orig.ni.NarHash, evil.info.NarHash)
 			}
 
-			c := newNixClient(t) // its disk cache has never seen these paths
-			dst := filepath.Join(t.TempDir(), "dst")
-			trust := []string{"--option", "trusted-public-keys", e.key.Public().String(), "--option", "require-sigs", "true"}
-			if _, err := c.run(ctx, "nix", append(append([]string{"copy"}, trust...), "--from", e.url, "--to", dst, top)...); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := c.run(ctx, "nix", append(append([]string{"store", "verify", "--store", dst}, trust...), "--recursive", top)...); err != nil {
-				t.Fatal(err)
-			}
+			dst := substituteVerified(ctx, t, e.url, e.key.Public().String(), top)
 			got, err := os.ReadFile(filepath.Join(dst, leaf))
 			if err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("%s in the fresh store: %q %v, want the original %q", leaf, got, err, want)

@@ -27,6 +27,7 @@ type StatusError interface {
 //	store.ErrInvalid, nar/narinfo.ErrInvalid 400
 //	store.ErrConflict                    409 (an upload would change a served path)
 //	store.ErrNoSpace                     507
+//	store.ErrUnavailable                 503 (an upstream to check against did not answer)
 //	auth: no/unknown credentials         401, lacking permission 403
 //	store.ErrNotOwner                   403 (another token's pin)
 //	store.ErrTooManyPins                403 (limits.max_pins_per_token)
@@ -49,6 +50,8 @@ func Status(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, store.ErrNoSpace):
 		return http.StatusInsufficientStorage
+	case errors.Is(err, store.ErrUnavailable):
+		return http.StatusServiceUnavailable
 	case errors.Is(err, store.ErrInvalid), errors.Is(err, nar.ErrInvalid), errors.Is(err, narinfo.ErrInvalid):
 		return http.StatusBadRequest
 	}

@@ -59,6 +59,40 @@ type Uploader interface {
 	PutBuildTrace(ctx context.Context, drvBase, output string, body io.Reader) error
 }
 
+// Adopter is the capability of keeping paths pulled from an upstream
+// binary cache (package pullthrough), so the next client gets them from
+// this cache at LAN speed and they stay served while the upstream is
+// unreachable. The NAR file arrives as an upload does (PutNAR, verified
+// the same way); the narinfo is the upstream's, which the caller checked
+// is signed by one of that upstream's keys.
+type Adopter interface {
+	Uploader
+	// Adopt publishes the path ni describes, pulled from the upstream
+	// named origin, with the NAR file name received by PutNAR. The file
+	// must match ni (NarHash, NarSize, Compression, and FileHash and
+	// FileSize when given: ErrInvalid otherwise). References need not be
+	// present: the upstream that signed ni has them. A path the store
+	// has already stays exactly as it is when ni describes it (no-op)
+	// and is ErrConflict otherwise, as is a tombstone's other NAR. The
+	// record keeps ni's signatures (within the limits) beside the
+	// store's own, and its Origin. Adopted paths are a cache: GC evicts
+	// them first, least recently used first, except those in a pinned
+	// closure.
+	Adopt(ctx context.Context, name string, ni *narinfo.NarInfo, origin string) error
+}
+
+// FileNARStat is the optional capability of a FileNAR store that can
+// describe its file without opening it. The server renders narinfos with
+// it: opening the file of a path pulled from an upstream would start the
+// download, and a narinfo lookup (a writer's probe, nix path-info) must
+// never do that.
+type FileNARStat interface {
+	// StatFileNAR is OpenFileNAR's description of the file, without the
+	// file. ErrNotFound when the store keeps no file for the path (the
+	// server then announces its own compression and streams NAR).
+	StatFileNAR(ctx context.Context, info *PathInfo) (compression string, fileHash []byte, fileSize int64, err error)
+}
+
 // DebugInfo is the capability of keeping Nix's index of DWARF debug info
 // files by build ID: with index-debug-info=true, nix copy --to HEADs
 // debuginfo/<build-id>.debug and, when that is absent, PUTs a small JSON

@@ -30,6 +30,13 @@ var ErrInvalid = errors.New("invalid")
 // ErrNoSpace means the disk is full: 507, and nothing partial is kept.
 var ErrNoSpace = errors.New("insufficient storage")
 
+// ErrUnavailable means a store that asks another service (an upstream
+// binary cache) could not get an answer from it: not a miss, since the
+// path may well be there. The read path turns it into a miss (a 5xx would
+// make Nix disable the substituter); an upload that must be checked
+// against the upstream is refused with 503 and retried by the client.
+var ErrUnavailable = errors.New("unavailable")
+
 // ErrConflict means an upload would change something the cache already
 // serves: a store path with another NAR (or other references), or a
 // listing, build log or realisation with other contents. Store paths are
@@ -57,6 +64,10 @@ type PathInfo struct {
 	CA string
 	// Registered is when the path became valid in this store.
 	Registered time.Time
+	// Origin names the upstream cache the path was pulled from ("" for
+	// a path of this machine or an upload): such a path is a cache of
+	// the upstream's, evicted first by GC.
+	Origin string
 }
 
 // Store is a read-only source of store paths.

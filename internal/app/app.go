@@ -14,13 +14,17 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/bos55/concordia/internal/auth"
 	"github.com/bos55/concordia/internal/config"
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/signkey"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/local"
+	"github.com/bos55/concordia/internal/store/pullthrough"
 	"github.com/bos55/concordia/internal/store/upload"
+	"github.com/bos55/concordia/internal/upstream"
 	"github.com/bos55/concordia/internal/version"
 	"github.com/bos55/concordia/internal/zstdcache"
 	"github.com/bos55/concordia/pkg/narinfo"
@@ -46,6 +50,13 @@ type App struct {
 	GeneratedKey bool
 	// Tokens are the credentials, nil without tokens_file.
 	Tokens *auth.Tokens
+	// Pull is the pull-through store, nil without an [[upstream]] that
+	// serves readers.
+	Pull *pullthrough.Store
+	// Registry holds every metric the cache exports.
+	Registry *prometheus.Registry
+
+	upstreams *upstream.Set
 
 	logger  *slog.Logger
 	closers []func() error
@@ -59,7 +70,7 @@ func Open(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *App,
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a := &App{logger: logger}
+	a := &App{logger: logger, Registry: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -112,19 +123,29 @@ func (a *App) openStores(ctx context.Context, cfg *config.Config) error {
 	} else {
 		a.logger.Warn("no local store served", "nix_db_path", cfg.NixDBPath)
 	}
+	set, err := a.openUpstreams(cfg)
+	if err != nil {
+		return err
+	}
+	a.upstreams = set
 	if cfg.Upload.Dir == "" {
 		return nil
 	}
 	opts := uploadOptions(cfg, a.Local, a.logger)
 	opts.SignKeys = a.Keys
 	opts.GCInterval = time.Duration(cfg.GC.Interval)
+	if set != nil {
+		// References an upstream has count as present, and an upload
+		// of one of its paths must be its NAR.
+		opts.Others = append(opts.Others, pullthrough.Checker(set, cfg.VirtualNixStore))
+	}
 	us, err := upload.Open(ctx, cfg.Upload.Dir, opts)
 	if err != nil {
 		return err
 	}
 	a.closers = append(a.closers, us.Close)
 	a.Upload = us
-	return nil
+	return a.openPullThrough(cfg, set)
 }
 
 // The listing cache used when the compression cache is off.
@@ -148,7 +169,9 @@ func (a *App) serverOptions(cfg *config.Config) (server.Options, error) {
 		ReadProgress:      time.Duration(cfg.Timeouts.ReadProgress),
 		WriteProgress:     time.Duration(cfg.Timeouts.WriteProgress),
 		Limits:            cfg.Limits.Values(),
+		Registry:          a.Registry,
 	}
+	a.upstreamOptions(cfg, &opts)
 	a.Stores = len(opts.Stores)
 	if a.Upload != nil {
 		opts.Upload = &server.Uploads{Store: a.Upload, Tokens: a.Tokens, MaxNARSize: cfg.Limits.Values().UploadBody()}

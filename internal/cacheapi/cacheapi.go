@@ -323,36 +323,58 @@ func Token(file, netrc, cacheURL string) (string, error) {
 // of cacheURL, or the "default" entry's: the cache accepts its token as a
 // Basic password, which is how Nix sends it, and as a Bearer token.
 func NetrcPassword(path, cacheURL string) (string, error) {
+	_, password, err := NetrcLogin(path, cacheURL)
+	return password, err
+}
+
+// NetrcLogin is the login and password a netrc gives the host of
+// cacheURL (its "machine" entry, else "default"), as curl reads it for
+// Nix. Empty strings when it names neither.
+func NetrcLogin(path, cacheURL string) (login, password string, err error) {
 	u, err := url.Parse(cacheURL)
 	if err != nil {
-		return "", fmt.Errorf("cache URL %q: %v", cacheURL, err)
+		return "", "", fmt.Errorf("cache URL %q: %v", cacheURL, err)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("netrc: %w", err)
+		return "", "", fmt.Errorf("netrc: %w", err)
 	}
+	type entry struct{ login, password string }
+	var machine, def *entry
+	var cur *entry
 	words := strings.Fields(string(b))
-	var machine, def string
-	cur := ""
-	for i := 0; i+1 < len(words); i++ {
+	for i := 0; i < len(words); i++ {
 		switch words[i] {
 		case "machine":
-			cur = words[i+1]
-			i++
+			cur = nil
+			if i+1 < len(words) {
+				if words[i+1] == u.Hostname() && machine == nil {
+					machine = &entry{}
+					cur = machine
+				}
+				i++
+			}
 		case "default":
-			cur = "\x00default"
-		case "password":
-			if cur == u.Hostname() && machine == "" {
-				machine = words[i+1]
+			cur = nil
+			if def == nil {
+				def = &entry{}
+				cur = def
 			}
-			if cur == "\x00default" && def == "" {
-				def = words[i+1]
+		case "login", "password":
+			if i+1 < len(words) {
+				if cur != nil && words[i] == "login" {
+					cur.login = words[i+1]
+				} else if cur != nil {
+					cur.password = words[i+1]
+				}
+				i++
 			}
-			i++
 		}
 	}
-	if machine != "" {
-		return machine, nil
+	for _, e := range []*entry{machine, def} {
+		if e != nil && e.password != "" {
+			return e.login, e.password, nil
+		}
 	}
-	return def, nil
+	return "", "", nil
 }

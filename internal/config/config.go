@@ -123,6 +123,8 @@ type Config struct {
 	GC               GC               `toml:"gc"`
 	Timeouts         Timeouts         `toml:"timeouts"`
 	Limits           Limits           `toml:"limits"`
+	// Upstreams are the [[upstream]] tables, in priority order.
+	Upstreams []Upstream `toml:"upstream"`
 }
 
 // Zstd is the [zstd] table.
@@ -394,6 +396,7 @@ func (c *Config) finish(md *toml.MetaData) {
 	if c.Upload.Prefer == "" {
 		c.Upload.Prefer = DefaultPrefer
 	}
+	c.finishUpstreams()
 }
 
 // Validate checks every key and says which one is wrong.
@@ -483,6 +486,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Upload.PendingMaxSize < 1<<20 {
 		return bad("upload.pending_max_size", "must be at least 1M, got %d", c.Upload.PendingMaxSize)
+	}
+	if err := c.validateUpstreams(bad); err != nil {
+		return err
 	}
 	return c.Limits.validate(bad)
 }

@@ -245,6 +245,9 @@ var landingTmpl = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
 <p>Store directory <code>{{.StoreDir}}</code>, priority {{.Priority}}, version {{.Version}}.</p>
 <h2>Public keys</h2>
 {{if .Keys}}<ul>{{range .Keys}}<li><code>{{.}}</code></li>{{end}}</ul>{{else}}<p>This cache signs nothing with its own key; paths carry only the signatures they already had.</p>{{end}}
+{{if .Upstreams}}<h2>Upstream caches</h2>
+<p>Asked, in this order, for what this cache does not have; answers are believed only when signed by one of the upstream's keys.</p>
+<ul>{{range .Upstreams}}<li><code>{{.URL}}</code> ({{.Name}}{{if .PullThrough}}, pulled through: its paths are served here and kept{{else}}, not pulled through: uploads skip its paths and may refer to them{{end}}), keys {{range .Keys}}<code>{{.}}</code> {{end}}</li>{{end}}</ul>{{end}}
 <h2>nix.conf</h2>
 <pre>substituters = {{.URL}}
 trusted-public-keys = {{.KeyList}}</pre>
@@ -270,7 +273,8 @@ func (s *Server) handleLanding(w http.ResponseWriter, r *http.Request) {
 		URL, StoreDir, Version, KeyList string
 		Priority                        int
 		Keys                            []string
-	}{scheme + "://" + r.Host, s.storeDir, s.opts.Version, strings.Join(keys, " "), s.opts.Priority, keys}
+		Upstreams                       []UpstreamInfo
+	}{scheme + "://" + r.Host, s.storeDir, s.opts.Version, strings.Join(keys, " "), s.opts.Priority, keys, s.opts.Upstreams}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if r.Method == http.MethodHead {
 		return

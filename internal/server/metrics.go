@@ -22,6 +22,10 @@ type metrics struct {
 	activeStreams prometheus.Gauge
 	listingBuilds prometheus.Counter
 	narSource     prometheus.Counter
+	// narRequests: NAR requests answered from the cache's own stores
+	// and from an upstream (pull-through), for the hit ratio.
+	narRequests             *prometheus.CounterVec
+	narFromCache, narPulled prometheus.Counter
 
 	narinfoOK, narinfoMissing prometheus.Counter
 	narinfoDur                prometheus.Observer
@@ -60,8 +64,13 @@ func newMetrics(reg *prometheus.Registry, extra []prometheus.Collector) (*metric
 			Name: "concordia_nar_source_bytes_total",
 			Help: "NAR bytes stores produced to answer uncompressed NAR and /serve requests, those skipped before a range included: compare with concordia_nar_bytes_sent_total.",
 		}),
+		narRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "concordia_nar_requests_total",
+			Help: "NAR requests by where the path was found: cache (this machine, uploads, paths pulled before) or upstream (pulled through now); the pull-through hit ratio is cache over the sum.",
+		}, []string{"source"}),
 	}
-	cs := []prometheus.Collector{m.requests, m.duration, m.narBytes, m.narinfoCache, m.activeStreams, m.listingBuilds, m.narSource}
+	m.narFromCache, m.narPulled = m.narRequests.WithLabelValues("cache"), m.narRequests.WithLabelValues("upstream")
+	cs := []prometheus.Collector{m.requests, m.duration, m.narBytes, m.narinfoCache, m.activeStreams, m.listingBuilds, m.narSource, m.narRequests}
 	cs = append(cs, extra...)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
@@ -82,6 +91,14 @@ func newMetrics(reg *prometheus.Registry, extra []prometheus.Collector) (*metric
 	m.cacheHit = m.narinfoCache.WithLabelValues("hit")
 	m.cacheMiss = m.narinfoCache.WithLabelValues("miss")
 	return m, nil
+}
+
+func (m *metrics) narRequest(upstream bool) {
+	if upstream {
+		m.narPulled.Inc()
+	} else {
+		m.narFromCache.Inc()
+	}
 }
 
 func (m *metrics) observe(route string, code int, seconds float64) {

@@ -93,6 +93,7 @@ func (s *Server) handleNAR(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := s.stores[idx]
+	s.metrics.narRequest(idx == s.upstreamIdx)
 	switch {
 	case req.ext == "":
 		if s.opts.NegotiateEncoding && r.Header.Get("Range") == "" && acceptsZstd(r.Header.Get("Accept-Encoding")) {
@@ -124,6 +125,12 @@ func (s *Server) handleNAR(w http.ResponseWriter, r *http.Request) {
 // serveFileNAR serves a store's ready-made file when its compression is
 // the one asked for; it reports whether it answered.
 func (s *Server) serveFileNAR(w http.ResponseWriter, r *http.Request, fn store.FileNAR, info *store.PathInfo, ext string) bool {
+	if _, _, _, ok, err := statFileNAR(r.Context(), fn, info); err != nil || !ok {
+		if err != nil {
+			s.fail(w, r, err)
+		}
+		return err != nil
+	}
 	f, comp, _, _, err := fn.OpenFileNAR(r.Context(), info)
 	if err != nil {
 		s.fail(w, r, err)
@@ -140,6 +147,12 @@ func (s *Server) serveFileNAR(w http.ResponseWriter, r *http.Request, fn store.F
 	s.metrics.activeStreams.Inc()
 	defer s.metrics.activeStreams.Dec()
 	http.ServeContent(&countingWriter{ResponseWriter: w, c: s.narCounter(comp)}, r, "", time.Time{}, f)
+	if fe, ok := f.(interface{ Err() error }); ok && fe.Err() != nil {
+		// A file that failed as it was read (a pull-through download
+		// that broke off or did not verify): the client must see a
+		// failed transfer, not a body short of its Content-Length.
+		s.abort(r, fe.Err())
+	}
 	return true
 }
 

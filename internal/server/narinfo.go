@@ -143,7 +143,7 @@ func (s *Server) lookup(ctx context.Context, hash string) (*store.PathInfo, int,
 // path and an operator may want to look. Only this order pays the extra
 // lookup: with prefer = "local" the local store answers first anyway.
 func (s *Server) unshadowed(ctx context.Context, hash string, up *store.PathInfo, idx int) (*store.PathInfo, int, error) {
-	for j := idx + 1; j < len(s.stores); j++ {
+	for j := idx + 1; j < len(s.stores) && j != s.upstreamIdx; j++ {
 		info, err := s.stores[j].PathInfo(ctx, hash)
 		if errors.Is(err, store.ErrNotFound) {
 			continue
@@ -297,12 +297,9 @@ func (s *Server) buildNarinfo(ctx context.Context, st store.Store, hash string, 
 	for i, ref := range info.References {
 		ni.References[i] = path.Base(ref)
 	}
-	if fn, ok := st.(store.FileNAR); ok {
-		f, comp, fileHash, fileSize, err := fn.OpenFileNAR(ctx, info)
-		if err != nil {
-			return nil, fmt.Errorf("nar file of %s: %w", info.StorePath, err)
-		}
-		f.Close()
+	if comp, fileHash, fileSize, ok, err := statFileNAR(ctx, st, info); err != nil {
+		return nil, err
+	} else if ok {
 		ni.Compression = comp
 		ni.URL = NarURL(hash, info.NarHash, comp)
 		if len(fileHash) == 32 {
@@ -326,6 +323,33 @@ func (s *Server) buildNarinfo(ctx context.Context, st store.Store, hash string, 
 		return nil, fmt.Errorf("narinfo of %s would be corrupt: %v", info.StorePath, err)
 	}
 	return ni, nil
+}
+
+// statFileNAR describes the ready-made file a store keeps of info's path:
+// by FileNARStat when the store has it (a pull-through path's file must
+// not be downloaded for a narinfo), else by opening it. ok is false when
+// the store keeps no file (FileNARStat's ErrNotFound, or no FileNAR).
+func statFileNAR(ctx context.Context, st any, info *store.PathInfo) (comp string, fileHash []byte, fileSize int64, ok bool, err error) {
+	if fs, is := st.(store.FileNARStat); is {
+		comp, fileHash, fileSize, err = fs.StatFileNAR(ctx, info)
+		if errors.Is(err, store.ErrNotFound) {
+			return "", nil, 0, false, nil
+		}
+		if err != nil {
+			return "", nil, 0, false, fmt.Errorf("nar file of %s: %w", info.StorePath, err)
+		}
+		return comp, fileHash, fileSize, true, nil
+	}
+	fn, is := st.(store.FileNAR)
+	if !is {
+		return "", nil, 0, false, nil
+	}
+	f, comp, fileHash, fileSize, err := fn.OpenFileNAR(ctx, info)
+	if err != nil {
+		return "", nil, 0, false, fmt.Errorf("nar file of %s: %w", info.StorePath, err)
+	}
+	f.Close()
+	return comp, fileHash, fileSize, true, nil
 }
 
 // boundSigs trims the signatures of a narinfo over the limits (a record
@@ -369,17 +393,28 @@ func (s *Server) boundSigs(ni *narinfo.NarInfo) {
 // Writers are rare, so these answers are neither cached nor cacheable.
 func (s *Server) writerNarinfo(w http.ResponseWriter, r *http.Request, hash string) int {
 	r = withRequestID(w, r)
+	var st store.Store = s.upload
 	info, err := s.upload.PathInfo(r.Context(), hash)
+	if errors.Is(err, store.ErrNotFound) && s.opts.UpstreamCheck != nil {
+		// An upstream has it: the client need not upload it, and the
+		// closure check counts it present (the upload store asks the
+		// same upstreams). One that cannot be asked now is a miss: the
+		// client uploads the path, which is then checked.
+		st = s.opts.UpstreamCheck
+		if info, err = st.PathInfo(r.Context(), hash); errors.Is(err, store.ErrUnavailable) {
+			err = fmt.Errorf("%s: %w", err, store.ErrNotFound)
+		}
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return Status(err)
 	}
-	ni, err := s.buildNarinfo(r.Context(), s.upload, hash, info)
+	ni, err := s.buildNarinfo(r.Context(), st, hash, info)
 	if err != nil {
 		s.fail(w, r, err)
 		return Status(err)
 	}
-	if t, ok := s.upload.(store.WriterTold); ok {
+	if t, ok := s.upload.(store.WriterTold); ok && st == s.upload {
 		// The client keeps this answer in its disk cache: GC keeps
 		// the path while that lasts.
 		t.ToldWriter(hash)

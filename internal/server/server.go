@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -62,11 +63,38 @@ type ZstdEntry interface {
 	Size() (int64, bool)
 }
 
+// Upstream is what the server needs of the pull-through store: path info
+// from the upstreams (no download), their NAR files as they arrive
+// (FileNAR), described without a download (FileNARStat), and decoded for
+// a client that asks for the NAR uncompressed.
+type Upstream interface {
+	store.Store
+	store.FileNAR
+	store.FileNARStat
+}
+
+// UpstreamInfo describes an upstream cache on the landing page.
+type UpstreamInfo struct {
+	Name, URL   string
+	Keys        []string
+	PullThrough bool
+}
+
 // Options configure a Server. Stores is the only required field.
 type Options struct {
 	// Stores answer in order: PathInfo comes from the first that has the
 	// path, and its bytes are served from that same store.
 	Stores []store.Store
+	// Upstream is the pull-through store of the upstream caches
+	// (internal/store/pullthrough), or nil: asked after every store of
+	// Stores, so an upstream answers only what the cache has not.
+	Upstream Upstream
+	// UpstreamCheck answers writers' narinfo probes the upload store
+	// misses: a path an upstream has (pull-through or not) is one
+	// `nix copy --to` need not upload. Nil: none.
+	UpstreamCheck store.Store
+	// Upstreams are shown on the landing page.
+	Upstreams []UpstreamInfo
 	// Upload takes uploads, or is nil: the upload routes (put.go) and the
 	// admin API of its store's other capabilities (admin.go) are
 	// installed. Its Store is normally one of Stores too.
@@ -168,6 +196,9 @@ type Server struct {
 	// differ from a later store's path (see unshadowed).
 	uploadIdx    int
 	shadowWarned sync.Map
+	// upstreamIdx is where Options.Upstream is in stores (-1: none):
+	// always last, and never asked by unshadowed.
+	upstreamIdx int
 	router       *mux.Router
 	cacheInfo    []byte
 	// rd and wd are the progress timeouts (0: off).
@@ -211,6 +242,11 @@ func New(opts Options) (*Server, error) {
 	}
 	if err := s.placeStores(); err != nil {
 		return nil, err
+	}
+	s.upstreamIdx = -1
+	if opts.Upstream != nil {
+		s.stores = append(slices.Clip(s.stores), opts.Upstream)
+		s.upstreamIdx = len(s.stores) - 1
 	}
 	if s.metrics, err = newMetrics(s.reg, s.collectors()); err != nil {
 		return nil, err

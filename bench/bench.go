@@ -117,6 +117,7 @@ func (b *bench) all(ctx context.Context) error {
 		{"upload", b.benchUpload},
 		{"upload-rtt", b.benchUploadRTT},
 		{"deploy", b.benchDeploy},
+		{"pull", b.benchPull},
 	}
 	for _, s := range steps {
 		if !b.want(s.group) {

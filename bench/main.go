@@ -54,7 +54,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "report directory (default bench/results, or a temp dir with --quick)")
 	flag.StringVar(&o.work, "work", "", "work directory (default: a fresh temp dir, removed at the end)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
-	flag.StringVar(&o.only, "only", "", "comma-separated groups to run: narinfo,nar,tools,e2e,upload,upload-rtt,rss,deploy (default all)")
+	flag.StringVar(&o.only, "only", "", "comma-separated groups to run: narinfo,nar,tools,e2e,upload,upload-rtt,rss,deploy,pull (default all)")
 	flag.DurationVar(&o.dur, "duration", 4*time.Second, "length of each load measurement")
 	flag.BoolVar(&o.verbose, "v", false, "verbose logs")
 	flag.StringVar(&o.vsBin, "vs-bin", "", "a second cache binary, measured interleaved with this tree's in the upload-rtt group")

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+)
+
+// Pull-through: Concordia in front of an upstream cache (nginx serving a
+// file:// cache that nix copy wrote, zstd, signed), measured against that
+// upstream itself. Cold: a fresh Concordia state per run, so the NAR is
+// downloaded, verified and kept while the client reads it; warm: the kept
+// copy; narinfo: a miss that asks the upstream (which answers 404) against
+// a local hit and against the upstream's own 404.
+
+// pullNARSize is the pull workload's file: incompressible, so the zstd
+// file is as large as the NAR and the bytes moved are what is measured.
+func (b *bench) pullNARSize() int64 {
+	if b.o.quick {
+		return 8 << 20
+	}
+	return 128 << 20
+}
+
+// pullWorkload adds a directory with one file of seeded random bytes to
+// the store (the same path on every run with the same size) and writes
+// the file:// cache the upstream nginx serves.
+func (b *bench) pullWorkload(ctx context.Context) (pathInfo, string, error) {
+	size := b.pullNARSize()
+	src := filepath.Join(b.work, fmt.Sprintf("pull-src-%d", size))
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return pathInfo{}, "", err
+	}
+	f, err := os.Create(filepath.Join(src, "random"))
+	if err != nil {
+		return pathInfo{}, "", err
+	}
+	rng := mrand.NewChaCha8([32]byte{'p', 'u', 'l', 'l'})
+	buf := make([]byte, 1<<20)
+	for n := int64(0); n < size; n += int64(len(buf)) {
+		_, _ = rng.Read(buf)
+		if _, err := f.Write(buf); err != nil {
+			f.Close()
+			return pathInfo{}, "", err
+		}
+	}
+	if err := f.Close(); err != nil {
+		return pathInfo{}, "", err
+	}
+	out, err := b.runCmd(ctx, nil, "nix-store", "--add", src)
+	if err != nil {
+		return pathInfo{}, "", err
+	}
+	infos, err := b.pathInfos(ctx, []string{strings.TrimSpace(out)})
+	if err != nil {
+		return pathInfo{}, "", err
+	}
+	dir := filepath.Join(b.work, "filecache-pull")
+	url := fmt.Sprintf("file://%s?compression=zstd&secret-key=%s", dir, b.keySec)
+	if _, err := b.runCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to", url, infos[0].Path); err != nil {
+		return pathInfo{}, "", err
+	}
+	return infos[0], dir, nil
+}
+
+// startPullCache runs Concordia with the upstream as its only store
+// (no local store: the machine's has the path) in a fresh state dir.
+func (b *bench) startPullCache(ctx context.Context, name, upstream, state string) (*server, error) {
+	_ = os.RemoveAll(state)
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(state, "cache.toml")
+	conf := fmt.Sprintf("nix_db_path = %q\n[[upstream]]\nurl = %q\npublic_keys = [%q]\n",
+		filepath.Join(state, "no-local-store.sqlite"), upstream, b.pubKey)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	return b.startConcordia(ctx, name, "zstd", state, "--config", cfg)
+}
+
+// benchPull: cold and warm NAR fetches through Concordia against the
+// upstream nginx directly (runs interleaved A B A B), then narinfo
+// latencies.
+func (b *bench) benchPull(ctx context.Context) error {
+	p, dir, err := b.pullWorkload(ctx)
+	if err != nil {
+		return fmt.Errorf("pull workload: %w", err)
+	}
+	b.rep.loads = append(b.rep.loads, fmt.Sprintf("pull-through: `%s`, NAR %.1f MB of random bytes, upstream file zstd", p.Path, float64(p.NarSize)/1e6))
+	ngx, err := b.startNginx(ctx, "nginx upstream", dir)
+	if err != nil {
+		return err
+	}
+	defer b.procs.stop(ngx.cmd)
+	direct, _, err := fetchNarinfo(ctx, ngx.base, p.hashPart())
+	if err != nil {
+		return err
+	}
+	if err := checkNAR(ctx, ngx.base, p); err != nil {
+		b.fail("nginx upstream", err)
+	}
+	// The file's size is what both send: MB/s are of the file.
+	fsize := fileSize(filepath.Join(dir, strings.TrimPrefix(direct, ngx.base+"/")))
+	state := filepath.Join(b.work, "state-pull")
+	defer os.RemoveAll(state)
+	fetch := func(name, url string, streams int) (time.Duration, error) {
+		d, n, err := download(ctx, url, streams)
+		if err == nil && n != fsize*int64(streams) {
+			err = fmt.Errorf("%d bytes, want %d", n, fsize*int64(streams))
+		}
+		if err != nil {
+			b.fail(name, err)
+		}
+		return d, err
+	}
+	for i := 0; i < b.o.runs; i++ {
+		// A: the upstream itself, its page cache warm like the cold
+		// runs' upstream.
+		if d, err := fetch("nginx upstream", direct, 1); err == nil {
+			b.rep.add("pull", "nginx upstream (direct)", "seconds, NAR fetch, 1 stream", d.Seconds())
+			b.rep.add("pull", "nginx upstream (direct)", "MB/s, NAR fetch, 1 stream", mbps(fsize, d))
+		}
+		if d, err := fetch("nginx upstream", direct, 8); err == nil {
+			b.rep.add("pull", "nginx upstream (direct)", "MB/s, NAR fetch, 8 streams", mbps(8*fsize, d))
+		}
+		// B: a fresh Concordia; the narinfo first (it asks the
+		// upstream, no download), then the timed NAR: downloaded,
+		// verified and kept while it is read.
+		conc, err := b.startPullCache(ctx, "concordia pull", ngx.base, state)
+		if err != nil {
+			return err
+		}
+		url, _, err := fetchNarinfo(ctx, conc.base, p.hashPart())
+		if err != nil {
+			b.procs.stop(conc.cmd)
+			return fmt.Errorf("concordia pull narinfo: %w", err)
+		}
+		if d, err := fetch("concordia pull cold", url, 1); err == nil {
+			b.rep.add("pull", "concordia cold (pulled through)", "seconds, NAR fetch, 1 stream", d.Seconds())
+			b.rep.add("pull", "concordia cold (pulled through)", "MB/s, NAR fetch, 1 stream", mbps(fsize, d))
+		}
+		if err := checkNAR(ctx, conc.base, p); err != nil {
+			b.fail("concordia pull warm", err)
+		}
+		if d, err := fetch("concordia pull warm", url, 1); err == nil {
+			b.rep.add("pull", "concordia warm (kept copy)", "seconds, NAR fetch, 1 stream", d.Seconds())
+			b.rep.add("pull", "concordia warm (kept copy)", "MB/s, NAR fetch, 1 stream", mbps(fsize, d))
+		}
+		if d, err := fetch("concordia pull warm", url, 8); err == nil {
+			b.rep.add("pull", "concordia warm (kept copy)", "MB/s, NAR fetch, 8 streams", mbps(8*fsize, d))
+		}
+		if i == b.o.runs-1 {
+			err = b.pullNarinfoLatency(ctx, conc, ngx, p)
+		}
+		b.procs.stop(conc.cmd)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pullNarinfoLatency: sequential narinfo GETs on one keep-alive
+// connection each: a hit (the kept path), a miss Concordia asks the
+// upstream about (a fresh random hash part each time, so no remembered
+// miss answers it), and the upstream's own 404 for such hashes.
+func (b *bench) pullNarinfoLatency(ctx context.Context, conc, ngx *server, p pathInfo) error {
+	n := 2000
+	if b.o.quick {
+		n = 200
+	}
+	type sys struct {
+		name   string
+		url    func() string
+		status int
+	}
+	systems := []sys{
+		{"concordia hit (kept path)", func() string { return conc.base + "/" + p.hashPart() + ".narinfo" }, 200},
+		{"concordia miss (asks the upstream)", func() string { return conc.base + "/" + randomHashPart() + ".narinfo" }, 404},
+		{"nginx upstream 404 (direct)", func() string { return ngx.base + "/" + randomHashPart() + ".narinfo" }, 404},
+	}
+	cl := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}}
+	defer cl.CloseIdleConnections()
+	lat := map[string][]time.Duration{}
+	// Interleaved in rounds of 100, so a noisy moment hits all three.
+	for done := 0; done < n; done += 100 {
+		for _, s := range systems {
+			for j := 0; j < 100; j++ {
+				url := s.url()
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+				t0 := time.Now()
+				resp, err := cl.Do(req)
+				if err != nil {
+					return fmt.Errorf("%s: %w", s.name, err)
+				}
+				_, _ = drain(resp)
+				d := time.Since(t0)
+				if resp.StatusCode != s.status {
+					b.fail(s.name, fmt.Errorf("GET %s: %d, want %d", url, resp.StatusCode, s.status))
+					continue
+				}
+				lat[s.name] = append(lat[s.name], d)
+			}
+		}
+	}
+	for _, s := range systems {
+		l := lat[s.name]
+		if len(l) == 0 {
+			continue
+		}
+		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+		b.rep.add("pull", s.name, "narinfo p50 us", float64(l[len(l)/2].Microseconds()))
+		b.rep.add("pull", s.name, "narinfo p99 us", float64(l[len(l)*99/100].Microseconds()))
+	}
+	return nil
+}
+
+func drain(resp *http.Response) (int64, error) {
+	defer resp.Body.Close()
+	buf := make([]byte, 4096)
+	var n int64
+	for {
+		m, err := resp.Body.Read(buf)
+		n += int64(m)
+		if err != nil {
+			return n, nil
+		}
+	}
+}
+
+func randomHashPart() string {
+	b := make([]byte, 20)
+	_, _ = rand.Read(b)
+	return nixbase32.EncodeToString(b)
+}

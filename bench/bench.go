@@ -85,22 +85,9 @@ func (b *bench) all(ctx context.Context) error {
 	}
 	b.pubKey = strings.TrimSpace(string(pub))
 
-	if b.w, err = b.buildWorkloads(ctx); err != nil {
-		return fmt.Errorf("building workloads: %w", err)
-	}
-	b.rep.workloads(b.w)
-
-	paths := []string{b.w.big.Path, b.w.small.Path}
-	for _, p := range b.w.closure {
-		paths = append(paths, p.Path)
-	}
-	b.fcNone = filepath.Join(b.work, "filecache-none")
-	b.fcZstd = filepath.Join(b.work, "filecache-zstd")
-	for dir, comp := range map[string]string{b.fcNone: "none", b.fcZstd: "zstd"} {
-		b.log.Info("writing a file:// cache for nginx", "compression", comp)
-		url := fmt.Sprintf("file://%s?compression=%s&secret-key=%s", dir, comp, b.keySec)
-		args := append([]string{"--extra-experimental-features", "nix-command", "copy", "--to", url}, paths...)
-		if _, err := b.runCmd(ctx, nil, "nix", args...); err != nil {
+	// The pull group makes its own workload; the others share these.
+	if b.o.only != "pull" {
+		if err := b.sharedWorkloads(ctx); err != nil {
 			return err
 		}
 	}
@@ -136,6 +123,32 @@ func (b *bench) all(ctx context.Context) error {
 			}
 		}
 		b.log.Info("done", "group", s.group, "took", time.Since(t0).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// sharedWorkloads builds the big path, the many small files and the
+// closure, and writes them to the file:// caches nginx serves.
+func (b *bench) sharedWorkloads(ctx context.Context) error {
+	var err error
+	if b.w, err = b.buildWorkloads(ctx); err != nil {
+		return fmt.Errorf("building workloads: %w", err)
+	}
+	b.rep.workloads(b.w)
+
+	paths := []string{b.w.big.Path, b.w.small.Path}
+	for _, p := range b.w.closure {
+		paths = append(paths, p.Path)
+	}
+	b.fcNone = filepath.Join(b.work, "filecache-none")
+	b.fcZstd = filepath.Join(b.work, "filecache-zstd")
+	for dir, comp := range map[string]string{b.fcNone: "none", b.fcZstd: "zstd"} {
+		b.log.Info("writing a file:// cache for nginx", "compression", comp)
+		url := fmt.Sprintf("file://%s?compression=%s&secret-key=%s", dir, comp, b.keySec)
+		args := append([]string{"--extra-experimental-features", "nix-command", "copy", "--to", url}, paths...)
+		if _, err := b.runCmd(ctx, nil, "nix", args...); err != nil {
+			return err
+		}
 	}
 	return nil
 }

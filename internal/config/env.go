@@ -48,6 +48,12 @@ func (c *Config) SetStateDir(dir string) error {
 	if c.CompressionCache.Dir == filepath.Join(c.StateDir, compressionCacheName) {
 		c.CompressionCache.Dir = filepath.Join(abs, compressionCacheName)
 	}
+	// The upload store a pull-through upstream turned on (finishUpstreams)
+	// keeps the pulled paths in the state directory too: left behind,
+	// every `cache serve --state-dir` would share the default one.
+	if len(c.Upstreams) > 0 && c.Upload.Dir == filepath.Join(c.StateDir, uploadDirName) {
+		c.Upload.Dir = filepath.Join(abs, uploadDirName)
+	}
 	c.StateDir = abs
 	return nil
 }

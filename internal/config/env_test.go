@@ -66,6 +66,34 @@ func TestSetStateDir(t *testing.T) {
 	}
 }
 
+// TestSetStateDirMovesPulledPaths: the upload directory a pull-through
+// upstream turns on follows the state directory (seen: `cache serve
+// --state-dir X` kept pulled paths in the default state directory, shared
+// by every instance); one the file names stays.
+func TestSetStateDirMovesPulledPaths(t *testing.T) {
+	const up = "[[upstream]]\nurl = \"https://cache.nixos.org\"\npublic_keys = [\"cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=\"]\n"
+	c, err := config.Parse([]byte(up))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetStateDir("/srv/cache"); err != nil {
+		t.Fatal(err)
+	}
+	if c.Upload.Dir != "/srv/cache/upload" {
+		t.Errorf("upload dir %q, want /srv/cache/upload", c.Upload.Dir)
+	}
+	c, err = config.Parse([]byte(up + "[upload]\ndir = \"/data/up\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetStateDir("/srv/cache"); err != nil {
+		t.Fatal(err)
+	}
+	if c.Upload.Dir != "/data/up" {
+		t.Errorf("upload dir %q, want the file's /data/up", c.Upload.Dir)
+	}
+}
+
 func TestNixLogDir(t *testing.T) {
 	for db, want := range map[string]string{
 		"/nix/var/nix/db/db.sqlite":      "/nix/var/log/nix/drvs",

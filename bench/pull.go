@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -149,6 +151,11 @@ func (b *bench) benchPull(ctx context.Context) error {
 			b.rep.add("pull", "concordia cold (pulled through)", "seconds, NAR fetch, 1 stream", d.Seconds())
 			b.rep.add("pull", "concordia cold (pulled through)", "MB/s, NAR fetch, 1 stream", mbps(fsize, d))
 		}
+		// Cold means the upstream was asked for the NAR by this run:
+		// exactly one verified and kept download.
+		if n, err := pulledOK(ctx, conc.base); err != nil || n != 1 {
+			b.fail("concordia pull cold", fmt.Errorf("%v downloads verified and kept after the cold fetch, want 1 (%v)", n, err))
+		}
 		if err := checkNAR(ctx, conc.base, p); err != nil {
 			b.fail("concordia pull warm", err)
 		}
@@ -242,4 +249,29 @@ func randomHashPart() string {
 	b := make([]byte, 20)
 	_, _ = rand.Read(b)
 	return nixbase32.EncodeToString(b)
+}
+
+// pulledOK reads concordia_pull_through_total{result="ok"} from a
+// server's /metrics.
+func pulledOK(ctx context.Context, base string) (float64, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "concordia_pull_through_total{") && strings.Contains(line, `result="ok"`) {
+			f := strings.Fields(line)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err != nil {
+				return 0, fmt.Errorf("metrics line %q: %w", line, err)
+			}
+			sum += v
+		}
+	}
+	return sum, sc.Err()
 }

@@ -130,7 +130,9 @@ func (f *flight) pull() error {
 	if named {
 		go f.intake(blobName(fileHash, comp), intake)
 	}
-	sum, err := f.download()
+	// A named file is verified by the intake (its name is its hash):
+	// hashing it here as well would cost the download a second pass.
+	sum, err := f.download(!named)
 	f.downloaded(err)
 	if err != nil {
 		if named {
@@ -189,16 +191,20 @@ func (f *flight) intake(name string, out chan<- intakeResult) {
 	out <- intakeResult{info, err}
 }
 
-// download copies the upstream's body into the file, hashing it, and
-// checks that it is as long as the narinfo says.
-func (f *flight) download() ([]byte, error) {
+// download copies the upstream's body into the file, hashing it when
+// asked (the file's name is not known otherwise), and checks that it is
+// as long as the narinfo says.
+func (f *flight) download(hashIt bool) ([]byte, error) {
 	ni, u := f.a.NarInfo, f.a.Upstream
 	body, err := f.p.set.OpenNAR(f.ctx, f.a)
 	if err != nil {
 		return nil, fmt.Errorf("pull %s from %s: %w", ni.StorePath, u.Name, err)
 	}
 	defer body.Close()
-	h := sha256.New()
+	var h hash.Hash
+	if hashIt {
+		h = sha256.New()
+	}
 	buf := make([]byte, 256<<10)
 	for {
 		n, rerr := body.Read(buf)
@@ -223,10 +229,14 @@ func (f *flight) download() ([]byte, error) {
 		f.p.set.Bad(u, ni.StorePath, err.Error())
 		return nil, err
 	}
+	if h == nil {
+		return nil, nil
+	}
 	return h.Sum(nil), nil
 }
 
-// write appends p to the file and wakes the readers.
+// write appends p to the file (and to h, when not nil) and wakes the
+// readers.
 func (f *flight) write(p []byte, h hash.Hash) error {
 	if f.size >= 0 && f.n+int64(len(p)) > f.size {
 		err := bad("oversize", "pull %s from %s: more than the %d bytes the narinfo says", f.a.NarInfo.StorePath, f.a.Upstream.Name, f.size)
@@ -236,7 +246,9 @@ func (f *flight) write(p []byte, h hash.Hash) error {
 	if _, err := f.file.WriteAt(p, f.n); err != nil {
 		return fmt.Errorf("pull %s: %w", f.a.NarInfo.StorePath, err)
 	}
-	h.Write(p)
+	if h != nil {
+		h.Write(p)
+	}
 	f.mu.Lock()
 	f.n += int64(len(p))
 	f.cond.Broadcast()

@@ -52,17 +52,21 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 		return err
 	}
 	claimed, err := s.claim(ctx, up, canon, elsewhere, other)
-	if claimed {
-		// The index now holds the blob with a claim. Until this
-		// line the entry is redundant, which is harmless: a sweep
-		// keeps pending blobs the index claims. An upload that was a
-		// no-op claimed nothing: its blob, if another, stays pending
-		// until a sweep drops it.
-		s.pendMu.Lock()
-		delete(s.pending, canon)
-		s.pendMu.Unlock()
-	}
+	s.unpend(canon, claimed)
 	return mapErr(err)
+}
+
+// unpend forgets the pending entry of blob canon once a record claims it.
+// Until then the entry is redundant, which is harmless: a sweep keeps
+// pending blobs the index claims. A narinfo that was a no-op claimed
+// nothing: its blob, if another, stays pending until a sweep drops it.
+func (s *Store) unpend(canon string, claimed bool) {
+	if !claimed {
+		return
+	}
+	s.pendMu.Lock()
+	delete(s.pending, canon)
+	s.pendMu.Unlock()
 }
 
 // parseNarInfo reads the narinfo document of hashPart, refusing one over
@@ -185,6 +189,11 @@ func (s *Store) commitNarInfo(up *narinfoUpload, canon string, elsewhere []strin
 		if err != nil {
 			return err
 		}
+		if rec == nil && up.origin != "" {
+			// An adoption of a path the index has: it stays exactly
+			// as it is, whoever put it there.
+			return s.accessed(tx, up.hashPart)
+		}
 		if rec == nil {
 			return s.keepServed(tx, up.hashPart, *old, up.ni)
 		}
@@ -279,6 +288,9 @@ func (s *Store) insert(tx *bolt.Tx, up *narinfoUpload, rec *pathRec, b *blobRec)
 	if err := putJSON(tx.Bucket(bPaths), []byte(up.hashPart), rec); err != nil {
 		return err
 	}
+	if up.origin != "" {
+		return s.accessed(tx, up.hashPart)
+	}
 	return s.uploaded(tx, up.hashPart)
 }
 
@@ -286,11 +298,17 @@ func (s *Store) insert(tx *bolt.Tx, up *narinfoUpload, rec *pathRec, b *blobRec)
 // told to a writer, since Nix keeps the narinfo it uploaded in its disk
 // cache (and so believes the path present) as it keeps one it fetched.
 func (s *Store) uploaded(tx *bolt.Tx, hashPart string) error {
-	now := unixBytes(s.now().Unix())
-	if err := tx.Bucket(bAccess).Put([]byte(hashPart), now); err != nil {
+	if err := s.accessed(tx, hashPart); err != nil {
 		return err
 	}
-	return tx.Bucket(bTold).Put([]byte(hashPart), now)
+	return tx.Bucket(bTold).Put([]byte(hashPart), unixBytes(s.now().Unix()))
+}
+
+// accessed stamps a path as used now, for GC's least recently used order.
+// An adopted path is only that: the client it was pulled for asked a
+// reader's question, and no writer was told anything (writer_ttl).
+func (s *Store) accessed(tx *bolt.Tx, hashPart string) error {
+	return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 }
 
 // keepServed commits an upload of a path the index already has, which

@@ -179,6 +179,11 @@ type pathRec struct {
 	Sigs        []string  `json:"sigs,omitempty"`
 	CA          string    `json:"ca,omitempty"`
 	Registered  time.Time `json:"registered"`
+	// Upstream names the binary cache a path was pulled from (Adopt),
+	// "" for an upload: such a path is a cache of the upstream's, which
+	// has its closure, so GC evicts it first and its references need
+	// not be here (gc.go).
+	Upstream string `json:"upstream,omitempty"`
 }
 
 // blobRec is what verification computed for a blob file. Refs counts the

@@ -47,7 +47,7 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 	}
 	// So is what another store serves under this hash part; the write
 	// transaction compares the upload with it and with its own record.
-	other, err := s.servedElsewhere(ctx, hashPart)
+	other, err := s.servedElsewhere(ctx, hashPart, ni.StorePath)
 	if err != nil {
 		return err
 	}
@@ -119,7 +119,9 @@ func (s *Store) blobOf(up *narinfoUpload) string {
 }
 
 // refsElsewhere is which of refs another store has and this index does
-// not.
+// not. A reference no store has while an upstream could not be asked
+// refuses the upload (store.ErrUnavailable): it may be there, and a
+// reference we could not confirm is not taken on trust.
 func (s *Store) refsElsewhere(ctx context.Context, refs []string) ([]string, error) {
 	var here map[string]bool
 	if err := s.db.View(func(tx *bolt.Tx) error {
@@ -133,7 +135,14 @@ func (s *Store) refsElsewhere(ctx context.Context, refs []string) ([]string, err
 	}
 	var elsewhere []string
 	for _, ref := range refs {
-		if !here[ref] && s.otherHas(ctx, hashOf(ref), ref) {
+		if here[ref] {
+			continue
+		}
+		has, err := s.otherHas(ctx, hashOf(ref), ref)
+		if err != nil {
+			return nil, uncheckable(s.full(ref), err)
+		}
+		if has {
 			elsewhere = append(elsewhere, ref)
 		}
 	}

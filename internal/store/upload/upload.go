@@ -447,6 +447,8 @@ func (s *Store) fixBlobRecords(tx *bolt.Tx, onDisk map[string]bool, refs map[str
 
 // dropBrokenClosures deletes, until none is left, every path that refers
 // to a path neither in this index nor in another store, and returns them.
+// A reference pulled from an upstream and deleted since (pulledRef) is
+// present: deleting a pulled path never takes a path that refers to it.
 func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, error) {
 	var dropped []string
 	otherHas := map[string]bool{}
@@ -460,7 +462,7 @@ func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, 
 			}
 			for _, ref := range r.References {
 				hp := hashOf(ref)
-				if hp == string(k) || tx.Bucket(bPaths).Get([]byte(hp)) != nil {
+				if hp == string(k) || tx.Bucket(bPaths).Get([]byte(hp)) != nil || pulledRef(tx, hp) {
 					continue
 				}
 				has, seen := otherHas[hp]
@@ -529,23 +531,48 @@ func (s *Store) deletePath(tx *bolt.Tx, hp string) error {
 	return nil
 }
 
-// inOthers reports whether another store has the path. An error other than
-// ErrNotFound counts as absent: refusing an upload is safe, accepting one
-// with a reference we could not confirm is not.
+// inOthers reports whether another store has the path, for the closure
+// checks of recovery and repair. An error other than ErrNotFound counts
+// as absent, but for an upstream that could not be asked
+// (store.ErrUnavailable): that counts as present, since the path was
+// there when its referrer was accepted, and deleting an upload for a
+// network failure cannot be undone.
 func (s *Store) inOthers(ctx context.Context, hashPart string) bool {
-	return s.otherHas(ctx, hashPart, "")
+	has, err := s.otherHas(ctx, hashPart, "")
+	if err != nil {
+		s.log.Warn("an upstream could not be asked for a reference; it counts as present", "hash", hashPart, "err", err)
+		return true
+	}
+	return has
 }
 
-// otherHas is inOthers for a base name: with base set, the path found must
-// have exactly that name (a hash part names one path; a narinfo pairing
-// it with another name is lying).
-func (s *Store) otherHas(ctx context.Context, hashPart, base string) bool {
+// otherHas reports whether another store has the path hashPart: with base
+// set, the path found must have exactly that name (a hash part names one
+// path; a narinfo pairing it with another name is lying). An error other
+// than ErrNotFound counts as absent: refusing an upload is safe,
+// accepting one with a reference we could not confirm is not. When no
+// store has it and one could not be asked (an upstream,
+// store.ErrUnavailable), that error is returned: the path may well be
+// there, and the caller decides.
+func (s *Store) otherHas(ctx context.Context, hashPart, base string) (bool, error) {
+	var unavailable error
 	for _, o := range s.opts.Others {
-		if info, err := o.PathInfo(ctx, hashPart); err == nil {
-			return base == "" || info.StorePath == s.storeDir+"/"+base
+		info, err := o.PathInfo(ctx, hashPart)
+		if err == nil {
+			return base == "" || info.StorePath == s.storeDir+"/"+base, nil
+		}
+		if errors.Is(err, store.ErrUnavailable) && unavailable == nil {
+			unavailable = err
 		}
 	}
-	return false
+	return false, unavailable
+}
+
+// uncheckable is the refusal of an upload that must be checked against
+// an upstream cache that did not answer (store.ErrUnavailable, 503): the
+// client retries, and nothing is stored meanwhile.
+func uncheckable(storePath string, err error) error {
+	return fmt.Errorf("cannot check %s against an upstream cache: %w, retry", storePath, err)
 }
 
 // hasBase reports whether the index holds exactly the path base. It runs

@@ -184,3 +184,23 @@ func TestAdoptAfterCollection(t *testing.T) {
 		t.Errorf("back: %+v, %v", info, err)
 	}
 }
+
+// TestPulledPathSurvivesReopen: recovery does not take a pulled path for
+// one with an incomplete closure, though none of its references is here
+// and no store says it has them.
+func TestPulledPathSurvivesReopen(t *testing.T) {
+	ctx := context.Background()
+	up, _, _ := narinfo.GenerateKey("upstream-1")
+	dir := t.TempDir()
+	s := openStore(t, dir, upload.Options{})
+	dep := newPath(t, "reopen-dep", []byte("only upstream"))
+	p := newPath(t, "reopen-pulled", []byte("pulled"), dep.base)
+	if err := adopt(ctx, s, p, pulled(t, p, up)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openStore(t, dir, upload.Options{})
+	if info, err := s.PathInfo(ctx, p.hash); err != nil || info.Origin != upstream {
+		t.Fatalf("after reopen PathInfo = %+v, %v; want the pulled path", info, err)
+	}
+}

@@ -24,6 +24,11 @@
 // deletes paths no kept path refers to. It also never changes what it
 // serves: an upload may add a path, but one for a path the cache already
 // has, here or in another store, must be the same path (immutable.go).
+//
+// Paths pulled from an upstream binary cache (Adopt, adopt.go) are kept
+// the same way, as a cache of the upstream's: their references need not
+// be here, since the upstream has their closure, and GC evicts them
+// before any upload, even from under a path that refers to one.
 package upload
 
 import (
@@ -449,6 +454,9 @@ func (s *Store) fixBlobRecords(tx *bolt.Tx, onDisk map[string]bool, refs map[str
 // to a path neither in this index nor in another store, and returns them.
 // A reference pulled from an upstream and deleted since (pulledRef) is
 // present: deleting a pulled path never takes a path that refers to it.
+// A pulled path is never broken: its references need not be here (Adopt),
+// and asking the upstream for each at every start would cost a request
+// per reference.
 func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, error) {
 	var dropped []string
 	otherHas := map[string]bool{}
@@ -459,6 +467,9 @@ func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, 
 			if err := json.Unmarshal(v, &r); err != nil {
 				broken = append(broken, string(k))
 				return nil
+			}
+			if r.Upstream != "" {
+				return nil // a pulled path's closure is its upstream's
 			}
 			for _, ref := range r.References {
 				hp := hashOf(ref)

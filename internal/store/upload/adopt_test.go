@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/upload"
 	"github.com/bos55/concordia/pkg/narinfo"
@@ -202,5 +205,29 @@ func TestPulledPathSurvivesReopen(t *testing.T) {
 	s = openStore(t, dir, upload.Options{})
 	if info, err := s.PathInfo(ctx, p.hash); err != nil || info.Origin != upstream {
 		t.Fatalf("after reopen PathInfo = %+v, %v; want the pulled path", info, err)
+	}
+}
+
+// TestAdoptionsCounted: adoptions are counted beside uploads, by result,
+// and an upload refused for an unreachable upstream as unavailable.
+func TestAdoptionsCounted(t *testing.T) {
+	ctx := context.Background()
+	up, _, _ := narinfo.GenerateKey("upstream-1")
+	s := openStore(t, t.TempDir(), upload.Options{Others: []store.Store{downUpstream()}})
+	p, q := newPath(t, "counted", []byte("pulled")), newPath(t, "refused", []byte("not received"))
+	if err := adopt(ctx, s, p, pulled(t, p, up)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Adopt(ctx, q.fileName, pulled(t, q, up), upstream); !errors.Is(err, store.ErrInvalid) {
+		t.Fatal(err)
+	}
+	if err := q.upload(ctx, s); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatal(err)
+	}
+	uploads := s.Collectors()[0].(*prometheus.CounterVec)
+	for _, l := range [][2]string{{"adopt", "ok"}, {"adopt", "invalid"}, {"narinfo", "unavailable"}} {
+		if n := testutil.ToFloat64(uploads.WithLabelValues(l[0], l[1])); n != 1 {
+			t.Errorf("concordia_upload_requests_total{kind=%q,result=%q} = %v; want 1", l[0], l[1], n)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package upload_test
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -211,5 +212,72 @@ func TestRepairOfPulledPath(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(rep.Bad[0].Paths, " "), x.b.base) {
 		t.Errorf("bad blob names %v", rep.Bad[0].Paths)
+	}
+}
+
+// TestPlanPulledProperties: on random DAGs where some paths are pulled,
+// pinned closures are kept whole, an upload goes only when no kept path
+// refers to it, pulled paths go first and in LRU order, a size bound
+// takes every pulled path it can before any upload, and it is met unless
+// only undeletable paths remain.
+func TestPlanPulledProperties(t *testing.T) {
+	for seed := range uint64(300) {
+		r := rand.New(rand.NewPCG(seed, 13))
+		nodes, sizes, refs, total := randomDAG(r, 1+r.IntN(60))
+		for _, n := range nodes {
+			n.Pulled = r.IntN(2) == 0
+		}
+		var maxSize, cutoff int64
+		if r.IntN(3) > 0 {
+			maxSize = int64(r.IntN(int(total) + 1))
+		}
+		if r.IntN(3) == 0 {
+			cutoff = int64(r.IntN(101))
+		}
+		deleted, freed, _ := upload.Plan(nodes, sizes, refs, total, maxSize, cutoff)
+		kept := map[string]bool{}
+		for hp := range nodes {
+			kept[hp] = true
+		}
+		var lastPulled int64 = -1
+		uploadGone := false
+		for _, hp := range deleted {
+			n := nodes[hp]
+			if !kept[hp] {
+				t.Fatalf("seed %d: %s deleted twice", seed, hp)
+			}
+			if inPinnedClosure(nodes, hp) {
+				t.Fatalf("seed %d: %s is in a pinned closure but deleted", seed, hp)
+			}
+			if n.Pulled {
+				if uploadGone || n.Access < lastPulled {
+					t.Fatalf("seed %d: pulled %s (access %d) deleted after an upload or a more recently used pulled path", seed, hp, n.Access)
+				}
+				lastPulled = n.Access
+			} else {
+				for other, m := range nodes {
+					if other != hp && kept[other] && slices.Contains(m.Refs, hp) {
+						t.Fatalf("seed %d: upload %s deleted while %s (kept) refers to it", seed, hp, other)
+					}
+				}
+				uploadGone = true
+			}
+			delete(kept, hp)
+		}
+		evictable := func() []string {
+			var out []string
+			for hp := range kept {
+				if nodes[hp].Pulled && !inPinnedClosure(nodes, hp) {
+					out = append(out, hp)
+				}
+			}
+			return out
+		}
+		if maxSize > 0 && cutoff == 0 && uploadGone && len(evictable()) > 0 {
+			t.Fatalf("seed %d: an upload deleted for size while pulled %v could go", seed, evictable())
+		}
+		if maxSize > 0 && total-freed > maxSize && len(evictable()) > 0 {
+			t.Fatalf("seed %d: over the size bound but pulled %v kept", seed, evictable())
+		}
 	}
 }

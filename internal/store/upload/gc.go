@@ -44,14 +44,16 @@ type Node struct {
 // total is the current size. Exported so the property test can drive it.
 //
 // Pulled paths (Node.Pulled) are the exception: they go first, oldest
-// access first, before any other path, and a path referring to one does
-// not keep it. A kept upload may so lose a pulled reference, and its
+// access first, for as long as the bounds want paths gone, before any
+// other path is considered, and a path referring to one does not keep it. A kept upload may so lose a pulled reference, and its
 // closure is still complete: the upstream the reference was pulled from
 // has it, with its own closure, and pull-through serves it from there
 // again (and an upload naming it is checked against that upstream). Only
 // a pin keeps a pulled path: a pinned closure is what a host runs, and
 // must be served while the upstream is unreachable. Deleting a pulled
-// path never deletes a path that refers to it.
+// path never deletes a path that refers to it. The other way round, an
+// upload a kept pulled path refers to is kept like any referred-to path:
+// the upstream should have it too, but nothing here says so.
 func Plan(nodes map[string]*Node, blobSize map[string]int64, blobRefs map[string]int, total, maxSize, cutoff int64) (deleted []string, freed int64, freedBlobs []string) {
 	deleted, freed, freedBlobs, _ = PlanWith(nodes, blobSize, blobRefs, Bounds{Total: total, MaxSize: maxSize, Cutoff: cutoff})
 	return deleted, freed, freedBlobs

@@ -60,7 +60,11 @@ type Options struct {
 	// SignKeys sign every accepted narinfo, beside the uploader's Sigs.
 	SignKeys []narinfo.SecretKey
 	// Others are the other stores the server serves (the machine's own
-	// /nix/store): a reference present there counts as present.
+	// /nix/store, the checking view of the pull-through upstreams): a
+	// reference present there counts as present, and an upload must
+	// not change a path one serves. One answering store.ErrUnavailable
+	// (an upstream that could not be asked) refuses the upload with
+	// that error rather than guess.
 	Others []store.Store
 	// GC policy: MaxSize bounds the total blob bytes (0 = no bound),
 	// MaxAge removes paths not accessed for that long (0 = never), and

@@ -33,6 +33,10 @@ type tombRec struct {
 	NarHash   []byte `json:"narHash"`
 	RefsHash  []byte `json:"refsHash"`  // refsHash of the references
 	Collected int64  `json:"collected"` // unix seconds
+	// Upstream is the cache a pulled path came from (pathRec.Upstream),
+	// which still has it: a path referring to it keeps a complete
+	// closure (pulledRef).
+	Upstream string `json:"upstream,omitempty"`
 }
 
 // refsHash identifies a set of references (base names).
@@ -45,7 +49,18 @@ func refsHash(refs []string) []byte {
 func (s *Store) bury(tx *bolt.Tx, hp string, r *pathRec) error {
 	return putJSON(tx.Bucket(bTombs), []byte(hp), tombRec{
 		StorePath: r.StorePath, NarHash: r.NarHash, RefsHash: refsHash(r.References), Collected: s.now().Unix(),
+		Upstream: r.Upstream,
 	})
+}
+
+// pulledRef reports whether the index remembers hp as a path pulled from
+// an upstream and deleted since (GC's eviction, repair): the upstream
+// has it still, so a path referring to it is complete without asking the
+// upstream, which may be unreachable just then.
+func pulledRef(tx *bolt.Tx, hp string) bool {
+	var t tombRec
+	found, err := getJSON(tx.Bucket(bTombs), []byte(hp), &t)
+	return err == nil && found && t.Upstream != ""
 }
 
 func (s *Store) expired(t *tombRec, now int64) bool {

@@ -27,6 +27,23 @@ type unavailableError struct {
 func (e *unavailableError) Error() string   { return "upstream " + e.upstream + ": " + e.err.Error() }
 func (e *unavailableError) Unwrap() []error { return []error{store.ErrUnavailable, e.err} }
 
+// lookupError is a Lookup that found nothing while some upstreams could
+// not be asked: store.ErrUnavailable, naming each and why.
+type lookupError struct {
+	hashPart string
+	errs     []error
+}
+
+func (e *lookupError) Error() string {
+	msgs := make([]string, len(e.errs))
+	for i, err := range e.errs {
+		msgs[i] = err.Error()
+	}
+	return "upstream lookup of " + e.hashPart + ": " + strings.Join(msgs, "; ")
+}
+
+func (e *lookupError) Unwrap() []error { return append([]error{store.ErrUnavailable}, e.errs...) }
+
 // badAnswer is an answer refused (malformed, about another path, not
 // signed by the upstream's keys): a miss for this upstream, counted and
 // logged, so it is store.ErrNotFound.
@@ -49,7 +66,7 @@ func (s *Set) Lookup(ctx context.Context, hashPart string, readers bool) (*Answe
 	if !narinfo.ValidHashPart(hashPart) {
 		return nil, fmt.Errorf("upstream lookup %q: %w", hashPart, store.ErrNotFound)
 	}
-	var failed []string
+	var failed []error
 	for _, u := range s.ups {
 		if readers && !u.PullThrough {
 			continue
@@ -63,10 +80,10 @@ func (s *Set) Lookup(ctx context.Context, hashPart string, readers bool) (*Answe
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("%w: upstream lookup of %s: %w", store.ErrUnavailable, hashPart, ctx.Err())
 		}
-		failed = append(failed, err.Error())
+		failed = append(failed, err)
 	}
 	if len(failed) > 0 {
-		return nil, fmt.Errorf("%w: upstream lookup of %s: %s", store.ErrUnavailable, hashPart, strings.Join(failed, "; "))
+		return nil, &lookupError{hashPart, failed}
 	}
 	return nil, fmt.Errorf("upstream lookup of %s: %w", hashPart, store.ErrNotFound)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"sync"
@@ -38,6 +39,7 @@ func (s *Set) OpenNAR(ctx context.Context, a *Answer) (io.ReadCloser, error) {
 		u.m.badAnswer(ReasonForeignURL)
 		return nil, fmt.Errorf("upstream %s: %w: %v", u.Name, ErrNARURL, err)
 	}
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	b := &narBody{u: u, url: target, cancel: cancel, start: time.Now()}
 	b.timer = time.AfterFunc(u.Timeout, b.stall) // the wait for headers
@@ -45,8 +47,9 @@ func (s *Set) OpenNAR(ctx context.Context, a *Answer) (io.ReadCloser, error) {
 	b.timer.Stop()
 	if err != nil {
 		cancel()
-		if b.stalled.Load() {
-			err = fmt.Errorf("%w (%v)", ErrStalled, u.Timeout)
+		var ne net.Error
+		if b.stalled.Load() || errors.As(err, &ne) && ne.Timeout() && parent.Err() == nil {
+			err = fmt.Errorf("%w (%v): %v", ErrStalled, u.Timeout, err)
 		}
 		u.m.nar[resultError].Inc()
 		return nil, &unavailableError{u.Name, fmt.Errorf("GET %s: %w", target.Redacted(), err)}

@@ -71,7 +71,11 @@ func (s *Set) Lookup(ctx context.Context, hashPart string, readers bool) (*Answe
 		if readers && !u.PullThrough {
 			continue
 		}
-		a, err := s.lookupOne(ctx, u, hashPart)
+		var a *Answer
+		err := ctx.Err() // a caller gone before starts nothing
+		if err == nil {
+			a, err = s.lookupOne(ctx, u, hashPart)
+		}
 		switch {
 		case err == nil:
 			return a, nil

@@ -455,3 +455,38 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not met within 10s")
 }
+
+// When a backoff ends, one request probes the upstream; the lookups that
+// come while it is out still skip the upstream, so a dead upstream costs
+// one timeout per backoff, not one per path asked.
+func TestBackoffOneProbe(t *testing.T) {
+	f := newFake(t, "k-1")
+	p, q := f.path(t, "p", "none"), f.path(t, "q", "none")
+	f.srv.SetFault("", upstreamtest.NarInfo, upstreamtest.Status503)
+	c := f.config("u")
+	c.Timeout = time.Second
+	e := newEnv(t, c)
+	e.set.Lookup(ctx(t), p.HashPart(), true)
+	e.clock.Advance(3 * time.Second)
+	f.srv.SetFault("", upstreamtest.NarInfo, upstreamtest.OK)
+	release := f.srv.Hold()
+	probe := make(chan error)
+	go func() {
+		_, err := e.set.Lookup(ctx(t), p.HashPart(), true)
+		probe <- err
+	}()
+	waitFor(t, func() bool { return f.srv.Requests() == 2 })
+	if _, err := e.set.Lookup(ctx(t), q.HashPart(), true); !errors.Is(err, upstream.ErrDown) {
+		t.Fatalf("Lookup while the probe is out = %v, want ErrDown", err)
+	}
+	release()
+	if err := <-probe; err != nil {
+		t.Fatalf("probe: %v", err)
+	}
+	if _, err := e.set.Lookup(ctx(t), q.HashPart(), true); err != nil {
+		t.Fatalf("after the probe answered: %v", err)
+	}
+	if n := f.srv.Requests(); n != 3 {
+		t.Fatalf("%d requests, want 3", n)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/upstream"
 	"github.com/bos55/concordia/internal/upstream/upstreamtest"
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 func TestLookupFound(t *testing.T) {
@@ -488,5 +489,43 @@ func TestBackoffOneProbe(t *testing.T) {
 	}
 	if n := f.srv.Requests(); n != 3 {
 		t.Fatalf("%d requests, want 3", n)
+	}
+}
+
+// caNarinfo is a content-addressed path as nix 2.8 wrote it, unsigned
+// (pkg/narinfo/testdata/nix28/zstd).
+const caNarinfo = `StorePath: /nix/store/p5fivlm6cwx7ymb1hyj5pq39ixp1apcs-concordia-narinfo-t.txt
+URL: nar/0rs6ch8chzaqyzb0h1m6balf756awzncbkrikpwdlwfppy8rbwky.nar.zst
+Compression: zstd
+FileHash: sha256:0rs6ch8chzaqyzb0h1m6balf756awzncbkrikpwdlwfppy8rbwky
+FileSize: 89
+NarHash: sha256:1cybv4dcqggyyw0zmkxsrwyiwvkd5rsdp028vl8jbpwhm815v7fn
+NarSize: 120
+References: 
+CA: text:sha256:0cz729xf10lrw014jj2hlbxalgdpahxbg61gdg51jnryx8dqxrmr
+`
+
+// Nix would take a content-addressed path without a signature; the cache
+// does not, since it signs and serves the narinfo before any NAR is
+// checked.
+func TestContentAddressedNeedsSignature(t *testing.T) {
+	ni, err := narinfo.Parse(strings.NewReader(caNarinfo))
+	if err != nil || !ni.ContentAddressed() {
+		t.Fatalf("fixture: %v, content-addressed %v", err, err == nil && ni.ContentAddressed())
+	}
+	f := newFake(t, "k-1")
+	f.srv.Add(&upstreamtest.Path{NarInfo: ni, File: []byte("not read"), Key: f.sk})
+	e := newEnv(t, f.config("u"))
+	if _, err := e.set.Lookup(ctx(t), ni.HashPart(), true); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unsigned content-addressed path: %v, want ErrNotFound", err)
+	}
+	if got := e.metric(t, "concordia_upstream_bad_total", map[string]string{"upstream": "u", "reason": "unsigned"}); got != 1 {
+		t.Fatalf("bad_total{unsigned} = %v, want 1", got)
+	}
+	// Signed by the upstream's key, it is an answer.
+	ni.Sign(f.sk)
+	e.clock.Advance(upstream.DefaultNegativeTTL + time.Second)
+	if _, err := e.set.Lookup(ctx(t), ni.HashPart(), true); err != nil {
+		t.Fatalf("signed content-addressed path: %v", err)
 	}
 }

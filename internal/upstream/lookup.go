@@ -98,22 +98,36 @@ func (s *Set) Lookup(ctx context.Context, hashPart string, readers bool) (*Answe
 // nor leaves a cancellation cached as the answer.
 func (s *Set) lookupOne(ctx context.Context, u *Upstream, hashPart string) (*Answer, error) {
 	k := cacheKey{u, hashPart}
-	if a, ok := s.cache.get(k, s.opts.Now()); ok {
+	if a, err := s.remembered(k); a != nil || err != nil {
 		s.m.cacheHit.Inc()
-		if a == nil {
-			return nil, fmt.Errorf("upstream %s: %w (remembered)", u.Name, store.ErrNotFound)
-		}
-		return a, nil
+		return a, err
 	}
 	s.m.cacheMiss.Inc()
 	detached := context.WithoutCancel(ctx)
-	c := s.flight.start(k, func() (*Answer, error) { return s.fetch(detached, u, hashPart) })
+	c := s.flight.start(k, func() (*Answer, error) {
+		// A fetch that ended between the look above and this one
+		// has left its answer: no second request.
+		if a, err := s.remembered(k); a != nil || err != nil {
+			return a, err
+		}
+		return s.fetch(detached, u, hashPart)
+	})
 	select {
 	case <-c.done:
 		return c.a, c.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// remembered is the answer kept for k: an Answer, or a miss
+// (store.ErrNotFound); nil, nil when nothing is kept.
+func (s *Set) remembered(k cacheKey) (*Answer, error) {
+	a, ok := s.cache.get(k, s.opts.Now())
+	if ok && a == nil {
+		return nil, fmt.Errorf("upstream %s: %w (remembered)", k.up.Name, store.ErrNotFound)
+	}
+	return a, nil
 }
 
 // fetch asks u for hashPart's narinfo unless u is in backoff, and

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/bos55/concordia/internal/version"
 )
 
 // ErrConfig is wrapped by every refusal of New: a config it cannot use.
@@ -120,15 +123,22 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 	return nil
 }
 
-// authorize adds the upstream's credentials. Go drops Authorization on a
-// redirect to another host, so a CDN never sees them.
-func (u *Upstream) authorize(req *http.Request) {
+// newRequest is a GET of target with the upstream's credentials (Go
+// drops Authorization on a redirect to another host, so a CDN never sees
+// them) and a User-Agent that tells the upstream's operator who asks.
+func (u *Upstream) newRequest(ctx context.Context, target string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("User-Agent", "concordia/"+version.String())
 	switch {
 	case u.Token != "":
 		req.Header.Set("Authorization", "Bearer "+u.Token)
 	case u.User != "" || u.Password != "":
 		req.SetBasicAuth(u.User, u.Password)
 	}
+	return req, nil
 }
 
 // resolve turns a narinfo's URL into the NAR's: relative to the

@@ -147,11 +147,10 @@ func (s *Set) fetch(ctx context.Context, u *Upstream, hashPart string) (*Answer,
 // request GETs <URL>/<hashPart>.narinfo: an Answer, store.ErrNotFound
 // for a miss, a *badAnswer, or any other error for "could not ask".
 func (s *Set) request(ctx context.Context, u *Upstream, hashPart string) (*Answer, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.URL+"/"+hashPart+".narinfo", nil)
+	req, err := u.newRequest(ctx, u.URL+"/"+hashPart+".narinfo")
 	if err != nil {
 		return nil, err
 	}
-	u.authorize(req)
 	resp, err := u.client.Do(req)
 	if err != nil {
 		return nil, err

@@ -434,6 +434,9 @@ func TestCredentials(t *testing.T) {
 			if got := f.srv.Header().Get("Authorization"); got != tc.header {
 				t.Fatalf("narinfo Authorization %q, want %q", got, tc.header)
 			}
+			if ua := f.srv.Header().Get("User-Agent"); !strings.HasPrefix(ua, "concordia/") {
+				t.Fatalf("User-Agent %q", ua)
+			}
 			r, err := e.set.OpenNAR(ctx(t), a)
 			if err != nil {
 				t.Fatal(err)

@@ -69,11 +69,10 @@ func (s *Set) OpenNAR(ctx context.Context, a *Answer) (io.ReadCloser, error) {
 }
 
 func (s *Set) sendNAR(ctx context.Context, u *Upstream, target *url.URL) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
+	req, err := u.newRequest(ctx, target.String())
 	if err != nil {
 		return nil, err
 	}
-	u.authorize(req)
 	return u.client.Do(req)
 }
 

@@ -6,6 +6,15 @@
 // is slow, down or hostile costs a reader a clean miss, never a hang and
 // never an error Nix would disable the substituter for.
 //
+// Concurrent lookups of one path at one upstream share one request, which
+// runs detached from its callers (bounded by the upstream's Timeout), so
+// a caller that gives up costs the others nothing. Answers are kept for
+// PositiveTTL and misses (bad answers included) for the upstream's
+// NegativeTTL, in one bounded LRU. An upstream that cannot be asked
+// (network, timeout, 5xx, 429) is never remembered as missing: it is
+// skipped for a backoff (twice its Timeout, doubling to 30s), then one
+// request probes it.
+//
 // Package pullthrough builds the pull-through store on it; the upload
 // store uses it (through pullthrough's checking view) to accept
 // references an upstream has and to refuse uploads that would give one of

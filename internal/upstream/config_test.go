@@ -2,10 +2,9 @@ package upstream_test
 
 import (
 	"errors"
+	"net/http"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bos55/concordia/internal/upstream"
 	"github.com/bos55/concordia/internal/upstream/upstreamtest"
@@ -90,5 +89,36 @@ func TestMetricsRegistered(t *testing.T) {
 	if _, err := upstream.New(upstream.Options{Upstreams: []upstream.Config{f.config("u")}, Registry: e.reg}); err == nil {
 		t.Fatal("a second Set registered the same series")
 	}
-	var _ prometheus.Registerer = e.reg
+}
+
+// The default client ignores the environment's proxy (the cache's
+// HTTP_PROXY is for its builds) and bounds the wait for headers.
+func TestDefaultClient(t *testing.T) {
+	_, pk := upstreamtest.Key(t, "k-1")
+	s, err := upstream.New(upstream.Options{Upstreams: []upstream.Config{
+		{URL: "https://cache.nixos.org", Keys: []narinfo.PublicKey{pk}, Timeout: 3 * time.Second},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.Upstreams()[0].HTTPClient()
+	tr, ok := c.Transport.(*http.Transport)
+	if !ok {
+		t.Fatalf("transport %T", c.Transport)
+	}
+	if tr.Proxy != nil || tr.ResponseHeaderTimeout != 3*time.Second || tr.MaxIdleConnsPerHost < 16 || !tr.ForceAttemptHTTP2 {
+		t.Fatalf("transport: proxy %v, header timeout %v, idle per host %d, h2 %v",
+			tr.Proxy != nil, tr.ResponseHeaderTimeout, tr.MaxIdleConnsPerHost, tr.ForceAttemptHTTP2)
+	}
+	if c.Timeout != 0 {
+		t.Fatalf("client timeout %v would cut long NAR downloads", c.Timeout)
+	}
+	// A given client is used as is.
+	mine := &http.Client{}
+	s, err = upstream.New(upstream.Options{Client: mine, Upstreams: []upstream.Config{
+		{URL: "https://cache.nixos.org", Keys: []narinfo.PublicKey{pk}},
+	}})
+	if err != nil || s.Upstreams()[0].HTTPClient() != mine {
+		t.Fatalf("Options.Client not used: %v", err)
+	}
 }

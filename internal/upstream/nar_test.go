@@ -122,7 +122,7 @@ func TestOpenNARStall(t *testing.T) {
 			f.srv.Add(p)
 			f.srv.SetFault(p.HashPart(), upstreamtest.NAR, fault)
 			c := f.config("u")
-			c.Timeout = 200 * time.Millisecond
+			c.Timeout = 500 * time.Millisecond // the narinfo before must still arrive on a busy machine
 			e := newEnv(t, c)
 			a, err := e.set.Lookup(ctx(t), p.HashPart(), true)
 			if err != nil {
@@ -145,7 +145,7 @@ func TestOpenNARSlowReader(t *testing.T) {
 	f := newFake(t, "k-1")
 	p := f.path(t, "hello", "none")
 	c := f.config("u")
-	c.Timeout = 100 * time.Millisecond
+	c.Timeout = 300 * time.Millisecond
 	e := newEnv(t, c)
 	a, err := e.set.Lookup(ctx(t), p.HashPart(), true)
 	if err != nil {
@@ -156,7 +156,7 @@ func TestOpenNARSlowReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(time.Second)
 	if got, err := io.ReadAll(r); err != nil || !bytes.Equal(got, p.File) {
 		t.Fatalf("read after a pause: %v", err)
 	}

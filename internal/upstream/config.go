@@ -117,7 +117,7 @@ func newClient(timeout time.Duration) *http.Client {
 }
 
 func checkRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) >= maxRedirects {
+	if len(via) > maxRedirects { // via holds the first request too
 		return fmt.Errorf("stopped after %d redirects", maxRedirects)
 	}
 	return nil

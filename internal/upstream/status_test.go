@@ -79,7 +79,7 @@ func TestRedirects(t *testing.T) {
 	if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "redirects") {
 		t.Fatalf("redirect loop: %v, want ErrUnavailable", err)
 	}
-	if n.Load() != 5 {
-		t.Fatalf("%d requests in a redirect loop, want 5", n.Load())
+	if n.Load() != 6 {
+		t.Fatalf("%d requests in a redirect loop, want 6 (5 redirects followed)", n.Load())
 	}
 }

@@ -27,8 +27,8 @@ type HTTPPinner struct {
 	// Upstream has a cache with pull-through also pull the pinned
 	// closure's upstream paths, which the pin then keeps.
 	Upstream bool
-	Client *http.Client
-	Logger *slog.Logger
+	Client   *http.Client
+	Logger   *slog.Logger
 
 	absent atomic.Bool
 }

@@ -29,10 +29,13 @@ const (
 	ReasonNarHash        = "nar-hash"
 	ReasonNarSize        = "nar-size"
 	ReasonTruncated      = "truncated"
+	ReasonInvalidNAR     = "invalid-nar"
+	ReasonCompression    = "compression"
 )
 
 var knownReasons = []string{ReasonMalformed, ReasonOversize, ReasonWrongPath, ReasonUnsigned,
-	ReasonWrongSignature, ReasonTooManySigs, ReasonForeignURL, ReasonNarHash, ReasonNarSize, ReasonTruncated}
+	ReasonWrongSignature, ReasonTooManySigs, ReasonForeignURL, ReasonNarHash, ReasonNarSize, ReasonTruncated,
+	ReasonInvalidNAR, ReasonCompression}
 
 // metrics are the Set's series. They exist even without a Registry, so
 // the code counts unconditionally; New registers them once per Set.

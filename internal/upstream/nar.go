@@ -134,13 +134,20 @@ func (b *narBody) finish(result string) {
 	})
 }
 
-// Bad records a bad NAR from u (its hash or size did not match, it was
-// truncated): a metric and a log line naming the upstream and path. The
-// path's answer from u is then remembered as a miss for u's NegativeTTL,
-// so the next Lookup tries the next upstream rather than the same NAR.
-func (s *Set) Bad(u *Upstream, storePath, reason string) {
+// Bad records a bad NAR from u: a metric (reason, one of the Reason
+// constants, is its label) and a log line naming the upstream, the path
+// and err. A NAR whose content is wrong (another hash or size, no valid
+// NAR, a compression nobody can read) is deterministic: the path's answer
+// from u is then remembered as a miss for u's NegativeTTL, so the next
+// Lookup tries the next upstream rather than the same NAR. A cut or
+// stalled download is not: the next request may well succeed, and the
+// reader's error stays the one request's.
+func (s *Set) Bad(u *Upstream, storePath, reason string, err error) {
 	u.m.badAnswer(reason)
-	s.log.Warn("upstream: refused a NAR", "upstream", u.Name, "path", storePath, "reason", reason)
+	s.log.Warn("upstream: refused a NAR", "upstream", u.Name, "path", storePath, "reason", reason, "err", err)
+	if reason == ReasonTruncated {
+		return
+	}
 	if _, h, _, err := narinfo.ParseStorePath(storePath); err == nil {
 		s.cache.put(cacheKey{u, h}, nil, s.opts.Now().Add(u.NegativeTTL))
 	}

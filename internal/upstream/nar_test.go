@@ -196,7 +196,7 @@ func TestBadNAR(t *testing.T) {
 	if bytes.Equal(got, p.File) || len(got) != len(p.File) {
 		t.Fatal("WrongNarHash served the right bytes")
 	}
-	e.set.Bad(a.Upstream, a.NarInfo.StorePath, "nar-hash")
+	e.set.Bad(a.Upstream, a.NarInfo.StorePath, upstream.ReasonNarHash, errors.New("test"))
 	if got := e.metric(t, "concordia_upstream_bad_total", map[string]string{"upstream": "u", "reason": "nar-hash"}); got != 1 {
 		t.Fatalf("bad_total{nar-hash} = %v, want 1", got)
 	}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/nartest"
@@ -99,28 +98,27 @@ func (r *rig) fetch(p *upstreamtest.Path) ([]byte, error) {
 }
 
 func (r *rig) pulls(result string) float64 {
-	return testutil.ToFloat64(mustVec(r.reg, "concordia_pull_through_total", r.name, result))
+	return counter(r.reg, "concordia_pull_through_total", map[string]string{"upstream": r.name, "result": result})
 }
 
-func mustVec(reg *prometheus.Registry, name string, labels ...string) prometheus.Collector {
+// counter is the value of the series of name with labels (0 if none).
+func counter(reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	mfs, _ := reg.Gather()
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
+	series:
 		for _, m := range mf.Metric {
-			ok := true
-			for i, l := range m.Label {
-				if i >= len(labels) || l.GetValue() != labels[i] {
-					ok = false
+			for _, l := range m.Label {
+				if want, ok := labels[l.GetName()]; ok && want != l.GetValue() {
+					continue series
 				}
 			}
-			if ok {
-				return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x", Help: "x"}, func() float64 { return m.GetCounter().GetValue() })
-			}
+			return m.GetCounter().GetValue()
 		}
 	}
-	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x", Help: "x"}, func() float64 { return 0 })
+	return 0
 }
 
 // TestPullKeepsVerifiedNAR: a narinfo lookup downloads nothing; the first
@@ -241,7 +239,22 @@ func TestPullRefusesBadNARs(t *testing.T) {
 			if r.pulls("ok") != 0 {
 				t.Errorf("counted ok")
 			}
+			reason := map[upstreamtest.Fault]string{upstreamtest.WrongNarHash: upstream.ReasonInvalidNAR,
+				upstreamtest.Truncated: upstream.ReasonTruncated, upstreamtest.SlowBody: upstream.ReasonTruncated,
+				upstreamtest.Status500: "error"}[fault]
+			if n := r.pulls(reason); n != 1 {
+				t.Errorf("concordia_pull_through_total{result=%q} = %v, want 1", reason, n)
+			}
 			r.up.SetFault(p.HashPart(), upstreamtest.NAR, upstreamtest.OK)
+			if fault == upstreamtest.WrongNarHash {
+				// A NAR that is not the one signed is the upstream's
+				// answer for the path until its negative_ttl: the next
+				// upstream, if any, is asked instead.
+				if _, err := r.p.PathInfo(r.ctx, p.HashPart()); !errors.Is(err, store.ErrNotFound) {
+					t.Fatalf("the upstream that sent a wrong NAR still answers: %v", err)
+				}
+				return
+			}
 			got, err := r.fetch(p)
 			if err != nil || !bytes.Equal(got, p.File) {
 				t.Fatalf("after the fault: %d bytes, %v", len(got), err)
@@ -317,5 +330,32 @@ func TestCheckerTellsUnavailable(t *testing.T) {
 	}
 	if _, err := r.p.PathInfo(r.ctx, other.HashPart()); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("readers' view of a failing upstream: %v, want a miss", err)
+	}
+}
+
+// TestPullRefusesOtherNAR: FileHash and URL are not signed, so someone
+// between the upstream and the cache can serve another valid NAR with a
+// narinfo whose file fields describe it: the intake accepts the file, and
+// the NarHash comparison with what the upstream signed refuses it.
+func TestPullRefusesOtherNAR(t *testing.T) {
+	r := newRig(t)
+	good := upstreamtest.NewPath(t, r.key, "glibc-2.40", nartest.File([]byte("the real libc")), "zstd")
+	evil := upstreamtest.NewPath(t, r.key, "evil", nartest.File([]byte("a backdoored libc")), "zstd")
+	swapped := *good
+	ni := *good.NarInfo
+	ni.URL, ni.FileHash, ni.FileSize = evil.NarInfo.URL, evil.NarInfo.FileHash, evil.NarInfo.FileSize
+	swapped.NarInfo, swapped.File = &ni, evil.File
+	r.up.Add(&swapped)
+	if got, err := r.fetch(&swapped); err == nil {
+		t.Fatalf("another NAR was served as the signed one (%d bytes)", len(got))
+	}
+	if _, err := r.us.PathInfo(r.ctx, good.HashPart()); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the other NAR was kept: %v", err)
+	}
+	if n := r.pulls(upstream.ReasonNarHash); n != 1 {
+		t.Errorf("concordia_pull_through_total{result=nar-hash} = %v", n)
+	}
+	if n := counter(r.reg, "concordia_upstream_bad_total", map[string]string{"upstream": r.name, "reason": upstream.ReasonNarHash}); n != 1 {
+		t.Errorf("concordia_upstream_bad_total{reason=nar-hash} = %v", n)
 	}
 }

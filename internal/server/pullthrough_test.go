@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	closurecheck "github.com/bos55/concordia/internal/closure"
 	"github.com/bos55/concordia/internal/nartest"
 	"github.com/bos55/concordia/internal/server"
 	"github.com/bos55/concordia/internal/store"
@@ -82,7 +83,7 @@ func TestPullThroughServes(t *testing.T) {
 	if _, ok := ni.Verify([]narinfo.PublicKey{e.pub}); !ok {
 		t.Errorf("the upstream's signature is not passed through: %v", ni.Sigs)
 	}
-	if _, ok := ni.Verify([]narinfo.PublicKey{e.key.Public()}); !ok {
+	if _, ok := ni.Verify([]narinfo.PublicKey{e.upEnv.key.Public()}); !ok {
 		t.Errorf("not signed by the cache: %v", ni.Sigs)
 	}
 	if n := e.up.NARRequests(p.HashPart()); n != 0 {
@@ -226,5 +227,40 @@ func TestUploadCannotPoisonUpstreamPath(t *testing.T) {
 	e.do(t, "PUT", "/nar/"+evil2.fileName, e.writeTok, evil2.file)
 	if code, msg := e.do(t, "PUT", "/"+evil2.hash+".narinfo", e.writeTok, []byte(evil2.info.String())); code != 503 {
 		t.Fatalf("upload while the upstream cannot be asked: %d %s", code, msg)
+	}
+}
+
+// TestDeployCheckTrustsUpstreamKeys: the deployer's closure check of a
+// system whose closure is part uploaded, part upstream passes for a node
+// that trusts the cache's key, and sees the upstream paths signed for a
+// node that trusts only the upstream's key; an upstream path no trusted
+// key signed is reported unsigned, never skipped.
+func TestDeployCheckTrustsUpstreamKeys(t *testing.T) {
+	e := newPullEnv(t)
+	lib := e.path(t, "glibc-2.40", "libc")
+	sys := newUpPath(t, "nixos-system", []byte("system"), lib.StorePath()[len("/nix/store/"):])
+	e.upload(t, sys)
+	ctx := context.Background()
+	res, err := (&closurecheck.Checker{Cache: e.url, Trusted: []narinfo.PublicKey{e.upEnv.key.Public()}}).Check(ctx, sys.info.StorePath)
+	if err != nil || !res.OK() || res.Paths != 2 {
+		t.Fatalf("trusting the cache's key: %+v %v", res, err)
+	}
+	res, err = (&closurecheck.Checker{Cache: e.url, Trusted: []narinfo.PublicKey{e.pub}}).Check(ctx, sys.info.StorePath)
+	if err != nil || len(res.Missing) != 0 || len(res.Unsigned) != 1 || res.Unsigned[0] != sys.info.StorePath {
+		t.Fatalf("trusting the upstream's key only: %+v %v (want only the uploaded path unsigned)", res, err)
+	}
+}
+
+// TestLandingShowsUpstreams: the landing page names each upstream and
+// whether it is pulled through.
+func TestLandingShowsUpstreams(t *testing.T) {
+	e := newUpEnvWith(t, t.TempDir(), false, nil, true, func(o *server.Options) {
+		o.Upstreams = []server.UpstreamInfo{{Name: "nixos", URL: "https://cache.nixos.org", Keys: []string{"cache.nixos.org-1:xyz"}, PullThrough: true}}
+	})
+	code, body := e.do(t, "GET", "/", "", nil)
+	for _, want := range []string{"https://cache.nixos.org", "cache.nixos.org-1:xyz", "pulled through"} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Errorf("landing page (%d) lacks %q", code, want)
+		}
 	}
 }

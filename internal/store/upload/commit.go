@@ -41,7 +41,7 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 	canon := s.blobOf(up)
 	// References found in another store are settled before the write
 	// transaction, which then only has to look at its own index.
-	elsewhere, err := s.refsElsewhere(ctx, up.refs)
+	elsewhere, err := s.refsElsewhere(ctx, up)
 	if err != nil {
 		return err
 	}
@@ -122,7 +122,12 @@ func (s *Store) blobOf(up *narinfoUpload) string {
 // not. A reference no store has while an upstream could not be asked
 // refuses the upload (store.ErrUnavailable): it may be there, and a
 // reference we could not confirm is not taken on trust.
-func (s *Store) refsElsewhere(ctx context.Context, refs []string) ([]string, error) {
+//
+// Those an upstream has are noted in up.upstreamRefs, which the commit
+// remembers (upstreamRef): the index must not depend on asking the
+// upstream again to know that the path's closure is complete.
+func (s *Store) refsElsewhere(ctx context.Context, up *narinfoUpload) ([]string, error) {
+	refs := up.refs
 	var here map[string]bool
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		here = map[string]bool{}
@@ -138,12 +143,18 @@ func (s *Store) refsElsewhere(ctx context.Context, refs []string) ([]string, err
 		if here[ref] {
 			continue
 		}
-		has, err := s.otherHas(ctx, hashOf(ref), ref)
+		has, origin, err := s.otherHas(ctx, hashOf(ref), ref)
 		if err != nil {
 			return nil, uncheckable(s.full(ref), err)
 		}
 		if has {
 			elsewhere = append(elsewhere, ref)
+			if origin != "" {
+				if up.upstreamRefs == nil {
+					up.upstreamRefs = map[string]string{}
+				}
+				up.upstreamRefs[hashOf(ref)] = origin
+			}
 		}
 	}
 	return elsewhere, nil
@@ -293,6 +304,11 @@ func (s *Store) insert(tx *bolt.Tx, up *narinfoUpload, rec *pathRec, b *blobRec)
 	b.Refs++
 	if err := putJSON(tx.Bucket(bBlobs), []byte(rec.Blob), b); err != nil {
 		return err
+	}
+	for hp, origin := range up.upstreamRefs {
+		if err := markUpstream(tx, hp, origin); err != nil {
+			return err
+		}
 	}
 	if err := putJSON(tx.Bucket(bPaths), []byte(up.hashPart), rec); err != nil {
 		return err

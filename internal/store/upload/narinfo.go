@@ -31,6 +31,9 @@ type narinfoUpload struct {
 	fileHash []byte   // of the NAR file the URL names
 	urlComp  string   // the compression the URL's suffix names ("none" for any, see blobNames)
 	refs     []string // the references other than the path itself
+	// upstreamRefs are the references an upstream has (hash part ->
+	// upstream name), found before the commit (refsElsewhere).
+	upstreamRefs map[string]string
 	// origin is the upstream cache an adopted path was pulled from
 	// (checkAdoption), "" for an upload. Its references are not
 	// required here: the upstream that signed the narinfo has them, and

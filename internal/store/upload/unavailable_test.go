@@ -76,3 +76,29 @@ func TestUpstreamWithoutThePath(t *testing.T) {
 		t.Errorf("upload of a path no upstream has: %v", err)
 	}
 }
+
+// TestUploadOnUpstreamRefSurvivesReopen: an upload whose reference only
+// an upstream has stays complete for the store's recovery at every Open,
+// without asking the upstream: opened without the upstreams (`cache gc`),
+// or with an upstream that is down, it is kept.
+func TestUploadOnUpstreamRefSurvivesReopen(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	dep := newPath(t, "upstream-dep", []byte("only upstream has it"))
+	top := newPath(t, "upstream-top", []byte("refers to dep"), dep.base)
+	info := localInfo(dep)
+	info.Origin = "nixos"
+	up := &servedStore{infos: map[string]*store.PathInfo{dep.hash: info}}
+	s := openStore(t, dir, upload.Options{Others: []store.Store{up}})
+	if err := top.upload(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	for _, others := range [][]store.Store{nil, {downUpstream()}, {&servedStore{}}} {
+		s := openStore(t, dir, upload.Options{Others: others})
+		if _, err := s.PathInfo(ctx, top.hash); err != nil {
+			t.Errorf("others %v: the upload was dropped at open: %v", others, err)
+		}
+		s.Close()
+	}
+}

@@ -166,7 +166,8 @@ var (
 	bRealMeta = []byte("realisationmeta") // realisation id -> realRec JSON
 	bTombs    = []byte("tombstones")      // hash part -> tombRec JSON of a collected path
 	bTold     = []byte("told")            // hash part -> unix seconds (decimal) a writer was last told it exists
-	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs, bTold}
+	bUpstream = []byte("upstream-paths")  // hash part -> upstream name: a path an upstream had (upstreamRef)
+	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs, bTold, bUpstream}
 
 	// bOldLogs held whole logs (drv base name -> bytes) before they were
 	// files; Open moves them out and deletes it.
@@ -553,7 +554,7 @@ func (s *Store) deletePath(tx *bolt.Tx, hp string) error {
 // there when its referrer was accepted, and deleting an upload for a
 // network failure cannot be undone.
 func (s *Store) inOthers(ctx context.Context, hashPart string) bool {
-	has, err := s.otherHas(ctx, hashPart, "")
+	has, _, err := s.otherHas(ctx, hashPart, "")
 	if err != nil {
 		s.log.Warn("an upstream could not be asked for a reference; it counts as present", "hash", hashPart, "err", err)
 		return true
@@ -568,19 +569,20 @@ func (s *Store) inOthers(ctx context.Context, hashPart string) bool {
 // accepting one with a reference we could not confirm is not. When no
 // store has it and one could not be asked (an upstream,
 // store.ErrUnavailable), that error is returned: the path may well be
-// there, and the caller decides.
-func (s *Store) otherHas(ctx context.Context, hashPart, base string) (bool, error) {
+// there, and the caller decides. origin is the upstream that has it
+// (PathInfo.Origin), "" for a store of this machine.
+func (s *Store) otherHas(ctx context.Context, hashPart, base string) (has bool, origin string, err error) {
 	var unavailable error
 	for _, o := range s.opts.Others {
 		info, err := o.PathInfo(ctx, hashPart)
 		if err == nil {
-			return base == "" || info.StorePath == s.storeDir+"/"+base, nil
+			return base == "" || info.StorePath == s.storeDir+"/"+base, info.Origin, nil
 		}
 		if errors.Is(err, store.ErrUnavailable) && unavailable == nil {
 			unavailable = err
 		}
 	}
-	return false, unavailable
+	return false, "", unavailable
 }
 
 // uncheckable is the refusal of an upload that must be checked against

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bos55/concordia/internal/config"
 	"github.com/bos55/concordia/internal/host"
@@ -80,6 +81,7 @@ type schema struct {
 	Branches map[string]json.RawMessage `json:"branches"`
 	Cache    struct {
 		Uploads, PrivateUploads, PrivateLocalOnly, PublicLocalOnly string
+		Upstreams                                                  string
 		OK, PrivateWithoutTokens, UploadsWithoutTokens             []string
 		TokensInStore, TokensRelative, TokensInHome                []string
 	} `json:"cache"`
@@ -194,6 +196,31 @@ func TestRenderedTOMLLoads(t *testing.T) {
 	}
 	if cfg.Bind != "127.0.0.1:5000" || cfg.Priority != 30 {
 		t.Errorf("config read back wrong: bind %q priority %d", cfg.Bind, cfg.Priority)
+	}
+}
+
+// TestCacheModuleUpstreams: the module's upstreams render as [[upstream]]
+// tables the server reads in order, with the upload store turned on for
+// the pull-through one's kept paths.
+func TestCacheModuleUpstreams(t *testing.T) {
+	s := evalSchema(t)
+	cfg, err := config.Parse([]byte(s.Cache.Upstreams))
+	if err != nil {
+		t.Fatalf("the server refuses the module's TOML: %v\n%s", err, s.Cache.Upstreams)
+	}
+	if len(cfg.Upstreams) != 2 {
+		t.Fatalf("upstreams = %+v\n%s", cfg.Upstreams, s.Cache.Upstreams)
+	}
+	nixos, private := cfg.Upstreams[0], cfg.Upstreams[1]
+	if nixos.URL != "https://cache.nixos.org" || nixos.Name != "cache.nixos.org" || !nixos.Pulls() || len(nixos.Keys()) != 1 {
+		t.Errorf("first upstream = %+v", nixos)
+	}
+	if private.Name != "private" || private.Pulls() || private.NetrcFile != "/run/secrets/netrc" ||
+		time.Duration(private.Timeout) != 2*time.Second || time.Duration(private.NegativeTTL) != 30*time.Second {
+		t.Errorf("second upstream = %+v", private)
+	}
+	if cfg.Upload.Dir != "/var/lib/concordia-cache/upload" {
+		t.Errorf("pulled paths have no upload dir: %q", cfg.Upload.Dir)
 	}
 }
 

@@ -14,13 +14,14 @@ import (
 
 func newPinCommand() *cli.Command {
 	var f uploadFlags
-	var remove, list bool
+	var remove, list, upstream bool
 	var note string
 	flags := func(fs *flag.FlagSet) {
 		f.register(fs)
 		fs.BoolVar(&remove, "remove", remove, "remove the pins instead")
 		fs.BoolVar(&list, "list", list, "list the pins")
 		fs.StringVar(&note, "note", note, "say why (shown by --list)")
+		fs.BoolVar(&upstream, "upstream", upstream, "with --cache: also pull (and so keep) the closure's paths that only an upstream has")
 	}
 	return &cli.Command{
 		Name:  "pin",
@@ -47,7 +48,10 @@ existed, or on the store directly; only an admin removes those).`,
 				return cli.Usagef("give store paths to pin, or --list")
 			}
 			if f.cache != "" {
-				return pinRemote(ctx, env, &f, args, list, remove, note)
+				return pinRemote(ctx, env, &f, args, list, remove, note, upstream)
+			}
+			if upstream {
+				return cli.Usagef("--upstream needs --cache URL: the running server pulls from its upstreams")
 			}
 			us, done, err := f.open(ctx, env)
 			if err != nil {
@@ -80,7 +84,7 @@ existed, or on the store directly; only an admin removes those).`,
 
 // pinRemote pins, unpins or lists on a running server, where a pin
 // belongs to the token's name.
-func pinRemote(ctx context.Context, env *cli.Env, f *uploadFlags, args []string, list, remove bool, note string) error {
+func pinRemote(ctx context.Context, env *cli.Env, f *uploadFlags, args []string, list, remove bool, note string, upstream bool) error {
 	c, err := f.client()
 	if err != nil {
 		return err
@@ -101,7 +105,7 @@ func pinRemote(ctx context.Context, env *cli.Env, f *uploadFlags, args []string,
 		if remove {
 			answer, err = c.Unpin(ctx, p)
 		} else {
-			answer, err = c.Pin(ctx, p, note)
+			answer, err = c.PinWith(ctx, p, note, upstream)
 		}
 		if err != nil {
 			return err

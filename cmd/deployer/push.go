@@ -108,7 +108,7 @@ func (o pushOpts) deployOptions(log *slog.Logger, mode hostverb.Mode, nodes []de
 		Checker: checkerFor, Logger: log,
 	}
 	if !o.noPin {
-		opts.Pins = &deploy.HTTPPinner{Cache: o.cache, Token: token, Logger: log, Note: "deployer push " + o.id}
+		opts.Pins = &deploy.HTTPPinner{Cache: o.cache, Token: token, Logger: log, Note: "deployer push " + o.id, Upstream: o.pinUpstream}
 	}
 	return opts, nil
 }

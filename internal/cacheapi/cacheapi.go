@@ -168,11 +168,17 @@ func (c *Client) NarInfo(ctx context.Context, hashPart string) (*narinfo.NarInfo
 // Pin pins storePath (so GC keeps it and its closure), noting why. It
 // returns the cache's answer.
 func (c *Client) Pin(ctx context.Context, storePath, note string) (json.RawMessage, error) {
+	return c.PinWith(ctx, storePath, note, false)
+}
+
+// PinWith is Pin; upstream also has a cache with pull-through pull the
+// paths of the closure that only an upstream has, so the pin keeps them.
+func (c *Client) PinWith(ctx context.Context, storePath, note string, upstream bool) (json.RawMessage, error) {
 	hash, err := hashOf(storePath)
 	if err != nil {
 		return nil, err
 	}
-	body, _ := json.Marshal(map[string]string{"storePath": storePath, "note": note})
+	body, _ := json.Marshal(map[string]any{"storePath": storePath, "note": note, "upstream": upstream})
 	data, err := c.do(ctx, http.MethodPost, "/api/pins/"+hash, body, 1<<20)
 	return json.RawMessage(data), apiErr(err)
 }

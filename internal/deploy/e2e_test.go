@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -636,4 +637,46 @@ func TestE2EScale(t *testing.T) {
 	t.Logf("1 host: %.0fms (%s)", one.Millis, medians(one))
 	t.Logf("%d hosts: %.0fms (%s)", n, all.Millis, medians(all))
 	t.Logf("ratio %d hosts / 1 host: %.2f", n, all.Millis/one.Millis)
+}
+
+// TestE2EPullThrough: a fleet whose cache stands in front of an upstream
+// (a binary cache with its own key, as cache.nixos.org is) and is the
+// hosts' only substituter. CI uploads only the system's top path (the
+// cache tells `nix copy` the upstream has the rest); the closure check
+// passes with the cache's key, the host substitutes the whole system from
+// the cache (the upstream's paths pulled through it) and switches.
+func TestE2EPullThrough(t *testing.T) {
+	e := newE2E(t, 1, fleettest.Options{Cache: fleettest.WithPullThroughCache})
+	h := e.f.Hosts[0]
+	sys := e.f.System(t, fleettest.System{Label: "pulled", Packages: []string{"glibc", "openssl", "hello"}})
+	rep := e.run(hostverb.Switch, "e2e-pull", e.nodes(sys, 30, h), nil)
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.current(h); got != sys {
+		t.Fatalf("%s runs %s, want %s", h.Name, got, sys)
+	}
+	resp, err := http.Get(e.f.Cache.URL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	metric := func(series string) (v float64) {
+		for _, line := range strings.Split(string(body), "\n") {
+			if rest, ok := strings.CutPrefix(line, series+" "); ok {
+				fmt.Sscan(rest, &v)
+			}
+		}
+		return v
+	}
+	// Three packages of the new system, pulled; the initial system has
+	// none.
+	if n := metric(`concordia_pull_through_total{result="ok",upstream="upstream"}`); n != 3 {
+		t.Errorf("%v paths pulled through, want the system's 3 packages", n)
+	}
+	// The two systems' top paths, nothing else.
+	if n := metric(`concordia_upload_requests_total{kind="narinfo",result="ok"}`); n != 2 {
+		t.Errorf("%v narinfos uploaded, want the 2 systems only", n)
+	}
 }

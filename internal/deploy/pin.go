@@ -23,9 +23,12 @@ type HTTPPinner struct {
 	Cache string
 	Token string
 	// Note is recorded with each pin (e.g. the deploy id).
-	Note   string
-	Client *http.Client
-	Logger *slog.Logger
+	Note string
+	// Upstream has a cache with pull-through also pull the pinned
+	// closure's upstream paths, which the pin then keeps.
+	Upstream bool
+	Client   *http.Client
+	Logger   *slog.Logger
 
 	absent atomic.Bool
 }
@@ -47,7 +50,7 @@ func (p *HTTPPinner) do(ctx context.Context, method, storePath string) error {
 	c := &cacheapi.Client{URL: p.Cache, Token: p.Token, HTTP: p.Client}
 	var err error
 	if method == http.MethodPost {
-		_, err = c.Pin(ctx, storePath, p.Note)
+		_, err = c.PinWith(ctx, storePath, p.Note, p.Upstream)
 	} else {
 		_, err = c.Unpin(ctx, storePath)
 	}

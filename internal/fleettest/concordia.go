@@ -33,6 +33,13 @@ type ConcordiaCache struct {
 // back to NewFileCache) when the cache does not build or start.
 func NewConcordiaCache(t testing.TB) (*ConcordiaCache, error) {
 	t.Helper()
+	return newConcordiaCache(t, "")
+}
+
+// newConcordiaCache is NewConcordiaCache with extra appended to its
+// config file (more tables, e.g. [[upstream]]).
+func newConcordiaCache(t testing.TB, extra string) (*ConcordiaCache, error) {
+	t.Helper()
 	dir := t.TempDir()
 	c := &ConcordiaCache{env: nixEnv(t)}
 	bin, err := processBinary("./cmd/cache")
@@ -60,7 +67,7 @@ func NewConcordiaCache(t testing.TB) (*ConcordiaCache, error) {
 		return nil, err
 	}
 	cfg := fmt.Sprintf("bind = \"127.0.0.1:0\"\nnix_db_path = \"\"\nsign_key_paths = [%q]\ncompression = \"none\"\nstate_dir = %q\n\n[upload]\ndir = %q\ntokens_file = %q\n",
-		sec, filepath.Join(dir, "state"), filepath.Join(dir, "uploads"), tokens)
+		sec, filepath.Join(dir, "state"), filepath.Join(dir, "uploads"), tokens) + extra
 	cfgPath := filepath.Join(dir, "cache.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err

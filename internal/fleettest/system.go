@@ -48,6 +48,11 @@ type System struct {
 	// this path instead of the script (a system that would run code from
 	// outside its closure).
 	STCLink string
+	// Packages are other store paths the system refers to, one per name
+	// (built from the name alone, so two systems with a package of the
+	// same name share it), linked from sw/share: a real system's
+	// closure is mostly such paths, most of them from cache.nixos.org.
+	Packages []string
 }
 
 // HealthCheck is one check a fake system ships: Script is the body of a
@@ -80,6 +85,7 @@ printf '%s' "$inhibitors" > "$out/switch-inhibitors"
 { printf '#!/bin/sh\nout=%s\nbreakSSH=%s\nfailActivation=%s\nfailUnits="%s"\n' "$out" "$breakSSH" "$failActivation" "$failUnits"; printf '%s\n' "$activateBody"; } > "$out/activate"
 { printf '#!/bin/sh\nout=%s\nsleepSecs=%s\n' "$out" "$sleepSecs"; printf '%s\n' "$switchBody"; } > "$out/bin/switch-to-configuration"
 /bin/chmod 0555 "$out/activate" "$out/bin/switch-to-configuration"
+for p in $packages; do /bin/mkdir -p "$out/sw/share"; /bin/ln -s "$p" "$out/sw/share/${p##*/}"; done
 if [ -n "$stcLink" ]; then /bin/rm -f "$out/bin/switch-to-configuration"; /bin/ln -s "$stcLink" "$out/bin/switch-to-configuration"; fi
 if [ -n "$healthJSON" ]; then
   /bin/mkdir -p "$out/health" "$out/etc/concordia"
@@ -269,7 +275,12 @@ func (s System) expr(salt, fakeBin string) string {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "  %s = %s;\n", k, nixString(attrs[k]))
 	}
-	b.WriteString("}\n")
+	b.WriteString("  packages = [")
+	for _, name := range s.Packages {
+		fmt.Fprintf(&b, " (derivation { system = builtins.currentSystem; name = %s; builder = \"/bin/sh\"; args = [ \"-c\" \"echo $name > $out\" ]; })",
+			nixString("fleet-"+salt+"-pkg-"+name))
+	}
+	b.WriteString(" ];\n}\n")
 	return b.String()
 }
 

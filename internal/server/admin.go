@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,6 +79,9 @@ func (s *Server) forgetNarinfo(storePath string) {
 type pinRequest struct {
 	StorePath string `json:"storePath"`
 	Note      string `json:"note"`
+	// Upstream also pulls the closure's paths that only an upstream
+	// has, so the pin keeps them here (see pullPinned).
+	Upstream bool `json:"upstream"`
 }
 
 // pin pins a path by hash part: POST /api/pins/<hash> with a pin token,
@@ -143,7 +147,42 @@ func (h *adminHandler) pin(w http.ResponseWriter, r *http.Request) error {
 	}
 	h.s.logger(r).Info("pinned", "path", target, "note", req.Note, "token", c.name)
 	fmt.Fprintf(w, "pinned %s\n", target)
+	if req.Upstream && h.s.pullPinned(r, hash) {
+		fmt.Fprintf(w, "pulling the paths of its closure that only an upstream has, in the background\n")
+	}
 	return nil
+}
+
+// closurePuller is the pull-through store's power to pull a whole closure.
+type closurePuller interface {
+	PullClosure(ctx context.Context, hashPart string) (int, error)
+}
+
+// pullPinTimeout bounds the background pull of a pinned closure.
+const pullPinTimeout = 6 * time.Hour
+
+// pullPinned starts pulling the upstream paths of a pinned path's closure
+// into the upload store, where the pin keeps them through GC, so a pinned
+// system can be rebuilt from the cache alone. It reports whether there is
+// a pull-through store to do it. The pull outlives the request: a closure
+// is gigabytes.
+func (s *Server) pullPinned(r *http.Request, hash string) bool {
+	cp, ok := s.opts.Upstream.(closurePuller)
+	if !ok {
+		return false
+	}
+	log := s.logger(r)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), pullPinTimeout)
+		defer cancel()
+		n, err := cp.PullClosure(ctx, hash)
+		if err != nil {
+			log.Warn("pulling a pinned closure's upstream paths failed", "hash", hash, "pulled", n, "err", err)
+			return
+		}
+		log.Info("pulled a pinned closure's upstream paths", "hash", hash, "pulled", n)
+	}()
+	return true
 }
 
 // pinAbsent is the refusal of a pin of a path the cache does not have.

@@ -99,7 +99,7 @@ func newUpEnvWith(t testing.TB, dir string, private bool, others []store.Store, 
 }
 
 // newUpEnvOpts is newUpEnvWith with the upload store opened with upOpts
-// (its SignKeys and Others are the environment's).
+// (its SignKeys are the environment's; others come before its Others).
 func newUpEnvOpts(t testing.TB, dir string, private bool, others []store.Store, uploadFirst bool, mutate func(*server.Options), upOpts upload.Options) *upEnv {
 	t.Helper()
 	e := &upEnv{dir: dir}
@@ -122,7 +122,7 @@ func newUpEnvOpts(t testing.TB, dir string, private bool, others []store.Store, 
 		t.Fatal(err)
 	}
 	toks.SetRecheck(0)
-	upOpts.SignKeys, upOpts.Others = []narinfo.SecretKey{sk}, others
+	upOpts.SignKeys, upOpts.Others = []narinfo.SecretKey{sk}, append(append([]store.Store{}, others...), upOpts.Others...)
 	e.up, err = upload.Open(context.Background(), dir, upOpts)
 	if err != nil {
 		t.Fatal(err)

@@ -199,8 +199,8 @@ type Server struct {
 	// upstreamIdx is where Options.Upstream is in stores (-1: none):
 	// always last, and never asked by unshadowed.
 	upstreamIdx int
-	router       *mux.Router
-	cacheInfo    []byte
+	router      *mux.Router
+	cacheInfo   []byte
 	// rd and wd are the progress timeouts (0: off).
 	rd, wd time.Duration
 }

@@ -232,6 +232,9 @@ type GCReport struct {
 	// because a writer was told they exist within gc.writer_ttl (see
 	// WriterTold).
 	KeptForWriters int
+	// PulledDeleted counts the deleted paths that were pulled from an
+	// upstream (store.Adopter): evicted before any upload.
+	PulledDeleted int
 }
 
 // Verifier is the capability of re-checking stored NAR files against the

@@ -6,6 +6,15 @@
 // is slow, down or hostile costs a reader a clean miss, never a hang and
 // never an error Nix would disable the substituter for.
 //
+// Concurrent lookups of one path at one upstream share one request, which
+// runs detached from its callers (bounded by the upstream's Timeout), so
+// a caller that gives up costs the others nothing. Answers are kept for
+// PositiveTTL and misses (bad answers included) for the upstream's
+// NegativeTTL, in one bounded LRU. An upstream that cannot be asked
+// (network, timeout, 5xx, 429) is never remembered as missing: it is
+// skipped for a backoff (twice its Timeout, doubling to 30s), then one
+// request probes it.
+//
 // Package pullthrough builds the pull-through store on it; the upload
 // store uses it (through pullthrough's checking view) to accept
 // references an upstream has and to refuse uploads that would give one of
@@ -13,10 +22,10 @@
 package upstream
 
 import (
-	"context"
-	"io"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,10 +93,15 @@ type Options struct {
 // Upstream is one configured upstream, as the Set uses it.
 type Upstream struct {
 	Config
+	base   *url.URL // URL parsed, for resolving NAR URLs
+	client *http.Client
+	health health
+	m      *upMetrics
 }
 
 // Answer is an upstream's narinfo for a path, checked: about the path
-// asked for, in the store directory, signed by one of its keys.
+// asked for, in the store directory, signed by one of its keys. Answers
+// are shared between callers (and kept in memory): do not modify one.
 type Answer struct {
 	Upstream *Upstream
 	NarInfo  *narinfo.NarInfo
@@ -97,13 +111,41 @@ type Answer struct {
 
 // Set is the configured upstreams in priority order.
 type Set struct {
-	opts Options
-	ups  []*Upstream
+	opts   Options
+	ups    []*Upstream
+	log    *slog.Logger
+	cache  *answerCache
+	flight flight
+	m      *metrics
 }
 
 // New checks the configs and builds the Set.
 func New(opts Options) (*Set, error) {
-	panic("todo")
+	opts, err := withDefaults(opts)
+	if err != nil {
+		return nil, err
+	}
+	s := &Set{opts: opts, log: opts.Logger, cache: newAnswerCache(opts.CacheEntries)}
+	s.m = newMetrics()
+	names := map[string]bool{}
+	for i, c := range opts.Upstreams {
+		u, err := newUpstream(c, opts.Client)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %d (%s): %w", i+1, c.URL, err)
+		}
+		if names[u.Name] {
+			return nil, fmt.Errorf("upstream %d (%s): %w: name %q is used twice", i+1, c.URL, ErrConfig, u.Name)
+		}
+		names[u.Name] = true
+		u.m = s.m.forUpstream(u.Name)
+		s.ups = append(s.ups, u)
+	}
+	if opts.Registry != nil {
+		if err := s.m.register(opts.Registry); err != nil {
+			return nil, fmt.Errorf("upstream metrics: %w", err)
+		}
+	}
+	return s, nil
 }
 
 // Upstreams lists the upstreams in priority order.
@@ -117,28 +159,4 @@ func (s *Set) PullThrough() bool {
 		}
 	}
 	return false
-}
-
-// Lookup asks the upstreams in order for hashPart's narinfo (only those
-// with PullThrough when readers is set) and returns the first good
-// answer. store.ErrNotFound when every one asked answered a miss (or a
-// bad answer, which is counted and logged); store.ErrUnavailable when
-// none had it and at least one could not be asked (down, timed out, 5xx),
-// so a caller that must not mistake "cannot tell" for "absent" (an upload
-// check) can refuse.
-func (s *Set) Lookup(ctx context.Context, hashPart string, readers bool) (*Answer, error) {
-	panic("todo")
-}
-
-// OpenNAR starts the download of an answer's NAR file (URL relative to
-// its upstream). The body's Read fails when the upstream sends nothing
-// for the Timeout; it is not checked here (the caller verifies it).
-func (s *Set) OpenNAR(ctx context.Context, a *Answer) (io.ReadCloser, error) {
-	panic("todo")
-}
-
-// Bad records a bad NAR from u (its hash or size did not match, it was
-// truncated): a metric and a log line naming the upstream and path.
-func (s *Set) Bad(u *Upstream, storePath, reason string) {
-	panic("todo")
 }

@@ -6,7 +6,7 @@ let
   inherit (builtins)
     attrNames concatStringsSep filter foldl' hasAttr head isAttrs isBool isFloat
     isInt isList isString length listToAttrs map replaceStrings sort split
-    toJSON typeOf elem substring stringLength match;
+    toJSON typeOf elem substring stringLength match all any;
 
   mapAttrs = builtins.mapAttrs;
   filterAttrs = pred: set:
@@ -114,8 +114,9 @@ rec {
     ''command="${deployer} gate",restrict ${key}'';
 
   # toTOML renders the cache's settings (a flat attrset plus tables of
-  # scalars/lists) the way internal/config reads them. Nulls are dropped, so
-  # unset module options fall back to the server's defaults.
+  # scalars/lists, and lists of such tables, as [[upstream]]) the way
+  # internal/config reads them. Nulls are dropped, so unset module options
+  # fall back to the server's defaults.
   toTOML = settings:
     let
       clean = filterAttrs (_: v: v != null);
@@ -127,11 +128,14 @@ rec {
         else if isList v then "[" + concatStringsSep ", " (map value v) + "]"
         else throw "toTOML: cannot render a ${typeOf v}";
       kv = set: concatStringsSep "" (map (n: "${n} = ${value set.${n}}\n") (attrNames set));
-      top = clean (filterAttrs (_: v: !(isAttrs v)) settings);
+      isTableList = v: isList v && v != [ ] && all isAttrs v;
+      top = clean (filterAttrs (_: v: !(isAttrs v) && !(isTableList v)) settings);
       tables = clean (filterAttrs (_: isAttrs) settings);
+      tableLists = filterAttrs (_: isTableList) settings;
       table = n: "\n[${n}]\n" + kv (clean tables.${n});
+      tableList = n: concatStringsSep "" (map (t: "\n[[${n}]]\n" + kv (clean t)) tableLists.${n});
     in
-    kv top + concatStringsSep "" (map table (attrNames tables));
+    kv top + concatStringsSep "" (map table (attrNames tables)) + concatStringsSep "" (map tableList (attrNames tableLists));
 
   # cacheSettings: the settings the cache module renders to TOML, from its
   # options. The tokens file is passed by path, never copied (no
@@ -148,18 +152,33 @@ rec {
     , signKeyPaths ? [ ]
     , upload ? { }
     , gc ? { }
+    , upstreams ? [ ]
     }:
     let
       up = { enable = false; tokensFile = null; private = false; } // upload;
       g = { maxSize = null; maxAge = null; interval = null; } // gc;
+      # [[upstream]]: pulled paths are kept in the upload store, so a
+      # pull-through upstream needs its directory even without uploads.
+      upstreamTable = u: {
+        inherit (u) url;
+        public_keys = u.publicKeys;
+        name = u.name or null;
+        timeout = u.timeout or null;
+        negative_ttl = u.negativeTtl or null;
+        netrc_file = if u.netrcFile or null == null then null else toString u.netrcFile;
+        token_file = if u.tokenFile or null == null then null else toString u.tokenFile;
+        pull_through = u.pullThrough or true;
+      };
+      pulls = any (u: u.pullThrough or true) upstreams;
     in
     {
       bind = "${listenAddress}:${toString port}";
       inherit priority compression;
       state_dir = stateDir;
       sign_key_paths = signKeyPaths;
+      upstream = map upstreamTable upstreams;
       upload =
-        (if up.enable then { dir = "${stateDir}/upload"; } else { })
+        (if up.enable || pulls then { dir = "${stateDir}/upload"; } else { })
         // (if up.tokensFile != null then { tokens_file = toString up.tokensFile; } else { })
         // (if up.enable || up.private then { private = up.private; } else { });
       gc = if up.enable then { max_size = g.maxSize; max_age = g.maxAge; interval = g.interval; } else { };

@@ -18,6 +18,7 @@ let
       signKeyPaths = map (n: "${credDir}/${n}") keyNames;
       upload = { inherit (cfg.upload) enable tokensFile private; };
       gc = { inherit (cfg.gc) maxSize maxAge interval; };
+      inherit (cfg) upstreams;
     })
     cfg.settings;
   configFile = pkgs.writeText "concordia-cache.toml" (clib.toTOML settings);
@@ -65,6 +66,31 @@ in
       maxSize = lib.mkOption { type = lib.types.nullOr lib.types.str; default = "50G"; description = "Upload store size limit."; };
       maxAge = lib.mkOption { type = lib.types.nullOr lib.types.str; default = "90d"; description = "Remove uploads not fetched for this long (never breaking a closure or a pin)."; };
       interval = lib.mkOption { type = lib.types.nullOr lib.types.str; default = "6h"; description = "How often GC runs."; };
+    };
+    upstreams = lib.mkOption {
+      default = [ ];
+      example = lib.literalExpression ''[ { url = "https://cache.nixos.org"; publicKeys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ]; } ]'';
+      description = ''
+        Upstream caches, asked in this order for what this cache lacks; an
+        answer counts only when one of the upstream's keys signed it. With
+        pullThrough, hosts get the upstream's paths from this cache (each NAR
+        fetched once, verified, kept in the upload store and evicted first by
+        GC), so the cache can be a host's only substituter. Either way,
+        `nix copy --to` skips the paths an upstream has, references to them
+        are accepted, and an upload of one of them must be its NAR.
+      '';
+      type = lib.types.listOf (lib.types.submodule {
+        options = {
+          url = lib.mkOption { type = lib.types.str; description = "Base URL of the upstream cache."; };
+          publicKeys = lib.mkOption { type = lib.types.listOf lib.types.str; description = "Its public keys (name:base64)."; };
+          name = lib.mkOption { type = lib.types.nullOr lib.types.str; default = null; description = "Label in metrics and logs (default: the URL's host)."; };
+          timeout = lib.mkOption { type = lib.types.nullOr lib.types.str; default = null; description = "Bound of a narinfo request and of a NAR's silence (default 5s)."; };
+          negativeTtl = lib.mkOption { type = lib.types.nullOr lib.types.str; default = null; description = "How long a miss is remembered (default 1m)."; };
+          netrcFile = lib.mkOption { type = lib.types.nullOr lib.types.path; default = null; description = "netrc with the login of a private upstream, read by the service user (a secret, not a store path)."; };
+          tokenFile = lib.mkOption { type = lib.types.nullOr lib.types.path; default = null; description = "Bearer token of a private upstream, read by the service user."; };
+          pullThrough = lib.mkOption { type = lib.types.bool; default = true; description = "Serve and keep the upstream's paths (off: it only counts for uploads)."; };
+        };
+      });
     };
     settings = lib.mkOption {
       type = lib.types.attrs;

@@ -12,6 +12,17 @@ in
     url = lib.mkOption { type = lib.types.str; example = "https://cache.example.org"; description = "Cache URL."; };
     publicKeys = lib.mkOption { type = lib.types.listOf lib.types.str; description = "The cache's public keys (name:base64)."; };
     priority = lib.mkOption { type = lib.types.nullOr lib.types.int; default = null; description = "Override the cache's announced priority."; };
+    only = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Make the cache the host's only substituter (cache.nixos.org and any
+        other are dropped). For a cache with a pull-through upstream
+        (services.concordia-cache.upstreams): the host then gets its whole
+        system, upstream paths included, from the fleet's cache, and keeps
+        getting the paths the cache kept while the upstream is unreachable.
+      '';
+    };
     netrcFile = lib.mkOption {
       type = lib.types.nullOr lib.types.path;
       default = null;
@@ -21,8 +32,10 @@ in
 
   config = lib.mkIf cfg.enable {
     nix.settings = {
-      extra-substituters = (clib.clientSettings { inherit (cfg) url publicKeys priority; }).substituters;
       extra-trusted-public-keys = cfg.publicKeys;
-    } // lib.optionalAttrs (cfg.netrcFile != null) { netrc-file = toString cfg.netrcFile; };
+    } // (if cfg.only
+      then { substituters = lib.mkForce (clib.clientSettings { inherit (cfg) url publicKeys priority; }).substituters; }
+      else { extra-substituters = (clib.clientSettings { inherit (cfg) url publicKeys priority; }).substituters; })
+    // lib.optionalAttrs (cfg.netrcFile != null) { netrc-file = toString cfg.netrcFile; };
   };
 }

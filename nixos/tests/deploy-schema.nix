@@ -43,6 +43,12 @@ in
       privateUploads = render { upload = { enable = true; tokensFile = secret; private = true; }; };
       privateLocalOnly = render { upload = { tokensFile = secret; private = true; }; };
       publicLocalOnly = render { };
+      upstreams = render {
+        upstreams = [
+          { url = "https://cache.nixos.org"; publicKeys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ]; }
+          { url = "https://private.example.org"; name = "private"; publicKeys = [ "private-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ]; netrcFile = "/run/secrets/netrc"; pullThrough = false; timeout = "2s"; negativeTtl = "30s"; }
+        ];
+      };
       ok = failing { upload = { enable = true; tokensFile = secret; private = true; }; };
       privateWithoutTokens = failing { upload = { private = true; }; };
       uploadsWithoutTokens = failing { upload = { enable = true; }; };

@@ -87,7 +87,12 @@ func (f *flight) run(key string) {
 	err := f.pull()
 	u := f.a.Upstream
 	f.p.metrics.result(u.Name, err, time.Since(start), f.n)
-	if err != nil && f.p.ctx.Err() == nil {
+	var b *badNAR
+	switch {
+	case err == nil || f.p.ctx.Err() != nil:
+	case errors.As(err, &b):
+		f.p.set.Bad(u, f.a.NarInfo.StorePath, b.reason, err)
+	default:
 		f.p.log.Warn("pull-through failed", "upstream", u.Name, "path", f.a.NarInfo.StorePath, "err", err)
 	}
 	// Out of the map first, then the verdict: a reader that comes after
@@ -105,7 +110,7 @@ func (f *flight) run(key string) {
 
 // badNAR is a pull refused for what the upstream sent.
 type badNAR struct {
-	reason string // the metric's label
+	reason string // the metric's label, an upstream.Reason
 	err    error
 }
 
@@ -124,7 +129,7 @@ func (f *flight) pull() error {
 	ni := f.a.NarInfo
 	comp, fileHash, _, named := fileOf(ni)
 	if comp == "" || !knownCompression(comp) {
-		return bad("compression", "upstream %s: NAR of %s in %q, which this cache cannot decode", f.a.Upstream.Name, ni.StorePath, comp)
+		return bad(upstream.ReasonCompression, "upstream %s: NAR of %s in %q, which this cache cannot decode", f.a.Upstream.Name, ni.StorePath, comp)
 	}
 	intake := make(chan intakeResult, 1)
 	if named {
@@ -148,10 +153,8 @@ func (f *flight) pull() error {
 		return res.err
 	}
 	if string(res.info.NarHash) != string(ni.NarHash.Digest) || res.info.NarSize != ni.NarSize {
-		err := bad("nar-hash", "upstream %s sent a NAR of %s that is not the one it signed: sha256:%s, %d bytes (narinfo: %s, %d bytes)",
+		return bad(upstream.ReasonNarHash, "upstream %s sent a NAR of %s that is not the one it signed: sha256:%s, %d bytes (narinfo: %s, %d bytes)",
 			f.a.Upstream.Name, ni.StorePath, nixbase32.EncodeToString(res.info.NarHash), res.info.NarSize, ni.NarHash, ni.NarSize)
-		f.p.set.Bad(f.a.Upstream, ni.StorePath, err.Error())
-		return err
 	}
 	return f.p.into.Adopt(f.p.ctx, res.info.Name, ni, f.a.Upstream.Name)
 }
@@ -184,8 +187,7 @@ func (f *flight) intake(name string, out chan<- intakeResult) {
 		if derr := r.downloadErr(); derr != nil {
 			err = derr
 		} else if errors.Is(err, store.ErrInvalid) {
-			err = &badNAR{reason: "invalid", err: fmt.Errorf("upstream %s: NAR file of %s refused: %w", f.a.Upstream.Name, f.a.NarInfo.StorePath, err)}
-			f.p.set.Bad(f.a.Upstream, f.a.NarInfo.StorePath, err.Error())
+			err = &badNAR{reason: upstream.ReasonInvalidNAR, err: fmt.Errorf("upstream %s: NAR file of %s refused: %w", f.a.Upstream.Name, f.a.NarInfo.StorePath, err)}
 		}
 	}
 	out <- intakeResult{info, err}
@@ -217,17 +219,11 @@ func (f *flight) download(hashIt bool) ([]byte, error) {
 			break
 		}
 		if rerr != nil {
-			err := bad("truncated", "pull %s from %s: the download broke off after %d bytes: %w", ni.StorePath, u.Name, f.n, rerr)
-			if f.ctx.Err() == nil {
-				f.p.set.Bad(u, ni.StorePath, err.Error())
-			}
-			return nil, err
+			return nil, bad(upstream.ReasonTruncated, "pull %s from %s: the download broke off after %d bytes: %w", ni.StorePath, u.Name, f.n, rerr)
 		}
 	}
 	if f.size >= 0 && f.n != f.size {
-		err := bad("truncated", "pull %s from %s: the file has %d bytes, the narinfo says %d", ni.StorePath, u.Name, f.n, f.size)
-		f.p.set.Bad(u, ni.StorePath, err.Error())
-		return nil, err
+		return nil, bad(upstream.ReasonTruncated, "pull %s from %s: the file has %d bytes, the narinfo says %d", ni.StorePath, u.Name, f.n, f.size)
 	}
 	if h == nil {
 		return nil, nil
@@ -239,9 +235,7 @@ func (f *flight) download(hashIt bool) ([]byte, error) {
 // readers.
 func (f *flight) write(p []byte, h hash.Hash) error {
 	if f.size >= 0 && f.n+int64(len(p)) > f.size {
-		err := bad("oversize", "pull %s from %s: more than the %d bytes the narinfo says", f.a.NarInfo.StorePath, f.a.Upstream.Name, f.size)
-		f.p.set.Bad(f.a.Upstream, f.a.NarInfo.StorePath, err.Error())
-		return err
+		return bad(upstream.ReasonNarSize, "pull %s from %s: more than the %d bytes the narinfo says", f.a.NarInfo.StorePath, f.a.Upstream.Name, f.size)
 	}
 	if _, err := f.file.WriteAt(p, f.n); err != nil {
 		return fmt.Errorf("pull %s: %w", f.a.NarInfo.StorePath, err)

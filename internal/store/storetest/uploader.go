@@ -29,8 +29,8 @@ type UploaderFixture struct {
 }
 
 // RunUploader holds a store that takes uploads to the contract of
-// store.Uploader, and of store.Pinner, store.Collector, store.Verifier
-// and store.Forgetter where the store implements them: every backend
+// store.Uploader, and of store.Pinner, store.Collector, store.Verifier,
+// store.Forgetter and store.Adopter where the store implements them: every backend
 // behind the server's upload routes must refuse and accept the same
 // uploads, since the server answers a client from what they return.
 // newStore is called once per subtest with an empty store and must
@@ -77,6 +77,14 @@ func RunUploader(t *testing.T, newStore func(t *testing.T) (store.Uploader, Uplo
 			t.Skip("store does not collect garbage around pins")
 		}
 		checkGC(t, u, c, p)
+	})
+	t.Run("Adopter", func(t *testing.T) {
+		u, _ := newStore(t)
+		a, ok := u.(store.Adopter)
+		if !ok {
+			t.Skip("store does not keep pulled paths")
+		}
+		checkAdopt(t, a)
 	})
 	t.Run("Verifier", func(t *testing.T) {
 		u, fx := newStore(t)
@@ -512,6 +520,53 @@ func checkGC(t *testing.T, u store.Uploader, c store.Collector, p store.Pinner) 
 	}
 	if err := u.PutNarInfo(ctx, loose.hash, strings.NewReader(changed.info.String())); err != nil {
 		t.Errorf("the forgotten path with another NAR: %v", err)
+	}
+}
+
+// checkAdopt adopts a path pulled from an upstream, whose reference is
+// not here, and checks that a narinfo not describing the NAR received,
+// or another NAR for a path the store has, adopts nothing.
+func checkAdopt(t *testing.T, a store.Adopter) {
+	ctx := context.Background()
+	const origin = "https://upstream.example"
+	dep := newUpPath(t, a, "adopt-dep", "only the upstream has it", false)
+	p := newUpPath(t, a, "adopted", "pulled from the upstream", true, dep)
+	putNAR(t, a, p)
+	ni := *p.info
+	ni.URL = "nar/the-upstreams-own-name.nar.zst"
+	if err := a.Adopt(ctx, p.name, &ni, origin); err != nil {
+		t.Fatalf("Adopt(%s) of a matching NAR: %v", p.storePath, err)
+	}
+	info, err := a.PathInfo(ctx, p.hash)
+	if err != nil || info.Origin != origin {
+		t.Fatalf("PathInfo(%s) of the adopted path = %+v, %v; want Origin %s", p.storePath, info, err, origin)
+	}
+	checkInfo(t, a, info)
+	checkAgainstFixture(t, info, Path{StorePath: p.storePath, NAR: p.nar, References: []string{dep.storePath}})
+
+	q := newUpPath(t, a, "adopt-mismatch", "the upstream lied", false)
+	putNAR(t, a, q)
+	wrong := *q.info
+	wrong.NarSize++
+	if err := a.Adopt(ctx, q.name, &wrong, origin); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("Adopt of a narinfo not matching its NAR = %v; want ErrInvalid", err)
+	}
+	absent(t, a, q.hash, "a refused adoption")
+
+	r := newUpPath(t, a, "adopt-uploaded", "the upload", false)
+	publish(t, a, r)
+	if err := a.Adopt(ctx, r.name, r.info, origin); err != nil {
+		t.Errorf("Adopt of a path uploaded with the same NAR = %v; want a no-op", err)
+	}
+	other := newUpPath(t, a, "adopt-uploaded", "the upstream's other build", false)
+	other.info.StorePath = r.storePath
+	putNAR(t, a, other)
+	if err := a.Adopt(ctx, other.name, other.info, origin); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("Adopt of another NAR for an uploaded path = %v; want ErrConflict", err)
+	}
+	sum := sha256.Sum256(r.nar)
+	if info, err := a.PathInfo(ctx, r.hash); err != nil || !bytes.Equal(info.NarHash, sum[:]) || info.Origin != "" {
+		t.Errorf("the uploaded path after adoptions = %+v, %v; want it as uploaded", info, err)
 	}
 }
 

@@ -7,6 +7,7 @@ import "github.com/bos55/concordia/internal/store"
 // RunUploader checks the behaviour.
 var (
 	_ store.Uploader     = (*Store)(nil)
+	_ store.Adopter      = (*Store)(nil)
 	_ store.Pinner       = (*Store)(nil)
 	_ store.Collector    = (*Store)(nil)
 	_ store.Verifier     = (*Store)(nil)

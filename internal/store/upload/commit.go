@@ -41,28 +41,32 @@ func (s *Store) putNarInfo(ctx context.Context, hashPart string, body io.Reader)
 	canon := s.blobOf(up)
 	// References found in another store are settled before the write
 	// transaction, which then only has to look at its own index.
-	elsewhere, err := s.refsElsewhere(ctx, up.refs)
+	elsewhere, err := s.refsElsewhere(ctx, up)
 	if err != nil {
 		return err
 	}
 	// So is what another store serves under this hash part; the write
 	// transaction compares the upload with it and with its own record.
-	other, err := s.servedElsewhere(ctx, hashPart)
+	other, err := s.servedElsewhere(ctx, hashPart, ni.StorePath)
 	if err != nil {
 		return err
 	}
 	claimed, err := s.claim(ctx, up, canon, elsewhere, other)
-	if claimed {
-		// The index now holds the blob with a claim. Until this
-		// line the entry is redundant, which is harmless: a sweep
-		// keeps pending blobs the index claims. An upload that was a
-		// no-op claimed nothing: its blob, if another, stays pending
-		// until a sweep drops it.
-		s.pendMu.Lock()
-		delete(s.pending, canon)
-		s.pendMu.Unlock()
-	}
+	s.unpend(canon, claimed)
 	return mapErr(err)
+}
+
+// unpend forgets the pending entry of blob canon once a record claims it.
+// Until then the entry is redundant, which is harmless: a sweep keeps
+// pending blobs the index claims. A narinfo that was a no-op claimed
+// nothing: its blob, if another, stays pending until a sweep drops it.
+func (s *Store) unpend(canon string, claimed bool) {
+	if !claimed {
+		return
+	}
+	s.pendMu.Lock()
+	delete(s.pending, canon)
+	s.pendMu.Unlock()
 }
 
 // parseNarInfo reads the narinfo document of hashPart, refusing one over
@@ -115,8 +119,15 @@ func (s *Store) blobOf(up *narinfoUpload) string {
 }
 
 // refsElsewhere is which of refs another store has and this index does
-// not.
-func (s *Store) refsElsewhere(ctx context.Context, refs []string) ([]string, error) {
+// not. A reference no store has while an upstream could not be asked
+// refuses the upload (store.ErrUnavailable): it may be there, and a
+// reference we could not confirm is not taken on trust.
+//
+// Those an upstream has are noted in up.upstreamRefs, which the commit
+// remembers (upstreamRef): the index must not depend on asking the
+// upstream again to know that the path's closure is complete.
+func (s *Store) refsElsewhere(ctx context.Context, up *narinfoUpload) ([]string, error) {
+	refs := up.refs
 	var here map[string]bool
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		here = map[string]bool{}
@@ -129,8 +140,21 @@ func (s *Store) refsElsewhere(ctx context.Context, refs []string) ([]string, err
 	}
 	var elsewhere []string
 	for _, ref := range refs {
-		if !here[ref] && s.otherHas(ctx, hashOf(ref), ref) {
+		if here[ref] {
+			continue
+		}
+		has, origin, err := s.otherHas(ctx, hashOf(ref), ref)
+		if err != nil {
+			return nil, uncheckable(s.full(ref), err)
+		}
+		if has {
 			elsewhere = append(elsewhere, ref)
+			if origin != "" {
+				if up.upstreamRefs == nil {
+					up.upstreamRefs = map[string]string{}
+				}
+				up.upstreamRefs[hashOf(ref)] = origin
+			}
 		}
 	}
 	return elsewhere, nil
@@ -184,6 +208,11 @@ func (s *Store) commitNarInfo(up *narinfoUpload, canon string, elsewhere []strin
 		rec, err := validateNarInfo(up, h)
 		if err != nil {
 			return err
+		}
+		if rec == nil && up.origin != "" {
+			// An adoption of a path the index has: it stays exactly
+			// as it is, whoever put it there.
+			return s.accessed(tx, up.hashPart)
 		}
 		if rec == nil {
 			return s.keepServed(tx, up.hashPart, *old, up.ni)
@@ -276,8 +305,16 @@ func (s *Store) insert(tx *bolt.Tx, up *narinfoUpload, rec *pathRec, b *blobRec)
 	if err := putJSON(tx.Bucket(bBlobs), []byte(rec.Blob), b); err != nil {
 		return err
 	}
+	for hp, origin := range up.upstreamRefs {
+		if err := markUpstream(tx, hp, origin); err != nil {
+			return err
+		}
+	}
 	if err := putJSON(tx.Bucket(bPaths), []byte(up.hashPart), rec); err != nil {
 		return err
+	}
+	if up.origin != "" {
+		return s.accessed(tx, up.hashPart)
 	}
 	return s.uploaded(tx, up.hashPart)
 }
@@ -286,11 +323,17 @@ func (s *Store) insert(tx *bolt.Tx, up *narinfoUpload, rec *pathRec, b *blobRec)
 // told to a writer, since Nix keeps the narinfo it uploaded in its disk
 // cache (and so believes the path present) as it keeps one it fetched.
 func (s *Store) uploaded(tx *bolt.Tx, hashPart string) error {
-	now := unixBytes(s.now().Unix())
-	if err := tx.Bucket(bAccess).Put([]byte(hashPart), now); err != nil {
+	if err := s.accessed(tx, hashPart); err != nil {
 		return err
 	}
-	return tx.Bucket(bTold).Put([]byte(hashPart), now)
+	return tx.Bucket(bTold).Put([]byte(hashPart), unixBytes(s.now().Unix()))
+}
+
+// accessed stamps a path as used now, for GC's least recently used order.
+// An adopted path is only that: the client it was pulled for asked a
+// reader's question, and no writer was told anything (writer_ttl).
+func (s *Store) accessed(tx *bolt.Tx, hashPart string) error {
+	return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 }
 
 // keepServed commits an upload of a path the index already has, which

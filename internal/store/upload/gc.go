@@ -25,6 +25,9 @@ type Node struct {
 	// seconds, 0: never); see Bounds.ToldCutoff.
 	Told   int64
 	Pinned bool
+	// Pulled is a path pulled from an upstream (Adopt): a cache of the
+	// upstream's, evicted before any upload whatever refers to it.
+	Pulled bool
 	// Docs are what else the path keeps (its derivation's build log, its
 	// realisations), each freed, like a blob, with the last path that
 	// lists it; their sizes are in Plan's blobSize and their counts in
@@ -39,6 +42,18 @@ type Node struct {
 // cutoff (0 = no age bound) and the total is within maxSize (0 = no bound).
 // blobSize gives each blob's bytes and blobRefs how many paths claim it;
 // total is the current size. Exported so the property test can drive it.
+//
+// Pulled paths (Node.Pulled) are the exception: they go first, oldest
+// access first, for as long as the bounds want paths gone, before any
+// other path is considered, and a path referring to one does not keep it. A kept upload may so lose a pulled reference, and its
+// closure is still complete: the upstream the reference was pulled from
+// has it, with its own closure, and pull-through serves it from there
+// again (and an upload naming it is checked against that upstream). Only
+// a pin keeps a pulled path: a pinned closure is what a host runs, and
+// must be served while the upstream is unreachable. Deleting a pulled
+// path never deletes a path that refers to it. The other way round, an
+// upload a kept pulled path refers to is kept like any referred-to path:
+// the upstream should have it too, but nothing here says so.
 func Plan(nodes map[string]*Node, blobSize map[string]int64, blobRefs map[string]int, total, maxSize, cutoff int64) (deleted []string, freed int64, freedBlobs []string) {
 	deleted, freed, freedBlobs, _ = PlanWith(nodes, blobSize, blobRefs, Bounds{Total: total, MaxSize: maxSize, Cutoff: cutoff})
 	return deleted, freed, freedBlobs
@@ -52,7 +67,9 @@ type Bounds struct {
 	// ToldCutoff keeps the paths a writer was told exist at or after it
 	// (Node.Told, unix seconds; 0: none kept so), unless the total is
 	// over HardMaxSize (0: never): then those go too, oldest access
-	// first, until it is within HardMaxSize.
+	// first, until it is within HardMaxSize. It keeps no pulled path: a
+	// writer that believes one present names it in an upload, which
+	// finds it at the upstream.
 	ToldCutoff  int64
 	HardMaxSize int64
 }
@@ -60,15 +77,37 @@ type Bounds struct {
 // PlanWith is Plan with the writers' paths kept (Bounds.ToldCutoff); kept
 // are those it would have deleted but for that, still kept.
 func PlanWith(nodes map[string]*Node, blobSize map[string]int64, blobRefs map[string]int, b Bounds) (deleted []string, freed int64, freedBlobs, kept []string) {
-	referrers := map[string]int{}
+	p := newPlanner(nodes, blobSize, blobRefs, b)
+	p.evictPulled()
+	kept = p.collect()
+	return p.deleted, p.freed, p.freedBlobs, kept
+}
+
+// planner is PlanWith's state: what is still referred to and claimed, and
+// what is deleted so far.
+type planner struct {
+	nodes      map[string]*Node
+	blobSize   map[string]int64
+	b          Bounds
+	referrers  map[string]int  // kept paths referring to each path
+	protected  map[string]bool // pinned closures
+	claims     map[string]int  // kept paths claiming each blob or document
+	queue      *byAccess       // uploads no kept path refers to
+	deleted    []string
+	freed      int64
+	freedBlobs []string // blobs and documents whose last claim went
+}
+
+func newPlanner(nodes map[string]*Node, blobSize map[string]int64, blobRefs map[string]int, b Bounds) *planner {
+	p := &planner{nodes: nodes, blobSize: blobSize, b: b, referrers: map[string]int{}, protected: map[string]bool{},
+		claims: map[string]int{}, queue: &byAccess{nodes: nodes}}
 	for hp, n := range nodes {
 		for _, r := range n.Refs {
 			if r != hp && nodes[r] != nil {
-				referrers[r]++
+				p.referrers[r]++
 			}
 		}
 	}
-	protected := map[string]bool{}
 	var stack []string
 	for hp, n := range nodes {
 		if n.Pinned {
@@ -78,76 +117,108 @@ func PlanWith(nodes map[string]*Node, blobSize map[string]int64, blobRefs map[st
 	for len(stack) > 0 {
 		hp := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		if protected[hp] || nodes[hp] == nil {
+		if p.protected[hp] || nodes[hp] == nil {
 			continue
 		}
-		protected[hp] = true
+		p.protected[hp] = true
 		stack = append(stack, nodes[hp].Refs...)
 	}
-	h := &byAccess{nodes: nodes}
-	for hp := range nodes {
-		if !protected[hp] && referrers[hp] == 0 {
+	for hp, n := range nodes {
+		if !n.Pulled && !p.protected[hp] && p.referrers[hp] == 0 {
+			p.queue.hps = append(p.queue.hps, hp)
+		}
+	}
+	heap.Init(p.queue)
+	for bl, n := range blobRefs {
+		p.claims[bl] = n
+	}
+	return p
+}
+
+// due reports whether the bounds still want a path last accessed at
+// access gone: it is old or the total is over the size bound, or, hard,
+// the total is over the hard bound.
+func (p *planner) due(access int64, hard bool) bool {
+	if hard {
+		return p.b.Total-p.freed > p.b.HardMaxSize
+	}
+	old := p.b.Cutoff > 0 && access < p.b.Cutoff
+	over := p.b.MaxSize > 0 && p.b.Total-p.freed > p.b.MaxSize
+	return old || over
+}
+
+// evictPulled deletes the pulled paths outside pinned closures, oldest
+// access first, while the bounds want them gone (see Plan).
+func (p *planner) evictPulled() {
+	h := &byAccess{nodes: p.nodes}
+	for hp, n := range p.nodes {
+		if n.Pulled && !p.protected[hp] {
 			h.hps = append(h.hps, hp)
 		}
 	}
 	heap.Init(h)
-	refs := map[string]int{}
-	for b, n := range blobRefs {
-		refs[b] = n
+	for h.Len() > 0 {
+		hp := heap.Pop(h).(string)
+		if !p.due(p.nodes[hp].Access, false) {
+			return // every pulled path left is newer, the size within bounds
+		}
+		p.remove(hp)
 	}
-	// A path a writer was told exists is set aside, not deleted; its
-	// references stay referred to. Only past the hard bound are those
-	// taken up again.
+}
+
+// collect deletes the uploads nothing kept refers to, oldest access
+// first, while the bounds want them gone. A path a writer was told exists
+// is set aside, not deleted; its references stay referred to. Only past
+// the hard bound are those taken up again.
+func (p *planner) collect() (kept []string) {
 	told := map[string]bool{}
 	hard := false
 	for {
-		for h.Len() > 0 {
-			hp := heap.Pop(h).(string)
-			n := nodes[hp]
-			old := !hard && b.Cutoff > 0 && n.Access < b.Cutoff
-			over := !hard && b.MaxSize > 0 && b.Total-freed > b.MaxSize
-			if hard {
-				over = b.Total-freed > b.HardMaxSize
-			}
-			if !old && !over {
+		for p.queue.Len() > 0 {
+			hp := heap.Pop(p.queue).(string)
+			n := p.nodes[hp]
+			if !p.due(n.Access, hard) {
 				break // everything left is newer and the size is within bounds
 			}
-			if !hard && b.ToldCutoff > 0 && n.Told >= b.ToldCutoff {
+			if !hard && p.b.ToldCutoff > 0 && n.Told >= p.b.ToldCutoff {
 				told[hp] = true
 				kept = append(kept, hp)
 				continue
 			}
 			delete(told, hp)
-			deleted = append(deleted, hp)
-			for _, r := range n.Refs {
-				if r == hp || nodes[r] == nil {
-					continue
-				}
-				referrers[r]--
-				if referrers[r] == 0 && !protected[r] {
-					heap.Push(h, r)
-				}
-			}
-			for _, bl := range append([]string{n.Blob}, n.Docs...) {
-				refs[bl]--
-				if refs[bl] == 0 {
-					freed += blobSize[bl]
-					freedBlobs = append(freedBlobs, bl)
-				}
-			}
+			p.remove(hp)
 		}
-		if hard || len(kept) == 0 || b.HardMaxSize <= 0 || b.Total-freed <= b.HardMaxSize {
+		if hard || len(kept) == 0 || p.b.HardMaxSize <= 0 || p.b.Total-p.freed <= p.b.HardMaxSize {
 			break
 		}
 		hard = true
-		h.hps = h.hps[:0]
-		for _, hp := range kept {
-			h.hps = append(h.hps, hp)
-		}
-		heap.Init(h)
+		p.queue.hps = append(p.queue.hps[:0], kept...)
+		heap.Init(p.queue)
 	}
-	kept = slices.DeleteFunc(kept, func(hp string) bool { return !told[hp] })
-	return deleted, freed, freedBlobs, kept
+	return slices.DeleteFunc(kept, func(hp string) bool { return !told[hp] })
+}
+
+// remove deletes the path hp: the uploads it alone referred to become
+// deletable, and its blob and documents are freed with their last claim.
+func (p *planner) remove(hp string) {
+	n := p.nodes[hp]
+	p.deleted = append(p.deleted, hp)
+	for _, r := range n.Refs {
+		if r == hp || p.nodes[r] == nil {
+			continue
+		}
+		p.referrers[r]--
+		if p.referrers[r] == 0 && !p.protected[r] && !p.nodes[r].Pulled {
+			heap.Push(p.queue, r)
+		}
+	}
+	for _, bl := range append([]string{n.Blob}, n.Docs...) {
+		p.claims[bl]--
+		if p.claims[bl] == 0 {
+			p.freed += p.blobSize[bl]
+			p.freedBlobs = append(p.freedBlobs, bl)
+		}
+	}
 }
 
 type byAccess struct {
@@ -192,7 +263,7 @@ func (s *Store) GCWith(ctx context.Context, p Policy, dryRun bool) (*Report, err
 	s.metrics.gcRuns.Inc()
 	s.metrics.freed.Add(float64(rep.Freed))
 	s.log.Info("GC", "deleted", len(rep.Deleted), "freed", rep.Freed, "size", rep.SizeAfter, "pending", rep.Pending,
-		"kept_for_writers", rep.KeptForWriters)
+		"pulled_deleted", rep.PulledDeleted, "kept_for_writers", rep.KeptForWriters)
 	return rep, nil
 }
 
@@ -265,7 +336,7 @@ func (g *gcGraph) readPaths(tx *bolt.Tx) error {
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("index record %s: %w", k, err)
 		}
-		n := &Node{Blob: r.Blob, Pinned: pins.Get(k) != nil}
+		n := &Node{Blob: r.Blob, Pinned: pins.Get(k) != nil, Pulled: r.Upstream != ""}
 		for _, ref := range r.References {
 			if h := hashOf(ref); h != string(k) {
 				n.Refs = append(n.Refs, h)
@@ -372,6 +443,9 @@ func (s *Store) plan(g *gcGraph, p Policy, dryRun bool) (*Report, *collected) {
 	c := &collected{paths: deleted}
 	for _, hp := range deleted {
 		rep.Deleted = append(rep.Deleted, g.paths[hp])
+		if g.nodes[hp].Pulled {
+			rep.PulledDeleted++
+		}
 	}
 	for _, b := range append(freedBlobs, g.orphans...) {
 		if k, ok := strings.CutPrefix(b, logDoc); ok {

@@ -64,15 +64,19 @@ func setOf(s []string) []string {
 
 func sameSet(a, b []string) bool { return slices.Equal(setOf(a), setOf(b)) }
 
-// servedElsewhere returns what another store serves under hashPart, or nil
-// when none has it. Unlike otherHas it returns a store's error instead of
-// taking it for absence: an upload we could not compare must be refused,
-// not accepted.
-func (s *Store) servedElsewhere(ctx context.Context, hashPart string) (*served, error) {
+// servedElsewhere returns what another store serves under hashPart (the
+// upload's storePath), or nil when none has it. Unlike otherHas it
+// returns a store's error instead of taking it for absence: an upload we
+// could not compare must be refused, not accepted. An upstream that could
+// not be asked refuses it with store.ErrUnavailable (503, retried).
+func (s *Store) servedElsewhere(ctx context.Context, hashPart, storePath string) (*served, error) {
 	for _, o := range s.opts.Others {
 		info, err := o.PathInfo(ctx, hashPart)
 		if errors.Is(err, store.ErrNotFound) {
 			continue
+		}
+		if errors.Is(err, store.ErrUnavailable) {
+			return nil, uncheckable(storePath, err)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("look up %s in another store: %w", hashPart, err)

@@ -46,7 +46,7 @@ func newMetrics(s *Store) *metrics {
 	return &metrics{
 		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "concordia_upload_requests_total",
-			Help: "Uploads by kind (nar, narinfo, log) and result (ok, invalid, conflict, nospace, error).",
+			Help: "Uploads by kind (nar, narinfo, log, adopt: a path pulled from an upstream) and result (ok, invalid, conflict, nospace, unavailable, error).",
 		}, []string{"kind", "result"}),
 		received: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "concordia_upload_received_bytes_total",
@@ -88,6 +88,8 @@ func (m *metrics) upload(kind string, err error) {
 		result = "conflict"
 	case errors.Is(err, store.ErrNoSpace):
 		result = "nospace"
+	case errors.Is(err, store.ErrUnavailable):
+		result = "unavailable"
 	default:
 		result = "error"
 	}

@@ -31,6 +31,14 @@ type narinfoUpload struct {
 	fileHash []byte   // of the NAR file the URL names
 	urlComp  string   // the compression the URL's suffix names ("none" for any, see blobNames)
 	refs     []string // the references other than the path itself
+	// upstreamRefs are the references an upstream has (hash part ->
+	// upstream name), found before the commit (refsElsewhere).
+	upstreamRefs map[string]string
+	// origin is the upstream cache an adopted path was pulled from
+	// (checkAdoption), "" for an upload. Its references are not
+	// required here: the upstream that signed the narinfo has them, and
+	// pull-through serves them from it.
+	origin string
 }
 
 // checkForm judges what a narinfo says by itself, for the hash part of the
@@ -90,6 +98,31 @@ func checkForm(ni *narinfo.NarInfo, hashPart, storeDir string, l limits.Limits) 
 	return up, nil
 }
 
+// checkAdoption is checkForm for a narinfo pulled from the upstream
+// origin (Adopt), whose NAR file was received as name. The narinfo's URL
+// is the upstream's, which says nothing about this cache: the judgement
+// is of ni with our URL, nar/<name>, so its Compression must be the
+// file's, as an upload's must.
+func checkAdoption(ni *narinfo.NarInfo, name, origin, storeDir string, l limits.Limits) (*narinfoUpload, error) {
+	if origin == "" {
+		return nil, invalidf("adoption of %s names no upstream it was pulled from", ni.StorePath)
+	}
+	_, hp, _, err := narinfo.ParseStorePath(ni.StorePath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: StorePath: %v", store.ErrInvalid, err)
+	}
+	ours := *ni
+	ours.URL = "nar/" + name
+	ours.References = slices.Clone(ni.References)
+	ours.Sigs = slices.Clone(ni.Sigs)
+	up, err := checkForm(&ours, hp, storeDir, l)
+	if err != nil {
+		return nil, err
+	}
+	up.origin = origin
+	return up, nil
+}
+
 // holdings is what the store holds that an upload is judged against,
 // gathered inside the commit's write transaction.
 type holdings struct {
@@ -117,7 +150,9 @@ type holdings struct {
 // keepServed), or the refusal: the NAR was not uploaded or is not the one
 // described (ErrInvalid), the path conflicts with one the cache serves or
 // served (ErrConflict), or a reference is missing (ErrInvalid naming them
-// all). The order of the checks is the order of the refusals.
+// all). The order of the checks is the order of the refusals. An
+// adoption (checkAdoption's) is judged the same way but for its
+// references, and its record keeps the upstream it came from.
 func validateNarInfo(up *narinfoUpload, h *holdings) (*pathRec, error) {
 	ni, b := up.ni, h.blob
 	if b == nil {
@@ -153,7 +188,7 @@ func validateNarInfo(up *narinfoUpload, h *holdings) (*pathRec, error) {
 	}
 	var missing []string
 	for _, ref := range up.refs {
-		if !h.has(ref) {
+		if up.origin == "" && !h.has(ref) {
 			missing = append(missing, h.storeDir+"/"+ref)
 		}
 	}
@@ -169,6 +204,7 @@ func validateNarInfo(up *narinfoUpload, h *holdings) (*pathRec, error) {
 		StorePath: ni.StorePath, Blob: h.blobName, Compression: b.Compression,
 		FileHash: b.FileHash, FileSize: uint64(b.FileSize), NarHash: b.NarHash, NarSize: b.NarSize,
 		References: ni.References, Deriver: ni.Deriver, System: ni.System, CA: ni.CA,
+		Upstream: up.origin,
 	}, nil
 }
 

@@ -23,6 +23,8 @@ func TestValidateNarInfo(t *testing.T) {
 		hp    = "0123456789abcdfghijklmnpqrsvwxyz"
 		dep   = "11111111111111111111111111111111-dep"
 		other = "22222222222222222222222222222222-other"
+		// upstream is where the rows with adopt set pulled the path.
+		upstream = "https://cache.nixos.org"
 	)
 	sum := func(s string) []byte { h := sha256.Sum256([]byte(s)); return h[:] }
 	narHash, fileHash := sum("nar"), sum("file")
@@ -57,6 +59,7 @@ func TestValidateNarInfo(t *testing.T) {
 		want     error  // the sentinel; nil: accepted
 		msg      string // a part of the message
 		keep     bool   // accepted as the path the index has
+		adopt    string // adopted (checkAdoption) from this upstream, "-" from none; "": uploaded
 	}{
 		{name: "accepted"},
 		{name: "without FileHash and FileSize", ni: func(ni *narinfo.NarInfo) { ni.FileHash, ni.FileSize = nil, 0 }},
@@ -144,6 +147,41 @@ func TestValidateNarInfo(t *testing.T) {
 			h: func(h *holdings) { h.old = same(); h.old.narHash = sum("old") }, want: store.ErrInvalid, msg: "NarSize 7"},
 		{name: "conflicts are checked before references", ni: func(ni *narinfo.NarInfo) { ni.References = append(ni.References, other) },
 			h: func(h *holdings) { h.tomb = tomb() }, want: store.ErrConflict, msg: "other References"},
+		{name: "adopted", adopt: upstream},
+		{name: "adopted, references not required", adopt: upstream, h: func(h *holdings) { h.has = func(string) bool { return false } },
+			ni: func(ni *narinfo.NarInfo) { ni.References = append(ni.References, other) }},
+		{name: "adopted with the upstream's URL", adopt: upstream, ni: func(ni *narinfo.NarInfo) { ni.URL = "nar/elsewhere.nar.xz" }},
+		{name: "adopted with any URL", adopt: upstream, ni: func(ni *narinfo.NarInfo) { ni.URL = "https://cdn.example/x?y" }},
+		{name: "adopted without FileHash and FileSize", adopt: upstream, ni: func(ni *narinfo.NarInfo) { ni.FileHash, ni.FileSize = nil, 0 }},
+		{name: "adopted from no upstream", adopt: "-", want: store.ErrInvalid, msg: "names no upstream it was pulled from"},
+		{name: "adopted, store path malformed", adopt: upstream, ni: func(ni *narinfo.NarInfo) { ni.StorePath = "/nix/store/hello" },
+			want: store.ErrInvalid, msg: "StorePath"},
+		{name: "adopted, store path in another store", adopt: upstream, ni: func(ni *narinfo.NarInfo) { ni.StorePath = "/gnu/store/" + hp + "-hello" },
+			want: store.ErrInvalid, msg: "is not in /nix/store"},
+		{name: "adopted, NAR not received", adopt: upstream, h: func(h *holdings) { h.blob = nil },
+			want: store.ErrInvalid, msg: "names a NAR that was not uploaded"},
+		{name: "adopted, compression not the file's", adopt: upstream, ni: func(ni *narinfo.NarInfo) { ni.Compression = "xz" },
+			want: store.ErrInvalid, msg: `Compression "xz" does not match the NAR file ` + fh32 + ".nar.zst"},
+		{name: "adopted, NarHash mismatch", adopt: upstream, ni: func(ni *narinfo.NarInfo) { ni.NarHash = narinfo.SHA256(sum("other")) },
+			want: store.ErrInvalid, msg: "NarHash sha256:" + nixbase32.EncodeToString(sum("other")) + " does not match"},
+		{name: "adopted, NarSize mismatch", adopt: upstream, ni: func(ni *narinfo.NarInfo) { ni.NarSize = 101 },
+			want: store.ErrInvalid, msg: "NarSize 101 does not match"},
+		{name: "adopted, FileHash mismatch", adopt: upstream, ni: func(ni *narinfo.NarInfo) { fh := narinfo.SHA256(sum("x")); ni.FileHash = &fh },
+			want: store.ErrInvalid, msg: "FileHash sha256:" + nixbase32.EncodeToString(sum("x")) + " does not match"},
+		{name: "adopted, FileSize mismatch", adopt: upstream, ni: func(ni *narinfo.NarInfo) { ni.FileSize = 51 },
+			want: store.ErrInvalid, msg: "FileSize 51 does not match"},
+		{name: "adopted, too many signatures", adopt: upstream, ni: func(ni *narinfo.NarInfo) {
+			for i := range limits.DefaultMaxSignatures + 1 {
+				ni.Sigs = append(ni.Sigs, "k"+strings.Repeat("x", i)+":c2ln")
+			}
+		}, want: store.ErrInvalid, msg: "17 signatures"},
+		{name: "adopted, the path as the index has it", adopt: upstream, h: func(h *holdings) { h.old = same() }, keep: true},
+		{name: "adopted, another NAR than the index's", adopt: upstream, h: func(h *holdings) { h.old = same(); h.old.narHash = sum("old") },
+			want: store.ErrConflict, msg: "is already in the cache with NarHash " + narinfo.SHA256(sum("old")).String() +
+				", the upload has NarHash " + narinfo.SHA256(narHash).String()},
+		{name: "adopted, the collected path comes back", adopt: upstream, h: func(h *holdings) { h.tomb = tomb() }},
+		{name: "adopted, another NAR than the collected path's", adopt: upstream, h: func(h *holdings) { h.tomb = tomb(); h.tomb.NarHash = sum("old") },
+			want: store.ErrConflict, msg: "was in the cache with NarHash " + narinfo.SHA256(sum("old")).String()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ni, h, hashPart := base(), hold(), hp
@@ -157,6 +195,10 @@ func TestValidateNarInfo(t *testing.T) {
 				hashPart = tc.hashPart
 			}
 			up, err := checkForm(ni, hashPart, "/nix/store", limits.Default())
+			if tc.adopt != "" {
+				origin := strings.TrimPrefix(tc.adopt, "-")
+				up, err = checkAdoption(ni, h.blobName, origin, "/nix/store", limits.Default())
+			}
 			var rec *pathRec
 			if err == nil {
 				rec, err = validateNarInfo(up, h)
@@ -184,7 +226,7 @@ func TestValidateNarInfo(t *testing.T) {
 			}
 			if rec.StorePath != ni.StorePath || rec.Blob != h.blobName || rec.Compression != h.blob.Compression ||
 				rec.NarSize != 100 || rec.FileSize != 50 || string(rec.FileHash) != string(fileHash) ||
-				string(rec.NarHash) != string(narHash) || rec.Deriver != ni.Deriver || rec.CA != ni.CA {
+				string(rec.NarHash) != string(narHash) || rec.Deriver != ni.Deriver || rec.CA != ni.CA || rec.Upstream != tc.adopt {
 				t.Fatalf("record %+v does not describe the upload %+v", rec, ni)
 			}
 			if len(up.refs) > 0 && up.refs[0] == hp+"-hello" {

@@ -124,6 +124,7 @@ func (s *Store) PathInfo(ctx context.Context, hashPart string) (*store.PathInfo,
 		Sigs:       s.servedSigs(rec),
 		CA:         rec.CA,
 		Registered: rec.Registered,
+		Origin:     rec.Upstream,
 	}, nil
 }
 

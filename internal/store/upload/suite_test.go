@@ -13,6 +13,7 @@ import (
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/storetest"
 	"github.com/bos55/concordia/internal/store/upload"
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // newSuiteStore opens an empty upload store whose NAR files the suite
@@ -104,6 +105,22 @@ func (b *broken) GCWith(ctx context.Context, p store.Policy, dryRun bool) (*stor
 	return b.Store.GCWith(ctx, p, dryRun)
 }
 
+func (b *broken) Adopt(ctx context.Context, name string, ni *narinfo.NarInfo, origin string) error {
+	err := b.Store.Adopt(ctx, name, ni, origin)
+	if b.bug == "adopt-accepts-mismatch" && errors.Is(err, store.ErrInvalid) {
+		return nil
+	}
+	return err
+}
+
+func (b *broken) PathInfo(ctx context.Context, hashPart string) (*store.PathInfo, error) {
+	info, err := b.Store.PathInfo(ctx, hashPart)
+	if b.bug == "adopt-forgets-origin" && info != nil {
+		info.Origin = ""
+	}
+	return info, err
+}
+
 func (b *broken) Verify(ctx context.Context, repair bool, progress func(done, total int64)) (*store.VerifyReport, error) {
 	rep, err := b.Store.Verify(ctx, repair, progress)
 	if b.bug == "verify-blind" && rep != nil {
@@ -112,7 +129,8 @@ func (b *broken) Verify(ctx context.Context, repair bool, progress func(done, to
 	return rep, err
 }
 
-var uploaderBugs = []string{"accepts-bad-nar", "serves-pending", "accepts-changes", "missing-ref-is-500", "log-overwrite", "gc-ignores-pins", "verify-blind"}
+var uploaderBugs = []string{"accepts-bad-nar", "serves-pending", "accepts-changes", "missing-ref-is-500", "log-overwrite", "gc-ignores-pins", "verify-blind",
+	"adopt-accepts-mismatch", "adopt-forgets-origin"}
 
 // TestUploaderSuiteCatchesBugs runs the suite on broken stores, each in
 // a child process because a failing subtest cannot be contained in this

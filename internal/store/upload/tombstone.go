@@ -33,6 +33,10 @@ type tombRec struct {
 	NarHash   []byte `json:"narHash"`
 	RefsHash  []byte `json:"refsHash"`  // refsHash of the references
 	Collected int64  `json:"collected"` // unix seconds
+	// Upstream is the cache a pulled path came from (pathRec.Upstream),
+	// which still has it: a path referring to it keeps a complete
+	// closure (pulledRef).
+	Upstream string `json:"upstream,omitempty"`
 }
 
 // refsHash identifies a set of references (base names).
@@ -41,11 +45,53 @@ func refsHash(refs []string) []byte {
 	return sum[:]
 }
 
-// bury writes the tombstone of r, deleted now.
+// bury writes the tombstone of r, deleted now, and for a pulled path the
+// lasting mark that an upstream has it (upstreamRef).
 func (s *Store) bury(tx *bolt.Tx, hp string, r *pathRec) error {
+	if r.Upstream != "" {
+		if err := markUpstream(tx, hp, r.Upstream); err != nil {
+			return err
+		}
+	}
 	return putJSON(tx.Bucket(bTombs), []byte(hp), tombRec{
 		StorePath: r.StorePath, NarHash: r.NarHash, RefsHash: refsHash(r.References), Collected: s.now().Unix(),
+		Upstream: r.Upstream,
 	})
+}
+
+// pulledRef reports whether the index remembers hp as a path pulled from
+// an upstream and deleted since (GC's eviction, repair): the upstream
+// has it still, so a path referring to it is complete without asking the
+// upstream, which may be unreachable just then.
+func pulledRef(tx *bolt.Tx, hp string) bool {
+	if upstreamRef(tx, hp) {
+		return true
+	}
+	var t tombRec
+	found, err := getJSON(tx.Bucket(bTombs), []byte(hp), &t)
+	return err == nil && found && t.Upstream != ""
+}
+
+// Upstream paths. An upload may refer to a path only an upstream has (the
+// closure check asked it), and a pulled path may be evicted while uploads
+// refer to it. Either way the index remembers, for good, that an upstream
+// had that path (about 60 bytes: its hash part and the upstream's name),
+// so that the recovery at every Open, which drops paths whose closure is
+// incomplete, never drops such an upload: not when the upstream is
+// unreachable, not when the store is opened by `cache gc` without the
+// upstreams, and without a request per reference at each start. Store
+// paths are immutable and upstreams keep what they served (cache.nixos.org
+// never deletes), so the mark does not go stale in practice; a path an
+// upstream did delete is a miss for readers, as it is without the cache.
+
+// markUpstream remembers that upstream origin has hp.
+func markUpstream(tx *bolt.Tx, hp, origin string) error {
+	return tx.Bucket(bUpstream).Put([]byte(hp), []byte(origin))
+}
+
+// upstreamRef reports whether an upstream is known to have hp.
+func upstreamRef(tx *bolt.Tx, hp string) bool {
+	return tx.Bucket(bUpstream).Get([]byte(hp)) != nil
 }
 
 func (s *Store) expired(t *tombRec, now int64) bool {

@@ -24,6 +24,11 @@
 // deletes paths no kept path refers to. It also never changes what it
 // serves: an upload may add a path, but one for a path the cache already
 // has, here or in another store, must be the same path (immutable.go).
+//
+// Paths pulled from an upstream binary cache (Adopt, adopt.go) are kept
+// the same way, as a cache of the upstream's: their references need not
+// be here, since the upstream has their closure, and GC evicts them
+// before any upload, even from under a path that refers to one.
 package upload
 
 import (
@@ -55,7 +60,11 @@ type Options struct {
 	// SignKeys sign every accepted narinfo, beside the uploader's Sigs.
 	SignKeys []narinfo.SecretKey
 	// Others are the other stores the server serves (the machine's own
-	// /nix/store): a reference present there counts as present.
+	// /nix/store, the checking view of the pull-through upstreams): a
+	// reference present there counts as present, and an upload must
+	// not change a path one serves. One answering store.ErrUnavailable
+	// (an upstream that could not be asked) refuses the upload with
+	// that error rather than guess.
 	Others []store.Store
 	// GC policy: MaxSize bounds the total blob bytes (0 = no bound),
 	// MaxAge removes paths not accessed for that long (0 = never), and
@@ -157,7 +166,8 @@ var (
 	bRealMeta = []byte("realisationmeta") // realisation id -> realRec JSON
 	bTombs    = []byte("tombstones")      // hash part -> tombRec JSON of a collected path
 	bTold     = []byte("told")            // hash part -> unix seconds (decimal) a writer was last told it exists
-	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs, bTold}
+	bUpstream = []byte("upstream-paths")  // hash part -> upstream name: a path an upstream had (upstreamRef)
+	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs, bTold, bUpstream}
 
 	// bOldLogs held whole logs (drv base name -> bytes) before they were
 	// files; Open moves them out and deletes it.
@@ -179,6 +189,11 @@ type pathRec struct {
 	Sigs        []string  `json:"sigs,omitempty"`
 	CA          string    `json:"ca,omitempty"`
 	Registered  time.Time `json:"registered"`
+	// Upstream names the binary cache a path was pulled from (Adopt),
+	// "" for an upload: such a path is a cache of the upstream's, which
+	// has its closure, so GC evicts it first and its references need
+	// not be here (gc.go).
+	Upstream string `json:"upstream,omitempty"`
 }
 
 // blobRec is what verification computed for a blob file. Refs counts the
@@ -442,6 +457,11 @@ func (s *Store) fixBlobRecords(tx *bolt.Tx, onDisk map[string]bool, refs map[str
 
 // dropBrokenClosures deletes, until none is left, every path that refers
 // to a path neither in this index nor in another store, and returns them.
+// A reference pulled from an upstream and deleted since (pulledRef) is
+// present: deleting a pulled path never takes a path that refers to it.
+// A pulled path is never broken: its references need not be here (Adopt),
+// and asking the upstream for each at every start would cost a request
+// per reference.
 func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, error) {
 	var dropped []string
 	otherHas := map[string]bool{}
@@ -453,9 +473,12 @@ func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, 
 				broken = append(broken, string(k))
 				return nil
 			}
+			if r.Upstream != "" {
+				return nil // a pulled path's closure is its upstream's
+			}
 			for _, ref := range r.References {
 				hp := hashOf(ref)
-				if hp == string(k) || tx.Bucket(bPaths).Get([]byte(hp)) != nil {
+				if hp == string(k) || tx.Bucket(bPaths).Get([]byte(hp)) != nil || pulledRef(tx, hp) {
 					continue
 				}
 				has, seen := otherHas[hp]
@@ -524,23 +547,49 @@ func (s *Store) deletePath(tx *bolt.Tx, hp string) error {
 	return nil
 }
 
-// inOthers reports whether another store has the path. An error other than
-// ErrNotFound counts as absent: refusing an upload is safe, accepting one
-// with a reference we could not confirm is not.
+// inOthers reports whether another store has the path, for the closure
+// checks of recovery and repair. An error other than ErrNotFound counts
+// as absent, but for an upstream that could not be asked
+// (store.ErrUnavailable): that counts as present, since the path was
+// there when its referrer was accepted, and deleting an upload for a
+// network failure cannot be undone.
 func (s *Store) inOthers(ctx context.Context, hashPart string) bool {
-	return s.otherHas(ctx, hashPart, "")
+	has, _, err := s.otherHas(ctx, hashPart, "")
+	if err != nil {
+		s.log.Warn("an upstream could not be asked for a reference; it counts as present", "hash", hashPart, "err", err)
+		return true
+	}
+	return has
 }
 
-// otherHas is inOthers for a base name: with base set, the path found must
-// have exactly that name (a hash part names one path; a narinfo pairing
-// it with another name is lying).
-func (s *Store) otherHas(ctx context.Context, hashPart, base string) bool {
+// otherHas reports whether another store has the path hashPart: with base
+// set, the path found must have exactly that name (a hash part names one
+// path; a narinfo pairing it with another name is lying). An error other
+// than ErrNotFound counts as absent: refusing an upload is safe,
+// accepting one with a reference we could not confirm is not. When no
+// store has it and one could not be asked (an upstream,
+// store.ErrUnavailable), that error is returned: the path may well be
+// there, and the caller decides. origin is the upstream that has it
+// (PathInfo.Origin), "" for a store of this machine.
+func (s *Store) otherHas(ctx context.Context, hashPart, base string) (has bool, origin string, err error) {
+	var unavailable error
 	for _, o := range s.opts.Others {
-		if info, err := o.PathInfo(ctx, hashPart); err == nil {
-			return base == "" || info.StorePath == s.storeDir+"/"+base
+		info, err := o.PathInfo(ctx, hashPart)
+		if err == nil {
+			return base == "" || info.StorePath == s.storeDir+"/"+base, info.Origin, nil
+		}
+		if errors.Is(err, store.ErrUnavailable) && unavailable == nil {
+			unavailable = err
 		}
 	}
-	return false
+	return false, "", unavailable
+}
+
+// uncheckable is the refusal of an upload that must be checked against
+// an upstream cache that did not answer (store.ErrUnavailable, 503): the
+// client retries, and nothing is stored meanwhile.
+func uncheckable(storePath string, err error) error {
+	return fmt.Errorf("cannot check %s against an upstream cache: %w, retry", storePath, err)
 }
 
 // hasBase reports whether the index holds exactly the path base. It runs

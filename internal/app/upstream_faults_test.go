@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -214,5 +215,45 @@ func TestPullThroughFileWithoutHash(t *testing.T) {
 	})
 	if err := fetchNAR(c, ni, p.NAR); err != nil {
 		t.Fatalf("the kept copy: %v", err)
+	}
+}
+
+// TestPullThroughHeadAndOtherFormsDownloadNothing: requests that will not
+// read an upstream path's file start no download: a HEAD of its URL (200,
+// the file's length) and a GET of a form the upstream does not have (a
+// .nar.xz of a zstd file: 404). The GET of its own URL then downloads it
+// once.
+func TestPullThroughHeadAndOtherFormsDownloadNothing(t *testing.T) {
+	sk, pk := upstreamtest.Key(t, "cache.nixos.org-1")
+	up := upstreamtest.New(t)
+	p := upstreamtest.NewPath(t, sk, "probed", nartest.File(nartest.Mixed(256<<10, 3)), "zstd")
+	up.Add(p)
+	c := newPullCache(t, up.URL, pk.String(), "")
+	_, ni := c.narinfo(t, p.HashPart())
+	started := func() float64 {
+		return counter(t, c.app.Registry, "concordia_pull_through_in_progress", nil) +
+			counter(t, c.app.Registry, "concordia_pull_through_total", nil)
+	}
+	req, _ := http.NewRequest(http.MethodHead, c.url+"/"+ni.URL, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != int64(len(p.File)) {
+		t.Fatalf("HEAD %s: %s, Content-Length %d, want 200 and %d", ni.URL, resp.Status, resp.ContentLength, len(p.File))
+	}
+	xz := strings.TrimSuffix(ni.URL, ".zst") + ".xz"
+	if code, _ := c.do(t, http.MethodGet, "/"+xz, "", nil); code != http.StatusNotFound {
+		t.Fatalf("GET %s of a zstd upstream file: %d, want 404", xz, code)
+	}
+	if n := started(); n != 0 || up.NARRequests(p.HashPart()) != 0 {
+		t.Fatalf("a HEAD and a GET of another form started %v downloads (%d NAR requests at the upstream)", n, up.NARRequests(p.HashPart()))
+	}
+	if err := fetchNAR(c, ni, p.NAR); err != nil {
+		t.Fatal(err)
+	}
+	if n := up.NARRequests(p.HashPart()); n != 1 {
+		t.Fatalf("%d NAR requests, want 1", n)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -111,7 +112,7 @@ func (s *Server) handleNAR(w http.ResponseWriter, r *http.Request) {
 		}
 		s.serveIdentity(w, r, st, info)
 	default:
-		if fn, ok := st.(store.FileNAR); ok && s.serveFileNAR(w, r, fn, info, req.ext) {
+		if fn, ok := st.(store.FileNAR); ok && s.serveFileNAR(w, r, fn, info, req.ext, idx == s.upstreamIdx) {
 			return
 		}
 		if req.ext == "zst" {
@@ -123,20 +124,19 @@ func (s *Server) handleNAR(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveFileNAR serves a store's ready-made file when its compression is
-// the one asked for; it reports whether it answered.
-func (s *Server) serveFileNAR(w http.ResponseWriter, r *http.Request, fn store.FileNAR, info *store.PathInfo, ext string) bool {
-	if _, _, _, ok, err := statFileNAR(r.Context(), fn, info); err != nil || !ok {
+// the one asked for; it reports whether it answered. upstream says the
+// store is the pull-through one, whose file is an upstream download.
+func (s *Server) serveFileNAR(w http.ResponseWriter, r *http.Request, fn store.FileNAR, info *store.PathInfo, ext string, upstream bool) bool {
+	comp, _, size, ok, err := statFileNAR(r.Context(), fn, info)
+	if err != nil || !ok {
 		if err != nil {
 			s.fail(w, r, err)
 		}
 		return err != nil
 	}
-	f, comp, _, _, err := fn.OpenFileNAR(r.Context(), info)
-	if err != nil {
-		s.fail(w, r, err)
-		return true
-	}
-	defer f.Close()
+	// Checked before the file is opened: opening a pull-through path's
+	// file starts its download, which a URL of another form (404 or
+	// another encoding) must not.
 	if narExt(comp) != ".nar."+ext {
 		return false
 	}
@@ -144,6 +144,23 @@ func (s *Server) serveFileNAR(w http.ResponseWriter, r *http.Request, fn store.F
 	h.Set("Content-Type", narContentType)
 	h.Set("ETag", `"`+narHash32(info.NarHash)+"-"+ext+`"`)
 	h["Cache-Control"] = s.ccForever
+	if upstream && r.Method == http.MethodHead && size > 0 {
+		// A HEAD reads nothing, so it starts no download either: the
+		// headers http.ServeContent would send, from the description.
+		h.Set("Accept-Ranges", "bytes")
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
+		w.WriteHeader(http.StatusOK)
+		return true
+	}
+	f, _, _, _, err := fn.OpenFileNAR(r.Context(), info)
+	if err != nil {
+		for _, k := range []string{"Content-Type", "ETag", "Cache-Control"} {
+			h.Del(k)
+		}
+		s.fail(w, r, err)
+		return true
+	}
+	defer f.Close()
 	s.metrics.activeStreams.Inc()
 	defer s.metrics.activeStreams.Dec()
 	http.ServeContent(&countingWriter{ResponseWriter: w, c: s.narCounter(comp)}, r, "", time.Time{}, f)

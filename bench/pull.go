@@ -5,13 +5,16 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -174,7 +177,145 @@ func (b *bench) benchPull(ctx context.Context) error {
 			return err
 		}
 	}
+	return b.pullOverLink(ctx, ngx, p, direct, fsize, state)
+}
+
+// pullLinkRate is the upstream's bandwidth in the link runs: a fast
+// WAN (800 Mbit/s), well below loopback, where the verification that
+// runs alongside the download has time to keep up.
+const pullLinkRate = 100e6
+
+// pullOverLink: the cold fetch again with the upstream behind a link of
+// pullLinkRate bytes/s, for the direct fetch and Concordia's download
+// alike (runs interleaved A B A B). On loopback the comparison is of CPU
+// work (Concordia hashes, decodes, validates and writes what nginx
+// sendfiles); over a link, of what a reader waits for.
+func (b *bench) pullOverLink(ctx context.Context, ngx *server, p pathInfo, direct string, fsize int64, state string) error {
+	link, err := startRateProxy(ctx, strings.TrimPrefix(ngx.base, "http://"), pullLinkRate)
+	if err != nil {
+		return err
+	}
+	defer link.Close()
+	linkBase := "http://" + link.Addr()
+	directLink := linkBase + strings.TrimPrefix(direct, ngx.base)
+	runs := b.o.runs
+	if runs > 3 {
+		runs = 3 // each fetch takes fsize/pullLinkRate
+	}
+	metric := fmt.Sprintf("seconds, NAR fetch over a %.0f MB/s link", pullLinkRate/1e6)
+	for i := 0; i < runs; i++ {
+		d, n, err := download(ctx, directLink, 1)
+		if err == nil && n != fsize {
+			err = fmt.Errorf("%d bytes, want %d", n, fsize)
+		}
+		if err != nil {
+			b.fail("nginx upstream over the link", err)
+		} else {
+			b.rep.add("pull", "nginx upstream (direct)", metric, d.Seconds())
+		}
+		conc, err := b.startPullCache(ctx, "concordia pull link", linkBase, state)
+		if err != nil {
+			return err
+		}
+		url, _, err := fetchNarinfo(ctx, conc.base, p.hashPart())
+		if err == nil {
+			d, n, err = download(ctx, url, 1)
+			if err == nil && n != fsize {
+				err = fmt.Errorf("%d bytes, want %d", n, fsize)
+			}
+		}
+		if err == nil {
+			if pulled, perr := pulledOK(ctx, conc.base); perr != nil || pulled != 1 {
+				err = fmt.Errorf("%v downloads verified and kept, want 1 (%v)", pulled, perr)
+			}
+		}
+		if err == nil {
+			err = checkNAR(ctx, conc.base, p)
+		}
+		b.procs.stop(conc.cmd)
+		if err != nil {
+			b.fail("concordia cold over the link", err)
+			continue
+		}
+		b.rep.add("pull", "concordia cold (pulled through)", metric, d.Seconds())
+	}
 	return nil
+}
+
+// rateProxy forwards TCP connections to a target, pacing what the
+// target sends back to a rate (a token bucket per connection); requests
+// go through unpaced.
+type rateProxy struct {
+	ln   net.Listener
+	rate float64
+	wg   sync.WaitGroup
+}
+
+func startRateProxy(ctx context.Context, target string, rate float64) (*rateProxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &rateProxy{ln: ln, rate: rate}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t, err := (&net.Dialer{}).DialContext(ctx, "tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() {
+				_, _ = io.Copy(t, c)
+				if tc, ok := t.(*net.TCPConn); ok {
+					_ = tc.CloseWrite()
+				}
+			}()
+			go func() {
+				p.paced(c, t)
+				c.Close()
+				t.Close()
+			}()
+		}
+	}()
+	return p, nil
+}
+
+func (p *rateProxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *rateProxy) Close() error {
+	err := p.ln.Close()
+	p.wg.Wait()
+	return err
+}
+
+// paced copies src to dst at p.rate, as a link would: each chunk takes
+// len/rate of the link, starting when the link is free (an idle link
+// gives no credit, so a kept-alive connection gets no burst).
+func (p *rateProxy) paced(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 64<<10)
+	var free time.Time
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if now := time.Now(); free.Before(now) {
+				free = now
+			}
+			free = free.Add(time.Duration(float64(n) / p.rate * float64(time.Second)))
+			time.Sleep(time.Until(free))
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // pullNarinfoLatency: sequential narinfo GETs on one keep-alive

@@ -142,6 +142,7 @@ var comparisons = []comparison{
 	{"upload", "seconds, closure", "nix copy --to a sink (Nix client floor)", "nix copy --to file://", true, 0, "do-nothing HTTP sink vs file:// (Nix's HTTP client cost)"},
 	{"deploy", "seconds, deploy", "deployer push, 20 hosts --parallel 20", "deployer push, 1 host", true, 1.5, "deploy to 20 hosts vs 1 host (time ratio)"},
 	{"pull", "seconds, NAR fetch, 1 stream", "concordia cold (pulled through)", "nginx upstream (direct)", true, 1.1, "cold pull-through NAR fetch vs the upstream nginx directly (time ratio)"},
+	{"pull", "seconds, NAR fetch over a 100 MB/s link", "concordia cold (pulled through)", "nginx upstream (direct)", true, 1.1, "cold pull-through NAR fetch, upstream over a 100 MB/s link, vs fetching it directly over that link (time ratio)"},
 	{"pull", "MB/s, NAR fetch, 1 stream", "concordia warm (kept copy)", "nginx upstream (direct)", false, 0.8, "pulled NAR, warm, 1 stream vs nginx serving the file"},
 	{"pull", "MB/s, NAR fetch, 8 streams", "concordia warm (kept copy)", "nginx upstream (direct)", false, 0.8, "pulled NAR, warm, 8 streams vs nginx"},
 	{"pull", "narinfo p50 us", "concordia miss (asks the upstream)", "nginx upstream 404 (direct)", true, 0, "narinfo miss asking the upstream vs the upstream's own 404, p50"},

@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -261,6 +262,51 @@ func TestLandingShowsUpstreams(t *testing.T) {
 	for _, want := range []string{"https://cache.nixos.org", "cache.nixos.org-1:xyz", "pulled through"} {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Errorf("landing page (%d) lacks %q", code, want)
+		}
+	}
+}
+
+// TestPinPullsUpstreamClosure: a pin asking for it pulls the pinned
+// system's upstream paths into the upload store, where the pin keeps
+// them through GC, so the system is served whole with the upstream gone.
+func TestPinPullsUpstreamClosure(t *testing.T) {
+	e := newPullEnv(t)
+	lib := e.path(t, "glibc-2.40", "libc")
+	tool := e.path(t, "coreutils", "tools", lib.StorePath()[len("/nix/store/"):])
+	sys := newUpPath(t, "nixos-system", []byte("system"), tool.StorePath()[len("/nix/store/"):])
+	e.upload(t, sys)
+	body := fmt.Sprintf(`{"storePath": %q, "upstream": true}`, sys.info.StorePath)
+	if code, msg := e.do(t, "POST", "/api/pins/"+sys.hash, e.pinTok, []byte(body)); code != 200 || !strings.Contains(msg, "pulling") {
+		t.Fatalf("pin: %d %s", code, msg)
+	}
+	ctx := context.Background()
+	deadline := time.Now().Add(20 * time.Second)
+	for _, p := range []*upstreamtest.Path{lib, tool} {
+		for {
+			info, err := e.up2(t).PathInfo(ctx, p.HashPart())
+			if err == nil {
+				if info.Origin != "nixos" {
+					t.Errorf("%s kept with origin %q", p.StorePath(), info.Origin)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not pulled: %v", p.StorePath(), err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	rep, err := e.up2(t).GCWith(ctx, store.Policy{MaxSize: 1}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Deleted) != 0 {
+		t.Errorf("GC deleted %v of a pinned closure", rep.Deleted)
+	}
+	e.up.Close()
+	for _, p := range []*upstreamtest.Path{lib, tool} {
+		if code, _ := e.narinfo(t, p.HashPart(), ""); code != 200 {
+			t.Errorf("%s with the upstream gone: %d", p.StorePath(), code)
 		}
 	}
 }

@@ -98,7 +98,9 @@ func (f *flight) run(key string) {
 	// Out of the map first, then the verdict: a reader that comes after
 	// it finds the kept path (or starts a new flight after a failure).
 	f.p.mu.Lock()
-	delete(f.p.flying, key)
+	if f.p.flying[key] == f { // not a newer flight of another NAR of the path
+		delete(f.p.flying, key)
+	}
 	f.p.mu.Unlock()
 	f.p.metrics.flights.Dec()
 	f.mu.Lock()

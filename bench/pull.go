@@ -294,6 +294,12 @@ func (p *rateProxy) Close() error {
 	return err
 }
 
+// linkIdle is how far behind the link's schedule a chunk must come to
+// count as the link having been idle: a sleep that overshot (this
+// process shares the CPU with the systems measured) is caught up, or the
+// link would be slower for whichever system loads the CPU more.
+const linkIdle = 20 * time.Millisecond
+
 // paced copies src to dst at p.rate, as a link would: each chunk takes
 // len/rate of the link, starting when the link is free (an idle link
 // gives no credit, so a kept-alive connection gets no burst).
@@ -303,7 +309,7 @@ func (p *rateProxy) paced(dst io.Writer, src io.Reader) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			if now := time.Now(); free.Before(now) {
+			if now := time.Now(); free.Before(now.Add(-linkIdle)) {
 				free = now
 			}
 			free = free.Add(time.Duration(float64(n) / p.rate * float64(time.Second)))

@@ -55,7 +55,7 @@ if ! up /run/fleettest/nix-daemon.pid; then
   echo $! > /run/fleettest/nix-daemon.pid
   i=0
   while [ ! -S /nix/var/nix/daemon-socket/socket ]; do
-    sleep 0.01; i=$((i+1)); [ $i -lt 1000 ] || { echo "nix-daemon did not start" >&2; exit 1; }
+    sleep 0.01; i=$((i+1)); [ $i -lt 3000 ] || { echo "nix-daemon did not start" >&2; exit 1; }
   done
 fi
 if ! up /run/sshd.pid; then
@@ -191,7 +191,19 @@ func (f *Fleet) installInitial(h *Host) error {
 	}
 	// The initial system arrives like any other: from the cache,
 	// through the host's daemon, signature checked.
-	if out, err := f.Exec(h, "env", "NIX_REMOTE=daemon", "nix-store", "--realise", f.Initial); err != nil {
+	// The daemon binds its socket before it listens: on a loaded machine
+	// a client can come in between and be refused, as on a real host
+	// whose daemon is still starting. Such a refusal is retried.
+	var out string
+	var err error
+	for try := 0; try < 20; try++ {
+		out, err = f.Exec(h, "env", "NIX_REMOTE=daemon", "nix-store", "--realise", f.Initial)
+		if err == nil || !strings.Contains(out, "cannot connect to socket") {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
 		return fmt.Errorf("%s: fetch initial system: %v %s", h.Name, err, out)
 	}
 	if out, err := f.Exec(h, "nix-env", "-p", "/nix/var/nix/profiles/system", "--set", f.Initial); err != nil {

@@ -1,0 +1,105 @@
+// Package boltkv is the kv index in one bbolt file: the embedded default,
+// owned by one process.
+package boltkv
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/bos55/concordia/internal/kv"
+)
+
+// DB is a bbolt file as a kv.DB.
+type DB struct {
+	db    *bolt.DB
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+}
+
+// Open opens (creating) the bbolt file at path. A file another process
+// holds is bbolt's ErrTimeout after timeout.
+func Open(path string, timeout time.Duration) (*DB, error) {
+	db, err := bolt.Open(path, 0o644, &bolt.Options{Timeout: timeout})
+	if err != nil {
+		return nil, err
+	}
+	return &DB{db: db, locks: map[string]*sync.Mutex{}}, nil
+}
+
+// Bolt is the underlying file, for tools that inspect it.
+func (d *DB) Bolt() *bolt.DB { return d.db }
+
+func (d *DB) View(fn func(kv.Tx) error) error {
+	return d.db.View(func(tx *bolt.Tx) error { return fn(txn{tx}) })
+}
+
+func (d *DB) Update(fn func(kv.Tx) error) error {
+	return d.db.Update(func(tx *bolt.Tx) error { return fn(txn{tx}) })
+}
+
+func (d *DB) Begin(writable bool) (kv.Tx, error) {
+	tx, err := d.db.Begin(writable)
+	if err != nil {
+		return nil, err
+	}
+	return txn{tx}, nil
+}
+
+// Lock is an in-process mutex: the file is owned by this process.
+func (d *DB) Lock(ctx context.Context, name string) (func(), error) {
+	d.mu.Lock()
+	m := d.locks[name]
+	if m == nil {
+		m = &sync.Mutex{}
+		d.locks[name] = m
+	}
+	d.mu.Unlock()
+	m.Lock()
+	return m.Unlock, nil
+}
+
+func (d *DB) Shared() bool { return false }
+
+func (d *DB) Close() error { return d.db.Close() }
+
+type txn struct{ tx *bolt.Tx }
+
+func (t txn) Bucket(name []byte) kv.Bucket {
+	b := t.tx.Bucket(name)
+	if b == nil {
+		return nil
+	}
+	return bucket{b}
+}
+
+func (t txn) CreateBucketIfNotExists(name []byte) (kv.Bucket, error) {
+	b, err := t.tx.CreateBucketIfNotExists(name)
+	if err != nil {
+		return nil, err
+	}
+	return bucket{b}, nil
+}
+
+func (t txn) DeleteBucket(name []byte) error { return t.tx.DeleteBucket(name) }
+func (t txn) Commit() error                  { return t.tx.Commit() }
+
+func (t txn) Rollback() error {
+	err := t.tx.Rollback()
+	if errors.Is(err, bolterrors.ErrTxClosed) {
+		return nil
+	}
+	return err
+}
+
+type bucket struct{ b *bolt.Bucket }
+
+func (b bucket) Get(k []byte) []byte                      { return b.b.Get(k) }
+func (b bucket) Put(k, v []byte) error                    { return b.b.Put(k, v) }
+func (b bucket) Delete(k []byte) error                    { return b.b.Delete(k) }
+func (b bucket) ForEach(fn func(k, v []byte) error) error { return b.b.ForEach(fn) }
+func (b bucket) KeyN() int                                { return b.b.Stats().KeyN }

@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 
 need=()
-for pair in wrk:wrk shellcheck:shellcheck nix-store:nix-bin sshd:openssh-server sudo:sudo nginx:nginx zstd:zstd xz:xz-utils bzip2:bzip2 brotli:brotli lz4:lz4 lzip:lzip pigz:pigz unshare:util-linux flock:util-linux ip:iproute2 systemd-socket-activate:systemd systemctl:systemd; do
+for pair in wrk:wrk shellcheck:shellcheck nix-store:nix-bin sshd:openssh-server sudo:sudo nginx:nginx zstd:zstd xz:xz-utils bzip2:bzip2 brotli:brotli lz4:lz4 lzip:lzip pigz:pigz unshare:util-linux flock:util-linux ip:iproute2 systemd-socket-activate:systemd systemctl:systemd /usr/lib/postgresql/15/bin/initdb:postgresql; do
   bin=${pair%%:*} pkg=${pair#*:}
-  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "$bin" ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
@@ -18,6 +18,22 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # Debian's nginx package starts a server on port 80; the tests start their own.
 command -v nginx >/dev/null 2>&1 && { nginx -s stop >/dev/null 2>&1 || true; }
+# Debian's postgresql package makes a cluster on port 5432; the tests run their own
+# throwaway clusters on unix sockets (as the postgres user) and leave it alone.
+# The S3 tests run a real MinIO server, built once from the Go module proxy (a few
+# minutes) and kept outside the checkout.
+export CONCORDIA_PG_BIN=/usr/lib/postgresql/15/bin
+export CONCORDIA_MINIO="${CONCORDIA_MINIO:-/var/cache/concordia-test/minio}"
+if [ ! -x "$CONCORDIA_MINIO" ]; then
+  echo "building minio (once) into $CONCORDIA_MINIO"
+  mkdir -p "$(dirname "$CONCORDIA_MINIO")"
+  gobin=$(mktemp -d)
+  (cd "$gobin" && GOBIN="$gobin" GOFLAGS=-mod=mod go install github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c)
+  mv "$gobin/minio" "$CONCORDIA_MINIO"
+  rm -rf "$gobin"
+fi
+# With these set, a test that needs PostgreSQL or MinIO fails instead of skipping.
+export CONCORDIA_REQUIRE_SERVERS=1
 [ -e /nix/var/nix/db/db.sqlite ] || nix-store --init
 # The tests build derivations; without this Nix would ask cache.nixos.org for
 # every output first. Tests that want a substituter pass their own (--option).

@@ -7,8 +7,7 @@ import (
 	"io"
 	"slices"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -106,7 +105,7 @@ func (s *Store) blobOf(up *narinfoUpload) string {
 	}
 	s.pendMu.Unlock()
 	found := names[0]
-	s.db.View(func(tx *bolt.Tx) error {
+	s.db.View(func(tx kv.Tx) error {
 		for _, n := range names {
 			if tx.Bucket(bBlobs).Get([]byte(n)) != nil {
 				found = n
@@ -129,7 +128,7 @@ func (s *Store) blobOf(up *narinfoUpload) string {
 func (s *Store) refsElsewhere(ctx context.Context, up *narinfoUpload) ([]string, error) {
 	refs := up.refs
 	var here map[string]bool
-	if err := s.db.View(func(tx *bolt.Tx) error {
+	if err := s.db.View(func(tx kv.Tx) error {
 		here = map[string]bool{}
 		for _, ref := range refs {
 			here[ref] = hasBase(tx.Bucket(bPaths), s.storeDir, ref)
@@ -200,7 +199,7 @@ func (s *Store) claim(ctx context.Context, up *narinfoUpload, canon string, else
 // claimed reports whether the upload's blob is now claimed by a new
 // record (not when the path was there already).
 func (s *Store) commitNarInfo(up *narinfoUpload, canon string, elsewhere []string, other *served) (claimed bool, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx kv.Tx) error {
 		h, old, err := s.holdings(tx, up, canon, elsewhere, other)
 		if err != nil {
 			return err
@@ -231,7 +230,7 @@ func (s *Store) commitNarInfo(up *narinfoUpload, canon string, elsewhere []strin
 
 // holdings gathers, in the commit's transaction, what validateNarInfo
 // judges the upload by; old is the index's record of the path, if any.
-func (s *Store) holdings(tx *bolt.Tx, up *narinfoUpload, canon string, elsewhere []string, other *served) (*holdings, *pathRec, error) {
+func (s *Store) holdings(tx kv.Tx, up *narinfoUpload, canon string, elsewhere []string, other *served) (*holdings, *pathRec, error) {
 	b, err := s.blobFor(tx, canon)
 	if err != nil {
 		return nil, nil, err
@@ -265,7 +264,7 @@ func (s *Store) holdings(tx *bolt.Tx, up *narinfoUpload, canon string, elsewhere
 
 // blobFor is the record of blob canon: the index's, else the pending
 // upload's once durable (errNotDurable until then); nil if neither has it.
-func (s *Store) blobFor(tx *bolt.Tx, canon string) (*blobRec, error) {
+func (s *Store) blobFor(tx kv.Tx, canon string) (*blobRec, error) {
 	var b blobRec
 	found, err := getJSON(tx.Bucket(bBlobs), []byte(canon), &b)
 	if err != nil || found {
@@ -293,7 +292,7 @@ func (s *Store) blobFor(tx *bolt.Tx, canon string) (*blobRec, error) {
 
 // insert commits the new record rec of an upload and its claim on blob b,
 // signed by the cache.
-func (s *Store) insert(tx *bolt.Tx, up *narinfoUpload, rec *pathRec, b *blobRec) error {
+func (s *Store) insert(tx kv.Tx, up *narinfoUpload, rec *pathRec, b *blobRec) error {
 	ni := up.ni
 	fhash := narinfo.SHA256(b.FileHash)
 	ni.FileHash, ni.FileSize = &fhash, uint64(b.FileSize)
@@ -322,7 +321,7 @@ func (s *Store) insert(tx *bolt.Tx, up *narinfoUpload, rec *pathRec, b *blobRec)
 // uploaded stamps a path whose narinfo PUT is answered 200: accessed, and
 // told to a writer, since Nix keeps the narinfo it uploaded in its disk
 // cache (and so believes the path present) as it keeps one it fetched.
-func (s *Store) uploaded(tx *bolt.Tx, hashPart string) error {
+func (s *Store) uploaded(tx kv.Tx, hashPart string) error {
 	if err := s.accessed(tx, hashPart); err != nil {
 		return err
 	}
@@ -332,7 +331,7 @@ func (s *Store) uploaded(tx *bolt.Tx, hashPart string) error {
 // accessed stamps a path as used now, for GC's least recently used order.
 // An adopted path is only that: the client it was pulled for asked a
 // reader's question, and no writer was told anything (writer_ttl).
-func (s *Store) accessed(tx *bolt.Tx, hashPart string) error {
+func (s *Store) accessed(tx kv.Tx, hashPart string) error {
 	return tx.Bucket(bAccess).Put([]byte(hashPart), unixBytes(s.now().Unix()))
 }
 
@@ -354,7 +353,7 @@ func (s *Store) accessed(tx *bolt.Tx, hashPart string) error {
 // A record stored before the limits, over them already, keeps its
 // signatures as they are (nothing stored is dropped; it is served
 // trimmed, servedSigs) and gets none added.
-func (s *Store) keepServed(tx *bolt.Tx, hashPart string, old pathRec, ni *narinfo.NarInfo) error {
+func (s *Store) keepServed(tx kv.Tx, hashPart string, old pathRec, ni *narinfo.NarInfo) error {
 	ni.Sign(s.opts.SignKeys...)
 	if s.opts.Limits.SigsWithin(old.baseSize(), old.Sigs) {
 		old.Sigs = s.boundSigs(&old, old.Sigs, ni.Sigs)

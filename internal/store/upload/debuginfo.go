@@ -8,8 +8,7 @@ import (
 	"io"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/store"
 )
 
@@ -114,7 +113,7 @@ func (s *Store) PutDebugInfo(ctx context.Context, buildID string, body io.Reader
 		return err
 	}
 	key := []byte(buildID)
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx kv.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bDebugInfo)
 		if err != nil {
 			return err
@@ -140,7 +139,7 @@ func (s *Store) DebugInfo(ctx context.Context, buildID string) ([]byte, error) {
 		return nil, store.ErrNotFound
 	}
 	var doc []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
 		b := tx.Bucket(bDebugInfo)
 		if b == nil {
 			return nil
@@ -166,7 +165,7 @@ func (s *Store) DebugInfo(ctx context.Context, buildID string) ([]byte, error) {
 
 // debugInfoLive reports whether the NAR a stored document names is served:
 // a narinfo claims it (what OpenBlob serves).
-func debugInfoLive(tx *bolt.Tx, doc []byte) (bool, error) {
+func debugInfoLive(tx kv.Tx, doc []byte) (bool, error) {
 	var d debugInfoDoc
 	if err := json.Unmarshal(doc, &d); err != nil {
 		return false, nil

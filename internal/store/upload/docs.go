@@ -9,8 +9,7 @@ import (
 	"path"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
 
@@ -51,7 +50,7 @@ func realisationOwner(doc []byte) string {
 // (without records) a record, whose grace period starts now.
 func (s *Store) recoverRealisations() error {
 	now := s.now().Unix()
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Update(func(tx kv.Tx) error {
 		meta := tx.Bucket(bRealMeta)
 		type add struct {
 			k []byte
@@ -113,7 +112,7 @@ func (s *Store) PutListing(ctx context.Context, hashPart string, body io.Reader)
 		return invalidf("listing is not a {\"version\":1,\"root\":...} JSON document")
 	}
 	key := []byte(hashPart)
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx kv.Tx) error {
 		ls := tx.Bucket(bListings)
 		if old := ls.Get(key); old != nil && len(old) >= 8 && tx.Bucket(bPaths).Get(key) != nil {
 			return sameDoc(old[8:], data, sameJSON, "listing of "+hashPart)
@@ -169,7 +168,7 @@ func (s *Store) putJSONDoc(ctx context.Context, bucket []byte, key string, body 
 		}
 	}
 	meta := realRec{Owner: realisationOwner(data), Created: s.now().Unix()}
-	return s.putOnce(bucket, key, data, sameJSON, what, func(tx *bolt.Tx) error {
+	return s.putOnce(bucket, key, data, sameJSON, what, func(tx kv.Tx) error {
 		return putJSON(tx.Bucket(bRealMeta), []byte(key), meta)
 	})
 }

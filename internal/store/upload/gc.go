@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/bos55/concordia/internal/kv"
 )
 
 // Node is one path as the GC planner sees it.
@@ -329,7 +329,7 @@ func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
 }
 
 // readPaths adds every path of the index to g.
-func (g *gcGraph) readPaths(tx *bolt.Tx) error {
+func (g *gcGraph) readPaths(tx kv.Tx) error {
 	acc, pins, told := tx.Bucket(bAccess), tx.Bucket(bPins), tx.Bucket(bTold)
 	return tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
 		var r pathRec
@@ -360,7 +360,7 @@ func (g *gcGraph) readPaths(tx *bolt.Tx) error {
 }
 
 // readBlobs adds every blob of the index to g.
-func (g *gcGraph) readBlobs(tx *bolt.Tx) error {
+func (g *gcGraph) readBlobs(tx kv.Tx) error {
 	return tx.Bucket(bBlobs).ForEach(func(k, v []byte) error {
 		var b blobRec
 		if err := json.Unmarshal(v, &b); err != nil {
@@ -375,7 +375,7 @@ func (g *gcGraph) readBlobs(tx *bolt.Tx) error {
 
 // readDocs adds the logs and realisations to g: each kept by the paths it
 // belongs to, or, if none, until graceCutoff after its upload.
-func (g *gcGraph) readDocs(tx *bolt.Tx, graceCutoff int64) error {
+func (g *gcGraph) readDocs(tx kv.Tx, graceCutoff int64) error {
 	attach := func(key string, size, created int64, owners []string) {
 		g.size += size
 		g.blobSize[key] = size
@@ -465,7 +465,7 @@ func (s *Store) plan(g *gcGraph, p Policy, dryRun bool) (*Report, *collected) {
 }
 
 // deleteCollected deletes the records of what c names.
-func (s *Store) deleteCollected(tx *bolt.Tx, c *collected) error {
+func (s *Store) deleteCollected(tx kv.Tx, c *collected) error {
 	for _, hp := range c.paths {
 		if err := s.deletePath(tx, hp); err != nil {
 			return err
@@ -513,7 +513,7 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 	defer s.fileMu.Unlock()
 	cutoff := s.now().Add(-s.opts.PendingGrace)
 	var gone []string
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx kv.Tx) error {
 		fresh, expired := s.sweepMemory(tx, cutoff)
 		unclaimed, err := sweepUnclaimed(tx, cutoff, fresh)
 		if err != nil {
@@ -539,7 +539,7 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 // so a narinfo cannot claim a blob between the check and its removal.
 // Should the commit fail, the dropped files stay until the next Open
 // removes them as unrecorded. fresh are the pending blobs kept.
-func (s *Store) sweepMemory(tx *bolt.Tx, cutoff time.Time) (fresh map[string]bool, expired []string) {
+func (s *Store) sweepMemory(tx kv.Tx, cutoff time.Time) (fresh map[string]bool, expired []string) {
 	blobs := tx.Bucket(bBlobs)
 	fresh = map[string]bool{}
 	s.pendMu.Lock()
@@ -563,7 +563,7 @@ func (s *Store) sweepMemory(tx *bolt.Tx, cutoff time.Time) (fresh map[string]boo
 // sweepUnclaimed deletes the index records of blobs no path claims (their
 // paths were deleted) older than cutoff, unless a fresh upload of them is
 // pending, and returns their names.
-func sweepUnclaimed(tx *bolt.Tx, cutoff time.Time, fresh map[string]bool) ([]string, error) {
+func sweepUnclaimed(tx kv.Tx, cutoff time.Time, fresh map[string]bool) ([]string, error) {
 	blobs := tx.Bucket(bBlobs)
 	var gone []string
 	err := blobs.ForEach(func(k, v []byte) error {
@@ -586,7 +586,7 @@ func sweepUnclaimed(tx *bolt.Tx, cutoff time.Time, fresh map[string]bool) ([]str
 
 // sweepListings deletes the listings whose narinfo never came (Nix PUTs
 // .ls first) and that are older than cutoff.
-func sweepListings(tx *bolt.Tx, cutoff time.Time) error {
+func sweepListings(tx kv.Tx, cutoff time.Time) error {
 	paths, ls := tx.Bucket(bPaths), tx.Bucket(bListings)
 	var stale [][]byte
 	err := ls.ForEach(func(k, v []byte) error {
@@ -624,8 +624,8 @@ type Stats struct {
 // Stats counts paths and the bytes GC bounds.
 func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
-	err := s.db.View(func(tx *bolt.Tx) error {
-		st.Paths = tx.Bucket(bPaths).Stats().KeyN
+	err := s.db.View(func(tx kv.Tx) error {
+		st.Paths = tx.Bucket(bPaths).KeyN()
 		err := tx.Bucket(bLogFiles).ForEach(func(k, v []byte) error {
 			var l logRec
 			if json.Unmarshal(v, &l) == nil {
@@ -638,7 +638,7 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 			return err
 		}
 		st.Bytes += st.LogBytes
-		st.Tombstones = tx.Bucket(bTombs).Stats().KeyN
+		st.Tombstones = tx.Bucket(bTombs).KeyN()
 		err = tx.Bucket(bReal).ForEach(func(k, v []byte) error {
 			st.Realisations++
 			st.Bytes += int64(len(v))
@@ -680,7 +680,7 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 // tests).
 func (s *Store) Paths(ctx context.Context) ([]string, error) {
 	var out []string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
 		return tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
 			var r pathRec
 			if err := json.Unmarshal(v, &r); err != nil {

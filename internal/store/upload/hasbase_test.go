@@ -5,13 +5,14 @@ import (
 	"path/filepath"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/bos55/concordia/internal/kv"
+	"github.com/bos55/concordia/internal/kv/boltkv"
 )
 
 // TestHasBase checks the fast path of hasBase against a full decode, for
 // records as json.Marshal writes them and for odd ones it does not.
 func TestHasBase(t *testing.T) {
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "db"), 0o600, nil)
+	db, err := boltkv.Open(filepath.Join(t.TempDir(), "db"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +40,7 @@ func TestHasBase(t *testing.T) {
 		{"garbage", []byte(`{"storePath":`), hp + "-hello", false},
 		{"absent", nil, hp + "-hello", false},
 	} {
-		err := db.Update(func(tx *bolt.Tx) error {
+		err := db.Update(func(tx kv.Tx) error {
 			b, err := tx.CreateBucketIfNotExists(bPaths)
 			if err != nil {
 				return err

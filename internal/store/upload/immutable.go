@@ -10,8 +10,7 @@ import (
 	"slices"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -95,8 +94,8 @@ func (s *Store) servedElsewhere(ctx context.Context, hashPart, storePath string)
 // ErrConflict. Both in one write transaction, so of two racing uploads of
 // different documents one is refused.
 // onNew, if set, runs in the transaction that stores a new document.
-func (s *Store) putOnce(bucket []byte, key string, data []byte, same func(a, b []byte) bool, what string, onNew func(*bolt.Tx) error) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+func (s *Store) putOnce(bucket []byte, key string, data []byte, same func(a, b []byte) bool, what string, onNew func(kv.Tx) error) error {
+	err := s.db.Update(func(tx kv.Tx) error {
 		b := tx.Bucket(bucket)
 		if old := b.Get([]byte(key)); old != nil {
 			return sameDoc(old, data, same, what+" "+key)

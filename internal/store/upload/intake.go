@@ -16,10 +16,10 @@ import (
 	"syscall"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/durable"
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/nar"
@@ -278,7 +278,7 @@ func (s *Store) livePending(canon string) *pendingBlob {
 // indexedBlob reports whether the index has a record of blob canon, and
 // whether a path claims it.
 func (s *Store) indexedBlob(canon string) (indexed, claimed bool, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx kv.Tx) error {
 		var r blobRec
 		found, err := getJSON(tx.Bucket(bBlobs), []byte(canon), &r)
 		indexed, claimed = found, found && r.Refs > 0
@@ -498,7 +498,7 @@ func (s *Store) HasNAR(ctx context.Context, name string) (bool, error) {
 	}
 	s.pendMu.Unlock()
 	var ok bool
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx kv.Tx) error {
 		for _, canon := range names {
 			ok = ok || tx.Bucket(bBlobs).Get([]byte(canon)) != nil
 		}

@@ -12,10 +12,9 @@ import (
 	"path/filepath"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/durable"
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -45,7 +44,7 @@ func (s *Store) logPath(drvBase string) string { return filepath.Join(s.logDir, 
 func (s *Store) logRecord(drvBase string) (*logRec, error) {
 	var rec logRec
 	var found bool
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
 		var err error
 		found, err = getJSON(tx.Bucket(bLogFiles), []byte(drvBase), &rec)
 		return err
@@ -156,7 +155,7 @@ func (s *Store) publishLog(drvBase string, f *durable.File, rec logRec, up logSu
 	if err := f.Commit(); err != nil {
 		return fmt.Errorf("build log %s: %w", drvBase, err)
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx kv.Tx) error {
 		return putJSON(tx.Bucket(bLogFiles), []byte(drvBase), rec)
 	})
 	if err != nil {
@@ -316,7 +315,7 @@ func (r *logReader) Close() error {
 // the logs stay where they were, and nothing is lost.
 func (s *Store) migrateLogs() error {
 	var names []string
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
 		b := tx.Bucket(bOldLogs)
 		if b == nil {
 			return nil
@@ -330,7 +329,7 @@ func (s *Store) migrateLogs() error {
 		return err
 	}
 	for _, name := range names {
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.db.Update(func(tx kv.Tx) error {
 			data := tx.Bucket(bOldLogs).Get([]byte(name))
 			if data == nil {
 				return nil
@@ -368,7 +367,7 @@ func (s *Store) migrateLogs() error {
 	if len(names) > 0 {
 		s.log.Info("moved build logs out of the index into files", "logs", len(names), "dir", s.logDir)
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Update(func(tx kv.Tx) error {
 		if tx.Bucket(bOldLogs) == nil {
 			return nil
 		}
@@ -395,7 +394,7 @@ func (s *Store) recoverLogs() error {
 			onDisk[drv] = true
 		}
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Update(func(tx kv.Tx) error {
 		b := tx.Bucket(bLogFiles)
 		var gone [][]byte
 		err := b.ForEach(func(k, _ []byte) error {

@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/bos55/concordia/internal/durable"
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/store"
 )
 
@@ -253,7 +253,7 @@ func (s *Store) boundPending(keep string) error {
 		p    *pendingBlob
 	}
 	var gone []entry
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx kv.Tx) error {
 		blobs := tx.Bucket(bBlobs)
 		s.pendMu.Lock()
 		defer s.pendMu.Unlock()

@@ -7,8 +7,7 @@ import (
 	"slices"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -57,7 +56,7 @@ func (s *Store) PinWith(ctx context.Context, pathOrHash, note, owner string, max
 	if len(note) > 1024 {
 		return nil, invalidf("pin note longer than 1024 bytes")
 	}
-	err = mapErr(s.db.Update(func(tx *bolt.Tx) error {
+	err = mapErr(s.db.Update(func(tx kv.Tx) error {
 		if data := tx.Bucket(bPins).Get([]byte(hp)); data != nil {
 			// A record that does not parse belongs to nobody (admin only).
 			var old Pin
@@ -116,7 +115,7 @@ func (s *Store) UnpinAs(ctx context.Context, pathOrHash, owner string, anyOwner 
 	if !narinfo.ValidHashPart(hp) {
 		return invalidf("%q is neither a store path nor a hash part", pathOrHash)
 	}
-	return mapErr(s.db.Update(func(tx *bolt.Tx) error {
+	return mapErr(s.db.Update(func(tx kv.Tx) error {
 		data := tx.Bucket(bPins).Get([]byte(hp))
 		if data == nil {
 			return store.ErrNotFound
@@ -134,7 +133,7 @@ func (s *Store) UnpinAs(ctx context.Context, pathOrHash, owner string, anyOwner 
 // Pins lists the GC roots, sorted by store path.
 func (s *Store) Pins(ctx context.Context) ([]Pin, error) {
 	var out []Pin
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
 		return tx.Bucket(bPins).ForEach(func(k, v []byte) error {
 			var p Pin
 			if err := json.Unmarshal(v, &p); err != nil {

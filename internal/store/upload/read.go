@@ -11,9 +11,8 @@ import (
 	"slices"
 	"strconv"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/bos55/concordia/internal/compress"
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
@@ -53,7 +52,7 @@ func (s *Store) flushAccess() {
 	if len(pending) == 0 && len(told) == 0 {
 		return
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx kv.Tx) error {
 		paths := tx.Bucket(bPaths)
 		for _, m := range []struct {
 			b     []byte
@@ -79,7 +78,7 @@ func (s *Store) flushAccess() {
 func (s *Store) record(hashPart string) (*pathRec, error) {
 	var rec pathRec
 	var found bool
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
 		var err error
 		found, err = getJSON(tx.Bucket(bPaths), []byte(hashPart), &rec)
 		return err
@@ -302,7 +301,7 @@ func (s *Store) OpenBlob(ctx context.Context, name string) (store.ReadSeekCloser
 	// A bare ".nar" is the name Nix gave a gzip NAR too (blobNames).
 	var rec blobRec
 	var canon string
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.db.View(func(tx kv.Tx) error {
 		for _, n := range blobNames(h, comp) {
 			var r blobRec
 			found, err := getJSON(tx.Bucket(bBlobs), []byte(n), &r)
@@ -331,7 +330,7 @@ func (s *Store) OpenBlob(ctx context.Context, name string) (store.ReadSeekCloser
 
 func (s *Store) getDoc(bucket []byte, key string) ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
 		if v := tx.Bucket(bucket).Get([]byte(key)); v != nil {
 			out = bytes.Clone(v)
 		}

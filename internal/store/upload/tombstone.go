@@ -8,8 +8,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
 )
@@ -47,7 +46,7 @@ func refsHash(refs []string) []byte {
 
 // bury writes the tombstone of r, deleted now, and for a pulled path the
 // lasting mark that an upstream has it (upstreamRef).
-func (s *Store) bury(tx *bolt.Tx, hp string, r *pathRec) error {
+func (s *Store) bury(tx kv.Tx, hp string, r *pathRec) error {
 	if r.Upstream != "" {
 		if err := markUpstream(tx, hp, r.Upstream); err != nil {
 			return err
@@ -63,7 +62,7 @@ func (s *Store) bury(tx *bolt.Tx, hp string, r *pathRec) error {
 // an upstream and deleted since (GC's eviction, repair): the upstream
 // has it still, so a path referring to it is complete without asking the
 // upstream, which may be unreachable just then.
-func pulledRef(tx *bolt.Tx, hp string) bool {
+func pulledRef(tx kv.Tx, hp string) bool {
 	if upstreamRef(tx, hp) {
 		return true
 	}
@@ -85,12 +84,12 @@ func pulledRef(tx *bolt.Tx, hp string) bool {
 // upstream did delete is a miss for readers, as it is without the cache.
 
 // markUpstream remembers that upstream origin has hp.
-func markUpstream(tx *bolt.Tx, hp, origin string) error {
+func markUpstream(tx kv.Tx, hp, origin string) error {
 	return tx.Bucket(bUpstream).Put([]byte(hp), []byte(origin))
 }
 
 // upstreamRef reports whether an upstream is known to have hp.
-func upstreamRef(tx *bolt.Tx, hp string) bool {
+func upstreamRef(tx kv.Tx, hp string) bool {
 	return tx.Bucket(bUpstream).Get([]byte(hp)) != nil
 }
 
@@ -101,7 +100,7 @@ func (s *Store) expired(t *tombRec, now int64) bool {
 // tombFor is the tombstone of hashPart, which the index does not have:
 // nil when there is none, or when it has expired (it is then removed).
 // Runs in the upload's write transaction.
-func (s *Store) tombFor(tx *bolt.Tx, hashPart string) (*tombRec, error) {
+func (s *Store) tombFor(tx kv.Tx, hashPart string) (*tombRec, error) {
 	b := tx.Bucket(bTombs)
 	var t tombRec
 	found, err := getJSON(b, []byte(hashPart), &t)
@@ -141,7 +140,7 @@ func tombConflict(t *tombRec, ni *narinfo.NarInfo, remember time.Duration) error
 
 // pruneTombs removes the tombstones older than Options.Remember; it runs
 // in GC's transaction (dry: counts only).
-func (s *Store) pruneTombs(tx *bolt.Tx, dry bool) (int, error) {
+func (s *Store) pruneTombs(tx kv.Tx, dry bool) (int, error) {
 	if s.opts.Remember <= 0 {
 		return 0, nil
 	}
@@ -182,7 +181,7 @@ func (s *Store) Forget(ctx context.Context, pathOrHash string) (forgotten string
 	if !narinfo.ValidHashPart(hp) {
 		return "", invalidf("%q is neither a store path nor a hash part", pathOrHash)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx kv.Tx) error {
 		var t tombRec
 		found, err := getJSON(tx.Bucket(bTombs), []byte(hp), &t)
 		if err != nil {

@@ -44,9 +44,10 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/bos55/concordia/internal/kv"
+	"github.com/bos55/concordia/internal/kv/boltkv"
 	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
@@ -119,7 +120,7 @@ type Store struct {
 	dir      string
 	blobDir  string
 	logDir   string
-	db       *bolt.DB
+	db       kv.DB
 	opts     Options
 	log      *slog.Logger
 	now      func() time.Time
@@ -274,7 +275,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 // from an interrupted run (logs moved out of the index, files and records
 // made to agree). The index is closed again if that fails.
 func (s *Store) openIndex(ctx context.Context) error {
-	db, err := bolt.Open(filepath.Join(s.dir, "index.db"), 0o644, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := boltkv.Open(filepath.Join(s.dir, "index.db"), 5*time.Second)
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("upload store index %s: %w", s.dir, ErrLocked)
 	}
@@ -282,7 +283,7 @@ func (s *Store) openIndex(ctx context.Context) error {
 		return fmt.Errorf("upload store index: %w", err)
 	}
 	s.db = db
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx kv.Tx) error {
 		for _, b := range buckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -335,7 +336,7 @@ func (s *Store) recover(ctx context.Context) error {
 		return err
 	}
 	var dropped []string
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx kv.Tx) error {
 		refs, gone, err := s.pathsWithBlobs(tx, onDisk)
 		if err != nil {
 			return err
@@ -386,7 +387,7 @@ func (s *Store) blobFiles() (map[string]bool, error) {
 // pathsWithBlobs deletes the paths whose blob file or record is missing
 // (returning their hash parts) and counts the claims on each blob of the
 // others.
-func (s *Store) pathsWithBlobs(tx *bolt.Tx, onDisk map[string]bool) (refs map[string]int, dropped []string, err error) {
+func (s *Store) pathsWithBlobs(tx kv.Tx, onDisk map[string]bool) (refs map[string]int, dropped []string, err error) {
 	blobs := tx.Bucket(bBlobs)
 	refs = map[string]int{}
 	var gone [][]byte
@@ -414,7 +415,7 @@ func (s *Store) pathsWithBlobs(tx *bolt.Tx, onDisk map[string]bool) (refs map[st
 
 // fixBlobRecords drops the blob records without a file (or unreadable)
 // and sets each one's claim count to refs'.
-func (s *Store) fixBlobRecords(tx *bolt.Tx, onDisk map[string]bool, refs map[string]int) error {
+func (s *Store) fixBlobRecords(tx kv.Tx, onDisk map[string]bool, refs map[string]int) error {
 	blobs := tx.Bucket(bBlobs)
 	var noFile [][]byte
 	type fix struct {
@@ -462,7 +463,7 @@ func (s *Store) fixBlobRecords(tx *bolt.Tx, onDisk map[string]bool, refs map[str
 // A pulled path is never broken: its references need not be here (Adopt),
 // and asking the upstream for each at every start would cost a request
 // per reference.
-func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, error) {
+func (s *Store) dropBrokenClosures(ctx context.Context, tx kv.Tx) ([]string, error) {
 	var dropped []string
 	otherHas := map[string]bool{}
 	for {
@@ -507,7 +508,7 @@ func (s *Store) dropBrokenClosures(ctx context.Context, tx *bolt.Tx) ([]string, 
 	}
 }
 
-func storePathOf(tx *bolt.Tx, hp string) string {
+func storePathOf(tx kv.Tx, hp string) string {
 	var r pathRec
 	if v := tx.Bucket(bPaths).Get([]byte(hp)); v != nil && json.Unmarshal(v, &r) == nil {
 		return r.StorePath
@@ -519,7 +520,7 @@ func storePathOf(tx *bolt.Tx, hp string) string {
 // blob file itself stays until a blob sweep, which needs fileMu. The
 // path's NAR hash and references are remembered (a tombstone): the cache
 // served them, so the store path must not get another NAR.
-func (s *Store) deletePath(tx *bolt.Tx, hp string) error {
+func (s *Store) deletePath(tx kv.Tx, hp string) error {
 	key := []byte(hp)
 	v := tx.Bucket(bPaths).Get(key)
 	if v == nil {
@@ -597,7 +598,7 @@ func uncheckable(storePath string, err error) error {
 // the record's first field: json.Marshal writes pathRec's StorePath first,
 // and store path names have no character JSON escapes. A record that does
 // not start that way is decoded in full.
-func hasBase(paths *bolt.Bucket, storeDir, base string) bool {
+func hasBase(paths kv.Bucket, storeDir, base string) bool {
 	v := paths.Get([]byte(hashOf(base)))
 	if v == nil {
 		return false
@@ -618,7 +619,7 @@ func hasBase(paths *bolt.Bucket, storeDir, base string) bool {
 	return json.Unmarshal(v, &r) == nil && r.StorePath == storeDir+"/"+base
 }
 
-func putJSON(b *bolt.Bucket, k []byte, v any) error {
+func putJSON(b kv.Bucket, k []byte, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -626,7 +627,7 @@ func putJSON(b *bolt.Bucket, k []byte, v any) error {
 	return b.Put(k, data)
 }
 
-func getJSON(b *bolt.Bucket, k []byte, v any) (bool, error) {
+func getJSON(b kv.Bucket, k []byte, v any) (bool, error) {
 	data := b.Get(k)
 	if data == nil {
 		return false, nil

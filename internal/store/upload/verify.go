@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/durable"
+	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/pkg/nar"
 )
 
@@ -33,7 +33,7 @@ func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, tot
 	var items []item
 	var total int64
 	claims := map[string][]string{}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx kv.Tx) error {
 		err := tx.Bucket(bBlobs).ForEach(func(k, v []byte) error {
 			var b blobRec
 			if err := json.Unmarshal(v, &b); err != nil {
@@ -134,7 +134,7 @@ func (s *Store) repair(ctx context.Context, rep *VerifyReport) error {
 	for _, b := range rep.Bad {
 		bad[b.Name] = true
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx kv.Tx) error {
 		var drop []string
 		err := tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
 			var r pathRec

@@ -21,6 +21,10 @@ import (
 // TempPrefix starts the names of files being written.
 const TempPrefix = ".tmp-"
 
+// isTemp tells the files of unfinished writes: this package's, and those
+// durable.Create left in a directory written that way before.
+func isTemp(name string) bool { return strings.HasPrefix(name, TempPrefix) || durable.IsTemp(name) }
+
 // Dir is a directory of blob files.
 type Dir struct{ path string }
 
@@ -103,7 +107,7 @@ func (d *Dir) List(ctx context.Context, fn func(blob.Info) error) error {
 		return err
 	}
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), TempPrefix) || !e.Type().IsRegular() {
+		if isTemp(e.Name()) || !e.Type().IsRegular() {
 			continue
 		}
 		fi, err := e.Info()
@@ -125,7 +129,7 @@ func (d *Dir) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 	}
 	n := 0
 	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), TempPrefix) {
+		if !isTemp(e.Name()) {
 			continue
 		}
 		if fi, err := e.Info(); err == nil && fi.ModTime().Before(cutoff) {

@@ -1,13 +1,17 @@
 package upload
 
-import "os"
+import (
+	"os"
+
+	"github.com/bos55/concordia/internal/blob/diskblob"
+)
 
 // SetSyncFile replaces the fsync of uploaded NAR files for a test and
 // returns a function restoring it.
 func SetSyncFile(f func(*os.File) error) (restore func()) {
-	old := syncFile
-	syncFile = f
-	return func() { syncFile = old }
+	old := diskblob.SyncFile
+	diskblob.SyncFile = f
+	return func() { diskblob.SyncFile = old }
 }
 
 // WaitDurable waits until the pending NAR file name (canonical form) is

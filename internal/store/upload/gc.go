@@ -7,8 +7,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -292,8 +290,11 @@ type gcGraph struct {
 }
 
 func (s *Store) gc(p Policy, dryRun bool) (*Report, error) {
-	s.fileMu.Lock()
-	defer s.fileMu.Unlock()
+	unlock, err := s.lockFiles()
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	defer unlock()
 	tx, err := s.db.Begin(!dryRun)
 	if err != nil {
 		return nil, err
@@ -495,12 +496,12 @@ func (s *Store) deleteCollected(tx kv.Tx, c *collected) error {
 // are gone: a file left behind by a failure is only disk space.
 func (s *Store) removeCollected(c *collected) {
 	for _, b := range c.blobs {
-		if err := os.Remove(filepath.Join(s.blobDir, b)); err != nil && !os.IsNotExist(err) {
+		if err := s.blobs.Remove(bg, b); err != nil {
 			s.log.Warn("GC could not remove a NAR file", "blob", b, "err", err)
 		}
 	}
 	for _, drv := range c.logs {
-		if err := os.Remove(s.logPath(drv)); err != nil && !os.IsNotExist(err) {
+		if err := s.logs.Remove(bg, logName(drv)); err != nil {
 			s.log.Warn("GC could not remove a build log file", "drv", drv, "err", err)
 		}
 	}
@@ -509,11 +510,14 @@ func (s *Store) removeCollected(c *collected) {
 // SweepPending removes uploaded NAR files no narinfo claimed within the
 // grace period, and listings of paths that never arrived.
 func (s *Store) SweepPending(ctx context.Context) (int, error) {
-	s.fileMu.Lock()
-	defer s.fileMu.Unlock()
+	unlock, err := s.lockFiles()
+	if err != nil {
+		return 0, mapErr(err)
+	}
+	defer unlock()
 	cutoff := s.now().Add(-s.opts.PendingGrace)
 	var gone []string
-	err := s.db.Update(func(tx kv.Tx) error {
+	err = s.db.Update(func(tx kv.Tx) error {
 		fresh, expired := s.sweepMemory(tx, cutoff)
 		unclaimed, err := sweepUnclaimed(tx, cutoff, fresh)
 		if err != nil {
@@ -528,7 +532,7 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 		return 0, mapErr(err)
 	}
 	for _, k := range gone {
-		os.Remove(filepath.Join(s.blobDir, k))
+		s.blobs.Remove(bg, k)
 	}
 	return len(gone), nil
 }

@@ -9,16 +9,14 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
+	"github.com/bos55/concordia/internal/blob"
 	"github.com/bos55/concordia/internal/compress"
-	"github.com/bos55/concordia/internal/durable"
 	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
@@ -28,8 +26,6 @@ import (
 
 // NAR intake: PutNAR receives, verifies and keeps an uploaded NAR file as
 // a pending blob, which a narinfo then claims (commit.go).
-
-const tmpPrefix = ".tmp-"
 
 // errWriter remembers the first write error, so a full disk is reported
 // as such rather than as the read error the tee turns it into.
@@ -94,7 +90,7 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (*BlobI
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(s.blobDir, tmpPrefix+"*")
+	tmp, err := s.blobs.Create(ctx)
 	if err != nil {
 		return nil, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
 	}
@@ -102,7 +98,6 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (*BlobI
 	defer func() {
 		if !renamed {
 			tmp.Close()
-			os.Remove(tmp.Name())
 		}
 	}()
 	got, err := s.receive(ctx, name, comp, tmp, body)
@@ -148,7 +143,7 @@ type received struct {
 // on a second goroutine, decompressing, validating and hashing the NAR,
 // so an upload's latency is the slower of the two stages rather than
 // their sum. Whatever is wrong with the body is ErrInvalid.
-func (s *Store) receive(ctx context.Context, name, comp string, tmp *os.File, body io.Reader) (*received, error) {
+func (s *Store) receive(ctx context.Context, name, comp string, tmp blob.Temp, body io.Reader) (*received, error) {
 	buf := fileBufs.Get().(*bufio.Writer)
 	buf.Reset(tmp)
 	defer func() { buf.Reset(nil); fileBufs.Put(buf) }()
@@ -217,10 +212,12 @@ func (s *Store) checkReceived(ctx context.Context, name, comp string, fw *errWri
 // the blob is stored already, leaves tmp to the caller's cleanup and sets
 // info.Existed. renamed reports whether tmp is now the blob's file (its
 // fsyncs then run in the background, makeDurable).
-func (s *Store) place(name, canon string, tmp *os.File, info *BlobInfo, rec blobRec) (renamed bool, err error) {
-	s.fileMu.Lock()
-	defer s.fileMu.Unlock()
-	final := filepath.Join(s.blobDir, canon)
+func (s *Store) place(name, canon string, tmp blob.Temp, info *BlobInfo, rec blobRec) (renamed bool, err error) {
+	unlock, err := s.lockFiles()
+	if err != nil {
+		return false, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
+	}
+	defer unlock()
 	p := s.livePending(canon)
 	if p != nil && p.unverified() {
 		// Kept across a restart and not verified again yet: this
@@ -234,11 +231,11 @@ func (s *Store) place(name, canon string, tmp *os.File, info *BlobInfo, rec blob
 	if err != nil {
 		return false, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
 	}
-	if _, err := os.Stat(final); err == nil && !indexed && p == nil {
+	if _, err := s.blobs.Stat(bg, canon); err == nil && !indexed && p == nil {
 		// A file nothing accounts for cannot be trusted to be durable
 		// or intact (Open makes such files pending; this is one not
 		// verified since): replace it.
-		os.Remove(final)
+		s.blobs.Remove(bg, canon)
 	} else if err == nil {
 		// Stored already (the caller drops our copy): claimed, or
 		// pending from another upload, whose durability we then share,
@@ -249,7 +246,7 @@ func (s *Store) place(name, canon string, tmp *os.File, info *BlobInfo, rec blob
 		}
 		return false, nil
 	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
+	if err := tmp.Publish(canon); err != nil {
 		return false, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
 	}
 	p = &pendingBlob{rec: rec, durable: make(chan struct{})}
@@ -316,9 +313,6 @@ type pendingBlob struct {
 	verify  sync.Once
 }
 
-// syncFile is f.Sync, replaced by tests to make fsync slow or fail.
-var syncFile = (*os.File).Sync
-
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 func (p *pendingBlob) failed() bool {
@@ -341,11 +335,11 @@ func (p *pendingBlob) failed() bool {
 // before the rename, on the upload's critical path: here the fsyncs run
 // while the client sends the narinfo, which waits for them, and the
 // narinfo, not the file's name, is what publishes the blob.
-func (s *Store) makeDurable(canon string, p *pendingBlob, f *os.File) {
+func (s *Store) makeDurable(canon string, p *pendingBlob, f blob.Temp) {
 	defer s.wg.Done()
 	dirDone := make(chan error, 1)
-	go func() { dirDone <- durable.SyncDir(s.blobDir) }()
-	err := syncFile(f)
+	go func() { dirDone <- s.blobs.Sync(bg) }()
+	err := f.Sync()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -361,13 +355,16 @@ func (s *Store) makeDurable(canon string, p *pendingBlob, f *os.File) {
 		// The file goes now; the failed entry stays, so the narinfo
 		// that comes next gets this error (a full disk is 507), until a
 		// new upload of the NAR replaces it or a sweep drops it.
-		s.fileMu.Lock()
+		unlock, lerr := s.lockFiles()
+		if lerr != nil {
+			return // the next Open or sweep finds the file
+		}
 		s.pendMu.Lock()
 		if s.pending[canon] == p {
-			os.Remove(filepath.Join(s.blobDir, canon))
+			s.blobs.Remove(bg, canon)
 		}
 		s.pendMu.Unlock()
-		s.fileMu.Unlock()
+		unlock()
 	}
 }
 
@@ -378,7 +375,7 @@ func (s *Store) dropPending(canon string, p *pendingBlob) {
 	defer s.pendMu.Unlock()
 	if s.pending[canon] == p {
 		delete(s.pending, canon)
-		os.Remove(filepath.Join(s.blobDir, canon))
+		s.blobs.Remove(bg, canon)
 	}
 }
 

@@ -8,12 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
+	"io/fs"
 	"strings"
 
+	"github.com/bos55/concordia/internal/blob"
 	"github.com/bos55/concordia/internal/compress"
-	"github.com/bos55/concordia/internal/durable"
 	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
@@ -39,7 +38,29 @@ type logRec struct {
 	Created  int64  `json:"created"`  // upload time, unix seconds
 }
 
-func (s *Store) logPath(drvBase string) string { return filepath.Join(s.logDir, drvBase+logExt) }
+// logName is the blob name of a derivation's log.
+func logName(drvBase string) string { return drvBase + logExt }
+
+// createLog starts a log blob: its bytes, compressed, count the file size.
+func (s *Store) createLog() (*logTemp, error) {
+	t, err := s.logs.Create(bg)
+	if err != nil {
+		return nil, err
+	}
+	return &logTemp{Temp: t}, nil
+}
+
+// logTemp is a log blob being written, counting its size.
+type logTemp struct {
+	blob.Temp
+	n int64
+}
+
+func (t *logTemp) Write(p []byte) (int, error) {
+	n, err := t.Temp.Write(p)
+	t.n += int64(n)
+	return n, err
+}
 
 func (s *Store) logRecord(drvBase string) (*logRec, error) {
 	var rec logRec
@@ -105,12 +126,12 @@ func (s *Store) putLog(ctx context.Context, drvBase string, body io.Reader) erro
 		return err
 	}
 
-	f, err := durable.Create(s.logPath(drvBase), 0o644)
+	f, err := s.createLog()
 	if err != nil {
 		return fmt.Errorf("build log %s: %w", drvBase, err)
 	}
-	defer f.Abort()
-	up, err := writeLog(f.File, in)
+	defer f.Close()
+	up, err := writeLog(f, in)
 	if err != nil {
 		return bodyErr("build log "+drvBase, err)
 	}
@@ -122,11 +143,7 @@ func (s *Store) putLog(ctx context.Context, drvBase string, body io.Reader) erro
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("build log %s: %w", drvBase, err)
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("build log %s: %w", drvBase, err)
-	}
-	rec := logRec{Size: up.size, FileSize: fi.Size(), SHA256: up.sum, Created: s.now().Unix()}
+	rec := logRec{Size: up.size, FileSize: f.n, SHA256: up.sum, Created: s.now().Unix()}
 	return s.publishLog(drvBase, f, rec, up)
 }
 
@@ -141,26 +158,29 @@ func sameLog(drvBase string, have *logRec, up logSum) error {
 
 // publishLog gives the written log f its name and its record rec, unless
 // another upload of it came first (then it is compared with that).
-func (s *Store) publishLog(drvBase string, f *durable.File, rec logRec, up logSum) error {
-	// fileMu orders this against another upload of the same log and
-	// against GC, which deletes records and files holding it: the check,
-	// the rename and the record are one step.
-	s.fileMu.Lock()
-	defer s.fileMu.Unlock()
+func (s *Store) publishLog(drvBase string, f *logTemp, rec logRec, up logSum) error {
+	// The file lock orders this against another upload of the same log
+	// and against GC, which deletes records and files holding it: the
+	// check, the rename and the record are one step.
+	unlock, err := s.lockFiles()
+	if err != nil {
+		return mapErr(fmt.Errorf("build log %s: %w", drvBase, err))
+	}
+	defer unlock()
 	if have, err := s.logRecord(drvBase); err != nil {
 		return err
 	} else if have != nil {
 		return sameLog(drvBase, have, up)
 	}
-	if err := f.Commit(); err != nil {
+	if err := s.commitBlob(f, s.logs, logName(drvBase)); err != nil {
 		return fmt.Errorf("build log %s: %w", drvBase, err)
 	}
-	err := s.db.Update(func(tx kv.Tx) error {
+	err = s.db.Update(func(tx kv.Tx) error {
 		return putJSON(tx.Bucket(bLogFiles), []byte(drvBase), rec)
 	})
 	if err != nil {
 		// Nobody was told; Open would remove the file too.
-		os.Remove(s.logPath(drvBase))
+		s.logs.Remove(bg, logName(drvBase))
 		return fmt.Errorf("build log %s: %w", drvBase, err)
 	}
 	return nil
@@ -180,7 +200,7 @@ func bodyErr(what string, err error) error {
 }
 
 // writeLog compresses r into f and returns the sum of the text.
-func writeLog(f *os.File, r io.Reader) (logSum, error) {
+func writeLog(f io.Writer, r io.Reader) (logSum, error) {
 	bw := bufio.NewWriterSize(f, 64<<10)
 	enc, err := compress.NewDocWriter(bw)
 	if err != nil {
@@ -246,7 +266,7 @@ func (s *Store) otherLog(ctx context.Context, drvBase string) (*logSum, error) {
 // openLog opens the file of a stored log. A record whose file is missing
 // is an error (the store is damaged), unless the record went too: GC
 // collected the log meanwhile.
-func (s *Store) openLog(drvBase string) (*os.File, *logRec, error) {
+func (s *Store) openLog(drvBase string) (store.ReadSeekCloser, *logRec, error) {
 	if _, _, err := narinfo.ParseDerivation(drvBase); err != nil {
 		return nil, nil, store.ErrNotFound
 	}
@@ -257,8 +277,8 @@ func (s *Store) openLog(drvBase string) (*os.File, *logRec, error) {
 	if rec == nil {
 		return nil, nil, store.ErrNotFound
 	}
-	f, err := os.Open(s.logPath(drvBase))
-	if errors.Is(err, os.ErrNotExist) {
+	f, err := s.logs.Open(bg, logName(drvBase))
+	if errors.Is(err, fs.ErrNotExist) {
 		if again, _ := s.logRecord(drvBase); again == nil {
 			return nil, nil, store.ErrNotFound
 		}
@@ -297,7 +317,7 @@ func (s *Store) OpenLogFile(ctx context.Context, drvBase string) (store.ReadSeek
 // decoder's frames to the destination without another copy buffer.
 type logReader struct {
 	io.ReadCloser
-	f *os.File
+	f io.Closer
 }
 
 func (r *logReader) WriteTo(w io.Writer) (int64, error) {
@@ -338,23 +358,19 @@ func (s *Store) migrateLogs() error {
 				s.log.Warn("dropping a stored build log with an invalid name", "name", name)
 				return tx.Bucket(bOldLogs).Delete([]byte(name))
 			}
-			f, err := durable.Create(s.logPath(name), 0o644)
+			f, err := s.createLog()
 			if err != nil {
 				return err
 			}
-			defer f.Abort()
-			sum, err := writeLog(f.File, bytes.NewReader(data))
+			defer f.Close()
+			sum, err := writeLog(f, bytes.NewReader(data))
 			if err != nil {
 				return err
 			}
-			fi, err := f.Stat()
-			if err != nil {
+			if err := s.commitBlob(f, s.logs, logName(name)); err != nil {
 				return err
 			}
-			if err := f.Commit(); err != nil {
-				return err
-			}
-			rec := logRec{Size: sum.size, FileSize: fi.Size(), SHA256: sum.sum, Created: s.now().Unix()}
+			rec := logRec{Size: sum.size, FileSize: f.n, SHA256: sum.sum, Created: s.now().Unix()}
 			if err := putJSON(tx.Bucket(bLogFiles), []byte(name), rec); err != nil {
 				return err
 			}
@@ -365,7 +381,7 @@ func (s *Store) migrateLogs() error {
 		}
 	}
 	if len(names) > 0 {
-		s.log.Info("moved build logs out of the index into files", "logs", len(names), "dir", s.logDir)
+		s.log.Info("moved build logs out of the index into files", "logs", len(names))
 	}
 	return s.db.Update(func(tx kv.Tx) error {
 		if tx.Bucket(bOldLogs) == nil {
@@ -379,20 +395,22 @@ func (s *Store) migrateLogs() error {
 // temp files go, records without a file are dropped, files without a
 // record (renamed, record never committed) are removed.
 func (s *Store) recoverLogs() error {
-	ents, err := os.ReadDir(s.logDir)
-	if err != nil {
+	if s.db.Shared() {
+		// Other replicas publish logs meanwhile (see recover).
+		return nil
+	}
+	if _, err := s.logs.Sweep(bg, s.orphanCutoff()); err != nil {
 		return err
 	}
 	onDisk := map[string]bool{}
-	for _, e := range ents {
-		name := e.Name()
-		if durable.IsTemp(name) {
-			os.Remove(filepath.Join(s.logDir, name))
-			continue
-		}
-		if drv, ok := strings.CutSuffix(name, logExt); ok {
+	err := s.logs.List(bg, func(fi blob.Info) error {
+		if drv, ok := strings.CutSuffix(fi.Name, logExt); ok {
 			onDisk[drv] = true
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	return s.db.Update(func(tx kv.Tx) error {
 		b := tx.Bucket(bLogFiles)
@@ -415,7 +433,7 @@ func (s *Store) recoverLogs() error {
 		}
 		for drv := range onDisk {
 			s.log.Info("removing a build log file without a record", "drv", drv)
-			os.Remove(s.logPath(drv))
+			s.logs.Remove(bg, logName(drv))
 		}
 		return nil
 	})

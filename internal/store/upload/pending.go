@@ -7,14 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
-	"github.com/bos55/concordia/internal/durable"
+	"github.com/bos55/concordia/internal/blob"
+	"github.com/bos55/concordia/internal/blob/diskblob"
 	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/store"
 )
@@ -52,24 +51,23 @@ const DefaultMaxPending = 20 << 30
 // (its claim re-verifies it), or removes it when it is older than the
 // grace period or does not have a blob file's name. Created is the file's
 // modification time: when its upload finished.
-func (s *Store) adoptPending(name string) {
-	path := filepath.Join(s.blobDir, name)
+func (s *Store) adoptPending(fi blob.Info) {
+	name := fi.Name
 	fileHash, comp, err := ParseNARName(name)
-	fi, serr := os.Stat(path)
 	switch {
-	case err != nil || serr != nil || !fi.Mode().IsRegular():
+	case err != nil:
 		s.log.Info("removing a file that is not a NAR file", "blob", name)
-		os.Remove(path)
+		s.blobs.Remove(bg, name)
 		return
-	case fi.ModTime().Before(s.now().Add(-s.opts.PendingGrace)):
+	case fi.ModTime.Before(s.now().Add(-s.opts.PendingGrace)):
 		s.log.Info("removing a NAR file no narinfo claimed within the grace period", "blob", name,
-			"age", s.now().Sub(fi.ModTime()).Round(time.Second))
-		os.Remove(path)
+			"age", s.now().Sub(fi.ModTime).Round(time.Second))
+		s.blobs.Remove(bg, name)
 		return
 	}
 	s.log.Info("keeping an unclaimed NAR file as pending; it is verified again when a narinfo claims it", "blob", name)
 	s.pending[name] = &pendingBlob{
-		rec:     blobRec{Compression: comp, FileHash: fileHash, FileSize: fi.Size(), Created: fi.ModTime()},
+		rec:     blobRec{Compression: comp, FileHash: fileHash, FileSize: fi.Size, Created: fi.ModTime},
 		durable: make(chan struct{}),
 		adopted: true,
 	}
@@ -131,21 +129,24 @@ func (s *Store) reverify(canon string, p *pendingBlob) {
 		p.err = fmt.Errorf("NAR %s: verifying it again: %w", canon, err)
 	}
 	close(p.durable)
-	s.fileMu.Lock()
+	unlock, lerr := s.lockFiles()
 	s.pendMu.Lock()
 	if s.pending[canon] == p {
 		// Damaged: the file goes, the failed entry stays so the
-		// narinfo is told why (as after a failed fsync). Unreadable:
-		// the entry goes and the file stays, adopted again by the next
-		// Open, or replaced by a new upload.
-		if damaged {
-			os.Remove(filepath.Join(s.blobDir, canon))
+		// narinfo is told why (as after a failed fsync). Unreadable
+		// (or the lock could not be had): the entry goes and the file
+		// stays, adopted again by the next Open, or replaced by a new
+		// upload.
+		if damaged && lerr == nil {
+			s.blobs.Remove(bg, canon)
 		} else {
 			delete(s.pending, canon)
 		}
 	}
 	s.pendMu.Unlock()
-	s.fileMu.Unlock()
+	if lerr == nil {
+		unlock()
+	}
 }
 
 // ioError marks a failure to read a blob file (not a sign of damage).
@@ -164,7 +165,7 @@ func (s *Store) checkBlobFile(canon string) (*blobRec, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(filepath.Join(s.blobDir, canon))
+	f, err := s.blobs.Open(bg, canon)
 	if err != nil {
 		return nil, ioError{err}
 	}
@@ -206,18 +207,21 @@ func (s *Store) checkBlobFile(canon string) (*blobRec, error) {
 	return &blobRec{Compression: res.comp, FileHash: got, FileSize: file.n, NarHash: narSum.h.Sum(nil), NarSize: uint64(res.narSize)}, nil
 }
 
-// syncBlob fsyncs a blob file and the blob directory.
+// syncBlob fsyncs a blob file and the blob directory (where blobs are
+// files; an object store's are durable once published).
 func (s *Store) syncBlob(canon string) error {
-	f, err := os.Open(filepath.Join(s.blobDir, canon))
+	f, err := s.blobs.Open(bg, canon)
 	if err != nil {
 		return ioError{err}
 	}
-	err = syncFile(f)
+	if df, ok := f.(*diskblob.File); ok {
+		err = diskblob.SyncFile(df.File)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = durable.SyncDir(s.blobDir)
+		err = s.blobs.Sync(bg)
 	}
 	return mapErr(err)
 }
@@ -246,14 +250,17 @@ func (s *Store) boundPending(keep string) error {
 	if s.opts.MaxPending < 0 || s.pendingBytes() <= s.opts.MaxPending {
 		return nil
 	}
-	s.fileMu.Lock()
-	defer s.fileMu.Unlock()
+	unlock, err := s.lockFiles()
+	if err != nil {
+		return mapErr(err)
+	}
+	defer unlock()
 	type entry struct {
 		name string
 		p    *pendingBlob
 	}
 	var gone []entry
-	err := s.db.Update(func(tx kv.Tx) error {
+	err = s.db.Update(func(tx kv.Tx) error {
 		blobs := tx.Bucket(bBlobs)
 		s.pendMu.Lock()
 		defer s.pendMu.Unlock()
@@ -297,7 +304,7 @@ func (s *Store) boundPending(keep string) error {
 		return mapErr(err)
 	}
 	for _, e := range gone {
-		os.Remove(filepath.Join(s.blobDir, e.name))
+		s.blobs.Remove(bg, e.name)
 		s.noteDropped(e.name, fmt.Sprintf("it was dropped unclaimed after %s because the NARs waiting for their narinfos passed upload.pending_max_size (%s), oldest first",
 			s.now().Sub(e.p.rec.Created).Round(time.Second), sizeString(s.opts.MaxPending)))
 		s.log.Warn("pending NARs over upload.pending_max_size: dropped the oldest", "blob", e.name,

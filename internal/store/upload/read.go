@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
+	"io/fs"
 	"slices"
 	"strconv"
 
+	"github.com/bos55/concordia/internal/blob/diskblob"
 	"github.com/bos55/concordia/internal/compress"
 	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/limits"
@@ -196,12 +196,20 @@ func (s *Store) recordFor(info *store.PathInfo) (*pathRec, error) {
 	return rec, nil
 }
 
-func (s *Store) openBlob(name string) (*os.File, error) {
-	f, err := os.Open(filepath.Join(s.blobDir, name))
-	if errors.Is(err, os.ErrNotExist) {
+// openBlob opens a blob file. A local file is returned as the *os.File
+// itself, which net/http sends with sendfile.
+func (s *Store) openBlob(name string) (store.ReadSeekCloser, error) {
+	f, err := s.blobs.Open(bg, name)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("NAR file %s: %w", name, store.ErrNotFound)
 	}
-	return f, err
+	if err != nil {
+		return nil, err
+	}
+	if df, ok := f.(*diskblob.File); ok {
+		return df.File, nil
+	}
+	return f, nil
 }
 
 // NAR implements store.Store: the stored file, decompressed.

@@ -40,12 +40,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/bos55/concordia/internal/blob"
+	"github.com/bos55/concordia/internal/blob/diskblob"
 	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/kv/boltkv"
 	"github.com/bos55/concordia/internal/limits"
@@ -117,22 +118,23 @@ const (
 // store.Logger and store.Realisations, and the upload, pin, GC and verify
 // operations the server and `cache` subcommands use.
 type Store struct {
-	dir      string
-	blobDir  string
-	logDir   string
-	db       kv.DB
-	opts     Options
-	log      *slog.Logger
-	now      func() time.Time
-	storeDir string
-	metrics  *metrics
-	ownNames []string // names of SignKeys: the signatures always kept
+	dir        string // local files: the bbolt index of the embedded store, pull-through's downloads
+	blobs      blob.Dir
+	logs       blob.Dir
+	quarantine blob.Dir
+	db         kv.DB
+	opts       Options
+	log        *slog.Logger
+	now        func() time.Time
+	storeDir   string
+	metrics    *metrics
+	ownNames   []string // names of SignKeys: the signatures always kept
 
-	// fileMu orders blob file creation against blob deletion (GC,
-	// pending cleanup, repair), so a blob re-uploaded while it is being
-	// collected is never left with a record but no file or vice versa.
-	// Lock order: fileMu, then a bbolt write transaction, then pendMu.
-	fileMu sync.Mutex
+	// The file lock (lockFiles) orders blob file creation against blob
+	// deletion (GC, pending cleanup, repair), so a blob re-uploaded while
+	// it is being collected is never left with a record but no file or
+	// vice versa; with a shared index it is one lock for every replica.
+	// Lock order: the file lock, then a write transaction, then pendMu.
 
 	// pending are the verified blobs no narinfo has claimed (blob name
 	// -> what verification computed, Created = upload time). A blob
@@ -220,6 +222,38 @@ var ErrLocked = fmt.Errorf("held by another process: %w", bolterrors.ErrTimeout)
 // blob files without a record are pending again (or removed once past the
 // grace period).
 func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
+	be := Backend{Dir: dir}
+	var err error
+	for _, d := range []struct {
+		to   *blob.Dir
+		name string
+	}{{&be.Blobs, "blobs"}, {&be.Logs, "logs"}, {&be.Quarantine, "quarantine"}} {
+		if *d.to, err = diskblob.Open(filepath.Join(dir, d.name)); err != nil {
+			return nil, fmt.Errorf("upload store: %w", err)
+		}
+	}
+	return OpenBackend(ctx, be, opts)
+}
+
+// Backend is where a store keeps its index and its files: the embedded
+// store's bbolt file and directories under Dir (Open), or a shared index
+// and bucket that several cache replicas use at once (OpenBackend).
+type Backend struct {
+	// Dir holds the store's local files: the bbolt index when Index is
+	// nil, and the temp files of paths being pulled from an upstream.
+	Dir string
+	// Index is the index; nil opens Dir/index.db.
+	Index kv.DB
+	// Blobs, Logs and Quarantine keep NAR files, build logs and the NAR
+	// files verify found damaged.
+	Blobs, Logs, Quarantine blob.Dir
+}
+
+// OpenBackend opens the upload store on be and recovers from an
+// interrupted run as Open does. The store closes be.Index on Close, also
+// when OpenBackend fails.
+func OpenBackend(ctx context.Context, be Backend, opts Options) (*Store, error) {
+	dir := be.Dir
 	if opts.StoreDir == "" {
 		opts.StoreDir = "/nix/store"
 	}
@@ -237,27 +271,30 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	opts.Limits = opts.Limits.OrDefault()
 	s := &Store{
-		dir:      dir,
-		blobDir:  filepath.Join(dir, "blobs"),
-		logDir:   filepath.Join(dir, "logs"),
-		opts:     opts,
-		log:      opts.Logger,
-		now:      opts.Now,
-		storeDir: opts.StoreDir,
-		access:   map[string]int64{},
-		told:     map[string]int64{},
-		pending:  map[string]*pendingBlob{},
-		dropped:  map[string]string{},
-		stop:     make(chan struct{}),
+		dir:        dir,
+		blobs:      be.Blobs,
+		logs:       be.Logs,
+		quarantine: be.Quarantine,
+		db:         be.Index,
+		opts:       opts,
+		log:        opts.Logger,
+		now:        opts.Now,
+		storeDir:   opts.StoreDir,
+		access:     map[string]int64{},
+		told:       map[string]int64{},
+		pending:    map[string]*pendingBlob{},
+		dropped:    map[string]string{},
+		stop:       make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)
 	for _, k := range opts.SignKeys {
 		s.ownNames = append(s.ownNames, k.Name())
 	}
-	for _, d := range []string{dir, s.blobDir, s.logDir, filepath.Join(dir, "quarantine")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("upload store: %w", err)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		if s.db != nil {
+			s.db.Close()
 		}
+		return nil, fmt.Errorf("upload store: %w", err)
 	}
 	if err := s.openIndex(ctx); err != nil {
 		return nil, err
@@ -275,15 +312,18 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 // from an interrupted run (logs moved out of the index, files and records
 // made to agree). The index is closed again if that fails.
 func (s *Store) openIndex(ctx context.Context) error {
-	db, err := boltkv.Open(filepath.Join(s.dir, "index.db"), 5*time.Second)
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return fmt.Errorf("upload store index %s: %w", s.dir, ErrLocked)
+	if s.db == nil {
+		db, err := boltkv.Open(filepath.Join(s.dir, "index.db"), 5*time.Second)
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return fmt.Errorf("upload store index %s: %w", s.dir, ErrLocked)
+		}
+		if err != nil {
+			return fmt.Errorf("upload store index: %w", err)
+		}
+		s.db = db
 	}
-	if err != nil {
-		return fmt.Errorf("upload store index: %w", err)
-	}
-	s.db = db
-	err = db.Update(func(tx kv.Tx) error {
+	db := s.db
+	err := db.Update(func(tx kv.Tx) error {
 		for _, b := range buckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -329,8 +369,15 @@ func (s *Store) StoreDir() string { return s.storeDir }
 // Dir is where the store keeps its files.
 func (s *Store) Dir() string { return s.dir }
 
-// recover makes the files and the index agree after a crash.
+// recover makes the files and the index agree after a crash. A shared
+// index is not made to agree with its bucket at start: other replicas
+// are publishing meanwhile, and an object store's files cannot be lost
+// by a crash; its leftovers go in the sweeps (SweepPending), and damage
+// is found by `cache verify`.
 func (s *Store) recover(ctx context.Context) error {
+	if s.db.Shared() {
+		return nil
+	}
 	onDisk, err := s.blobFiles()
 	if err != nil {
 		return err
@@ -349,9 +396,9 @@ func (s *Store) recover(ctx context.Context) error {
 		// yet (or whose record a GC deleted just before it stopped):
 		// pending, verified again by the claim (pending.go).
 		blobs := tx.Bucket(bBlobs)
-		for name := range onDisk {
+		for name, fi := range onDisk {
 			if blobs.Get([]byte(name)) == nil {
-				s.adoptPending(name)
+				s.adoptPending(fi)
 			}
 		}
 		broken, err := s.dropBrokenClosures(ctx, tx)
@@ -366,34 +413,62 @@ func (s *Store) recover(ctx context.Context) error {
 
 // blobFiles is the set of blob files on disk, once the temp files of
 // interrupted uploads are removed.
-func (s *Store) blobFiles() (map[string]bool, error) {
-	ents, err := os.ReadDir(s.blobDir)
-	if err != nil {
+func (s *Store) blobFiles() (map[string]blob.Info, error) {
+	if n, err := s.blobs.Sweep(bg, s.orphanCutoff()); err != nil {
 		return nil, err
+	} else if n > 0 {
+		s.log.Info("removed leftovers of interrupted uploads", "files", n)
 	}
-	onDisk := map[string]bool{}
-	for _, e := range ents {
-		name := e.Name()
-		if strings.HasPrefix(name, tmpPrefix) {
-			s.log.Info("removing leftover of an interrupted upload", "file", name)
-			os.Remove(filepath.Join(s.blobDir, name))
-			continue
-		}
-		onDisk[name] = true
+	onDisk := map[string]blob.Info{}
+	err := s.blobs.List(bg, func(fi blob.Info) error {
+		onDisk[fi.Name] = fi
+		return nil
+	})
+	return onDisk, err
+}
+
+// bg is the context of blob operations the store's callers give none:
+// each backend bounds its own operations' time.
+var bg = context.Background()
+
+// lockFiles takes the file lock (Store's doc comment).
+func (s *Store) lockFiles() (func(), error) {
+	return s.db.Lock(bg, "files")
+}
+
+// orphanCutoff is the time before which an unpublished write is a
+// leftover: any at the start of a store that is the only one writing
+// its files, those older than the pending grace period when replicas
+// share them.
+func (s *Store) orphanCutoff() time.Time {
+	if s.db.Shared() {
+		return s.now().Add(-s.opts.PendingGrace)
 	}
-	return onDisk, nil
+	return s.now().Add(time.Hour)
+}
+
+// commitBlob publishes a written blob durably: its bytes, its name, and
+// the directory entry.
+func (s *Store) commitBlob(t blob.Temp, d blob.Dir, name string) error {
+	if err := t.Sync(); err != nil {
+		return err
+	}
+	if err := t.Publish(name); err != nil {
+		return err
+	}
+	return d.Sync(bg)
 }
 
 // pathsWithBlobs deletes the paths whose blob file or record is missing
 // (returning their hash parts) and counts the claims on each blob of the
 // others.
-func (s *Store) pathsWithBlobs(tx kv.Tx, onDisk map[string]bool) (refs map[string]int, dropped []string, err error) {
+func (s *Store) pathsWithBlobs(tx kv.Tx, onDisk map[string]blob.Info) (refs map[string]int, dropped []string, err error) {
 	blobs := tx.Bucket(bBlobs)
 	refs = map[string]int{}
 	var gone [][]byte
 	err = tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
 		var r pathRec
-		if err := json.Unmarshal(v, &r); err != nil || !onDisk[r.Blob] || blobs.Get([]byte(r.Blob)) == nil {
+		if err := json.Unmarshal(v, &r); err != nil || !has(onDisk, r.Blob) || blobs.Get([]byte(r.Blob)) == nil {
 			gone = append(gone, k)
 			return nil
 		}
@@ -415,7 +490,7 @@ func (s *Store) pathsWithBlobs(tx kv.Tx, onDisk map[string]bool) (refs map[strin
 
 // fixBlobRecords drops the blob records without a file (or unreadable)
 // and sets each one's claim count to refs'.
-func (s *Store) fixBlobRecords(tx kv.Tx, onDisk map[string]bool, refs map[string]int) error {
+func (s *Store) fixBlobRecords(tx kv.Tx, onDisk map[string]blob.Info, refs map[string]int) error {
 	blobs := tx.Bucket(bBlobs)
 	var noFile [][]byte
 	type fix struct {
@@ -424,7 +499,7 @@ func (s *Store) fixBlobRecords(tx kv.Tx, onDisk map[string]bool, refs map[string
 	}
 	var fixes []fix
 	err := blobs.ForEach(func(k, v []byte) error {
-		if !onDisk[string(k)] {
+		if !has(onDisk, string(k)) {
 			noFile = append(noFile, k)
 			return nil
 		}
@@ -694,3 +769,5 @@ func (s *Store) background() {
 		}
 	}
 }
+
+func has(m map[string]blob.Info, k string) bool { _, ok := m[k]; return ok }

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,8 +16,8 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
+	"github.com/bos55/concordia/internal/blob"
 	"github.com/bos55/concordia/internal/compress"
-	"github.com/bos55/concordia/internal/durable"
 	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/pkg/nar"
 )
@@ -93,7 +95,7 @@ func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, tot
 
 // checkBlob returns why a blob is bad, or "".
 func (s *Store) checkBlob(name string, rec *blobRec) string {
-	f, err := os.Open(filepath.Join(s.blobDir, name))
+	f, err := s.blobs.Open(bg, name)
 	if err != nil {
 		return fmt.Sprintf("cannot open: %v", err)
 	}
@@ -128,13 +130,16 @@ func (s *Store) checkBlob(name string, rec *blobRec) string {
 }
 
 func (s *Store) repair(ctx context.Context, rep *VerifyReport) error {
-	s.fileMu.Lock()
-	defer s.fileMu.Unlock()
+	unlock, err := s.lockFiles()
+	if err != nil {
+		return mapErr(err)
+	}
+	defer unlock()
 	bad := map[string]bool{}
 	for _, b := range rep.Bad {
 		bad[b.Name] = true
 	}
-	err := s.db.Update(func(tx kv.Tx) error {
+	err = s.db.Update(func(tx kv.Tx) error {
 		var drop []string
 		err := tx.Bucket(bPaths).ForEach(func(k, v []byte) error {
 			var r pathRec
@@ -168,16 +173,23 @@ func (s *Store) repair(ctx context.Context, rep *VerifyReport) error {
 		return mapErr(err)
 	}
 	stamp := time.Now().UTC().Format("20060102T150405Z")
-	qdir := filepath.Join(s.dir, "quarantine")
 	for name := range bad {
-		src := filepath.Join(s.blobDir, name)
-		if err := os.Rename(src, filepath.Join(qdir, name+"."+stamp)); err != nil && !os.IsNotExist(err) {
+		if err := s.quarantineBlob(name, name+"."+stamp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			s.log.Error("could not quarantine NAR file, removing it", "blob", name, "err", err)
-			os.Remove(src)
 		}
+		s.blobs.Remove(bg, name)
 	}
-	durable.SyncDir(s.blobDir)
+	s.blobs.Sync(bg)
 	slices.Sort(rep.Broken)
 	rep.Repaired = true
 	return nil
+}
+
+// quarantineBlob keeps a damaged blob under quarantine for inspection: a
+// rename where both are directories on one disk, a copy otherwise.
+func (s *Store) quarantineBlob(name, to string) error {
+	if from, q := s.blobs.Local(), s.quarantine.Local(); from != "" && q != "" {
+		return os.Rename(filepath.Join(from, name), filepath.Join(q, to))
+	}
+	return blob.Copy(bg, s.blobs, name, s.quarantine, to)
 }

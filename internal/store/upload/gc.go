@@ -534,7 +534,8 @@ func (s *Store) SweepPending(ctx context.Context) (int, error) {
 	for _, k := range gone {
 		s.blobs.Remove(bg, k)
 	}
-	return len(gone), nil
+	orphans, err := s.sweepOrphans(ctx, cutoff)
+	return len(gone) + orphans, mapErr(err)
 }
 
 // sweepMemory drops the in-memory pending blobs a narinfo has claimed

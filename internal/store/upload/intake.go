@@ -243,6 +243,9 @@ func (s *Store) place(name, canon string, tmp blob.Temp, info *BlobInfo, rec blo
 		info.Existed = true
 		if !claimed {
 			s.repend(canon, p, rec)
+			if err := s.recordPending(canon, rec); err != nil {
+				return false, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
+			}
 		}
 		return false, nil
 	}
@@ -254,8 +257,44 @@ func (s *Store) place(name, canon string, tmp blob.Temp, info *BlobInfo, rec blo
 	s.pending[canon] = p
 	s.pendMu.Unlock()
 	s.wg.Add(1)
-	go s.makeDurable(canon, p, tmp)
+	if !s.db.Shared() {
+		go s.makeDurable(canon, p, tmp)
+		return true, nil
+	}
+	s.makeDurable(canon, p, tmp)
+	if p.err != nil {
+		return true, p.err
+	}
+	if err := s.recordPending(canon, rec); err != nil {
+		return true, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
+	}
 	return true, nil
+}
+
+// recordPending puts a verified, durable blob no path claims yet in a
+// shared index, as a record without claims dated its upload: the narinfo
+// that claims it may come to another replica, and GC and the sweeps of
+// every replica must know it is pending (sweepUnclaimed drops it after
+// the grace period, as any unclaimed record). An index this process owns
+// keeps pending blobs in memory only (pending.go says why). The caller
+// holds the file lock.
+func (s *Store) recordPending(canon string, rec blobRec) error {
+	if !s.db.Shared() {
+		return nil
+	}
+	return s.db.Update(func(tx kv.Tx) error {
+		b := tx.Bucket(bBlobs)
+		var have blobRec
+		found, err := getJSON(b, []byte(canon), &have)
+		if err != nil {
+			return err
+		}
+		if found && have.Refs > 0 {
+			return nil // claimed meanwhile
+		}
+		rec.Refs = 0
+		return putJSON(b, []byte(canon), rec)
+	})
 }
 
 // livePending is the pending entry of canon, nil if none. The entry of an

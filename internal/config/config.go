@@ -164,6 +164,11 @@ type Upload struct {
 	// oldest are dropped first.
 	PendingMaxAge  Duration `toml:"pending_max_age"`
 	PendingMaxSize Size     `toml:"pending_max_size"`
+	// S3 and Database put the store's files in a bucket and its index
+	// in PostgreSQL, shared by several replicas (shared.go); Dir then
+	// keeps only local temp files.
+	S3       *S3       `toml:"s3"`
+	Database *Database `toml:"database"`
 }
 
 // Defaults of the pending NARs' bounds.
@@ -397,6 +402,7 @@ func (c *Config) finish(md *toml.MetaData) {
 		c.Upload.Prefer = DefaultPrefer
 	}
 	c.finishUpstreams()
+	c.finishShared()
 }
 
 // Validate checks every key and says which one is wrong.
@@ -488,6 +494,9 @@ func (c *Config) Validate() error {
 		return bad("upload.pending_max_size", "must be at least 1M, got %d", c.Upload.PendingMaxSize)
 	}
 	if err := c.validateUpstreams(bad); err != nil {
+		return err
+	}
+	if err := c.validateShared(bad); err != nil {
 		return err
 	}
 	return c.Limits.validate(bad)

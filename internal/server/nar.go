@@ -152,6 +152,20 @@ func (s *Server) serveFileNAR(w http.ResponseWriter, r *http.Request, fn store.F
 		w.WriteHeader(http.StatusOK)
 		return true
 	}
+	if rd, ok := fn.(store.NARRedirector); ok && !upstream {
+		if to, err := rd.NARRedirect(r.Context(), info); err != nil || to != "" {
+			if err != nil {
+				s.fail(w, r, err)
+				return true
+			}
+			// The bucket's URL expires: the redirect is not cached.
+			delete(h, "Cache-Control")
+			h.Del("Content-Type")
+			h.Del("ETag")
+			http.Redirect(w, r, to, http.StatusFound)
+			return true
+		}
+	}
 	f, _, _, _, err := fn.OpenFileNAR(r.Context(), info)
 	if err != nil {
 		for _, k := range []string{"Content-Type", "ETag", "Cache-Control"} {

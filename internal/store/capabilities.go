@@ -93,6 +93,16 @@ type FileNARStat interface {
 	StatFileNAR(ctx context.Context, info *PathInfo) (compression string, fileHash []byte, fileSize int64, err error)
 }
 
+// NARRedirector is the optional capability of a FileNAR store whose files
+// a client may download from where they are kept (an S3 bucket), so the
+// server answers with a redirect instead of streaming the bytes through
+// itself. Nix follows redirects for NAR downloads.
+type NARRedirector interface {
+	// NARRedirect is the URL of the path's stored file, "" when the
+	// store does not redirect it (off, or not a file it can presign).
+	NARRedirect(ctx context.Context, info *PathInfo) (string, error)
+}
+
 // DebugInfo is the capability of keeping Nix's index of DWARF debug info
 // files by build ID: with index-debug-info=true, nix copy --to HEADs
 // debuginfo/<build-id>.debug and, when that is absent, PUTs a small JSON

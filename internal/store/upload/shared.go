@@ -2,11 +2,13 @@ package upload
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 
 	"github.com/bos55/concordia/internal/blob"
 	"github.com/bos55/concordia/internal/kv"
+	"github.com/bos55/concordia/internal/store"
 )
 
 // Replicas: several cache processes on one shared index and one bucket.
@@ -86,4 +88,22 @@ func (s *Store) isPending(name string) bool {
 	s.pendMu.Lock()
 	defer s.pendMu.Unlock()
 	return s.pending[name] != nil
+}
+
+// NARRedirect implements store.NARRedirector: with Options.RedirectTTL set
+// and files in a store that presigns, a presigned URL of the path's file.
+func (s *Store) NARRedirect(ctx context.Context, info *store.PathInfo) (string, error) {
+	ps, ok := s.blobs.(blob.Presigner)
+	if !ok || s.opts.RedirectTTL <= 0 {
+		return "", nil
+	}
+	rec, err := s.recordFor(info)
+	if err != nil {
+		return "", err
+	}
+	u, err := ps.PresignGet(ctx, rec.Blob, s.opts.RedirectTTL)
+	if err != nil {
+		return "", fmt.Errorf("NAR of %s: presigning its file: %w", rec.StorePath, err)
+	}
+	return u.String(), nil
 }

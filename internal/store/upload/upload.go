@@ -100,6 +100,11 @@ type Options struct {
 	// Limits bound what an uploaded NAR may cost to verify, and which
 	// stored NARs read paths decode (zero value: limits.Default()).
 	Limits limits.Limits
+	// RedirectTTL, when positive and the files are in a store that
+	// presigns (S3), makes NAR downloads redirects to presigned URLs
+	// valid that long (upload.s3.redirect), instead of streams through
+	// the cache.
+	RedirectTTL time.Duration
 	// Logger receives recovery, GC and repair events; nil discards them.
 	Logger *slog.Logger
 	// Now replaces time.Now in tests.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -177,10 +178,35 @@ func (h *Host) boot() error {
 	case <-time.After(60 * time.Second):
 		return fmt.Errorf("%s: boot timed out", h.Name)
 	}
-	if h.mntNS, err = os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", h.keeper.Process.Pid)); err != nil {
+	// Held open until the host is stopped, so that its namespace (and the
+	// namespace's inode number, which tells its processes) outlives the
+	// host's last process: see processes.
+	if h.nsFile, err = os.Open(fmt.Sprintf("/proc/%d/ns/mnt", h.keeper.Process.Pid)); err != nil {
 		return err
 	}
-	return nil
+	if h.mntNS, err = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", h.nsFile.Fd())); err != nil {
+		return err
+	}
+	return h.waitDaemon()
+}
+
+// waitDaemon returns once h's nix-daemon accepts connections. services.sh
+// waits for the daemon's socket file, which bind() makes before listen():
+// a client that came in between would be refused.
+func (h *Host) waitDaemon() error {
+	sock := filepath.Join(h.Dir, "nix", "var", "nix", "daemon-socket", "socket")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("unix", sock, 5*time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: nix-daemon does not accept connections: %v", h.Name, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // installInitial gives h the fleet's initial system the way a real host
@@ -191,19 +217,7 @@ func (f *Fleet) installInitial(h *Host) error {
 	}
 	// The initial system arrives like any other: from the cache,
 	// through the host's daemon, signature checked.
-	// The daemon binds its socket before it listens: on a loaded machine
-	// a client can come in between and be refused, as on a real host
-	// whose daemon is still starting. Such a refusal is retried.
-	var out string
-	var err error
-	for try := 0; try < 20; try++ {
-		out, err = f.Exec(h, "env", "NIX_REMOTE=daemon", "nix-store", "--realise", f.Initial)
-		if err == nil || !strings.Contains(out, "cannot connect to socket") {
-			break
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	if err != nil {
+	if out, err := f.Exec(h, "env", "NIX_REMOTE=daemon", "nix-store", "--realise", f.Initial); err != nil {
 		return fmt.Errorf("%s: fetch initial system: %v %s", h.Name, err, out)
 	}
 	if out, err := f.Exec(h, "nix-env", "-p", "/nix/var/nix/profiles/system", "--set", f.Initial); err != nil {
@@ -237,6 +251,9 @@ i=0; while kill -0 "$p" 2>/dev/null; do sleep 0.01; i=$((i+1)); [ $i -lt 1000 ] 
 func (f *Fleet) StartSSH(t testing.TB, h *Host) {
 	t.Helper()
 	f.MustExec(t, h, "/bin/sh", filepath.Join(h.Dir, "services.sh"), h.Dir)
+	if err := h.waitDaemon(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Reboot simulates a reboot of h: every process in it is killed, /run is
@@ -258,61 +275,95 @@ func (f *Fleet) Reboot(t testing.TB, h *Host) {
 	f.StartSSH(t, h)
 }
 
-// killAll SIGKILLs every process in h's mount namespace (all of them, or all
-// but the keeper), and returns how many it found.
+// killAll SIGKILLs every process of h (all of them, or all but the keeper)
+// and returns once none is left, or after a minute; it returns how many it
+// killed.
 func (f *Fleet) killAll(h *Host, keeperToo bool) int {
-	// A mount namespace's inode number is reused as soon as it is gone:
-	// another fleet's host (another test binary) may get it while this
-	// loop still runs. Only processes older than the loop are this host's.
-	began := Ticks()
+	keeper := 0
+	if !keeperToo && h.keeper != nil && h.keeper.Process != nil {
+		keeper = h.keeper.Process.Pid
+	}
+	deadline := time.Now().Add(time.Minute)
 	n := 0
-	for range 20 {
+	for {
 		found := 0
-		ents, _ := os.ReadDir("/proc")
-		for _, e := range ents {
-			pid, err := strconv.Atoi(e.Name())
-			if err != nil || pid == os.Getpid() {
-				continue
-			}
-			if !keeperToo && h.keeper != nil && pid == h.keeper.Process.Pid {
-				continue
-			}
-			if StartTicks(pid) > began {
-				continue
-			}
-			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err == nil && ns == h.mntNS {
-				syscall.Kill(pid, syscall.SIGKILL)
-				found++
-			} else if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err == nil &&
-				bytes.Contains(env, []byte("NIX_CONF_DIR="+filepath.Join(h.Dir, "etc-nix")+"\x00")) {
-				// nix-daemon's workers unshare a mount namespace of their
-				// own, so they escape the namespace match; the daemon's
-				// environment still names this host's folder.
+		for _, pid := range f.processes(h) {
+			if pid != keeper {
 				syscall.Kill(pid, syscall.SIGKILL)
 				found++
 			}
 		}
 		n += found
-		if found == 0 {
-			break
+		if found == 0 || time.Now().After(deadline) {
+			return n
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return n
+}
+
+// processes lists h's live processes (a zombie no longer counts):
+//   - those in h's mount namespace. While h.nsFile holds it, the namespace
+//     keeps its inode number, which the kernel otherwise hands to the next
+//     namespace made anywhere (another test's host, or a private namespace
+//     of a root Nix command) as soon as this one is gone;
+//   - those in a namespace copied from h's: root Nix commands (nix-daemon's
+//     workers, nix-env, nix show-config, nix-store as root) unshare a
+//     private mount namespace after they start, which still has h's /nix;
+//   - those whose environment names h's nix.conf folder (h's daemon and
+//     agent, whatever namespace they are in).
+func (f *Fleet) processes(h *Host) []int {
+	root := "/" + filepath.Base(f.Dir) + "/" + h.Name + "/nix"
+	conf := []byte("NIX_CONF_DIR=" + filepath.Join(h.Dir, "etc-nix") + "\x00")
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err != nil {
+			continue // gone, or a zombie
+		} else if h.mntNS != "" && ns == h.mntNS {
+			pids = append(pids, pid)
+		} else if mountsNix(pid, root) {
+			pids = append(pids, pid)
+		} else if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err == nil && bytes.Contains(env, conf) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// mountsNix reports whether pid's /nix is a bind mount of a folder whose
+// path ends in root.
+func mountsNix(pid int, root string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID parent major:minor root mountpoint ...
+		f := strings.Fields(line)
+		if len(f) > 4 && f[4] == "/nix" && strings.HasSuffix(strings.TrimSuffix(f[3], "//deleted"), root) {
+			return true
+		}
+	}
+	return false
 }
 
 func (f *Fleet) stop(h *Host) {
 	if h.keeper == nil || h.keeper.Process == nil {
 		return
 	}
-	if h.mntNS != "" {
-		f.killAll(h, true)
-	}
+	f.killAll(h, true)
 	if h.stdin != nil {
 		h.stdin.Close()
 	}
 	h.keeper.Process.Kill()
 	h.keeper.Wait()
+	if h.nsFile != nil {
+		h.nsFile.Close()
+	}
 }
 
 // removeAll removes a tree that contains read-only store directories.

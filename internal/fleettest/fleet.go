@@ -77,6 +77,7 @@ type Host struct {
 	keeper *exec.Cmd
 	stdin  io.WriteCloser
 	mntNS  string
+	nsFile *os.File // h's mount namespace, held from boot to stop
 }
 
 const (

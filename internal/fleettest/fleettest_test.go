@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -91,37 +92,36 @@ func TestFleetSSHToggleAndReboot(t *testing.T) {
 }
 
 // Everything a fleet started is gone after its test: processes in its
-// namespaces, its sudoers rule and its files.
+// namespaces or in namespaces copied from them, its sudoers rule and its
+// files.
 func TestFleetCleanup(t *testing.T) {
 	var ns []string
 	var dir, deployer string
+	outer := t
 	t.Run("fleet", func(t *testing.T) {
 		f := fleettest.New(t, 2, fleettest.Options{NoInitial: true})
 		dir, deployer = f.Dir, f.Deployer
 		for _, h := range f.Hosts {
+			// Held past the fleet's end: the namespace keeps its name, so
+			// whatever is found in it below is the fleet's.
+			held, err := h.HoldNamespace()
+			if err != nil {
+				t.Fatal(err)
+			}
+			outer.Cleanup(func() { held.Close() })
 			ns = append(ns, h.Namespace())
-			// Leave a detached process behind, as a watchdog would.
+			// Leave a detached process behind, as a watchdog would, and one
+			// in a private namespace of its own, as a root Nix command
+			// (nix-env, nix show-config) makes, that names no host folder.
 			f.MustExec(t, h, "/bin/sh", "-c", "setsid -f sleep 300 </dev/null >/dev/null 2>&1")
+			f.MustExec(t, h, "/bin/sh", "-c", "env -u NIX_CONF_DIR setsid -f unshare -m sleep 301 </dev/null >/dev/null 2>&1")
+		}
+		if got := fleetProcs(dir, ns); len(got) < 2*len(f.Hosts) {
+			t.Fatalf("the check finds only %d of the fleet's processes: %q", len(got), got)
 		}
 	})
-	time.Sleep(100 * time.Millisecond)
-	// A namespace's inode number is reused once it is gone, and root Nix
-	// processes of other tests unshare mount namespaces of their own, so
-	// only a process that started before the fleet ended is a leftover.
-	ended := fleettest.Ticks()
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || fleettest.StartTicks(pid) > ended {
-			continue
-		}
-		l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
-		for _, n := range ns {
-			if err == nil && l == n {
-				cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-				t.Errorf("pid %d (%q) still runs in a fleet namespace", pid, cmd)
-			}
-		}
+	for _, p := range fleetProcs(dir, ns) {
+		t.Errorf("still runs after the fleet: %s", p)
 	}
 	if _, err := os.Stat(dir); err == nil {
 		t.Errorf("%s left behind", dir)
@@ -132,6 +132,29 @@ func TestFleetCleanup(t *testing.T) {
 			t.Errorf("sudoers rule %s left behind", r)
 		}
 	}
+}
+
+// fleetProcs lists the processes in one of the namespaces ns, or with a
+// mount of the fleet's folder dir, as "pid (cmdline)".
+func fleetProcs(dir string, ns []string) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+		if err != nil {
+			continue
+		}
+		mounts, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+		if slices.Contains(ns, l) || strings.Contains(string(mounts), "/"+filepath.Base(dir)+"/") {
+			cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			out = append(out, fmt.Sprintf("%d (%q)", pid, cmd))
+		}
+	}
+	return out
 }
 
 // TestFleetMany starts FLEETTEST_HOSTS hosts (skipped when unset) to measure

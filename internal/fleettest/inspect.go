@@ -24,6 +24,17 @@ func (f *Fleet) Host(name string) *Host {
 // Namespace names h's mount namespace (as in /proc/PID/ns/mnt).
 func (h *Host) Namespace() string { return h.mntNS }
 
+// HoldNamespace opens h's mount namespace. While the file is open, the
+// namespace outlives h (it has no process after h is stopped) and its
+// name is not given to another namespace, so a process found in it later
+// is one of h's.
+func (h *Host) HoldNamespace() (*os.File, error) {
+	if h.nsFile == nil {
+		return nil, fmt.Errorf("%s has not booted", h.Name)
+	}
+	return os.Open(fmt.Sprintf("/proc/self/fd/%d", h.nsFile.Fd()))
+}
+
 // Exec runs argv inside h's mount namespace (as root, outside any SSH
 // session) and returns its combined output.
 func (f *Fleet) Exec(h *Host, argv ...string) (string, error) {

@@ -70,6 +70,7 @@ func (e *Exec) run(ctx context.Context, name string, args ...string) ([]byte, er
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
+		err = withCtx(ctx, err)
 		msg := strings.TrimSpace(stderr.String())
 		if len(msg) > 2000 {
 			msg = msg[len(msg)-2000:]
@@ -104,8 +105,17 @@ func (e *Exec) Valid(ctx context.Context, path string) (bool, error) {
 	case errors.As(err, &ee) && ee.ExitCode() == 1:
 		return false, nil
 	default:
-		return false, fmt.Errorf("nix-store --check-validity %s: %w: %s", path, err, strings.TrimSpace(stderr.String()))
+		return false, fmt.Errorf("nix-store --check-validity %s: %w: %s", path, withCtx(ctx, err), strings.TrimSpace(stderr.String()))
 	}
+}
+
+// withCtx adds ctx's error to err, the error of a command ctx ended, so
+// that "signal: killed" says whether ctx killed it or something else did.
+func withCtx(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("%w (%w)", err, cerr)
+	}
+	return err
 }
 
 // SetProfile runs nix-env -p profile --set path.
@@ -198,6 +208,9 @@ func genNumber(base, name string) (int, bool) {
 func (e *Exec) TrustedPublicKeys(ctx context.Context) ([]string, error) {
 	nix := e.tool("", "nix")
 	out, err := e.run(ctx, nix, "--extra-experimental-features", "nix-command", "config", "show", "--json")
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("read trusted-public-keys: %w", err)
+	}
 	if err != nil {
 		var err2 error
 		if out, err2 = e.run(ctx, nix, "--extra-experimental-features", "nix-command", "show-config", "--json"); err2 != nil {

@@ -293,17 +293,9 @@ func (c *Client) cacheInfo(ctx context.Context) error {
 	return nil
 }
 
-func hashPart(storePath string) string {
-	b := path.Base(storePath)
-	if len(b) < narinfo.HashPartLen {
-		return b
-	}
-	return b[:narinfo.HashPartLen]
-}
-
 // narInfo GETs and parses a narinfo; nil when the client takes it as absent.
 func (c *Client) narInfo(ctx context.Context, storePath string) (*narinfo.NarInfo, error) {
-	r, out, err := c.request(ctx, KindNarInfo, http.MethodGet, "/"+hashPart(storePath)+".narinfo", nil, nil)
+	r, out, err := c.request(ctx, KindNarInfo, http.MethodGet, "/"+narinfo.HashPartOf(storePath)+".narinfo", nil, nil)
 	if err != nil || out == Absent {
 		return nil, err
 	}
@@ -315,7 +307,7 @@ func (c *Client) narInfo(ctx context.Context, storePath string) (*narinfo.NarInf
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrBadNarInfo, storePath, err)
 	}
-	if ni.HashPart() != hashPart(storePath) { // goodStorePath, store-api.cc 2.8.0:491-496
+	if ni.HashPart() != narinfo.HashPartOf(storePath) { // goodStorePath, store-api.cc 2.8.0:491-496
 		return nil, fmt.Errorf("%w: asked for %s, got %s", ErrBadNarInfo, storePath, ni.StorePath)
 	}
 	return ni, nil
@@ -339,7 +331,7 @@ func (c *Client) Substitute(ctx context.Context, paths ...string) ([]Fetched, er
 	}
 	for _, p := range paths {
 		for range c.CopyFromHEADs {
-			_, out, err := c.request(ctx, KindExists, http.MethodHead, "/"+hashPart(p)+".narinfo", nil, nil)
+			_, out, err := c.request(ctx, KindExists, http.MethodHead, "/"+narinfo.HashPartOf(p)+".narinfo", nil, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -574,7 +566,7 @@ func (c *Client) uploadNAR(ctx context.Context, pr *prepared, o UploadOptions) e
 		if _, err := nar.WriteListing(&ls, bytes.NewReader(pr.p.NAR), nar.ReaderOptions{}); err != nil {
 			return err
 		}
-		if err := c.put(ctx, "/"+hashPart(pr.p.StorePath)+".ls", "application/json", o.LSCompression, ls.Bytes()); err != nil {
+		if err := c.put(ctx, "/"+narinfo.HashPartOf(pr.p.StorePath)+".ls", "application/json", o.LSCompression, ls.Bytes()); err != nil {
 			return err
 		}
 	}
@@ -608,7 +600,7 @@ func (c *Client) uploadNarInfo(ctx context.Context, pr *prepared, known map[stri
 		}
 		known[rp] = true
 	}
-	if err := c.put(ctx, "/"+hashPart(pr.p.StorePath)+".narinfo", "text/x-nix-narinfo", o.NarinfoCompression, []byte(pr.info.String())); err != nil {
+	if err := c.put(ctx, "/"+narinfo.HashPartOf(pr.p.StorePath)+".narinfo", "text/x-nix-narinfo", o.NarinfoCompression, []byte(pr.info.String())); err != nil {
 		return err
 	}
 	known[pr.p.StorePath] = true

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/bos55/concordia/internal/nartest"
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // closure is three synthetic paths: c -> b -> a and c -> a; b is the
@@ -26,7 +27,7 @@ func closure() []Path {
 	}
 }
 
-func hp(p string) string { return hashPart(p) }
+func hp(p string) string { return narinfo.HashPartOf(p) }
 
 // wantUpload is the sequence each profile claims for a fresh cache, written
 // out independently of Upload's code.

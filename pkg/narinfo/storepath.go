@@ -100,3 +100,15 @@ func nameChar(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
 		c == '+' || c == '-' || c == '.' || c == '_' || c == '?' || c == '='
 }
+
+// HashPartOf is the hash part of a store path or base name already known
+// to be valid (a record's, a checked narinfo's): its first HashPartLen
+// characters, or the whole base name when shorter. Unchecked input goes
+// through ParseStorePath or ParseBaseName instead.
+func HashPartOf(pathOrBase string) string {
+	base := pathOrBase[strings.LastIndexByte(pathOrBase, '/')+1:]
+	if len(base) < HashPartLen {
+		return base
+	}
+	return base[:HashPartLen]
+}

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/bos55/concordia/internal/store"
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // pullWorkers is how many paths of a closure PullClosure pulls at once.
@@ -52,7 +53,7 @@ func (p *Store) PullClosure(ctx context.Context, hashPart string) (pulled int, e
 				errs = append(errs, err)
 			}
 			for _, r := range refs {
-				if rh := hashPartOf(r); !seen[rh] {
+				if rh := narinfo.HashPartOf(r); !seen[rh] {
 					seen[rh] = true
 					queue = append(queue, rh)
 				}

@@ -50,7 +50,7 @@ type flight struct {
 // when none runs. withhold readers get the last byte only with a good
 // verdict.
 func (p *Store) open(ctx context.Context, a *upstream.Answer, withhold bool) (*reader, error) {
-	key := hashPartOf(a.NarInfo.StorePath)
+	key := narinfo.HashPartOf(a.NarInfo.StorePath)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if f := p.flying[key]; f != nil && string(f.a.NarInfo.NarHash.Digest) == string(a.NarInfo.NarHash.Digest) {

@@ -25,7 +25,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -155,7 +154,7 @@ func pathInfo(a *upstream.Answer, dir string) *store.PathInfo {
 // answer is the upstream answer info came from, asked again (the
 // upstream set keeps answers in memory, so this costs no request).
 func (p *Store) answer(ctx context.Context, info *store.PathInfo) (*upstream.Answer, error) {
-	hashPart := hashPartOf(info.StorePath)
+	hashPart := narinfo.HashPartOf(info.StorePath)
 	a, err := p.set.Lookup(ctx, hashPart, true)
 	if err != nil {
 		return nil, fmt.Errorf("upstreams: %s: %w", hashPart, store.ErrNotFound)
@@ -164,14 +163,6 @@ func (p *Store) answer(ctx context.Context, info *store.PathInfo) (*upstream.Ans
 		return nil, fmt.Errorf("upstream %s now answers another NAR for %s: %w", a.Upstream.Name, info.StorePath, store.ErrNotFound)
 	}
 	return a, nil
-}
-
-func hashPartOf(storePath string) string {
-	base := storePath[strings.LastIndexByte(storePath, '/')+1:]
-	if len(base) < narinfo.HashPartLen {
-		return base
-	}
-	return base[:narinfo.HashPartLen]
 }
 
 // fileOf is what the upstream says of its NAR file: its compression,
@@ -225,7 +216,7 @@ func (p *Store) StatFileNAR(ctx context.Context, info *store.PathInfo) (string, 
 // kept is the upload store's record of info's path when it has adopted
 // it already (a flight finished between the server's lookup and now).
 func (p *Store) kept(ctx context.Context, info *store.PathInfo) (*store.PathInfo, error) {
-	k, err := p.into.PathInfo(ctx, hashPartOf(info.StorePath))
+	k, err := p.into.PathInfo(ctx, narinfo.HashPartOf(info.StorePath))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}

@@ -142,7 +142,7 @@ func (s *Store) refsElsewhere(ctx context.Context, up *narinfoUpload) ([]string,
 		if here[ref] {
 			continue
 		}
-		has, origin, err := s.otherHas(ctx, hashOf(ref), ref)
+		has, origin, err := s.otherHas(ctx, narinfo.HashPartOf(ref), ref)
 		if err != nil {
 			return nil, uncheckable(s.full(ref), err)
 		}
@@ -152,7 +152,7 @@ func (s *Store) refsElsewhere(ctx context.Context, up *narinfoUpload) ([]string,
 				if up.upstreamRefs == nil {
 					up.upstreamRefs = map[string]string{}
 				}
-				up.upstreamRefs[hashOf(ref)] = origin
+				up.upstreamRefs[narinfo.HashPartOf(ref)] = origin
 			}
 		}
 	}

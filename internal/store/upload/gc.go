@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bos55/concordia/internal/kv"
+	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // Node is one path as the GC planner sees it.
@@ -339,7 +340,7 @@ func (g *gcGraph) readPaths(tx kv.Tx) error {
 		}
 		n := &Node{Blob: r.Blob, Pinned: pins.Get(k) != nil, Pulled: r.Upstream != ""}
 		for _, ref := range r.References {
-			if h := hashOf(ref); h != string(k) {
+			if h := narinfo.HashPartOf(ref); h != string(k) {
 				n.Refs = append(n.Refs, h)
 			}
 		}

@@ -558,7 +558,7 @@ func (s *Store) dropBrokenClosures(ctx context.Context, tx kv.Tx) ([]string, err
 				return nil // a pulled path's closure is its upstream's
 			}
 			for _, ref := range r.References {
-				hp := hashOf(ref)
+				hp := narinfo.HashPartOf(ref)
 				if hp == string(k) || tx.Bucket(bPaths).Get([]byte(hp)) != nil || pulledRef(tx, hp) {
 					continue
 				}
@@ -679,7 +679,7 @@ func uncheckable(storePath string, err error) error {
 // and store path names have no character JSON escapes. A record that does
 // not start that way is decoded in full.
 func hasBase(paths kv.Bucket, storeDir, base string) bool {
-	v := paths.Get([]byte(hashOf(base)))
+	v := paths.Get([]byte(narinfo.HashPartOf(base)))
 	if v == nil {
 		return false
 	}
@@ -716,14 +716,6 @@ func getJSON(b kv.Bucket, k []byte, v any) (bool, error) {
 		return false, fmt.Errorf("index record %q: %w", k, err)
 	}
 	return true, nil
-}
-
-// hashOf returns the hash part of a store path base name.
-func hashOf(base string) string {
-	if len(base) < narinfo.HashPartLen {
-		return base
-	}
-	return base[:narinfo.HashPartLen]
 }
 
 // mapErr turns storage errors into the sentinels the server maps to status

@@ -89,7 +89,7 @@ in
         type = lib.types.nullOr (lib.types.submodule {
           options = {
             endpoint = lib.mkOption { type = lib.types.str; example = "http://127.0.0.1:9000"; description = "URL of the S3 server, http or https, without a path (the bucket is not part of it)."; };
-            bucket = lib.mkOption { type = lib.types.str; description = "Bucket holding the files (created beforehand; the cache does not create it)."; };
+            bucket = lib.mkOption { type = lib.types.str; description = "Bucket that holds the files."; };
             region = lib.mkOption { type = lib.types.nullOr lib.types.str; default = null; description = "Region the requests are signed for (default us-east-1, which MinIO accepts)."; };
             prefix = lib.mkOption { type = lib.types.nullOr lib.types.str; default = null; description = "Start of every key the cache writes, so one bucket can hold several caches (default none)."; };
             accessKeyId = lib.mkOption { type = lib.types.str; description = "Access key id (not a secret: it ends up in the Nix store)."; };

@@ -1,7 +1,8 @@
 # The Concordia binary cache as a hardened systemd service. Settings are
 # rendered to the TOML the server reads (nixos/lib cacheSettings and toTOML,
-# tested in CI). Signing keys come in as systemd credentials, so they never
-# sit in the Nix store or in the service's environment. The tokens file is
+# tested in CI). Signing keys, and the shared store's S3 secret key and
+# database password, come in as systemd credentials, so they never sit in
+# the Nix store or in the service's environment. The tokens file is
 # read in place, by path, not copied once at start: the server rereads it
 # whenever its content changes and on `systemctl reload` (SIGHUP), so
 # deleting a line revokes that token on the running server. With

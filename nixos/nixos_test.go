@@ -84,6 +84,26 @@ type schema struct {
 		Upstreams                                                  string
 		OK, PrivateWithoutTokens, UploadsWithoutTokens             []string
 		TokensInStore, TokensRelative, TokensInHome                []string
+		Shared                                                     struct {
+			LoadCredential []string `json:"loadCredential"`
+			TOML           string   `json:"toml"`
+		}
+		SharedLocal   string
+		LocalDatabase struct {
+			URL        string `json:"url"`
+			PostgreSQL struct {
+				Enable          bool     `json:"enable"`
+				EnsureDatabases []string `json:"ensureDatabases"`
+				EnsureUsers     []struct {
+					Name              string `json:"name"`
+					EnsureDBOwnership bool   `json:"ensureDBOwnership"`
+				} `json:"ensureUsers"`
+			} `json:"postgresql"`
+			Unit map[string][]string `json:"unit"`
+		}
+		SharedOK, SharedLocalOK                                  []string
+		S3WithoutDatabase, DatabaseWithoutS3, DatabaseWithoutURL []string
+		S3SecretInStore, S3SecretNixPath, PasswordRelative       []string
 	} `json:"cache"`
 }
 
@@ -266,6 +286,89 @@ func TestCacheModuleSettings(t *testing.T) {
 		"tokens in the store":    {s.Cache.TokensInStore, "must not be in the Nix store"},
 		"relative tokens file":   {s.Cache.TokensRelative, "absolute path"},
 		"tokens under /home":     {s.Cache.TokensInHome, "ProtectHome"},
+	} {
+		if len(tc.msgs) != 1 || !strings.Contains(tc.msgs[0], tc.want) {
+			t.Errorf("%s: failing assertions %q, want one saying %q", name, tc.msgs, tc.want)
+		}
+	}
+}
+
+// TestCacheModuleSharedStore: upload.s3 and upload.database render as the
+// [upload.s3] and [upload.database] tables the server reads, with the
+// secrets passed as credentials (the TOML names the credential, never the
+// secret's own file) and the host's own store off for replicas;
+// createLocally defaults the URL to the socket of a PostgreSQL whose role
+// and database are the service user's (peer authentication), and the
+// assertions refuse one table without the other as the server does.
+func TestCacheModuleSharedStore(t *testing.T) {
+	s := evalSchema(t)
+	const cred = "/run/credentials/concordia-cache.service/"
+	wantCreds := []string{"sign-key-0:/run/secrets/sign-key", "s3-secret-key:/run/secrets/concordia-s3", "database-password:/run/secrets/concordia-pg"}
+	if !reflect.DeepEqual(s.Cache.Shared.LoadCredential, wantCreds) {
+		t.Errorf("LoadCredential = %q, want %q", s.Cache.Shared.LoadCredential, wantCreds)
+	}
+	cfg, err := config.Parse([]byte(s.Cache.Shared.TOML))
+	if err != nil {
+		t.Fatalf("the server refuses the module's TOML: %v\n%s", err, s.Cache.Shared.TOML)
+	}
+	u := cfg.Upload
+	if !u.Shared() || u.S3 == nil || u.Database == nil {
+		t.Fatalf("not a shared store: %+v\n%s", u, s.Cache.Shared.TOML)
+	}
+	if s3 := *u.S3; s3.Endpoint != "http://127.0.0.1:9000" || s3.Bucket != "concordia" || s3.Region != "us-east-1" ||
+		s3.Prefix != "cache-a/" || s3.AccessKeyID != "concordia" || s3.SecretAccessKeyFile != cred+"s3-secret-key" ||
+		s3.PartSize != 32<<20 || !s3.Redirect || time.Duration(s3.RedirectTTL) != 10*time.Minute {
+		t.Errorf("[upload.s3] read back as %+v", s3)
+	}
+	if d := *u.Database; d.URL != "postgres://concordia@db.example.org/concordia?sslmode=verify-full" || d.PasswordFile != cred+"database-password" {
+		t.Errorf("[upload.database] read back as %+v", d)
+	}
+	if u.Dir != "/var/lib/concordia-cache/upload" || u.TokensFile != "/run/secrets/concordia-tokens" {
+		t.Errorf("upload = %+v", u)
+	}
+	if cfg.NixDBPath != "" || cfg.LocalStoreEnabled() {
+		t.Errorf("a replica serves its own store too (nix_db_path %q)", cfg.NixDBPath)
+	}
+	for _, secret := range []string{"/run/secrets/concordia-s3", "/run/secrets/concordia-pg"} {
+		if strings.Contains(s.Cache.Shared.TOML, secret) {
+			t.Errorf("the TOML names the secret file %s instead of its credential:\n%s", secret, s.Cache.Shared.TOML)
+		}
+	}
+
+	local, err := config.Parse([]byte(s.Cache.SharedLocal))
+	if err != nil {
+		t.Fatalf("the server refuses the module's TOML: %v\n%s", err, s.Cache.SharedLocal)
+	}
+	const socket = "postgres://concordia-cache@/concordia-cache?host=/run/postgresql"
+	if local.Upload.Database == nil || local.Upload.Database.URL != socket || local.Upload.Database.PasswordFile != "" {
+		t.Errorf("createLocally: [upload.database] = %+v, want url %s", local.Upload.Database, socket)
+	}
+	if local.NixDBPath == "" {
+		t.Error("the host's own store is off without localStore = false")
+	}
+	db := s.Cache.LocalDatabase
+	if db.URL != socket || !db.PostgreSQL.Enable || !reflect.DeepEqual(db.PostgreSQL.EnsureDatabases, []string{"concordia-cache"}) ||
+		len(db.PostgreSQL.EnsureUsers) != 1 || db.PostgreSQL.EnsureUsers[0].Name != "concordia-cache" || !db.PostgreSQL.EnsureUsers[0].EnsureDBOwnership {
+		t.Errorf("createLocally wiring = %+v", db)
+	}
+	if !reflect.DeepEqual(db.Unit["requires"], []string{"postgresql.service"}) ||
+		!reflect.DeepEqual(db.Unit["after"], []string{"postgresql.service", "postgresql-setup.service"}) {
+		t.Errorf("the service is not ordered after PostgreSQL: %v", db.Unit)
+	}
+
+	if len(s.Cache.SharedOK) != 0 || len(s.Cache.SharedLocalOK) != 0 {
+		t.Errorf("a good shared configuration fails assertions: %q %q", s.Cache.SharedOK, s.Cache.SharedLocalOK)
+	}
+	for name, tc := range map[string]struct {
+		msgs []string
+		want string
+	}{
+		"s3 without database":     {s.Cache.S3WithoutDatabase, "upload.s3 needs services.concordia-cache.upload.database"},
+		"database without s3":     {s.Cache.DatabaseWithoutS3, "upload.database needs services.concordia-cache.upload.s3"},
+		"database without url":    {s.Cache.DatabaseWithoutURL, "database.url must be set"},
+		"s3 secret in the store":  {s.Cache.S3SecretInStore, "secretAccessKeyFile must not be in the Nix store"},
+		"s3 secret as a Nix path": {s.Cache.S3SecretNixPath, "not a Nix path"},
+		"relative password file":  {s.Cache.PasswordRelative, "passwordFile must be an absolute path"},
 	} {
 		if len(tc.msgs) != 1 || !strings.Contains(tc.msgs[0], tc.want) {
 			t.Errorf("%s: failing assertions %q, want one saying %q", name, tc.msgs, tc.want)

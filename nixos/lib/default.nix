@@ -114,9 +114,11 @@ rec {
     ''command="${deployer} gate",restrict ${key}'';
 
   # toTOML renders the cache's settings (a flat attrset plus tables of
-  # scalars/lists, and lists of such tables, as [[upstream]]) the way
-  # internal/config reads them. Nulls are dropped, so unset module options
-  # fall back to the server's defaults.
+  # scalars/lists, tables inside tables as [upload.s3], and lists of such
+  # tables, as [[upstream]]) the way internal/config reads them. Nulls are
+  # dropped, so unset module options fall back to the server's defaults,
+  # and a null table is no table (an empty [upload.s3] would turn the
+  # shared store on).
   toTOML = settings:
     let
       clean = filterAttrs (_: v: v != null);
@@ -132,7 +134,15 @@ rec {
       top = clean (filterAttrs (_: v: !(isAttrs v) && !(isTableList v)) settings);
       tables = clean (filterAttrs (_: isAttrs) settings);
       tableLists = filterAttrs (_: isTableList) settings;
-      table = n: "\n[${n}]\n" + kv (clean tables.${n});
+      # A table's own keys first, then its subtables under dotted headers.
+      tableAt = path: t:
+        let
+          c = clean t;
+          subs = filterAttrs (_: isAttrs) c;
+        in
+        "\n[${path}]\n" + kv (filterAttrs (_: v: !(isAttrs v)) c)
+        + concatStringsSep "" (map (n: tableAt "${path}.${n}" subs.${n}) (attrNames subs));
+      table = n: tableAt n tables.${n};
       tableList = n: concatStringsSep "" (map (t: "\n[[${n}]]\n" + kv (clean t)) tableLists.${n});
     in
     kv top + concatStringsSep "" (map table (attrNames tables)) + concatStringsSep "" (map tableList (attrNames tableLists));
@@ -153,9 +163,11 @@ rec {
     , upload ? { }
     , gc ? { }
     , upstreams ? [ ]
+    , localStore ? true
+    , user ? "concordia-cache"
     }:
     let
-      up = { enable = false; tokensFile = null; private = false; } // upload;
+      up = { enable = false; tokensFile = null; private = false; s3 = null; database = null; } // upload;
       g = { maxSize = null; maxAge = null; interval = null; } // gc;
       # [[upstream]]: pulled paths are kept in the upload store, so a
       # pull-through upstream needs its directory even without uploads.
@@ -170,30 +182,130 @@ rec {
         pull_through = u.pullThrough or true;
       };
       pulls = any (u: u.pullThrough or true) upstreams;
+      # [upload.s3] and [upload.database]: the shared store. Unset options
+      # are null and left to the server's defaults (region us-east-1,
+      # 16M parts, 1h presigned URLs).
+      shared = up.s3 != null || up.database != null;
+      s3Table = s: {
+        inherit (s) endpoint bucket;
+        region = s.region or null;
+        prefix = s.prefix or null;
+        access_key_id = s.accessKeyId;
+        secret_access_key_file = toString s.secretAccessKeyFile;
+        part_size = s.partSize or null;
+        redirect = s.redirect or false;
+        redirect_ttl = s.redirectTTL or null;
+      };
+      databaseTable = d: {
+        url =
+          if d.url or null != null then d.url
+          else if d.createLocally or false then (cacheLocalDatabase { inherit user; }).url
+          else null;
+        password_file = if d.passwordFile or null == null then null else toString d.passwordFile;
+      };
     in
     {
       bind = "${listenAddress}:${toString port}";
       inherit priority compression;
       state_dir = stateDir;
+      # "" turns the host's own store off (replicas answer alike).
+      nix_db_path = if localStore then null else "";
       sign_key_paths = signKeyPaths;
       upstream = map upstreamTable upstreams;
       upload =
-        (if up.enable || pulls then { dir = "${stateDir}/upload"; } else { })
+        (if up.enable || pulls || shared then { dir = "${stateDir}/upload"; } else { })
         // (if up.tokensFile != null then { tokens_file = toString up.tokensFile; } else { })
-        // (if up.enable || up.private then { private = up.private; } else { });
+        // (if up.enable || up.private then { private = up.private; } else { })
+        // {
+          s3 = if up.s3 == null then null else s3Table up.s3;
+          database = if up.database == null then null else databaseTable up.database;
+        };
       gc = if up.enable then { max_size = g.maxSize; max_age = g.maxAge; interval = g.interval; } else { };
     };
+
+  # cacheCredentials: what the server reads once at start comes in as
+  # systemd credentials (LoadCredential): the signing keys, the S3 secret
+  # key and the PostgreSQL password. The files may then stay root-only, and
+  # no secret sits in the Nix store or the service's environment. Returns
+  # the LoadCredential lines, the signing keys' paths and `upload` with the
+  # secrets' paths replaced by their credentials' (what the TOML names).
+  # A new secret takes a restart (systemd copies it when the unit starts).
+  # The tokens file is not one of them: it is reread in place.
+  cacheCredentials =
+    { credDir ? "/run/credentials/concordia-cache.service"
+    , signKeyFiles ? [ ]
+    , upload ? { }
+    }:
+    let
+      up = { s3 = null; database = null; } // upload;
+      keyNames = builtins.genList (i: "sign-key-${toString i}") (length signKeyFiles);
+      s3Secret = if up.s3 == null then null else up.s3.secretAccessKeyFile or null;
+      dbPassword = if up.database == null then null else up.database.passwordFile or null;
+      # toString, not interpolation: a path is never copied into the store
+      # (cacheAssertions refuses Nix paths for these secrets).
+      cred = name: file: if file == null then [ ] else [ "${name}:${toString file}" ];
+    in
+    {
+      loadCredential =
+        builtins.genList (i: "${builtins.elemAt keyNames i}:${builtins.elemAt signKeyFiles i}") (length signKeyFiles)
+        ++ cred "s3-secret-key" s3Secret
+        ++ cred "database-password" dbPassword;
+      signKeyPaths = map (n: "${credDir}/${n}") keyNames;
+      upload = upload
+        // (if s3Secret == null then { } else { s3 = up.s3 // { secretAccessKeyFile = "${credDir}/s3-secret-key"; }; })
+        // (if dbPassword == null then { } else { database = up.database // { passwordFile = "${credDir}/database-password"; }; });
+    };
+
+  # cacheLocalDatabase: the PostgreSQL a cache creates on its own host
+  # (upload.database.createLocally). Peer authentication on the unix socket
+  # lets a Unix user in as the role of the same name, and ensureDBOwnership
+  # needs a database of that name too, so role and database are both named
+  # after the service user and no password is involved. NixOS 25.11 creates
+  # them in postgresql-setup.service, older releases in postgresql.service
+  # itself; ordering after (and wanting) a unit that does not exist changes
+  # nothing, so the unit waits for the role on either.
+  cacheLocalDatabase = { user ? "concordia-cache" }: {
+    url = "postgres://${user}@/${user}?host=/run/postgresql";
+    postgresql = {
+      enable = true;
+      ensureDatabases = [ user ];
+      ensureUsers = [ { name = user; ensureDBOwnership = true; } ];
+    };
+    unit = {
+      after = [ "postgresql.service" "postgresql-setup.service" ];
+      requires = [ "postgresql.service" ];
+      wants = [ "postgresql-setup.service" ];
+    };
+  };
 
   # cacheAssertions: the cache module's checks of its upload options, as
   # NixOS assertions (the failing ones are what the tests look at).
   cacheAssertions = { upload ? { } }:
     let
-      up = { enable = false; tokensFile = null; private = false; } // upload;
+      up = { enable = false; tokensFile = null; private = false; s3 = null; database = null; } // upload;
       tf = if up.tokensFile == null then null else toString up.tokensFile;
       opt = "services.concordia-cache.upload";
       under = prefix: tf != null && substring 0 (stringLength prefix) tf == prefix;
+      # A secret read through LoadCredential: a file on the host, by an
+      # absolute path, never in the world-readable store.
+      secretFile = name: f:
+        let p = if f == null then null else toString f; in
+        [
+          { assertion = f == null || typeOf f != "path"; message = "${name} must be a string, the path of a secret on the host (\"/run/secrets/...\"), not a Nix path: a Nix path is copied into the world-readable Nix store"; }
+          { assertion = p == null || substring 0 1 p == "/"; message = "${name} must be an absolute path"; }
+          { assertion = p == null || substring 0 (stringLength "${builtins.storeDir}/") p != "${builtins.storeDir}/"; message = "${name} must not be in the Nix store, which every user can read"; }
+        ];
+      s3 = up.s3;
+      db = up.database;
     in
     [
+      { assertion = s3 != null -> db != null; message = "${opt}.s3 needs ${opt}.database: the index of the files in a bucket is kept in PostgreSQL (set ${opt}.database.url, or ${opt}.database.createLocally = true)"; }
+      { assertion = db != null -> s3 != null; message = "${opt}.database needs ${opt}.s3: replicas sharing an index must share the files too"; }
+      { assertion = db != null -> (db.url or null != null || (db.createLocally or false)); message = "${opt}.database.url must be set, or ${opt}.database.createLocally = true for a PostgreSQL on this host"; }
+    ]
+    ++ secretFile "${opt}.s3.secretAccessKeyFile" (if s3 == null then null else s3.secretAccessKeyFile or null)
+    ++ secretFile "${opt}.database.passwordFile" (if db == null then null else db.passwordFile or null)
+    ++ [
       { assertion = up.enable -> tf != null; message = "${opt}.tokensFile must be set when uploads are enabled"; }
       { assertion = up.private -> tf != null; message = "${opt}.private needs ${opt}.tokensFile: without it nobody can authenticate, and the server refuses to serve a private cache to everybody"; }
       { assertion = tf == null || substring 0 1 tf == "/"; message = "${opt}.tokensFile must be an absolute path"; }

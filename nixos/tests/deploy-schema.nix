@@ -37,6 +37,12 @@ in
       render = opts: clib.toTOML (clib.cacheSettings opts);
       failing = opts: map (a: a.message) (builtins.filter (a: !a.assertion) (clib.cacheAssertions opts));
       secret = "/run/secrets/concordia-tokens";
+      s3 = {
+        endpoint = "http://127.0.0.1:9000"; bucket = "concordia"; region = null; prefix = "cache-a/";
+        accessKeyId = "concordia"; secretAccessKeyFile = "/run/secrets/concordia-s3";
+        partSize = "32M"; redirect = true; redirectTTL = "10m";
+      };
+      remoteDb = { url = "postgres://concordia@db.example.org/concordia?sslmode=verify-full"; passwordFile = "/run/secrets/concordia-pg"; createLocally = false; };
     in
     {
       uploads = render { signKeyPaths = [ "/run/credentials/concordia-cache.service/sign-key-0" ]; upload = { enable = true; tokensFile = secret; }; gc = { maxSize = "50G"; }; };
@@ -55,6 +61,29 @@ in
       tokensInStore = failing { upload = { enable = true; tokensFile = "${builtins.storeDir}/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-tokens"; }; };
       tokensRelative = failing { upload = { enable = true; tokensFile = "tokens"; }; };
       tokensInHome = failing { upload = { enable = true; tokensFile = "/home/ci/tokens"; }; };
+
+      # The shared store: options as the module has them, secrets through
+      # cacheCredentials, rendered and parsed back by the Go test.
+      shared =
+        let creds = clib.cacheCredentials { signKeyFiles = [ "/run/secrets/sign-key" ]; upload = { inherit s3; database = remoteDb; }; }; in
+        {
+          inherit (creds) loadCredential;
+          toml = render {
+            inherit (creds) signKeyPaths;
+            localStore = false;
+            upload = { enable = true; tokensFile = secret; inherit (creds.upload) s3 database; };
+          };
+        };
+      sharedLocal = render { upload = { inherit s3; database = { createLocally = true; }; }; };
+      localDatabase = clib.cacheLocalDatabase { };
+      sharedOk = failing { upload = { enable = true; tokensFile = secret; inherit s3; database = remoteDb; }; };
+      sharedLocalOk = failing { upload = { inherit s3; database = { createLocally = true; }; }; };
+      s3WithoutDatabase = failing { upload = { inherit s3; }; };
+      databaseWithoutS3 = failing { upload = { database = { createLocally = true; }; }; };
+      databaseWithoutUrl = failing { upload = { inherit s3; database = { }; }; };
+      s3SecretInStore = failing { upload = { s3 = s3 // { secretAccessKeyFile = "${builtins.storeDir}/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-s3"; }; database = remoteDb; }; };
+      s3SecretNixPath = failing { upload = { s3 = s3 // { secretAccessKeyFile = ./keys; }; database = remoteDb; }; };
+      passwordRelative = failing { upload = { inherit s3; database = remoteDb // { passwordFile = "pg"; }; }; };
     };
   branches =
     let nodes = (clib.deployNodes { nixosConfigurations = fleet; }).nodes; in

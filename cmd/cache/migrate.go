@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,13 +26,12 @@ func newMigrateCommand() *cli.Command {
 		Name:  "migrate",
 		Usage: "--from CONFIG|--from-dir DIR --to CONFIG|--to-dir DIR [--dry-run] [--json]",
 		Short: "copy one upload store into another (disk to bucket and database, or back), verified",
-		Long: `Copies every path of the --from upload store ([upload] dir, or [upload.s3]
-and [upload.database]) into the --to one through its verified intake,
-references first, signatures as they are, with listings, times, build logs,
-realisations, pins and tombstones. A path the destination has is skipped
-(run again to finish an interrupted copy); one it has with another NAR is
-reported and left alone. Exit status 1 if anything was not copied. Stop the
-servers of both stores first.`,
+		Long: `Copies every path of the --from upload store ([upload] dir, or [upload.s3] and
+[upload.database]) into the --to one through its verified intake, references
+first, signatures kept, with listings, times, logs, realisations, pins and
+tombstones. What the destination has is skipped (run again to finish an
+interrupted copy), another NAR there is reported; exit 1 if anything was not
+copied. Stop the servers of both stores first.`,
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&o.from, "from", "", "the config `FILE` naming the source store")
 			fs.StringVar(&o.to, "to", "", "the config `FILE` naming the destination store")
@@ -73,11 +71,8 @@ func runMigrate(ctx context.Context, env *cli.Env, o *migrateOptions) error {
 		}
 	}
 	rep, err := migrate.Run(ctx, src, dst, migrate.Options{Logger: log, DryRun: o.dryRun, Progress: progress})
-	if rep != nil && o.json {
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		fmt.Fprintf(env.Stdout, "%s\n", b)
-	} else if rep != nil {
-		rep.WriteText(env.Stdout)
+	if rep != nil {
+		rep.Write(env.Stdout, o.json)
 	}
 	if errors.Is(err, migrate.ErrIncomplete) {
 		return &cli.ExitError{Code: 1}
@@ -85,9 +80,8 @@ func runMigrate(ctx context.Context, env *cli.Env, o *migrateOptions) error {
 	return err
 }
 
-// load reads both ends' configs. References the source found in the
-// machine's store must count as present at the destination too, so the
-// destination looks in the source's.
+// load reads both ends' configs; the destination looks in the source's
+// machine store, so the references the source found there count.
 func (o *migrateOptions) load() (from, to *config.Config, err error) {
 	if from, err = loadStoreConfig("--from", o.from, o.fromDir); err != nil {
 		return nil, nil, err

@@ -1,14 +1,20 @@
 package migrate
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"time"
 )
 
-// WriteText writes the report for a person: a line per thing not copied
-// or missing at the destination, then the counts.
-func (r *Report) WriteText(w io.Writer) {
+// Write writes the report as indented JSON, or for a person: a line per
+// thing not copied or missing at the destination, then the counts.
+func (r *Report) Write(w io.Writer, asJSON bool) {
+	if asJSON {
+		b, _ := json.MarshalIndent(r, "", "  ")
+		fmt.Fprintf(w, "%s\n", b)
+		return
+	}
 	for _, p := range append(append([]Problem(nil), r.Conflicts...), r.Failed...) {
 		fmt.Fprintf(w, "NOT COPIED %s: %s\n", p.What, p.Err)
 	}

@@ -235,7 +235,7 @@ func checkSame(t *testing.T, f *fixture, dst *upload.Store) {
 			t.Fatalf("%s at the destination: %v", p.base, err)
 		}
 		if got.NarInfo.String() != want.NarInfo.String() || got.Origin != want.Origin ||
-			!got.Registered.Equal(want.Registered) || !got.Access.Equal(want.Access) {
+			!got.Registered.Equal(want.Registered) || !got.Access.Equal(want.Access) || !got.Told.Equal(want.Told) {
 			t.Errorf("%s:\n got %+v\n%s\nwant %+v\n%s", p.base, got, got.NarInfo, want, want.NarInfo)
 		}
 		info, err := dst.PathInfo(ctx, p.hash)

@@ -93,12 +93,14 @@ func (s *Store) pathRecord(tx kv.Tx, hp string, r *pathRec) PathRecord {
 }
 
 // SetPathTimes sets the registration time, last access and last time a
-// writer was told of hashPart, as they were in the store it was copied
-// from, so GC orders and protects it as it would have there. A zero
-// time leaves that one as it is; a path the index lacks is
-// store.ErrNotFound.
+// writer was told of hashPart to what they were in the store it was
+// copied from, so GC orders and protects it as it would have there:
+// the intake of the copy stamped it accessed and told now. A zero
+// registration time leaves it; a zero access or told time removes that
+// stamp (GC then goes by the registration time, and keeps nothing for
+// writers). A path the index lacks is store.ErrNotFound.
 func (s *Store) SetPathTimes(ctx context.Context, hashPart string, registered, access, told time.Time) error {
-	return s.db.Update(func(tx kv.Tx) error {
+	return mapErr(s.db.Update(func(tx kv.Tx) error {
 		var r pathRec
 		found, err := getJSON(tx.Bucket(bPaths), []byte(hashPart), &r)
 		if err != nil {
@@ -118,14 +120,16 @@ func (s *Store) SetPathTimes(ctx context.Context, hashPart string, registered, a
 			t time.Time
 		}{{bAccess, access}, {bTold, told}} {
 			if t.t.IsZero() {
-				continue
+				err = tx.Bucket(t.b).Delete([]byte(hashPart))
+			} else {
+				err = tx.Bucket(t.b).Put([]byte(hashPart), unixBytes(t.t.Unix()))
 			}
-			if err := tx.Bucket(t.b).Put([]byte(hashPart), unixBytes(t.t.Unix())); err != nil {
+			if err != nil {
 				return err
 			}
 		}
 		return nil
-	})
+	}))
 }
 
 // LogNames lists the derivations (base names) whose build log is stored.

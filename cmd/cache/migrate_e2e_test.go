@@ -82,7 +82,8 @@ func runMigrateBinary(t *testing.T, args ...string) (code int, stdout, stderr st
 
 // TestMigrateCommand: `cache migrate` copies a disk store named by one
 // config into the one another names, byte for byte with its log and pin;
-// run again it copies nothing; it refuses to copy a store into itself.
+// run again it copies nothing; it refuses to copy a store into itself,
+// and says to stop the server of a store another process holds.
 func TestMigrateCommand(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
@@ -121,5 +122,15 @@ func TestMigrateCommand(t *testing.T) {
 	code, _, stderr = runMigrateBinary(t, "--from", cfgA, "--to-dir", filepath.Join(a, "upload"))
 	if code != 2 || !strings.Contains(stderr, "same upload store") {
 		t.Errorf("migrate into itself: exit %d, %s", code, stderr)
+	}
+
+	held, err := upload.Open(ctx, filepath.Join(b, "upload"), upload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	code, _, stderr = runMigrateBinary(t, "--from", cfgA, "--to", cfgB)
+	if code != 1 || !strings.Contains(stderr, "stop the server") {
+		t.Errorf("migrate into a store another process holds: exit %d, %s", code, stderr)
 	}
 }

@@ -104,10 +104,7 @@ func (c *copier) copyPath(ctx context.Context, r *upload.PathRecord) (Action, er
 		}
 		return Failed, c.problem(ctx, sp, err)
 	}
-	if err := c.finish(ctx, r); err != nil {
-		return Failed, c.problem(ctx, sp, err)
-	}
-	return Copied, nil
+	return Copied, c.finish(ctx, r)
 }
 
 // present handles a path the destination has: the same NAR is skipped
@@ -123,10 +120,7 @@ func (c *copier) present(ctx context.Context, r, have *upload.PathRecord) (Actio
 	if c.opts.DryRun {
 		return Skipped, nil
 	}
-	if err := c.finish(ctx, r); err != nil {
-		return Failed, c.problem(ctx, sp, err)
-	}
-	return Skipped, nil
+	return Skipped, c.finish(ctx, r)
 }
 
 // countBlob counts a NAR file once, however many paths share it.
@@ -187,21 +181,24 @@ func (c *copier) publish(ctx context.Context, r *upload.PathRecord) error {
 
 // finish copies what belongs to a published path: its listing, and its
 // registration and access times, so GC at the destination orders it as
-// the source would have.
+// the source would have. Neither is the path: a problem with one is
+// reported on its own and does not keep the path's referrers back.
 func (c *copier) finish(ctx context.Context, r *upload.PathRecord) error {
-	hp := hashOf(r.NarInfo.StorePath)
+	sp, hp := r.NarInfo.StorePath, hashOf(r.NarInfo.StorePath)
 	ls, err := c.from.Listing(ctx, hp)
-	switch {
-	case err == nil:
-		if err := c.to.PutListing(ctx, hp, bytes.NewReader(ls)); err != nil {
-			return fmt.Errorf("listing: %w", err)
+	if err == nil {
+		err = c.to.PutListing(ctx, hp, bytes.NewReader(ls))
+		if err == nil {
+			c.rep.Listings++
 		}
-		c.rep.Listings++
-	case !errors.Is(err, store.ErrNotFound):
-		return fmt.Errorf("read listing: %w", err)
+	}
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		if err := c.problem(ctx, "listing of "+sp, err); err != nil {
+			return err
+		}
 	}
 	if err := c.to.SetPathTimes(ctx, hp, r.Registered, r.Access, r.Told); err != nil {
-		return fmt.Errorf("times: %w", err)
+		return c.problem(ctx, "times of "+sp, err)
 	}
 	return nil
 }

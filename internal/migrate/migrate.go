@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"strings"
 	"time"
 
@@ -138,8 +139,9 @@ type copier struct {
 	from, to *upload.Store
 	opts     Options
 	rep      *Report
-	bad      map[string]bool // hash parts not copied: their referrers cannot be
-	blobs    map[string]bool // NAR files at the destination already
+	bad      map[string]bool   // hash parts not copied: their referrers cannot be
+	upstream map[string]string // hash part -> upstream: paths the source knows only an upstream has
+	blobs    map[string]bool   // NAR files at the destination already
 }
 
 // run copies in the order the destination needs: upstream marks (which
@@ -195,7 +197,16 @@ func (c *copier) copyMarks(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read the source's upstream paths: %w", err)
 	}
-	c.rep.UpstreamMarks = len(marks)
+	c.rep.UpstreamMarks, c.upstream = len(marks), maps.Clone(marks)
+	tombs, err := c.from.Tombstones(ctx)
+	if err != nil {
+		return fmt.Errorf("read the source's tombstones: %w", err)
+	}
+	for _, t := range tombs {
+		if t.Upstream != "" { // a pulled path evicted since
+			c.upstream[hashOf(t.StorePath)] = t.Upstream
+		}
+	}
 	if c.opts.DryRun || len(marks) == 0 {
 		return nil
 	}

@@ -81,7 +81,10 @@ func (p *path) upload(t *testing.T, s *upload.Store) {
 
 // elsewhere is a store that has one path (the machine's /nix/store):
 // a reference to it counts as present.
-type elsewhere struct{ p *path }
+type elsewhere struct {
+	p      *path
+	origin string // an upstream's checking view, "" for /nix/store
+}
 
 func (e elsewhere) StoreDir() string { return "/nix/store" }
 
@@ -89,7 +92,8 @@ func (e elsewhere) PathInfo(ctx context.Context, hp string) (*store.PathInfo, er
 	if hp != e.p.hash {
 		return nil, store.ErrNotFound
 	}
-	return &store.PathInfo{StorePath: e.p.info.StorePath, NarHash: e.p.info.NarHash.Digest, NarSize: e.p.info.NarSize}, nil
+	return &store.PathInfo{StorePath: e.p.info.StorePath, NarHash: e.p.info.NarHash.Digest, NarSize: e.p.info.NarSize,
+		Origin: e.origin}, nil
 }
 
 func (e elsewhere) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) error {
@@ -97,20 +101,25 @@ func (e elsewhere) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) e
 	return err
 }
 
-var outside = newOutside()
+var outside = newElsewhere("outside", "")
 
-func newOutside() elsewhere {
-	p := &path{hash: hashPart("outside")}
-	p.base = p.hash + "-outside"
-	p.nar = nartest.File([]byte("in /nix/store"))
+func newElsewhere(name, origin string) elsewhere {
+	p := &path{hash: hashPart(name)}
+	p.base = p.hash + "-" + name
+	p.nar = nartest.File([]byte("in " + name))
 	sum := sha256.Sum256(p.nar)
 	p.info = &narinfo.NarInfo{StorePath: "/nix/store/" + p.base, NarHash: narinfo.SHA256(sum[:]), NarSize: uint64(len(p.nar))}
-	return elsewhere{p}
+	return elsewhere{p, origin}
 }
 
 func open(t *testing.T, dir string, keys ...narinfo.SecretKey) *upload.Store {
 	t.Helper()
-	s, err := upload.Open(context.Background(), dir, upload.Options{SignKeys: keys, Others: []store.Store{outside}})
+	return openWith(t, dir, upload.Options{SignKeys: keys, Others: []store.Store{outside}})
+}
+
+func openWith(t *testing.T, dir string, opts upload.Options) *upload.Store {
+	t.Helper()
+	s, err := upload.Open(context.Background(), dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,6 +187,27 @@ func (f *fixture) docs(t *testing.T) {
 		NarHash: bytes.Repeat([]byte{7}, 32), RefsHash: bytes.Repeat([]byte{8}, 32), Collected: time.Unix(1_700_000_000, 0)})
 	must(t, err)
 	must(t, s.SetPathTimes(ctx, f.leaf.hash, time.Unix(1_600_000_000, 0), time.Unix(1_650_000_000, 0), time.Time{}))
+}
+
+// TestMigrateUpstreamReference: a path uploaded while its reference was
+// only an upstream's cannot be published into a destination that does
+// not consult that upstream; it fails with the reason, and the
+// destination keeps the source's record that the upstream has the
+// reference.
+func TestMigrateUpstreamReference(t *testing.T) {
+	ctx := context.Background()
+	up := newElsewhere("upstream-only", upstream)
+	src := openWith(t, t.TempDir(), upload.Options{Others: []store.Store{outside, up}})
+	p := newPath(t, "refers-upstream", "x", up.p.base)
+	p.upload(t, src)
+	dst := open(t, t.TempDir())
+	rep, err := migrate.Run(ctx, src, dst, migrate.Options{})
+	if !errors.Is(err, migrate.ErrIncomplete) || len(rep.Failed) != 1 || !strings.Contains(rep.Failed[0].Err, "only the upstream") {
+		t.Fatalf("Run: %+v, %v; want the path failed for its upstream reference", rep, err)
+	}
+	if marks, _ := dst.UpstreamPaths(ctx); marks[up.p.hash] != upstream {
+		t.Errorf("upstream marks at the destination: %v", marks)
+	}
 }
 
 func must(t *testing.T, err error) {

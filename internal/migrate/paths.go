@@ -174,9 +174,23 @@ func (c *copier) publish(ctx context.Context, r *upload.PathRecord) error {
 		err = c.to.PutNarInfo(ctx, hashOf(r.NarInfo.StorePath), strings.NewReader(r.NarInfo.String()))
 	}
 	if err != nil {
-		return fmt.Errorf("narinfo: %w", err)
+		return fmt.Errorf("narinfo: %w%s", err, c.upstreamHint(r))
 	}
 	return nil
+}
+
+// upstreamHint explains the refusal of a path that refers to one only an
+// upstream has (the source asked it when the path was uploaded): the
+// destination checks references against the stores it was opened with,
+// which for a maintenance command are not the upstreams.
+func (c *copier) upstreamHint(r *upload.PathRecord) string {
+	hp := hashOf(r.NarInfo.StorePath)
+	for _, ref := range r.NarInfo.References {
+		if h := hashOf(ref); h != hp && c.upstream[h] != "" {
+			return fmt.Sprintf(" (its reference %s is one only the upstream %s has, which the destination does not consult)", ref, c.upstream[h])
+		}
+	}
+	return ""
 }
 
 // finish copies what belongs to a published path: its listing, and its

@@ -124,8 +124,11 @@ func Run(ctx context.Context, from, to *upload.Store, opts Options) (*Report, er
 		bad: map[string]bool{}, blobs: map[string]bool{}}
 	err := c.run(ctx)
 	c.rep.Duration = Duration(time.Since(start))
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return c.rep, fmt.Errorf("migration interrupted (run it again to finish): %w", err)
+	}
 	if err != nil {
-		return c.rep, err
+		return c.rep, fmt.Errorf("migrate: %w", err)
 	}
 	if r := c.rep; len(r.Conflicts)+len(r.Failed)+len(r.Missing) > 0 {
 		return r, fmt.Errorf("%w: %d conflicts, %d failed, %d missing at the destination",

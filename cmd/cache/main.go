@@ -16,6 +16,7 @@ func main() {
 		newKeygenCommand(),
 		newVersionCommand(),
 		newGCCommand(), newVerifyCommand(), newPinCommand(), newForgetCommand(), newTokenCommand(),
+		newMigrateCommand(),
 	}
 	os.Exit(cli.Main("cache", "cache: Concordia's Nix binary cache (serve, sign, take uploads)", cmds, os.Args[1:], nil))
 }

@@ -4,16 +4,13 @@
 package testpg
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // Options tune a server.
@@ -198,17 +195,3 @@ func Main(m interface{ Run() int }) {
 	sharedMu.Unlock()
 	os.Exit(code)
 }
-
-// Wait polls until ctx ends or ok is true; for tests waiting on a server.
-func Wait(ctx context.Context, ok func() bool) bool {
-	for !ok() {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return true
-}
-
-var _ = strings.TrimSpace

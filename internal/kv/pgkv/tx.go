@@ -1,10 +1,12 @@
 package pgkv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/bos55/concordia/internal/kv"
 )
@@ -43,6 +45,12 @@ func (d *DB) begin(writable bool) (*tx, error) {
 		opts = pgx.TxOptions{IsoLevel: pgx.ReadCommitted, AccessMode: pgx.ReadWrite}
 	}
 	ptx, err := d.pool.BeginTx(ctx, opts)
+	for i := 0; err != nil && i < 2 && retryable(ctx, err); i++ {
+		// A pooled connection the server dropped (a restart, an idle
+		// timeout) fails its first write; the pool has discarded it now
+		// and nothing was done, so beginning again is safe.
+		ptx, err = d.pool.BeginTx(ctx, opts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pgkv: begin: %w", err)
 	}
@@ -54,6 +62,13 @@ func (d *DB) begin(writable bool) (*tx, error) {
 		}
 	}
 	return t, nil
+}
+
+// retryable is a failed BEGIN on a dead connection, rather than the
+// server refusing or the time running out.
+func retryable(ctx context.Context, err error) bool {
+	var pe *pgconn.PgError
+	return ctx.Err() == nil && !errors.As(err, &pe)
 }
 
 // Begin starts a transaction ended by Commit or Rollback.

@@ -27,7 +27,7 @@ func (b *bucket) Get(k []byte) []byte {
 	ctx, cancel := b.tx.db.op()
 	defer cancel()
 	var v []byte
-	err := b.tx.tx.QueryRow(ctx, "SELECT value FROM kv WHERE bucket=$1 AND key=$2", b.name, k).Scan(&v)
+	err := b.tx.queryRow(ctx, "SELECT value FROM kv WHERE bucket=$1 AND key=$2", []any{b.name, k}, &v)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}
@@ -53,7 +53,7 @@ func (b *bucket) Put(k, v []byte) error {
 	}
 	ctx, cancel := b.tx.db.op()
 	defer cancel()
-	_, err := b.tx.tx.Exec(ctx, `INSERT INTO kv(bucket, key, value) VALUES($1, $2, $3)
+	_, err := b.tx.exec(ctx, `INSERT INTO kv(bucket, key, value) VALUES($1, $2, $3)
 		ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value`, b.name, k, v)
 	if err != nil {
 		return b.tx.fail(fmt.Errorf("pgkv: put %q/%q: %w", b.name, k, err))
@@ -67,7 +67,7 @@ func (b *bucket) Delete(k []byte) error {
 	}
 	ctx, cancel := b.tx.db.op()
 	defer cancel()
-	if _, err := b.tx.tx.Exec(ctx, "DELETE FROM kv WHERE bucket=$1 AND key=$2", b.name, k); err != nil {
+	if _, err := b.tx.exec(ctx, "DELETE FROM kv WHERE bucket=$1 AND key=$2", b.name, k); err != nil {
 		return b.tx.fail(fmt.Errorf("pgkv: delete %q/%q: %w", b.name, k, err))
 	}
 	return nil
@@ -101,7 +101,7 @@ func (b *bucket) ForEach(fn func(k, v []byte) error) error {
 func (b *bucket) page(after []byte) (keys, vals [][]byte, err error) {
 	ctx, cancel := b.tx.db.op()
 	defer cancel()
-	rows, err := b.tx.tx.Query(ctx, "SELECT key, value FROM kv WHERE bucket=$1 AND key > $2 ORDER BY key LIMIT $3",
+	rows, err := b.tx.query(ctx, "SELECT key, value FROM kv WHERE bucket=$1 AND key > $2 ORDER BY key LIMIT $3",
 		b.name, after, pageSize)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pgkv: foreach %q: %w", b.name, err)
@@ -130,7 +130,7 @@ func (b *bucket) KeyN() int {
 	ctx, cancel := b.tx.db.op()
 	defer cancel()
 	var n int
-	if err := b.tx.tx.QueryRow(ctx, "SELECT count(*) FROM kv WHERE bucket=$1", b.name).Scan(&n); err != nil {
+	if err := b.tx.queryRow(ctx, "SELECT count(*) FROM kv WHERE bucket=$1", []any{b.name}, &n); err != nil {
 		b.tx.fail(fmt.Errorf("pgkv: keyn %q: %w", b.name, err))
 		return 0
 	}

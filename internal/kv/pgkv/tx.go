@@ -1,12 +1,10 @@
 package pgkv
 
 import (
-	"context"
 	"errors"
 	"fmt"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/bos55/concordia/internal/kv"
 )
@@ -27,8 +25,9 @@ var ErrTxClosed = errors.New("pgkv: transaction closed")
 // View and Update, and nothing is committed after it.
 type tx struct {
 	db       *DB
-	tx       pgx.Tx
+	conn     *pgxpool.Conn // nil once ended
 	writable bool
+	begun    bool // BEGIN sent; a read transaction begins lazily
 	err      error
 	done     bool
 }
@@ -38,37 +37,18 @@ var _ kv.Tx = (*tx)(nil)
 func (d *DB) begin(writable bool) (*tx, error) {
 	ctx, cancel := d.op()
 	defer cancel()
-	opts := pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
-	if writable {
-		// READ COMMITTED is enough: writers are serialised by the lock,
-		// and each sees everything committed before it took it.
-		opts = pgx.TxOptions{IsoLevel: pgx.ReadCommitted, AccessMode: pgx.ReadWrite}
-	}
-	ptx, err := d.pool.BeginTx(ctx, opts)
-	for i := 0; err != nil && i < 2 && retryable(ctx, err); i++ {
-		// A pooled connection the server dropped (a restart, an idle
-		// timeout) fails its first write; the pool has discarded it now
-		// and nothing was done, so beginning again is safe.
-		ptx, err = d.pool.BeginTx(ctx, opts)
-	}
+	c, err := d.pool.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("pgkv: begin: %w", err)
+		return nil, fmt.Errorf("pgkv: acquire a connection: %w", err)
 	}
-	t := &tx{db: d, tx: ptx, writable: writable}
+	t := &tx{db: d, conn: c, writable: writable}
 	if writable {
-		if _, err := ptx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", writeLock); err != nil {
+		if err := t.start(ctx); err != nil {
 			t.Rollback()
-			return nil, fmt.Errorf("pgkv: taking the write lock: %w", err)
+			return nil, err
 		}
 	}
 	return t, nil
-}
-
-// retryable is a failed BEGIN on a dead connection, rather than the
-// server refusing or the time running out.
-func retryable(ctx context.Context, err error) bool {
-	var pe *pgconn.PgError
-	return ctx.Err() == nil && !errors.As(err, &pe)
 }
 
 // Begin starts a transaction ended by Commit or Rollback.
@@ -133,7 +113,7 @@ func (t *tx) Bucket(name []byte) kv.Bucket {
 	ctx, cancel := t.db.op()
 	defer cancel()
 	var ok bool
-	if err := t.tx.QueryRow(ctx, "SELECT EXISTS(SELECT 1 FROM buckets WHERE name=$1)", name).Scan(&ok); err != nil {
+	if err := t.queryRow(ctx, "SELECT EXISTS(SELECT 1 FROM buckets WHERE name=$1)", []any{name}, &ok); err != nil {
 		t.fail(fmt.Errorf("pgkv: bucket %q: %w", name, err))
 		return nil
 	}
@@ -152,7 +132,7 @@ func (t *tx) CreateBucketIfNotExists(name []byte) (kv.Bucket, error) {
 	}
 	ctx, cancel := t.db.op()
 	defer cancel()
-	if _, err := t.tx.Exec(ctx, "INSERT INTO buckets(name) VALUES($1) ON CONFLICT DO NOTHING", name); err != nil {
+	if _, err := t.exec(ctx, "INSERT INTO buckets(name) VALUES($1) ON CONFLICT DO NOTHING", name); err != nil {
 		return nil, t.fail(fmt.Errorf("pgkv: create bucket %q: %w", name, err))
 	}
 	return &bucket{tx: t, name: append([]byte(nil), name...)}, nil
@@ -164,7 +144,7 @@ func (t *tx) DeleteBucket(name []byte) error {
 	}
 	ctx, cancel := t.db.op()
 	defer cancel()
-	tag, err := t.tx.Exec(ctx, "DELETE FROM buckets WHERE name=$1", name)
+	tag, err := t.exec(ctx, "DELETE FROM buckets WHERE name=$1", name)
 	if err != nil {
 		return t.fail(fmt.Errorf("pgkv: delete bucket %q: %w", name, err))
 	}
@@ -185,9 +165,7 @@ func (t *tx) Commit() error {
 		return t.err
 	}
 	t.done = true
-	ctx, cancel := t.db.op()
-	defer cancel()
-	if err := t.tx.Commit(ctx); err != nil {
+	if err := t.end("COMMIT"); err != nil {
 		return fmt.Errorf("pgkv: commit: %w", err)
 	}
 	return nil
@@ -199,9 +177,7 @@ func (t *tx) Rollback() error {
 		return nil
 	}
 	t.done = true
-	ctx, cancel := t.db.op()
-	defer cancel()
-	if err := t.tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
+	if err := t.end("ROLLBACK"); err != nil {
 		// The connection is gone, and the server has rolled back with it.
 		return fmt.Errorf("pgkv: rollback: %w", err)
 	}

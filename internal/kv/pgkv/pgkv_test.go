@@ -192,3 +192,37 @@ func TestBeginAfterClose(t *testing.T) {
 		t.Fatal("View on a closed DB succeeded")
 	}
 }
+
+// TestStickyError: a read failed by a lost connection makes View and
+// Commit fail even though fn saw only a missing key and returned nil.
+func TestStickyError(t *testing.T) {
+	srv := testpg.Start(t, testpg.Options{})
+	db := openURL(t, srv.CreateDB(t))
+	if err := put(db, "a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	err := db.View(func(tx kv.Tx) error {
+		b := tx.Bucket([]byte("b"))
+		srv.Restart(t)
+		b.Get([]byte("a"))
+		return nil
+	})
+	if err == nil {
+		t.Fatal("View with a failed read succeeded")
+	}
+	t.Logf("View: %v", err)
+
+	tx, err := db.Begin(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := tx.Bucket([]byte("b"))
+	srv.Restart(t)
+	b.Get([]byte("a"))
+	if err := tx.Commit(); err == nil {
+		t.Fatal("Commit after a failed read succeeded")
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatalf("Rollback after a failed Commit: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ package boltkv
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -18,7 +19,7 @@ import (
 type DB struct {
 	db    *bolt.DB
 	mu    sync.Mutex
-	locks map[string]*sync.Mutex
+	locks map[string]chan struct{}
 }
 
 // Open opens (creating) the bbolt file at path. A file another process
@@ -28,7 +29,7 @@ func Open(path string, timeout time.Duration) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &DB{db: db, locks: map[string]*sync.Mutex{}}, nil
+	return &DB{db: db, locks: map[string]chan struct{}{}}, nil
 }
 
 // Bolt is the underlying file, for tools that inspect it.
@@ -50,17 +51,23 @@ func (d *DB) Begin(writable bool) (kv.Tx, error) {
 	return txn{tx}, nil
 }
 
-// Lock is an in-process mutex: the file is owned by this process.
+// Lock is an in-process mutex, the file being owned by this process; a
+// channel rather than a sync.Mutex so that ctx can end the wait.
 func (d *DB) Lock(ctx context.Context, name string) (func(), error) {
 	d.mu.Lock()
 	m := d.locks[name]
 	if m == nil {
-		m = &sync.Mutex{}
+		m = make(chan struct{}, 1)
 		d.locks[name] = m
 	}
 	d.mu.Unlock()
-	m.Lock()
-	return m.Unlock, nil
+	select {
+	case m <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("boltkv: lock %q: %w", name, ctx.Err())
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-m }) }, nil
 }
 
 func (d *DB) Shared() bool { return false }
@@ -102,4 +109,14 @@ func (b bucket) Get(k []byte) []byte                      { return b.b.Get(k) }
 func (b bucket) Put(k, v []byte) error                    { return b.b.Put(k, v) }
 func (b bucket) Delete(k []byte) error                    { return b.b.Delete(k) }
 func (b bucket) ForEach(fn func(k, v []byte) error) error { return b.b.ForEach(fn) }
-func (b bucket) KeyN() int                                { return b.b.Stats().KeyN }
+
+// KeyN counts with a cursor: bbolt's Stats().KeyN reads the pages only,
+// so misses keys put earlier in the same write transaction.
+func (b bucket) KeyN() int {
+	n := 0
+	c := b.b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		n++
+	}
+	return n
+}

@@ -137,8 +137,18 @@ func Open(ctx context.Context, cfg Config) (*Dir, error) {
 func (d *Dir) check(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
+	// A dial first: minio-go retries a refused connection until the
+	// deadline and then reports only the deadline.
+	host := d.client.EndpointURL().Host
+	if d.client.EndpointURL().Port() == "" {
+		host = net.JoinHostPort(host, map[bool]string{true: "443", false: "80"}[d.client.EndpointURL().Scheme == "https"])
+	}
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", host)
+	if err != nil {
+		return fmt.Errorf("S3 endpoint %s unreachable: %w", d.endpoint, err)
+	}
+	conn.Close()
 	lctx, lcancel := context.WithCancel(ctx)
-	var err error
 	for oi := range d.client.ListObjects(lctx, d.bucket, minio.ListObjectsOptions{Prefix: d.prefix, MaxKeys: 1}) {
 		err = oi.Err
 		lcancel()

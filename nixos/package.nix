@@ -6,7 +6,7 @@
 buildGoModule {
   pname = "concordia";
   inherit version src subPackages;
-  vendorHash = "sha256-5q+rQ77wChwryXK11bRi6tQuJS2fFQS0W2RDOTWFiwE=";
+  vendorHash = "sha256-YDKy8GE1mDnRXHL7sY4hwUXDPhritRWBS5xum68mqTI=";
   # go-sqlite3 needs cgo.
   env.CGO_ENABLED = "1";
   ldflags = [ "-s" "-w" "-X github.com/bos55/concordia/internal/version.Version=${version}" ];

@@ -207,9 +207,11 @@ func testReplace(t *testing.T, d blob.Dir) {
 	}
 	t.Logf("old reader after replace: %d bytes, err %v", len(got), err)
 	p := make([]byte, 100)
-	if n, err := r.ReadAt(p, 5); err == nil && !bytes.Equal(p[:n], old[5:5+n]) {
+	n, err := r.ReadAt(p, 5)
+	if err == nil && !bytes.Equal(p[:n], old[5:5+n]) {
 		t.Fatal("ReadAt of the old reader returned new bytes")
 	}
+	t.Logf("old reader's ReadAt after replace: %d bytes, err %v", n, err)
 }
 
 func testRemove(t *testing.T, d blob.Dir) {

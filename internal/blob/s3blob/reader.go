@@ -27,6 +27,8 @@ type reader struct {
 	bodyPos int64
 }
 
+// Open stats the blob (so a missing one is fs.ErrNotExist now, not at
+// the first Read); the reader's requests run under ctx.
 func (d *Dir) Open(ctx context.Context, name string) (blob.Reader, error) {
 	k, err := d.key(name)
 	if err != nil {

@@ -29,6 +29,8 @@ type temp struct {
 	done  bool  // published or closed
 }
 
+// Create starts a blob; its uploads run under ctx (a cancelled ctx fails
+// the write, and Close still aborts the upload).
 func (d *Dir) Create(ctx context.Context) (blob.Temp, error) {
 	return &temp{d: d, ctx: ctx, buf: make([]byte, 0, d.partSize)}, nil
 }

@@ -148,15 +148,18 @@ func (d *Dir) check(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("S3 endpoint %s unreachable: %w", d.endpoint, err)
 	}
 	conn.Close()
+	// Only the first answer matters (an object, an error, or none for an
+	// empty prefix); the listing is then cancelled and drained.
 	lctx, lcancel := context.WithCancel(ctx)
-	for oi := range d.client.ListObjects(lctx, d.bucket, minio.ListObjectsOptions{Prefix: d.prefix, MaxKeys: 1}) {
-		err = oi.Err
-		lcancel()
-	}
+	ch := d.client.ListObjects(lctx, d.bucket, minio.ListObjectsOptions{Prefix: d.prefix, MaxKeys: 1})
+	first, ok := <-ch
 	lcancel()
-	if err == nil || (errors.Is(err, context.Canceled) && ctx.Err() == nil) {
+	for range ch {
+	}
+	if !ok || first.Err == nil {
 		return nil
 	}
+	err = first.Err
 	switch minio.ToErrorResponse(err).Code {
 	case "InvalidAccessKeyId":
 		return fmt.Errorf("S3 at %s refused access key %q: no such key id", d.endpoint, cfg.AccessKeyID)

@@ -6,7 +6,7 @@
 buildGoModule {
   pname = "concordia";
   inherit version src subPackages;
-  vendorHash = "sha256-+ivZ92HsoXV+Y/xsMBdCZEo4SMF9JSU259na/yRjigo=";
+  vendorHash = "sha256-3Cg3jQOSe6HjsmA9zBDZ99sdKx07ave/R3Ytu9Gv4vg=";
   # go-sqlite3 needs cgo.
   env.CGO_ENABLED = "1";
   ldflags = [ "-s" "-w" "-X github.com/bos55/concordia/internal/version.Version=${version}" ];

@@ -7,8 +7,9 @@
 //     upload that fails verification or is cut off leaves nothing a reader
 //     or a List can see (on disk a temp file, in S3 an incomplete
 //     multipart upload, both removed by Sweep once old);
-//   - Publish replaces whatever the name held, atomically: a reader sees
-//     the old blob or the new one, never a mix;
+//   - Publish replaces whatever the name held, atomically: a new Open
+//     sees the new blob; a reader opened before sees the old bytes or
+//     (in S3, where it reads in ranges) fails with an error, never a mix;
 //   - writing streams: memory stays bounded (one S3 part) whatever the
 //     size;
 //   - a Reader reads at any offset (ranges, the tail of a download).
@@ -76,6 +77,25 @@ type Info struct {
 	ModTime time.Time // when it was published
 }
 
+// Namer is an optional interface of a Dir that writes faster when told
+// the name at the start: s3blob uploads the parts straight under the
+// final key (an incomplete multipart upload is invisible, and completing
+// it replaces the old object atomically) instead of under a temp key
+// copied into place at Publish.
+type Namer interface {
+	// CreateNamed starts a blob that may be published only as name.
+	CreateNamed(ctx context.Context, name string) (Temp, error)
+}
+
+// CreateFor starts a blob to be published as name, by CreateNamed when d
+// has it, else by Create.
+func CreateFor(ctx context.Context, d Dir, name string) (Temp, error) {
+	if n, ok := d.(Namer); ok {
+		return n.CreateNamed(ctx, name)
+	}
+	return d.Create(ctx)
+}
+
 // Copy writes blob name of from as blob to of to (a quarantine, a
 // migration), published only once complete.
 func Copy(ctx context.Context, from Dir, name string, to Dir, toName string) error {
@@ -84,7 +104,7 @@ func Copy(ctx context.Context, from Dir, name string, to Dir, toName string) err
 		return err
 	}
 	defer r.Close()
-	t, err := to.Create(ctx)
+	t, err := CreateFor(ctx, to, toName)
 	if err != nil {
 		return err
 	}

@@ -139,7 +139,7 @@ func (a *App) openStores(ctx context.Context, cfg *config.Config) error {
 		// of one of its paths must be its NAR.
 		opts.Others = append(opts.Others, pullthrough.Checker(set, cfg.VirtualNixStore))
 	}
-	us, err := upload.Open(ctx, cfg.Upload.Dir, opts)
+	us, err := openUploadStore(ctx, cfg, opts)
 	if err != nil {
 		return err
 	}

@@ -42,7 +42,7 @@ func OpenUploads(ctx context.Context, cfg *config.Config, logger *slog.Logger) (
 			ls.Close()
 		}
 	}
-	us, err = upload.Open(ctx, cfg.Upload.Dir, uploadOptions(cfg, ls, logger))
+	us, err = openUploadStore(ctx, cfg, uploadOptions(cfg, ls, logger))
 	if err != nil {
 		closeLocal()
 		return nil, nil, err
@@ -70,12 +70,17 @@ func uploadOptions(cfg *config.Config, ls *local.Store, logger *slog.Logger) upl
 	if ls != nil {
 		others = append(others, ls)
 	}
+	var redirect time.Duration
+	if s3 := cfg.Upload.S3; s3 != nil && s3.Redirect {
+		redirect = time.Duration(s3.RedirectTTL)
+	}
 	return upload.Options{
-		StoreDir: cfg.VirtualNixStore,
-		Others:   others,
-		MaxSize:  int64(cfg.GC.MaxSize),
-		MaxAge:   time.Duration(cfg.GC.MaxAge),
-		Remember: time.Duration(cfg.GC.Remember),
+		RedirectTTL: redirect,
+		StoreDir:    cfg.VirtualNixStore,
+		Others:      others,
+		MaxSize:     int64(cfg.GC.MaxSize),
+		MaxAge:      time.Duration(cfg.GC.MaxAge),
+		Remember:    time.Duration(cfg.GC.Remember),
 		// Pending NARs and the paths kept for writers (gc.writer_ttl: 0
 		// is off, as for the store).
 		PendingGrace: time.Duration(cfg.Upload.PendingMaxAge),

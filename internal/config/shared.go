@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -95,6 +96,9 @@ func (c *Config) validateShared(bad func(key, format string, a ...any) error) er
 	}
 	if s.Bucket == "" {
 		return bad("upload.s3.bucket", "must be set")
+	}
+	if s.Prefix != "" && (!strings.HasSuffix(s.Prefix, "/") || strings.HasPrefix(s.Prefix, "/")) {
+		return bad("upload.s3.prefix", `must be "" or a key prefix ending in "/" (like "cache/"), got %q`, s.Prefix)
 	}
 	if s.AccessKeyID == "" || s.SecretAccessKeyFile == "" {
 		return bad("upload.s3", "needs access_key_id and secret_access_key_file")

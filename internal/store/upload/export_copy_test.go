@@ -17,7 +17,7 @@ import (
 func TestPathRecordsStampNoAccess(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := upload.Open(ctx, dir, upload.Options{})
+	s, err := openAt(t, dir, upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func FuzzPutNAR(f *testing.F) {
 	f.Add("0000000000000000000000000000000000000000000000000000.nar", []byte("nix-archive-1"))
 	f.Add("x.nar.zst", []byte{})
 	dir := f.TempDir()
-	s, err := upload.Open(context.Background(), dir, upload.Options{})
+	s, err := openAt(f, dir, upload.Options{})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func FuzzPutNarInfo(f *testing.F) {
 	f.Add(p.hash, strings.Replace(p.narinfo(), "NarSize: ", "NarSize: 1", 1))
 	f.Add(p.hash, strings.Replace(p.narinfo(), "References: ", "References: "+p.base+" ../x", 1))
 	f.Add(p.hash[:5], "StorePath: /nix/store/x\n")
-	s, err := upload.Open(context.Background(), f.TempDir(), upload.Options{})
+	s, err := openAt(f, f.TempDir(), upload.Options{})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
+	"github.com/bos55/concordia/internal/sharedtest"
 	"github.com/bos55/concordia/internal/store/upload"
 	"github.com/bos55/concordia/pkg/nar"
 	"github.com/bos55/concordia/pkg/narinfo"
@@ -113,9 +114,27 @@ func closure(t testing.TB, tag string) []*fakePath {
 	return []*fakePath{leaf, mid, top}
 }
 
+// sharedBackend runs the package's tests on S3 and PostgreSQL instead of
+// a directory (CONCORDIA_UPLOAD_BACKEND=shared; the test script runs the
+// package both ways). A dir names one backend: opening it again reopens
+// the same database and bucket.
+var (
+	sharedBackend = os.Getenv("CONCORDIA_UPLOAD_BACKEND") == "shared"
+	sharedEnvs    sync.Map // dir -> *sharedtest.Env
+)
+
+// diskOnly skips a test that reaches into the store's directory (files
+// planted, damaged or counted there) when the files are in a bucket.
+func diskOnly(t testing.TB) {
+	t.Helper()
+	if sharedBackend {
+		t.Skip("looks at the store's files on disk")
+	}
+}
+
 func openStore(t testing.TB, dir string, opts upload.Options) *upload.Store {
 	t.Helper()
-	s, err := upload.Open(context.Background(), dir, opts)
+	s, err := openAt(t, dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,9 +142,32 @@ func openStore(t testing.TB, dir string, opts upload.Options) *upload.Store {
 	return s
 }
 
-// blobFiles lists the files in blobs/, temp files included.
+// openAt opens the store dir names on the backend the tests run on.
+func openAt(t testing.TB, dir string, opts upload.Options) (*upload.Store, error) {
+	t.Helper()
+	if !sharedBackend {
+		return upload.Open(context.Background(), dir, opts)
+	}
+	env, ok := sharedEnvs.Load(dir)
+	if !ok {
+		env, _ = sharedEnvs.LoadOrStore(dir, sharedtest.New(t))
+	}
+	be := env.(*sharedtest.Env).Backend(t)
+	be.Dir = dir
+	return upload.OpenBackend(context.Background(), be, opts)
+}
+
+// blobFiles lists the NAR files, temp files included: in the bucket,
+// unpublished uploads are named ".tmp-" and their key.
 func blobFiles(t testing.TB, dir string) []string {
 	t.Helper()
+	if sharedBackend {
+		env, ok := sharedEnvs.Load(dir)
+		if !ok {
+			t.Fatalf("no store opened at %s", dir)
+		}
+		return env.(*sharedtest.Env).Objects(t, "nar/")
+	}
 	ents, err := os.ReadDir(filepath.Join(dir, "blobs"))
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"hash"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -90,7 +91,15 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (*BlobI
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := s.blobs.Create(ctx)
+	// The blob is written under its name from the start where the name
+	// is the one it will have (in S3: no copy at publish); a bare .nar
+	// may turn out to be gzip, which Nix names so too.
+	var tmp blob.Temp
+	if strings.HasSuffix(name, ".nar") {
+		tmp, err = s.blobs.Create(ctx)
+	} else {
+		tmp, err = blob.CreateFor(ctx, s.blobs, name)
+	}
 	if err != nil {
 		return nil, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
 	}

@@ -42,8 +42,8 @@ type logRec struct {
 func logName(drvBase string) string { return drvBase + logExt }
 
 // createLog starts a log blob: its bytes, compressed, count the file size.
-func (s *Store) createLog() (*logTemp, error) {
-	t, err := s.logs.Create(bg)
+func (s *Store) createLog(drvBase string) (*logTemp, error) {
+	t, err := blob.CreateFor(bg, s.logs, logName(drvBase))
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +126,7 @@ func (s *Store) putLog(ctx context.Context, drvBase string, body io.Reader) erro
 		return err
 	}
 
-	f, err := s.createLog()
+	f, err := s.createLog(drvBase)
 	if err != nil {
 		return fmt.Errorf("build log %s: %w", drvBase, err)
 	}
@@ -358,7 +358,7 @@ func (s *Store) migrateLogs() error {
 				s.log.Warn("dropping a stored build log with an invalid name", "name", name)
 				return tx.Bucket(bOldLogs).Delete([]byte(name))
 			}
-			f, err := s.createLog()
+			f, err := s.createLog(name)
 			if err != nil {
 				return err
 			}

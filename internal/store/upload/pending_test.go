@@ -47,7 +47,7 @@ func putNarInfos(s *upload.Store, paths []*fakePath) error {
 func TestNARsFirstAcrossRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := upload.Open(ctx, dir, upload.Options{})
+	s, err := openAt(t, dir, upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestPendingDamagedWhileDown(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
-			s, err := upload.Open(ctx, dir, upload.Options{})
+			s, err := openAt(t, dir, upload.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -192,7 +192,7 @@ func TestPendingDamagedWhileDown(t *testing.T) {
 func TestPendingReuploadReplacesUnverified(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := upload.Open(ctx, dir, upload.Options{})
+	s, err := openAt(t, dir, upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestPendingReuploadReplacesUnverified(t *testing.T) {
 func TestPendingExpiresAcrossRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := upload.Open(ctx, dir, upload.Options{})
+	s, err := openAt(t, dir, upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,95 +4,41 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/bos55/concordia/internal/blob"
-	"github.com/bos55/concordia/internal/blob/diskblob"
-	"github.com/bos55/concordia/internal/kv"
-	"github.com/bos55/concordia/internal/kv/boltkv"
+	"github.com/bos55/concordia/internal/sharedtest"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/upload"
+	"github.com/minio/minio-go/v7"
 )
 
-// Replicas: two stores on one shared index and one set of files, as two
-// `cache serve` processes on one bucket and database are. newReplicaPair
-// gives them a real shared backend when one is set up (sharedBackends),
-// else one bbolt file both open through a handle that says it is shared,
-// and one directory of files: the same code paths in one process.
+// Replicas: two stores on one PostgreSQL index and one MinIO bucket, as
+// two `cache serve` processes behind a load balancer are.
 
-// sharedBolt is a bbolt index two stores use at once, as if shared by
-// processes: Shared is true, so the stores keep nothing in memory that
-// another needs, and Lock is the handle's, one for both.
-type sharedBolt struct {
-	*boltkv.DB
-	mu    sync.Mutex
-	opens int
-}
-
-func (s *sharedBolt) Shared() bool { return true }
-
-func (s *sharedBolt) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.opens--; s.opens == 0 {
-		return s.DB.Close()
-	}
-	return nil
-}
-
-// replicaBackends returns n backends sharing one index and one set of
-// files; newBackend is set by a test file that has real servers.
-var newSharedBackends = func(t testing.TB, n int) []upload.Backend {
-	dir := t.TempDir()
-	db, err := boltkv.Open(filepath.Join(dir, "index.db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	shared := &sharedBolt{DB: db, opens: n}
-	var dirs [3]blob.Dir
-	for i, name := range []string{"blobs", "logs", "quarantine"} {
-		d, err := diskblob.Open(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		dirs[i] = d
-	}
-	out := make([]upload.Backend, n)
-	for i := range out {
-		out[i] = upload.Backend{Dir: filepath.Join(dir, "local", string(rune('a'+i))), Index: shared,
-			Blobs: dirs[0], Logs: dirs[1], Quarantine: dirs[2]}
-	}
-	return out
-}
-
-func newReplicaPair(t testing.TB, opts upload.Options) (a, b *upload.Store) {
+func newReplicaPair(t testing.TB, opts upload.Options) (a, b *upload.Store, env *sharedtest.Env) {
 	t.Helper()
-	bes := newSharedBackends(t, 2)
+	env = sharedtest.New(t)
 	var ss [2]*upload.Store
 	for i := range ss {
-		s, err := upload.OpenBackend(context.Background(), bes[i], opts)
+		s, err := upload.OpenBackend(context.Background(), env.Backend(t), opts)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
 		ss[i] = s
 	}
-	return ss[0], ss[1]
+	return ss[0], ss[1], env
 }
-
-var _ kv.DB = (*sharedBolt)(nil)
 
 // TestReplicaClaimsOthersNAR: nix copy behind a load balancer sends a
 // path's NAR to one replica and its narinfo to the other; the second
 // knows the first verified it, and both serve the path.
 func TestReplicaClaimsOthersNAR(t *testing.T) {
 	ctx := context.Background()
-	a, b := newReplicaPair(t, upload.Options{})
+	a, b, _ := newReplicaPair(t, upload.Options{})
 	for _, p := range closure(t, "replica-claim") {
 		if _, err := a.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
 			t.Fatal(err)
@@ -113,7 +59,7 @@ func TestReplicaClaimsOthersNAR(t *testing.T) {
 // its narinfo; GC on the other, which never saw it, must not delete it.
 func TestReplicaGCKeepsOthersPending(t *testing.T) {
 	ctx := context.Background()
-	a, b := newReplicaPair(t, upload.Options{})
+	a, b, _ := newReplicaPair(t, upload.Options{})
 	old := closure(t, "replica-old")
 	for _, p := range old {
 		if err := p.upload(ctx, a); err != nil {
@@ -143,7 +89,7 @@ func TestReplicaGCKeepsOthersPending(t *testing.T) {
 // both replicas at once; both succeed and each NAR is kept once.
 func TestReplicasSameClosureAtOnce(t *testing.T) {
 	ctx := context.Background()
-	a, b := newReplicaPair(t, upload.Options{})
+	a, b, _ := newReplicaPair(t, upload.Options{})
 	paths := closure(t, "replica-race")
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -176,7 +122,7 @@ func TestReplicasSameClosureAtOnce(t *testing.T) {
 // replica keeps the closure through GC on the other.
 func TestReplicaPinKeepsClosureAgainstOthersGC(t *testing.T) {
 	ctx := context.Background()
-	a, b := newReplicaPair(t, upload.Options{})
+	a, b, _ := newReplicaPair(t, upload.Options{})
 	paths := closure(t, "replica-pin")
 	for _, p := range paths {
 		if err := p.upload(ctx, a); err != nil {
@@ -206,33 +152,29 @@ func TestReplicaPinKeepsClosureAgainstOthersGC(t *testing.T) {
 // file and recording it leaves a file nothing accounts for; the sweep
 // removes it once older than the grace period, and not before.
 func TestReplicaSweepsOrphans(t *testing.T) {
-	if !sharedOnDisk {
-		t.Skip("plants a file in the shared directory")
-	}
 	ctx := context.Background()
 	clock := newClock()
-	a, _ := newReplicaPair(t, upload.Options{Now: clock.Now, PendingGrace: time.Hour})
+	a, _, env := newReplicaPair(t, upload.Options{Now: clock.Now, PendingGrace: time.Hour})
 	p := newPath(t, "replica-orphan", []byte("published, never recorded"))
-	blobs := filepath.Join(filepath.Dir(a.Dir()), "..", "blobs")
-	orphan := filepath.Join(blobs, p.fileName)
-	if err := os.WriteFile(orphan, p.file, 0o644); err != nil {
+	mc := env.MinIO.Client(t)
+	if _, err := mc.PutObject(ctx, env.Bucket, "nar/"+p.fileName, bytes.NewReader(p.file), int64(len(p.file)), minio.PutObjectOptions{}); err != nil {
 		t.Fatal(err)
+	}
+	exists := func() bool {
+		_, err := mc.StatObject(ctx, env.Bucket, "nar/"+p.fileName, minio.StatObjectOptions{})
+		return err == nil
 	}
 	if _, err := a.SweepPending(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(orphan); err != nil {
-		t.Fatalf("a fresh file was swept: %v", err)
+	if !exists() {
+		t.Fatal("a fresh file was swept")
 	}
 	clock.Advance(2 * time.Hour)
 	if _, err := a.SweepPending(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(orphan); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("orphan older than the grace period still there: %v", err)
+	if exists() {
+		t.Fatal("an orphan older than the grace period is still there")
 	}
 }
-
-// sharedOnDisk says the replicas' files are a directory the test can
-// reach into (not a bucket).
-var sharedOnDisk = true

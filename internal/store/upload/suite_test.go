@@ -20,7 +20,7 @@ import (
 // may damage on disk.
 func newSuiteStore(t *testing.T) (*upload.Store, storetest.UploaderFixture) {
 	dir := t.TempDir()
-	s, err := upload.Open(context.Background(), dir, upload.Options{})
+	s, err := openAt(t, dir, upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

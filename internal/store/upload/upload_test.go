@@ -286,7 +286,7 @@ func TestPendingNotServedAndSwept(t *testing.T) {
 func TestRecovery(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := upload.Open(ctx, dir, upload.Options{})
+	s, err := openAt(t, dir, upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -529,7 +529,7 @@ func TestReferenceNameMustMatch(t *testing.T) {
 func TestPendingKeptOnRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := upload.Open(ctx, dir, upload.Options{})
+	s, err := openAt(t, dir, upload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

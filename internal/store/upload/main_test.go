@@ -1,0 +1,11 @@
+package upload_test
+
+import (
+	"testing"
+
+	"github.com/bos55/concordia/internal/sharedtest"
+)
+
+// TestMain stops the PostgreSQL and MinIO servers the shared-backend
+// tests start.
+func TestMain(m *testing.M) { sharedtest.Main(m) }

@@ -41,6 +41,9 @@ grep -q '^substituters' /etc/nix/nix.conf 2>/dev/null || printf '\nsubstituters 
 
 go vet ./...
 go test -race -count=1 -timeout 40m ./... 2>&1 | tee /tmp/concordia-test.log
+# The upload store's own tests and the store contract once more, on S3 (MinIO)
+# and PostgreSQL instead of a directory and bbolt.
+CONCORDIA_UPLOAD_BACKEND=shared go test -count=1 -timeout 15m ./internal/store/upload/ 2>&1 | tee -a /tmp/concordia-test.log
 # Short fuzz runs of every network parser (crashers are kept in testdata/fuzz/).
 for target in $(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/^func //' | sort -u); do
   pkg=$(grep -rlE "^func ${target}\(" --include='*_test.go' . | head -1 | xargs dirname)

@@ -6,8 +6,10 @@
 package sharedtest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -136,4 +138,28 @@ func (e *Env) Objects(t testing.TB, prefix string) []string {
 		}
 	}
 	return out
+}
+
+// ReadObject and WriteObject read and replace an object behind the
+// store's back, as damage would.
+func (e *Env) ReadObject(t testing.TB, key string) []byte {
+	t.Helper()
+	o, err := e.MinIO.Client(t).GetObject(context.Background(), e.Bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	b, err := io.ReadAll(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (e *Env) WriteObject(t testing.TB, key string, data []byte) {
+	t.Helper()
+	_, err := e.MinIO.Client(t).PutObject(context.Background(), e.Bucket, key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -191,15 +189,9 @@ func TestGCMaxAgeOfPulledPaths(t *testing.T) {
 func TestRepairOfPulledPath(t *testing.T) {
 	ctx := context.Background()
 	x := newPulledStore(t)
-	f := filepath.Join(x.dir, "blobs", x.b.fileName)
-	data, err := os.ReadFile(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := readBlob(t, x.dir, x.b.fileName)
 	data[len(data)-3] ^= 0x20
-	if err := os.WriteFile(f, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeBlob(t, x.dir, x.b.fileName, data)
 	rep, err := x.s.Verify(ctx, true, nil)
 	if err != nil || len(rep.Bad) != 1 || len(rep.Broken) != 0 || !rep.Repaired {
 		t.Fatalf("Verify --repair = %+v, %v; want %s bad and nothing broken", rep, err, x.b.fileName)

@@ -216,3 +216,37 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 	c.mu.Unlock()
 }
+
+// readBlob and writeBlob read and replace a stored NAR file (to damage
+// it), on disk or in the bucket.
+func readBlob(t testing.TB, dir, name string) []byte {
+	t.Helper()
+	if sharedBackend {
+		return sharedEnvOf(t, dir).ReadObject(t, "nar/"+name)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "blobs", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func writeBlob(t testing.TB, dir, name string, data []byte) {
+	t.Helper()
+	if sharedBackend {
+		sharedEnvOf(t, dir).WriteObject(t, "nar/"+name, data)
+		return
+	}
+	if err := os.WriteFile(filepath.Join(dir, "blobs", name), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sharedEnvOf(t testing.TB, dir string) *sharedtest.Env {
+	t.Helper()
+	env, ok := sharedEnvs.Load(dir)
+	if !ok {
+		t.Fatalf("no store opened at %s", dir)
+	}
+	return env.(*sharedtest.Env)
+}

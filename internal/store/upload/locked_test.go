@@ -14,6 +14,7 @@ import (
 // ErrLocked to a second Open, which `cache gc` and friends match to point
 // at --cache URL; it still says it is bbolt's lock timeout.
 func TestOpenLocked(t *testing.T) {
+	diskOnly(t) // the bbolt file\'s lock
 	dir := t.TempDir()
 	openStore(t, dir, upload.Options{})
 	_, err := upload.Open(context.Background(), dir, upload.Options{})

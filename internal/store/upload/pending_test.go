@@ -80,6 +80,7 @@ func TestNARsFirstAcrossRestart(t *testing.T) {
 // a narinfo claiming a dropped one is refused naming the bound, and the
 // NAR uploaded again is accepted.
 func TestPendingBoundBySize(t *testing.T) {
+	diskOnly(t) // recovery at Open from what a crash leaves on a disk
 	ctx := context.Background()
 	clock := newClock()
 	dir := t.TempDir()
@@ -137,6 +138,7 @@ func TestPendingBoundBySize(t *testing.T) {
 // refused when a narinfo claims it, never served; the file goes, so the
 // client's next HEAD says it is missing, and sending it again works.
 func TestPendingDamagedWhileDown(t *testing.T) {
+	diskOnly(t) // recovery at Open from what a crash leaves on a disk
 	for _, tc := range []struct {
 		name   string
 		damage func(b []byte) []byte
@@ -190,6 +192,7 @@ func TestPendingDamagedWhileDown(t *testing.T) {
 // (the upload was verified, the file not yet); a damaged kept file is
 // thus repaired by the client's retry.
 func TestPendingReuploadReplacesUnverified(t *testing.T) {
+	diskOnly(t) // recovery at Open from what a crash leaves on a disk
 	ctx := context.Background()
 	dir := t.TempDir()
 	s, err := openAt(t, dir, upload.Options{})
@@ -220,6 +223,7 @@ func TestPendingReuploadReplacesUnverified(t *testing.T) {
 // older than the grace period is removed by Open, and a narinfo naming it
 // is told the NAR was not uploaded or expired, with the grace period.
 func TestPendingExpiresAcrossRestart(t *testing.T) {
+	diskOnly(t) // recovery at Open from what a crash leaves on a disk
 	ctx := context.Background()
 	dir := t.TempDir()
 	s, err := openAt(t, dir, upload.Options{})

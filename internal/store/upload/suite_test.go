@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -26,13 +25,10 @@ func newSuiteStore(t *testing.T) (*upload.Store, storetest.UploaderFixture) {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s, storetest.UploaderFixture{Damage: func(name string) error {
-		f := filepath.Join(dir, "blobs", name)
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return err
-		}
+		b := readBlob(t, dir, name)
 		b[len(b)-3] ^= 0x20
-		return os.WriteFile(f, b, 0o644)
+		writeBlob(t, dir, name, b)
+		return nil
 	}}
 }
 

@@ -163,3 +163,22 @@ func (e *Env) WriteObject(t testing.TB, key string, data []byte) {
 		t.Fatal(err)
 	}
 }
+
+// NewOwn is New on servers of t's own (testminio.Start, testpg.Start)
+// where asked, which a fault test may stop, kill and restart.
+func NewOwn(t testing.TB, ownPG, ownMinIO bool) *Env {
+	t.Helper()
+	var pg *testpg.Server
+	if ownPG {
+		pg = testpg.Start(t, testpg.Options{})
+	} else {
+		pg = testpg.Shared(t)
+	}
+	var mi *testminio.Server
+	if ownMinIO {
+		mi = testminio.Start(t)
+	} else {
+		mi = testminio.Shared(t)
+	}
+	return &Env{PG: pg, MinIO: mi, DBURL: pg.CreateDB(t), Bucket: mi.Bucket(t)}
+}

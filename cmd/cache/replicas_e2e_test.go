@@ -68,7 +68,12 @@ func (r *replicas) start(t *testing.T, name string) *serveProc {
 
 func (r *replicas) do(t *testing.T, method, url string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
+	return r.doBody(t, method, url, nil)
+}
+
+func (r *replicas) doBody(t *testing.T, method, url string, body []byte) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, bytes.NewReader(body))
 	req.SetBasicAuth("ci", r.tok)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

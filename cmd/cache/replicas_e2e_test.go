@@ -184,3 +184,42 @@ func TestReplicasServeEachOthersUploads(t *testing.T) {
 	nixRun(t, append(append([]string{"nix", "copy"}, trust...), "--from", aURL, "--to", dst2, top)...)
 	nixRun(t, append(append([]string{"nix", "store", "verify", "--store", dst2}, trust...), "--recursive", top)...)
 }
+
+// TestReplicaRedirectsToBucket: with upload.s3.redirect, a NAR GET is a
+// redirect to a presigned URL of the bucket, and real Nix substitutes
+// through it.
+func TestReplicaRedirectsToBucket(t *testing.T) {
+	needNixDB(t)
+	r := newReplicas(t)
+	r.cfg = strings.Replace(r.cfg, "[upload.s3]\n", "[upload.s3]\nredirect = true\n", 1)
+	a := r.start(t, "a")
+	top, _, _ := buildReplicaClosure(t)
+	netrc := filepath.Join(r.dir, "netrc")
+	os.WriteFile(netrc, []byte("machine 127.0.0.1 login ci password "+r.tok+"\n"), 0o600)
+	aURL := strings.TrimSuffix(a.url, "/")
+	nixRun(t, "nix", "copy", "--option", "netrc-file", netrc, "--to", aURL, top)
+
+	_, body := r.do(t, "GET", aURL+"/"+filepath.Base(top)[:32]+".narinfo")
+	var narURL string
+	for _, l := range strings.Split(body, "\n") {
+		if u, ok := strings.CutPrefix(l, "URL: "); ok {
+			narURL = u
+		}
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest("GET", aURL+"/"+narURL, nil)
+	req.SetBasicAuth("ci", r.tok)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusFound || !strings.HasPrefix(loc, r.env.MinIO.Endpoint()+"/"+r.env.Bucket+"/") {
+		t.Fatalf("GET %s: %d to %q, want a redirect into the bucket", narURL, resp.StatusCode, loc)
+	}
+	trust := []string{"--option", "trusted-public-keys", r.key.Public().String(), "--option", "require-sigs", "true", "--option", "netrc-file", netrc}
+	dst := filepath.Join(t.TempDir(), "dst")
+	nixRun(t, append(append([]string{"nix", "copy"}, trust...), "--from", aURL, "--to", dst, top)...)
+	nixRun(t, append(append([]string{"nix", "store", "verify", "--store", dst}, trust...), "--recursive", top)...)
+}

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
 	"net"
 	"os"
@@ -14,12 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/klauspost/compress/zstd"
-	"github.com/nix-community/go-nix/pkg/nixbase32"
-
-	"github.com/bos55/concordia/pkg/nar"
-	"github.com/bos55/concordia/pkg/narinfo"
 )
 
 // TestReplicaStartErrors: a shared backend that cannot be used stops
@@ -67,22 +58,9 @@ func TestReplicaKilledMidUpload(t *testing.T) {
 	r.cfg = strings.Replace(r.cfg, "[upload]\n", "[upload]\npending_max_age = \"2s\"\n", 1)
 	a, b := r.start(t, "a"), r.start(t, "b")
 
-	random := make([]byte, 12<<20) // several 5 MiB parts: a multipart upload in flight
-	rand.Read(random)
-	var buf bytes.Buffer
-	w := nar.NewWriter(&buf)
-	w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(random))})
-	w.Write(random)
-	w.Close()
-	enc, _ := zstd.NewWriter(nil)
-	file := enc.EncodeAll(buf.Bytes(), nil)
-	fh, nh := sha256.Sum256(file), sha256.Sum256(buf.Bytes())
-	name := nixbase32.EncodeToString(fh[:]) + ".nar.zst"
-	hs := sha256.Sum256([]byte("replica-killed"))
-	base := nixbase32.EncodeToString(hs[:20]) + "-replica-killed"
-	fhash := narinfo.SHA256(fh[:])
-	ni := &narinfo.NarInfo{StorePath: "/nix/store/" + base, URL: "nar/" + name, Compression: "zstd",
-		FileHash: &fhash, FileSize: uint64(len(file)), NarHash: narinfo.SHA256(nh[:]), NarSize: uint64(buf.Len())}
+	// Several 5 MiB parts: a multipart upload in flight.
+	up := newRandomUpload(12<<20, "replica-killed")
+	file, name, base, ni := up.file, up.name, up.base, up.ni
 
 	addr := strings.TrimPrefix(strings.TrimSuffix(a.url, "/"), "http://")
 	conn, err := net.Dial("tcp", addr)

@@ -37,22 +37,8 @@ func TestServeUploadSurvivesSIGKILL(t *testing.T) {
 	p := startServe(t, "--config", cfg)
 
 	// A 4 MiB incompressible NAR, so the upload is in flight for a while.
-	random := make([]byte, 4<<20)
-	rand.Read(random)
-	var buf bytes.Buffer
-	w := nar.NewWriter(&buf)
-	w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(random))})
-	w.Write(random)
-	w.Close()
-	enc, _ := zstd.NewWriter(nil)
-	file := enc.EncodeAll(buf.Bytes(), nil)
-	fh, nh := sha256.Sum256(file), sha256.Sum256(buf.Bytes())
-	name := nixbase32.EncodeToString(fh[:]) + ".nar.zst"
-	hs := sha256.Sum256([]byte("e2e-crash"))
-	base := nixbase32.EncodeToString(hs[:20]) + "-e2e-crash"
-	fhash := narinfo.SHA256(fh[:])
-	ni := &narinfo.NarInfo{StorePath: "/nix/store/" + base, URL: "nar/" + name, Compression: "zstd",
-		FileHash: &fhash, FileSize: uint64(len(file)), NarHash: narinfo.SHA256(nh[:]), NarSize: uint64(buf.Len())}
+	up := newRandomUpload(4<<20, "e2e-crash")
+	file, name, base, ni := up.file, up.name, up.base, up.ni
 
 	addr := strings.TrimPrefix(strings.TrimSuffix(p.url, "/"), "http://")
 	conn, err := net.Dial("tcp", addr)
@@ -119,4 +105,34 @@ func TestServeUploadSurvivesSIGKILL(t *testing.T) {
 	if code, got := do("GET", "/nar/"+name, nil); code != 200 || !bytes.Equal(got, file) {
 		t.Fatalf("NAR after retry: %d", code)
 	}
+}
+
+// randomUpload is an upload of one path whose NAR is a single file of n
+// random (incompressible) bytes, zstd-compressed as nix copy sends it:
+// the file, its name, and the narinfo that claims it.
+type randomUpload struct {
+	file []byte
+	name string // <filehash>.nar.zst
+	base string // <hash>-<tag>
+	ni   *narinfo.NarInfo
+}
+
+func newRandomUpload(n int, tag string) *randomUpload {
+	random := make([]byte, n)
+	rand.Read(random)
+	var buf bytes.Buffer
+	w := nar.NewWriter(&buf)
+	w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(random))})
+	w.Write(random)
+	w.Close()
+	enc, _ := zstd.NewWriter(nil)
+	file := enc.EncodeAll(buf.Bytes(), nil)
+	fh, nh := sha256.Sum256(file), sha256.Sum256(buf.Bytes())
+	name := nixbase32.EncodeToString(fh[:]) + ".nar.zst"
+	hs := sha256.Sum256([]byte(tag))
+	base := nixbase32.EncodeToString(hs[:20]) + "-" + tag
+	fhash := narinfo.SHA256(fh[:])
+	ni := &narinfo.NarInfo{StorePath: "/nix/store/" + base, URL: "nar/" + name, Compression: "zstd",
+		FileHash: &fhash, FileSize: uint64(len(file)), NarHash: narinfo.SHA256(nh[:]), NarSize: uint64(buf.Len())}
+	return &randomUpload{file: file, name: name, base: base, ni: ni}
 }

@@ -35,6 +35,7 @@ type DB struct {
 
 	mu    sync.Mutex
 	locks map[string]chan struct{}
+	known sync.Map // bucket names seen to exist (tx.Bucket)
 }
 
 var _ kv.DB = (*DB)(nil)

@@ -106,21 +106,33 @@ func (t *tx) check() error {
 	return t.err
 }
 
+// Bucket is nil only for a bucket known not to exist: when the lookup
+// fails the transaction has failed, and a bucket whose every operation
+// does nothing keeps callers from dereferencing nil on the way to the
+// error View or Update returns. A bucket seen once is known to exist
+// from then on (buckets are made at Open, alike on every replica, and
+// deleted only by a migration of the embedded store), which spares a
+// round trip per lookup.
 func (t *tx) Bucket(name []byte) kv.Bucket {
+	b := &bucket{tx: t, name: append([]byte(nil), name...)}
 	if t.check() != nil {
-		return nil
+		return b
+	}
+	if _, ok := t.db.known.Load(string(name)); ok {
+		return b
 	}
 	ctx, cancel := t.db.op()
 	defer cancel()
 	var ok bool
 	if err := t.queryRow(ctx, "SELECT EXISTS(SELECT 1 FROM buckets WHERE name=$1)", []any{name}, &ok); err != nil {
 		t.fail(fmt.Errorf("pgkv: bucket %q: %w", name, err))
-		return nil
+		return b
 	}
 	if !ok {
 		return nil
 	}
-	return &bucket{tx: t, name: append([]byte(nil), name...)}
+	t.db.known.Store(string(name), struct{}{})
+	return b
 }
 
 func (t *tx) CreateBucketIfNotExists(name []byte) (kv.Bucket, error) {
@@ -144,6 +156,7 @@ func (t *tx) DeleteBucket(name []byte) error {
 	}
 	ctx, cancel := t.db.op()
 	defer cancel()
+	t.db.known.Delete(string(name))
 	tag, err := t.exec(ctx, "DELETE FROM buckets WHERE name=$1", name)
 	if err != nil {
 		return t.fail(fmt.Errorf("pgkv: delete bucket %q: %w", name, err))

@@ -179,6 +179,14 @@ func TestReplicasServeEachOthersUploads(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// The maintenance commands open the shared store beside the running
+	// replicas (no file lock to wait for): verify finds it intact.
+	for _, args := range [][]string{{"verify", "--config", filepath.Join(r.dir, "b", "cache.toml")},
+		{"gc", "--dry-run", "--config", filepath.Join(r.dir, "b", "cache.toml")}} {
+		if out, err := exec.Command(cacheBinary(t), args...).CombinedOutput(); err != nil {
+			t.Fatalf("cache %s beside the replicas: %v\n%s", args[0], err, out)
+		}
+	}
 	// The closure still substitutes whole from A, into another fresh store.
 	dst2 := filepath.Join(t.TempDir(), "dst2")
 	nixRun(t, append(append([]string{"nix", "copy"}, trust...), "--from", aURL, "--to", dst2, top)...)

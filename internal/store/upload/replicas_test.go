@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -176,5 +177,67 @@ func TestReplicaSweepsOrphans(t *testing.T) {
 	}
 	if exists() {
 		t.Fatal("an orphan older than the grace period is still there")
+	}
+}
+
+// TestReplicasCollectAtOnce: GC started on both replicas at once, while
+// uploads go on through both, runs one at a time (the file lock is the
+// database's): both succeed and every upload acknowledged and pinned is
+// whole after.
+func TestReplicasCollectAtOnce(t *testing.T) {
+	ctx := context.Background()
+	a, b, _ := newReplicaPair(t, upload.Options{})
+	var pinned []*fakePath
+	for i := range 4 {
+		c := closure(t, "collect-at-once-"+string(rune('a'+i)))
+		pinned = append(pinned, c...)
+		s := []*upload.Store{a, b}[i%2]
+		for _, p := range c {
+			if err := p.upload(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Pin(ctx, c[2].info.StorePath, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	during := make([][]*fakePath, 2)
+	for i, s := range []*upload.Store{a, b} {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = s.GCWith(ctx, store.Policy{MaxSize: 1}, false)
+		}()
+		go func() {
+			defer wg.Done()
+			for j := range 3 {
+				// Pinned by hash before it exists: GC may run between
+				// the upload and any later pin.
+				p := newPath(t, fmt.Sprintf("during-gc-%d-%d", i, j), []byte("uploaded while GC runs"))
+				if err := s.Pin(ctx, p.hash, ""); err != nil {
+					errs[2+i] = err
+					return
+				}
+				if err := p.upload(ctx, s); err != nil {
+					errs[2+i] = err
+					return
+				}
+				during[i] = append(during[i], p)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	pinned = append(append(pinned, during[0]...), during[1]...)
+	for _, p := range pinned {
+		for _, s := range []*upload.Store{a, b} {
+			if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
+				t.Fatalf("%s after two GCs at once: %v", p.base, err)
+			}
+		}
 	}
 }

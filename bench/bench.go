@@ -105,6 +105,7 @@ func (b *bench) all(ctx context.Context) error {
 		{"upload-rtt", b.benchUploadRTT},
 		{"deploy", b.benchDeploy},
 		{"pull", b.benchPull},
+		{"shared", b.benchShared},
 	}
 	for _, s := range steps {
 		if !b.want(s.group) {
@@ -142,6 +143,9 @@ func (b *bench) sharedWorkloads(ctx context.Context) error {
 	}
 	b.fcNone = filepath.Join(b.work, "filecache-none")
 	b.fcZstd = filepath.Join(b.work, "filecache-zstd")
+	if !b.want("narinfo") && !b.want("nar") && !b.want("rss") && !b.want("e2e") {
+		return nil // only those groups serve the file:// caches
+	}
 	for dir, comp := range map[string]string{b.fcNone: "none", b.fcZstd: "zstd"} {
 		b.log.Info("writing a file:// cache for nginx", "compression", comp)
 		url := fmt.Sprintf("file://%s?compression=%s&secret-key=%s", dir, comp, b.keySec)

@@ -466,7 +466,13 @@ func (b *bench) benchUpload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("concordia uploads: %w", err)
 	}
-	defer b.procs.stop(up.srv.cmd)
+	// up is replaced after each run: stop the one running at the end (a
+	// left-over one would hold the upload dir the next group opens).
+	defer func() {
+		if up != nil {
+			b.procs.stop(up.srv.cmd)
+		}
+	}()
 	for i := 0; i < b.o.runs; i++ {
 		d, err := b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
 			up.srv.base+"?compression=zstd", "--option", "netrc-file", up.netrc, top)

@@ -105,6 +105,7 @@ func (b *bench) all(ctx context.Context) error {
 		{"upload-rtt", b.benchUploadRTT},
 		{"deploy", b.benchDeploy},
 		{"pull", b.benchPull},
+		{"shared", b.benchShared},
 	}
 	for _, s := range steps {
 		if !b.want(s.group) {
@@ -142,6 +143,9 @@ func (b *bench) sharedWorkloads(ctx context.Context) error {
 	}
 	b.fcNone = filepath.Join(b.work, "filecache-none")
 	b.fcZstd = filepath.Join(b.work, "filecache-zstd")
+	if !b.want("narinfo") && !b.want("nar") && !b.want("rss") && !b.want("e2e") {
+		return nil // only those groups serve the file:// caches
+	}
 	for dir, comp := range map[string]string{b.fcNone: "none", b.fcZstd: "zstd"} {
 		b.log.Info("writing a file:// cache for nginx", "compression", comp)
 		url := fmt.Sprintf("file://%s?compression=%s&secret-key=%s", dir, comp, b.keySec)
@@ -462,7 +466,13 @@ func (b *bench) benchUpload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("concordia uploads: %w", err)
 	}
-	defer b.procs.stop(up.srv.cmd)
+	// up is replaced after each run: stop the one running at the end (a
+	// left-over one would hold the upload dir the next group opens).
+	defer func() {
+		if up != nil {
+			b.procs.stop(up.srv.cmd)
+		}
+	}()
 	for i := 0; i < b.o.runs; i++ {
 		d, err := b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
 			up.srv.base+"?compression=zstd", "--option", "netrc-file", up.netrc, top)

@@ -54,7 +54,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "report directory (default bench/results, or a temp dir with --quick)")
 	flag.StringVar(&o.work, "work", "", "work directory (default: a fresh temp dir, removed at the end)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
-	flag.StringVar(&o.only, "only", "", "comma-separated groups to run: narinfo,nar,tools,e2e,upload,upload-rtt,rss,deploy,pull (default all)")
+	flag.StringVar(&o.only, "only", "", "comma-separated groups to run: narinfo,nar,tools,e2e,upload,upload-rtt,rss,deploy,pull,shared (default all)")
 	flag.DurationVar(&o.dur, "duration", 4*time.Second, "length of each load measurement")
 	flag.BoolVar(&o.verbose, "v", false, "verbose logs")
 	flag.StringVar(&o.vsBin, "vs-bin", "", "a second cache binary, measured interleaved with this tree's in the upload-rtt group")
@@ -99,16 +99,21 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			o.out = filepath.Join("bench", "results")
 		}
 	}
+	// The groups with a results file of their own write it when run alone.
+	name := "report.md"
+	if o.only == "pull" || o.only == "shared" {
+		name = o.only + "-report.md"
+	}
 	b := &bench{o: o, log: log, work: work, procs: procs, rep: newReport()}
 	err := b.all(ctx)
 	if ctx.Err() != nil {
 		return errors.New("interrupted")
 	}
-	if werr := b.rep.write(o.out, o.quick); werr != nil && err == nil {
+	if werr := b.rep.write(o.out, name, o.quick); werr != nil && err == nil {
 		err = werr
 	}
 	if err == nil {
-		fmt.Printf("report: %s\n", filepath.Join(o.out, "report.md"))
+		fmt.Printf("report: %s\n", filepath.Join(o.out, name))
 	}
 	if b.wrong > 0 {
 		return fmt.Errorf("%d system(s) returned wrong bytes (see report)", b.wrong)

@@ -23,7 +23,9 @@ import (
 type wrkResult struct {
 	rps      float64
 	p50, p99 time.Duration
-	errors   int
+	errors   int // non-2xx answers and socket errors
+
+	requests, non2xx, sockErrors int
 }
 
 var (
@@ -31,14 +33,24 @@ var (
 	reLat    = regexp.MustCompile(`(?m)^\s+(50|99)(?:\.000)?%\s+([0-9.]+)(us|ms|s)\s*$`)
 	reErrs   = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
 	reSockEr = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+	reReqs   = regexp.MustCompile(`(\d+) requests in `)
 )
 
 // runWrk drives url with wrk; wrk is C and costs the client side little,
 // so the server is what gets measured (on the same two cores, for all).
 func (b *bench) runWrk(ctx context.Context, url string, threads, conns int) (wrkResult, error) {
+	return b.runWrkScript(ctx, url, threads, conns, "")
+}
+
+// runWrkScript is runWrk with a wrk Lua script (none when "").
+func (b *bench) runWrkScript(ctx context.Context, url string, threads, conns int, script string) (wrkResult, error) {
 	var r wrkResult
-	out, err := exec.CommandContext(ctx, "wrk", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns),
-		"-d", fmt.Sprintf("%.0fs", b.o.dur.Seconds()), "--latency", url).CombinedOutput()
+	args := []string{"-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns),
+		"-d", fmt.Sprintf("%.0fs", b.o.dur.Seconds()), "--latency"}
+	if script != "" {
+		args = append(args, "-s", script)
+	}
+	out, err := exec.CommandContext(ctx, "wrk", append(args, url)...).CombinedOutput()
 	if err != nil {
 		return r, fmt.Errorf("wrk: %w: %s", err, out)
 	}
@@ -57,15 +69,19 @@ func (b *bench) runWrk(ctx context.Context, url string, threads, conns int) (wrk
 			r.p99 = d
 		}
 	}
+	if m := reReqs.FindSubmatch(out); m != nil {
+		r.requests, _ = strconv.Atoi(string(m[1]))
+	}
 	if m := reErrs.FindSubmatch(out); m != nil {
-		r.errors, _ = strconv.Atoi(string(m[1]))
+		r.non2xx, _ = strconv.Atoi(string(m[1]))
 	}
 	if m := reSockEr.FindSubmatch(out); m != nil {
 		for _, x := range m[1:] {
 			n, _ := strconv.Atoi(string(x))
-			r.errors += n
+			r.sockErrors += n
 		}
 	}
+	r.errors = r.non2xx + r.sockErrors
 	return r, nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -40,35 +39,11 @@ func (b *bench) pullNARSize() int64 {
 // the store (the same path on every run with the same size) and writes
 // the file:// cache the upstream nginx serves.
 func (b *bench) pullWorkload(ctx context.Context) (pathInfo, string, error) {
-	size := b.pullNARSize()
-	src := filepath.Join(b.work, fmt.Sprintf("pull-src-%d", size))
-	if err := os.MkdirAll(src, 0o755); err != nil {
-		return pathInfo{}, "", err
-	}
-	f, err := os.Create(filepath.Join(src, "random"))
+	p, err := b.randomPath(ctx, "pull-src", [32]byte{'p', 'u', 'l', 'l'}, b.pullNARSize())
 	if err != nil {
 		return pathInfo{}, "", err
 	}
-	rng := mrand.NewChaCha8([32]byte{'p', 'u', 'l', 'l'})
-	buf := make([]byte, 1<<20)
-	for n := int64(0); n < size; n += int64(len(buf)) {
-		_, _ = rng.Read(buf)
-		if _, err := f.Write(buf); err != nil {
-			f.Close()
-			return pathInfo{}, "", err
-		}
-	}
-	if err := f.Close(); err != nil {
-		return pathInfo{}, "", err
-	}
-	out, err := b.runCmd(ctx, nil, "nix-store", "--add", src)
-	if err != nil {
-		return pathInfo{}, "", err
-	}
-	infos, err := b.pathInfos(ctx, []string{strings.TrimSpace(out)})
-	if err != nil {
-		return pathInfo{}, "", err
-	}
+	infos := []pathInfo{p}
 	dir := filepath.Join(b.work, "filecache-pull")
 	url := fmt.Sprintf("file://%s?compression=zstd&secret-key=%s", dir, b.keySec)
 	if _, err := b.runCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to", url, infos[0].Path); err != nil {

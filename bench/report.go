@@ -149,9 +149,23 @@ var comparisons = []comparison{
 	{"pull", "narinfo p99 us", "concordia miss (asks the upstream)", "nginx upstream 404 (direct)", true, 0, "narinfo miss asking the upstream vs the upstream's own 404, p99"},
 	{"pull", "narinfo p50 us", "concordia miss (asks the upstream)", "concordia hit (kept path)", true, 0, "narinfo miss asking the upstream vs a local hit, p50"},
 	{"pull", "narinfo p99 us", "concordia miss (asks the upstream)", "concordia hit (kept path)", true, 0, "narinfo miss asking the upstream vs a local hit, p99"},
+	{"shared", "MB/s, 1 stream", sysShared, sysDisk, false, 0.7, "NAR download, S3+PostgreSQL vs disk backend, 1 stream"},
+	{"shared", "MB/s, 8 streams", sysShared, sysDisk, false, 0.7, "NAR download, S3+PostgreSQL vs disk backend, 8 streams"},
+	{"shared", "req/s, 1 connection, one path", sysShared, sysDisk, false, 0.8, "narinfo req/s, PostgreSQL vs bbolt, 1 conn, one path"},
+	{"shared", "req/s, 64 connections, one path", sysShared, sysDisk, false, 0.8, "narinfo req/s, PostgreSQL vs bbolt, 64 conns, one path"},
+	{"shared", "p99 us, 1 connection, one path", sysShared, sysDisk, true, 0, "narinfo p99, PostgreSQL vs bbolt, 1 conn, one path"},
+	{"shared", "req/s, 1 connection, " + distinctMetric, sysShared, sysDisk, false, 0, "narinfo req/s, PostgreSQL vs bbolt, 1 conn, every closure path in turn"},
+	{"shared", "req/s, 64 connections, " + distinctMetric, sysShared, sysDisk, false, 0, "narinfo req/s, PostgreSQL vs bbolt, 64 conns, every closure path in turn"},
+	{"shared", "req/s, 64 connections, absent paths (404)", sysShared, sysDisk, false, 0, "narinfo req/s, PostgreSQL vs bbolt, 64 conns, absent paths (an index lookup each)"},
+	{"shared", "seconds, upload closure", sysShared, sysDisk, true, 0, "closure upload (nix copy --to), S3+PostgreSQL vs disk backend (time ratio)"},
+	{"shared", "MB/s, 16 downloads", sysTwo, sysOne, false, 0, "16 concurrent downloads, split over 2 replicas vs all on 1"},
+	{"shared", "MB/s, 16 downloads", sysOne, sysDisk, false, 0, "16 concurrent downloads, 1 S3+PostgreSQL replica vs disk backend"},
+	{"shared", "peak RSS MiB, 16 downloads", sysOne, sysDisk, true, 0, "peak RSS, 1 replica serving 16 downloads vs disk backend"},
+	{"shared", "peak RSS MiB, 16 downloads", sysRep1, sysDisk, true, 0, "peak RSS, replica 1 of 2 serving 8 downloads vs disk backend serving 16"},
+	{"shared", "peak RSS MiB, 16 downloads", sysRep2, sysDisk, true, 0, "peak RSS, replica 2 of 2 serving 8 downloads vs disk backend serving 16"},
 }
 
-func (r *report) write(dir string, quick bool) error {
+func (r *report) write(dir, name string, quick bool) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -198,7 +212,7 @@ func (r *report) write(dir string, quick bool) error {
 		}
 		fmt.Fprintf(&sb, "| %s | %s | %s (%s) | %.2f | %s | %s |\n", c.what, fmtv(v), fmtv(rv), c.ref, ratio, tgt, yes(met))
 	}
-	groups := []string{"narinfo", "nar", "rss", "e2e", "upload", "deploy", "pull"}
+	groups := []string{"narinfo", "nar", "rss", "e2e", "upload", "deploy", "pull", "shared"}
 	for _, g := range groups {
 		var rows []*series
 		for _, k := range r.order {
@@ -225,7 +239,7 @@ func (r *report) write(dir string, quick bool) error {
 			fmt.Fprintf(&sb, "- %s\n", n)
 		}
 	}
-	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(sb.String()), 0o644)
+	return os.WriteFile(filepath.Join(dir, name), []byte(sb.String()), 0o644)
 }
 
 func yes(b bool) string {

@@ -29,7 +29,13 @@ func (b *bench) startUploadCache(ctx context.Context) (*uploadCache, error) {
 // startUploadCacheWith is startUploadCache with extra top-level config
 // lines (e.g. TLS).
 func (b *bench) startUploadCacheWith(ctx context.Context, extra string) (*uploadCache, error) {
-	state := filepath.Join(b.work, "state-upload")
+	return b.startUploadServer(ctx, "concordia upload", "zstd", filepath.Join(b.work, "state-upload"), extra, "")
+}
+
+// startUploadServer runs Concordia with only an upload store in state:
+// on disk under state when backend is "", or on the [upload.s3] and
+// [upload.database] tables backend holds.
+func (b *bench) startUploadServer(ctx context.Context, name, compression, state, extra, backend string) (*uploadCache, error) {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, err
 	}
@@ -44,12 +50,16 @@ func (b *bench) startUploadCacheWith(ctx context.Context, extra string) (*upload
 		return nil, err
 	}
 	cfg := filepath.Join(state, "cache.toml")
-	conf := fmt.Sprintf("%snix_db_path = %q\n[upload]\ndir = %q\ntokens_file = %q\n",
-		extra, filepath.Join(state, "no-local-store.sqlite"), filepath.Join(state, "upload"), tokens)
+	conf := fmt.Sprintf("%snix_db_path = %q\n[upload]\ntokens_file = %q\n", extra, filepath.Join(state, "no-local-store.sqlite"), tokens)
+	if backend == "" {
+		conf += fmt.Sprintf("dir = %q\n", filepath.Join(state, "upload"))
+	} else {
+		conf += backend
+	}
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
-	srv, err := b.startConcordia(ctx, "concordia upload", "zstd", state, "--config", cfg)
+	srv, err := b.startConcordia(ctx, name, compression, state, "--config", cfg)
 	if err != nil {
 		return nil, err
 	}

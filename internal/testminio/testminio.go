@@ -338,3 +338,58 @@ func (s *Server) LogTail() string {
 	}
 	return string(b)
 }
+
+// StartIn starts a server with its data under dir, for programs other
+// than tests, like the benchmark runner: bin is the MinIO binary ("" for
+// $CONCORDIA_MINIO or DefaultBinary). The caller stops it with Stop or
+// Kill.
+func StartIn(bin, dir string) (*Server, error) {
+	if bin == "" {
+		bin = os.Getenv("CONCORDIA_MINIO")
+	}
+	if bin == "" {
+		bin = DefaultBinary
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("testminio: no MinIO binary: %w", err)
+	}
+	s, err := newServer(bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.start(); err != nil {
+		return nil, fmt.Errorf("%w\nMinIO log (tail):\n%s", err, s.LogTail())
+	}
+	return s, nil
+}
+
+// NewBucket is Bucket without a test: it creates a fresh, empty bucket
+// and returns its name.
+func (s *Server) NewBucket(ctx context.Context) (string, error) {
+	s.mu.Lock()
+	s.buckets++
+	name := fmt.Sprintf("test-%d-%s", s.buckets, randomHex(4))
+	s.mu.Unlock()
+	c, err := minio.New(s.addr, &minio.Options{
+		Creds:  credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
+		Region: "us-east-1",
+	})
+	if err != nil {
+		return "", err
+	}
+	if err := c.MakeBucket(ctx, name, minio.MakeBucketOptions{Region: "us-east-1"}); err != nil {
+		return "", fmt.Errorf("creating bucket %s: %w", name, err)
+	}
+	return name, nil
+}
+
+// Pid is the server process's id (0 when it is not running), for
+// reading its resource use.
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}

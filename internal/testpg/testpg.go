@@ -195,3 +195,24 @@ func Main(m interface{ Run() int }) {
 	sharedMu.Unlock()
 	os.Exit(code)
 }
+
+// StartIn starts a server in a new directory under parent (os.TempDir()
+// when empty) for programs other than tests, like the benchmark runner;
+// the caller stops it with Stop. The directory must be reachable by the
+// postgres user and short enough for a socket path.
+func StartIn(parent string, opts Options) (*Server, error) {
+	if parent == "" {
+		parent = os.TempDir()
+	}
+	return start(parent, opts)
+}
+
+// NewDB is CreateDB without a test: it creates a fresh database and
+// returns its URL.
+func (s *Server) NewDB() (string, error) {
+	name := fmt.Sprintf("t%d_%d", os.Getpid(), s.n.Add(1))
+	if out, err := s.run("createdb", "-h", s.dir, "-U", "concordia", name); err != nil {
+		return "", fmt.Errorf("testpg: createdb: %v: %s", err, out)
+	}
+	return s.URL(name), nil
+}

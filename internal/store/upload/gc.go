@@ -496,6 +496,9 @@ func (s *Store) deleteCollected(tx kv.Tx, c *collected) error {
 // removeCollected removes the files of what c names, once their records
 // are gone: a file left behind by a failure is only disk space.
 func (s *Store) removeCollected(c *collected) {
+	if s.delayDeletes(c) {
+		return
+	}
 	for _, b := range c.blobs {
 		if err := s.blobs.Remove(bg, b); err != nil {
 			s.log.Warn("GC could not remove a NAR file", "blob", b, "err", err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -239,5 +240,48 @@ func TestReplicasCollectAtOnce(t *testing.T) {
 				t.Fatalf("%s after two GCs at once: %v", p.base, err)
 			}
 		}
+	}
+}
+
+// TestReplicaGCKeepsFileOthersStream: a replica streaming a NAR keeps
+// getting it whole while another replica's GC collects its path; the
+// file goes once Options.DeleteDelay has passed, and not before.
+func TestReplicaGCKeepsFileOthersStream(t *testing.T) {
+	ctx := context.Background()
+	clock := newClock()
+	a, b, env := newReplicaPair(t, upload.Options{Now: clock.Now, DeleteDelay: time.Hour})
+	p := newPath(t, "streamed-while-collected", randomBytes(t, 8<<20))
+	if err := p.upload(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	f, _, _, _, err := a.OpenFileNAR(ctx, &store.PathInfo{StorePath: p.info.StorePath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	head := make([]byte, 1<<20)
+	if _, err := io.ReadFull(f, head); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := b.GCWith(ctx, store.Policy{MaxSize: 1}, false); err != nil || len(rep.Deleted) != 1 {
+		t.Fatalf("GC through the other replica: %+v %v", rep, err)
+	}
+	rest, err := io.ReadAll(f)
+	if err != nil || !bytes.Equal(append(head, rest...), p.file) {
+		t.Fatalf("the stream of a collected path broke off or changed: %v", err)
+	}
+	objects := func() int { return len(env.Objects(t, "nar/")) }
+	if n := objects(); n != 1 {
+		t.Fatalf("%d NAR files right after GC, want the collected one kept", n)
+	}
+	clock.Advance(30 * time.Minute)
+	b.SweepPending(ctx)
+	if n := objects(); n != 1 {
+		t.Fatalf("%d NAR files within the delete delay", n)
+	}
+	clock.Advance(time.Hour)
+	b.SweepPending(ctx)
+	if n := objects(); n != 0 {
+		t.Fatalf("%d NAR files after the delete delay, want none", n)
 	}
 }

@@ -3,6 +3,7 @@ package upload
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,34 +38,47 @@ func (s *Store) sweepOrphans(ctx context.Context, cutoff time.Time) (int, error)
 	for _, d := range []struct {
 		dir    blob.Dir
 		bucket []byte
+		kind   string
 		key    func(name string) (string, bool)
 	}{
-		{s.blobs, bBlobs, func(name string) (string, bool) { return name, true }},
-		{s.logs, bLogFiles, func(name string) (string, bool) { return strings.CutSuffix(name, logExt) }},
+		{s.blobs, bBlobs, "nar/", func(name string) (string, bool) { return name, true }},
+		{s.logs, bLogFiles, "log/", func(name string) (string, bool) { return strings.CutSuffix(name, logExt) }},
 	} {
 		swept, err := d.dir.Sweep(ctx, cutoff)
 		if err != nil {
 			return n, err
 		}
 		n += swept
+		// A file GC collected counts from then, not from its upload.
 		var old []blob.Info
 		err = d.dir.List(ctx, func(fi blob.Info) error {
-			if fi.ModTime.Before(cutoff) {
-				old = append(old, fi)
-			}
+			old = append(old, fi)
 			return nil
 		})
 		if err != nil {
 			return n, err
 		}
 		var orphans []string
-		err = s.db.View(func(tx kv.Tx) error {
-			b := tx.Bucket(d.bucket)
+		err = s.db.Update(func(tx kv.Tx) error {
+			b, doomed := tx.Bucket(d.bucket), tx.Bucket(bDoomed)
 			orphans = orphans[:0]
 			for _, fi := range old {
 				k, ok := d.key(fi.Name)
-				if !ok || b.Get([]byte(k)) == nil && !s.isPending(fi.Name) {
+				claimed := ok && b.Get([]byte(k)) != nil || s.isPending(fi.Name)
+				wasDoomed := doomed.Get([]byte(d.kind+fi.Name)) != nil
+				switch {
+				case claimed:
+					if wasDoomed { // uploaded again since its GC
+						if err := doomed.Delete([]byte(d.kind + fi.Name)); err != nil {
+							return err
+						}
+					}
+				case s.doomedKept(doomed, d.kind, fi.Name):
+				case wasDoomed || fi.ModTime.Before(cutoff):
 					orphans = append(orphans, fi.Name)
+					if err := doomed.Delete([]byte(d.kind + fi.Name)); err != nil {
+						return err
+					}
 				}
 			}
 			return nil
@@ -81,6 +95,53 @@ func (s *Store) sweepOrphans(ctx context.Context, cutoff time.Time) (int, error)
 		}
 	}
 	return n, nil
+}
+
+// DefaultDeleteDelay is how long a collected file stays in a shared
+// store's bucket: longer than any one NAR download takes.
+const DefaultDeleteDelay = 15 * time.Minute
+
+// delayDeletes keeps the files GC collected from a shared store for
+// Options.DeleteDelay, noting when, instead of deleting them: another
+// replica may be streaming one, and an object store's object, unlike an
+// open file, goes with its name. sweepOrphans deletes them once the delay
+// has passed and no record claims them again. It reports whether it took
+// the files over.
+func (s *Store) delayDeletes(c *collected) bool {
+	if !s.db.Shared() || s.opts.DeleteDelay < 0 || len(c.blobs)+len(c.logs) == 0 {
+		return false
+	}
+	now := []byte(strconv.FormatInt(s.now().Unix(), 10))
+	err := s.db.Update(func(tx kv.Tx) error {
+		b := tx.Bucket(bDoomed)
+		for _, name := range c.blobs {
+			if err := b.Put([]byte("nar/"+name), now); err != nil {
+				return err
+			}
+		}
+		for _, drv := range c.logs {
+			if err := b.Put([]byte("log/"+logName(drv)), now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		// Unnoted, they are orphans swept past the pending grace period.
+		s.log.Warn("GC could not note its collected files; they are swept later", "err", err)
+	}
+	return true
+}
+
+// doomedKept reports whether file (under kind "nar/" or "log/") was
+// collected less than Options.DeleteDelay ago.
+func (s *Store) doomedKept(b kv.Bucket, kind, name string) bool {
+	v := b.Get([]byte(kind + name))
+	if v == nil {
+		return false
+	}
+	at, err := strconv.ParseInt(string(v), 10, 64)
+	return err == nil && s.now().Before(time.Unix(at, 0).Add(s.opts.DeleteDelay))
 }
 
 // isPending reports whether this process holds blob name as pending.

@@ -105,6 +105,11 @@ type Options struct {
 	// valid that long (upload.s3.redirect), instead of streams through
 	// the cache.
 	RedirectTTL time.Duration
+	// DeleteDelay is how long a file GC collected from a shared store
+	// stays in the bucket, for the replicas still streaming it (default
+	// DefaultDeleteDelay; negative: deleted at once). A store one process
+	// owns deletes at once: its open files outlive their names.
+	DeleteDelay time.Duration
 	// Logger receives recovery, GC and repair events; nil discards them.
 	Logger *slog.Logger
 	// Now replaces time.Now in tests.
@@ -175,7 +180,8 @@ var (
 	bTombs    = []byte("tombstones")      // hash part -> tombRec JSON of a collected path
 	bTold     = []byte("told")            // hash part -> unix seconds (decimal) a writer was last told it exists
 	bUpstream = []byte("upstream-paths")  // hash part -> upstream name: a path an upstream had (upstreamRef)
-	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs, bTold, bUpstream}
+	bDoomed   = []byte("collected-files") // "nar/" or "log/" + file name -> unix seconds GC collected it (shared stores: shared.go)
+	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs, bTold, bUpstream, bDoomed}
 
 	// bOldLogs held whole logs (drv base name -> bytes) before they were
 	// files; Open moves them out and deletes it.
@@ -270,6 +276,9 @@ func OpenBackend(ctx context.Context, be Backend, opts Options) (*Store, error) 
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.DeleteDelay == 0 {
+		opts.DeleteDelay = DefaultDeleteDelay
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now

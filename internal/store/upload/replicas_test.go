@@ -285,3 +285,33 @@ func TestReplicaGCKeepsFileOthersStream(t *testing.T) {
 		t.Fatalf("%d NAR files after the delete delay, want none", n)
 	}
 }
+
+// TestSharedUploadCannotReplaceBlob: a write token holder sends other
+// bytes under the name of a stored NAR file, through the other replica:
+// refused, and the stored file is untouched (an upload streams under its
+// final key, but is completed only once verified).
+func TestSharedUploadCannotReplaceBlob(t *testing.T) {
+	ctx := context.Background()
+	a, b, env := newReplicaPair(t, upload.Options{})
+	p := newPath(t, "shared-victim", randomBytes(t, 11<<20))
+	if err := p.upload(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	forged := append(bytes.Clone(p.file[:len(p.file)-100]), bytes.Repeat([]byte{0}, 100)...)
+	if _, err := b.PutNAR(ctx, p.fileName, bytes.NewReader(forged)); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("forged bytes under a stored name: %v, want ErrInvalid", err)
+	}
+	if got := env.ReadObject(t, "nar/"+p.fileName); !bytes.Equal(got, p.file) {
+		t.Fatal("the stored NAR file changed")
+	}
+	for _, s := range []*upload.Store{a, b} {
+		if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
+			t.Fatalf("NAR after the forged upload: %v", err)
+		}
+	}
+	for _, o := range env.Objects(t, "nar/") {
+		if strings.HasPrefix(o, ".tmp-") {
+			t.Fatalf("the forged upload left %s", o)
+		}
+	}
+}

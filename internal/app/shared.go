@@ -34,26 +34,35 @@ func openUploadStore(ctx context.Context, cfg *config.Config, opts upload.Option
 // owns be.Index.
 func OpenBackend(ctx context.Context, cfg *config.Config) (upload.Backend, error) {
 	u := cfg.Upload
-	be := upload.Backend{Dir: u.Dir}
 	s3cfg, err := s3Config(u.S3)
 	if err != nil {
-		return be, err
+		return upload.Backend{}, err
 	}
+	s3cfg.Prefix = u.S3.Prefix
+	dbURL, err := databaseURL(u.Database)
+	if err != nil {
+		return upload.Backend{}, err
+	}
+	return SharedBackend(ctx, u.Dir, s3cfg, dbURL)
+}
+
+// SharedBackend opens the shared backend's parts: the bucket's three
+// prefixes under s3.Prefix (nar/, log/, quarantine/) and the database at
+// dbURL, with dir for local files. The one place that lays out a shared
+// store, for the config's store and tests' alike.
+func SharedBackend(ctx context.Context, dir string, s3 s3blob.Config, dbURL string) (upload.Backend, error) {
+	be := upload.Backend{Dir: dir}
 	for _, d := range []struct {
 		to     *blob.Dir
 		prefix string
 	}{{&be.Blobs, "nar/"}, {&be.Logs, "log/"}, {&be.Quarantine, "quarantine/"}} {
-		c := s3cfg
-		c.Prefix = u.S3.Prefix + d.prefix
-		dir, err := s3blob.Open(ctx, c)
+		c := s3
+		c.Prefix = s3.Prefix + d.prefix
+		bd, err := s3blob.Open(ctx, c)
 		if err != nil {
 			return be, fmt.Errorf("upload.s3: %w", err)
 		}
-		*d.to = dir
-	}
-	dbURL, err := databaseURL(u.Database)
-	if err != nil {
-		return be, err
+		*d.to = bd
 	}
 	db, err := pgkv.Open(ctx, dbURL, pgkv.Options{})
 	if err != nil {

@@ -16,9 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bos55/concordia/internal/blob"
+	"github.com/bos55/concordia/internal/app"
 	"github.com/bos55/concordia/internal/blob/s3blob"
-	"github.com/bos55/concordia/internal/kv/pgkv"
 	"github.com/bos55/concordia/internal/store/upload"
 	"github.com/bos55/concordia/internal/testminio"
 	"github.com/bos55/concordia/internal/testpg"
@@ -60,23 +59,10 @@ func (e *Env) S3(prefix string) s3blob.Config {
 // does, closed when t ends (by the store that owns it, or here).
 func (e *Env) Backend(t testing.TB) upload.Backend {
 	t.Helper()
-	ctx := context.Background()
-	be := upload.Backend{Dir: t.TempDir()}
-	for _, d := range []struct {
-		to     *blob.Dir
-		prefix string
-	}{{&be.Blobs, "nar/"}, {&be.Logs, "log/"}, {&be.Quarantine, "quarantine/"}} {
-		dir, err := s3blob.Open(ctx, e.S3(d.prefix))
-		if err != nil {
-			t.Fatal(err)
-		}
-		*d.to = dir
-	}
-	db, err := pgkv.Open(ctx, e.DBURL, pgkv.Options{})
+	be, err := app.SharedBackend(context.Background(), t.TempDir(), e.S3(""), e.DBURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	be.Index = db
 	return be
 }
 

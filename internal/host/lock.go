@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bos55/concordia/internal/hostverb"
 )
@@ -37,20 +40,15 @@ func lockHost(o Options, h *hostverb.Holder) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open lock: %w", err)
 	}
-	// A few tries: Inspect probes the lock for an instant.
-	for i := 0; ; i++ {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			break
+	// Nothing but a deploy or a rollback ever takes this lock (lockHolder
+	// reads the kernel's lock table instead of probing it), so a refusal
+	// here always means another one holds the host.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, &LockedError{Holder: readHolder(o)}
 		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) || i == 5 {
-			f.Close()
-			if errors.Is(err, syscall.EWOULDBLOCK) {
-				return nil, &LockedError{Holder: readHolder(o)}
-			}
-			return nil, fmt.Errorf("lock: %w", err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return nil, fmt.Errorf("lock: %w", err)
 	}
 	if err := writeJSON(filepath.Join(o.StateDir, "holder.json"), h); err != nil {
 		f.Close()
@@ -73,17 +71,66 @@ func readHolder(o Options) *hostverb.Holder {
 
 // lockHolder returns the current holder, or nil when the host is not locked.
 func lockHolder(o Options) *hostverb.Holder {
-	f, err := os.Open(filepath.Join(o.StateDir, "lock"))
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err == nil {
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	if !lockHeld(filepath.Join(o.StateDir, "lock")) {
 		return nil
 	}
 	if h := readHolder(o); h != nil {
 		return h
 	}
 	return &hostverb.Holder{ID: "unknown"}
+}
+
+// procLocks is the kernel's table of file locks.
+var procLocks = "/proc/locks"
+
+// lockHeld reports whether anyone holds a flock on the file at path. It
+// reads /proc/locks rather than trying the lock: a probe holds the lock
+// for an instant, and a deploy taking it in that instant would be refused
+// as "locked" (status and wait ask often; under load the instant grows).
+// When the table cannot be read it falls back to the probe.
+func lockHeld(path string) bool {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return false
+	}
+	table, err := os.ReadFile(procLocks)
+	if err != nil {
+		return probeHeld(path)
+	}
+	return flockedIn(table, uint64(st.Dev), st.Ino)
+}
+
+// flockedIn reports whether table (the format of /proc/locks) lists a
+// granted FLOCK on the file dev:ino. Lines look like
+//
+//	3: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF
+//
+// with the device as hexadecimal major:minor; waiters ("3: -> FLOCK ...")
+// hold nothing.
+func flockedIn(table []byte, dev, ino uint64) bool {
+	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(dev), unix.Minor(dev), ino)
+	for _, line := range strings.Split(string(table), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[1] != "FLOCK" {
+			continue // a waiter ("->"), a POSIX lock, or no lock at all
+		}
+		if f[5] == want {
+			return true
+		}
+	}
+	return false
+}
+
+// probeHeld tries a shared lock for an instant (the fallback of lockHeld).
+func probeHeld(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err == nil {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		return false
+	}
+	return true
 }

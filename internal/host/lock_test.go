@@ -1,0 +1,126 @@
+package host
+
+import (
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/bos55/concordia/internal/hostverb"
+)
+
+// TestLockHeldReadsTheTable: the holder test sees a lock another open file
+// holds, and a free lock as free, without taking it.
+func TestLockHeldReadsTheTable(t *testing.T) {
+	o := Options{StateDir: t.TempDir()}
+	if lockHolder(o) != nil {
+		t.Fatal("no lock file: reported held")
+	}
+	f, err := lockHost(o, &hostverb.Holder{ID: "d1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := lockHolder(o); h == nil || h.ID != "d1" {
+		t.Fatalf("held lock: holder %+v, want d1", h)
+	}
+	f.Close()
+	if h := lockHolder(o); h != nil {
+		t.Fatalf("released lock: holder %+v", h)
+	}
+}
+
+// TestLockNotRefusedByStatus: many status and wait probes at once never
+// make a deploy's lock fail (the probes used to take the lock for an
+// instant, which refused a deploy arriving in it as "locked").
+func TestLockNotRefusedByStatus(t *testing.T) {
+	o := Options{StateDir: t.TempDir()}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					lockHolder(o)
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	for i := range 300 {
+		f, err := lockHost(o, &hostverb.Holder{ID: "d"})
+		if err != nil {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+		f.Close()
+	}
+}
+
+// TestLockStillRefusesAHolder: the lock itself still excludes a second
+// deploy, naming the first.
+func TestLockStillRefusesAHolder(t *testing.T) {
+	o := Options{StateDir: t.TempDir()}
+	f, err := lockHost(o, &hostverb.Holder{ID: "first"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, err = lockHost(o, &hostverb.Holder{ID: "second"})
+	var le *LockedError
+	if !asLocked(err, &le) || le.Holder == nil || le.Holder.ID != "first" {
+		t.Fatalf("second lock: %v, want LockedError naming first", err)
+	}
+}
+
+func asLocked(err error, le **LockedError) bool {
+	e, ok := err.(*LockedError)
+	*le = e
+	return ok
+}
+
+func TestFlockedIn(t *testing.T) {
+	table := []byte("1: POSIX  ADVISORY  WRITE 99 08:01:77 0 EOF\n" +
+		"2: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF\n" +
+		"2: -> FLOCK  ADVISORY  WRITE 1235 08:01:42 0 EOF\n")
+	dev := uint64(0xfd<<8 | 0x01)
+	for _, c := range []struct {
+		dev, ino uint64
+		want     bool
+	}{
+		{dev, 5678, true},
+		{dev, 567, false},
+		{0x0801, 77, false}, // a POSIX lock is not ours
+		{0x0801, 42, false}, // a waiter holds nothing
+	} {
+		if got := flockedIn(table, c.dev, c.ino); got != c.want {
+			t.Errorf("flockedIn(%x, %d) = %v, want %v", c.dev, c.ino, got, c.want)
+		}
+	}
+}
+
+// TestLockHeldFallback: without the table the probe answers.
+func TestLockHeldFallback(t *testing.T) {
+	old := procLocks
+	procLocks = filepath.Join(t.TempDir(), "missing")
+	defer func() { procLocks = old }()
+	path := filepath.Join(t.TempDir(), "lock")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if lockHeld(path) {
+		t.Fatal("free lock reported held")
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	if !lockHeld(path) {
+		t.Fatal("held lock reported free")
+	}
+}

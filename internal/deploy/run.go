@@ -222,7 +222,7 @@ func Run(ctx context.Context, nodes []Node, o Options) *Report {
 		s.onFailed = nil
 	}
 	for k, w := range p.waves {
-		if len(p.waves) > 1 || len(p.canary) > 0 {
+		if (len(p.waves) > 1 || len(p.canary) > 0) && s.why(ctx) == "" {
 			phaseProgress(o.Progress, fmt.Sprintf("wave %d", p.info.Waves[k].Wave), nodes, w)
 		}
 		s.phase(ctx, w)

@@ -260,11 +260,8 @@ func firstLine(s string) string {
 	return s
 }
 
-// canaryFailed is the stop reason of a canary that did not end OK.
+// canaryFailed is the stop reason of a canary that did not end OK: its
+// result only, the why is on the canary's own line of the report.
 func canaryFailed(h HostReport) string {
-	msg := string(h.Result)
-	if h.Error != "" {
-		msg += ": " + firstLine(h.Error)
-	}
-	return fmt.Sprintf("canary %s failed: %s", h.Node, msg)
+	return fmt.Sprintf("canary %s failed: %s", h.Node, h.Result)
 }

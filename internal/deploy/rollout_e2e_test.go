@@ -1,8 +1,13 @@
 package deploy_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -213,6 +218,57 @@ func TestE2ERollout(t *testing.T) {
 				if j.host == late.Name && j.start < ends[i.host] {
 					t.Errorf("wave 1 (%s) began at %.3f, before %s of wave 0 ended at %.3f", late.Name, j.start, i.host, ends[i.host])
 				}
+			}
+		}
+	})
+
+	// (c) The same through the command line: --canary picks the canary by
+	// name among the selected nodes, the report records the rollout.
+	t.Run("CLI", func(t *testing.T) {
+		e := e.sub(t)
+		bad := e.f.System(t, fleettest.System{Label: "rollout-cli-bad", FailUnits: []string{"broken.service"}})
+		first := e.f.Hosts[2]
+		dir := t.TempDir()
+		ns := map[string]any{}
+		for _, h := range e.f.Hosts {
+			ns[h.Name] = map[string]any{"hostname": h.Name, "profiles": map[string]any{"system": map[string]any{"path": bad}}}
+		}
+		doc, _ := json.Marshal(map[string]any{"sshOpts": []string{"-F", e.f.SSHConfig}, "confirmTimeout": 20, "maxFailures": 1, "nodes": ns})
+		file := filepath.Join(dir, "nodes.json")
+		if err := os.WriteFile(file, doc, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		report := filepath.Join(dir, "report.json")
+		args := []string{"push", "--file", file, "--canary", first.Name, "--max-unavailable", "1", "--json", report,
+			"--cache", e.f.Cache.URL(), "--trusted-key", e.f.Cache.PublicKey()}
+		if cc, ok := e.f.Cache.(*fleettest.ConcordiaCache); ok {
+			args = append(args, "--netrc-file", cc.DeployNetrc())
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, e.f.Deployer, args...)
+		var errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &errb, &errb
+		err := cmd.Run()
+		t.Logf("deployer %s: %v\n%s", strings.Join(args, " "), err, errb.String())
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+			t.Fatalf("push: %v, want exit 1", err)
+		}
+		if out := errb.String(); !strings.Contains(out, "1 not ok, 3 not started") || !strings.Contains(out, "NOT STARTED (canary "+first.Name+" failed: rolled-back") {
+			t.Fatalf("summary lacks the hosts not started")
+		}
+		var rep deploy.Report
+		b, _ := os.ReadFile(report)
+		if err := json.Unmarshal(b, &rep); err != nil || rep.Rollout == nil {
+			t.Fatalf("report %s: %v", b, err)
+		}
+		if fmt.Sprint(rep.Rollout.Canary) != "["+first.Name+"]" || rep.Rollout.MaxUnavailable != 1 || rep.Rollout.MaxFailures != 1 || len(rep.Failed) != 4 {
+			t.Fatalf("rollout %+v failed %v", rep.Rollout, rep.Failed)
+		}
+		for _, h := range e.f.Hosts {
+			if h != first && len(e.activations(h, bad)) != 0 {
+				t.Errorf("%s activated the failing system", h.Name)
 			}
 		}
 	})

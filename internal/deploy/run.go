@@ -216,7 +216,9 @@ func Run(ctx context.Context, nodes []Node, o Options) *Report {
 		s.stop(p.refuse)
 	}
 	if len(p.canary) > 0 {
-		phaseProgress(o.Progress, "canary", nodes, p.canary)
+		if s.why(ctx) == "" {
+			phaseProgress(o.Progress, "canary", nodes, p.canary)
+		}
 		s.onFailed = canaryFailed
 		s.phase(ctx, p.canary)
 		s.onFailed = nil

@@ -79,7 +79,13 @@ profiles.system.path must be the NixOS toplevel itself:
 not deploy-rs.lib.<system>.activate.nixos (its wrapper is refused with this hint).
 
 --branch maps CI branches: main -> switch on every node, test-NODE -> test on NODE alone,
-anything else -> nothing to do (exit 0).`,
+anything else -> nothing to do (exit 0).
+
+Rollout: canaries (--canary, or nodes with canary = true) go first and a failure there starts no
+other host; then the nodes wave by wave (their wave setting, lowest first), each wave finishing
+before the next; at most --max-unavailable (or the flake's maxUnavailable) hosts mid-deploy at
+once; after --max-failures (or maxFailures) hosts ended not ok, no new host starts. Hosts never
+started are reported not-started with the reason, and the exit status is non-zero.`,
 		Flags: func(fs *flag.FlagSet) {
 			o.fleet.register(fs)
 			fs.StringVar(&o.on, "on", "", "nodes to deploy: comma-separated names, @tags and globs (default: all)")

@@ -519,3 +519,27 @@ func TestRolloutProgress(t *testing.T) {
 		t.Errorf("live output %q", out)
 	}
 }
+
+// FuzzParseRollout: whatever rollout settings a flake carries, Parse
+// refuses them or Run gives every node exactly one result, in the order
+// given.
+func FuzzParseRollout(f *testing.F) {
+	f.Add([]byte(`{"maxUnavailable":"50%","maxFailures":1,"nodes":{"a":{"hostname":"a","canary":true,"profiles":{"system":{"path":"x"}}},"b":{"hostname":"b","wave":-3,"profiles":{"system":{"path":"x"}}}}}`))
+	f.Add([]byte(`{"maxUnavailable":2,"wave":1,"nodes":{"a":{"hostname":"a","profiles":{"system":{"path":"x","canary":false}}}}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		nodes, err := deploy.Parse(b, nil)
+		if err != nil || len(nodes) > 20 {
+			return
+		}
+		o := opts(&fakeRemote{})
+		rep := deploy.Run(context.Background(), nodes, o)
+		if len(rep.Hosts) != len(nodes) || rep.Rollout == nil || rep.Rollout.MaxUnavailable < 1 {
+			t.Fatalf("report %+v for %d nodes", rep, len(nodes))
+		}
+		for i, h := range rep.Hosts {
+			if h.Node != nodes[i].Name || h.Result == "" {
+				t.Fatalf("host %d: %+v", i, h)
+			}
+		}
+	})
+}

@@ -5,6 +5,7 @@ package nixos
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/bos55/concordia/internal/config"
+	"github.com/bos55/concordia/internal/deploy"
 	"github.com/bos55/concordia/internal/host"
 )
 
@@ -68,8 +70,9 @@ type schema struct {
 		ConfirmTimeout int                        `json:"confirmTimeout"`
 		Nodes          map[string]json.RawMessage `json:"nodes"`
 	} `json:"deploy"`
-	Hosts []string `json:"hosts"`
-	Agent struct {
+	Rollout json.RawMessage `json:"rollout"`
+	Hosts   []string        `json:"hosts"`
+	Agent   struct {
 		Socket  map[string]any    `json:"socket"`
 		Service map[string]string `json:"service"`
 	} `json:"agent"`
@@ -152,6 +155,46 @@ func TestDeployNodes(t *testing.T) {
 	}
 	if !reflect.DeepEqual(s.Hosts, []string{"devbox", "ingress", "prod", "testbox"}) {
 		t.Errorf("hostsToBuild = %v", s.Hosts)
+	}
+}
+
+// TestDeployNodesRollout: homelab.deploy.canary and .wave reach the nodes
+// (only when set), the fleet-wide limits the deploy attribute, and the
+// deployer reads them as the rollout's order and limits.
+func TestDeployNodesRollout(t *testing.T) {
+	s := evalSchema(t)
+	var got struct {
+		MaxUnavailable any                        `json:"maxUnavailable"`
+		MaxFailures    any                        `json:"maxFailures"`
+		Nodes          map[string]json.RawMessage `json:"nodes"`
+	}
+	if err := json.Unmarshal(s.Rollout, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.MaxUnavailable != "25%" || got.MaxFailures != 1.0 {
+		t.Errorf("fleet limits %v %v", got.MaxUnavailable, got.MaxFailures)
+	}
+	want := map[string]string{
+		"web1": `{"canary":true,"hostname":"web1.example.org","profiles":{"system":{"path":"/nix/store/00000000000000000000000000000000-nixos-system-web1","user":"root"}},"sshUser":"deploy","user":"root"}`,
+		"web2": `{"hostname":"web2.example.org","profiles":{"system":{"path":"/nix/store/00000000000000000000000000000000-nixos-system-web2","user":"root"}},"sshUser":"deploy","user":"root","wave":1}`,
+		"db1":  `{"hostname":"db1.example.org","profiles":{"system":{"path":"/nix/store/00000000000000000000000000000000-nixos-system-db1","user":"root"}},"sshUser":"deploy","user":"root","wave":2}`,
+	}
+	for name, w := range want {
+		if string(got.Nodes[name]) != w {
+			t.Errorf("node %s:\n got %s\nwant %s", name, got.Nodes[name], w)
+		}
+	}
+	nodes, err := deploy.Parse(s.Rollout, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, n := range nodes {
+		st := n.Settings
+		order = append(order, fmt.Sprintf("%s canary=%v wave=%d max=%s failures=%d", n.Name, st.Canary, st.Wave, st.MaxUnavailable, st.MaxFailures))
+	}
+	if w := "db1 canary=false wave=2 max=25% failures=1, web1 canary=true wave=0 max=25% failures=1, web2 canary=false wave=1 max=25% failures=1"; strings.Join(order, ", ") != w {
+		t.Errorf("parsed\n %s\nwant\n %s", strings.Join(order, ", "), w)
 	}
 }
 

@@ -49,8 +49,32 @@ func orNone(s string) string {
 
 func printSummary(w io.Writer, rep *deploy.Report) {
 	ok := len(rep.Hosts) - len(rep.Failed)
-	fmt.Fprintf(w, "deploy %s: %d ok, %d not ok, %.1fs\n", rep.ID, ok, len(rep.Failed), rep.Millis/1000)
+	// Hosts never started are grouped by why: a stopped rollout of 100
+	// hosts is one line, not 99.
+	var whys []string
+	notStarted := map[string][]string{}
 	for _, h := range rep.Hosts {
+		if h.Result == deploy.NotStarted {
+			why := strings.TrimPrefix(h.Error, "not started: ")
+			if notStarted[why] == nil {
+				whys = append(whys, why)
+			}
+			notStarted[why] = append(notStarted[why], h.Node)
+		}
+	}
+	n := 0
+	for _, l := range notStarted {
+		n += len(l)
+	}
+	fmt.Fprintf(w, "deploy %s: %d ok, %d not ok", rep.ID, ok, len(rep.Failed)-n)
+	if n > 0 {
+		fmt.Fprintf(w, ", %d not started", n)
+	}
+	fmt.Fprintf(w, ", %.1fs\n", rep.Millis/1000)
+	for _, h := range rep.Hosts {
+		if h.Result == deploy.NotStarted {
+			continue
+		}
 		if h.Result != deploy.OK {
 			fmt.Fprintf(w, "  %s: %s: %s\n", h.Node, strings.ToUpper(string(h.Result)), h.Error)
 			continue
@@ -68,6 +92,9 @@ func printSummary(w io.Writer, rep *deploy.Report) {
 		if len(notes) > 0 {
 			fmt.Fprintf(w, "  %s: ok, %s\n", h.Node, strings.Join(notes, "; "))
 		}
+	}
+	for _, why := range whys {
+		fmt.Fprintf(w, "  NOT STARTED (%s): %s\n", why, strings.Join(notStarted[why], ", "))
 	}
 }
 

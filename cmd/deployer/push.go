@@ -33,6 +33,10 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	if err != nil || nodes == nil {
 		return err
 	}
+	rollout, err := o.rollout(nodes)
+	if err != nil {
+		return err
+	}
 	if o.dryRun {
 		printPlan(env.Stdout, o, mode, nodes)
 		return nil
@@ -41,6 +45,7 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	if err != nil {
 		return err
 	}
+	rollout(&opts)
 	ssh, err := remote.New(log)
 	if err != nil {
 		return err
@@ -79,7 +84,7 @@ func (o *pushOpts) checkFlags() (hostverb.Mode, error) {
 	if o.id == "" {
 		o.id = newID()
 	}
-	return mode, nil
+	return mode, o.checkRollout()
 }
 
 // deployOptions is everything a real push needs besides ssh: the cache,

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"flag"
+	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +33,11 @@ type pushOpts struct {
 	id           string
 	noPin        bool
 	pinUpstream  bool
+
+	// The rollout: canaries first, then waves (see rollout).
+	canary         string
+	maxUnavailable string
+	maxFailures    optInt
 
 	// deploy-rs's command-line overrides, applied to every selected node.
 	sshUser        string
@@ -72,7 +79,13 @@ profiles.system.path must be the NixOS toplevel itself:
 not deploy-rs.lib.<system>.activate.nixos (its wrapper is refused with this hint).
 
 --branch maps CI branches: main -> switch on every node, test-NODE -> test on NODE alone,
-anything else -> nothing to do (exit 0).`,
+anything else -> nothing to do (exit 0).
+
+Rollout: canaries (--canary, or nodes with canary = true) go first and a failure there starts no
+other host; then the nodes wave by wave (their wave setting, lowest first), each wave finishing
+before the next; at most --max-unavailable (or the flake's maxUnavailable) hosts mid-deploy at
+once; after --max-failures (or maxFailures) hosts ended not ok, no new host starts. Hosts never
+started are reported not-started with the reason, and the exit status is non-zero.`,
 		Flags: func(fs *flag.FlagSet) {
 			o.fleet.register(fs)
 			fs.StringVar(&o.on, "on", "", "nodes to deploy: comma-separated names, @tags and globs (default: all)")
@@ -84,6 +97,9 @@ anything else -> nothing to do (exit 0).`,
 			fs.StringVar(&o.tokenFile, "cache-token-file", "", "file with a bearer token for a private cache (also used to pin)")
 			fs.StringVar(&o.netrcFile, "netrc-file", "", "netrc whose password for the cache's host is the cache token (as Nix's netrc-file)")
 			fs.IntVar(&o.parallel, "parallel", 0, "hosts deployed at once (0: all)")
+			fs.StringVar(&o.canary, "canary", "", "HOST|@tag[,...]: deploy these first and stop the rollout if one of them fails (default: the nodes with canary = true)")
+			fs.StringVar(&o.maxUnavailable, "max-unavailable", "", "N|P%: at most N hosts (or P% of the selected ones) mid-deploy at once (default: the flake's maxUnavailable, else --parallel)")
+			fs.Var(&o.maxFailures, "max-failures", "N: start no new host once N hosts failed (0: no limit; default: the flake's maxFailures)")
 			fs.StringVar(&o.kernelChange, "kernel-change", "", "on a kernel change: switch (default: switch live, report reboot required), boot (install as boot default) or refuse")
 			fs.BoolVar(&o.noCheck, "no-check", false, "switch even when the switch inhibitors changed (NIXOS_NO_CHECK=1)")
 			fs.BoolVar(&o.installBoot, "install-bootloader", false, "have switch-to-configuration (re)install the boot loader (NIXOS_INSTALL_BOOTLOADER=1)")
@@ -102,6 +118,75 @@ anything else -> nothing to do (exit 0).`,
 			return runPush(ctx, env, o, args)
 		},
 	}
+}
+
+// checkRollout checks the rollout flags that need no fleet.
+func (o pushOpts) checkRollout() error {
+	if o.maxUnavailable != "" {
+		if _, err := deploy.ParseMaxUnavailable(o.maxUnavailable, 1); err != nil {
+			return cli.Usagef("--max-unavailable: %v", err)
+		}
+	}
+	if o.maxFailures.set && o.maxFailures.v < 0 {
+		return cli.Usagef("--max-failures must be 0 (no limit) or more, not %d", o.maxFailures.v)
+	}
+	if o.canary != "" && strings.Trim(o.canary, ", \t") == "" {
+		return cli.Usagef("--canary %q names no node (want HOST|@tag[,...])", o.canary)
+	}
+	return nil
+}
+
+// rollout resolves the rollout flags against the selected nodes (a
+// --canary term matching none of them is an error, as --on's) and returns
+// what to set on the deploy's options; flags win over the flake's settings.
+func (o pushOpts) rollout(nodes []deploy.Node) (func(*deploy.Options), error) {
+	var canary []string
+	if o.canary != "" {
+		sel, err := deploy.Select(nodes, o.canary)
+		if err != nil {
+			return nil, fmt.Errorf("--canary: %w", err)
+		}
+		for _, n := range sel {
+			canary = append(canary, n.Name)
+		}
+	}
+	maxUnavailable := 0
+	if o.maxUnavailable != "" {
+		var err error
+		if maxUnavailable, err = deploy.ParseMaxUnavailable(o.maxUnavailable, len(nodes)); err != nil {
+			return nil, cli.Usagef("--max-unavailable: %v", err)
+		}
+	}
+	if o.maxFailures.set {
+		for i := range nodes { // --max-failures 0 lifts the flake's limit too
+			nodes[i].Settings.MaxFailures = o.maxFailures.v
+		}
+	}
+	return func(opts *deploy.Options) {
+		opts.Canary, opts.MaxUnavailable, opts.MaxFailures = canary, maxUnavailable, o.maxFailures.v
+	}, nil
+}
+
+// optInt is an int flag that remembers whether it was given.
+type optInt struct {
+	set bool
+	v   int
+}
+
+func (n *optInt) String() string {
+	if n == nil || !n.set {
+		return ""
+	}
+	return strconv.Itoa(n.v)
+}
+
+func (n *optInt) Set(s string) error {
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("not a whole number: %q", s)
+	}
+	n.set, n.v = true, v
+	return nil
 }
 
 func newID() string {

@@ -64,6 +64,18 @@ type Settings struct {
 	DeployerPath string
 	HealthChecks []HealthCheck
 	TrustedKeys  []string
+
+	// Canary nodes are deployed before all others, and a failure there
+	// stops the rollout; Wave orders the others, lowest first (default 0).
+	Canary bool
+	Wave   int
+
+	// MaxUnavailable ("N" or "P%", "" unset) and MaxFailures (0 unset) are
+	// fleet-wide: only the deploy attribute itself sets them, and every
+	// node carries the same values, so they travel with the nodes through
+	// the selection into whatever deploys them. Command-line flags win.
+	MaxUnavailable string
+	MaxFailures    int
 }
 
 // Node is one host of the fleet with the system profile Concordia deploys.
@@ -100,13 +112,18 @@ type rawSettings struct {
 	DeployerPath      *string       `json:"deployerPath"`
 	HealthChecks      []HealthCheck `json:"healthChecks"`
 	TrustedKeys       []string      `json:"trustedKeys"`
+	Canary            *bool         `json:"canary"`
+	Wave              *int          `json:"wave"`
 }
 
 // knownKeys are the keys each level may carry; anything else is logged at
 // debug and ignored, as serde does in deploy-rs.
 var settingKeys = []string{"sshUser", "user", "sshOpts", "fastConnection", "autoRollback",
 	"magicRollback", "confirmTimeout", "activationTimeout", "tempPath", "sudo", "remoteBuild",
-	"interactiveSudo", "tags", "deployerPath", "healthChecks", "trustedKeys"}
+	"interactiveSudo", "tags", "deployerPath", "healthChecks", "trustedKeys", "canary", "wave"}
+
+// fleetKeys are the settings only the top level may carry.
+var fleetKeys = []string{"maxUnavailable", "maxFailures"}
 
 type rawProfile struct {
 	rawSettings
@@ -124,6 +141,9 @@ type rawNode struct {
 type rawRoot struct {
 	rawSettings
 	Nodes map[string]json.RawMessage `json:"nodes"`
+	// MaxUnavailable is a number or a "P%" string.
+	MaxUnavailable json.RawMessage `json:"maxUnavailable"`
+	MaxFailures    *int            `json:"maxFailures"`
 }
 
 // Parse reads the JSON of a flake's `deploy` output (what
@@ -136,7 +156,11 @@ func Parse(data []byte, log *slog.Logger) ([]Node, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	var root rawRoot
-	if err := strictUnmarshal(data, &root, log, "deploy", append(settingKeys, "nodes")); err != nil {
+	if err := strictUnmarshal(data, &root, log, "deploy", append(append(settingKeys, fleetKeys...), "nodes")); err != nil {
+		return nil, err
+	}
+	maxUnavailable, err := root.maxUnavailable()
+	if err != nil {
 		return nil, err
 	}
 	if len(root.Nodes) == 0 {
@@ -148,6 +172,9 @@ func Parse(data []byte, log *slog.Logger) ([]Node, error) {
 		if err := strictUnmarshal(msg, &rn, log, "nodes."+name, append(settingKeys, "hostname", "profiles", "profilesOrder")); err != nil {
 			return nil, err
 		}
+		if err := noFleetKeys(msg, "nodes."+name); err != nil {
+			return nil, err
+		}
 		if rn.Hostname == "" {
 			return nil, fmt.Errorf("%w: nodes.%s.hostname is not set", ErrSchema, name)
 		}
@@ -156,6 +183,9 @@ func Parse(data []byte, log *slog.Logger) ([]Node, error) {
 		for pname, pmsg := range rn.Profiles {
 			var rp rawProfile
 			if err := strictUnmarshal(pmsg, &rp, log, "nodes."+name+".profiles."+pname, append(settingKeys, "path", "profilePath")); err != nil {
+				return nil, err
+			}
+			if err := noFleetKeys(pmsg, "nodes."+name+".profiles."+pname); err != nil {
 				return nil, err
 			}
 			if pname != "system" {
@@ -173,9 +203,12 @@ func Parse(data []byte, log *slog.Logger) ([]Node, error) {
 			levels = append([]*rawSettings{&rp.rawSettings}, levels...)
 		}
 		sort.Strings(n.OtherProfiles)
-		var err error
 		if n.Settings, err = merge(levels); err != nil {
 			return nil, fmt.Errorf("%w: nodes.%s: %v", ErrSchema, name, err)
+		}
+		n.Settings.MaxUnavailable = maxUnavailable
+		if root.MaxFailures != nil {
+			n.Settings.MaxFailures = *root.MaxFailures
 		}
 		for _, key := range ignoredSettings(levels) {
 			log.Debug("setting has no effect in Concordia", "node", name, "setting", key)
@@ -184,6 +217,46 @@ func Parse(data []byte, log *slog.Logger) ([]Node, error) {
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
 	return nodes, nil
+}
+
+// maxUnavailable reads the top level's maxUnavailable, a number of hosts
+// or a "P%" string, as the string ParseMaxUnavailable takes; "" when unset.
+func (r *rawRoot) maxUnavailable() (string, error) {
+	if r.MaxFailures != nil {
+		if err := checkMaxFailures(*r.MaxFailures); err != nil {
+			return "", fmt.Errorf("%w: %v", ErrSchema, err)
+		}
+	}
+	if len(r.MaxUnavailable) == 0 || string(r.MaxUnavailable) == "null" {
+		return "", nil
+	}
+	var s string
+	if err := json.Unmarshal(r.MaxUnavailable, &s); err != nil {
+		var n json.Number
+		if err := json.Unmarshal(r.MaxUnavailable, &n); err != nil {
+			return "", fmt.Errorf("%w: maxUnavailable must be a number of hosts or a percentage string (\"25%%\"), got %s", ErrSchema, r.MaxUnavailable)
+		}
+		s = n.String()
+	}
+	if _, err := ParseMaxUnavailable(s, 1); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrSchema, err)
+	}
+	return s, nil
+}
+
+// noFleetKeys refuses a fleet-wide setting below the top level, where it
+// would mean nothing.
+func noFleetKeys(data []byte, where string) error {
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(data, &keys); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrSchema, where, err)
+	}
+	for _, k := range fleetKeys {
+		if _, ok := keys[k]; ok {
+			return fmt.Errorf("%w: %s.%s: %s is fleet-wide: set it on the deploy attribute itself", ErrSchema, where, k, k)
+		}
+	}
+	return nil
 }
 
 // ParseFile reads nodes from a JSON file holding the `deploy` output.
@@ -245,6 +318,8 @@ func merge(levels []*rawSettings) (Settings, error) {
 	pick(levels, func(r *rawSettings) *bool { return r.MagicRollback }, &s.MagicRollback)
 	pick(levels, func(r *rawSettings) *bool { return r.RemoteBuild }, &s.RemoteBuild)
 	pick(levels, func(r *rawSettings) *bool { return r.InteractiveSudo }, &s.InteractiveSudo)
+	pick(levels, func(r *rawSettings) *bool { return r.Canary }, &s.Canary)
+	pick(levels, func(r *rawSettings) *int { return r.Wave }, &s.Wave)
 	var secs uint16
 	if pick(levels, func(r *rawSettings) *uint16 { return r.ConfirmTimeout }, &secs) {
 		s.ConfirmTimeout = time.Duration(secs) * time.Second

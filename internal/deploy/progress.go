@@ -16,6 +16,26 @@ type Progress interface {
 	Done(h HostReport)
 }
 
+// PhaseProgress is what a Progress may add to hear the rollout's phases
+// (the canaries, each wave) as they begin; found by type assertion, so
+// other Progress implementations need not care.
+type PhaseProgress interface {
+	Phase(name string, nodes []string)
+}
+
+// phaseProgress tells p, when it listens, that a phase of nodes idx begins.
+func phaseProgress(p Progress, name string, nodes []Node, idx []int) {
+	pp, ok := p.(PhaseProgress)
+	if !ok {
+		return
+	}
+	l := make([]string, len(idx))
+	for k, i := range idx {
+		l[k] = nodes[i].Name
+	}
+	pp.Phase(name, l)
+}
+
 type nopProgress struct{}
 
 func (nopProgress) Step(string, string) {}
@@ -37,6 +57,13 @@ func (l *Lines) Step(node, step string) {
 	fmt.Fprintf(l.W, "[%s] %s (+%s)\n", node, step, time.Since(l.start).Round(100*time.Millisecond))
 }
 
+// Phase writes one line as the canaries or a wave begin.
+func (l *Lines) Phase(name string, nodes []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintf(l.W, "== %s: %s (+%s)\n", name, strings.Join(nodes, ", "), time.Since(l.start).Round(100*time.Millisecond))
+}
+
 func (l *Lines) Done(h HostReport) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -45,6 +72,9 @@ func (l *Lines) Done(h HostReport) {
 
 func doneText(h HostReport) string {
 	d := h.Duration.Round(100 * time.Millisecond)
+	if h.Result == NotStarted {
+		return "NOT STARTED: " + strings.TrimPrefix(firstLine(h.Error), "not started: ")
+	}
 	if h.Result == OK {
 		s := fmt.Sprintf("ok in %s", d)
 		if h.RebootRequired {
@@ -52,11 +82,7 @@ func doneText(h HostReport) string {
 		}
 		return s
 	}
-	msg := h.Error
-	if i := strings.IndexByte(msg, '\n'); i >= 0 {
-		msg = msg[:i]
-	}
-	return fmt.Sprintf("%s after %s: %s", strings.ToUpper(string(h.Result)), d, msg)
+	return fmt.Sprintf("%s after %s: %s", strings.ToUpper(string(h.Result)), d, firstLine(h.Error))
 }
 
 // Live redraws one line per host in place on a terminal.

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"path"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/bos55/concordia/internal/closure"
@@ -73,6 +72,18 @@ type Options struct {
 	NoCheck, InstallBootloader bool
 	// Parallel bounds the hosts deployed at once; <= 0 means all.
 	Parallel int
+	// Canary names the nodes deployed first (before any wave); if one of
+	// them does not end OK, no other host is started. Nil: the nodes whose
+	// canary setting is true. A name that is not among the nodes starts
+	// nothing.
+	Canary []string
+	// MaxUnavailable bounds the hosts mid-deploy at once, like Parallel
+	// (the smaller of the two applies); <= 0: the flake's maxUnavailable,
+	// else no bound beyond Parallel. See ParseMaxUnavailable.
+	MaxUnavailable int
+	// MaxFailures: once this many hosts ended not OK, no new host is
+	// started; <= 0: the flake's maxFailures, else no limit.
+	MaxFailures int
 	// ID names this deploy on every host (lock holder, confirm, wait).
 	ID     string
 	Remote remote.Runner
@@ -132,8 +143,10 @@ type Report struct {
 	Duration time.Duration `json:"-"`
 	Millis   float64       `json:"ms"`
 	Hosts    []HostReport  `json:"hosts"`
-	// Failed lists the nodes whose result is not ok.
+	// Failed lists the nodes whose result is not ok (not started ones too).
 	Failed []string `json:"failed"`
+	// Rollout is the order and the limits used.
+	Rollout *Rollout `json:"rollout,omitempty"`
 }
 
 // ErrDeploy is returned (wrapped, naming the hosts) when any host did not
@@ -151,11 +164,18 @@ func (r *Report) Err() error {
 			parts = append(parts, fmt.Sprintf("%s: %s", h.Node, h.Result))
 		}
 	}
-	return fmt.Errorf("%w on %d of %d hosts (%s)", ErrDeploy, len(r.Failed), len(r.Hosts), strings.Join(parts, "; "))
+	err := fmt.Errorf("%w on %d of %d hosts (%s)", ErrDeploy, len(r.Failed), len(r.Hosts), strings.Join(parts, "; "))
+	if r.Rollout != nil && r.Rollout.Stopped != "" {
+		err = fmt.Errorf("%w; rollout stopped: %s", err, r.Rollout.Stopped)
+	}
+	return err
 }
 
-// Run deploys nodes in parallel and returns the report; it never returns
-// early because one host failed.
+// Run deploys nodes and returns the report; it never returns early
+// because one host failed. Canaries go first, then the other nodes wave by
+// wave, at most the smaller of Parallel and MaxUnavailable at once; a
+// failed canary, the MaxFailures budget running out or ctx ending stops
+// the start of more hosts, and those are reported NotStarted with why.
 func Run(ctx context.Context, nodes []Node, o Options) *Report {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -172,36 +192,44 @@ func Run(ctx context.Context, nodes []Node, o Options) *Report {
 	if o.Progress == nil {
 		o.Progress = nopProgress{}
 	}
-	par := o.Parallel
-	if par <= 0 || par > len(nodes) {
-		par = len(nodes)
+	p := planRollout(nodes, o)
+	rep := &Report{ID: o.ID, Mode: o.Mode, Start: time.Now(), Hosts: make([]HostReport, len(nodes)), Failed: []string{}, Rollout: &p.info}
+	s := &scheduler{sem: make(chan struct{}, p.info.MaxUnavailable), maxFailures: p.info.MaxFailures}
+	s.notStarted = func(i int, why string) {
+		n := nodes[i]
+		rep.Hosts[i] = HostReport{Node: n.Name, Hostname: n.Hostname, Path: n.Path, Mode: o.Mode,
+			Result: NotStarted, Error: "not started: " + why, Steps: []Step{}}
+		o.Progress.Done(rep.Hosts[i])
 	}
-	rep := &Report{ID: o.ID, Mode: o.Mode, Start: time.Now(), Hosts: make([]HostReport, len(nodes)), Failed: []string{}}
-	sem := make(chan struct{}, max(par, 1))
-	var wg sync.WaitGroup
-	for i, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				rep.Hosts[i] = HostReport{Node: n.Name, Hostname: n.Hostname, Path: n.Path, Mode: o.Mode,
-					Result: Failed, Error: "not started: " + ctx.Err().Error(), Steps: []Step{}}
-				o.Progress.Done(rep.Hosts[i])
-				return
-			}
-			defer func() { <-sem }()
-			h := &hostRun{o: o, n: n, c: newHostConn(o.Remote, n), rep: HostReport{Node: n.Name, Hostname: n.Hostname, Path: n.Path,
-				Mode: o.Mode, Start: time.Now(), Steps: []Step{}}}
-			h.run(ctx)
-			h.rep.Duration = time.Since(h.rep.Start)
-			h.rep.Millis = ms(h.rep.Duration)
-			rep.Hosts[i] = h.rep
-			o.Progress.Done(h.rep)
-		}()
+	s.start = func(ctx context.Context, i int) HostReport {
+		n := nodes[i]
+		h := &hostRun{o: o, n: n, c: newHostConn(o.Remote, n), rep: HostReport{Node: n.Name, Hostname: n.Hostname, Path: n.Path,
+			Mode: o.Mode, Start: time.Now(), Steps: []Step{}}}
+		h.run(ctx)
+		h.rep.Duration = time.Since(h.rep.Start)
+		h.rep.Millis = ms(h.rep.Duration)
+		rep.Hosts[i] = h.rep
+		o.Progress.Done(h.rep)
+		return h.rep
 	}
-	wg.Wait()
+	if p.refuse != "" {
+		s.stop(p.refuse)
+	}
+	if len(p.canary) > 0 {
+		if s.why(ctx) == "" {
+			phaseProgress(o.Progress, "canary", nodes, p.canary)
+		}
+		s.onFailed = canaryFailed
+		s.phase(ctx, p.canary)
+		s.onFailed = nil
+	}
+	for k, w := range p.waves {
+		if (len(p.waves) > 1 || len(p.canary) > 0) && s.why(ctx) == "" {
+			phaseProgress(o.Progress, fmt.Sprintf("wave %d", p.info.Waves[k].Wave), nodes, w)
+		}
+		s.phase(ctx, w)
+	}
+	p.info.Stopped = s.stopped
 	rep.Duration = time.Since(rep.Start)
 	rep.Millis = ms(rep.Duration)
 	for _, h := range rep.Hosts {

@@ -17,7 +17,7 @@ let
   # schema node when the host's module sets them (null means "inherit").
   deploySettingNames = [
     "sshOpts" "magicRollback" "autoRollback" "confirmTimeout" "activationTimeout"
-    "fastConnection" "tags" "deployerPath" "healthChecks"
+    "fastConnection" "tags" "deployerPath" "healthChecks" "canary" "wave"
   ];
 in
 rec {
@@ -27,10 +27,17 @@ rec {
   # everything else comes from `defaults` or the host's own settings.
   #
   #   deploy = concordia.lib.deployNodes { inherit (self) nixosConfigurations; };
+  #
+  # maxUnavailable (hosts mid-deploy at once: a number, or a "P%" string of
+  # the selected hosts) and maxFailures (start no new host after that many
+  # failed) are fleet-wide, so they sit on the deploy attribute itself;
+  # `deployer push --max-unavailable/--max-failures` override them.
   deployNodes =
     { nixosConfigurations
     , defaults ? { }
     , sshUser ? "deploy"
+    , maxUnavailable ? null
+    , maxFailures ? null
     }:
     let
       enabled = filterAttrs
@@ -54,7 +61,9 @@ rec {
           };
         };
     in
-    defaults // { nodes = mapAttrs node enabled; };
+    defaults
+    // filterAttrs (_: v: v != null) { inherit maxUnavailable maxFailures; }
+    // { nodes = mapAttrs node enabled; };
 
   # hostsToBuild: the CI build matrix, the names of every host that deploys.
   hostsToBuild = nixosConfigurations:

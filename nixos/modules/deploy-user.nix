@@ -25,6 +25,8 @@ in
     confirmTimeout = lib.mkOption { type = lib.types.nullOr lib.types.int; default = null; description = "Seconds to wait for confirmation (default 30)."; };
     activationTimeout = lib.mkOption { type = lib.types.nullOr lib.types.int; default = null; description = "Seconds activation may take."; };
     fastConnection = lib.mkOption { type = lib.types.nullOr lib.types.bool; default = null; description = "Accepted for deploy-rs compatibility (hosts always substitute from the cache)."; };
+    canary = lib.mkOption { type = lib.types.nullOr lib.types.bool; default = null; description = "Deploy this host before all others; if it fails, `deployer push` starts no other host (`--canary` overrides)."; };
+    wave = lib.mkOption { type = lib.types.nullOr lib.types.int; default = null; example = 1; description = "Rollout wave: hosts deploy wave by wave, lowest first, each wave finishing before the next starts (default 0)."; };
     deployerPath = lib.mkOption { type = lib.types.nullOr lib.types.str; default = deployer; description = "Path of the deployer on this host (informational: the gate always runs itself)."; };
     healthChecks = lib.mkOption {
       type = lib.types.nullOr (lib.types.listOf lib.types.attrs);

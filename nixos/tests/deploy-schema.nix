@@ -6,6 +6,17 @@ let
 in
 {
   deploy = clib.deployNodes { nixosConfigurations = fleet; defaults = { magicRollback = true; confirmTimeout = 30; }; };
+  # The rollout settings: canary and wave per host, the fleet-wide limits
+  # on the deploy attribute.
+  rollout = clib.deployNodes {
+    nixosConfigurations = {
+      web1 = { config = { homelab.deploy = { enable = true; targetHost = "web1.example.org"; canary = true; wave = null; }; system.build.toplevel = "/nix/store/00000000000000000000000000000000-nixos-system-web1"; }; };
+      web2 = { config = { homelab.deploy = { enable = true; targetHost = "web2.example.org"; canary = null; wave = 1; }; system.build.toplevel = "/nix/store/00000000000000000000000000000000-nixos-system-web2"; }; };
+      db1 = { config = { homelab.deploy = { enable = true; targetHost = "db1.example.org"; wave = 2; }; system.build.toplevel = "/nix/store/00000000000000000000000000000000-nixos-system-db1"; }; };
+    };
+    maxUnavailable = "25%";
+    maxFailures = 1;
+  };
   hosts = clib.hostsToBuild fleet;
   agent = clib.agentUnits { deployer = "/run/current-system/sw/bin/deployer"; };
   trust = {

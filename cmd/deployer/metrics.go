@@ -27,7 +27,10 @@ func metricsCmd() *cli.Command {
 		Long: `Reports nixos_current_generation, nixos_boot_generation, nixos_booted_generation,
 nixos_config_age_seconds, nixos_test_deployment_active, nixos_reboot_required and
 nixos_system_info{version,current,booted,boot_default}, read from /run/current-system,
-/run/booted-system and the system profile exactly as the status host verb reads them.
+/run/booted-system and the system profile exactly as the status host verb reads them;
+nixos_last_deploy_state{state}, nixos_last_deploy_info{id,mode,state} and
+nixos_last_deploy_timestamp_seconds from the host's deploy records (since boot); and
+nixos_generation_metrics_timestamp_seconds, when they were computed.
 
 With --textfile the metrics are written (atomically) for node exporter's textfile
 collector, once, or every --interval. With --listen they are served at /metrics.`,

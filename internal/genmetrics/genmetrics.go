@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bos55/concordia/internal/host"
+	"github.com/bos55/concordia/internal/hostverb"
 )
 
 // Collector computes the metrics at every scrape.
@@ -23,7 +24,14 @@ type Collector struct {
 	now  func() time.Time
 
 	current, boot, booted, age, test, reboot, recommend, failed, info, up *prometheus.Desc
+	stamp, lastState, lastInfo, lastTime                                  *prometheus.Desc
 }
+
+// deployStates are the label values of nixos_last_deploy_state, every one
+// reported (0 or 1) so an alert or a dashboard sees the series flip
+// instead of appearing and disappearing.
+var deployStates = []hostverb.State{hostverb.Activating, hostverb.AwaitingConfirm, hostverb.Confirmed,
+	hostverb.RollingBack, hostverb.RolledBack, hostverb.Failed}
 
 // New returns a collector for the host described by o (zero value: the real
 // NixOS locations).
@@ -44,25 +52,34 @@ func New(o host.Options) *Collector {
 		failed:    d("nixos_failed_units", "Number of failed systemd units."),
 		info:      d("nixos_system_info", "The running, booted and boot-default systems; value is always 1.", "version", "current", "booted", "boot_default"),
 		up:        d("nixos_generation_metrics_up", "1 when the generation state could be read."),
+		stamp:     d("nixos_generation_metrics_timestamp_seconds", "When these metrics were computed (Unix time): a textfile that stopped being rewritten shows here as an old time."),
+		lastState: d("nixos_last_deploy_state", "1 for the state of the deploy that started last on this host since boot (activating, awaiting-confirm, confirmed, rolling-back, rolled-back, failed), 0 for the others; absent before the first deploy.", "state"),
+		lastInfo:  d("nixos_last_deploy_info", "The deploy that started last since boot: its id, mode and state; value is always 1.", "id", "mode", "state"),
+		lastTime:  d("nixos_last_deploy_timestamp_seconds", "When the last deploy reached its current state (Unix time)."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.current, c.boot, c.booted, c.age, c.test, c.reboot, c.recommend, c.failed, c.info, c.up} {
+	for _, d := range []*prometheus.Desc{c.current, c.boot, c.booted, c.age, c.test, c.reboot, c.recommend, c.failed, c.info, c.up,
+		c.stamp, c.lastState, c.lastInfo, c.lastTime} {
 		ch <- d
 	}
 }
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	st, err := host.Inspect(context.Background(), c.opts)
-	if err != nil {
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
-		return
-	}
 	g := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	// The time goes out even when nothing else can be read, so a stale
+	// textfile and a failing exporter are told apart.
+	g(c.stamp, float64(c.now().UnixNano())/1e9)
+	c.collectLastDeploy(g)
+	st, err := host.Inspect(context.Background(), c.opts)
+	if err != nil {
+		g(c.up, 0)
+		return
 	}
 	g(c.up, 1)
 	g(c.current, float64(st.Current.Generation))
@@ -76,6 +93,24 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		g(c.age, age.Seconds())
 	}
 	g(c.info, 1, version(st.Current.Path), st.Current.Path, st.Booted.Path, st.BootDefault.Path)
+}
+
+// collectLastDeploy reports the deploy that started last (the host's own
+// record, the one the deployer's report is built from). A state directory
+// that cannot be listed leaves the series out rather than failing the
+// generation metrics.
+func (c *Collector) collectLastDeploy(g func(*prometheus.Desc, float64, ...string)) {
+	r, err := host.LastDeploy(c.opts)
+	if err != nil || r == nil {
+		return
+	}
+	for _, s := range deployStates {
+		g(c.lastState, b2f(r.State == s), string(s))
+	}
+	g(c.lastInfo, 1, r.ID, string(r.Mode), string(r.State))
+	if !r.Updated.IsZero() {
+		g(c.lastTime, float64(r.Updated.UnixNano())/1e9)
+	}
 }
 
 // configAge is how long ago /run/current-system was last pointed somewhere:

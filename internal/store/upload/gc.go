@@ -252,14 +252,16 @@ func (s *Store) GC(ctx context.Context, dryRun bool) (*Report, error) {
 func (s *Store) GCWith(ctx context.Context, p Policy, dryRun bool) (*Report, error) {
 	s.flushAccess()
 	rep, err := s.gc(p, dryRun)
-	if err != nil || dryRun {
+	if dryRun {
 		return rep, err
 	}
-	rep.Pending, err = s.SweepPending(ctx)
+	if err == nil {
+		rep.Pending, err = s.SweepPending(ctx)
+	}
+	s.metrics.gcDone(s.now(), err)
 	if err != nil {
 		return rep, err
 	}
-	s.metrics.gcRuns.Inc()
 	s.metrics.freed.Add(float64(rep.Freed))
 	s.log.Info("GC", "deleted", len(rep.Deleted), "freed", rep.Freed, "size", rep.SizeAfter, "pending", rep.Pending,
 		"pulled_deleted", rep.PulledDeleted, "kept_for_writers", rep.KeptForWriters)

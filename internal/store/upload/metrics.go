@@ -16,9 +16,17 @@ type metrics struct {
 	received       prometheus.Counter
 	verifyFailures prometheus.Counter
 	gcRuns         prometheus.Counter
-	freed          prometheus.Counter
-	size           prometheus.GaugeFunc
-	paths          prometheus.GaugeFunc
+	gcFailures     prometheus.Counter
+	// gcLastOK and gcLastFailed are when GC last completed and last
+	// failed: "the last GC failed" is one comparison, whatever the
+	// interval.
+	gcLastOK, gcLastFailed prometheus.Gauge
+	freed                  prometheus.Counter
+	size                   prometheus.GaugeFunc
+	paths                  prometheus.GaugeFunc
+	// maxSize and hardMaxSize are the configured bounds, so a rule can
+	// compare the store's size with them.
+	maxSize, hardMaxSize prometheus.Gauge
 }
 
 func newMetrics(s *Store) *metrics {
@@ -60,6 +68,26 @@ func newMetrics(s *Store) *metrics {
 			Name: "concordia_gc_runs_total",
 			Help: "Garbage collections completed.",
 		}),
+		gcFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "concordia_gc_failures_total",
+			Help: "Garbage collections that failed (periodic or asked for); nothing was deleted or the deletion stopped part way.",
+		}),
+		gcLastOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "concordia_gc_last_success_timestamp_seconds",
+			Help: "When a garbage collection last completed (Unix time; 0: none since start).",
+		}),
+		gcLastFailed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "concordia_gc_last_failure_timestamp_seconds",
+			Help: "When a garbage collection last failed (Unix time; 0: none since start). Above the last success: the last GC failed.",
+		}),
+		maxSize: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "concordia_gc_max_size_bytes",
+			Help: "gc.max_size: the size GC brings concordia_upload_store_bytes down to, past the paths it keeps for writers (0: no bound).",
+		}),
+		hardMaxSize: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "concordia_gc_hard_max_size_bytes",
+			Help: "The size past which GC also collects paths kept for writers (gc.hard_max_size, by default one and a half times gc.max_size; 0: no bound).",
+		}),
 		freed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "concordia_gc_freed_bytes_total",
 			Help: "Bytes of NAR files, build logs and realisations removed by garbage collection.",
@@ -73,6 +101,27 @@ func newMetrics(s *Store) *metrics {
 			Help: "Store paths in the upload store.",
 		}, stat(func(st Stats) float64 { return float64(st.Paths) })),
 	}
+}
+
+// bounds records the configured size bounds; the hard bound defaults as
+// GC computes it.
+func (m *metrics) bounds(maxSize, hardMaxSize int64) {
+	if hardMaxSize == 0 {
+		hardMaxSize = maxSize + maxSize/2
+	}
+	m.maxSize.Set(float64(maxSize))
+	m.hardMaxSize.Set(float64(hardMaxSize))
+}
+
+// gcDone counts one GC run that was not a dry run.
+func (m *metrics) gcDone(at time.Time, err error) {
+	if err != nil {
+		m.gcFailures.Inc()
+		m.gcLastFailed.Set(float64(at.UnixNano()) / 1e9)
+		return
+	}
+	m.gcRuns.Inc()
+	m.gcLastOK.Set(float64(at.UnixNano()) / 1e9)
 }
 
 func (m *metrics) upload(kind string, err error) {
@@ -100,5 +149,6 @@ func (m *metrics) upload(kind string, err error) {
 // register.
 func (s *Store) Collectors() []prometheus.Collector {
 	m := s.metrics
-	return []prometheus.Collector{m.uploads, m.received, m.verifyFailures, m.gcRuns, m.freed, m.size, m.paths}
+	return []prometheus.Collector{m.uploads, m.received, m.verifyFailures, m.gcRuns, m.gcFailures, m.gcLastOK, m.gcLastFailed,
+		m.freed, m.size, m.paths, m.maxSize, m.hardMaxSize}
 }

@@ -301,6 +301,7 @@ func OpenBackend(ctx context.Context, be Backend, opts Options) (*Store, error) 
 		stop:       make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)
+	s.metrics.bounds(opts.MaxSize, opts.HardMaxSize)
 	for _, k := range opts.SignKeys {
 		s.ownNames = append(s.ownNames, k.Name())
 	}

@@ -42,19 +42,44 @@ func lockHost(o Options, h *hostverb.Holder) (*os.File, error) {
 	}
 	// Nothing but a deploy or a rollback ever takes this lock (lockHolder
 	// reads the kernel's lock table instead of probing it), so a refusal
-	// here always means another one holds the host.
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, &LockedError{Holder: readHolder(o)}
+	// means another one holds the host, unless that deploy has finished:
+	// its record is final before its worker exits and lets go, so the
+	// verb that comes right after it (a reboot after a boot deploy, the
+	// next deploy) waits that moment out instead of being refused.
+	deadline := time.Now().Add(finishingWorker)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
 		}
-		return nil, fmt.Errorf("lock: %w", err)
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock: %w", err)
+		}
+		holder := readHolder(o)
+		if time.Now().After(deadline) || !finished(o, holder) {
+			f.Close()
+			return nil, &LockedError{Holder: holder}
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if err := writeJSON(filepath.Join(o.StateDir, "holder.json"), h); err != nil {
 		f.Close()
 		return nil, err
 	}
 	return f, nil
+}
+
+// finishingWorker bounds the wait for a finished deploy's worker to exit.
+const finishingWorker = 10 * time.Second
+
+// finished reports whether the holder is a deploy whose record is final.
+func finished(o Options, h *hostverb.Holder) bool {
+	if h == nil || hostverb.ValidID(h.ID) != nil {
+		return false
+	}
+	r, err := Load(o, h.ID)
+	return err == nil && r.State.Final()
 }
 
 func readHolder(o Options) *hostverb.Holder {

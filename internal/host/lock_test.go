@@ -6,6 +6,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/bos55/concordia/internal/hostverb"
 )
@@ -123,4 +124,38 @@ func TestLockHeldFallback(t *testing.T) {
 	if !lockHeld(path) {
 		t.Fatal("held lock reported free")
 	}
+}
+
+// TestLockWaitsForAFinishedWorker: a deploy's record is final a moment
+// before its worker lets go of the lock; the next verb waits that moment
+// out, while a deploy still running refuses at once.
+func TestLockWaitsForAFinishedWorker(t *testing.T) {
+	o := Options{StateDir: t.TempDir()}
+	rec := &hostverb.Record{ID: "done1", Mode: hostverb.Test}
+	rec.Set(hostverb.Activating, "")
+	if err := create(o, rec); err != nil {
+		t.Fatal(err)
+	}
+	f, err := lockHost(o, &hostverb.Holder{ID: "done1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockHost(o, &hostverb.Holder{ID: "next"}); err == nil {
+		t.Fatal("took the lock of a running deploy")
+	}
+	if _, err := update(o, "done1", func(r *hostverb.Record) error { r.Set(hostverb.Failed, "refused"); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		f.Close()
+		close(released)
+	}()
+	g, err := lockHost(o, &hostverb.Holder{ID: "next"})
+	if err != nil {
+		t.Fatalf("lock after a finished deploy: %v", err)
+	}
+	<-released
+	g.Close()
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bos55/concordia/internal/fleettest"
 	"github.com/bos55/concordia/internal/plan"
@@ -50,8 +51,13 @@ func TestE2EPlan(t *testing.T) {
 	}
 	before := snapshot()
 	narsBefore := narMetrics(t, f.Cache.URL())
+	if concordia && !strings.Contains(narsBefore, `route="nar"`) {
+		t.Fatalf("the cache's metrics show no NAR route (the hosts fetched their systems): %q", narsBefore)
+	}
 
+	start := time.Now()
 	code, out, errs := runDeployer(t, append([]string{"plan", "--json", "-"}, args...)...)
+	t.Logf("plan of 3 hosts: %s", time.Since(start).Round(time.Millisecond))
 	if code != 0 {
 		t.Fatalf("plan: exit %d\n%s\n%s", code, out, errs)
 	}

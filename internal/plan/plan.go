@@ -197,6 +197,7 @@ func (m *maker) host(ctx context.Context, t Target) Host {
 	}
 	if t.Walker == nil {
 		h.Error = strings.Join(append(errs, "no closure walker"), "; ")
+		h.Reboot = Reboot{Verdict: RebootUnknown, Booted: h.Booted, Reason: "the cache was not asked"}
 		return h
 	}
 	next, err := t.Walker.Walk(ctx, t.Path)

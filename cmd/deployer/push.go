@@ -38,8 +38,7 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 		return err
 	}
 	if o.dryRun {
-		printPlan(env.Stdout, o, mode, nodes)
-		return nil
+		return dryRun(ctx, env, o, mode, nodes)
 	}
 	opts, err := o.deployOptions(log, mode, nodes)
 	if err != nil {

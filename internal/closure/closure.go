@@ -63,9 +63,27 @@ type entry struct {
 	err  error
 }
 
+// Closure is a walk with the narinfos it read: what a plan diffs.
+type Closure struct {
+	Result
+	// Infos holds the narinfo of every path of the closure the cache
+	// has, by full store path (the missing ones are in Missing).
+	Infos map[string]*narinfo.NarInfo
+}
+
 // Check walks the closure of root (a full store path) and reports what is
 // missing or unsigned. An error means the walk could not finish.
 func (c *Checker) Check(ctx context.Context, root string) (*Result, error) {
+	cl, err := c.Walk(ctx, root)
+	if err != nil {
+		return nil, err
+	}
+	return &cl.Result, nil
+}
+
+// Walk is Check keeping the narinfos: the closure as the cache knows it,
+// read from narinfos alone (no NAR is fetched).
+func (c *Checker) Walk(ctx context.Context, root string) (*Closure, error) {
 	storeDir, hash, _, err := narinfo.ParseStorePath(root)
 	if err != nil {
 		return nil, fmt.Errorf("check closure %s: %w", root, err)
@@ -81,7 +99,8 @@ func (c *Checker) Check(ctx context.Context, root string) (*Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := &walk{c: c, ctx: ctx, cancel: cancel, storeDir: storeDir, root: root,
-		seen: map[string]bool{}, res: &Result{Root: root}, sem: make(chan struct{}, workers)}
+		seen: map[string]bool{}, res: &Closure{Result: Result{Root: root}, Infos: map[string]*narinfo.NarInfo{}},
+		sem: make(chan struct{}, workers)}
 	w.visit(base)
 	w.wg.Wait()
 	if w.firstErr != nil {
@@ -108,7 +127,7 @@ type walk struct {
 
 	mu       sync.Mutex
 	seen     map[string]bool
-	res      *Result
+	res      *Closure
 	firstErr error
 }
 
@@ -174,6 +193,7 @@ func (w *walk) lookup(base string) (info *narinfo.NarInfo, ok bool) {
 		return nil, false
 	default:
 		w.res.Paths++
+		w.res.Infos[full] = info
 		if _, signed := info.Verify(w.c.Trusted); !signed && !info.ContentAddressed() {
 			// A content-addressed path proves itself: its store path
 			// is computed from its CA, so Nix substitutes it unsigned

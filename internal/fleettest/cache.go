@@ -86,8 +86,32 @@ func (c *FileCache) Publish(ctx context.Context, paths ...string) error {
 	return c.copy(ctx, "file://"+c.Dir+"?compression=none&secret-key="+c.secret, paths)
 }
 
-// PublishUnsigned copies paths into the cache without a signature.
+// PublishUnsigned copies paths into the cache without a signature, their
+// dependencies signed: a CI that forgot to sign its own build, the rest
+// of the closure (the kernel a signed system of the fleet shares, say)
+// from a cache that signs. Otherwise a later Publish of a system sharing
+// a dependency would leave it unsigned (nix copy skips what the cache has).
 func (c *FileCache) PublishUnsigned(ctx context.Context, paths ...string) error {
+	args := append([]string{"--query", "--requisites"}, paths...)
+	out, err := command(c.env, "nix-store", args...).Output()
+	if err != nil {
+		return fmt.Errorf("closure of %v: %v", paths, err)
+	}
+	top := map[string]bool{}
+	for _, p := range paths {
+		top[p] = true
+	}
+	var deps []string
+	for _, p := range strings.Fields(string(out)) {
+		if !top[p] {
+			deps = append(deps, p)
+		}
+	}
+	if len(deps) > 0 {
+		if err := c.Publish(ctx, deps...); err != nil {
+			return err
+		}
+	}
 	return c.copy(ctx, "file://"+c.Dir+"?compression=none", paths)
 }
 

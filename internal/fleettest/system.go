@@ -24,10 +24,16 @@ import (
 // to /run/current-system, the boot entries and /run/activation.log what
 // the real one does.
 type System struct {
-	Label  string // part of the name; systems differ by label
-	Kernel string // content of kernel and kernel-modules; default "6.1.0"
+	Label string // part of the name; systems differ by label
+	// Kernel is the kernel version; default "6.1.0". As on NixOS, kernel,
+	// initrd and kernel-modules are symlinks into store paths of their
+	// own (linux-<Kernel>/bzImage, initrd-linux-<Kernel>/initrd,
+	// linux-<Kernel>-modules), so systems of a fleet with the same Kernel
+	// share the kernel's store path.
+	Kernel string
 	// Initrd is the initrd's content; default "initrd-<Kernel>". Another
-	// Initrd with the same Kernel is what most nixpkgs bumps are.
+	// Initrd with the same Kernel (another initrd store path of the same
+	// name) is what most nixpkgs bumps are.
 	Initrd string
 	// InitInterface is init-interface-version; default "systemd".
 	InitInterface string
@@ -48,10 +54,12 @@ type System struct {
 	// this path instead of the script (a system that would run code from
 	// outside its closure).
 	STCLink string
-	// Packages are other store paths the system refers to, one per name
-	// (built from the name alone, so two systems with a package of the
-	// same name share it), linked from sw/share: a real system's
-	// closure is mostly such paths, most of them from cache.nixos.org.
+	// Packages are other store paths the system refers to, each named
+	// exactly as given, with its version as nixpkgs names them
+	// ("openssl-3.0.14", "python3.11-requests-2.31.0"), linked from
+	// sw/share: a real system's closure is mostly such paths, most of them
+	// from cache.nixos.org. Built from the name (and the fleet) alone, so
+	// two systems of a fleet with a package of the same name share it.
 	Packages []string
 }
 
@@ -73,10 +81,10 @@ var (
 )
 
 const builderScript = `set -e
-/bin/mkdir -p "$out/bin" "$out/kernel-modules/lib/modules" "$out/sw/bin"
-printf '%s\n' "$kernelVersion" > "$out/kernel"
-printf '%s\n' "$initrd" > "$out/initrd"
-printf '%s\n' "$kernelVersion" > "$out/kernel-modules/lib/modules/version"
+/bin/mkdir -p "$out/bin" "$out/sw/bin"
+/bin/ln -s "$kernelPkg/bzImage" "$out/kernel"
+/bin/ln -s "$initrdPkg/initrd" "$out/initrd"
+/bin/ln -s "$modulesPkg" "$out/kernel-modules"
 printf '%s\n' "$label" > "$out/nixos-version"
 printf '%s' "$initInterface" > "$out/init-interface-version"
 printf '%s' "$inhibitors" > "$out/switch-inhibitors"
@@ -85,7 +93,7 @@ printf '%s' "$inhibitors" > "$out/switch-inhibitors"
 { printf '#!/bin/sh\nout=%s\nbreakSSH=%s\nfailActivation=%s\nfailUnits="%s"\n' "$out" "$breakSSH" "$failActivation" "$failUnits"; printf '%s\n' "$activateBody"; } > "$out/activate"
 { printf '#!/bin/sh\nout=%s\nsleepSecs=%s\n' "$out" "$sleepSecs"; printf '%s\n' "$switchBody"; } > "$out/bin/switch-to-configuration"
 /bin/chmod 0555 "$out/activate" "$out/bin/switch-to-configuration"
-for p in $packages; do /bin/mkdir -p "$out/sw/share"; /bin/ln -s "$p" "$out/sw/share/${p##*/}"; done
+for p in $packages; do /bin/mkdir -p "$out/sw/share"; n=${p##*/}; /bin/ln -s "$p" "$out/sw/share/${n#*-}"; done
 if [ -n "$stcLink" ]; then /bin/rm -f "$out/bin/switch-to-configuration"; /bin/ln -s "$stcLink" "$out/bin/switch-to-configuration"; fi
 if [ -n "$healthJSON" ]; then
   /bin/mkdir -p "$out/health" "$out/etc/concordia"
@@ -234,8 +242,6 @@ func (s System) expr(salt, fakeBin string) string {
 	attrs := map[string]string{
 		"name":           "nixos-system-fleet-" + salt + "-" + label,
 		"builder":        "/bin/sh",
-		"kernelVersion":  kernel,
-		"initrd":         initrd,
 		"initInterface":  initIf,
 		"inhibitors":     inhibitorsJSON(s.Inhibitors),
 		"failUnits":      strings.Join(s.FailUnits, " "),
@@ -247,7 +253,7 @@ func (s System) expr(salt, fakeBin string) string {
 		"activateBody":   activateBody,
 		"switchBody":     switchBody,
 	}
-	keys := []string{"name", "builder", "kernelVersion", "initrd", "initInterface", "inhibitors", "failUnits", "fakeBin",
+	keys := []string{"name", "builder", "initInterface", "inhibitors", "failUnits", "fakeBin",
 		"label", "breakSSH", "failActivation", "sleepSecs", "activateBody", "switchBody"}
 	if s.STCLink != "" {
 		attrs["stcLink"] = s.STCLink
@@ -275,12 +281,55 @@ func (s System) expr(salt, fakeBin string) string {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "  %s = %s;\n", k, nixString(attrs[k]))
 	}
+	kernelPkg := subDerivation("linux-"+kernel, salt, kernelScript, map[string]string{"version": kernel})
+	fmt.Fprintf(&b, "  kernelPkg = %s;\n", kernelPkg)
+	fmt.Fprintf(&b, "  modulesPkg = %s;\n", subDerivation("linux-"+kernel+"-modules", salt, modulesScript,
+		map[string]string{"version": kernel}, "kernel", kernelPkg))
+	fmt.Fprintf(&b, "  initrdPkg = %s;\n", subDerivation("initrd-linux-"+kernel, salt, initrdScript, map[string]string{"content": initrd}))
 	b.WriteString("  packages = [")
 	for _, name := range s.Packages {
-		fmt.Fprintf(&b, " (derivation { system = builtins.currentSystem; name = %s; builder = \"/bin/sh\"; args = [ \"-c\" \"echo $name > $out\" ]; })",
-			nixString("fleet-"+salt+"-pkg-"+name))
+		b.WriteString(" " + subDerivation(name, salt, `echo "$name" > "$out"`, nil))
 	}
 	b.WriteString(" ];\n}\n")
+	return b.String()
+}
+
+// The boot parts of a system, laid out as nixpkgs lays them out: the
+// kernel package's bzImage (and its modules), the modules tree
+// aggregateModules builds (named "<kernel name>-modules", linking into the
+// kernel's lib/modules), and the initrd makeInitrd builds (named
+// "initrd-<kernel name>", no references). The toplevel links to them as
+// nixos/modules/system/boot/kernel.nix's systemBuilderCommands do:
+// kernel -> ${kernel}/bzImage (system.boot.loader.kernelFile), initrd ->
+// ${initialRamdisk}/initrd (initrdFile), kernel-modules ->
+// ${system.modulesTree}; the names from kernel.nix's modulesTree apply
+// and stage-1.nix's initialRamdisk.
+const (
+	kernelScript  = `/bin/mkdir -p "$out/lib/modules/$version/kernel"; printf '%s\n' "$version" > "$out/bzImage"; printf 'fake module\n' > "$out/lib/modules/$version/kernel/fake.ko"`
+	modulesScript = `/bin/mkdir -p "$out/lib/modules/$version"; /bin/ln -s "$kernel/lib/modules/$version/kernel" "$out/lib/modules/$version/kernel"; printf 'kernel/fake.ko:\n' > "$out/lib/modules/$version/modules.dep"`
+	initrdScript  = `/bin/mkdir "$out"; printf '%s\n' "$content" > "$out/initrd"`
+)
+
+// subDerivation is the Nix expression of a store path named name (exactly:
+// the fleet's salt is an attribute, so each fleet gets its own path under
+// the real-looking name) built by the /bin/sh script; attrs are more
+// string attributes, refs pairs of attribute name and Nix expression.
+func subDerivation(name, salt, script string, attrs map[string]string, refs ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "(derivation { system = builtins.currentSystem; name = %s; builder = \"/bin/sh\"; fleet = %s; args = [ \"-c\" %s ];",
+		nixString(name), nixString(salt), nixString(script))
+	keys := make([]string, 0, len(attrs))
+	for k := range attrs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %s = %s;", k, nixString(attrs[k]))
+	}
+	for i := 0; i+1 < len(refs); i += 2 {
+		fmt.Fprintf(&b, " %s = %s;", refs[i], refs[i+1])
+	}
+	b.WriteString(" })")
 	return b.String()
 }
 

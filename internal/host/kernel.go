@@ -17,7 +17,7 @@ import (
 
 // bootChange says which boot-time parts of a system differ from another's.
 // On NixOS kernel, initrd and kernel-modules are links into other store
-// paths; the simulated systems hold small files and directories.
+// paths, as they are in the simulated systems (internal/fleettest).
 type bootChange struct{ kernel, modules, initrd bool }
 
 // required: only a reboot runs the new kernel or modules. (The initrd's

@@ -10,6 +10,7 @@ import (
 
 	"github.com/bos55/concordia/internal/cli"
 	"github.com/bos55/concordia/internal/deploy"
+	"github.com/bos55/concordia/internal/hostverb"
 )
 
 type pushOpts struct {
@@ -31,6 +32,7 @@ type pushOpts struct {
 	id           string
 	noPin        bool
 	pinUpstream  bool
+	reboot       bool
 
 	// deploy-rs's command-line overrides, applied to every selected node.
 	sshUser        string
@@ -92,6 +94,7 @@ anything else -> nothing to do (exit 0).`,
 			fs.StringVar(&o.id, "id", "", "deploy id (default: generated)")
 			fs.BoolVar(&o.noPin, "no-pin", false, "do not pin deployed systems in the cache")
 			fs.BoolVar(&o.pinUpstream, "pin-upstream", false, "have a cache with pull-through also keep the upstream paths of pinned systems (so they can be rebuilt from the cache alone)")
+			fs.BoolVar(&o.reboot, "reboot", false, "after --mode boot, or a switch that leaves a reboot required: reboot, one host at a time unless --parallel, and check each comes back with the new system (rolled back if not)")
 			fs.StringVar(&o.sshUser, "ssh-user", "", "override sshUser of every node")
 			fs.StringVar(&o.sshOpts, "ssh-opts", "", "override sshOpts of every node (split on spaces)")
 			fs.DurationVar(&o.confirmTimeout, "confirm-timeout", 0, "override confirmTimeout of every node (e.g. 45s)")
@@ -102,6 +105,23 @@ anything else -> nothing to do (exit 0).`,
 			return runPush(ctx, env, o, args)
 		},
 	}
+}
+
+// rebootOptions sets what push --reboot asks of deploy.Run: hosts reboot
+// one at a time unless --parallel says how many, never all at once by
+// default.
+func (o pushOpts) rebootOptions(mode hostverb.Mode, opts *deploy.Options) error {
+	if !o.reboot {
+		return nil
+	}
+	if mode != hostverb.Boot && mode != hostverb.Switch {
+		return cli.Usagef("--reboot goes with --mode boot or switch, not %s", mode)
+	}
+	opts.Reboot = true
+	if o.parallel == 0 {
+		opts.Parallel = 1
+	}
+	return nil
 }
 
 func newID() string {

@@ -173,11 +173,8 @@ func (h *hostRun) waitBoot(ctx context.Context, before string) (*hostverb.Status
 	pause := h.o.Retry
 	var last error
 	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			break
-		}
-		cctx, cancel := context.WithTimeout(ctx, min(left, 30*time.Second))
+		// The last attempt comes at the deadline, with a second at least.
+		cctx, cancel := context.WithTimeout(ctx, min(max(time.Until(deadline), time.Second), 30*time.Second))
 		st, err := h.c.status(cctx)
 		cancel()
 		switch {
@@ -188,11 +185,13 @@ func (h *hostRun) waitBoot(ctx context.Context, before string) (*hostverb.Status
 		default:
 			last = err
 		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if !sleepUntil(ctx, pause, deadline) {
+		wait := min(pause, time.Until(deadline))
+		if ctx.Err() != nil || wait <= 0 {
 			break
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
 		}
 		pause = min(pause*2, max(h.o.Retry, maxRebootBackoff))
 	}

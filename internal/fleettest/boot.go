@@ -93,6 +93,9 @@ fi
 // profile's system when there is no loader yet or its default names no
 // entry.
 const bootSystemScript = `set -e
+# What tmpfiles makes early in a boot, before stage 2 starts sshd.
+mkdir -p /run/sshd /run/fleettest /run/systemd/system
+chmod 0755 /run/sshd
 sys=
 conf=/boot/loader/loader.conf
 if [ -f "$conf" ]; then

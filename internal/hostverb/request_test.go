@@ -323,6 +323,9 @@ func FuzzParseCommand(f *testing.F) {
 	f.Add("sudo -n " + self + " activate --mode switch --id x " + p)
 	f.Add("deployer status --local --local=false --file /dev/stdin")
 	f.Add("sh -c 'id'")
+	f.Add("sudo -n deployer reboot --id r-1")
+	f.Add("deployer rollback --boot --generation 12")
+	f.Add("deployer health --id d-1 --booted")
 	f.Fuzz(func(t *testing.T, cmd string) {
 		r, form, err := hostverb.ParseCommand(cmd)
 		if err != nil {
@@ -339,6 +342,11 @@ func FuzzParseCommand(f *testing.F) {
 			v = hostverb.Contract // the sudo-less form: this contract's
 		}
 		w, err := r.Encode(v)
+		if v == 1 && errors.Is(err, hostverb.ErrUnsupported) {
+			// A newer verb or flag through the sudo form: the gate runs it
+			// all the same; a push side sends it in this contract's form.
+			w, err = r.Encode(hostverb.Contract)
+		}
 		if err != nil {
 			t.Fatalf("parsed %+v does not encode: %v", r, err)
 		}

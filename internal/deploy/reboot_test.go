@@ -35,6 +35,7 @@ type bootHost struct {
 	never            bool
 	bootInto         []hostverb.System // the next boots' systems, in order; default the boot default
 	healthExit       int
+	loseAnswer       bool // the reboot verb's answer is lost (the host reboots all the same)
 	phase            []string // what each status call met: same, down, up
 	rebooting        bool
 	left             [2]int
@@ -100,6 +101,9 @@ func (b *bootHost) handle(ctx context.Context, c call) (remote.Result, error) {
 		return b.reply(hostverb.Reply{Status: b.status()}), nil
 	case "reboot":
 		b.rebooting, b.left = true, [2]int{b.sameFor, b.downFor}
+		if b.loseAnswer {
+			return remote.Result{Code: 255}, fmt.Errorf("%w: connection reset", remote.ErrConnection)
+		}
 		return b.reply(hostverb.Reply{Rebooting: &hostverb.Rebooting{BootIDBefore: b.bootID, RebootAt: time.Now()}}), nil
 	case "rollback":
 		n := 0
@@ -167,6 +171,19 @@ func TestRebootWaitsForNewBootID(t *testing.T) {
 	}
 	if c := fr.last("host0", "reboot"); c == nil || strings.Join(c.args, " ") != "deployer reboot --id d-1" {
 		t.Fatalf("reboot argv %+v", c)
+	}
+}
+
+// The reboot verb's answer lost with the connection: the boot id says
+// whether the host rebooted.
+func TestRebootAnswerLost(t *testing.T) {
+	bh := newBootHost()
+	bh.loseAnswer = true
+	fr := &fakeRemote{handle: bh.handle}
+	rep := deploy.Run(context.Background(), hosts(1), rebootOpts(fr))
+	h := rep.Hosts[0]
+	if h.Result != deploy.OK || h.Steps[1].Name != deploy.StepReboot || !strings.Contains(h.Steps[1].Detail, "waiting for a new boot id") {
+		t.Fatalf("%s %s %+v", h.Result, h.Error, h.Steps)
 	}
 }
 

@@ -35,7 +35,7 @@ type bootHost struct {
 	never            bool
 	bootInto         []hostverb.System // the next boots' systems, in order; default the boot default
 	healthExit       int
-	loseAnswer       bool // the reboot verb's answer is lost (the host reboots all the same)
+	loseAnswer       bool     // the reboot verb's answer is lost (the host reboots all the same)
 	phase            []string // what each status call met: same, down, up
 	rebooting        bool
 	left             [2]int

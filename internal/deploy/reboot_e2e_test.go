@@ -133,3 +133,25 @@ func TestE2EReboot(t *testing.T) {
 		}
 	})
 }
+
+// A host whose deployer predates contract 4 (here the contract 1 release,
+// with its sudo rules) is not rebooted: the report says to update it.
+func TestE2ERebootOldHost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("simulated fleet")
+	}
+	fleettest.Need(t)
+	old := fleettest.BuildRelease(t, fleettest.Contract1Release)
+	e := newE2E(t, 1, fleettest.Options{Deployer: old, Contract: 1})
+	h := e.f.Hosts[0]
+	rep := e.run("", "compat-reboot", e.nodes(e.f.Initial, 30, h), nil, func(o *deploy.Options) {
+		o.RebootOnly, o.RebootTimeout = true, 10*time.Second
+	})
+	hr := rep.Hosts[0]
+	if hr.Result != deploy.Failed || !strings.Contains(hr.Error, "update the host's deployer") || !strings.Contains(hr.Error, "contract 1") {
+		t.Fatalf("%s: %s", hr.Result, hr.Error)
+	}
+	if b := e.f.HostBoots(h); len(b) != 1 {
+		t.Fatalf("the old host rebooted: %+v", b)
+	}
+}

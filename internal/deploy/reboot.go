@@ -78,8 +78,13 @@ func (h *hostRun) rebootTimeout() time.Duration {
 func (h *hostRun) rebootHost(ctx context.Context, expected string) bool {
 	h.begin(StepRebootStatus)
 	st, err := h.c.status(ctx)
-	if err == nil && (h.c.speaks() < rebootContract || st.BootID == "") {
+	switch {
+	case err != nil:
+	case h.c.speaks() < rebootContract:
 		err = fmt.Errorf("%w: the host's deployer speaks contract %d, rebooting needs contract %d: update the host's deployer", hostverb.ErrUnsupported, h.c.speaks(), rebootContract)
+	case st.BootID == "":
+		// Without it a reboot cannot be told from a host that never went.
+		err = fmt.Errorf("%w: the host reports no boot id (%s unreadable?)", hostverb.ErrFailed, "/proc/sys/kernel/random/boot_id")
 	}
 	if err != nil {
 		h.end(err, "")

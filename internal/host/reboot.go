@@ -144,7 +144,7 @@ func RollbackBoot(ctx context.Context, o Options, gen int) error {
 	case gen > cur.Number:
 		return fmt.Errorf("%w: generation %d is newer than the profile's current %d: only an older one can become the boot default again", hostverb.ErrInvalid, gen, cur.Number)
 	}
-	if err := ValidSystem(target.Path, o.StoreDir); err != nil {
+	if err := validSystem(target.Path, o.StoreDir); err != nil {
 		return err
 	}
 	lock, err := lockHost(o, &hostverb.Holder{ID: o.ID, Mode: hostverb.Boot, Path: target.Path, Started: time.Now().UTC(), PID: os.Getpid()})
@@ -176,9 +176,9 @@ func RollbackBoot(ctx context.Context, o Options, gen int) error {
 	return nil
 }
 
-// ValidSystem checks that system is a directory right under the store
+// validSystem checks that system is a directory right under the store
 // with a switch-to-configuration: what RollbackBoot runs.
-func ValidSystem(system, storeDir string) error {
+func validSystem(system, storeDir string) error {
 	if storeDir == "" {
 		storeDir = hostverb.DefaultStoreDir
 	}

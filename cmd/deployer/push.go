@@ -17,7 +17,7 @@ import (
 // They talk to hosts only through the host verbs over ssh; nothing here is
 // reachable from a host's gate.
 func pushSideCommands() []*cli.Command {
-	return []*cli.Command{pushCmd(), statusCmd(), rollbackCmd()}
+	return []*cli.Command{pushCmd(), statusCmd(), rollbackCmd(), rebootCmd()}
 }
 
 func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error {
@@ -110,6 +110,9 @@ func (o pushOpts) deployOptions(log *slog.Logger, mode hostverb.Mode, nodes []de
 	opts := deploy.Options{
 		Mode: mode, KernelChange: o.kernelChange, NoCheck: o.noCheck, InstallBootloader: o.installBoot, Parallel: o.parallel, ID: o.id,
 		Checker: checkerFor, Logger: log,
+	}
+	if err := o.rebootOptions(mode, &opts); err != nil {
+		return deploy.Options{}, err
 	}
 	if !o.noPin {
 		opts.Pins = &deploy.HTTPPinner{Cache: o.cache, Token: token, Logger: log, Note: "deployer push " + o.id, Upstream: o.pinUpstream}

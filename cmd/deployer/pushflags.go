@@ -12,6 +12,7 @@ import (
 
 	"github.com/bos55/concordia/internal/cli"
 	"github.com/bos55/concordia/internal/deploy"
+	"github.com/bos55/concordia/internal/hostverb"
 )
 
 type pushOpts struct {
@@ -33,6 +34,7 @@ type pushOpts struct {
 	id           string
 	noPin        bool
 	pinUpstream  bool
+	reboot       bool
 
 	// The rollout: canaries first, then waves (see rollout).
 	canary         string
@@ -108,6 +110,7 @@ started are reported not-started with the reason, and the exit status is non-zer
 			fs.StringVar(&o.id, "id", "", "deploy id (default: generated)")
 			fs.BoolVar(&o.noPin, "no-pin", false, "do not pin deployed systems in the cache")
 			fs.BoolVar(&o.pinUpstream, "pin-upstream", false, "have a cache with pull-through also keep the upstream paths of pinned systems (so they can be rebuilt from the cache alone)")
+			fs.BoolVar(&o.reboot, "reboot", false, "after --mode boot, or a switch that leaves a reboot required: reboot, one host at a time unless --parallel, and check each comes back with the new system (rolled back if not)")
 			fs.StringVar(&o.sshUser, "ssh-user", "", "override sshUser of every node")
 			fs.StringVar(&o.sshOpts, "ssh-opts", "", "override sshOpts of every node (split on spaces)")
 			fs.DurationVar(&o.confirmTimeout, "confirm-timeout", 0, "override confirmTimeout of every node (e.g. 45s)")
@@ -132,6 +135,23 @@ func (o pushOpts) checkRollout() error {
 	}
 	if o.canary != "" && strings.Trim(o.canary, ", \t") == "" {
 		return cli.Usagef("--canary %q names no node (want HOST|@tag[,...])", o.canary)
+	}
+	return nil
+}
+
+// rebootOptions sets what push --reboot asks of deploy.Run: hosts reboot
+// one at a time unless --parallel or --max-unavailable says how many,
+// never all at once by default (the flake's maxUnavailable bounds it too).
+func (o pushOpts) rebootOptions(mode hostverb.Mode, opts *deploy.Options) error {
+	if !o.reboot {
+		return nil
+	}
+	if mode != hostverb.Boot && mode != hostverb.Switch {
+		return cli.Usagef("--reboot goes with --mode boot or switch, not %s", mode)
+	}
+	opts.Reboot = true
+	if o.parallel == 0 && o.maxUnavailable == "" {
+		opts.Parallel = 1
 	}
 	return nil
 }

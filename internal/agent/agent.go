@@ -223,11 +223,25 @@ func Handle(ctx context.Context, o host.Options, req hostverb.Request, version s
 		return &hostverb.Reply{Status: st}
 	case hostverb.VerbRollback:
 		o.ID = req.ID
+		if req.Boot {
+			return errReply(host.RollbackBoot(ctx, o, req.Generation))
+		}
 		return errReply(host.Rollback(ctx, o))
 	case hostverb.VerbHealth:
-		h, err := host.Health(ctx, o, req.ID, req.Timeout)
+		var h *hostverb.Health
+		var err error
+		if req.Booted {
+			h, err = host.HealthBooted(ctx, o, req.Timeout)
+		} else {
+			h, err = host.Health(ctx, o, req.ID, req.Timeout)
+		}
 		r := errReply(err)
 		r.Health = h
+		return r
+	case hostverb.VerbReboot:
+		rb, err := host.Reboot(ctx, o, req.ID)
+		r := errReply(err)
+		r.Rebooting = rb
 		return r
 	}
 	return &hostverb.Reply{ExitCode: hostverb.ExitRefused, Error: fmt.Sprintf("%v: %s is not run by the agent", hostverb.ErrRefused, req.Verb)}

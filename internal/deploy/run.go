@@ -100,6 +100,14 @@ type Options struct {
 	Grace time.Duration
 	// Retry is the pause between reconnect attempts. Default 1s.
 	Retry time.Duration
+	// Reboot: after a boot-mode deploy, or a switch after which the host
+	// reports a reboot required, reboot the host and check it comes back
+	// with the new system, healthy (reboot.go). RebootOnly reboots without
+	// deploying (`deployer reboot`); WhenRequired only hosts whose status
+	// says a reboot is pending. RebootTimeout is how long a host has to
+	// come back (default DefaultRebootTimeout).
+	Reboot, RebootOnly, WhenRequired bool
+	RebootTimeout                    time.Duration
 }
 
 // Step is one timed step of one host.
@@ -274,6 +282,10 @@ func (h *hostRun) finish(o Outcome, err error) {
 // run takes the host through its steps; each returns false when the host
 // is done (its outcome recorded).
 func (h *hostRun) run(ctx context.Context) {
+	if h.o.RebootOnly {
+		h.rebootOnly(ctx)
+		return
+	}
 	if !h.checkClosure(ctx) || !h.fetch(ctx) {
 		return
 	}
@@ -282,6 +294,9 @@ func (h *hostRun) run(ctx context.Context) {
 		return
 	}
 	if h.needsConfirm(rec) && !h.confirmOrReject(ctx, activated) {
+		return
+	}
+	if h.rebootAfter(rec) && !h.rebootHost(ctx, h.n.Path) {
 		return
 	}
 	h.rep.Result = OK

@@ -25,6 +25,9 @@ mount --bind "$H/nix" /nix
 mount --bind "$H/run" /run
 mkdir -p /boot
 mount --bind "$H/boot" /boot
+# The host's own boot id (a new one each simulated boot), where the kernel
+# keeps it: only this namespace sees the bind.
+mount --bind "$H/boot_id" /proc/sys/kernel/random/boot_id
 mkdir -p /run/sshd /run/fleettest /run/systemd/system
 chmod 0755 /run/sshd
 # Inside this host, systemctl and systemd-run are the simulated systemd's
@@ -85,21 +88,45 @@ fi
 `
 
 // bootSystemScript: what a boot does to the system links, then stage 2.
+// It boots what systemd-boot would: the entry loader.conf names as its
+// default (a rollback of the boot default changes only that), the
+// profile's system when there is no loader yet or its default names no
+// entry.
 const bootSystemScript = `set -e
-sys=$(readlink -f /nix/var/nix/profiles/system)
+# What tmpfiles makes early in a boot, before stage 2 starts sshd.
+mkdir -p /run/sshd /run/fleettest /run/systemd/system
+chmod 0755 /run/sshd
+sys=
+conf=/boot/loader/loader.conf
+if [ -f "$conf" ]; then
+  entry=$(/bin/sed -n 's/^default[[:space:]]\{1,\}\([^[:space:]]*\).*/\1/p' "$conf" | /usr/bin/head -n1)
+  if [ -n "$entry" ] && [ -f "/boot/loader/entries/$entry" ]; then
+    sys=$(/bin/sed -n 's|^options.*init=\([^[:space:]]*\)/init.*|\1|p' "/boot/loader/entries/$entry" | /usr/bin/head -n1)
+  fi
+fi
+if [ -z "$sys" ] || [ ! -d "$sys" ]; then sys=$(readlink -f /nix/var/nix/profiles/system); fi
 ln -sfn "$sys" /run/booted-system
 ln -sfn "$sys" /run/current-system
 "$sys/activate"
 `
 
 func (f *Fleet) start(h *Host) error {
+	h.sim = &bootState{stop: make(chan struct{}), done: make(chan struct{})}
+	go f.watchReboots(h) // requests come only once the host runs
 	if err := f.writeHostFiles(h); err != nil {
+		return err
+	}
+	if err := h.newBootID(); err != nil {
 		return err
 	}
 	if err := h.boot(); err != nil {
 		return err
 	}
-	return f.installInitial(h)
+	if err := f.installInitial(h); err != nil {
+		return err
+	}
+	f.recordBoot(h, Boot{Host: h.Name})
+	return nil
 }
 
 // writeHostFiles lays out h's directory: its sshd (accepting only the
@@ -257,22 +284,14 @@ func (f *Fleet) StartSSH(t testing.TB, h *Host) {
 }
 
 // Reboot simulates a reboot of h: every process in it is killed, /run is
-// emptied, the boot default (the system profile) becomes the booted and
-// running system and its activation runs, then the daemon and sshd start.
+// emptied, the boot loader's default becomes the booted and running
+// system and its activation runs, the host gets a new boot id, then the
+// daemon and sshd start. A host made NoReturn stays down.
 func (f *Fleet) Reboot(t testing.TB, h *Host) {
 	t.Helper()
-	f.killAll(h, false)
-	run := filepath.Join(h.Dir, "run")
-	ents, _ := os.ReadDir(run)
-	for _, e := range ents {
-		if e.Name() != "fleettest" {
-			os.RemoveAll(filepath.Join(run, e.Name()))
-		}
+	if err := f.reboot(h, time.Time{}); err != nil {
+		t.Fatal(err)
 	}
-	os.Remove(filepath.Join(run, "fleettest", "nix-daemon.pid"))
-	os.Remove(filepath.Join(run, "fleettest", "agent.pid"))
-	f.MustExec(t, h, "/bin/sh", filepath.Join(h.Dir, "bootsys.sh"))
-	f.StartSSH(t, h)
 }
 
 // killAll SIGKILLs every process of h (all of them, or all but the keeper)
@@ -355,6 +374,7 @@ func (f *Fleet) stop(h *Host) {
 	if h.keeper == nil || h.keeper.Process == nil {
 		return
 	}
+	h.sim.halt()
 	f.killAll(h, true)
 	if h.stdin != nil {
 		h.stdin.Close()

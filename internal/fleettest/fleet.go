@@ -77,7 +77,8 @@ type Host struct {
 	keeper *exec.Cmd
 	stdin  io.WriteCloser
 	mntNS  string
-	nsFile *os.File // h's mount namespace, held from boot to stop
+	nsFile *os.File   // h's mount namespace, held from boot to stop
+	sim    *bootState // its boots and reboot requests (reboot.go)
 }
 
 const (

@@ -12,7 +12,8 @@ import (
 // systemd on a real NixOS host: it lists failed units and asks whether
 // nixos-rebuild's transient unit runs (systemctl), and it runs
 // switch-to-configuration and its own worker in transient units
-// (systemd-run). fakeSystemctl and fakeSystemdRun do what those commands
+// (systemd-run), and it reboots through a transient timer running
+// systemctl reboot. fakeSystemctl and fakeSystemdRun do what those commands
 // do, over a unit table in /run/fleettest/units (one file per unit:
 // "<state> <owner>"), and every fake system links them as sw/bin/systemctl
 // and sw/bin/systemd-run, where the deployer finds the real ones on NixOS.
@@ -22,7 +23,8 @@ import (
 const unitsDir = "/run/fleettest/units"
 
 const fakeSystemctl = `#!/bin/sh
-# systemctl over ` + unitsDir + ` (fleettest): list-units, is-active.
+# systemctl over ` + unitsDir + ` (fleettest): list-units, is-active, and
+# reboot, which asks the fleet (the test process) to reboot this host.
 state() { f="` + unitsDir + `/$1"; [ -e "$f" ] && /usr/bin/cut -d' ' -f1 "$f" || echo inactive; }
 cmd=
 q=
@@ -47,6 +49,10 @@ is-active)
   s=$(state "$u")
   [ -n "$q" ] || echo "$s"
   [ "$s" = active ] || [ "$s" = activating ] || [ "$s" = reloading ] ;;
+reboot)
+  # Returns at once, as systemctl reboot queues the job; the fleet reboots
+  # the host a moment later.
+  /bin/date +%s.%N > ` + rebootRequest + `.tmp && /bin/mv ` + rebootRequest + `.tmp ` + rebootRequest + ` ;;
 *) echo "fleettest systemctl: $cmd is not simulated" >&2; exit 1 ;;
 esac
 `
@@ -55,7 +61,7 @@ const fakeSystemdRun = `#!/bin/sh
 # systemd-run (fleettest): a transient unit of a given name is a mutex,
 # a service gets a clean environment (only -E variables and PATH), a scope
 # keeps the caller's; both are waited for here.
-unit= scope= envs=
+unit= scope= envs= onactive=
 while [ $# -gt 0 ]; do
   case "$1" in
   --unit=*) unit=${1#--unit=} ;;
@@ -64,12 +70,22 @@ while [ $# -gt 0 ]; do
   -E|--setenv) shift
     case "$1" in *=*) envs="$envs $1" ;; *) v=$(printenv "$1") && envs="$envs $1=$v" ;; esac ;;
   --setenv=*) envs="$envs ${1#--setenv=}" ;;
+  --on-active=*) onactive=${1#--on-active=} ;;
   --) shift; break ;;
   -*) echo "fleettest systemd-run: $1 is not simulated" >&2; exit 1 ;;
   *) break ;;
   esac
   shift
 done
+if [ -n "$onactive" ]; then
+  # A transient timer: the service runs later, detached from the caller
+  # (whose session may end first), with a service's clean environment.
+  secs=${onactive%s}
+  # shellcheck disable=SC2086 # the -E assignments, one word each
+  /usr/bin/setsid /bin/sh -c 'sleep "$1"; shift; exec "$@"' timer "$secs" \
+    /usr/bin/env -i PATH=/run/current-system/sw/bin:/usr/sbin:/usr/bin:/sbin:/bin $envs "$@" </dev/null >/dev/null 2>&1 &
+  exit 0
+fi
 kind=service; [ -n "$scope" ] && kind=scope
 [ -n "$unit" ] || unit=run-$$
 case "$unit" in *.service|*.scope) ;; *) unit=$unit.$kind ;; esac

@@ -140,6 +140,22 @@ func TestRedTeamDeployKey(t *testing.T) {
 		{name: "flag after the path", words: append(act(f.Initial), "--mode", "test"), want: "flags go before the store paths", code: 126},
 		{name: "wait timeout 0 (forever)", words: []string{"deployer", "wait", "--id", "rt", "--timeout", "0s"}, want: "wait timeout", code: 126},
 		{name: "health of a deploy that does not exist", words: []string{"deployer", "health", "--id", "nope"}, want: "no such deploy", code: 4},
+		// Contract 4: reboot and the boot default, nothing more.
+		{name: "boot default to a generation that does not exist", words: []string{"deployer", "rollback", "--boot", "--generation", "99"}, want: "no generation 99", code: 4},
+		{name: "boot default to generation 0", words: []string{"deployer", "rollback", "--boot", "--generation", "0"}, want: "must be a number from 1", code: 126},
+		{name: "boot default to a negative generation", words: []string{"deployer", "rollback", "--boot", "--generation", "-1"}, want: "needs a value", code: 126},
+		{name: "boot default to an out-of-range generation", words: []string{"deployer", "rollback", "--boot", "--generation", "4294967297"}, want: "must be a number from 1", code: 126},
+		{name: "boot default to a path", words: []string{"deployer", "rollback", "--boot", "--generation", caSystem}, want: "must be a number from 1", code: 126},
+		{name: "boot default to a profile link", words: []string{"deployer", "rollback", "--boot", "--generation", "/nix/var/nix/profiles/system-1-link"}, want: "must be a number from 1", code: 126},
+		{name: "boot default of another profile", words: []string{"deployer", "rollback", "--boot", "--generation", "1", "--profile", "/nix/var/nix/profiles/per-user/root/profile"}, want: "takes no flag --profile", code: 126},
+		{name: "boot default with a system path", words: []string{"deployer", "rollback", "--boot", "--generation", "1", stray}, want: "no arguments", code: 126},
+		{name: "generation without --boot (a switch to it)", words: []string{"deployer", "rollback", "--generation", "1"}, want: "goes with --boot", code: 126},
+		{name: "reboot without an id", words: []string{"deployer", "reboot"}, want: "deploy id", code: 126},
+		{name: "reboot with a hostile id", words: []string{"deployer", "reboot", "--id", "../../etc"}, want: "deploy id", code: 126},
+		{name: "reboot with a delay", words: []string{"deployer", "reboot", "--id", "rt", "--delay", "0"}, want: "takes no flag --delay", code: 126},
+		{name: "reboot into a system", words: []string{"deployer", "reboot", "--id", "rt", stray}, want: "no arguments", code: 126},
+		{name: "reboot through sudo -u", words: []string{"sudo", "-n", "-u", "root", dep, "reboot", "--id", "rt"}, want: "not a deployer host verb", code: 126},
+		{name: "health --booted with a value", words: []string{"deployer", "health", "--id", "rt", "--booted=yes"}, want: "=true or =false", code: 126},
 		{name: "reject with a value", words: []string{"deployer", "confirm", "--id", "rt", "--reject=yes"}, want: "=true or =false", code: 126},
 		{name: "fetch a path outside the store", words: []string{"deployer", "fetch", "/etc/shadow"}, want: "not a store path", code: 126},
 		{name: "fetch with nix options", words: []string{"deployer", "fetch", "--option", "substituters", "http://127.0.0.1:1", f.Initial}, want: "fetch takes no flag --option", code: 126},
@@ -173,9 +189,9 @@ func TestRedTeamDeployKey(t *testing.T) {
 		{name: "pty asked, not forced", words: []string{"sh"}, opts: []string{"-t"}, want: "not a deployer host verb", code: 126},
 		{name: "SetEnv LD_PRELOAD, BASH_ENV, NIX_*", words: []string{"deployer", "version"},
 			opts: []string{"-o", "SetEnv=LD_PRELOAD=" + payload + " BASH_ENV=" + payload + " ENV=" + payload + " NIX_REMOTE=local NIX_CONF_DIR=" + lab + " SSH_ORIGINAL_COMMAND=" + payload},
-			want: `"contract":3`, code: 0},
+			want: contractMarker, code: 0},
 		{name: "SendEnv of the caller's variables", words: []string{"deployer", "status"},
-			opts: []string{"-o", "SendEnv=*"}, want: `"contract":3`, code: 0},
+			opts: []string{"-o", "SendEnv=*"}, want: contractMarker, code: 0},
 		{name: "port forwarding", words: []string{"deployer", "version"}, opts: []string{"-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:22"}, want: "forwarding failed", code: 255},
 	}
 	if len(attempts) < 40 {
@@ -202,6 +218,55 @@ func TestRedTeamDeployKey(t *testing.T) {
 	// Control: the same key still does its job.
 	if r := ssh(t, f, h, attempt{words: []string{"deployer", "status"}}); r.code != 0 || !strings.Contains(r.out, f.Initial) {
 		t.Fatalf("control: status: %d %s", r.code, r.out)
+	}
+	t.Run("BootDefaultAndReboot", func(t *testing.T) { testRebootPowers(t, f, h) })
+}
+
+// What contract 4 gives the deploy key: move the boot default back to an
+// older generation of the host's own profile (never a newer one), and
+// reboot, after which the host runs that generation with a new boot id.
+func testRebootPowers(t *testing.T, f *fleettest.Fleet, h *fleettest.Host) {
+	v2 := f.System(t, fleettest.System{Label: "redteam-v2"})
+	if r := ssh(t, f, h, attempt{words: []string{"deployer", "fetch", v2}}); r.code != 0 {
+		t.Fatalf("fetch v2: %d %s", r.code, r.out)
+	}
+	f.MustExec(t, h, "nix-env", "-p", "/nix/var/nix/profiles/system", "--set", v2)
+	f.MustExec(t, h, v2+"/bin/switch-to-configuration", "boot")
+	if n, _ := f.BootDefault(t, h); n != 2 {
+		t.Fatalf("setup: boot default %d, want 2", n)
+	}
+	running := f.Readlink(t, h, "/run/current-system")
+	if r := ssh(t, f, h, attempt{words: []string{"deployer", "rollback", "--id", "rt-boot", "--boot", "--generation", "1"}}); r.code != 0 {
+		t.Fatalf("rollback --boot --generation 1: %d %s", r.code, r.out)
+	}
+	if n, _ := f.BootDefault(t, h); n != 1 {
+		t.Fatalf("boot default %d after rollback --boot, want 1", n)
+	}
+	if got := f.Readlink(t, h, "/run/current-system"); got != running {
+		t.Fatalf("rollback --boot activated %s", got)
+	}
+	if r := ssh(t, f, h, attempt{words: []string{"deployer", "rollback", "--id", "rt-boot", "--boot", "--generation", "2"}}); r.code != hostverb.ExitInvalid || !strings.Contains(r.out, "newer than the profile's current 1") {
+		t.Fatalf("boot default forward to generation 2: %d %s", r.code, r.out)
+	}
+	before, _ := f.BootID(h)
+	boots := len(f.HostBoots(h))
+	r := ssh(t, f, h, attempt{words: []string{"deployer", "reboot", "--id", "rt-reboot"}})
+	if r.code != 0 || !strings.Contains(r.out, `"rebootFromBootId":"`+before+`"`) {
+		t.Fatalf("reboot: %d %s", r.code, r.out)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for len(f.HostBoots(h)) == boots {
+		if time.Now().After(deadline) {
+			t.Fatal("the host did not reboot")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b := f.HostBoots(h)[boots]
+	if b.BootID == before || b.System != f.Initial {
+		t.Fatalf("after the reboot %+v, want a new boot id and generation 1's %s", b, f.Initial)
+	}
+	if r := ssh(t, f, h, attempt{words: []string{"deployer", "status"}}); r.code != 0 || !strings.Contains(r.out, `"bootId":"`+b.BootID+`"`) {
+		t.Fatalf("status after the reboot: %d %s", r.code, r.out)
 	}
 }
 

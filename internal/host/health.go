@@ -62,22 +62,27 @@ func Health(ctx context.Context, o Options, id string, timeout time.Duration) (*
 	if cur, _ := os.Readlink(o.CurrentSystem); cur != rec.Path {
 		return nil, fmt.Errorf("%w: the running system is %s, not deploy %s's %s", hostverb.ErrInvalid, cur, id, rec.Path)
 	}
-	checks, err := loadHealthChecks(ctx, o, rec.Path)
+	return runChecks(ctx, o, id, rec.Path, timeout)
+}
+
+// runChecks runs the checks system ships until each passes or timeout.
+func runChecks(ctx context.Context, o Options, id, system string, timeout time.Duration) (*hostverb.Health, error) {
+	checks, err := loadHealthChecks(ctx, o, system)
 	if err != nil {
 		return nil, err
 	}
-	res := &hostverb.Health{OK: true, System: rec.Path, Checks: []hostverb.CheckResult{}}
+	res := &hostverb.Health{OK: true, System: system, Checks: []hostverb.CheckResult{}}
 	deadline := time.Now().Add(timeout)
 	var failed []string
 	for _, c := range checks {
-		r := runCheck(ctx, rec.Path, c, deadline)
+		r := runCheck(ctx, system, c, deadline)
 		res.Checks = append(res.Checks, r)
 		if !r.OK {
 			res.OK = false
 			failed = append(failed, fmt.Sprintf("%s (exit %d: %s)", r.Name, r.Exit, lastLine(r.Output)))
 		}
 	}
-	o.Logger.Info("health checks", "id", id, "system", rec.Path, "checks", len(checks), "ok", res.OK)
+	o.Logger.Info("health checks", "id", id, "system", system, "checks", len(checks), "ok", res.OK)
 	if !res.OK {
 		return res, fmt.Errorf("%w: %s", hostverb.ErrUnhealthy, strings.Join(failed, "; "))
 	}

@@ -33,6 +33,7 @@ type Options struct {
 	BootedSystem  string // default /run/booted-system
 	NixOSRunDir   string // switch-to-configuration's run directory (its lock); default /run/nixos
 	BootDir       string // where the boot loader's files are; default /boot
+	BootIDFile    string // the running boot's id; default /proc/sys/kernel/random/boot_id
 
 	Nix      nixcli.Runner // default &nixcli.Exec{}
 	Trust    Trust         // default NixTrust{} (the store's database, nix's trusted-public-keys)
@@ -41,6 +42,10 @@ type Options struct {
 	Spawner  Spawner       // default Reexec{} (the running binary's hidden watchdog verb)
 	Logger   *slog.Logger  // nil discards
 	Poll     time.Duration // how often waiters look at the state; default 100ms
+	Rebooter Rebooter      // default SystemdReboot{}
+	// RebootDelay is how long after answering the reboot verb reboots;
+	// default DefaultRebootDelay.
+	RebootDelay time.Duration
 
 	// ID names the holder of the lock for Rollback; default "rollback".
 	ID string
@@ -60,6 +65,13 @@ func (o Options) withDefaults() Options {
 	def(&o.NixOSRunDir, "/run/nixos")
 	def(&o.BootDir, "/boot")
 	def(&o.ID, "rollback")
+	def(&o.BootIDFile, DefaultBootIDFile)
+	if o.Rebooter == nil {
+		o.Rebooter = SystemdReboot{}
+	}
+	if o.RebootDelay <= 0 {
+		o.RebootDelay = DefaultRebootDelay
+	}
 	if o.Nix == nil {
 		o.Nix = &nixcli.Exec{}
 	}

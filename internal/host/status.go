@@ -73,6 +73,9 @@ func Inspect(ctx context.Context, o Options) (*hostverb.Status, error) {
 	if failed, err := o.Units.Failed(ctx); err == nil {
 		st.UnitsFailed = failed
 	}
+	if id, err := ReadBootID(o); err == nil {
+		st.BootID = id
+	}
 	return st, nil
 }
 

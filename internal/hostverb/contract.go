@@ -20,7 +20,19 @@
 // change switches by default (reboot required, reported), activate takes
 // --kernel-change switch|boot|refuse, --no-check (NIXOS_NO_CHECK=1, past
 // switch inhibitors) and --install-bootloader (NIXOS_INSTALL_BOOTLOADER=1),
-// and exit 7 is a refusal by pre-switch checks. A host of contract 2 accepts the contract 1 forms too (an
+// and exit 7 is a refusal by pre-switch checks. Contract 4 is reboots the
+// deployer finishes itself: the `reboot --id ID` verb answers the boot id
+// (/proc/sys/kernel/random/boot_id) and then reboots the host as NixOS
+// does (systemctl reboot, a moment later, so the answer gets out first);
+// status carries the boot id; `rollback --boot --generation N` sets the
+// boot default back to an existing generation no newer than the profile's
+// (the profile and that generation's switch-to-configuration boot, under
+// the host lock) without activating it; `health --booted` runs the checks
+// of the booted, running system, as after a reboot no deploy awaits
+// confirmation. A push side asks a contract 4 host for these and a host
+// of an older contract gets none of them: Encode refuses with
+// ErrUnsupported and the push side says to update the host's deployer.
+// A host of contract 2 accepts the contract 1 forms too (an
 // older push side keeps working), and every answer it prints carries
 // "contract": 2. A push side that gets exit 126 without that marker is
 // talking to an older gate, which refuses unknown forms before running
@@ -35,7 +47,7 @@ import (
 // Contract is the version this package speaks; MinContract the oldest it
 // can still encode requests for.
 const (
-	Contract    = 3
+	Contract    = 4
 	MinContract = 1
 )
 

@@ -5,6 +5,7 @@ import (
 	"path"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +26,7 @@ const (
 	VerbStatus   Verb = "status"   // root: generations, test deploy, pending reboot, lock
 	VerbRollback Verb = "rollback" // root: back to the previous generation now
 	VerbHealth   Verb = "health"   // root: run the new system's own health checks (contract 2)
+	VerbReboot   Verb = "reboot"   // root: answer the boot id, then reboot the host (contract 4)
 )
 
 // Request is one host verb with its parameters, as parsed from the wire
@@ -44,6 +46,12 @@ type Request struct {
 	NoCheck        bool          `json:"noCheck,omitempty"`           // activate: NIXOS_NO_CHECK=1 (contract 3)
 	Install        bool          `json:"installBootloader,omitempty"` // activate: NIXOS_INSTALL_BOOTLOADER=1 (contract 3)
 	Reject         bool          `json:"reject,omitempty"`            // confirm
+	// Boot makes rollback set the boot default to Generation without
+	// activating it (contract 4); Booted makes health run the checks of
+	// the booted, running system instead of a deploy's (contract 4).
+	Boot       bool `json:"boot,omitempty"`       // rollback
+	Generation int  `json:"generation,omitempty"` // rollback --boot
+	Booted     bool `json:"booted,omitempty"`     // health
 }
 
 // Kernel change policies of activate.
@@ -59,6 +67,9 @@ const (
 	MaxLine       = 8192 // bytes of one SSH command line
 	MaxFetchPaths = 64
 	maxValue      = 256
+	// MaxGeneration bounds a generation number on the wire (nix-env's are
+	// small counters; nine digits cannot overflow an int anywhere).
+	MaxGeneration = 999999999
 )
 
 // flag is one flag of a verb: how it is written and where it goes.
@@ -107,8 +118,14 @@ var (
 	fNoCheck      = flag{name: "no-check", since: 3, isBool: true, set: func(r *Request, v string) error { r.NoCheck = v == "true"; return nil }}
 	fInstall      = flag{name: "install-bootloader", since: 3, isBool: true, set: func(r *Request, v string) error { r.Install = v == "true"; return nil }}
 	fReject       = flag{name: "reject", isBool: true, set: func(r *Request, v string) error { r.Reject = v == "true"; return nil }}
-	fLocal        = flag{name: "local", isBool: true, legacy: true, set: func(*Request, string) error { return nil }}
-	fJSON         = flag{name: "json", isBool: true, legacy: true, set: func(*Request, string) error { return nil }}
+	fBoot         = flag{name: "boot", since: 4, isBool: true, set: func(r *Request, v string) error { r.Boot = v == "true"; return nil }}
+	fBooted       = flag{name: "booted", since: 4, isBool: true, set: func(r *Request, v string) error { r.Booted = v == "true"; return nil }}
+	fGeneration   = flag{name: "generation", since: 4, set: func(r *Request, v string) (err error) {
+		r.Generation, err = parseGeneration(v)
+		return err
+	}}
+	fLocal = flag{name: "local", isBool: true, legacy: true, set: func(*Request, string) error { return nil }}
+	fJSON  = flag{name: "json", isBool: true, legacy: true, set: func(*Request, string) error { return nil }}
 )
 
 var specs = map[Verb]spec{
@@ -123,8 +140,9 @@ var specs = map[Verb]spec{
 	VerbConfirm:  {root: true, since: 1, flags: []flag{fID, fReject}, fields: []string{"id", "reject"}},
 	VerbWait:     {root: true, since: 1, flags: []flag{fID, fTimeout}, fields: []string{"id", "timeout"}, defaults: func(r *Request) { r.Timeout = 10 * time.Minute }},
 	VerbStatus:   {root: true, v1User: true, since: 1, flags: []flag{fLocal, fJSON}},
-	VerbRollback: {root: true, since: 1, flags: []flag{fLocal, fID}, fields: []string{"id"}, defaults: func(r *Request) { r.ID = "rollback" }},
-	VerbHealth:   {root: true, since: 2, flags: []flag{fID, fTimeout}, fields: []string{"id", "timeout"}, defaults: func(r *Request) { r.Timeout = 30 * time.Second }},
+	VerbRollback: {root: true, since: 1, flags: []flag{fLocal, fID, fBoot, fGeneration}, fields: []string{"id", "boot", "generation"}, defaults: func(r *Request) { r.ID = "rollback" }},
+	VerbHealth:   {root: true, since: 2, flags: []flag{fID, fTimeout, fBooted}, fields: []string{"id", "timeout", "booted"}, defaults: func(r *Request) { r.Timeout = 30 * time.Second }},
+	VerbReboot:   {root: true, since: 4, flags: []flag{fID}, fields: []string{"id"}},
 }
 
 // Root reports whether v runs as root (through the agent).
@@ -352,6 +370,17 @@ func (r *Request) Validate(storeDir string) error {
 		if r.Timeout < time.Second || r.Timeout > MaxHealth {
 			return fmt.Errorf("%w: health timeout %s must be between 1s and %s", ErrInvalid, r.Timeout, MaxHealth)
 		}
+	case VerbRollback:
+		// A boot default is set to a named generation, and only so: a
+		// switch rollback goes to the previous one, as it always did.
+		switch {
+		case r.Boot && r.Generation == 0:
+			return fmt.Errorf("%w: rollback --boot needs --generation N", ErrInvalid)
+		case !r.Boot && r.Generation != 0:
+			return fmt.Errorf("%w: rollback --generation goes with --boot", ErrInvalid)
+		case r.Generation < 0 || r.Generation > MaxGeneration:
+			return fmt.Errorf("%w: generation %d must be between 1 and %d", ErrInvalid, r.Generation, MaxGeneration)
+		}
 	}
 	return nil
 }
@@ -376,6 +405,9 @@ func (r *Request) setFields() []string {
 	add(r.NoCheck, "noCheck")
 	add(r.Install, "installBootloader")
 	add(r.Reject, "reject")
+	add(r.Boot, "boot")
+	add(r.Generation != 0, "generation")
+	add(r.Booted, "booted")
 	return out
 }
 
@@ -430,6 +462,14 @@ func (r *Request) Encode(v int) ([]string, error) {
 	case VerbWait, VerbHealth:
 		val("id", r.ID)
 		val("timeout", r.Timeout.String())
+		if r.Booted {
+			if v < 4 {
+				return nil, fmt.Errorf("%w: health --booted needs contract 4, the host speaks %d", ErrUnsupported, v)
+			}
+			w = append(w, "--booted")
+		}
+	case VerbReboot:
+		val("id", r.ID)
 	case VerbStatus:
 		if v == 1 {
 			w = append(w, "--local", "--json")
@@ -440,6 +480,13 @@ func (r *Request) Encode(v int) ([]string, error) {
 		}
 		if r.ID != "" {
 			val("id", r.ID)
+		}
+		if r.Boot {
+			if v < 4 {
+				return nil, fmt.Errorf("%w: rollback --boot --generation needs contract 4, the host speaks %d", ErrUnsupported, v)
+			}
+			w = append(w, "--boot")
+			val("generation", strconv.Itoa(r.Generation))
 		}
 	case VerbFetch:
 		w = append(w, r.Paths...)
@@ -513,6 +560,17 @@ func ValidStorePath(storeDir, p string) error {
 		return fmt.Errorf("%w: %q is not a store path under %s", ErrInvalid, p, storeDir)
 	}
 	return nil
+}
+
+var generationRE = regexp.MustCompile(`^[1-9][0-9]{0,8}$`)
+
+// parseGeneration accepts a profile generation number: 1 to
+// MaxGeneration, decimal, no sign, no leading zero.
+func parseGeneration(s string) (int, error) {
+	if !generationRE.MatchString(s) {
+		return 0, fmt.Errorf("%w: generation %q must be a number from 1 to %d", ErrInvalid, s, MaxGeneration)
+	}
+	return strconv.Atoi(s)
 }
 
 var durationRE = regexp.MustCompile(`^([0-9]{1,9}(\.[0-9]{1,9})?(h|m|s|ms))+$`)

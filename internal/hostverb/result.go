@@ -196,6 +196,10 @@ type Status struct {
 	RebootReasons   []string `json:"rebootReasons,omitempty"`
 	UnitsFailed     []string `json:"unitsFailed,omitempty"` // systemd's failed units
 	Lock            *Holder  `json:"lock,omitempty"`        // the deploy holding the host lock
+	// BootID is the kernel's id of the running boot
+	// (/proc/sys/kernel/random/boot_id, contract 4): another one means the
+	// host rebooted.
+	BootID string `json:"bootId,omitempty"`
 }
 
 // BeforePrevious returns the store path of the generation two before the
@@ -249,6 +253,15 @@ type CheckResult struct {
 	Output   string  `json:"output,omitempty"` // the end of its last output
 }
 
+// Rebooting is the answer of reboot: the boot id the host had when it
+// took the request (the push side waits for another one) and when the
+// reboot is to start, a moment after the answer so that it reaches the
+// push side.
+type Rebooting struct {
+	BootIDBefore string    `json:"rebootFromBootId"`
+	RebootAt     time.Time `json:"rebootAt"`
+}
+
 // VersionInfo is the answer of version.
 type VersionInfo struct {
 	Version string `json:"version"`
@@ -267,6 +280,7 @@ type Reply struct {
 	*Fetched
 	*Health
 	*VersionInfo
+	*Rebooting
 }
 
 // Err is the reply's outcome as an error matching its exit code's sentinel.

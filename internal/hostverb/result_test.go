@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bos55/concordia/internal/hostverb"
 )
@@ -41,6 +42,8 @@ func TestReplyRoundTrip(t *testing.T) {
 		{Fetched: &hostverb.Fetched{Paths: []string{p}, Seconds: 1.5}},
 		{Health: &hostverb.Health{OK: false, System: p, Checks: []hostverb.CheckResult{{Name: "web", Exit: 7, Attempts: 3}}}, ExitCode: 1, Error: "health check failed"},
 		{VersionInfo: &hostverb.VersionInfo{Version: "1.2.3"}},
+		{Rebooting: &hostverb.Rebooting{BootIDBefore: "0f9b5a1e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", RebootAt: time.Date(2026, 12, 2, 15, 0, 0, 0, time.UTC)}},
+		{Status: &hostverb.Status{Booted: hostverb.System{Path: p, Generation: 2}, BootID: "0f9b5a1e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"}},
 		{ExitCode: 126, Error: "refused by the deployer gate: no"},
 	}
 	for _, want := range replies {
@@ -58,7 +61,7 @@ func TestReplyRoundTrip(t *testing.T) {
 			t.Errorf("round trip\n got %s\nwant %s", b, a)
 		}
 		parts := 0
-		for _, set := range []bool{got.Record != nil, got.Status != nil, got.Fetched != nil, got.Health != nil, got.VersionInfo != nil} {
+		for _, set := range []bool{got.Record != nil, got.Status != nil, got.Fetched != nil, got.Health != nil, got.VersionInfo != nil, got.Rebooting != nil} {
 			if set {
 				parts++
 			}
@@ -109,7 +112,7 @@ func FuzzDecodeReply(f *testing.F) {
 // is shadowed on purpose (Reply's is the same value).
 func TestReplyFieldsDistinct(t *testing.T) {
 	seen := map[string]string{"contract": "Reply", "exitCode": "Reply", "error": "Reply"}
-	for _, v := range []any{hostverb.Record{}, hostverb.Status{}, hostverb.Fetched{}, hostverb.Health{}, hostverb.VersionInfo{}} {
+	for _, v := range []any{hostverb.Record{}, hostverb.Status{}, hostverb.Fetched{}, hostverb.Health{}, hostverb.VersionInfo{}, hostverb.Rebooting{}} {
 		typ := reflect.TypeOf(v)
 		for i := 0; i < typ.NumField(); i++ {
 			name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")

@@ -20,6 +20,7 @@ func commands() []*cli.Command {
 		},
 	}}
 	cmds = append(cmds, pushSideCommands()...)
+	cmds = append(cmds, historyCmd())
 	cmds = append(cmds, hostSideCommands()...)
 	cmds = append(cmds, metricsCmd())
 	return cmds

@@ -31,6 +31,7 @@ type pushOpts struct {
 	id           string
 	noPin        bool
 	pinUpstream  bool
+	report       reportFlags
 
 	// deploy-rs's command-line overrides, applied to every selected node.
 	sshUser        string
@@ -91,6 +92,7 @@ anything else -> nothing to do (exit 0).`,
 			fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and touch nothing")
 			fs.StringVar(&o.id, "id", "", "deploy id (default: generated)")
 			fs.BoolVar(&o.noPin, "no-pin", false, "do not pin deployed systems in the cache")
+			o.report.register(fs)
 			fs.BoolVar(&o.pinUpstream, "pin-upstream", false, "have a cache with pull-through also keep the upstream paths of pinned systems (so they can be rebuilt from the cache alone)")
 			fs.StringVar(&o.sshUser, "ssh-user", "", "override sshUser of every node")
 			fs.StringVar(&o.sshOpts, "ssh-opts", "", "override sshOpts of every node (split on spaces)")

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -428,4 +430,62 @@ func FuzzDeployReport(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestDeployReportsReplicas: two replicas sharing one index take reports
+// at once, some the same (a retry that reached the other replica): each
+// id is created once, the bound holds, both replicas list the same
+// history, and the node records name only kept reports.
+func TestDeployReportsReplicas(t *testing.T) {
+	ctx := context.Background()
+	a, b, _ := newReplicaPair(t, upload.Options{MaxDeployReports: 5})
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	same := deployReport("d-same", t0, "web1", "ok")
+	var created atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := range 12 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("d-%d", i)
+			s := []*upload.Store{a, b}[i%2]
+			if _, err := s.PutDeployReport(ctx, id, "deploy", bytes.NewReader(deployReport(id, t0, "web1", "failed", "db1", "ok"))); err != nil {
+				errs <- err
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			c, err := []*upload.Store{a, b}[i%2].PutDeployReport(ctx, "d-same", "deploy", bytes.NewReader(same))
+			if err != nil {
+				errs <- err
+			}
+			if c {
+				created.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// At least once: more when the bound dropped it before a late retry.
+	if n := created.Load(); n < 1 {
+		t.Errorf("the retried report was created %d times", n)
+	}
+	ha, hb := history(t, a), history(t, b)
+	if !reflect.DeepEqual(ha, hb) {
+		t.Fatalf("the replicas disagree:\n%+v\n%+v", ha, hb)
+	}
+	if len(ha.Page.Reports) != 5 {
+		t.Fatalf("%d reports kept, the bound is 5", len(ha.Page.Reports))
+	}
+	for _, n := range ha.Nodes {
+		for _, e := range n.Last {
+			if _, ok := ha.Docs[e.Deploy]; !ok {
+				t.Errorf("node %s names dropped report %s", n.Node, e.Deploy)
+			}
+		}
+	}
 }

@@ -118,8 +118,8 @@ func printDeploys(w io.Writer, page *store.DeployPage) {
 	fmt.Fprintln(tw, "ID\tKIND\tMODE\tSTART\tTOOK\tHOSTS\tFAILED\tSENT BY")
 	for _, r := range page.Reports {
 		failed := "-"
-		if len(r.Failed) > 0 {
-			failed = fmt.Sprintf("%d: %s", len(r.Failed), firstNames(r.Failed, 3))
+		if r.FailedCount > 0 {
+			failed = fmt.Sprintf("%d: %s", r.FailedCount, firstNames(r.Failed, r.FailedCount, 3))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ID, r.Kind, orDash(r.Mode), when(r.Start), took(r.Millis), r.Hosts, failed, orDash(r.Sender))
 	}
@@ -160,11 +160,13 @@ func orDash(s string) string {
 	return s
 }
 
-func firstNames(names []string, n int) string {
-	if len(names) <= n {
+// firstNames names at most n of names, of total.
+func firstNames(names []string, total, n int) string {
+	names = names[:min(len(names), n)]
+	if total <= len(names) {
 		return strings.Join(names, ", ")
 	}
-	return strings.Join(names[:n], ", ") + fmt.Sprintf(", +%d", len(names)-n)
+	return strings.Join(names, ", ") + fmt.Sprintf(", +%d", total-len(names))
 }
 
 // oneLine is s on one line, at most n runes, without control

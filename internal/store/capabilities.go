@@ -333,9 +333,11 @@ type DeploySummary struct {
 	Stored time.Time `json:"stored"`
 	Sender string    `json:"sender,omitempty"`
 	Hosts  int       `json:"hosts"`
-	// Failed are the nodes the report lists as failed.
-	Failed []string `json:"failed"`
-	Size   int      `json:"size"`
+	// Failed are the first 20 nodes the report lists as failed, of
+	// FailedCount.
+	Failed      []string `json:"failed"`
+	FailedCount int      `json:"failedCount"`
+	Size        int      `json:"size"`
 }
 
 // DeployPage is one page of DeployReports.
@@ -354,7 +356,7 @@ type NodeDeploy struct {
 	Path     string    `json:"path,omitempty"` // the system deployed
 	Mode     string    `json:"mode,omitempty"`
 	Result   string    `json:"result"`
-	Error    string    `json:"error,omitempty"` // its first KiB
+	Error    string    `json:"error,omitempty"` // its first 256 bytes
 	Start    time.Time `json:"start"`
 	Millis   float64   `json:"ms"`
 	// RebootRequired is what the deploy found on the host.

@@ -54,15 +54,23 @@ const (
 	// DefaultMaxDeployReports is upload.deploy_reports_max's default.
 	DefaultMaxDeployReports = 1000
 	// MaxDeployHosts bounds the hosts of one report: a report naming
-	// more is not a fleet's, and each host costs a node record.
-	MaxDeployHosts = 10_000
+	// more is not a fleet's, and each host costs a node record, which a
+	// PUT rewrites.
+	MaxDeployHosts = 2000
+	// MaxDeployNodes bounds the nodes the kept reports name: past it the
+	// oldest reports go too, so reports naming ever new nodes cannot make
+	// the fleet view (read by anyone on a public cache) grow past it.
+	MaxDeployNodes = 5000
 	// MaxNodeResults is how many results a node's record keeps.
-	MaxNodeResults = 50
+	MaxNodeResults = 20
+	// maxSummaryFailed is how many failed nodes a summary names (it
+	// counts them all): a list reads every summary.
+	maxSummaryFailed = 20
 	// MaxDeployList bounds one page of a list.
 	MaxDeployList = 1000
 	// maxNodeError is how much of a host's error its node record keeps
 	// (the report has it whole).
-	maxNodeError = 1 << 10
+	maxNodeError = 256
 	maxNameLen   = 255
 )
 
@@ -197,7 +205,8 @@ func parseDeployReport(id string, data []byte) (store.DeploySummary, []store.Nod
 		failed[f] = true
 	}
 	sum = store.DeploySummary{ID: id, Kind: kind, Mode: d.Mode, Start: d.Start.UTC(), Millis: d.Millis,
-		Hosts: len(*d.Hosts), Failed: append([]string{}, d.Failed...), Size: len(data)}
+		Hosts: len(*d.Hosts), Failed: append([]string{}, d.Failed[:min(len(d.Failed), maxSummaryFailed)]...),
+		FailedCount: len(d.Failed), Size: len(data)}
 	return sum, entries, nil
 }
 
@@ -317,20 +326,30 @@ func addNodeResult(nodes kv.Bucket, e store.NodeDeploy) error {
 // errStop ends a ForEach early.
 var errStop = errors.New("stop")
 
-// boundDeploys drops the oldest reports past the bound, with their
-// entries in the node records.
+// boundDeploys drops the oldest reports, with their entries in the node
+// records, while more than upload.deploy_reports_max are kept or they
+// name more than MaxDeployNodes nodes; the newest always stays.
 func (s *Store) boundDeploys(b [4]kv.Bucket) error {
-	excess := b[1].KeyN() - s.opts.MaxDeployReports
-	if excess <= 0 {
-		return nil
+	for {
+		n := b[1].KeyN()
+		if n <= 1 || n <= s.opts.MaxDeployReports && b[2].KeyN() <= MaxDeployNodes {
+			return nil
+		}
+		if err := s.dropOldest(b, max(n-s.opts.MaxDeployReports, 1)); err != nil {
+			return err
+		}
 	}
+}
+
+// dropOldest drops the n oldest reports.
+func (s *Store) dropOldest(b [4]kv.Bucket, n int) error {
 	type old struct {
 		key []byte
 		id  string
 	}
 	var drop []old
 	err := b[1].ForEach(func(k, v []byte) error {
-		if len(drop) >= excess {
+		if len(drop) >= n {
 			return errStop
 		}
 		var r deployRec
@@ -358,7 +377,7 @@ func (s *Store) boundDeploys(b [4]kv.Bucket) error {
 		if err := b[1].Delete(o.key); err != nil {
 			return err
 		}
-		s.log.Debug("deploy report dropped: the history is full", "id", o.id, "upload.deploy_reports_max", s.opts.MaxDeployReports)
+		s.log.Debug("deploy report dropped: the history is full", "id", o.id, "upload.deploy_reports_max", s.opts.MaxDeployReports, "nodes", b[2].KeyN())
 	}
 	return nil
 }

@@ -489,3 +489,42 @@ func TestDeployReportsReplicas(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployReportsNodesBounded: reports naming ever new nodes (a token
+// filling the fleet view) drop the oldest reports once the kept ones
+// name more than MaxDeployNodes nodes; a summary names at most 20 of its
+// failed nodes and counts them all.
+func TestDeployReportsNodesBounded(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), upload.Options{})
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	perReport := upload.MaxDeployHosts
+	reports := upload.MaxDeployNodes/perReport + 1
+	for r := range reports + 1 {
+		var results []string
+		for i := range perReport {
+			results = append(results, fmt.Sprintf("n%d-%d", r, i), "failed")
+		}
+		id := fmt.Sprintf("d-%d", r)
+		if _, err := putReport(t, s, id, deployReport(id, t0, results...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page, err := s.DeployReports(ctx, 100, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := s.DeployNodes(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) > upload.MaxDeployNodes || len(nodes) != len(page.Reports)*perReport || page.Reports[0].ID != fmt.Sprintf("d-%d", reports) {
+		t.Fatalf("%d nodes, %d reports kept, newest %s", len(nodes), len(page.Reports), page.Reports[0].ID)
+	}
+	if _, err := s.NodeDeploys(ctx, "n0-0", 1); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a node of the dropped report: %v", err)
+	}
+	if sum := page.Reports[0]; len(sum.Failed) != 20 || sum.FailedCount != perReport {
+		t.Errorf("summary names %d failed of %d", len(sum.Failed), sum.FailedCount)
+	}
+}

@@ -528,3 +528,48 @@ func TestDeployReportsNodesBounded(t *testing.T) {
 		t.Errorf("summary names %d failed of %d", len(sum.Failed), sum.FailedCount)
 	}
 }
+
+// BenchmarkPutDeployReport: a 100-host push's report into a history
+// holding the default 1000 (each PUT also drops the oldest), and a page
+// of 20 read back.
+func BenchmarkPutDeployReport(b *testing.B) {
+	ctx := context.Background()
+	s, err := openAt(b, b.TempDir(), upload.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	var results []string
+	for i := range 100 {
+		results = append(results, fmt.Sprintf("host%d", i), "ok")
+	}
+	put := func(i int) {
+		id := fmt.Sprintf("d-%d", i)
+		if _, err := s.PutDeployReport(ctx, id, "deploy", bytes.NewReader(deployReport(id, t0, results...))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := range upload.DefaultMaxDeployReports {
+		put(i)
+	}
+	b.Run("put", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			put(upload.DefaultMaxDeployReports + i)
+		}
+	})
+	b.Run("list20", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := s.DeployReports(ctx, 20, ""); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("fleet", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := s.DeployNodes(ctx, 10); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -85,11 +85,12 @@ func uploadOptions(cfg *config.Config, ls *local.Store, logger *slog.Logger) upl
 		// is off, as for the store).
 		PendingGrace: time.Duration(cfg.Upload.PendingMaxAge),
 		MaxPending:   int64(cfg.Upload.PendingMaxSize),
+		WriterTTL:    time.Duration(cfg.GC.WriterTTL),
+		HardMaxSize:  int64(cfg.GC.HardMaxSize),
+		Limits:       cfg.Limits.Values(),
+		Logger:       logger,
+
 		// The deploy history's bound (each report's is in Limits).
 		MaxDeployReports: cfg.Upload.DeployReportsMax,
-		WriterTTL:        time.Duration(cfg.GC.WriterTTL),
-		HardMaxSize:      int64(cfg.GC.HardMaxSize),
-		Limits:           cfg.Limits.Values(),
-		Logger:           logger,
 	}
 }

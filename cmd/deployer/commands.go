@@ -21,6 +21,7 @@ func commands() []*cli.Command {
 	}}
 	cmds = append(cmds, pushSideCommands()...)
 	cmds = append(cmds, planCmd())
+	cmds = append(cmds, historyCmd())
 	cmds = append(cmds, hostSideCommands()...)
 	cmds = append(cmds, metricsCmd())
 	return cmds

@@ -63,6 +63,7 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 			log.Error("write report", "err", err)
 		}
 	}
+	o.report.send(ctx, env, o.cache, o.tokenFile, o.netrcFile, o.id, rep)
 	printSummary(env.Stderr, rep)
 	return rep.Err()
 }

@@ -40,6 +40,7 @@ type pushOpts struct {
 	canary         string
 	maxUnavailable string
 	maxFailures    optInt
+	report         reportFlags
 
 	// deploy-rs's command-line overrides, applied to every selected node.
 	sshUser        string
@@ -109,6 +110,7 @@ started are reported not-started with the reason, and the exit status is non-zer
 			fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and touch nothing")
 			fs.StringVar(&o.id, "id", "", "deploy id (default: generated)")
 			fs.BoolVar(&o.noPin, "no-pin", false, "do not pin deployed systems in the cache")
+			o.report.register(fs)
 			fs.BoolVar(&o.pinUpstream, "pin-upstream", false, "have a cache with pull-through also keep the upstream paths of pinned systems (so they can be rebuilt from the cache alone)")
 			fs.BoolVar(&o.reboot, "reboot", false, "after --mode boot, or a switch that leaves a reboot required: reboot, one host at a time unless --parallel, and check each comes back with the new system (rolled back if not)")
 			fs.StringVar(&o.sshUser, "ssh-user", "", "override sshUser of every node")

@@ -89,5 +89,8 @@ func uploadOptions(cfg *config.Config, ls *local.Store, logger *slog.Logger) upl
 		HardMaxSize:  int64(cfg.GC.HardMaxSize),
 		Limits:       cfg.Limits.Values(),
 		Logger:       logger,
+
+		// The deploy history's bound (each report's is in Limits).
+		MaxDeployReports: cfg.Upload.DeployReportsMax,
 	}
 }

@@ -137,7 +137,9 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte) (*h
 		}
 	case http.StatusNotFound, http.StatusGone:
 		e.kind = ErrNotFound
-	case http.StatusMethodNotAllowed:
+	case http.StatusMethodNotAllowed, http.StatusNotImplemented:
+		// 501: the cache has the route but not what serves it (a deploy
+		// history without an upload store).
 		e.kind = ErrNoAPI
 	default:
 		e.kind = ErrUnavailable

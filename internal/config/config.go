@@ -164,6 +164,9 @@ type Upload struct {
 	// oldest are dropped first.
 	PendingMaxAge  Duration `toml:"pending_max_age"`
 	PendingMaxSize Size     `toml:"pending_max_size"`
+	// DeployReportsMax is how many deploy reports the history keeps
+	// (the oldest go first), each at most limits.max_deploy_report_size.
+	DeployReportsMax int `toml:"deploy_reports_max"`
 	// S3 and Database put the store's files in a bucket and its index
 	// in PostgreSQL, shared by several replicas (shared.go); Dir then
 	// keeps only local temp files.
@@ -175,6 +178,8 @@ type Upload struct {
 const (
 	DefaultPendingMaxAge  = 24 * time.Hour
 	DefaultPendingMaxSize = 20 << 30
+	// DefaultDeployReportsMax is a year of a few pushes a day.
+	DefaultDeployReportsMax = 1000
 )
 
 // GC is the [gc] table for the upload store.
@@ -234,6 +239,8 @@ type Limits struct {
 	MaxSignatures   int   `toml:"max_signatures"`
 	MaxLogSize      Size  `toml:"max_log_size"`
 	MaxPinsPerToken int   `toml:"max_pins_per_token"`
+	// MaxDeployReportSize bounds one deploy report in the history.
+	MaxDeployReportSize Size `toml:"max_deploy_report_size"`
 }
 
 func defaultLimits() Limits {
@@ -245,6 +252,7 @@ func defaultLimits() Limits {
 		MaxRatio: d.MaxRatio, MaxListingSize: Size(d.MaxListingSize),
 		MaxNarinfoSize: Size(d.MaxNarinfoSize), MaxSignatures: d.MaxSignatures,
 		MaxLogSize: Size(d.MaxLogSize), MaxPinsPerToken: d.MaxPinsPerToken,
+		MaxDeployReportSize: Size(d.MaxDeployReportSize),
 	}
 }
 
@@ -262,6 +270,7 @@ func (l Limits) Values() limits.Limits {
 		MaxRatio: ratio, MaxListingSize: int64(l.MaxListingSize),
 		MaxNarinfoSize: int64(l.MaxNarinfoSize), MaxSignatures: l.MaxSignatures,
 		MaxLogSize: int64(l.MaxLogSize), MaxPinsPerToken: l.MaxPinsPerToken,
+		MaxDeployReportSize: int64(l.MaxDeployReportSize),
 	}
 }
 
@@ -293,6 +302,8 @@ func (l Limits) validate(bad func(key, format string, a ...any) error) error {
 		return bad(limits.KeyLogSize, "must be at least 1K, got %d", l.MaxLogSize)
 	case l.MaxPinsPerToken < 1:
 		return bad(limits.KeyPinsPerToken, "must be at least 1, got %d", l.MaxPinsPerToken)
+	case l.MaxDeployReportSize < 4<<10 || l.MaxDeployReportSize > 64<<20:
+		return bad(limits.KeyDeployReportSize, "must be 4K..64M (the history keeps upload.deploy_reports_max of them in the index), got %d", l.MaxDeployReportSize)
 	}
 	return nil
 }
@@ -318,7 +329,8 @@ func Default() *Config {
 		MemoryLimit:       DefaultMemoryLimit,
 		CompressionCache:  CompressionCache{MaxSize: DefaultCacheMaxSize},
 		Upload: Upload{Prefer: DefaultPrefer,
-			PendingMaxAge: Duration(DefaultPendingMaxAge), PendingMaxSize: DefaultPendingMaxSize},
+			PendingMaxAge: Duration(DefaultPendingMaxAge), PendingMaxSize: DefaultPendingMaxSize,
+			DeployReportsMax: DefaultDeployReportsMax},
 		GC: GC{Remember: Duration(DefaultRemember), WriterTTL: Duration(DefaultWriterTTL)},
 		Timeouts: Timeouts{
 			ReadHeader:    Duration(DefaultReadHeaderTimeout),
@@ -492,6 +504,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Upload.PendingMaxSize < 1<<20 {
 		return bad("upload.pending_max_size", "must be at least 1M, got %d", c.Upload.PendingMaxSize)
+	}
+	if c.Upload.DeployReportsMax < 1 || c.Upload.DeployReportsMax > 1_000_000 {
+		return bad("upload.deploy_reports_max", "must be 1..1000000, got %d", c.Upload.DeployReportsMax)
 	}
 	if err := c.validateUpstreams(bad); err != nil {
 		return err

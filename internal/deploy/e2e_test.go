@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bos55/concordia/internal/cacheapi"
 	"github.com/bos55/concordia/internal/closure"
 	"github.com/bos55/concordia/internal/deploy"
 	"github.com/bos55/concordia/internal/fleettest"
@@ -546,6 +548,22 @@ func testCLI(e *e2e, ha, hb *fleettest.Host) {
 		}
 	}
 
+	if concordia {
+		// The push sent its report to the real cache's history with the
+		// deploy job's token; it reads back as --json wrote it.
+		tok, _ := cacheapi.NetrcPassword(cc.DeployNetrc(), cc.URL())
+		doc, err := (&cacheapi.Client{URL: cc.URL(), Token: tok}).Deploy(context.Background(), rep.ID)
+		var sent, written any
+		json.Unmarshal(doc, &sent)
+		json.Unmarshal(b, &written)
+		if err != nil || !reflect.DeepEqual(sent, written) {
+			t.Fatalf("the cache's history has %s (%v), --json wrote %s", doc, err, b)
+		}
+		code, out, _ := deployer("history", "--cache", cc.URL(), "--netrc-file", cc.DeployNetrc(), "--node", ha.Name)
+		if code != 0 || !strings.Contains(out, "last deployed by "+rep.ID) || !strings.Contains(out, v4) {
+			t.Fatalf("history --node: exit %d %s", code, out)
+		}
+	}
 	if concordia {
 		// Each confirmed host's new system is pinned in the cache, so
 		// its GC never removes a running system. The pin list is an

@@ -27,7 +27,16 @@ func (l Limits) docDefaults() Limits {
 	if l.MaxPinsPerToken == 0 {
 		l.MaxPinsPerToken = d.MaxPinsPerToken
 	}
+	if l.MaxDeployReportSize == 0 {
+		l.MaxDeployReportSize = d.MaxDeployReportSize
+	}
 	return l
+}
+
+// DeployReportTooLarge is the refusal of a deploy report over
+// MaxDeployReportSize bytes (413).
+func (l Limits) DeployReportTooLarge(err error) error {
+	return &Error{Key: KeyDeployReportSize, Max: l.MaxDeployReportSize, Size: true, Err: err}
 }
 
 // NarinfoTooLarge is the refusal of an uploaded narinfo over

@@ -36,6 +36,10 @@ type Limits struct {
 	MaxSignatures   int   // Sig lines of one narinfo
 	MaxLogSize      int64 // decompressed bytes of one build log
 	MaxPinsPerToken int   // pins one token name (not an admin) may hold
+	// MaxDeployReportSize bounds one deploy report a deployer sends
+	// (store.DeployReports): the history keeps upload.deploy_reports_max
+	// of them, so this times that is what the history may cost.
+	MaxDeployReportSize int64
 }
 
 // The defaults; internal/config/example.toml says why each.
@@ -54,6 +58,9 @@ const (
 	DefaultMaxSignatures   = 16
 	DefaultMaxLogSize      = 64 << 20
 	DefaultMaxPinsPerToken = 1000
+	// A push's report is about 1 KiB per host: 1 MiB holds a fleet of
+	// several hundred hosts.
+	DefaultMaxDeployReportSize = 1 << 20
 )
 
 // Config keys of the bounds, as errors name them.
@@ -72,6 +79,8 @@ const (
 	KeySignatures   = "limits.max_signatures"
 	KeyLogSize      = "limits.max_log_size"
 	KeyPinsPerToken = "limits.max_pins_per_token"
+
+	KeyDeployReportSize = "limits.max_deploy_report_size"
 )
 
 // Default returns the default bounds.
@@ -91,6 +100,8 @@ func Default() Limits {
 		MaxSignatures:   DefaultMaxSignatures,
 		MaxLogSize:      DefaultMaxLogSize,
 		MaxPinsPerToken: DefaultMaxPinsPerToken,
+
+		MaxDeployReportSize: DefaultMaxDeployReportSize,
 	}
 }
 

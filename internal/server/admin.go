@@ -65,6 +65,7 @@ func (h *putHandler) adminRoutes(r *mux.Router) {
 	if len(missing) > 0 {
 		h.s.log.Warn("the upload store cannot do everything the admin API offers: those routes are not served", "missing", missing)
 	}
+	h.s.deployRoutes(r, h)
 }
 
 // forgetNarinfo stops answering from the narinfo cache for a store path

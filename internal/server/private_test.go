@@ -154,6 +154,13 @@ func newPrivateCache(t *testing.T, withUploads bool) *privateCache {
 		pc.urls["upload-nar"] = []string{"/nar/" + p.fileName}
 		pc.urls["debuginfo"] = []string{"/debuginfo/" + id, "/debuginfo/" + id + ".debug"}
 		pc.urls["narinfo"] = append(pc.urls["narinfo"], "/"+p.hash+".narinfo")
+		rep := `{"id":"d-1","start":"2026-12-01T10:00:00Z","hosts":[{"node":"web1","result":"ok"}],"failed":[]}`
+		if _, err := up.PutDeployReport(ctx, "d-1", "deploy", strings.NewReader(rep)); err != nil {
+			t.Fatal(err)
+		}
+		pc.urls["deploys"] = []string{"/api/deploys", "/api/deploys?node=web1"}
+		pc.urls["deploy"] = []string{"/api/deploys/d-1"}
+		pc.urls["fleet-history"] = []string{"/api/fleet"}
 	}
 	return pc
 }
@@ -164,10 +171,13 @@ var (
 	writeRoutes = []string{"put-cache-info", "put-nar", "put-narinfo", "put-ls", "put-log", "put-realisation", "put-build-trace", "put-debuginfo"}
 	pinRoutes   = []string{"pin", "unpin"}
 	adminRoutes = []string{"pins", "gc", "verify", "forget"}
+	// The deploy history: PUT with pin or write; its reads are read
+	// routes (above, with uploads) or 501 without (deploys_test.go).
+	historyRoutes = []string{"put-deploy", "deploys", "deploy", "fleet-history"}
 )
 
 func classified(name string) bool {
-	for _, set := range [][]string{openRoutes, writeRoutes, pinRoutes, adminRoutes} {
+	for _, set := range [][]string{openRoutes, writeRoutes, pinRoutes, adminRoutes, historyRoutes} {
 		if slices.Contains(set, name) {
 			return true
 		}

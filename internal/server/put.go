@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -135,13 +136,23 @@ func callerOf(r *http.Request) caller {
 // client without the permission cannot hold a connection or a goroutine
 // by sending its body slowly.
 func (h *putHandler) guard(need auth.Perm, f func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
+	return h.guardAny(f, need)
+}
+
+// guardAny is guard for requests whose token has any one of needs.
+func (h *putHandler) guardAny(f func(w http.ResponseWriter, r *http.Request) error, needs ...auth.Perm) http.HandlerFunc {
+	var words []string
+	for _, n := range needs {
+		words = append(words, n.String())
+	}
+	want := strings.Join(words, " or ")
 	return func(w http.ResponseWriter, r *http.Request) {
 		var c caller
 		err := auth.ErrNoCredentials
 		if h.tokens != nil {
 			c.name, c.perm, err = h.tokens.Authenticate(r)
-			if err == nil && !c.perm.Has(need) {
-				err = fmt.Errorf("%w: %q has %s, needs %s", auth.ErrForbidden, c.name, c.perm, need)
+			if err == nil && !slices.ContainsFunc(needs, c.perm.Has) {
+				err = fmt.Errorf("%w: %q has %s, needs %s", auth.ErrForbidden, c.name, c.perm, want)
 			}
 		}
 		if err != nil {

@@ -402,6 +402,8 @@ func (s *Server) routes() *mux.Router {
 	r.MatcherFunc(s.matchNAR).Methods(get...).HandlerFunc(s.handleNAR).Name("nar")
 	if s.upload != nil {
 		s.putRoutes(r)
+	} else {
+		s.deployRoutes(r, nil) // 501: no history without an upload store
 	}
 	r.NotFoundHandler = http.HandlerFunc(s.handleNotFound)
 	r.MethodNotAllowedHandler = http.HandlerFunc(s.handleMethodNotAllowed)

@@ -150,6 +150,7 @@ func TestSlowUnauthenticatedPuts(t *testing.T) {
 		"gc":              {{"POST", "/api/gc"}},
 		"verify":          {{"POST", "/api/verify"}},
 		"forget":          {{"DELETE", "/api/tombstones/" + p.hash}},
+		"put-deploy":      {{"PUT", "/api/deploys/d-slow"}},
 	}
 	var routes []struct{ method, path string }
 	for _, rt := range server.Routes(e.srv) {

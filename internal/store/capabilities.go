@@ -287,3 +287,88 @@ type Forgetter interface {
 	// is none; ErrConflict when the store serves the path.
 	Forget(ctx context.Context, pathOrHash string) (forgotten string, err error)
 }
+
+// DeployReports is the capability of keeping the fleet's deploy history:
+// the JSON report of every `deployer push` (and later reboots), sent by
+// the deployer when it is given the cache, so an operator sees what was
+// deployed where without the CI job's logs. The history is bounded: past
+// its count the oldest report goes, with its hosts' entries. A report is
+// untrusted input and is stored only when it has the shape of a report
+// (an id, a start time, hosts with a node and a result, failed nodes
+// among them); fields beyond that shape are kept as sent, so a newer
+// deployer's report is stored whole. Reports are write-once: the same id
+// again is accepted only with the same bytes (a retry), ErrConflict
+// otherwise, so nobody rewrites what happened.
+type DeployReports interface {
+	// PutDeployReport stores the report id from body, recording which
+	// token (sender) sent it. created is false when the same bytes were
+	// stored already (nothing changed).
+	PutDeployReport(ctx context.Context, id, sender string, body io.Reader) (created bool, err error)
+	// DeployReport is the report id as it was sent; ErrNotFound when
+	// there is none (never stored, or dropped as the oldest).
+	DeployReport(ctx context.Context, id string) ([]byte, error)
+	// DeployReports lists at most limit reports, newest stored first,
+	// starting after the cursor before ("" for the newest); the page's
+	// Next continues it.
+	DeployReports(ctx context.Context, limit int, before string) (*DeployPage, error)
+	// NodeDeploys is the last results of one node (at most limit,
+	// newest first): ErrNotFound when no kept report names it.
+	NodeDeploys(ctx context.Context, node string, limit int) (*NodeHistory, error)
+	// DeployNodes is every node a kept report names, sorted by name,
+	// each with at most limit of its last results.
+	DeployNodes(ctx context.Context, limit int) ([]NodeHistory, error)
+}
+
+// DeploySummary is what a list of deploy reports says of each.
+type DeploySummary struct {
+	ID string `json:"id"`
+	// Kind is what the report is of: "push" unless it says otherwise
+	// (its "kind" field, e.g. "reboot").
+	Kind  string    `json:"kind"`
+	Mode  string    `json:"mode,omitempty"`
+	Start time.Time `json:"start"`
+	// Millis is how long it took, as the report says.
+	Millis float64 `json:"ms"`
+	// Stored is when the cache took it, Sender the token that sent it.
+	Stored time.Time `json:"stored"`
+	Sender string    `json:"sender,omitempty"`
+	Hosts  int       `json:"hosts"`
+	// Failed are the first 20 nodes the report lists as failed, of
+	// FailedCount.
+	Failed      []string `json:"failed"`
+	FailedCount int      `json:"failedCount"`
+	Size        int      `json:"size"`
+}
+
+// DeployPage is one page of DeployReports.
+type DeployPage struct {
+	Reports []DeploySummary `json:"reports"`
+	// Next is the cursor of the next (older) page, "" after the last.
+	Next string `json:"next,omitempty"`
+}
+
+// NodeDeploy is one node's part of one report.
+type NodeDeploy struct {
+	Node     string    `json:"node"`
+	Deploy   string    `json:"deploy"` // the report's id
+	Kind     string    `json:"kind"`
+	Hostname string    `json:"hostname,omitempty"`
+	Path     string    `json:"path,omitempty"` // the system deployed
+	Mode     string    `json:"mode,omitempty"`
+	Result   string    `json:"result"`
+	Error    string    `json:"error,omitempty"` // its first 256 bytes
+	Start    time.Time `json:"start"`
+	Millis   float64   `json:"ms"`
+	// RebootRequired is what the deploy found on the host.
+	RebootRequired bool `json:"rebootRequired,omitempty"`
+}
+
+// NodeHistory is a node's last results in the kept reports.
+type NodeHistory struct {
+	Node string       `json:"node"`
+	Last []NodeDeploy `json:"last"` // newest first
+	// LastOK is the newest result "ok" in the kept reports, which may be
+	// older than every one in Last: the system the deployer last put on
+	// the node and by which deploy. Nil when there is none.
+	LastOK *NodeDeploy `json:"lastOK,omitempty"`
+}

@@ -100,6 +100,10 @@ type Options struct {
 	// Limits bound what an uploaded NAR may cost to verify, and which
 	// stored NARs read paths decode (zero value: limits.Default()).
 	Limits limits.Limits
+	// MaxDeployReports bounds the deploy history (deploys.go): past it
+	// the oldest report goes (upload.deploy_reports_max; 0:
+	// DefaultMaxDeployReports).
+	MaxDeployReports int
 	// RedirectTTL, when positive and the files are in a store that
 	// presigns (S3), makes NAR downloads redirects to presigned URLs
 	// valid that long (upload.s3.redirect), instead of streams through
@@ -284,6 +288,9 @@ func OpenBackend(ctx context.Context, be Backend, opts Options) (*Store, error) 
 		opts.Now = time.Now
 	}
 	opts.Limits = opts.Limits.OrDefault()
+	if opts.MaxDeployReports <= 0 {
+		opts.MaxDeployReports = DefaultMaxDeployReports
+	}
 	s := &Store{
 		dir:        dir,
 		blobs:      be.Blobs,

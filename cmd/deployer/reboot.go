@@ -19,6 +19,10 @@ type rebootOpts struct {
 	timeout        time.Duration
 	jsonFile       string
 	id             string
+	cache          string
+	tokenFile      string
+	netrcFile      string
+	report         reportFlags
 }
 
 func rebootCmd() *cli.Command {
@@ -36,7 +40,8 @@ is reported failed.
 
 One host at a time by default; --max-unavailable N reboots up to N at once, --all-at-once every
 selected node together. --when-required reboots only hosts whose status says a reboot is pending
-(a new kernel, initrd or modules in the boot default).`,
+(a new kernel, initrd or modules in the boot default). With --cache the report goes to the
+cache's deploy history, as push's does.`,
 		Flags: func(fs *flag.FlagSet) {
 			o.fleet.register(fs)
 			fs.BoolVar(&o.whenRequired, "when-required", false, "reboot only hosts whose status says a reboot is pending")
@@ -45,6 +50,10 @@ selected node together. --when-required reboots only hosts whose status says a r
 			fs.DurationVar(&o.timeout, "reboot-timeout", deploy.DefaultRebootTimeout, "how long a host has to come back")
 			fs.StringVar(&o.jsonFile, "json", "", "write a machine-readable report to this file")
 			fs.StringVar(&o.id, "id", "", "id recorded on the hosts (default: generated)")
+			fs.StringVar(&o.cache, "cache", "", "binary cache whose deploy history gets the report (optional)")
+			fs.StringVar(&o.tokenFile, "cache-token-file", "", "file with the cache token (pin or write) the report is sent with")
+			fs.StringVar(&o.netrcFile, "netrc-file", "", "netrc whose password for the cache's host is the cache token")
+			o.report.register(fs)
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			return runReboot(ctx, env, o, args)
@@ -116,6 +125,7 @@ func runReboot(ctx context.Context, env *cli.Env, o rebootOpts, args []string) e
 			opts.Logger.Error("write report", "err", err)
 		}
 	}
+	o.report.send(ctx, env, o.cache, o.tokenFile, o.netrcFile, o.id, rep)
 	printSummary(env.Stderr, rep)
 	return rep.Err()
 }

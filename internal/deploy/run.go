@@ -145,7 +145,9 @@ type HostReport struct {
 
 // Report is the outcome of a push, written by --json.
 type Report struct {
-	ID       string        `json:"id"`
+	ID string `json:"id"`
+	// Kind is KindPush or KindReboot (deployer reboot: no new system).
+	Kind     string        `json:"kind"`
 	Mode     hostverb.Mode `json:"mode"`
 	Start    time.Time     `json:"start"`
 	Duration time.Duration `json:"-"`
@@ -156,6 +158,13 @@ type Report struct {
 	// Rollout is the order and the limits used.
 	Rollout *Rollout `json:"rollout,omitempty"`
 }
+
+// Report kinds: what the deploy history tells apart (a reboot puts no new
+// system on a host).
+const (
+	KindPush   = "push"
+	KindReboot = "reboot"
+)
 
 // ErrDeploy is returned (wrapped, naming the hosts) when any host did not
 // end OK.
@@ -201,7 +210,11 @@ func Run(ctx context.Context, nodes []Node, o Options) *Report {
 		o.Progress = nopProgress{}
 	}
 	p := planRollout(nodes, o)
-	rep := &Report{ID: o.ID, Mode: o.Mode, Start: time.Now(), Hosts: make([]HostReport, len(nodes)), Failed: []string{}, Rollout: &p.info}
+	kind := KindPush
+	if o.RebootOnly {
+		kind = KindReboot
+	}
+	rep := &Report{ID: o.ID, Kind: kind, Mode: o.Mode, Start: time.Now(), Hosts: make([]HostReport, len(nodes)), Failed: []string{}, Rollout: &p.info}
 	s := &scheduler{sem: make(chan struct{}, p.info.MaxUnavailable), maxFailures: p.info.MaxFailures}
 	s.notStarted = func(i int, why string) {
 		n := nodes[i]

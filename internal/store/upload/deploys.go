@@ -317,7 +317,7 @@ func addNodeResult(nodes kv.Bucket, e store.NodeDeploy) error {
 	if len(r.Last) > MaxNodeResults {
 		r.Last = r.Last[:MaxNodeResults]
 	}
-	if e.Result == "ok" {
+	if e.Result == "ok" && e.Kind != "reboot" { // a reboot put no new system there
 		r.LastOK = &e
 	}
 	return putJSON(nodes, []byte(e.Node), r)

@@ -573,3 +573,32 @@ func BenchmarkPutDeployReport(b *testing.B) {
 		}
 	})
 }
+
+// TestDeployReportRebootKeepsLastOK: a reboot report that ended ok is in
+// the node's results, but the deploy that put its system there is still
+// the last ok push (a reboot installs nothing).
+func TestDeployReportRebootKeepsLastOK(t *testing.T) {
+	s, err := openAt(t, t.TempDir(), upload.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	t0 := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	if _, err := putReport(t, s, "d-1", deployReport("d-1", t0, "web1", "ok")); err != nil {
+		t.Fatal(err)
+	}
+	var reboot map[string]any
+	json.Unmarshal(deployReport("reboot-1", t0.Add(time.Hour), "web1", "ok"), &reboot)
+	reboot["kind"] = "reboot"
+	body, _ := json.Marshal(reboot)
+	if _, err := putReport(t, s, "reboot-1", body); err != nil {
+		t.Fatal(err)
+	}
+	web, err := s.NodeDeploys(context.Background(), "web1", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(web.Last) != 2 || web.Last[0].Deploy != "reboot-1" || web.Last[0].Kind != "reboot" || web.LastOK == nil || web.LastOK.Deploy != "d-1" {
+		t.Fatalf("web1: last %+v, last ok %+v", web.Last, web.LastOK)
+	}
+}

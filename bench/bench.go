@@ -85,8 +85,9 @@ func (b *bench) all(ctx context.Context) error {
 	}
 	b.pubKey = strings.TrimSpace(string(pub))
 
-	// The pull group makes its own workload; the others share these.
-	if b.o.only != "pull" {
+	// The pull and deploy groups make their own workloads; the others
+	// share these.
+	if b.o.only != "pull" && b.o.only != "deploy" {
 		if err := b.sharedWorkloads(ctx); err != nil {
 			return err
 		}

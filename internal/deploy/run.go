@@ -200,6 +200,9 @@ func Run(ctx context.Context, nodes []Node, o Options) *Report {
 	if o.Progress == nil {
 		o.Progress = nopProgress{}
 	}
+	if o.Pins != nil {
+		o.Pins = newPushPins(o.Pins, nodes)
+	}
 	p := planRollout(nodes, o)
 	rep := &Report{ID: o.ID, Mode: o.Mode, Start: time.Now(), Hosts: make([]HostReport, len(nodes)), Failed: []string{}, Rollout: &p.info}
 	s := &scheduler{sem: make(chan struct{}, p.info.MaxUnavailable), maxFailures: p.info.MaxFailures}

@@ -82,6 +82,8 @@ type scaleResult struct {
 	wall                 time.Duration
 	selfCPU, childCPU    float64 // seconds: the deployer alone, its waited-for children (ssh)
 	peakRSS, totalMaxRSS int64   // KiB: the deployer's VmHWM, wait4's maxrss (it or a child)
+	masterCPU            float64 // seconds: the ssh masters (ControlPersist forks them off: no one's children)
+	hostCPU              float64 // seconds: the hosts' daemons and what they reaped
 	machineCPU           float64 // seconds of busy CPU on the whole machine meanwhile
 }
 
@@ -98,8 +100,8 @@ func (e *e2e) scalePush(o scaleOpts, round int, hosts []*fleettest.Host) {
 	for _, h := range hosts {
 		nodes[h.Name] = map[string]any{"hostname": h.Name, "profiles": map[string]any{"system": map[string]any{"path": sys}}}
 	}
-	doc, _ := json.Marshal(map[string]any{"sshOpts": []string{"-F", e.f.SSHConfig}, "confirmTimeout": 120,
-		"activationTimeout": 120 + int(o.sleep.Seconds()), "nodes": nodes})
+	doc, _ := json.Marshal(map[string]any{"sshOpts": []string{"-F", e.f.SSHConfig}, "confirmTimeout": 900,
+		"activationTimeout": 900 + int(o.sleep.Seconds()), "nodes": nodes})
 	nodesFile, report := filepath.Join(dir, "nodes.json"), filepath.Join(dir, "report.json")
 	if err := os.WriteFile(nodesFile, doc, 0o600); err != nil {
 		t.Fatal(err)
@@ -113,14 +115,16 @@ func (e *e2e) scalePush(o scaleOpts, round int, hosts []*fleettest.Host) {
 	for i, h := range hosts {
 		before[i] = logins(h)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	host0 := hostsCPU(hosts)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	out := filepath.Join(dir, "deployer.log")
-	res, err := measure(ctx, out, e.f.Deployer, args...)
+	res, err := measure(ctx, out, filepath.Join(dir, "tmp"), e.f.Deployer, args...)
 	if err != nil {
 		b, _ := os.ReadFile(out)
 		t.Fatalf("deployer push to %d hosts: %v\n%s", n, err, lastN(string(b), 40))
 	}
+	res.hostCPU = hostsCPU(hosts) - host0
 	conns := 0
 	for i, h := range hosts {
 		conns += logins(h) - before[i]
@@ -134,8 +138,8 @@ func (e *e2e) scalePush(o scaleOpts, round int, hosts []*fleettest.Host) {
 			t.Fatalf("%s runs %s after the push, want %s", h.Name, got, sys)
 		}
 	}
-	t.Logf("scale: hosts=%d run=%d wall_s=%.3f self_cpu_s=%.3f child_cpu_s=%.3f peak_rss_kib=%d maxrss_kib=%d machine_cpu_s=%.2f logins_per_host=%.2f steps=%s",
-		n, round, res.wall.Seconds(), res.selfCPU, res.childCPU, res.peakRSS, res.totalMaxRSS, res.machineCPU,
+	t.Logf("scale: hosts=%d run=%d wall_s=%.3f self_cpu_s=%.3f child_cpu_s=%.3f master_cpu_s=%.3f peak_rss_kib=%d maxrss_kib=%d host_cpu_s=%.2f machine_cpu_s=%.2f logins_per_host=%.2f steps=%s",
+		n, round, res.wall.Seconds(), res.selfCPU, res.childCPU, res.masterCPU, res.peakRSS, res.totalMaxRSS, res.hostCPU, res.machineCPU,
 		float64(conns)/float64(n), stepMedians(&rep))
 }
 
@@ -177,6 +181,31 @@ func logins(h *fleettest.Host) int {
 	return n
 }
 
+// hostsCPU is the CPU time (seconds) of hosts' long-running processes,
+// sshd, nix-daemon and the agent's socket, with the children they reaped:
+// ssh sessions (the gate and the host verbs), the daemon's workers, the
+// agents. A lower bound of the hosts' side: a detached activation is
+// reaped by no one of them.
+func hostsCPU(hosts []*fleettest.Host) float64 {
+	var sum float64
+	for _, h := range hosts {
+		for _, p := range []string{"run/sshd.pid", "run/fleettest/nix-daemon.pid", "run/fleettest/agent.pid"} {
+			b, err := os.ReadFile(filepath.Join(h.Dir, p))
+			if err != nil {
+				continue
+			}
+			pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				continue
+			}
+			if self, children, err := procCPU(pid); err == nil {
+				sum += self + children
+			}
+		}
+	}
+	return sum
+}
+
 // stepMedians is "name:ms,..." in step order, the median over hosts.
 func stepMedians(r *deploy.Report) string {
 	by := map[string][]float64{}
@@ -204,15 +233,21 @@ func stepMedians(r *deploy.Report) string {
 // alone would add the children it waited for (every ssh it ran). Its own
 // peak RSS is its VmHWM, read every 10ms while it runs (a zombie has no
 // memory to show); wait4's maxrss is the larger of it and any child's.
-func measure(ctx context.Context, out, bin string, args ...string) (scaleResult, error) {
+func measure(ctx context.Context, out, tmp, bin string, args ...string) (scaleResult, error) {
 	var res scaleResult
 	f, err := os.Create(out)
 	if err != nil {
 		return res, err
 	}
 	defer f.Close()
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return res, err
+	}
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	// The ssh control directory goes under tmp, which the masters' titles
+	// then name.
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 	busy0 := machineBusy()
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -221,6 +256,7 @@ func measure(ctx context.Context, out, bin string, args ...string) (scaleResult,
 	pid := cmd.Process.Pid
 	stop := make(chan struct{})
 	hwm := make(chan int64, 1)
+	masters := make(chan float64, 1)
 	go func() {
 		var peak int64
 		tick := time.NewTicker(10 * time.Millisecond)
@@ -237,6 +273,7 @@ func measure(ctx context.Context, out, bin string, args ...string) (scaleResult,
 			}
 		}
 	}()
+	go func() { masters <- watchMasters(stop, pid, tmp+"/") }()
 	var info unix.Siginfo
 	for {
 		err = unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
@@ -247,6 +284,7 @@ func measure(ctx context.Context, out, bin string, args ...string) (scaleResult,
 	res.wall = time.Since(start)
 	close(stop)
 	res.peakRSS = <-hwm
+	res.masterCPU = <-masters
 	if err != nil {
 		cmd.Wait()
 		return res, fmt.Errorf("waitid: %w", err)
@@ -302,6 +340,69 @@ func procCPU(pid int) (self, children float64, err error) {
 		v[k] = float64(n) / clockTick
 	}
 	return v[0] + v[1], v[2] + v[3], nil
+}
+
+// watchMasters sums, until stop, the CPU of the ssh masters: ssh
+// processes whose command line holds mark (a master's title names its
+// control socket) and whose parent is not the deployer (those are the
+// sessions, its children).
+// Masters are forked off by the first ssh of each host and live until the
+// deployer closes them, reparented away from it, so no rusage counts
+// them; their last reading before they go (every 100ms) is taken as
+// their total.
+func watchMasters(stop <-chan struct{}, deployer int, mark string) float64 {
+	last := map[int]float64{}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if _, seen := last[pid]; !seen {
+				comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+				if string(bytes.TrimSpace(comm)) != "ssh" {
+					continue
+				}
+				cl, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				if !bytes.Contains(cl, []byte(mark)) || parent(pid) == deployer {
+					continue
+				}
+			}
+			if self, children, err := procCPU(pid); err == nil {
+				last[pid] = self + children
+			}
+		}
+		select {
+		case <-stop:
+			var sum float64
+			for _, v := range last {
+				sum += v
+			}
+			return sum
+		case <-tick.C:
+		}
+	}
+}
+
+// parent is pid's parent pid (0 if unknown).
+func parent(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	fs := strings.Fields(string(b[i+1:]))
+	if len(fs) < 2 {
+		return 0
+	}
+	p, _ := strconv.Atoi(fs[1])
+	return p
 }
 
 // vmHWM is pid's peak RSS in KiB (0 once it is gone or a zombie).

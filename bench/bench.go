@@ -68,6 +68,10 @@ func (b *bench) all(ctx context.Context) error {
 		}
 	}
 	b.rep.machine(ctx)
+	if b.o.only == "deploy" {
+		// The fleet builds its own cache and deployer.
+		return b.benchDeploy(ctx)
+	}
 
 	b.cacheBin = filepath.Join(b.work, "cache")
 	if _, err := b.runCmd(ctx, nil, "go", "build", "-o", b.cacheBin, "./cmd/cache"); err != nil {

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -43,7 +46,20 @@ func (b *bench) benchDeploy(ctx context.Context) error {
 	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^TestE2EScale$", "-v", "-timeout", "60m", "./internal/deploy")
 	cmd.Env = append(b.nixEnv(), "CONCORDIA_E2E_SCALE="+strconv.Itoa(n), "CONCORDIA_E2E_SCALE_RUNS="+strconv.Itoa(runs),
 		"CONCORDIA_E2E_SCALE_SLEEP="+sleep.String())
-	out, err := cmd.CombinedOutput()
+	// The test's output also goes to a file as it comes: a full run takes
+	// a while, and its figures are worth reading before it ends.
+	logPath := filepath.Join(b.work, "deploy-scale.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	var buf bytes.Buffer
+	cmd.Stdout = io.MultiWriter(&buf, logf)
+	cmd.Stderr = cmd.Stdout
+	b.log.Info("deploy scale test", "hosts", n, "rounds", runs, "sleep", sleep, "log", logPath)
+	err = cmd.Run()
+	out := buf.Bytes()
 	if err != nil {
 		return fmt.Errorf("deploy scale test: %w: %s", err, lastLines(string(out), 10))
 	}
@@ -62,6 +78,8 @@ func (b *bench) benchDeploy(ctx context.Context) error {
 		b.rep.add("deploy", sys, "deployer peak RSS MiB", float64(p.peakRSS)/1024)
 		b.rep.add("deploy", sys, "deployer peak RSS MiB per host", float64(p.peakRSS)/1024/h)
 		b.rep.add("deploy", sys, "ssh children CPU ms per host", 1000*p.childCPU/h)
+		b.rep.add("deploy", sys, "ssh masters CPU ms per host", 1000*p.masterCPU/h)
+		b.rep.add("deploy", sys, "push side CPU ms per host (deployer, ssh, masters)", 1000*(p.selfCPU+p.childCPU+p.masterCPU)/h)
 		b.rep.add("deploy", sys, "hosts' daemons CPU ms per host", 1000*p.hostCPU/h)
 		b.rep.add("deploy", sys, "machine CPU seconds during the push", p.machineCPU)
 		b.rep.add("deploy", sys, "ssh logins per host", p.logins)
@@ -88,16 +106,16 @@ func (b *bench) benchDeploy(ctx context.Context) error {
 		)
 	}
 	b.rep.loads = append(b.rep.loads, fmt.Sprintf("deploy: %d simulated hosts on this machine, %d round(s) of pushes to 1, 10 and %d hosts interleaved; each push a fresh one-path system whose switch-to-configuration sleeps %s, substituted onto the hosts before the push (the fetch verb then finds it valid); --parallel = the hosts, pins on, the confirm over a fresh login", n, runs, n, sleep))
-	b.rep.note("deploy: the deployer is the real binary, a process of its own. Its CPU is its own (utime+stime of its /proc stat, read once it has exited, before it is reaped; clock ticks of 10 ms), without the ssh processes it ran, whose CPU (wait4's total less its own) is the ssh children row. Its peak RSS is its VmHWM, read every 10 ms while it runs. Logins are the \"Accepted publickey\" lines the hosts' sshd logged during the push. The hosts' daemons row is the CPU of the hosts' sshd, nix-daemon and agent socket with the processes they reaped (sessions, gate, host verbs, daemon workers), a lower bound of the hosts' side: the detached activation is not among them. The machine row is the whole machine's busy CPU meanwhile (other work on a shared machine included).")
+	b.rep.note("deploy: the deployer is the real binary, a process of its own. Its CPU is its own (utime+stime of its /proc stat, read once it has exited, before it is reaped; clock ticks of 10 ms), without the ssh processes it ran, whose CPU (wait4's total less its own) is the ssh children row; the ssh masters (forked off by ControlPersist, so no one's children) are read from /proc every 100 ms. Its peak RSS is its VmHWM, read every 10 ms while it runs. Logins are the \"Accepted publickey\" lines the hosts' sshd logged during the push. The hosts' daemons row is the CPU of the hosts' sshd, nix-daemon and agent socket with the processes they reaped (sessions, gate, host verbs, daemon workers), a lower bound of the hosts' side: the detached activation is not among them. The machine row is the whole machine's busy CPU meanwhile (other work on a shared machine included).")
 	return nil
 }
 
 // scalePush is one "scale:" line of the test.
 type scalePush struct {
-	hosts                                                int
-	wall, selfCPU, childCPU, hostCPU, machineCPU, logins float64
-	peakRSS                                              int64
-	steps                                                []step
+	hosts                                                           int
+	wall, selfCPU, childCPU, masterCPU, hostCPU, machineCPU, logins float64
+	peakRSS                                                         int64
+	steps                                                           []step
 }
 
 type step struct {
@@ -120,7 +138,7 @@ func parseScale(out string) ([]scalePush, error) {
 			}
 		}
 		num := func(k string) float64 { v, _ := strconv.ParseFloat(kv[k], 64); return v }
-		p := scalePush{wall: num("wall_s"), selfCPU: num("self_cpu_s"), childCPU: num("child_cpu_s"), hostCPU: num("host_cpu_s"),
+		p := scalePush{wall: num("wall_s"), selfCPU: num("self_cpu_s"), childCPU: num("child_cpu_s"), masterCPU: num("master_cpu_s"), hostCPU: num("host_cpu_s"),
 			machineCPU: num("machine_cpu_s"), logins: num("logins_per_host"), peakRSS: int64(num("peak_rss_kib"))}
 		p.hosts, _ = strconv.Atoi(kv["hosts"])
 		if p.hosts <= 0 || p.wall <= 0 {

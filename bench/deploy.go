@@ -44,7 +44,10 @@ func (b *bench) benchDeploy(ctx context.Context) error {
 	}
 	n, runs, sleep := b.deployScale()
 	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^TestE2EScale$", "-v", "-timeout", "60m", "./internal/deploy")
-	cmd.Env = append(b.nixEnv(), "CONCORDIA_E2E_SCALE="+strconv.Itoa(n), "CONCORDIA_E2E_SCALE_RUNS="+strconv.Itoa(runs),
+	// The caller's environment, Go's caches included (a fresh HOME would
+	// mean a fresh module and build cache: minutes of compiling). The
+	// fleet gives its own nix commands their own HOME.
+	cmd.Env = append(os.Environ(), "CONCORDIA_E2E_SCALE="+strconv.Itoa(n), "CONCORDIA_E2E_SCALE_RUNS="+strconv.Itoa(runs),
 		"CONCORDIA_E2E_SCALE_SLEEP="+sleep.String())
 	// The test's output also goes to a file as it comes: a full run takes
 	// a while, and its figures are worth reading before it ends.

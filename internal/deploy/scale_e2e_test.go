@@ -119,7 +119,14 @@ func (e *e2e) scalePush(o scaleOpts, round int, hosts []*fleettest.Host) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	out := filepath.Join(dir, "deployer.log")
-	res, err := measure(ctx, out, filepath.Join(dir, "tmp"), e.f.Deployer, args...)
+	// Short: the deployer's ssh control sockets go under it, and a unix
+	// socket's path must fit in 108 bytes.
+	tmp, err := os.MkdirTemp("/tmp", "cs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	res, err := measure(ctx, out, tmp, e.f.Deployer, args...)
 	if err != nil {
 		b, _ := os.ReadFile(out)
 		t.Fatalf("deployer push to %d hosts: %v\n%s", n, err, lastN(string(b), 40))
@@ -240,9 +247,6 @@ func measure(ctx context.Context, out, tmp, bin string, args ...string) (scaleRe
 		return res, err
 	}
 	defer f.Close()
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
-		return res, err
-	}
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// The ssh control directory goes under tmp, which the masters' titles

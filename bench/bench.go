@@ -68,6 +68,10 @@ func (b *bench) all(ctx context.Context) error {
 		}
 	}
 	b.rep.machine(ctx)
+	if b.o.only == "deploy" {
+		// The fleet builds its own cache and deployer.
+		return b.benchDeploy(ctx)
+	}
 
 	b.cacheBin = filepath.Join(b.work, "cache")
 	if _, err := b.runCmd(ctx, nil, "go", "build", "-o", b.cacheBin, "./cmd/cache"); err != nil {
@@ -85,8 +89,9 @@ func (b *bench) all(ctx context.Context) error {
 	}
 	b.pubKey = strings.TrimSpace(string(pub))
 
-	// The pull group makes its own workload; the others share these.
-	if b.o.only != "pull" {
+	// The pull and deploy groups make their own workloads; the others
+	// share these.
+	if b.o.only != "pull" && b.o.only != "deploy" {
 		if err := b.sharedWorkloads(ctx); err != nil {
 			return err
 		}

@@ -101,7 +101,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	// The groups with a results file of their own write it when run alone.
 	name := "report.md"
-	if o.only == "pull" || o.only == "shared" {
+	if o.only == "pull" || o.only == "shared" || o.only == "deploy" {
 		name = o.only + "-report.md"
 	}
 	b := &bench{o: o, log: log, work: work, procs: procs, rep: newReport()}

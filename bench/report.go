@@ -32,11 +32,14 @@ type comparison struct {
 }
 
 type report struct {
-	order   []string
-	series  map[string]*series
-	notes   []string
-	mach    []string
-	loads   []string
+	order  []string
+	series map[string]*series
+	notes  []string
+	mach   []string
+	loads  []string
+	// targets are rows a group adds at run time (its figures' names
+	// depend on the run, e.g. the deploy group's fleet size).
+	targets []comparison
 	started time.Time
 }
 
@@ -140,7 +143,6 @@ var comparisons = []comparison{
 	{"upload", "seconds, closure", "concordia (nix copy --to http)", "nix copy --to file://", true, 1.2, "upload time vs nix copy --to file://"},
 	{"upload", "seconds, closure", "concordia (nix copy --to http)", "nix copy --to a sink (Nix client floor)", true, 0, "upload time vs a do-nothing HTTP sink (server's own share)"},
 	{"upload", "seconds, closure", "nix copy --to a sink (Nix client floor)", "nix copy --to file://", true, 0, "do-nothing HTTP sink vs file:// (Nix's HTTP client cost)"},
-	{"deploy", "seconds, deploy", "deployer push, 20 hosts --parallel 20", "deployer push, 1 host", true, 1.5, "deploy to 20 hosts vs 1 host (time ratio)"},
 	{"pull", "seconds, NAR fetch, 1 stream", "concordia cold (pulled through)", "nginx upstream (direct)", true, 1.1, "cold pull-through NAR fetch vs the upstream nginx directly (time ratio)"},
 	{"pull", "seconds, NAR fetch over a 100 MB/s link", "concordia cold (pulled through)", "nginx upstream (direct)", true, 1.1, "cold pull-through NAR fetch, upstream over a 100 MB/s link, vs fetching it directly over that link (time ratio)"},
 	{"pull", "MB/s, NAR fetch, 1 stream", "concordia warm (kept copy)", "nginx upstream (direct)", false, 0.8, "pulled NAR, warm, 1 stream vs nginx serving the file"},
@@ -185,7 +187,7 @@ func (r *report) write(dir, name string, quick bool) error {
 		fmt.Fprintf(&sb, "- %s\n", l)
 	}
 	sb.WriteString("\n## Targets (ratios measured in this run)\n\n| figure | Concordia | reference | ratio | target | met |\n|---|---|---|---|---|---|\n")
-	for _, c := range comparisons {
+	for _, c := range append(comparisons[:len(comparisons):len(comparisons)], r.targets...) {
 		s := r.get(c.group, c.system, c.metric)
 		if s == nil {
 			continue

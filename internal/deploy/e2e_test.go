@@ -17,8 +17,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -615,46 +613,6 @@ func testCLI(e *e2e, ha, hb *fleettest.Host) {
 	if code, _, errs := deployer("push", "--file", nodes, "--branch", "feature/x"); code != 0 || !strings.Contains(errs, "nothing to deploy") {
 		t.Fatalf("feature branch: exit %d %s", code, errs)
 	}
-}
-
-// TestE2EScale deploys to one host, then to N hosts at once, and logs the
-// wall times and per-step medians (the bench compares them; no assertion
-// on time here). N comes from CONCORDIA_E2E_SCALE; skipped when unset.
-func TestE2EScale(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("CONCORDIA_E2E_SCALE"))
-	if n < 2 {
-		t.Skip("set CONCORDIA_E2E_SCALE=N (e.g. 20) to compare 1 host with N hosts")
-	}
-	e := newE2E(t, n, fleettest.Options{})
-	v2 := e.f.System(t, fleettest.System{Label: "v2"})
-	v3 := e.f.System(t, fleettest.System{Label: "v3"})
-	one := e.run(hostverb.Switch, "scale-1", e.nodes(v2, 60, e.f.Hosts[0]), nil)
-	all := e.run(hostverb.Switch, "scale-n", e.nodes(v3, 60, e.f.Hosts...), nil)
-	if one.Err() != nil || all.Err() != nil {
-		t.Fatalf("one: %v; all: %v", one.Err(), all.Err())
-	}
-	medians := func(r *deploy.Report) string {
-		by := map[string][]float64{}
-		var order []string
-		for _, h := range r.Hosts {
-			for _, s := range h.Steps {
-				if by[s.Name] == nil {
-					order = append(order, s.Name)
-				}
-				by[s.Name] = append(by[s.Name], s.Millis)
-			}
-		}
-		var parts []string
-		for _, name := range order {
-			v := by[name]
-			sort.Float64s(v)
-			parts = append(parts, fmt.Sprintf("%s %.0fms", name, v[len(v)/2]))
-		}
-		return strings.Join(parts, ", ")
-	}
-	t.Logf("1 host: %.0fms (%s)", one.Millis, medians(one))
-	t.Logf("%d hosts: %.0fms (%s)", n, all.Millis, medians(all))
-	t.Logf("ratio %d hosts / 1 host: %.2f", n, all.Millis/one.Millis)
 }
 
 // TestE2EPullThrough: a fleet whose cache stands in front of an upstream

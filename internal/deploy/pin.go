@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 
 	"github.com/bos55/concordia/internal/cacheapi"
@@ -80,4 +81,71 @@ func (p *HTTPPinner) do(ctx context.Context, method, storePath string) error {
 		return fmt.Errorf("%w (the cache token needs the pin permission: cache token NAME --perm pin, or read,pin for a private cache)", err)
 	}
 	return err
+}
+
+// pushPins is the Pinner of one push: it pins each system once however
+// many hosts deploy it (a hundred hosts of one system would otherwise send
+// the cache a hundred identical pins, each a write there), unpins each old
+// system once, and never unpins a system this push deploys to some host
+// (one host's generation before the previous can be another's new system).
+// Concurrent callers for one path share the call; a failed call is tried
+// again by the next host.
+type pushPins struct {
+	p      Pinner
+	deploy map[string]bool // the systems this push deploys
+
+	mu    sync.Mutex
+	calls map[string]*pinCall // "pin " or "unpin " + store path
+}
+
+type pinCall struct {
+	done chan struct{}
+	err  error
+}
+
+func newPushPins(p Pinner, nodes []Node) *pushPins {
+	pp := &pushPins{p: p, deploy: map[string]bool{}, calls: map[string]*pinCall{}}
+	for _, n := range nodes {
+		pp.deploy[n.Path] = true
+	}
+	return pp
+}
+
+// Pin implements Pinner.
+func (pp *pushPins) Pin(ctx context.Context, storePath string) error {
+	return pp.once(ctx, "pin "+storePath, func() error { return pp.p.Pin(ctx, storePath) })
+}
+
+// Unpin implements Pinner.
+func (pp *pushPins) Unpin(ctx context.Context, storePath string) error {
+	if pp.deploy[storePath] {
+		return nil
+	}
+	return pp.once(ctx, "unpin "+storePath, func() error { return pp.p.Unpin(ctx, storePath) })
+}
+
+func (pp *pushPins) once(ctx context.Context, key string, do func() error) error {
+	pp.mu.Lock()
+	c, ok := pp.calls[key]
+	if !ok {
+		c = &pinCall{done: make(chan struct{})}
+		pp.calls[key] = c
+	}
+	pp.mu.Unlock()
+	if ok {
+		select {
+		case <-c.done:
+			return c.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	c.err = do()
+	if c.err != nil {
+		pp.mu.Lock()
+		delete(pp.calls, key)
+		pp.mu.Unlock()
+	}
+	close(c.done)
+	return c.err
 }

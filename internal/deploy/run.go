@@ -209,6 +209,9 @@ func Run(ctx context.Context, nodes []Node, o Options) *Report {
 	if o.Progress == nil {
 		o.Progress = nopProgress{}
 	}
+	if o.Pins != nil {
+		o.Pins = newPushPins(o.Pins, nodes)
+	}
 	p := planRollout(nodes, o)
 	kind := KindPush
 	if o.RebootOnly {

@@ -547,6 +547,77 @@ func TestRunPins(t *testing.T) {
 	}
 }
 
+// One push pins each system once and unpins each old one once, however
+// many hosts run them, and never unpins a system it deploys elsewhere.
+func TestRunPinsOncePerPush(t *testing.T) {
+	old := "/nix/store/4c6kzph7l0dcbfmjap64f0czdafn3b7x-nixos-system-old"
+	prev := "/nix/store/5c6kzph7l0dcbfmjap64f0czdafn3b7x-nixos-system-prev"
+	fr := &fakeRemote{handle: func(ctx context.Context, c call) (remote.Result, error) {
+		if c.verb() == "status" {
+			st := fmt.Sprintf(`{"current":{"path":%q,"generation":3},"generations":[{"number":1,"path":%q},{"number":2,"path":%q},{"number":3,"path":%q}]}`, sys1, old, prev, sys1)
+			return jsonResult(0, st), nil
+		}
+		return remote.Result{}, nil
+	}}
+	for _, tt := range []struct {
+		name         string
+		oldOnOne     bool
+		pins, unpins string
+	}{
+		{"one system on 20 hosts", false, fmt.Sprint([]string{sys1}), fmt.Sprint([]string{old})},
+		{"the old system is another host's new one", true, fmt.Sprint([]string{sys1, old}), "[]"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			nodes := hosts(20)
+			if tt.oldOnOne {
+				nodes[19].Path = old
+			}
+			o := opts(fr)
+			p := &fakePins{}
+			o.Pins = p
+			if rep := deploy.Run(context.Background(), nodes, o); rep.Err() != nil {
+				t.Fatal(rep.Err())
+			}
+			slices.Sort(p.pins)
+			if fmt.Sprint(p.pins) != tt.pins || fmt.Sprint(p.unpins) != tt.unpins {
+				t.Fatalf("pins %v unpins %v, want %s %s", p.pins, p.unpins, tt.pins, tt.unpins)
+			}
+		})
+	}
+}
+
+// A failed pin is tried again by the next host of the system.
+func TestRunPinRetriedAfterFailure(t *testing.T) {
+	fr := &fakeRemote{handle: func(ctx context.Context, c call) (remote.Result, error) { return remote.Result{}, nil }}
+	o := opts(fr)
+	o.Parallel = 1
+	p := &failingPins{fail: 1}
+	o.Pins = p
+	if rep := deploy.Run(context.Background(), hosts(3), o); rep.Err() != nil {
+		t.Fatal(rep.Err())
+	}
+	if p.calls != 2 {
+		t.Fatalf("%d pin calls, want 2 (one failed, one retried, then shared)", p.calls)
+	}
+}
+
+type failingPins struct {
+	mu          sync.Mutex
+	fail, calls int
+}
+
+func (p *failingPins) Pin(ctx context.Context, s string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls++
+	if p.calls <= p.fail {
+		return errors.New("cache down")
+	}
+	return nil
+}
+
+func (p *failingPins) Unpin(ctx context.Context, s string) error { return nil }
+
 func TestReportJSON(t *testing.T) {
 	fr := &fakeRemote{handle: func(ctx context.Context, c call) (remote.Result, error) {
 		if c.verb() == "activate" && c.host == "host1" {

@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -176,7 +177,15 @@ func New(t testing.TB, n int, opts Options) *Fleet {
 	return f
 }
 
-// bootHosts starts n hosts in parallel, each on its own loopback address.
+// bootParallel bounds the hosts booting at once. A boot is mostly process
+// starts (ssh-keygen, nix-store --init, the daemons, the initial system's
+// substitution and activation), so a few per core keep the cores busy;
+// a hundred at once on two cores would only make each boot slower than its
+// timeout.
+func bootParallel() int { return max(8, 4*runtime.NumCPU()) }
+
+// bootHosts starts n hosts, bootParallel at a time, each on its own
+// loopback address.
 func (f *Fleet) bootHosts(t testing.TB, n int) {
 	t.Helper()
 	var wg sync.WaitGroup
@@ -186,12 +195,15 @@ func (f *Fleet) bootHosts(t testing.TB, n int) {
 	for i := range n {
 		f.Hosts[i] = &Host{Name: fmt.Sprintf("host%d", i+1), Dir: filepath.Join(f.Dir, fmt.Sprintf("host%d", i+1)), Addr: addrs[i].ip, Port: addrs[i].port}
 	}
+	sem := make(chan struct{}, bootParallel())
 	for i := range n {
 		h := f.Hosts[i]
 		t.Cleanup(func() { f.stop(h) })
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			errs[i] = f.start(h)
 		}()
 	}
@@ -239,13 +251,20 @@ type addr struct {
 	port int
 }
 
-// pickAddrs finds free loopback addresses in 127.100-199.x.y (port 22 when
-// free there, else an ephemeral port), away from anything else.
+// pickAddrs finds n distinct free loopback addresses in 127.100-199.x.y
+// (port 22 when free there, else an ephemeral port), away from anything
+// else. Distinct: a free address is not held, so a second draw of it
+// would pass the check too, and two hosts' sshd cannot both listen there.
 func pickAddrs(n int) []addr {
 	var out []addr
+	taken := map[string]bool{}
 	for len(out) < n {
 		a := func(max int64) int64 { v, _ := rand.Int(rand.Reader, big.NewInt(max)); return v.Int64() }
 		ip := fmt.Sprintf("127.%d.%d.%d", 100+a(100), a(256), 2+a(250))
+		if taken[ip] {
+			continue
+		}
+		taken[ip] = true
 		ln, err := net.Listen("tcp", ip+":22")
 		if err == nil {
 			ln.Close()

@@ -74,6 +74,15 @@ type SSH struct {
 	hosts map[string]Target
 }
 
+// DefaultPersist is how long an idle master outlives its last session.
+// Longer than any pause between one host's multiplexed calls: in a deploy
+// the longest is the confirm, which goes over fresh logins and may take
+// the whole confirm timeout (with a hundred hosts on a busy machine it
+// took 90s, past the former 60s, and every host paid a second master's
+// login for its status call). Close stops the masters when the push ends;
+// a deployer killed before that leaves them this long at most.
+const DefaultPersist = 15 * time.Minute
+
 // New returns an SSH runner with its control sockets in a fresh private
 // directory; Close stops the masters and removes it.
 func New(log *slog.Logger) (*SSH, error) {
@@ -89,7 +98,7 @@ func New(log *slog.Logger) (*SSH, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("control dir: %w", err)
 	}
-	return &SSH{Program: "ssh", Persist: 60 * time.Second, ConnectTimeout: 10 * time.Second,
+	return &SSH{Program: "ssh", Persist: DefaultPersist, ConnectTimeout: 10 * time.Second,
 		Logger: log, dir: dir, hosts: map[string]Target{}}, nil
 }
 

@@ -149,6 +149,20 @@ func TestSSH(t *testing.T) {
 	}
 }
 
+// A master must outlive the pause between one host's multiplexed calls,
+// the confirm over fresh logins (deploy-rs's default confirm timeout is
+// 30s, often raised to minutes): else the next call logs in again.
+func TestPersistOutlivesConfirm(t *testing.T) {
+	r, err := remote.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.Persist < 10*time.Minute {
+		t.Fatalf("Persist %s: an idle master would close during a long confirm", r.Persist)
+	}
+}
+
 func TestSSHRefused(t *testing.T) {
 	if _, err := exec.LookPath("ssh"); err != nil {
 		t.Skip("no ssh")

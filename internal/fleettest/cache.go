@@ -92,20 +92,9 @@ func (c *FileCache) Publish(ctx context.Context, paths ...string) error {
 // from a cache that signs. Otherwise a later Publish of a system sharing
 // a dependency would leave it unsigned (nix copy skips what the cache has).
 func (c *FileCache) PublishUnsigned(ctx context.Context, paths ...string) error {
-	args := append([]string{"--query", "--requisites"}, paths...)
-	out, err := command(c.env, "nix-store", args...).Output()
+	deps, err := dependencies(c.env, paths)
 	if err != nil {
-		return fmt.Errorf("closure of %v: %v", paths, err)
-	}
-	top := map[string]bool{}
-	for _, p := range paths {
-		top[p] = true
-	}
-	var deps []string
-	for _, p := range strings.Fields(string(out)) {
-		if !top[p] {
-			deps = append(deps, p)
-		}
+		return err
 	}
 	if len(deps) > 0 {
 		if err := c.Publish(ctx, deps...); err != nil {
@@ -138,4 +127,25 @@ func command(env []string, name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
 	return cmd
+}
+
+// dependencies lists the closure of paths (in the machine's store) without
+// paths themselves.
+func dependencies(env []string, paths []string) ([]string, error) {
+	args := append([]string{"--query", "--requisites"}, paths...)
+	out, err := command(env, "nix-store", args...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("closure of %v: %v", paths, err)
+	}
+	top := map[string]bool{}
+	for _, p := range paths {
+		top[p] = true
+	}
+	var deps []string
+	for _, p := range strings.Fields(string(out)) {
+		if !top[p] {
+			deps = append(deps, p)
+		}
+	}
+	return deps, nil
 }

@@ -3,7 +3,6 @@ package fleettest
 import (
 	"context"
 	"fmt"
-	"strings"
 	"testing"
 )
 
@@ -35,20 +34,9 @@ func WithPullThroughCache(t testing.TB) Cache {
 // Publish implements Cache: every path of the closures but the tops to
 // the upstream, then the tops (closures and all) to the cache.
 func (c *PullThroughCache) Publish(ctx context.Context, paths ...string) error {
-	args := append([]string{"--query", "--requisites"}, paths...)
-	out, err := command(c.env, "nix-store", args...).Output()
+	deps, err := dependencies(c.env, paths)
 	if err != nil {
-		return fmt.Errorf("closure of %v: %v", paths, err)
-	}
-	top := map[string]bool{}
-	for _, p := range paths {
-		top[p] = true
-	}
-	var deps []string
-	for _, p := range strings.Fields(string(out)) {
-		if !top[p] {
-			deps = append(deps, p)
-		}
+		return err
 	}
 	if len(deps) > 0 {
 		if err := c.Upstream.Publish(ctx, deps...); err != nil {

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/bos55/concordia/internal/hostverb"
-	"github.com/bos55/concordia/internal/nixcli"
 )
 
 // DefaultBootIDFile is where the kernel names the running boot: a new
@@ -121,14 +120,7 @@ func RollbackBoot(ctx context.Context, o Options, gen int) error {
 	if gen < 1 || gen > hostverb.MaxGeneration {
 		return fmt.Errorf("%w: generation %d", hostverb.ErrInvalid, gen)
 	}
-	cur, ok, err := nixcli.CurrentGeneration(o.Profile)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return fmt.Errorf("%w: profile %s has no generation", hostverb.ErrFailed, o.Profile)
-	}
-	gens, err := nixcli.Generations(o.Profile)
+	cur, gens, err := profileGenerations(o)
 	if err != nil {
 		return err
 	}

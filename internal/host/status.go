@@ -139,14 +139,7 @@ func Rollback(ctx context.Context, o Options) error {
 	if err := hostverb.ValidID(o.ID); err != nil {
 		return err
 	}
-	cur, ok, err := nixcli.CurrentGeneration(o.Profile)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return fmt.Errorf("%w: profile %s has no generation", hostverb.ErrFailed, o.Profile)
-	}
-	gens, err := nixcli.Generations(o.Profile)
+	cur, gens, err := profileGenerations(o)
 	if err != nil {
 		return err
 	}
@@ -190,4 +183,18 @@ func Rollback(ctx context.Context, o Options) error {
 	}
 	o.Logger.Info("rolled back", "from", cur.Number, "to", prev.Number)
 	return nil
+}
+
+// profileGenerations returns the system profile's current generation and
+// all of them; a profile without one is ErrFailed (nothing to go back to).
+func profileGenerations(o Options) (hostverb.Generation, []hostverb.Generation, error) {
+	cur, ok, err := nixcli.CurrentGeneration(o.Profile)
+	if err != nil {
+		return cur, nil, err
+	}
+	if !ok {
+		return cur, nil, fmt.Errorf("%w: profile %s has no generation", hostverb.ErrFailed, o.Profile)
+	}
+	gens, err := nixcli.Generations(o.Profile)
+	return cur, gens, err
 }

@@ -35,6 +35,7 @@ type pushOpts struct {
 	noPin        bool
 	pinUpstream  bool
 	reboot       bool
+	rebootWait   time.Duration
 
 	// The rollout: canaries first, then waves (see rollout).
 	canary         string
@@ -112,6 +113,7 @@ started are reported not-started with the reason, and the exit status is non-zer
 			fs.BoolVar(&o.noPin, "no-pin", false, "do not pin deployed systems in the cache")
 			o.report.register(fs)
 			fs.BoolVar(&o.pinUpstream, "pin-upstream", false, "have a cache with pull-through also keep the upstream paths of pinned systems (so they can be rebuilt from the cache alone)")
+			fs.DurationVar(&o.rebootWait, "reboot-timeout", deploy.DefaultRebootTimeout, "with --reboot: how long a host has to come back")
 			fs.BoolVar(&o.reboot, "reboot", false, "after --mode boot, or a switch that leaves a reboot required: reboot, one host at a time unless --parallel, and check each comes back with the new system (rolled back if not)")
 			fs.StringVar(&o.sshUser, "ssh-user", "", "override sshUser of every node")
 			fs.StringVar(&o.sshOpts, "ssh-opts", "", "override sshOpts of every node (split on spaces)")
@@ -151,7 +153,10 @@ func (o pushOpts) rebootOptions(mode hostverb.Mode, opts *deploy.Options) error 
 	if mode != hostverb.Boot && mode != hostverb.Switch {
 		return cli.Usagef("--reboot goes with --mode boot or switch, not %s", mode)
 	}
-	opts.Reboot = true
+	if o.rebootWait < time.Second || o.rebootWait > hostverb.MaxWait {
+		return cli.Usagef("--reboot-timeout must be between 1s and %s", hostverb.MaxWait)
+	}
+	opts.Reboot, opts.RebootTimeout = true, o.rebootWait
 	if o.parallel == 0 && o.maxUnavailable == "" {
 		opts.Parallel = 1
 	}

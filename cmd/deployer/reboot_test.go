@@ -24,6 +24,7 @@ func TestRebootCommandUsage(t *testing.T) {
 		{[]string{"reboot", "--file", file, "--reboot-timeout", "0s", "web1"}, "--reboot-timeout"},
 		{[]string{"reboot", "--file", file, "--id", "../x", "web1"}, "deploy id"},
 		{[]string{"push", "--file", file, "--cache", "http://127.0.0.1:1", "--mode", "test", "--reboot", "--on", "web1", "--trusted-key", "test-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}, "--reboot goes with --mode boot or switch"},
+		{[]string{"push", "--file", file, "--cache", "http://127.0.0.1:1", "--mode", "boot", "--reboot", "--reboot-timeout", "0s", "--on", "web1", "--trusted-key", "test-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}, "--reboot-timeout"},
 	} {
 		code, _, errs := runDeployer(t, tc.args...)
 		if code != 2 || !strings.Contains(errs, tc.want) {

@@ -32,18 +32,9 @@ and the mode (--mode, or what --branch maps to). No NAR is downloaded; nothing c
 --json FILE (or - for stdout) writes the plan as JSON (schemaVersion 1, see the README).
 Exit status is non-zero when a host could not be asked or a closure is not deployable.`,
 		Flags: func(fs *flag.FlagSet) {
-			o.fleet.register(fs)
-			fs.StringVar(&o.on, "on", "", "nodes to plan: comma-separated names, @tags and globs (default: all)")
-			fs.StringVar(&o.mode, "mode", "switch", "switch, test, boot or dry-activate")
-			fs.StringVar(&o.branch, "branch", "", "CI branch: main -> switch everywhere, test-NODE -> test on NODE, else nothing")
-			fs.StringVar(&o.cache, "cache", "", "binary cache URL the hosts substitute from (required)")
-			fs.Var(&o.trustedKeys, "trusted-key", "public key (name:base64) a closure must be signed by (repeatable)")
-			fs.Var(&o.keyFiles, "cache-key-file", "file holding a trusted public key (repeatable)")
-			fs.StringVar(&o.tokenFile, "cache-token-file", "", "file with a bearer token for a private cache")
-			fs.StringVar(&o.netrcFile, "netrc-file", "", "netrc whose password for the cache's host is the cache token")
+			o.registerSelection(fs, "plan", "required", "")
 			fs.StringVar(&o.jsonFile, "json", "", "write the plan as JSON to this file (- for stdout, instead of the table)")
-			fs.StringVar(&o.sshUser, "ssh-user", "", "override sshUser of every node")
-			fs.StringVar(&o.sshOpts, "ssh-opts", "", "override sshOpts of every node (split on spaces)")
+			o.registerSSH(fs)
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
 			if len(args) > 0 {

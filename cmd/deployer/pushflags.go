@@ -91,15 +91,7 @@ before the next; at most --max-unavailable (or the flake's maxUnavailable) hosts
 once; after --max-failures (or maxFailures) hosts ended not ok, no new host starts. Hosts never
 started are reported not-started with the reason, and the exit status is non-zero.`,
 		Flags: func(fs *flag.FlagSet) {
-			o.fleet.register(fs)
-			fs.StringVar(&o.on, "on", "", "nodes to deploy: comma-separated names, @tags and globs (default: all)")
-			fs.StringVar(&o.mode, "mode", "switch", "switch, test, boot or dry-activate")
-			fs.StringVar(&o.branch, "branch", "", "CI branch: main -> switch everywhere, test-NODE -> test on NODE, else nothing")
-			fs.StringVar(&o.cache, "cache", "", "binary cache URL the hosts substitute from (checked before any host is touched)")
-			fs.Var(&o.trustedKeys, "trusted-key", "public key (name:base64) a closure must be signed by (repeatable)")
-			fs.Var(&o.keyFiles, "cache-key-file", "file holding a trusted public key (repeatable)")
-			fs.StringVar(&o.tokenFile, "cache-token-file", "", "file with a bearer token for a private cache (also used to pin)")
-			fs.StringVar(&o.netrcFile, "netrc-file", "", "netrc whose password for the cache's host is the cache token (as Nix's netrc-file)")
+			o.registerSelection(fs, "deploy", "checked before any host is touched", " (also used to pin)")
 			fs.IntVar(&o.parallel, "parallel", 0, "hosts deployed at once (0: all)")
 			fs.StringVar(&o.canary, "canary", "", "HOST|@tag[,...]: deploy these first and stop the rollout if one of them fails (default: the nodes with canary = true)")
 			fs.StringVar(&o.maxUnavailable, "max-unavailable", "", "N|P%: at most N hosts (or P% of the selected ones) mid-deploy at once (default: the flake's maxUnavailable, else --parallel)")
@@ -115,8 +107,7 @@ started are reported not-started with the reason, and the exit status is non-zer
 			fs.BoolVar(&o.pinUpstream, "pin-upstream", false, "have a cache with pull-through also keep the upstream paths of pinned systems (so they can be rebuilt from the cache alone)")
 			fs.DurationVar(&o.rebootWait, "reboot-timeout", deploy.DefaultRebootTimeout, "with --reboot: how long a host has to come back")
 			fs.BoolVar(&o.reboot, "reboot", false, "after --mode boot, or a switch that leaves a reboot required: reboot, one host at a time unless --parallel, and check each comes back with the new system (rolled back if not)")
-			fs.StringVar(&o.sshUser, "ssh-user", "", "override sshUser of every node")
-			fs.StringVar(&o.sshOpts, "ssh-opts", "", "override sshOpts of every node (split on spaces)")
+			o.registerSSH(fs)
 			fs.DurationVar(&o.confirmTimeout, "confirm-timeout", 0, "override confirmTimeout of every node (e.g. 45s)")
 			fs.Var(&o.magicRollback, "magic-rollback", "override magicRollback of every node (true|false)")
 			fs.Var(&o.autoRollback, "auto-rollback", "override autoRollback of every node (true|false)")
@@ -214,6 +205,28 @@ func (n *optInt) Set(s string) error {
 	}
 	n.set, n.v = true, v
 	return nil
+}
+
+// registerSelection registers the flags push and plan share: the fleet,
+// which nodes in which mode, the cache and the keys and token to check
+// closures in it with. verb names what the command does to the nodes;
+// cacheWhy and tokenUse end the help of --cache and --cache-token-file.
+func (o *pushOpts) registerSelection(fs *flag.FlagSet, verb, cacheWhy, tokenUse string) {
+	o.fleet.register(fs)
+	fs.StringVar(&o.on, "on", "", "nodes to "+verb+": comma-separated names, @tags and globs (default: all)")
+	fs.StringVar(&o.mode, "mode", "switch", "switch, test, boot or dry-activate")
+	fs.StringVar(&o.branch, "branch", "", "CI branch: main -> switch everywhere, test-NODE -> test on NODE, else nothing")
+	fs.StringVar(&o.cache, "cache", "", "binary cache URL the hosts substitute from ("+cacheWhy+")")
+	fs.Var(&o.trustedKeys, "trusted-key", "public key (name:base64) a closure must be signed by (repeatable)")
+	fs.Var(&o.keyFiles, "cache-key-file", "file holding a trusted public key (repeatable)")
+	fs.StringVar(&o.tokenFile, "cache-token-file", "", "file with a bearer token for a private cache"+tokenUse)
+	fs.StringVar(&o.netrcFile, "netrc-file", "", "netrc whose password for the cache's host is the cache token (as Nix's netrc-file)")
+}
+
+// registerSSH registers deploy-rs's ssh overrides.
+func (o *pushOpts) registerSSH(fs *flag.FlagSet) {
+	fs.StringVar(&o.sshUser, "ssh-user", "", "override sshUser of every node")
+	fs.StringVar(&o.sshOpts, "ssh-opts", "", "override sshOpts of every node (split on spaces)")
 }
 
 func newID() string {

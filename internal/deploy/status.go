@@ -72,7 +72,7 @@ func Status(ctx context.Context, r remote.Runner, nodes []Node) []StatusResult {
 // PrintStatus writes a table of status results.
 func PrintStatus(w io.Writer, rs []StatusResult) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tCURRENT\tBOOTED\tBOOT-DEFAULT\tTEST-ACTIVE\tREBOOT-PENDING\tLOCK\tSYSTEM")
+	fmt.Fprintln(tw, "NODE\tCURRENT\tBOOTED\tBOOT-DEFAULT\tTEST-ACTIVE\tREBOOT-PENDING\tLOCK\tBOOT-ID\tSYSTEM")
 	for _, r := range rs {
 		if r.Status == nil {
 			fmt.Fprintf(tw, "%s\terror: %s\n", r.Node, r.Error)
@@ -83,8 +83,12 @@ func PrintStatus(w io.Writer, rs []StatusResult) {
 		if s.Lock != nil {
 			lock = s.Lock.ID + " (" + string(s.Lock.Mode) + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\t%s\t%s\n", r.Node, gen(s.Current), gen(s.Booted),
-			gen(s.Profile), s.TestActive, s.RebootPending, lock, s.Current.Path)
+		boot := "-" // contract 1-3 hosts do not say
+		if s.BootID != "" {
+			boot = shortBootID(s.BootID)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\t%s\t%s\t%s\n", r.Node, gen(s.Current), gen(s.Booted),
+			gen(s.Profile), s.TestActive, s.RebootPending, lock, boot, s.Current.Path)
 	}
 	tw.Flush()
 }
@@ -134,4 +138,18 @@ func Rollback(ctx context.Context, r remote.Runner, nodes []Node, id string, w i
 		return fmt.Errorf("rollback failed on %s", strings.Join(bad, ", "))
 	}
 	return nil
+}
+
+// shortBootID is the first 8 characters of a boot id (a UUID), "?" for
+// anything else a host may have sent (nothing of it reaches the terminal).
+func shortBootID(id string) string {
+	if len(id) < 8 {
+		return "?"
+	}
+	for _, c := range id {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c == '-') {
+			return "?"
+		}
+	}
+	return id[:8]
 }

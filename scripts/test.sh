@@ -45,16 +45,35 @@ go test -race -count=1 -timeout 40m ./... 2>&1 | tee /tmp/concordia-test.log
 # and PostgreSQL instead of a directory and bbolt.
 CONCORDIA_UPLOAD_BACKEND=shared go test -count=1 -timeout 15m ./internal/store/upload/ 2>&1 | tee -a /tmp/concordia-test.log
 # Short fuzz runs of every network parser (crashers are kept in testdata/fuzz/).
+# fuzz_once TARGET PKG: 0 when the run passed, or when it failed only with
+# a bare "context deadline exceeded" at the -fuzztime boundary, wrote no
+# crasher, and the corpus then replays clean: that is a race in Go 1.26's
+# fuzzing coordinator (go.dev/issue/75804, fixed in Go 1.27), not a finding.
+fuzz_once() {
+  local target=$1 pkg=$2 before after
+  before=$(ls "${pkg}/testdata/fuzz/${target}" 2>/dev/null | wc -l || true)
+  if go test -run='^$' -fuzz="^${target}\$" -fuzztime=10s "${pkg}" >/tmp/concordia-fuzz.log 2>&1; then
+    return 0
+  fi
+  after=$(ls "${pkg}/testdata/fuzz/${target}" 2>/dev/null | wc -l || true)
+  if [ "$before" = "$after" ] && grep -q '^    context deadline exceeded$' /tmp/concordia-fuzz.log &&
+    ! grep -qE 'panic:|Failing input|failure while testing seed corpus' /tmp/concordia-fuzz.log &&
+    go test -count=1 -run="^${target}\$" "${pkg}" >/tmp/concordia-fuzz-replay.log 2>&1; then
+    echo "fuzz ${target}: the coordinator's deadline race (no crasher, corpus replays clean)"
+    return 0
+  fi
+  return 1
+}
 for target in $(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/^func //' | sort -u); do
   pkg=$(grep -rlE "^func ${target}\(" --include='*_test.go' . | head -1 | xargs dirname)
   echo "fuzz ${pkg} ${target}"
   # A crasher is written to testdata/fuzz/ and replayed first by the next
   # run, so a real failure fails twice; a failure of the fuzzing machinery
-  # itself on a loaded machine (seen once, output lost) passes the retry.
-  if ! go test -run='^$' -fuzz="^${target}\$" -fuzztime=10s "${pkg}" >/tmp/concordia-fuzz.log 2>&1; then
+  # itself on a loaded machine passes the retry.
+  if ! fuzz_once "$target" "$pkg"; then
     tail -n 30 /tmp/concordia-fuzz.log
     echo "fuzz ${target} failed; running it once more"
-    if ! go test -run='^$' -fuzz="^${target}\$" -fuzztime=10s "${pkg}" >/tmp/concordia-fuzz.log 2>&1; then
+    if ! fuzz_once "$target" "$pkg"; then
       tail -n 60 /tmp/concordia-fuzz.log
       exit 1
     fi

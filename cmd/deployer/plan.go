@@ -37,15 +37,7 @@ Exit status is non-zero when a host could not be asked or a closure is not deplo
 			o.registerSSH(fs)
 		},
 		Run: func(ctx context.Context, env *cli.Env, args []string) error {
-			if len(args) > 0 {
-				return cli.Usagef("unexpected arguments %q (select nodes with --on)", args)
-			}
-			log := o.fleet.log(env)
-			mode, err := o.checkFlags()
-			if err != nil {
-				return err
-			}
-			mode, nodes, err := o.selectNodes(ctx, env, log, mode)
+			_, mode, nodes, err := o.nodesFor(ctx, env, args)
 			if err != nil || nodes == nil {
 				return err
 			}

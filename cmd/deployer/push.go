@@ -21,15 +21,7 @@ func pushSideCommands() []*cli.Command {
 }
 
 func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error {
-	if len(args) > 0 {
-		return cli.Usagef("unexpected arguments %q (select nodes with --on)", args)
-	}
-	log := o.fleet.log(env)
-	mode, err := o.checkFlags()
-	if err != nil {
-		return err
-	}
-	mode, nodes, err := o.selectNodes(ctx, env, log, mode)
+	log, mode, nodes, err := o.nodesFor(ctx, env, args)
 	if err != nil || nodes == nil {
 		return err
 	}
@@ -66,6 +58,22 @@ func runPush(ctx context.Context, env *cli.Env, o pushOpts, args []string) error
 	o.report.send(ctx, env, o.cache, o.tokenFile, o.netrcFile, o.id, rep)
 	printSummary(env.Stderr, rep)
 	return rep.Err()
+}
+
+// nodesFor is what push and plan do first: no arguments, the flags that
+// need no fleet, then the selected nodes and their mode (nil nodes and no
+// error when the branch deploys nothing).
+func (o *pushOpts) nodesFor(ctx context.Context, env *cli.Env, args []string) (*slog.Logger, hostverb.Mode, []deploy.Node, error) {
+	if len(args) > 0 {
+		return nil, "", nil, cli.Usagef("unexpected arguments %q (select nodes with --on)", args)
+	}
+	log := o.fleet.log(env)
+	mode, err := o.checkFlags()
+	if err != nil {
+		return log, mode, nil, err
+	}
+	mode, nodes, err := o.selectNodes(ctx, env, log, mode)
+	return log, mode, nodes, err
 }
 
 // checkFlags checks the flags that need no fleet and fills in the id.

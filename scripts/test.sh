@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs Concordia's whole test suite on a fresh Debian machine, installing
-# what the tests need first (Nix, OpenSSH, sudo, nginx, promtool, every compressor a Nix client may upload with).
+# what the tests need first (Nix, OpenSSH, sudo, nginx, promtool, Chromium, every compressor a Nix client may upload with).
 # Needs root (the simulated fleet uses mount namespaces); run as: sudo scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 
 need=()
-for pair in wrk:wrk shellcheck:shellcheck nix-store:nix-bin sshd:openssh-server sudo:sudo nginx:nginx zstd:zstd xz:xz-utils bzip2:bzip2 brotli:brotli lz4:lz4 lzip:lzip pigz:pigz unshare:util-linux flock:util-linux ip:iproute2 systemd-socket-activate:systemd systemctl:systemd /usr/lib/postgresql/15/bin/initdb:postgresql promtool:prometheus; do
+for pair in wrk:wrk shellcheck:shellcheck nix-store:nix-bin sshd:openssh-server sudo:sudo nginx:nginx zstd:zstd xz:xz-utils bzip2:bzip2 brotli:brotli lz4:lz4 lzip:lzip pigz:pigz unshare:util-linux flock:util-linux ip:iproute2 systemd-socket-activate:systemd systemctl:systemd /usr/lib/postgresql/15/bin/initdb:postgresql promtool:prometheus chromium:chromium; do
   bin=${pair%%:*} pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || [ -x "$bin" ] || need+=("$pkg")
 done

@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"fmt"
-	"html/template"
 	"io"
 	"net/http"
 	"strconv"
@@ -234,53 +233,6 @@ func (s *Server) serveRealisation(w http.ResponseWriter, r *http.Request, id str
 	h.Set("Content-Length", strconv.Itoa(len(doc)))
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(doc)
-	}
-}
-
-var landingTmpl = template.Must(template.New("landing").Parse(`<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Concordia binary cache</title>
-<style>body{font-family:sans-serif;max-width:52em;margin:2em auto;padding:0 1em}pre{background:#f4f4f4;padding:.8em;overflow-x:auto}</style>
-</head><body>
-<h1>Concordia binary cache</h1>
-<p>Store directory <code>{{.StoreDir}}</code>, priority {{.Priority}}, version {{.Version}}.</p>
-<h2>Public keys</h2>
-{{if .Keys}}<ul>{{range .Keys}}<li><code>{{.}}</code></li>{{end}}</ul>{{else}}<p>This cache signs nothing with its own key; paths carry only the signatures they already had.</p>{{end}}
-{{if .Upstreams}}<h2>Upstream caches</h2>
-<p>Asked, in this order, for what this cache does not have; answers are believed only when signed by one of the upstream's keys.</p>
-<ul>{{range .Upstreams}}<li><code>{{.URL}}</code> ({{.Name}}{{if .PullThrough}}, pulled through: its paths are served here and kept{{else}}, not pulled through: uploads skip its paths and may refer to them{{end}}), keys {{range .Keys}}<code>{{.}}</code> {{end}}</li>{{end}}</ul>{{end}}
-<h2>nix.conf</h2>
-<pre>substituters = {{.URL}}
-trusted-public-keys = {{.KeyList}}</pre>
-<p>To keep cache.nixos.org as well, use <code>extra-substituters</code> and <code>extra-trusted-public-keys</code>.</p>
-<h2>NixOS</h2>
-<pre>nix.settings = {
-  substituters = [ "{{.URL}}" ];
-  trusted-public-keys = [{{range .Keys}} "{{.}}"{{end}} ];
-};</pre>
-</body></html>
-`))
-
-func (s *Server) handleLanding(w http.ResponseWriter, r *http.Request) {
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	keys := make([]string, len(s.keys))
-	for i, k := range s.keys {
-		keys[i] = k.Public().String()
-	}
-	data := struct {
-		URL, StoreDir, Version, KeyList string
-		Priority                        int
-		Keys                            []string
-		Upstreams                       []UpstreamInfo
-	}{scheme + "://" + r.Host, s.storeDir, s.opts.Version, strings.Join(keys, " "), s.opts.Priority, keys, s.opts.Upstreams}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if r.Method == http.MethodHead {
-		return
-	}
-	if err := landingTmpl.Execute(w, data); err != nil {
-		s.logger(r).Warn("landing page", "err", err)
 	}
 }
 

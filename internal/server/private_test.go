@@ -136,6 +136,8 @@ func newPrivateCache(t *testing.T, withUploads bool) *privateCache {
 			"/nar/" + f.a + ".nar",
 		},
 		"metrics": {"/metrics"},
+		"search":  {"/search", "/search?q=" + f.a, "/search?q=/nix/store/" + f.a + "-app"},
+		"fleet":   {"/fleet"},
 	}
 	if withUploads {
 		p := newUpPath(t, "private-upload", []byte("uploaded"))
@@ -161,6 +163,7 @@ func newPrivateCache(t *testing.T, withUploads bool) *privateCache {
 		pc.urls["deploys"] = []string{"/api/deploys", "/api/deploys?node=web1"}
 		pc.urls["deploy"] = []string{"/api/deploys/d-1"}
 		pc.urls["fleet-history"] = []string{"/api/fleet"}
+		pc.urls["fleet-deploy"] = []string{"/fleet/deploys/d-1"}
 	}
 	return pc
 }
@@ -173,7 +176,7 @@ var (
 	adminRoutes = []string{"pins", "gc", "verify", "forget"}
 	// The deploy history: PUT with pin or write; its reads are read
 	// routes (above, with uploads) or 501 without (deploys_test.go).
-	historyRoutes = []string{"put-deploy", "deploys", "deploy", "fleet-history"}
+	historyRoutes = []string{"put-deploy", "deploys", "deploy", "fleet-history", "fleet-deploy"}
 )
 
 func classified(name string) bool {

@@ -182,7 +182,11 @@ type Server struct {
 	// memListings holds listings without Options.Listings; trees the
 	// parsed listings /serve resolves paths in.
 	memListings memListings
-	trees       treeCache
+	// stats is the landing page's last snapshot, search its referrer
+	// scans (webstats.go, websearch.go).
+	stats  statsCache
+	search searchCache
+	trees  treeCache
 	// Cache-Control values: "private" is added for a private cache, so
 	// shared proxies never keep what needed credentials.
 	ccDay, ccForever []string
@@ -380,7 +384,7 @@ func (s *Server) routes() *mux.Router {
 	r.SkipClean(true) // we refuse unclean paths ourselves instead of redirecting
 	r.Use(s.routeName)
 	get := []string{http.MethodGet, http.MethodHead}
-	r.HandleFunc("/", s.handleLanding).Methods(get...).Name("landing")
+	s.webRoutes(r, get)
 	r.HandleFunc("/nix-cache-info", s.handleCacheInfo).Methods(get...).Name("cache-info")
 	r.HandleFunc("/version", s.handleVersion).Methods(get...).Name("version")
 	r.HandleFunc("/health", s.handleHealth).Methods(get...).Name("health")

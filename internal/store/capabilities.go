@@ -372,3 +372,35 @@ type NodeHistory struct {
 	// the node and by which deploy. Nil when there is none.
 	LastOK *NodeDeploy `json:"lastOK,omitempty"`
 }
+
+// Sizer is the optional capability of counting what a store holds, for
+// the cache's landing page. It may scan the whole index (the upload store
+// has no running totals), so callers keep its answer a few seconds.
+type Sizer interface {
+	// Size counts the store's paths, their NAR bytes and the paths
+	// registered at or after since.
+	Size(ctx context.Context, since time.Time) (StoreSize, error)
+}
+
+// StoreSize is Sizer's answer.
+type StoreSize struct {
+	Paths int
+	// NarBytes is the sum of the paths' uncompressed NAR sizes.
+	NarBytes int64
+	// FileBytes is what the store keeps on disk for them when that
+	// differs from NarBytes (compressed NAR files, logs): the figure
+	// gc.max_size bounds. 0 for a store whose bytes are the NARs.
+	FileBytes int64
+	// Since is the paths registered at or after Size's since.
+	Since int
+}
+
+// Referrers is the optional capability of listing the paths that refer
+// to a path (the reverse of PathInfo.References), for the cache's search
+// page. The upload store keeps no reverse index, so this may scan.
+type Referrers interface {
+	// Referrers lists at most limit full store paths whose references
+	// name storePath (itself excluded), sorted; more reports that
+	// others were left out.
+	Referrers(ctx context.Context, storePath string, limit int) (paths []string, more bool, err error)
+}

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
@@ -164,6 +165,24 @@ func Run(t *testing.T, newStore func(t *testing.T) (store.Store, Fixture)) {
 			t.Skip("store does not serve build logs")
 		}
 		checkLogs(t, l, fx)
+	})
+	t.Run("Sizer", func(t *testing.T) {
+		s, fx := newStore(t)
+		requirePaths(t, fx)
+		sz, ok := s.(store.Sizer)
+		if !ok {
+			t.Skip("store does not count its paths")
+		}
+		checkSize(t, sz, fx)
+	})
+	t.Run("Referrers", func(t *testing.T) {
+		s, fx := newStore(t)
+		requirePaths(t, fx)
+		r, ok := s.(store.Referrers)
+		if !ok {
+			t.Skip("store does not list referrers")
+		}
+		checkReferrers(t, r, fx)
 	})
 	t.Run("Realisations", func(t *testing.T) {
 		s, fx := newStore(t)
@@ -402,5 +421,67 @@ func checkLogs(t *testing.T, l store.Logger, fx Fixture) {
 			}
 			t.Errorf("BuildLog(%q) = %v; want ErrNotFound", drv, err)
 		}
+	}
+}
+
+// checkSize: every fixture path is counted, with at least its NAR bytes,
+// and a since in the future counts nothing.
+func checkSize(t *testing.T, s store.Sizer, fx Fixture) {
+	ctx := context.Background()
+	var narBytes int64
+	for _, p := range fx.Paths {
+		narBytes += int64(len(p.NAR))
+	}
+	got, err := s.Size(ctx, time.Time{})
+	if err != nil {
+		t.Fatalf("Size: %v", err)
+	}
+	if got.Paths < len(fx.Paths) || got.NarBytes < narBytes || got.Since != got.Paths {
+		t.Errorf("Size(zero time) = %+v, want >= %d paths and %d NAR bytes, every path since the zero time", got, len(fx.Paths), narBytes)
+	}
+	later, err := s.Size(ctx, time.Now().Add(time.Hour))
+	if err != nil || later.Since != 0 || later.Paths != got.Paths {
+		t.Errorf("Size(an hour ahead) = %+v, %v; want the same paths and none since", later, err)
+	}
+}
+
+// checkReferrers: every reference of a fixture path (but itself) lists
+// that path as a referrer; an unknown path has none; the limit holds.
+func checkReferrers(t *testing.T, s store.Referrers, fx Fixture) {
+	ctx := context.Background()
+	checked := 0
+	for _, p := range fx.Paths {
+		for _, ref := range p.References {
+			if ref == p.StorePath {
+				continue
+			}
+			got, more, err := s.Referrers(ctx, ref, 10000)
+			if err != nil {
+				t.Fatalf("Referrers(%s): %v", ref, err)
+			}
+			if more && !slices.Contains(got, p.StorePath) {
+				continue // a huge store: the fixture's may be past the limit
+			}
+			if !slices.Contains(got, p.StorePath) {
+				t.Errorf("Referrers(%s) = %v, lacks %s", ref, got, p.StorePath)
+			}
+			if slices.Contains(got, ref) {
+				t.Errorf("Referrers(%s) lists the path itself", ref)
+			}
+			if !slices.IsSorted(got) {
+				t.Errorf("Referrers(%s) = %v, not sorted", ref, got)
+			}
+			if one, more, err := s.Referrers(ctx, ref, 1); err != nil || len(one) != 1 || more != (len(got) > 1) {
+				t.Errorf("Referrers(%s, 1) = %v, more %v, %v; want one of %v", ref, one, more, err, got)
+			}
+			checked++
+		}
+	}
+	unknown := "/nix/store/" + randomHashPart(t) + "-unknown"
+	if got, _, err := s.Referrers(ctx, unknown, 10); err != nil || len(got) != 0 {
+		t.Errorf("Referrers(unknown) = %v, %v; want none", got, err)
+	}
+	if checked == 0 {
+		t.Log("no fixture path refers to another: only the unknown path was checked")
 	}
 }

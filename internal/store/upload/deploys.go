@@ -111,14 +111,16 @@ type reportHost struct {
 // tokenRE is the form of a report's kind, mode and result words.
 var tokenRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
 
-// parseDeployReport checks that data is a deploy report with id and
-// returns its summary and its hosts' entries, in the report's order. The
+// ParseDeployReport checks that data is a deploy report with id and
+// returns its summary and its hosts' entries, in the report's order (the
+// cache's deploy page reads stored reports with it, so the page and the
+// history agree on what a report says). The
 // rules: one JSON object of valid UTF-8 and nothing after it; "id" equal
 // to id and a valid deploy id; "start" a time; "ms" not negative;
 // "hosts" a list of 1..MaxDeployHosts hosts with distinct printable
 // "node" names and a "result" word; "failed" distinct nodes of hosts.
 // "kind" and "mode", when given, are words. Other fields are free.
-func parseDeployReport(id string, data []byte) (store.DeploySummary, []store.NodeDeploy, error) {
+func ParseDeployReport(id string, data []byte) (store.DeploySummary, []store.NodeDeploy, error) {
 	var sum store.DeploySummary
 	if err := hostverb.ValidID(id); err != nil {
 		return sum, nil, fmt.Errorf("%w: %v", store.ErrInvalid, err)
@@ -242,7 +244,7 @@ func truncate(s string, n int) string {
 func seqKey(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
 
 // PutDeployReport stores a deploy report (store.DeployReports): checked
-// by parseDeployReport, at most limits.max_deploy_report_size bytes, and
+// by ParseDeployReport, at most limits.max_deploy_report_size bytes, and
 // write-once. Past upload.deploy_reports_max the oldest reports go, in
 // the same transaction.
 func (s *Store) PutDeployReport(ctx context.Context, id, sender string, body io.Reader) (bool, error) {
@@ -254,7 +256,7 @@ func (s *Store) PutDeployReport(ctx context.Context, id, sender string, body io.
 	if int64(len(data)) > max {
 		return false, s.opts.Limits.DeployReportTooLarge(invalidf("deploy report %s larger than %d bytes", id, max))
 	}
-	sum, entries, err := parseDeployReport(id, data)
+	sum, entries, err := ParseDeployReport(id, data)
 	if err != nil {
 		return false, err
 	}
@@ -363,7 +365,7 @@ func (s *Store) dropOldest(b [4]kv.Bucket, n int) error {
 	for _, o := range drop {
 		if data := b[0].Get([]byte(o.id)); data != nil {
 			// Its nodes are in the report, which passed the checks.
-			if _, entries, err := parseDeployReport(o.id, data); err == nil {
+			if _, entries, err := ParseDeployReport(o.id, data); err == nil {
 				for _, e := range entries {
 					if err := dropNodeResult(b[2], e.Node, o.id); err != nil {
 						return err

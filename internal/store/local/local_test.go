@@ -321,7 +321,11 @@ func TestBuildLogRefusesEscapes(t *testing.T) {
 		names[trap] = name
 	}
 	// A two-character directory that is itself a symlink out of the tree.
+	// Its prefix must differ from the traps' directories made above.
 	dirLink := rand32(t) + "-x.drv"
+	for _, err := os.Lstat(filepath.Join(dir, dirLink[:2])); err == nil; _, err = os.Lstat(filepath.Join(dir, dirLink[:2])) {
+		dirLink = rand32(t) + "-x.drv"
+	}
 	must(t, os.Symlink(outside, filepath.Join(dir, dirLink[:2])))
 	os.Rename(filepath.Join(outside, "x.drv"), filepath.Join(outside, dirLink[2:]))
 	names["dir-symlink"] = dirLink

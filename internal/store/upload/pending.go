@@ -128,20 +128,28 @@ func (s *Store) reverify(canon string, p *pendingBlob) {
 	} else {
 		p.err = fmt.Errorf("NAR %s: verifying it again: %w", canon, err)
 	}
-	close(p.durable)
+	// Damaged: the file goes, the failed entry stays so the narinfo is
+	// told why (as after a failed fsync), and the file goes before the
+	// claim waiting on p.durable is told, so a client that got the error
+	// and sends HEAD next hears "missing" (nothing waits on p.durable
+	// holding the file lock). Unreadable (or the lock could not be had):
+	// the entry goes, after the claim was told, and the file stays,
+	// adopted again by the next Open, or replaced by a new upload.
 	unlock, lerr := s.lockFiles()
+	if damaged && lerr == nil {
+		s.pendMu.Lock()
+		if s.pending[canon] == p {
+			s.blobs.Remove(bg, canon)
+		}
+		s.pendMu.Unlock()
+		unlock()
+		close(p.durable)
+		return
+	}
+	close(p.durable)
 	s.pendMu.Lock()
 	if s.pending[canon] == p {
-		// Damaged: the file goes, the failed entry stays so the
-		// narinfo is told why (as after a failed fsync). Unreadable
-		// (or the lock could not be had): the entry goes and the file
-		// stays, adopted again by the next Open, or replaced by a new
-		// upload.
-		if damaged && lerr == nil {
-			s.blobs.Remove(bg, canon)
-		} else {
-			delete(s.pending, canon)
-		}
+		delete(s.pending, canon)
 	}
 	s.pendMu.Unlock()
 	if lerr == nil {

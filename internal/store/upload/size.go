@@ -90,4 +90,3 @@ func (s *Store) Referrers(ctx context.Context, storePath string, limit int) ([]s
 	slices.Sort(out)
 	return out, more, nil
 }
-

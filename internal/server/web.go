@@ -126,17 +126,26 @@ func yesNo(b bool) string {
 
 // bytesText is humanBytes of any of the sizes the pages show.
 func bytesText(v any) string {
-	switch n := v.(type) {
-	case int:
-		return humanBytes(int64(n))
-	case int64:
+	if n, ok := asInt64(v); ok {
 		return humanBytes(n)
-	case uint64:
-		return humanBytes(int64(n))
-	case float64:
-		return humanBytes(int64(n))
 	}
 	return fmt.Sprint(v)
+}
+
+// asInt64 is a number of the pages' data (the stores' and the metrics'
+// counts come as int, int64, uint64 or float64).
+func asInt64(v any) (int64, bool) {
+	switch n := v.(type) {
+	case int:
+		return int64(n), true
+	case int64:
+		return n, true
+	case uint64:
+		return int64(n), true
+	case float64:
+		return int64(n), true
+	}
+	return 0, false
 }
 
 // humanBytes is a size in binary units, e.g. "1.5 GiB".
@@ -156,12 +165,7 @@ func humanBytes(n int64) string {
 
 // countText is humanCount of any of the counts the pages show.
 func countText(v any) string {
-	switch n := v.(type) {
-	case int:
-		return humanCount(n)
-	case int64:
-		return humanCount(int(n))
-	case float64:
+	if n, ok := asInt64(v); ok {
 		return humanCount(int(n))
 	}
 	return fmt.Sprint(v)

@@ -56,6 +56,17 @@ type Path struct {
 	CA string
 }
 
+// optional is s as the optional interface T, or skips the test with lacks:
+// a store need not serve every part of the protocol.
+func optional[T any](t *testing.T, s any, lacks string) T {
+	t.Helper()
+	v, ok := s.(T)
+	if !ok {
+		t.Skip(lacks)
+	}
+	return v
+}
+
 // Run checks newStore's store against its fixture. newStore is called once
 // per subtest and must arrange its own cleanup with t.Cleanup.
 func Run(t *testing.T, newStore func(t *testing.T) (store.Store, Fixture)) {
@@ -100,10 +111,7 @@ func Run(t *testing.T, newStore func(t *testing.T) (store.Store, Fixture)) {
 	})
 	t.Run("RangeNAR", func(t *testing.T) {
 		s, fx := newStore(t)
-		rn, ok := s.(store.RangeNAR)
-		if !ok {
-			t.Skip("store does not stream NARs from an offset")
-		}
+		rn := optional[store.RangeNAR](t, s, "store does not stream NARs from an offset")
 		requirePaths(t, fx)
 		for _, p := range fx.Paths {
 			info := lookup(t, s, p.StorePath)
@@ -160,36 +168,24 @@ func Run(t *testing.T, newStore func(t *testing.T) (store.Store, Fixture)) {
 	})
 	t.Run("Logger", func(t *testing.T) {
 		s, fx := newStore(t)
-		l, ok := s.(store.Logger)
-		if !ok {
-			t.Skip("store does not serve build logs")
-		}
+		l := optional[store.Logger](t, s, "store does not serve build logs")
 		checkLogs(t, l, fx)
 	})
 	t.Run("Sizer", func(t *testing.T) {
 		s, fx := newStore(t)
 		requirePaths(t, fx)
-		sz, ok := s.(store.Sizer)
-		if !ok {
-			t.Skip("store does not count its paths")
-		}
+		sz := optional[store.Sizer](t, s, "store does not count its paths")
 		checkSize(t, sz, fx)
 	})
 	t.Run("Referrers", func(t *testing.T) {
 		s, fx := newStore(t)
 		requirePaths(t, fx)
-		r, ok := s.(store.Referrers)
-		if !ok {
-			t.Skip("store does not list referrers")
-		}
+		r := optional[store.Referrers](t, s, "store does not list referrers")
 		checkReferrers(t, r, fx)
 	})
 	t.Run("Realisations", func(t *testing.T) {
 		s, fx := newStore(t)
-		r, ok := s.(store.Realisations)
-		if !ok {
-			t.Skip("store does not serve realisations")
-		}
+		r := optional[store.Realisations](t, s, "store does not serve realisations")
 		for id, want := range fx.Realisations {
 			got, err := r.Realisation(context.Background(), id)
 			if err != nil || string(got) != want {

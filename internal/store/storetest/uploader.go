@@ -63,10 +63,7 @@ func RunUploader(t *testing.T, newStore func(t *testing.T) (store.Uploader, Uplo
 	})
 	t.Run("Pinner", func(t *testing.T) {
 		u, _ := newStore(t)
-		p, ok := u.(store.Pinner)
-		if !ok {
-			t.Skip("store does not pin")
-		}
+		p := optional[store.Pinner](t, u, "store does not pin")
 		checkPins(t, u, p)
 	})
 	t.Run("Collector", func(t *testing.T) {
@@ -80,18 +77,12 @@ func RunUploader(t *testing.T, newStore func(t *testing.T) (store.Uploader, Uplo
 	})
 	t.Run("Adopter", func(t *testing.T) {
 		u, _ := newStore(t)
-		a, ok := u.(store.Adopter)
-		if !ok {
-			t.Skip("store does not keep pulled paths")
-		}
+		a := optional[store.Adopter](t, u, "store does not keep pulled paths")
 		checkAdopt(t, a)
 	})
 	t.Run("Verifier", func(t *testing.T) {
 		u, fx := newStore(t)
-		v, ok := u.(store.Verifier)
-		if !ok {
-			t.Skip("store does not verify")
-		}
+		v := optional[store.Verifier](t, u, "store does not verify")
 		checkVerify(t, u, v, fx)
 	})
 }

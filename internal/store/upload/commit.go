@@ -198,8 +198,15 @@ func (s *Store) claim(ctx context.Context, up *narinfoUpload, canon string, else
 // commit, so of two conflicting uploads racing, exactly one is accepted.
 // claimed reports whether the upload's blob is now claimed by a new
 // record (not when the path was there already).
+//
+// Concurrent commits share a transaction (kv.Group): Nix uploads the
+// paths of a closure that do not depend on each other in parallel, and
+// each commit's 200 still waits for its own writes to be on disk. The
+// function may run twice (when another in its group fails) and reads
+// everything it decides on afresh in each run.
 func (s *Store) commitNarInfo(up *narinfoUpload, canon string, elsewhere []string, other *served) (claimed bool, err error) {
-	err = s.db.Update(func(tx kv.Tx) error {
+	err = s.commits.Update(func(tx kv.Tx) error {
+		claimed = false
 		h, old, err := s.holdings(tx, up, canon, elsewhere, other)
 		if err != nil {
 			return err

@@ -137,6 +137,7 @@ type Store struct {
 	logs       blob.Dir
 	quarantine blob.Dir
 	db         kv.DB
+	commits    *kv.Group // the narinfo commits of concurrent uploads, one transaction for those that meet
 	opts       Options
 	log        *slog.Logger
 	now        func() time.Time
@@ -321,6 +322,7 @@ func OpenBackend(ctx context.Context, be Backend, opts Options) (*Store, error) 
 	if err := s.openIndex(ctx); err != nil {
 		return nil, err
 	}
+	s.commits = kv.NewGroup(s.db)
 	if err := s.boundPending(""); err != nil {
 		s.db.Close()
 		return nil, fmt.Errorf("upload store %s: %w", dir, err)

@@ -436,13 +436,24 @@ func (b *bench) benchE2E(ctx context.Context) error {
 	return nil
 }
 
-// benchUpload: nix copy --to Concordia against nix copy --to file://.
+// benchUpload: nix copy --to Concordia against nix copy --to file:// and
+// a do-nothing sink, in rounds: each round times the three one after
+// another on the same closure, so each ratio is taken pair by pair from
+// runs a few seconds apart (the report's paired ratios), not from medians
+// of windows minutes apart while the machine's speed drifts. Each
+// Concordia run starts from an empty upload store.
 func (b *bench) benchUpload(ctx context.Context) error {
 	top := b.w.closure[len(b.w.closure)-1].Path
 	tokDir := filepath.Join(b.work, "upload")
 	if err := os.MkdirAll(tokDir, 0o700); err != nil {
 		return err
 	}
+	sink, err := b.startUploadSink(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.procs.stop(sink.cmd)
+	b.rep.pair("upload")
 	for i := 0; i < b.o.runs; i++ {
 		dst := filepath.Join(b.work, fmt.Sprintf("upload-file-%d", i))
 		d, err := b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
@@ -452,45 +463,28 @@ func (b *bench) benchUpload(ctx context.Context) error {
 			return err
 		}
 		b.rep.add("upload", "nix copy --to file://", "seconds, closure", d.Seconds())
-	}
-	sink, err := b.startUploadSink(ctx)
-	if err != nil {
-		return err
-	}
-	for i := 0; i < b.o.runs; i++ {
-		d, err := b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
+
+		d, err = b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
 			sink.base+"?compression=zstd", top)
 		if err != nil {
-			b.procs.stop(sink.cmd)
 			return err
 		}
 		b.rep.add("upload", "nix copy --to a sink (Nix client floor)", "seconds, closure", d.Seconds())
-	}
-	b.procs.stop(sink.cmd)
-	up, err := b.startUploadCache(ctx)
-	if err != nil {
-		return fmt.Errorf("concordia uploads: %w", err)
-	}
-	// up is replaced after each run: stop the one running at the end (a
-	// left-over one would hold the upload dir the next group opens).
-	defer func() {
-		if up != nil {
-			b.procs.stop(up.srv.cmd)
+
+		up, err := b.startUploadCache(ctx)
+		if err != nil {
+			return fmt.Errorf("concordia uploads: %w", err)
 		}
-	}()
-	for i := 0; i < b.o.runs; i++ {
-		d, err := b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
+		d, err = b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
 			up.srv.base+"?compression=zstd", "--option", "netrc-file", up.netrc, top)
+		// Stopped before the next round, whose store must start empty
+		// (a left-over server would hold the upload dir).
+		b.procs.stop(up.srv.cmd)
+		_ = os.RemoveAll(up.state)
 		if err != nil {
 			return err
 		}
 		b.rep.add("upload", "concordia (nix copy --to http)", "seconds, closure", d.Seconds())
-		// start over with an empty upload store for the next run
-		b.procs.stop(up.srv.cmd)
-		_ = os.RemoveAll(up.state)
-		if up, err = b.startUploadCache(ctx); err != nil {
-			return err
-		}
 	}
 	return nil
 }

@@ -40,6 +40,9 @@ type report struct {
 	// targets are rows a group adds at run time (its figures' names
 	// depend on the run, e.g. the deploy group's fleet size).
 	targets []comparison
+	// paired are the groups measured in rounds, one run of each system
+	// per round: their ratios are taken pair by pair (pairedRatio).
+	paired  map[string]bool
 	started time.Time
 }
 
@@ -59,6 +62,35 @@ func (r *report) add(group, system, metric string, v float64) {
 }
 
 func (r *report) note(s string) { r.notes = append(r.notes, s) }
+
+// pair marks group as measured in rounds: the i-th value of each of its
+// series was measured in round i, next to the i-th of the others.
+func (r *report) pair(group string) {
+	if r.paired == nil {
+		r.paired = map[string]bool{}
+	}
+	r.paired[group] = true
+}
+
+// pairedRatio is the median of the ratios of a and ref taken round by
+// round, with the lowest and highest of them; ok is false unless both
+// have a value in every round. The machine's speed drifts over minutes,
+// so a ratio of runs seconds apart is steadier than one of two medians
+// taken minutes apart.
+func pairedRatio(a, ref []float64) (med, lo, hi float64, ok bool) {
+	if len(a) == 0 || len(a) != len(ref) {
+		return 0, 0, 0, false
+	}
+	ratios := make([]float64, 0, len(a))
+	for i := range a {
+		if ref[i] == 0 {
+			return 0, 0, 0, false
+		}
+		ratios = append(ratios, a[i]/ref[i])
+	}
+	lo, hi = minmax(ratios)
+	return median(ratios), lo, hi, true
+}
 
 func (r *report) get(group, system, metric string) *series {
 	return r.series[group+"\x00"+system+"\x00"+metric]
@@ -186,7 +218,7 @@ func (r *report) write(dir, name string, quick bool) error {
 	for _, l := range r.loads {
 		fmt.Fprintf(&sb, "- %s\n", l)
 	}
-	sb.WriteString("\n## Targets (ratios measured in this run)\n\n| figure | Concordia | reference | ratio | target | met |\n|---|---|---|---|---|---|\n")
+	sb.WriteString("\n## Targets (ratios measured in this run)\n\nA paired ratio is the median of the ratios of runs made in the same round, one of each system after another; its spread is the lowest and highest of them. The others are the ratio of the two systems' medians.\n\n| figure | Concordia | reference | ratio | spread | target | met |\n|---|---|---|---|---|---|---|\n")
 	for _, c := range append(comparisons[:len(comparisons):len(comparisons)], r.targets...) {
 		s := r.get(c.group, c.system, c.metric)
 		if s == nil {
@@ -195,7 +227,7 @@ func (r *report) write(dir, name string, quick bool) error {
 		v := median(s.vals)
 		if c.ref == "" {
 			met := v <= c.target
-			fmt.Fprintf(&sb, "| %s | %.1f | - | - | <= %.0f | %s |\n", c.what, v, c.target, yes(met))
+			fmt.Fprintf(&sb, "| %s | %.1f | - | - | - | <= %.0f | %s |\n", c.what, v, c.target, yes(met))
 			continue
 		}
 		ref := r.get(c.group, c.ref, c.metric)
@@ -203,7 +235,12 @@ func (r *report) write(dir, name string, quick bool) error {
 			continue
 		}
 		rv := median(ref.vals)
-		ratio := v / rv
+		ratio, spread := v/rv, "unpaired"
+		if r.paired[c.group] {
+			if m, lo, hi, ok := pairedRatio(s.vals, ref.vals); ok {
+				ratio, spread = m, fmt.Sprintf("paired, %.2f–%.2f", lo, hi)
+			}
+		}
 		tgt, met := "-", true
 		if c.target > 0 {
 			if c.lowerBetter {
@@ -212,7 +249,7 @@ func (r *report) write(dir, name string, quick bool) error {
 				tgt, met = fmt.Sprintf(">= %.2f", c.target), ratio >= c.target
 			}
 		}
-		fmt.Fprintf(&sb, "| %s | %s | %s (%s) | %.2f | %s | %s |\n", c.what, fmtv(v), fmtv(rv), c.ref, ratio, tgt, yes(met))
+		fmt.Fprintf(&sb, "| %s | %s | %s (%s) | %.2f | %s | %s | %s |\n", c.what, fmtv(v), fmtv(rv), c.ref, ratio, spread, tgt, yes(met))
 	}
 	groups := []string{"narinfo", "nar", "rss", "e2e", "upload", "deploy", "pull", "shared"}
 	for _, g := range groups {

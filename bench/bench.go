@@ -471,20 +471,41 @@ func (b *bench) benchUpload(ctx context.Context) error {
 		}
 		b.rep.add("upload", "nix copy --to a sink (Nix client floor)", "seconds, closure", d.Seconds())
 
-		up, err := b.startUploadCache(ctx)
-		if err != nil {
-			return fmt.Errorf("concordia uploads: %w", err)
-		}
-		d, err = b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
-			up.srv.base+"?compression=zstd", "--option", "netrc-file", up.netrc, top)
-		// Stopped before the next round, whose store must start empty
-		// (a left-over server would hold the upload dir).
-		b.procs.stop(up.srv.cmd)
-		_ = os.RemoveAll(up.state)
-		if err != nil {
+		if d, err = b.uploadOnce(ctx, b.cacheBin, top); err != nil {
 			return err
 		}
 		b.rep.add("upload", "concordia (nix copy --to http)", "seconds, closure", d.Seconds())
+		if b.o.vsBin != "" {
+			if d, err = b.uploadOnce(ctx, b.o.vsBin, top); err != nil {
+				return fmt.Errorf("--vs-bin: %w", err)
+			}
+			b.rep.add("upload", vsUpload, "seconds, closure", d.Seconds())
+		}
+	}
+	if b.o.vsBin != "" {
+		b.rep.targets = append(b.rep.targets, comparison{"upload", "seconds, closure", "concordia (nix copy --to http)", vsUpload, true, 0,
+			"upload time, this tree vs --vs-bin (time ratio)"})
 	}
 	return nil
+}
+
+// vsUpload is the --vs-bin binary's figure in the upload rounds.
+const vsUpload = "vs-bin (nix copy --to http)"
+
+// uploadOnce starts an empty upload store on the cache binary bin, times
+// one nix copy --to of top into it and stops it again (the next run's
+// store must start empty, and a left-over server would hold its dir).
+func (b *bench) uploadOnce(ctx context.Context, bin, top string) (time.Duration, error) {
+	saved := b.cacheBin
+	b.cacheBin = bin
+	up, err := b.startUploadCache(ctx)
+	b.cacheBin = saved
+	if err != nil {
+		return 0, fmt.Errorf("concordia uploads: %w", err)
+	}
+	d, err := b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
+		up.srv.base+"?compression=zstd", "--option", "netrc-file", up.netrc, top)
+	b.procs.stop(up.srv.cmd)
+	_ = os.RemoveAll(up.state)
+	return d, err
 }

@@ -57,7 +57,7 @@ func main() {
 	flag.StringVar(&o.only, "only", "", "comma-separated groups to run: narinfo,nar,tools,e2e,upload,upload-rtt,rss,deploy,pull,shared (default all)")
 	flag.DurationVar(&o.dur, "duration", 4*time.Second, "length of each load measurement")
 	flag.BoolVar(&o.verbose, "v", false, "verbose logs")
-	flag.StringVar(&o.vsBin, "vs-bin", "", "a second cache binary, measured interleaved with this tree's in the upload-rtt group")
+	flag.StringVar(&o.vsBin, "vs-bin", "", "a second cache binary (e.g. another commit's), measured in the same rounds as this tree's in the upload and upload-rtt groups")
 	flag.Parse()
 	if o.quick {
 		o.runs = 1

@@ -70,18 +70,26 @@ func queued(g *Group, n int) {
 	}
 }
 
-// TestGroupCommitsTogether: ten calls arriving while a transaction runs
-// are committed by one more transaction, each returning after it, and
-// each function ran exactly once.
-func TestGroupCommitsTogether(t *testing.T) {
-	hold := make(chan struct{})
-	db := &countDB{data: map[string]int{}, hold: hold}
-	g := NewGroup(db)
-	first := make(chan error)
+// heldFirst is a group whose first call, "first", is inside its
+// transaction and stays there until hold is closed; its answer comes on
+// first.
+func heldFirst() (db *countDB, g *Group, hold chan struct{}, first chan error) {
+	hold = make(chan struct{})
+	db = &countDB{data: map[string]int{}, hold: hold}
+	g = NewGroup(db)
+	first = make(chan error, 1)
 	go func() { first <- g.Update(incr("first")) }()
 	for db.updates.Load() == 0 {
 		runtime.Gosched()
 	}
+	return db, g, hold, first
+}
+
+// TestGroupCommitsTogether: ten calls arriving while a transaction runs
+// are committed by one more transaction, each returning after it, and
+// each function ran exactly once.
+func TestGroupCommitsTogether(t *testing.T) {
+	db, g, hold, first := heldFirst()
 	var wg sync.WaitGroup
 	errs := make([]error, 10)
 	for i := range errs {
@@ -116,14 +124,7 @@ func TestGroupCommitsTogether(t *testing.T) {
 // error; the others are committed, each once, and the failed one's writes
 // are not. A panicking one is an error, not a hang.
 func TestGroupFailureIsItsOwn(t *testing.T) {
-	hold := make(chan struct{})
-	db := &countDB{data: map[string]int{}, hold: hold}
-	g := NewGroup(db)
-	first := make(chan error)
-	go func() { first <- g.Update(incr("first")) }()
-	for db.updates.Load() == 0 {
-		runtime.Gosched()
-	}
+	db, g, hold, first := heldFirst()
 	refused := errors.New("refused")
 	fns := []func(Tx) error{
 		incr("a"),

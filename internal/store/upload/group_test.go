@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/bos55/concordia/internal/store/upload"
@@ -48,19 +47,9 @@ func TestConcurrentNarInfoCommits(t *testing.T) {
 		}
 		jobs = append(jobs, j)
 	}
-	errs := make([]error, len(jobs))
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			errs[i] = s.PutNarInfo(ctx, j.p.hash, strings.NewReader(j.body))
-		}()
-	}
-	close(start)
-	wg.Wait()
+	errs := atOnce(len(jobs), func(i int) error {
+		return s.PutNarInfo(ctx, jobs[i].p.hash, strings.NewReader(jobs[i].body))
+	})
 	check := func(s *upload.Store, when string) {
 		for i, j := range jobs {
 			if j.refuse == "" {

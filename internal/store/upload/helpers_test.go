@@ -106,6 +106,25 @@ func (p *fakePath) upload(ctx context.Context, s *upload.Store) error {
 	return nil
 }
 
+// atOnce runs call(0) to call(n-1) in goroutines released together and
+// returns their errors by index: uploads that race for the same commit.
+func atOnce(n int, call func(i int) error) []error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = call(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return errs
+}
+
 // closure makes leaf <- mid <- top (top also refers to leaf and itself).
 func closure(t testing.TB, tag string) []*fakePath {
 	leaf := newPath(t, tag+"-leaf", []byte("leaf contents "+tag))

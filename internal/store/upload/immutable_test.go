@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -240,19 +239,9 @@ func TestConcurrentConflictingUploads(t *testing.T) {
 		}
 		s.WaitDurable(p.fileName)
 	}
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i, p := range rivals {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			errs[i] = s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo()))
-		}()
-	}
-	close(start)
-	wg.Wait()
+	errs := atOnce(len(rivals), func(i int) error {
+		return s.PutNarInfo(ctx, rivals[i].hash, strings.NewReader(rivals[i].narinfo()))
+	})
 	winner := -1
 	for i, err := range errs {
 		switch {

@@ -225,6 +225,8 @@ func (b *bench) benchNarinfo(ctx context.Context) error {
 	if err := checkNAR(ctx, conc.base, p); err != nil {
 		b.fail("concordia", err)
 	}
+	// Each round measures the three one after another: paired ratios.
+	b.rep.pair("narinfo")
 	for i := 0; i < b.o.runs; i++ {
 		for _, s := range []*server{conc, ngx, min} {
 			url := s.base + "/" + p.hashPart() + ".narinfo"
@@ -412,6 +414,10 @@ func (b *bench) benchE2E(ctx context.Context) error {
 	if sshOpts != "" {
 		targets = append(targets, target{"nix copy --from ssh://", "ssh://root@127.0.0.1", []string{"NIX_SSHOPTS=" + sshOpts}, false})
 	}
+	// Each round copies from every target in turn: paired ratios (a
+	// failed copy leaves its series short, and the row falls back to
+	// the ratio of medians).
+	b.rep.pair("e2e")
 	for i := 0; i < b.o.runs; i++ {
 		for _, t := range targets {
 			for _, wl := range []struct{ name, path string }{{"closure", top}, {"big path", b.w.big.Path}} {

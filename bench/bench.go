@@ -101,7 +101,6 @@ func (b *bench) all(ctx context.Context) error {
 		group string
 		fn    func(context.Context) error
 	}{
-		{"tools", b.benchTools},
 		{"narinfo", b.benchNarinfo},
 		{"nar", b.benchNAR},
 		{"rss", b.benchRSS},
@@ -166,37 +165,31 @@ func mbps(bytes int64, d time.Duration) float64 {
 	return float64(bytes) / 1e6 / d.Seconds()
 }
 
-// benchTools measures the references on the big path's bytes.
-func (b *bench) benchTools(ctx context.Context) error {
-	narFile := filepath.Join(b.work, "big.nar")
-	if fileSize(narFile) != b.w.big.NarSize {
-		if _, err := b.runCmd(ctx, nil, "sh", "-c", "nix-store --dump \"$1\" > \"$2\"", "sh", b.w.big.Path, narFile); err != nil {
-			return err
-		}
-	}
+// toolRound measures the references on the big path's bytes, once: it
+// runs inside each round of the nar group, next to the servers it is the
+// reference of, so their ratios are paired.
+func (b *bench) toolRound(ctx context.Context, narFile string) error {
 	size := b.w.big.NarSize
-	for i := 0; i < b.o.runs; i++ {
-		d, n, err := dumpToPipe(ctx, b.w.big.Path)
-		if err != nil {
-			return err
-		}
-		b.rep.add("nar", "nix-store --dump (pipe)", "MB/s, 1 stream", mbps(n, d))
-		d, err = b.timeCmd(ctx, nil, "sh", "-c", "zstd -1 -T1 -q -c \"$1\" > /dev/null", "sh", narFile)
-		if err != nil {
-			return err
-		}
-		b.rep.add("nar", "zstd -1 -T1", "MB/s, 1 stream", mbps(size, d))
-		d, err = b.timeCmd(ctx, nil, "sh", "-c", "zstd -1 -T1 -q -c \"$1\" > /dev/null & zstd -1 -T1 -q -c \"$1\" > /dev/null & wait", "sh", narFile)
-		if err != nil {
-			return err
-		}
-		b.rep.add("nar", "zstd -1 -T1", "MB/s, 2 streams", mbps(2*size, d))
-		d, err = b.timeCmd(ctx, nil, "sha256sum", narFile)
-		if err != nil {
-			return err
-		}
-		b.rep.add("nar", "sha256sum", "MB/s, 1 stream", mbps(size, d))
+	d, n, err := dumpToPipe(ctx, b.w.big.Path)
+	if err != nil {
+		return err
 	}
+	b.rep.add("nar", "nix-store --dump (pipe)", "MB/s, 1 stream", mbps(n, d))
+	d, err = b.timeCmd(ctx, nil, "sh", "-c", "zstd -1 -T1 -q -c \"$1\" > /dev/null", "sh", narFile)
+	if err != nil {
+		return err
+	}
+	b.rep.add("nar", "zstd -1 -T1", "MB/s, 1 stream", mbps(size, d))
+	d, err = b.timeCmd(ctx, nil, "sh", "-c", "zstd -1 -T1 -q -c \"$1\" > /dev/null & zstd -1 -T1 -q -c \"$1\" > /dev/null & wait", "sh", narFile)
+	if err != nil {
+		return err
+	}
+	b.rep.add("nar", "zstd -1 -T1", "MB/s, 2 streams", mbps(2*size, d))
+	d, err = b.timeCmd(ctx, nil, "sha256sum", narFile)
+	if err != nil {
+		return err
+	}
+	b.rep.add("nar", "sha256sum", "MB/s, 1 stream", mbps(size, d))
 	return nil
 }
 
@@ -225,10 +218,26 @@ func (b *bench) benchNarinfo(ctx context.Context) error {
 	if err := checkNAR(ctx, conc.base, p); err != nil {
 		b.fail("concordia", err)
 	}
-	// Each round measures the three one after another: paired ratios.
+	systems := []*server{conc, ngx, min}
+	if b.o.vsBin != "" {
+		vs, err := b.startConcordiaBin(ctx, b.o.vsBin, vsName+"-narinfo", "zstd", filepath.Join(b.work, "state-narinfo-vs"))
+		if err != nil {
+			return err
+		}
+		defer b.procs.stop(vs.cmd)
+		if err := checkNAR(ctx, vs.base, p); err != nil {
+			b.fail(vs.name, err)
+		}
+		systems = append(systems, vs)
+		for _, m := range []string{"req/s, 1 connection", "req/s, 64 connections"} {
+			b.rep.targets = append(b.rep.targets, comparison{"narinfo", m, conc.name, vs.name, false, 0, "narinfo " + m + ", this tree vs " + vsName})
+		}
+		b.rep.targets = append(b.rep.targets, comparison{"narinfo", "p50 us, 1 connection", conc.name, vs.name, true, 0, "narinfo p50, 1 connection, this tree vs " + vsName + " (latency ratio)"})
+	}
+	// Each round measures the systems one after another: paired ratios.
 	b.rep.pair("narinfo")
 	for i := 0; i < b.o.runs; i++ {
-		for _, s := range []*server{conc, ngx, min} {
+		for _, s := range inRound(systems, i) {
 			url := s.base + "/" + p.hashPart() + ".narinfo"
 			r1, err := b.runWrk(ctx, url, 1, 1)
 			if err != nil {
@@ -250,14 +259,28 @@ func (b *bench) benchNarinfo(ctx context.Context) error {
 	return nil
 }
 
-// benchNAR: NAR throughput per system and encoding, 1 and 8 streams.
+// benchNAR: NAR throughput per system and encoding, 1 and 8 streams, in
+// rounds: each round measures the reference tools (toolRound), the warm
+// servers and fresh cold ones one after another, so every ratio of the
+// group is paired. With --vs-bin the other binary's servers run in the
+// same rounds, right after this tree's.
 func (b *bench) benchNAR(ctx context.Context) error {
 	big := b.w.big
-	none, err := b.startConcordia(ctx, "concordia none", "none", filepath.Join(b.work, "state-none"))
-	if err != nil {
-		return err
+	narFile := filepath.Join(b.work, "big.nar")
+	if fileSize(narFile) != big.NarSize {
+		if _, err := b.runCmd(ctx, nil, "sh", "-c", "nix-store --dump \"$1\" > \"$2\"", "sh", big.Path, narFile); err != nil {
+			return err
+		}
 	}
-	defer b.procs.stop(none.cmd)
+	var servers []*server
+	for _, c := range b.cacheBins() {
+		none, err := b.startConcordiaBin(ctx, c.bin, c.name+" none", "none", filepath.Join(b.work, "state-none-"+c.name))
+		if err != nil {
+			return err
+		}
+		defer b.procs.stop(none.cmd)
+		servers = append(servers, none)
+	}
 	ngxNone, err := b.startNginx(ctx, "nginx .nar", b.fcNone)
 	if err != nil {
 		return err
@@ -268,7 +291,8 @@ func (b *bench) benchNAR(ctx context.Context) error {
 		return err
 	}
 	defer b.procs.stop(ngxZstd.cmd)
-	for _, s := range []*server{none, ngxNone, ngxZstd} {
+	servers = append(servers, ngxNone, ngxZstd)
+	for _, s := range servers {
 		for _, p := range []pathInfo{big, b.w.small, b.w.closure[0]} {
 			if err := checkNAR(ctx, s.base, p); err != nil {
 				b.fail(s.name, err)
@@ -287,54 +311,98 @@ func (b *bench) benchNAR(ctx context.Context) error {
 		b.rep.add("nar", s.name, fmt.Sprintf("MB/s, %d stream%s", streams, plural(streams)), mbps(big.NarSize*int64(streams), d))
 		return nil
 	}
+	b.rep.pair("nar")
 	for i := 0; i < b.o.runs; i++ {
-		for _, s := range []*server{none, ngxNone, ngxZstd} {
+		if err := b.toolRound(ctx, narFile); err != nil {
+			return err
+		}
+		for _, s := range inRound(servers, i) {
 			for _, n := range []int{1, 8} {
 				if err := measure(s, n); err != nil {
 					return err
 				}
 			}
 		}
-		// zstd cold: a fresh server with an empty compression cache per run.
-		for _, n := range []int{1, 2, 8} {
-			cold, err := b.startConcordia(ctx, "concordia zstd cold", "zstd", filepath.Join(b.work, fmt.Sprintf("state-cold-%d-%d", i, n)))
-			if err != nil {
-				return err
-			}
-			if i == 0 && n == 1 {
-				if err := checkNAR(ctx, cold.base, big); err != nil {
-					b.fail(cold.name, err)
-				}
-				b.procs.stop(cold.cmd)
-				_ = os.RemoveAll(filepath.Join(b.work, fmt.Sprintf("state-cold-%d-%d", i, n)))
-				cold, err = b.startConcordia(ctx, "concordia zstd cold", "zstd", filepath.Join(b.work, fmt.Sprintf("state-cold-%d-%d", i, n)))
-				if err != nil {
-					return err
-				}
-			}
-			err = measure(cold, n)
-			if err == nil && n == 1 {
-				// the same server, now warm
-				cold.name = "concordia zstd warm"
-				for _, m := range []int{1, 8} {
-					if err = measure(cold, m); err != nil {
-						break
-					}
-				}
-				if i == 0 {
-					if cerr := checkNAR(ctx, cold.base, big); cerr != nil {
-						b.fail("concordia zstd warm", cerr)
-					}
-				}
-			}
-			b.procs.stop(cold.cmd)
-			_ = os.RemoveAll(filepath.Join(b.work, fmt.Sprintf("state-cold-%d-%d", i, n)))
-			if err != nil {
+		for _, c := range inRound(b.cacheBins(), i) {
+			if err := b.coldRound(ctx, c.bin, c.name, i, measure); err != nil {
 				return err
 			}
 		}
 	}
+	if b.o.vsBin != "" {
+		for _, f := range []struct{ sys, metric string }{
+			{"none", "MB/s, 1 stream"}, {"none", "MB/s, 8 streams"},
+			{"zstd cold", "MB/s, 1 stream"}, {"zstd cold", "MB/s, 2 streams"}, {"zstd cold", "MB/s, 8 streams"},
+			{"zstd warm", "MB/s, 1 stream"}, {"zstd warm", "MB/s, 8 streams"},
+		} {
+			b.rep.targets = append(b.rep.targets, comparison{"nar", f.metric, "concordia " + f.sys, vsName + " " + f.sys, false, 0,
+				fmt.Sprintf("NAR %s, %s, this tree vs %s", f.sys, f.metric, vsName)})
+		}
+	}
 	return nil
+}
+
+// coldRound measures fresh servers of the binary bin, each with an empty
+// compression cache: one per stream count (1, 2, 8), the 1-stream one
+// measured again once warm.
+func (b *bench) coldRound(ctx context.Context, bin, name string, i int, measure func(*server, int) error) error {
+	big := b.w.big
+	for _, n := range []int{1, 2, 8} {
+		state := filepath.Join(b.work, fmt.Sprintf("state-cold-%s-%d-%d", name, i, n))
+		cold, err := b.startConcordiaBin(ctx, bin, name+" zstd cold", "zstd", state)
+		if err != nil {
+			return err
+		}
+		if i == 0 && n == 1 {
+			// The first round checks the bytes on a server of its own,
+			// which leaves its cache warm: the measured one starts
+			// afresh.
+			if err := checkNAR(ctx, cold.base, big); err != nil {
+				b.fail(cold.name, err)
+			}
+			b.procs.stop(cold.cmd)
+			_ = os.RemoveAll(state)
+			cold, err = b.startConcordiaBin(ctx, bin, name+" zstd cold", "zstd", state)
+			if err != nil {
+				return err
+			}
+		}
+		err = measure(cold, n)
+		if err == nil && n == 1 {
+			// the same server, now warm
+			cold.name = name + " zstd warm"
+			for _, m := range []int{1, 8} {
+				if err = measure(cold, m); err != nil {
+					break
+				}
+			}
+			if i == 0 {
+				if cerr := checkNAR(ctx, cold.base, big); cerr != nil {
+					b.fail(cold.name, cerr)
+				}
+			}
+		}
+		b.procs.stop(cold.cmd)
+		_ = os.RemoveAll(state)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inRound is the order in which round i measures systems: as given in
+// even rounds, reversed in odd ones, so no system always goes first (or
+// always runs right after the same other one) in a paired ratio.
+func inRound[T any](systems []T, i int) []T {
+	if i%2 == 0 {
+		return systems
+	}
+	r := make([]T, len(systems))
+	for k, s := range systems {
+		r[len(systems)-1-k] = s
+	}
+	return r
 }
 
 func plural(n int) string {
@@ -411,6 +479,18 @@ func (b *bench) benchE2E(ctx context.Context) error {
 		{concNone.name, concNone.base, nil, true},
 		{ngx.name, ngx.base, nil, true},
 	}
+	if b.o.vsBin != "" {
+		vs, err := b.startConcordiaBin(ctx, b.o.vsBin, vsName+" zstd", "zstd", filepath.Join(b.work, "state-e2e-vs"))
+		if err != nil {
+			return err
+		}
+		defer b.procs.stop(vs.cmd)
+		targets = append(targets, target{vs.name, vs.base, nil, true})
+		for _, wl := range []string{"closure", "big path"} {
+			b.rep.targets = append(b.rep.targets, comparison{"e2e", "seconds, nix copy --from, " + wl, conc.name, vs.name, true, 0,
+				"nix copy --from, " + wl + ", this tree vs " + vsName + " (time ratio)"})
+		}
+	}
 	if sshOpts != "" {
 		targets = append(targets, target{"nix copy --from ssh://", "ssh://root@127.0.0.1", []string{"NIX_SSHOPTS=" + sshOpts}, false})
 	}
@@ -419,7 +499,7 @@ func (b *bench) benchE2E(ctx context.Context) error {
 	// the ratio of medians).
 	b.rep.pair("e2e")
 	for i := 0; i < b.o.runs; i++ {
-		for _, t := range targets {
+		for _, t := range inRound(targets, i) {
 			for _, wl := range []struct{ name, path string }{{"closure", top}, {"big path", b.w.big.Path}} {
 				dst := filepath.Join(b.work, fmt.Sprintf("dst-%d", time.Now().UnixNano()))
 				args := []string{"--extra-experimental-features", "nix-command", "copy", "--from", t.url, "--to", dst}
@@ -443,17 +523,38 @@ func (b *bench) benchE2E(ctx context.Context) error {
 }
 
 // benchUpload: nix copy --to Concordia against nix copy --to file:// and
-// a do-nothing sink, in rounds: each round times the three one after
-// another on the same closure, so each ratio is taken pair by pair from
+// a do-nothing sink, in rounds: each round times the systems one after
+// another on the same workload, so each ratio is taken pair by pair from
 // runs a few seconds apart (the report's paired ratios), not from medians
 // of windows minutes apart while the machine's speed drifts. Each
-// Concordia run starts from an empty upload store.
+// Concordia run starts from an empty upload store. The workloads: the
+// 200-path closure, one of 1000 paths, and two clients at once, each
+// copying a closure of its own (Nix uploads the paths of a closure that
+// do not depend on each other in parallel, so several narinfo commits
+// meet; with two clients, more do).
 func (b *bench) benchUpload(ctx context.Context) error {
-	top := b.w.closure[len(b.w.closure)-1].Path
-	tokDir := filepath.Join(b.work, "upload")
-	if err := os.MkdirAll(tokDir, 0o700); err != nil {
+	big, second := 1000, len(b.w.closure)-1
+	if b.o.quick {
+		big = 50
+	}
+	b.log.Info("building the upload workloads", "paths", big)
+	top1000, err := b.buildClosure(ctx, "concordia-bench-k", big)
+	if err != nil {
 		return err
 	}
+	other, err := b.buildClosure(ctx, "concordia-bench-b", second)
+	if err != nil {
+		return err
+	}
+	loads := []struct {
+		metric string
+		tops   []string // one client each, run at once
+	}{
+		{"seconds, closure", []string{b.w.closure[len(b.w.closure)-1].Path}},
+		{fmt.Sprintf("seconds, closure of %d", big), []string{top1000}},
+		{"seconds, 2 clients at once", []string{b.w.closure[len(b.w.closure)-1].Path, other}},
+	}
+	b.rep.loads = append(b.rep.loads, fmt.Sprintf("upload: the closure; a closure of %d paths; two clients at once, one copying the closure and one a disjoint closure of %d paths", big+1, second+1))
 	sink, err := b.startUploadSink(ctx)
 	if err != nil {
 		return err
@@ -461,56 +562,89 @@ func (b *bench) benchUpload(ctx context.Context) error {
 	defer b.procs.stop(sink.cmd)
 	b.rep.pair("upload")
 	for i := 0; i < b.o.runs; i++ {
-		dst := filepath.Join(b.work, fmt.Sprintf("upload-file-%d", i))
-		d, err := b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
-			"file://"+dst+"?compression=zstd", top)
-		_ = os.RemoveAll(dst)
-		if err != nil {
-			return err
-		}
-		b.rep.add("upload", "nix copy --to file://", "seconds, closure", d.Seconds())
-
-		d, err = b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
-			sink.base+"?compression=zstd", top)
-		if err != nil {
-			return err
-		}
-		b.rep.add("upload", "nix copy --to a sink (Nix client floor)", "seconds, closure", d.Seconds())
-
-		if d, err = b.uploadOnce(ctx, b.cacheBin, top); err != nil {
-			return err
-		}
-		b.rep.add("upload", "concordia (nix copy --to http)", "seconds, closure", d.Seconds())
-		if b.o.vsBin != "" {
-			if d, err = b.uploadOnce(ctx, b.o.vsBin, top); err != nil {
-				return fmt.Errorf("--vs-bin: %w", err)
+		for _, l := range loads {
+			d, err := b.atOnce(ctx, l.tops, func(k int, top string) (time.Duration, error) {
+				dst := filepath.Join(b.work, fmt.Sprintf("upload-file-%d-%d", i, k))
+				defer os.RemoveAll(dst)
+				return b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
+					"file://"+dst+"?compression=zstd", top)
+			})
+			if err != nil {
+				return err
 			}
-			b.rep.add("upload", vsUpload, "seconds, closure", d.Seconds())
+			b.rep.add("upload", "nix copy --to file://", l.metric, d.Seconds())
+
+			d, err = b.atOnce(ctx, l.tops, func(_ int, top string) (time.Duration, error) {
+				return b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
+					sink.base+"?compression=zstd", top)
+			})
+			if err != nil {
+				return err
+			}
+			b.rep.add("upload", "nix copy --to a sink (Nix client floor)", l.metric, d.Seconds())
+
+			for _, c := range inRound(b.cacheBins(), i) {
+				if d, err = b.uploadOnce(ctx, c.bin, l.tops...); err != nil {
+					return fmt.Errorf("%s: %w", c.name, err)
+				}
+				sys := "concordia (nix copy --to http)"
+				if c.bin != b.cacheBin {
+					sys = vsUpload
+				}
+				b.rep.add("upload", sys, l.metric, d.Seconds())
+			}
 		}
+	}
+	for _, l := range loads[1:] {
+		b.rep.targets = append(b.rep.targets,
+			comparison{"upload", l.metric, "concordia (nix copy --to http)", "nix copy --to a sink (Nix client floor)", true, 1.3,
+				"upload time vs a do-nothing HTTP sink (server's own share), " + strings.TrimPrefix(l.metric, "seconds, ")})
 	}
 	if b.o.vsBin != "" {
-		b.rep.targets = append(b.rep.targets, comparison{"upload", "seconds, closure", "concordia (nix copy --to http)", vsUpload, true, 0,
-			"upload time, this tree vs --vs-bin (time ratio)"})
+		for _, l := range loads {
+			b.rep.targets = append(b.rep.targets, comparison{"upload", l.metric, "concordia (nix copy --to http)", vsUpload, true, 0,
+				"upload time, " + strings.TrimPrefix(l.metric, "seconds, ") + ", this tree vs " + vsName + " (time ratio)"})
+		}
 	}
 	return nil
+}
+
+// atOnce runs one timed client per top, all at once, and returns the
+// wall time until the last one is done.
+func (b *bench) atOnce(ctx context.Context, tops []string, run func(k int, top string) (time.Duration, error)) (time.Duration, error) {
+	start := time.Now()
+	errs := make(chan error, len(tops))
+	for k, top := range tops {
+		go func() {
+			_, err := run(k, top)
+			errs <- err
+		}()
+	}
+	var first error
+	for range tops {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return time.Since(start), first
 }
 
 // vsUpload is the --vs-bin binary's figure in the upload rounds.
 const vsUpload = "vs-bin (nix copy --to http)"
 
 // uploadOnce starts an empty upload store on the cache binary bin, times
-// one nix copy --to of top into it and stops it again (the next run's
-// store must start empty, and a left-over server would hold its dir).
-func (b *bench) uploadOnce(ctx context.Context, bin, top string) (time.Duration, error) {
-	saved := b.cacheBin
-	b.cacheBin = bin
-	up, err := b.startUploadCache(ctx)
-	b.cacheBin = saved
+// one nix copy --to of each of tops into it, all at once, and stops it
+// again (the next run's store must start empty, and a left-over server
+// would hold its dir).
+func (b *bench) uploadOnce(ctx context.Context, bin string, tops ...string) (time.Duration, error) {
+	up, err := b.startUploadCache(ctx, bin)
 	if err != nil {
 		return 0, fmt.Errorf("concordia uploads: %w", err)
 	}
-	d, err := b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
-		up.srv.base+"?compression=zstd", "--option", "netrc-file", up.netrc, top)
+	d, err := b.atOnce(ctx, tops, func(_ int, top string) (time.Duration, error) {
+		return b.timeCmd(ctx, nil, "nix", "--extra-experimental-features", "nix-command", "copy", "--to",
+			up.srv.base+"?compression=zstd", "--option", "netrc-file", up.netrc, top)
+	})
 	b.procs.stop(up.srv.cmd)
 	_ = os.RemoveAll(up.state)
 	return d, err

@@ -70,6 +70,9 @@ func (b *bench) benchDeploy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The test pushes to 1, 10 and n hosts in turn in each round: the
+	// i-th push of each size is of round i, so the ratios are paired.
+	b.rep.pair("deploy")
 	sizes := map[int]bool{}
 	for _, p := range pushes {
 		sizes[p.hosts] = true

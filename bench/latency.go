@@ -35,10 +35,7 @@ func (b *bench) benchUploadRTT(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	bins := []struct{ name, bin string }{{"concordia", b.cacheBin}}
-	if b.o.vsBin != "" {
-		bins = append(bins, struct{ name, bin string }{"vs-bin", b.o.vsBin})
-	}
+	bins := b.cacheBins()
 	for i := 0; i < b.o.runs; i++ {
 		for _, bin := range bins {
 			for _, tls := range []bool{false, true} {
@@ -61,14 +58,11 @@ func (b *bench) benchUploadRTT(ctx context.Context) error {
 // puts the delay proxy in front and times one nix copy --to of the big
 // path.
 func (b *bench) uploadThroughDelay(ctx context.Context, bin string, tls bool, cert, key string) (time.Duration, error) {
-	saved := b.cacheBin
-	b.cacheBin = bin
 	extra := ""
 	if tls {
 		extra = fmt.Sprintf("tls_cert_path = %q\ntls_key_path = %q\n", cert, key)
 	}
-	up, err := b.startUploadCacheWith(ctx, extra)
-	b.cacheBin = saved
+	up, err := b.startUploadCacheWith(ctx, bin, extra)
 	if err != nil {
 		return 0, err
 	}

@@ -37,6 +37,7 @@ type options struct {
 	dur     time.Duration
 	verbose bool
 	vsBin   string
+	compare string
 }
 
 func main() {
@@ -54,10 +55,11 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "report directory (default bench/results, or a temp dir with --quick)")
 	flag.StringVar(&o.work, "work", "", "work directory (default: a fresh temp dir, removed at the end)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
-	flag.StringVar(&o.only, "only", "", "comma-separated groups to run: narinfo,nar,tools,e2e,upload,upload-rtt,rss,deploy,pull,shared (default all)")
+	flag.StringVar(&o.only, "only", "", "comma-separated groups to run: narinfo,nar,e2e,upload,upload-rtt,rss,deploy,pull,shared (default all)")
 	flag.DurationVar(&o.dur, "duration", 4*time.Second, "length of each load measurement")
 	flag.BoolVar(&o.verbose, "v", false, "verbose logs")
-	flag.StringVar(&o.vsBin, "vs-bin", "", "a second cache binary (e.g. another commit's), measured in the same rounds as this tree's in the upload and upload-rtt groups")
+	flag.StringVar(&o.vsBin, "vs-bin", "", "a second cache binary (e.g. another commit's), measured in the same rounds as this tree's in the narinfo, nar, e2e, upload and upload-rtt groups")
+	flag.StringVar(&o.compare, "compare", "", "a git commit (or branch, tag) whose cache binary is built and measured as --vs-bin: this tree's speed against it in one run")
 	flag.Parse()
 	if o.quick {
 		o.runs = 1
@@ -105,6 +107,16 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		name = o.only + "-report.md"
 	}
 	b := &bench{o: o, log: log, work: work, procs: procs, rep: newReport()}
+	if o.compare != "" {
+		if o.vsBin != "" {
+			return errors.New("--compare and --vs-bin both name the other binary: give one")
+		}
+		bin, err := b.buildAt(ctx, o.compare)
+		if err != nil {
+			return fmt.Errorf("--compare %s: %w", o.compare, err)
+		}
+		b.o.vsBin = bin
+	}
 	err := b.all(ctx)
 	if ctx.Err() != nil {
 		return errors.New("interrupted")

@@ -103,6 +103,10 @@ func (b *bench) benchPull(ctx context.Context) error {
 		}
 		return d, err
 	}
+	// Each round measures the upstream and a fresh Concordia one after
+	// the other, and so do the link runs and the narinfo latency
+	// (pullNarinfoLatency, in blocks of 100): paired ratios.
+	b.rep.pair("pull")
 	for i := 0; i < b.o.runs; i++ {
 		// A: the upstream itself, its page cache warm like the cold
 		// runs' upstream.

@@ -251,6 +251,10 @@ func (b *bench) benchShared(ctx context.Context) error {
 		}
 	}()
 	narMetric := fmt.Sprintf("seconds, upload one %.0f MB NAR", float64(nar.NarSize)/1e6)
+	// Every measurement below runs the backends one after another in
+	// each round (uploads, downloads, narinfo load, replicas): paired
+	// ratios.
+	b.rep.pair("shared")
 	for i := 0; i < b.o.runs; i++ {
 		for _, s3 := range []bool{false, true} {
 			name, state, cur := sysDisk, stateDisk, &disk
@@ -269,7 +273,7 @@ func (b *bench) benchShared(ctx context.Context) error {
 				}
 				be = tables
 			}
-			up, err := b.startUploadServer(ctx, name, "none", state, "", be)
+			up, err := b.startUploadServer(ctx, b.cacheBin, name, "none", state, "", be)
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
@@ -425,7 +429,7 @@ func (b *bench) sharedReplicas(ctx context.Context, env *sharedEnv, tables, stat
 	replica := func(name string, k int) (*uploadCache, error) {
 		state := filepath.Join(b.work, fmt.Sprintf("state-shared-replica-%d", k))
 		_ = os.RemoveAll(state)
-		return b.startUploadServer(ctx, name, "none", state, "", tables)
+		return b.startUploadServer(ctx, b.cacheBin, name, "none", state, "", tables)
 	}
 	// run downloads from the servers, clients split evenly, and records
 	// throughput under name and each server's peak RSS under its own.
@@ -455,7 +459,7 @@ func (b *bench) sharedReplicas(ctx context.Context, env *sharedEnv, tables, stat
 		return nil
 	}
 	for i := 0; i < b.o.runs; i++ {
-		d, err := b.startUploadServer(ctx, sysDisk, "none", stateDisk, "", "")
+		d, err := b.startUploadServer(ctx, b.cacheBin, sysDisk, "none", stateDisk, "", "")
 		if err != nil {
 			return err
 		}

@@ -19,9 +19,15 @@ type server struct {
 	cmd  *exec.Cmd
 }
 
-// startConcordia runs `cache serve` with its own state dir, so a fresh state
-// dir means a cold compression cache.
+// startConcordia runs this tree's `cache serve` with its own state dir, so
+// a fresh state dir means a cold compression cache.
 func (b *bench) startConcordia(ctx context.Context, name, compression, stateDir string, extra ...string) (*server, error) {
+	return b.startConcordiaBin(ctx, b.cacheBin, name, compression, stateDir, extra...)
+}
+
+// startConcordiaBin is startConcordia on the cache binary bin (this
+// tree's, or the --vs-bin one).
+func (b *bench) startConcordiaBin(ctx context.Context, bin, name, compression, stateDir string, extra ...string) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -32,7 +38,7 @@ func (b *bench) startConcordia(ctx context.Context, name, compression, stateDir 
 	args := []string{"serve", "--bind", fmt.Sprintf("127.0.0.1:%d", port), "--compression", compression,
 		"--state-dir", stateDir, "--sign-key", b.keySec}
 	args = append(args, extra...)
-	cmd := exec.CommandContext(ctx, b.cacheBin, args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = b.nixEnv()
 	logf, err := os.Create(filepath.Join(b.work, safeName(name)+".log"))
 	if err != nil {
@@ -48,6 +54,19 @@ func (b *bench) startConcordia(ctx context.Context, name, compression, stateDir 
 		return nil, fmt.Errorf("concordia: %w (log %s)", err, logf.Name())
 	}
 	return &server{name: name, base: "http://" + addr, cmd: cmd}, nil
+}
+
+// vsName prefixes the figures of the --vs-bin (or --compare) binary.
+const vsName = "vs-bin"
+
+// cacheBins are the cache binaries a group measures: this tree's, and the
+// --vs-bin one when given, each with the name its figures start with.
+func (b *bench) cacheBins() []struct{ name, bin string } {
+	bins := []struct{ name, bin string }{{"concordia", b.cacheBin}}
+	if b.o.vsBin != "" {
+		bins = append(bins, struct{ name, bin string }{vsName, b.o.vsBin})
+	}
+	return bins
 }
 
 // startNginx serves dir (a file:// binary cache written by nix copy) the way
@@ -213,4 +232,31 @@ func safeName(s string) string {
 		}
 		return '_'
 	}, s)
+}
+
+// buildAt builds the cache binary of the commit ref from a detached git
+// worktree (removed again), so --compare measures another commit's
+// binary in the same rounds as this tree's. The figures are named
+// "vs-bin" either way; the report's notes say which commit that is.
+func (b *bench) buildAt(ctx context.Context, ref string) (string, error) {
+	rev, err := b.runCmd(ctx, nil, "git", "rev-parse", "--verify", ref+"^{commit}")
+	if err != nil {
+		return "", err
+	}
+	rev = strings.TrimSpace(rev)
+	tree := filepath.Join(b.work, "compare-tree")
+	if _, err := b.runCmd(ctx, nil, "git", "worktree", "add", "--detach", tree, rev); err != nil {
+		return "", err
+	}
+	defer func() {
+		_, _ = b.runCmd(context.Background(), nil, "git", "worktree", "remove", "--force", tree)
+	}()
+	bin := filepath.Join(b.work, "cache-"+rev[:12])
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/cache")
+	cmd.Dir = tree
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build at %s: %w: %s", rev[:12], err, lastLines(string(out), 10))
+	}
+	b.rep.note(fmt.Sprintf("%s is the cache binary of commit %s (%s), built by --compare", vsName, rev[:12], ref))
+	return bin, nil
 }

@@ -22,20 +22,20 @@ type uploadCache struct {
 // startUploadCache runs Concordia with only an upload store (no local
 // store, which already has every path and would make uploads no-ops) and
 // a write token handed to Nix through a netrc file.
-func (b *bench) startUploadCache(ctx context.Context) (*uploadCache, error) {
-	return b.startUploadCacheWith(ctx, "")
+func (b *bench) startUploadCache(ctx context.Context, bin string) (*uploadCache, error) {
+	return b.startUploadCacheWith(ctx, bin, "")
 }
 
 // startUploadCacheWith is startUploadCache with extra top-level config
 // lines (e.g. TLS).
-func (b *bench) startUploadCacheWith(ctx context.Context, extra string) (*uploadCache, error) {
-	return b.startUploadServer(ctx, "concordia upload", "zstd", filepath.Join(b.work, "state-upload"), extra, "")
+func (b *bench) startUploadCacheWith(ctx context.Context, bin, extra string) (*uploadCache, error) {
+	return b.startUploadServer(ctx, bin, "concordia upload", "zstd", filepath.Join(b.work, "state-upload"), extra, "")
 }
 
 // startUploadServer runs Concordia with only an upload store in state:
 // on disk under state when backend is "", or on the [upload.s3] and
 // [upload.database] tables backend holds.
-func (b *bench) startUploadServer(ctx context.Context, name, compression, state, extra, backend string) (*uploadCache, error) {
+func (b *bench) startUploadServer(ctx context.Context, bin, name, compression, state, extra, backend string) (*uploadCache, error) {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, err
 	}
@@ -59,7 +59,7 @@ func (b *bench) startUploadServer(ctx context.Context, name, compression, state,
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
-	srv, err := b.startConcordia(ctx, name, compression, state, "--config", cfg)
+	srv, err := b.startConcordiaBin(ctx, bin, name, compression, state, "--config", cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -80,19 +80,11 @@ func (b *bench) buildWorkloads(ctx context.Context) (workloads, error) {
 	smallPath := strings.TrimSpace(out)
 
 	b.log.Info("building the closure", "paths", nPaths)
-	expr := filepath.Join(b.work, "closure.nix")
-	if err := os.WriteFile(expr, []byte(closureExpr(nPaths)), 0o644); err != nil {
-		return w, err
-	}
-	out, err = b.runCmd(ctx, nil, "nix-build", "--no-out-link", "--max-jobs", "4", expr)
+	closureTop, err := b.buildClosure(ctx, "concordia-bench", nPaths)
 	if err != nil {
 		return w, err
 	}
-	closureTop := strings.Fields(out)
-	if len(closureTop) != 1 {
-		return w, fmt.Errorf("closure build printed %d paths, want 1", len(closureTop))
-	}
-	out, err = b.runCmd(ctx, nil, "nix-store", "-qR", closureTop[0])
+	out, err = b.runCmd(ctx, nil, "nix-store", "-qR", closureTop)
 	if err != nil {
 		return w, err
 	}
@@ -161,16 +153,35 @@ func makeSmallFiles(dir string, n int) error {
 	return os.WriteFile(filepath.Join(dir, ".done"), nil, 0o644)
 }
 
+// buildClosure builds a closure of n small paths whose names start with
+// prefix (paths of different prefixes are disjoint) and returns its top.
+func (b *bench) buildClosure(ctx context.Context, prefix string, n int) (string, error) {
+	expr := filepath.Join(b.work, fmt.Sprintf("closure-%s-%d.nix", prefix, n))
+	if err := os.WriteFile(expr, []byte(closureExprNamed(prefix, n)), 0o644); err != nil {
+		return "", err
+	}
+	out, err := b.runCmd(ctx, nil, "nix-build", "--no-out-link", "--max-jobs", "4", expr)
+	if err != nil {
+		return "", err
+	}
+	top := strings.Fields(out)
+	if len(top) != 1 {
+		return "", fmt.Errorf("closure build printed %d paths, want 1", len(top))
+	}
+	return top[0], nil
+}
+
 // closureExpr is a Nix expression for n small paths where each refers to up
 // to three earlier ones, topped by one path that refers to all of them.
-func closureExpr(n int) string {
+// Their names start with prefix.
+func closureExprNamed(prefix string, n int) string {
 	var sb strings.Builder
 	sb.WriteString("let\n  mk = name: deps: derivation {\n    inherit name;\n    system = builtins.currentSystem;\n    builder = \"/bin/sh\";\n")
 	sb.WriteString("    args = [ \"-c\" ''\n      /bin/mkdir $out\n      for d in ${toString deps}; do echo $d >> $out/deps; done\n")
 	sb.WriteString("      i=0; while [ $i -lt 200 ]; do echo \"$name line $i of padding to make a realistic small file\"; i=$((i+1)); done > $out/data\n")
 	sb.WriteString("      echo '#!/bin/sh' > $out/run; /bin/chmod +x $out/run\n    '' ];\n  };\n")
 	for i := 0; i < n; i++ {
-		fmt.Fprintf(&sb, "  p%d = mk \"concordia-bench-p%d\" [", i, i)
+		fmt.Fprintf(&sb, "  p%d = mk \"%s-p%d\" [", i, prefix, i)
 		for _, d := range []int{i - 1, i / 2, i / 3} {
 			if d >= 0 && d < i {
 				fmt.Fprintf(&sb, " p%d", d)
@@ -178,7 +189,7 @@ func closureExpr(n int) string {
 		}
 		sb.WriteString(" ];\n")
 	}
-	sb.WriteString("in mk \"concordia-bench-top\" [")
+	fmt.Fprintf(&sb, "in mk \"%s-top\" [", prefix)
 	for i := 0; i < n; i++ {
 		fmt.Fprintf(&sb, " p%d", i)
 	}

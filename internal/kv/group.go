@@ -2,7 +2,9 @@ package kv
 
 import (
 	"fmt"
-	"sync"
+	"sync/atomic"
+
+	"github.com/bos55/concordia/internal/coalesce"
 )
 
 // Group commits the write transactions of concurrent callers together:
@@ -23,56 +25,38 @@ import (
 // error: a function given to Group may run more than once and must do
 // nothing outside the transaction that a second run would get wrong.
 type Group struct {
-	db DB
+	db    DB
+	calls *coalesce.Batcher[*groupCall]
 
-	mu    sync.Mutex
-	queue []*groupCall
-	busy  bool // a caller is running the queue
+	transactions atomic.Uint64
 }
 
 type groupCall struct {
-	fn   func(Tx) error
-	err  error
-	done chan struct{} // closed once err is final
-	lead chan struct{} // closed when this caller is to run the queue
+	fn  func(Tx) error
+	err error // final once its batch has run
 }
 
 // NewGroup groups the write transactions given to it on db.
-func NewGroup(db DB) *Group { return &Group{db: db} }
+func NewGroup(db DB) *Group {
+	g := &Group{db: db}
+	g.calls = coalesce.New(g.run)
+	return g
+}
 
 // Update runs fn in a write transaction, possibly shared with other
 // concurrent calls, and returns once it is committed (or failed).
 func (g *Group) Update(fn func(Tx) error) error {
-	c := &groupCall{fn: fn, done: make(chan struct{}), lead: make(chan struct{})}
-	g.mu.Lock()
-	g.queue = append(g.queue, c)
-	if g.busy {
-		g.mu.Unlock()
-		select {
-		case <-c.done:
-			return c.err
-		case <-c.lead:
-		}
-		g.mu.Lock()
-	}
-	g.busy = true
-	batch := g.queue
-	g.queue = nil
-	g.mu.Unlock()
-
-	g.run(batch)
-
-	// The next caller in the queue runs it: none waits on a caller that
-	// has its answer.
-	g.mu.Lock()
-	if len(g.queue) > 0 {
-		close(g.queue[0].lead)
-	} else {
-		g.busy = false
-	}
-	g.mu.Unlock()
-	<-c.done
+	c := &groupCall{fn: fn}
+	g.calls.Do(c)
 	return c.err
+}
+
+// Stats returns how many calls of Update there were and how many write
+// transactions ran them (a group with a failing function takes more than
+// one).
+func (g *Group) Stats() (calls, transactions uint64) {
+	calls, _ = g.calls.Stats()
+	return calls, g.transactions.Load()
 }
 
 // run commits batch in one transaction; a function that fails is taken
@@ -81,6 +65,7 @@ func (g *Group) Update(fn func(Tx) error) error {
 func (g *Group) run(batch []*groupCall) {
 	for len(batch) > 0 {
 		failed := -1
+		g.transactions.Add(1)
 		err := g.db.Update(func(tx Tx) error {
 			for i, c := range batch {
 				if err := c.call(tx); err != nil {
@@ -102,6 +87,7 @@ func (g *Group) run(batch []*groupCall) {
 		}
 		g.run(batch[:failed])
 		solo := batch[failed]
+		g.transactions.Add(1)
 		finish([]*groupCall{solo}, g.db.Update(solo.call))
 		batch = batch[failed+1:]
 	}
@@ -122,6 +108,5 @@ func (c *groupCall) call(tx Tx) (err error) {
 func finish(calls []*groupCall, err error) {
 	for _, c := range calls {
 		c.err = err
-		close(c.done)
 	}
 }

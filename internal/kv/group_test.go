@@ -57,13 +57,11 @@ func incr(key string) func(Tx) error {
 	return func(tx Tx) error { tx.(*mapTx).m[key]++; return nil }
 }
 
-// queued waits until n calls wait in g's queue.
+// queued waits until n calls wait in g's queue behind the one heldFirst
+// holds in its transaction (a call is counted once it is queued).
 func queued(g *Group, n int) {
 	for {
-		g.mu.Lock()
-		l := len(g.queue)
-		g.mu.Unlock()
-		if l >= n {
+		if calls, _ := g.Stats(); calls >= uint64(n)+1 {
 			return
 		}
 		runtime.Gosched()
@@ -109,6 +107,9 @@ func TestGroupCommitsTogether(t *testing.T) {
 	}
 	if n := db.updates.Load(); n != 2 {
 		t.Errorf("%d transactions for 11 calls, want 2 (one, then the ten that queued)", n)
+	}
+	if calls, txs := g.Stats(); calls != 11 || txs != 2 {
+		t.Errorf("Stats = %d calls, %d transactions, want 11, 2", calls, txs)
 	}
 	for i := range errs {
 		if db.data[fmt.Sprint("k", i)] != 1 {

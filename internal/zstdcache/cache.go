@@ -78,6 +78,9 @@ type Cache struct {
 	log   *slog.Logger
 	db    *bolt.DB
 
+	// syncer fsyncs dir: productions finishing together share fsyncs.
+	syncer *durable.DirSyncer
+
 	ctx    context.Context // lifetime of productions; cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // productions and the flusher
@@ -160,6 +163,7 @@ func Open(dir string, maxBytes int64, level int, log *slog.Logger) (*Cache, erro
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Cache{
 		dir:     dir,
+		syncer:  durable.NewDirSyncer(dir),
 		max:     maxBytes,
 		level:   compress.Level(level),
 		log:     log,
@@ -212,7 +216,7 @@ func (c *Cache) load() error {
 	}
 	if removed > 0 {
 		c.log.Info("compression cache: removed leftover files", "count", removed)
-		if err := durable.SyncDir(c.dir); err != nil {
+		if err := c.syncer.Sync(); err != nil {
 			return fmt.Errorf("open cache %s: %w", c.dir, err)
 		}
 	}
@@ -474,7 +478,7 @@ func (c *Cache) publish(fl *flight, tmp *os.File) error {
 		}
 	}
 	if err == nil {
-		err = durable.SyncDir(c.dir)
+		err = c.syncer.Sync()
 	}
 	if err != nil {
 		os.Remove(fl.path)

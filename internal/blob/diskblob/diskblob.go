@@ -25,15 +25,19 @@ const TempPrefix = ".tmp-"
 // durable.Create left in a directory written that way before.
 func isTemp(name string) bool { return strings.HasPrefix(name, TempPrefix) || durable.IsTemp(name) }
 
-// Dir is a directory of blob files.
-type Dir struct{ path string }
+// Dir is a directory of blob files. Its Syncs share directory fsyncs
+// (durable.DirSyncer): parallel uploads publish into it at once.
+type Dir struct {
+	path   string
+	syncer *durable.DirSyncer
+}
 
 // Open makes (creating) the directory path a blob.Dir.
 func Open(path string) (*Dir, error) {
 	if err := os.MkdirAll(path, 0o755); err != nil {
 		return nil, err
 	}
-	return &Dir{path: path}, nil
+	return &Dir{path: path, syncer: durable.NewDirSyncer(path)}, nil
 }
 
 func (d *Dir) Local() string { return d.path }
@@ -141,7 +145,11 @@ func (d *Dir) Sweep(ctx context.Context, cutoff time.Time) (int, error) {
 	return n, nil
 }
 
-func (d *Dir) Sync(ctx context.Context) error { return durable.SyncDir(d.path) }
+func (d *Dir) Sync(ctx context.Context) error { return d.syncer.Sync() }
+
+// SyncStats returns how many calls of Sync there were and how many
+// directory fsyncs ran them.
+func (d *Dir) SyncStats() (calls, syncs uint64) { return d.syncer.Stats() }
 
 // File is a published blob file. Its *os.File is there for sendfile.
 type File struct {

@@ -16,3 +16,20 @@ func TestContract(t *testing.T) {
 		return d
 	})
 }
+
+// TestSyncCounts: Sync fsyncs the directory, and SyncStats counts the
+// calls and the fsyncs (one each for calls one after another).
+func TestSyncCounts(t *testing.T) {
+	d, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := d.Sync(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls, syncs := d.SyncStats(); calls != 3 || syncs != 3 {
+		t.Errorf("SyncStats = %d, %d, want 3, 3", calls, syncs)
+	}
+}

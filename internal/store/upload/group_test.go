@@ -73,3 +73,49 @@ func TestConcurrentNarInfoCommits(t *testing.T) {
 	s.Close()
 	check(openStore(t, dir, upload.Options{}), "reopened")
 }
+
+// TestGroupingMetrics: the narinfo commits and their transactions, and
+// the NAR directory's syncs and their fsyncs, are exported; commits one
+// after another are a transaction each, and commits at once never take
+// more transactions than commits.
+func TestGroupingMetrics(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), upload.Options{})
+	var paths []*fakePath
+	for i := range 12 {
+		p := newPath(t, fmt.Sprintf("metrics-%d", i), []byte(fmt.Sprintf("contents %d", i)))
+		if _, err := s.PutNAR(ctx, p.fileName, strings.NewReader(string(p.file))); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	for _, p := range paths[:3] {
+		if err := s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const commits, txs = "concordia_upload_narinfo_commits_total", "concordia_upload_narinfo_commit_transactions_total"
+	if v := gcValues(t, s, commits, txs); v[commits] != 3 || v[txs] != 3 {
+		t.Errorf("3 commits one after another: %v commits, %v transactions, want 3, 3", v[commits], v[txs])
+	}
+	for _, err := range atOnce(9, func(i int) error {
+		p := paths[3+i]
+		return s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo()))
+	}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := gcValues(t, s)
+	if v[commits] != 12 || v[txs] < 4 || v[txs] > 12 {
+		t.Errorf("after 9 more at once: %v commits, %v transactions, want 12 and 4 to 12", v[commits], v[txs])
+	}
+	if sharedBackend {
+		return // its blobs may not be a directory
+	}
+	const syncs, fsyncs = "concordia_upload_blob_dir_syncs_total", "concordia_upload_blob_dir_fsyncs_total"
+	v = gcValues(t, s, syncs, fsyncs)
+	if v[syncs] < 12 || v[fsyncs] < 1 || v[fsyncs] > v[syncs] {
+		t.Errorf("after 12 NARs: %v directory syncs, %v fsyncs, want at least 12 and 1 to that", v[syncs], v[fsyncs])
+	}
+}

@@ -27,6 +27,17 @@ type metrics struct {
 	// maxSize and hardMaxSize are the configured bounds, so a rule can
 	// compare the store's size with them.
 	maxSize, hardMaxSize prometheus.Gauge
+	// commits and commitTxs are narinfo commits and the index
+	// transactions that ran them (kv.Group); dirSyncs and dirFsyncs the
+	// blob directory's syncs and the fsyncs that ran them, where it has
+	// any (durable.DirSyncer): how much parallel uploads share.
+	commits, commitTxs  prometheus.CounterFunc
+	dirSyncs, dirFsyncs prometheus.CounterFunc
+}
+
+// syncStats is a blob.Dir whose Syncs share directory fsyncs (diskblob).
+type syncStats interface {
+	SyncStats() (calls, syncs uint64)
 }
 
 func newMetrics(s *Store) *metrics {
@@ -51,7 +62,24 @@ func newMetrics(s *Store) *metrics {
 			return f(last)
 		}
 	}
-	return &metrics{
+	// s.commits is made after the metrics, once the index is open.
+	commitStat := func(f func(calls, txs uint64) uint64) func() float64 {
+		return func() float64 {
+			if s.commits == nil {
+				return 0
+			}
+			return float64(f(s.commits.Stats()))
+		}
+	}
+	m := &metrics{
+		commits: prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "concordia_upload_narinfo_commits_total",
+			Help: "Narinfo commits to the upload index; concurrent ones share transactions (concordia_upload_narinfo_commit_transactions_total).",
+		}, commitStat(func(calls, _ uint64) uint64 { return calls })),
+		commitTxs: prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "concordia_upload_narinfo_commit_transactions_total",
+			Help: "Write transactions of the upload index that ran the narinfo commits (more than one for a group in which one commit failed).",
+		}, commitStat(func(_, txs uint64) uint64 { return txs })),
 		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "concordia_upload_requests_total",
 			Help: "Uploads by kind (nar, narinfo, log, adopt: a path pulled from an upstream) and result (ok, invalid, conflict, nospace, unavailable, error).",
@@ -101,6 +129,20 @@ func newMetrics(s *Store) *metrics {
 			Help: "Store paths in the upload store.",
 		}, stat(func(st Stats) float64 { return float64(st.Paths) })),
 	}
+	if d, ok := s.blobs.(syncStats); ok {
+		dirStat := func(f func(calls, syncs uint64) uint64) func() float64 {
+			return func() float64 { return float64(f(d.SyncStats())) }
+		}
+		m.dirSyncs = prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "concordia_upload_blob_dir_syncs_total",
+			Help: "Requests to make the NAR directory's new names durable; concurrent ones share directory fsyncs (concordia_upload_blob_dir_fsyncs_total).",
+		}, dirStat(func(calls, _ uint64) uint64 { return calls }))
+		m.dirFsyncs = prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "concordia_upload_blob_dir_fsyncs_total",
+			Help: "Fsyncs of the NAR directory run for those requests.",
+		}, dirStat(func(_, syncs uint64) uint64 { return syncs }))
+	}
+	return m
 }
 
 // bounds records the configured size bounds; the hard bound defaults as
@@ -149,6 +191,10 @@ func (m *metrics) upload(kind string, err error) {
 // register.
 func (s *Store) Collectors() []prometheus.Collector {
 	m := s.metrics
-	return []prometheus.Collector{m.uploads, m.received, m.verifyFailures, m.gcRuns, m.gcFailures, m.gcLastOK, m.gcLastFailed,
-		m.freed, m.size, m.paths, m.maxSize, m.hardMaxSize}
+	cs := []prometheus.Collector{m.uploads, m.received, m.verifyFailures, m.gcRuns, m.gcFailures, m.gcLastOK, m.gcLastFailed,
+		m.freed, m.size, m.paths, m.maxSize, m.hardMaxSize, m.commits, m.commitTxs}
+	if m.dirSyncs != nil {
+		cs = append(cs, m.dirSyncs, m.dirFsyncs)
+	}
+	return cs
 }

@@ -538,11 +538,11 @@ func (b *bench) benchUpload(ctx context.Context) error {
 		big = 50
 	}
 	b.log.Info("building the upload workloads", "paths", big)
-	top1000, err := b.buildClosure(ctx, "concordia-bench-k", big)
+	top1000, err := b.buildClosure(ctx, "concordia-bench-w", big, true)
 	if err != nil {
 		return err
 	}
-	other, err := b.buildClosure(ctx, "concordia-bench-b", second)
+	other, err := b.buildClosure(ctx, "concordia-bench-b", second, false)
 	if err != nil {
 		return err
 	}
@@ -551,10 +551,10 @@ func (b *bench) benchUpload(ctx context.Context) error {
 		tops   []string // one client each, run at once
 	}{
 		{"seconds, closure", []string{b.w.closure[len(b.w.closure)-1].Path}},
-		{fmt.Sprintf("seconds, closure of %d", big), []string{top1000}},
+		{fmt.Sprintf("seconds, wide closure of %d", big), []string{top1000}},
 		{"seconds, 2 clients at once", []string{b.w.closure[len(b.w.closure)-1].Path, other}},
 	}
-	b.rep.loads = append(b.rep.loads, fmt.Sprintf("upload: the closure; a closure of %d paths; two clients at once, one copying the closure and one a disjoint closure of %d paths", big+1, second+1))
+	b.rep.loads = append(b.rep.loads, fmt.Sprintf("upload: the closure (a chain: each path refers to the one before, so Nix uploads one at a time); a wide closure of %d paths (path i refers to i/2 and i/3, so half of them are ready at once, as in a real system's closure); two clients at once, one copying the closure and one a disjoint chain of %d paths", big+1, second+1))
 	sink, err := b.startUploadSink(ctx)
 	if err != nil {
 		return err

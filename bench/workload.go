@@ -80,7 +80,7 @@ func (b *bench) buildWorkloads(ctx context.Context) (workloads, error) {
 	smallPath := strings.TrimSpace(out)
 
 	b.log.Info("building the closure", "paths", nPaths)
-	closureTop, err := b.buildClosure(ctx, "concordia-bench", nPaths)
+	closureTop, err := b.buildClosure(ctx, "concordia-bench", nPaths, false)
 	if err != nil {
 		return w, err
 	}
@@ -155,9 +155,9 @@ func makeSmallFiles(dir string, n int) error {
 
 // buildClosure builds a closure of n small paths whose names start with
 // prefix (paths of different prefixes are disjoint) and returns its top.
-func (b *bench) buildClosure(ctx context.Context, prefix string, n int) (string, error) {
+func (b *bench) buildClosure(ctx context.Context, prefix string, n int, wide bool) (string, error) {
 	expr := filepath.Join(b.work, fmt.Sprintf("closure-%s-%d.nix", prefix, n))
-	if err := os.WriteFile(expr, []byte(closureExprNamed(prefix, n)), 0o644); err != nil {
+	if err := os.WriteFile(expr, []byte(closureExprNamed(prefix, n, wide)), 0o644); err != nil {
 		return "", err
 	}
 	out, err := b.runCmd(ctx, nil, "nix-build", "--no-out-link", "--max-jobs", "4", expr)
@@ -171,10 +171,14 @@ func (b *bench) buildClosure(ctx context.Context, prefix string, n int) (string,
 	return top[0], nil
 }
 
-// closureExpr is a Nix expression for n small paths where each refers to up
-// to three earlier ones, topped by one path that refers to all of them.
-// Their names start with prefix.
-func closureExprNamed(prefix string, n int) string {
+// closureExprNamed is a Nix expression for n small paths where each refers
+// to up to three earlier ones, topped by one path that refers to all of
+// them. Their names start with prefix. Path i refers to i-1, i/2 and i/3:
+// a chain, which Nix uploads one path after another. A wide closure drops
+// the i-1: path i's references are all below i/2, so the second half of
+// the paths is ready to upload at once, as in a real system's closure,
+// where most paths are leaves or near them.
+func closureExprNamed(prefix string, n int, wide bool) string {
 	var sb strings.Builder
 	sb.WriteString("let\n  mk = name: deps: derivation {\n    inherit name;\n    system = builtins.currentSystem;\n    builder = \"/bin/sh\";\n")
 	sb.WriteString("    args = [ \"-c\" ''\n      /bin/mkdir $out\n      for d in ${toString deps}; do echo $d >> $out/deps; done\n")
@@ -182,8 +186,8 @@ func closureExprNamed(prefix string, n int) string {
 	sb.WriteString("      echo '#!/bin/sh' > $out/run; /bin/chmod +x $out/run\n    '' ];\n  };\n")
 	for i := 0; i < n; i++ {
 		fmt.Fprintf(&sb, "  p%d = mk \"%s-p%d\" [", i, prefix, i)
-		for _, d := range []int{i - 1, i / 2, i / 3} {
-			if d >= 0 && d < i {
+		for k, d := range []int{i - 1, i / 2, i / 3} {
+			if d >= 0 && d < i && !(wide && k == 0 && i > 1) {
 				fmt.Fprintf(&sb, " p%d", d)
 			}
 		}

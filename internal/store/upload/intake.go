@@ -382,7 +382,9 @@ func (p *pendingBlob) failed() bool {
 // is why the NAR is not written with durable.File, whose Commit fsyncs
 // before the rename, on the upload's critical path: here the fsyncs run
 // while the client sends the narinfo, which waits for them, and the
-// narinfo, not the file's name, is what publishes the blob.
+// narinfo, not the file's name, is what publishes the blob. The directory
+// fsync is shared with the NARs whose makeDurable runs at the same time
+// (durable.DirSyncer).
 func (s *Store) makeDurable(canon string, p *pendingBlob, f blob.Temp) {
 	defer s.wg.Done()
 	dirDone := make(chan error, 1)

@@ -159,11 +159,14 @@ func (r *report) workloads(w workloads) {
 var comparisons = []comparison{
 	{"narinfo", "req/s, 1 connection", "concordia-narinfo", "minimal Go handler", false, 0.8, "narinfo req/s vs minimal Go handler, 1 conn"},
 	{"narinfo", "req/s, 64 connections", "concordia-narinfo", "minimal Go handler", false, 0.8, "narinfo req/s vs minimal Go handler, 64 conns"},
-	{"narinfo", "req/s, 1 connection", "concordia-narinfo", "nginx-narinfo", false, 1.0, "narinfo req/s vs nginx, 1 conn"},
+	// Harmonia's ratio to nginx in the public cache shootout, on one
+	// connection; 1.0 at 64 (the performance issue's targets).
+	{"narinfo", "req/s, 1 connection", "concordia-narinfo", "nginx-narinfo", false, 0.83, "narinfo req/s vs nginx, 1 conn"},
 	{"narinfo", "req/s, 64 connections", "concordia-narinfo", "nginx-narinfo", false, 1.0, "narinfo req/s vs nginx, 64 conns"},
 	{"nar", "MB/s, 1 stream", "concordia none", "nix-store --dump (pipe)", false, 1.0, "NAR none vs nix-store --dump into a pipe"},
 	{"nar", "MB/s, 1 stream", "concordia none", "nginx .nar", false, 0.5, "NAR none vs nginx serving the same NAR file"},
-	{"nar", "MB/s, 1 stream", "concordia zstd cold", "zstd -1 -T1", false, 0.9, "zstd cold, 1 stream vs zstd -1 -T1"},
+	// Parallel frames on 2 cores: one stream at least one zstd -1 -T1.
+	{"nar", "MB/s, 1 stream", "concordia zstd cold", "zstd -1 -T1", false, 1.0, "zstd cold, 1 stream vs zstd -1 -T1"},
 	{"nar", "MB/s, 2 streams", "concordia zstd cold", "zstd -1 -T1", false, 0.9, "zstd cold, 2 streams vs two zstd -1 -T1"},
 	{"nar", "MB/s, 1 stream", "concordia zstd warm", "nginx .nar.zst", false, 0.8, "zstd warm vs nginx serving the .nar.zst"},
 	{"nar", "MB/s, 8 streams", "concordia zstd warm", "nginx .nar.zst", false, 0.8, "zstd warm, 8 streams vs nginx"},

@@ -85,6 +85,7 @@ func uploadOptions(cfg *config.Config, ls *local.Store, logger *slog.Logger) upl
 		// is off, as for the store).
 		PendingGrace: time.Duration(cfg.Upload.PendingMaxAge),
 		MaxPending:   int64(cfg.Upload.PendingMaxSize),
+		InlineMax:    inlineMax(cfg.Upload.InlineMaxSize),
 		WriterTTL:    time.Duration(cfg.GC.WriterTTL),
 		HardMaxSize:  int64(cfg.GC.HardMaxSize),
 		Limits:       cfg.Limits.Values(),
@@ -93,4 +94,12 @@ func uploadOptions(cfg *config.Config, ls *local.Store, logger *slog.Logger) upl
 		// The deploy history's bound (each report's is in Limits).
 		MaxDeployReports: cfg.Upload.DeployReportsMax,
 	}
+}
+
+// inlineMax is upload.inline_max_size as the store takes it: 0 is off.
+func inlineMax(n config.Size) int64 {
+	if n == 0 {
+		return -1
+	}
+	return int64(n)
 }

@@ -164,6 +164,11 @@ type Upload struct {
 	// oldest are dropped first.
 	PendingMaxAge  Duration `toml:"pending_max_age"`
 	PendingMaxSize Size     `toml:"pending_max_size"`
+	// InlineMaxSize is the size up to which an uploaded NAR file is kept
+	// in the index, written by its narinfo's commit, instead of as a file
+	// of its own: one durable write per small path. "0" keeps every NAR
+	// as a file. A shared index ([upload.database]) never keeps them.
+	InlineMaxSize Size `toml:"inline_max_size"`
 	// DeployReportsMax is how many deploy reports the history keeps
 	// (the oldest go first), each at most limits.max_deploy_report_size.
 	DeployReportsMax int `toml:"deploy_reports_max"`
@@ -178,6 +183,8 @@ type Upload struct {
 const (
 	DefaultPendingMaxAge  = 24 * time.Hour
 	DefaultPendingMaxSize = 20 << 30
+	// DefaultInlineMaxSize is most paths of a system closure.
+	DefaultInlineMaxSize = 64 << 10
 	// DefaultDeployReportsMax is a year of a few pushes a day.
 	DefaultDeployReportsMax = 1000
 )
@@ -330,6 +337,7 @@ func Default() *Config {
 		CompressionCache:  CompressionCache{MaxSize: DefaultCacheMaxSize},
 		Upload: Upload{Prefer: DefaultPrefer,
 			PendingMaxAge: Duration(DefaultPendingMaxAge), PendingMaxSize: DefaultPendingMaxSize,
+			InlineMaxSize:    DefaultInlineMaxSize,
 			DeployReportsMax: DefaultDeployReportsMax},
 		GC: GC{Remember: Duration(DefaultRemember), WriterTTL: Duration(DefaultWriterTTL)},
 		Timeouts: Timeouts{
@@ -504,6 +512,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Upload.PendingMaxSize < 1<<20 {
 		return bad("upload.pending_max_size", "must be at least 1M, got %d", c.Upload.PendingMaxSize)
+	}
+	if c.Upload.InlineMaxSize < 0 || c.Upload.InlineMaxSize > 1<<20 {
+		return bad("upload.inline_max_size", "must be 0 (off) to 1M, got %d", c.Upload.InlineMaxSize)
 	}
 	if c.Upload.DeployReportsMax < 1 || c.Upload.DeployReportsMax > 1_000_000 {
 		return bad("upload.deploy_reports_max", "must be 1..1000000, got %d", c.Upload.DeployReportsMax)

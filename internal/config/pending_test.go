@@ -38,3 +38,18 @@ func TestPendingAndWriterKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestInlineMaxSize: [upload] inline_max_size defaults to 64K, "0" turns
+// it off, and past 1M is refused naming the key.
+func TestInlineMaxSize(t *testing.T) {
+	c, err := config.Parse(nil)
+	if err != nil || c.Upload.InlineMaxSize != 64<<10 {
+		t.Fatalf("default %d, %v", c.Upload.InlineMaxSize, err)
+	}
+	if c, err = config.Parse([]byte("[upload]\ninline_max_size = \"0\"\n")); err != nil || c.Upload.InlineMaxSize != 0 {
+		t.Fatalf("0: %d, %v", c.Upload.InlineMaxSize, err)
+	}
+	if _, err := config.Parse([]byte("[upload]\ninline_max_size = \"2M\"\n")); err == nil || !strings.Contains(err.Error(), "upload.inline_max_size") {
+		t.Fatalf("2M: %v, want an error naming upload.inline_max_size", err)
+	}
+}

@@ -138,13 +138,17 @@ type fixture struct {
 	log, listing string
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureInline(t, 0) }
+
+// newFixtureInline is newFixture whose source keeps NAR files up to
+// inlineMax in its index (0: the default; -1: every one a file).
+func newFixtureInline(t *testing.T, inlineMax int64) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	own, _, _ := narinfo.GenerateKey("cache-1")
 	up, _, _ := narinfo.GenerateKey("upstream-1")
 	f := &fixture{dir: t.TempDir()}
-	f.src = open(t, f.dir, own)
+	f.src = openWith(t, f.dir, upload.Options{SignKeys: []narinfo.SecretKey{own}, Others: []store.Store{outside}, InlineMax: inlineMax})
 	f.drv = hashPart("drv") + "-top.drv"
 	f.leaf = newPath(t, "leaf", "leaf contents")
 	f.twin = newPath(t, "twin", "leaf contents") // the same NAR file as leaf
@@ -371,7 +375,8 @@ func TestMigrateConflict(t *testing.T) {
 // copied.
 func TestMigrateDamagedSource(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t)
+	f := newFixtureInline(t, -1) // its files are damaged on disk
+
 	file := filepath.Join(f.dir, "blobs", f.mid.name)
 	data, err := os.ReadFile(file)
 	must(t, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sync"
 )
 
 // Reader reads a NAR as a stream of headers, like archive/tar: Next moves to
@@ -227,7 +228,13 @@ func Validate(r io.Reader) (narSize int64, err error) {
 
 // ValidateOptions is Validate with the bounds of o.
 func ValidateOptions(r io.Reader, o ReaderOptions) (narSize int64, err error) {
-	nr := NewReaderOptions(r, o)
+	// The read buffer is pooled: an uploaded closure is mostly small
+	// NARs, for which a fresh 64 KiB buffer each (cleared, and faulted
+	// in) cost more than validating them.
+	br := validateBufs.Get().(*bufio.Reader)
+	br.Reset(r)
+	defer func() { br.Reset(nil); validateBufs.Put(br) }()
+	nr := NewReaderOptions(br, o) // a bufio.Reader this size is used as is
 	for {
 		if err := nr.advance(); err != nil {
 			if err == io.EOF {
@@ -237,6 +244,8 @@ func ValidateOptions(r io.Reader, o ReaderOptions) (narSize int64, err error) {
 		}
 	}
 }
+
+var validateBufs = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
 
 func (r *Reader) next() error {
 	switch r.state {

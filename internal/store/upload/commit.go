@@ -64,7 +64,7 @@ func (s *Store) unpend(canon string, claimed bool) {
 		return
 	}
 	s.pendMu.Lock()
-	delete(s.pending, canon)
+	s.unpendLocked(canon)
 	s.pendMu.Unlock()
 }
 
@@ -205,8 +205,9 @@ func (s *Store) claim(ctx context.Context, up *narinfoUpload, canon string, else
 // function may run twice (when another in its group fails) and reads
 // everything it decides on afresh in each run.
 func (s *Store) commitNarInfo(up *narinfoUpload, canon string, elsewhere []string, other *served) (claimed bool, err error) {
+	var inlined bool
 	err = s.commits.Update(func(tx kv.Tx) error {
-		claimed = false
+		claimed, inlined = false, false
 		h, old, err := s.holdings(tx, up, canon, elsewhere, other)
 		if err != nil {
 			return err
@@ -229,22 +230,30 @@ func (s *Store) commitNarInfo(up *narinfoUpload, canon string, elsewhere []strin
 				return err
 			}
 		}
-		claimed = true
+		claimed, inlined = true, h.blobData != nil
+		if h.blobData != nil {
+			if err := s.putInline(tx, canon, h.blobData, *h.blob); err != nil {
+				return err
+			}
+		}
 		return s.insert(tx, up, rec, h.blob)
 	})
+	if inlined && err == nil {
+		s.metrics.inlined.Inc()
+	}
 	return claimed && err == nil, err
 }
 
 // holdings gathers, in the commit's transaction, what validateNarInfo
 // judges the upload by; old is the index's record of the path, if any.
 func (s *Store) holdings(tx kv.Tx, up *narinfoUpload, canon string, elsewhere []string, other *served) (*holdings, *pathRec, error) {
-	b, err := s.blobFor(tx, canon)
+	b, data, err := s.blobFor(tx, canon)
 	if err != nil {
 		return nil, nil, err
 	}
 	paths := tx.Bucket(bPaths)
 	h := &holdings{
-		storeDir: s.storeDir, blob: b, blobName: canon, other: other, remember: s.opts.Remember,
+		storeDir: s.storeDir, blob: b, blobData: data, blobName: canon, other: other, remember: s.opts.Remember,
 		pendingGrace: s.opts.PendingGrace,
 		has:          func(ref string) bool { return hasBase(paths, s.storeDir, ref) || slices.Contains(elsewhere, ref) },
 	}
@@ -271,30 +280,34 @@ func (s *Store) holdings(tx kv.Tx, up *narinfoUpload, canon string, elsewhere []
 
 // blobFor is the record of blob canon: the index's, else the pending
 // upload's once durable (errNotDurable until then); nil if neither has it.
-func (s *Store) blobFor(tx kv.Tx, canon string) (*blobRec, error) {
-	var b blobRec
-	found, err := getJSON(tx.Bucket(bBlobs), []byte(canon), &b)
+//
+// data is the NAR file of a small upload held in memory (small.go), which
+// the commit writes into the index: nil when the blob is a file or the
+// index has it already.
+func (s *Store) blobFor(tx kv.Tx, canon string) (b *blobRec, data []byte, err error) {
+	var rec blobRec
+	found, err := getJSON(tx.Bucket(bBlobs), []byte(canon), &rec)
 	if err != nil || found {
-		return &b, err
+		return &rec, nil, err
 	}
 	s.pendMu.Lock()
 	p := s.pending[canon]
 	if p != nil {
-		b = p.rec
+		rec, data = p.rec, p.data
 	}
 	s.pendMu.Unlock()
 	if p == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	select {
 	case <-p.durable:
 	default:
-		return nil, errNotDurable
+		return nil, nil, errNotDurable
 	}
 	if p.err != nil {
-		return nil, p.err
+		return nil, nil, p.err
 	}
-	return &b, nil
+	return &rec, data, nil
 }
 
 // insert commits the new record rec of an upload and its claim on blob b,

@@ -1,7 +1,10 @@
 package upload
 
 import (
+	"io"
 	"os"
+
+	"github.com/bos55/concordia/internal/kv"
 
 	"github.com/bos55/concordia/internal/blob/diskblob"
 )
@@ -23,4 +26,36 @@ func (s *Store) WaitDurable(name string) {
 	if p != nil {
 		<-p.durable
 	}
+}
+
+// InlineBlob is the NAR file name as kept in the index (small.go), if it
+// is kept there.
+func (s *Store) InlineBlob(name string) ([]byte, bool) {
+	if s.inline == nil {
+		return nil, false
+	}
+	var data []byte
+	var ok bool
+	s.db.View(func(tx kv.Tx) error {
+		if ok = s.inline.Has(tx, name); ok {
+			r, _ := s.inline.Open(bg, name)
+			data, _ = io.ReadAll(r)
+		}
+		return nil
+	})
+	return data, ok
+}
+
+// SetInlineBlob overwrites the inline NAR file name, as damage on disk
+// would.
+func (s *Store) SetInlineBlob(name string, data []byte) error {
+	return s.db.Update(func(tx kv.Tx) error { return s.inline.Put(tx, name, data, s.now()) })
+}
+
+// SetMaxInlineMemory replaces the bound of small NARs held in memory and
+// returns a function restoring it.
+func SetMaxInlineMemory(n int64) (restore func()) {
+	old := maxInlineMemory
+	maxInlineMemory = n
+	return func() { maxInlineMemory = old }
 }

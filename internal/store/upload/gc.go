@@ -558,11 +558,11 @@ func (s *Store) sweepMemory(tx kv.Tx, cutoff time.Time) (fresh map[string]bool, 
 	for k, b := range s.pending {
 		var rec blobRec
 		if found, _ := getJSON(blobs, []byte(k), &rec); found && rec.Refs > 0 {
-			delete(s.pending, k)
+			s.unpendLocked(k)
 			continue
 		}
 		if b.failed() || b.rec.Created.Before(cutoff) {
-			delete(s.pending, k)
+			s.unpendLocked(k)
 			expired = append(expired, k)
 			continue
 		}

@@ -237,7 +237,7 @@ func TestGCStore(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	advance := clock.Advance
 	dir := t.TempDir()
-	s := openStore(t, dir, upload.Options{Now: clock.Now})
+	s := openStore(t, dir, upload.Options{Now: clock.Now, InlineMax: -1})
 	old := closure(t, "gc-old")
 	pinned := closure(t, "gc-pinned")
 	fresh := closure(t, "gc-fresh")

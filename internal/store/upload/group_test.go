@@ -80,7 +80,7 @@ func TestConcurrentNarInfoCommits(t *testing.T) {
 // more transactions than commits.
 func TestGroupingMetrics(t *testing.T) {
 	ctx := context.Background()
-	s := openStore(t, t.TempDir(), upload.Options{})
+	s := openStore(t, t.TempDir(), upload.Options{InlineMax: -1})
 	var paths []*fakePath
 	for i := range 12 {
 		p := newPath(t, fmt.Sprintf("metrics-%d", i), []byte(fmt.Sprintf("contents %d", i)))

@@ -165,7 +165,11 @@ func openStore(t testing.TB, dir string, opts upload.Options) *upload.Store {
 func openAt(t testing.TB, dir string, opts upload.Options) (*upload.Store, error) {
 	t.Helper()
 	if !sharedBackend {
-		return upload.Open(context.Background(), dir, opts)
+		s, err := upload.Open(context.Background(), dir, opts)
+		if err == nil {
+			diskStores.Store(dir, s)
+		}
+		return s, err
 	}
 	env, ok := sharedEnvs.Load(dir)
 	if !ok {
@@ -246,6 +250,11 @@ func readBlob(t testing.TB, dir, name string) []byte {
 	if sharedBackend {
 		return sharedEnvOf(t, dir).ReadObject(t, "nar/"+name)
 	}
+	if s, ok := diskStores.Load(dir); ok {
+		if b, ok := s.(*upload.Store).InlineBlob(name); ok {
+			return b
+		}
+	}
 	b, err := os.ReadFile(filepath.Join(dir, "blobs", name))
 	if err != nil {
 		t.Fatal(err)
@@ -253,11 +262,23 @@ func readBlob(t testing.TB, dir, name string) []byte {
 	return b
 }
 
+// diskStores are the last store opened on each directory, whose small NAR
+// files are in its index (small.go): readBlob and writeBlob reach them.
+var diskStores sync.Map
+
 func writeBlob(t testing.TB, dir, name string, data []byte) {
 	t.Helper()
 	if sharedBackend {
 		sharedEnvOf(t, dir).WriteObject(t, "nar/"+name, data)
 		return
+	}
+	if s, ok := diskStores.Load(dir); ok {
+		if _, ok := s.(*upload.Store).InlineBlob(name); ok {
+			if err := s.(*upload.Store).SetInlineBlob(name, data); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, "blobs", name), data, 0o644); err != nil {
 		t.Fatal(err)

@@ -91,17 +91,26 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (*BlobI
 	if err != nil {
 		return nil, err
 	}
+	// A NAR file of at most InlineMax bytes is read into memory whole,
+	// verified there without a second goroutine, and kept in memory
+	// until its narinfo commits it into the index (small.go).
+	var head []byte
+	if s.inline != nil && s.opts.InlineMax > 0 {
+		var small bool
+		head, small, err = readHead(body, s.opts.InlineMax)
+		if small || err != nil {
+			defer putHead(head)
+			return s.putSmallNAR(ctx, name, wantHash, comp, head, err)
+		}
+		body = io.MultiReader(bytes.NewReader(head), body)
+		defer putHead(head)
+	}
 	// The blob is written under its name from the start where the name
 	// is the one it will have (in S3: no copy at publish); a bare .nar
 	// may turn out to be gzip, which Nix names so too.
-	var tmp blob.Temp
-	if strings.HasSuffix(name, ".nar") {
-		tmp, err = s.blobs.Create(ctx)
-	} else {
-		tmp, err = blob.CreateFor(ctx, s.blobs, name)
-	}
+	tmp, err := s.createFor(ctx, name)
 	if err != nil {
-		return nil, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
+		return nil, err
 	}
 	renamed := false
 	defer func() {
@@ -113,30 +122,54 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (*BlobI
 	if err != nil {
 		return nil, err
 	}
-	comp = got.comp // a bare .nar's, from its bytes
-	if !bytes.Equal(got.fileHash, wantHash) {
-		return nil, fmt.Errorf("%w: NAR %s: file hash mismatch: the name says %s, the %d bytes received hash to %s",
-			store.ErrInvalid, name, nixbase32.EncodeToString(wantHash), got.fileSize, nixbase32.EncodeToString(got.fileHash))
+	info, rec, err := s.checkName(name, wantHash, got)
+	if err != nil {
+		return nil, err
 	}
-	canon := nixbase32.EncodeToString(got.fileHash) + extFor(comp)
-	info := &BlobInfo{
-		Name: canon, Compression: comp, FileHash: got.fileHash, FileSize: got.fileSize,
-		NarHash: got.narHash, NarSize: got.narSize,
-	}
-	rec := blobRec{
-		Compression: comp, FileHash: got.fileHash, FileSize: got.fileSize,
-		NarHash: got.narHash, NarSize: got.narSize, Created: s.now(),
-	}
-	renamed, err = s.place(name, canon, tmp, info, rec)
+	renamed, err = s.place(name, info.Name, tmp, info, rec)
 	if err != nil {
 		return nil, err
 	}
 	if renamed {
-		if err := s.boundPending(canon); err != nil {
+		if err := s.boundPending(info.Name); err != nil {
 			return nil, err
 		}
 	}
 	return info, nil
+}
+
+// createFor starts the temp file of the upload of NAR file name.
+func (s *Store) createFor(ctx context.Context, name string) (blob.Temp, error) {
+	var tmp blob.Temp
+	var err error
+	if strings.HasSuffix(name, ".nar") {
+		tmp, err = s.blobs.Create(ctx)
+	} else {
+		tmp, err = blob.CreateFor(ctx, s.blobs, name)
+	}
+	if err != nil {
+		return nil, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
+	}
+	return tmp, nil
+}
+
+// checkName checks that the bytes received hash to the file hash the
+// name says, and describes the blob they are.
+func (s *Store) checkName(name string, wantHash []byte, got *received) (*BlobInfo, blobRec, error) {
+	if !bytes.Equal(got.fileHash, wantHash) {
+		return nil, blobRec{}, fmt.Errorf("%w: NAR %s: file hash mismatch: the name says %s, the %d bytes received hash to %s",
+			store.ErrInvalid, name, nixbase32.EncodeToString(wantHash), got.fileSize, nixbase32.EncodeToString(got.fileHash))
+	}
+	canon := nixbase32.EncodeToString(got.fileHash) + extFor(got.comp) // a bare .nar's compression, from its bytes
+	info := &BlobInfo{
+		Name: canon, Compression: got.comp, FileHash: got.fileHash, FileSize: got.fileSize,
+		NarHash: got.narHash, NarSize: got.narSize,
+	}
+	rec := blobRec{
+		Compression: got.comp, FileHash: got.fileHash, FileSize: got.fileSize,
+		NarHash: got.narHash, NarSize: got.narSize, Created: s.now(),
+	}
+	return info, rec, nil
 }
 
 // received is what receive computed of an uploaded NAR file.
@@ -232,7 +265,7 @@ func (s *Store) place(name, canon string, tmp blob.Temp, info *BlobInfo, rec blo
 		// Kept across a restart and not verified again yet: this
 		// upload's verified bytes replace the file.
 		s.pendMu.Lock()
-		delete(s.pending, canon)
+		s.unpendLocked(canon)
 		s.pendMu.Unlock()
 		p = nil
 	}
@@ -263,7 +296,7 @@ func (s *Store) place(name, canon string, tmp blob.Temp, info *BlobInfo, rec blo
 	}
 	p = &pendingBlob{rec: rec, durable: make(chan struct{})}
 	s.pendMu.Lock()
-	s.pending[canon] = p
+	s.setPendingLocked(canon, p)
 	s.pendMu.Unlock()
 	s.wg.Add(1)
 	if !s.db.Shared() {
@@ -343,7 +376,7 @@ func (s *Store) repend(canon string, p *pendingBlob, rec blobRec) {
 	}
 	// An index record whose paths were deleted: the file was durable
 	// when they were accepted.
-	s.pending[canon] = &pendingBlob{rec: rec, durable: closedChan}
+	s.setPendingLocked(canon, &pendingBlob{rec: rec, durable: closedChan})
 }
 
 // pendingBlob is a verified NAR file no narinfo has claimed yet.
@@ -359,6 +392,10 @@ type pendingBlob struct {
 	// verified again (verify, pending.go).
 	adopted bool
 	verify  sync.Once
+	// data is the NAR file of a small upload kept in memory, not in a
+	// file (small.go): its narinfo's commit writes it into the index.
+	// Set once; guarded by Store.pendMu.
+	data []byte
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -424,7 +461,7 @@ func (s *Store) dropPending(canon string, p *pendingBlob) {
 	s.pendMu.Lock()
 	defer s.pendMu.Unlock()
 	if s.pending[canon] == p {
-		delete(s.pending, canon)
+		s.unpendLocked(canon)
 		s.blobs.Remove(bg, canon)
 	}
 }
@@ -462,6 +499,13 @@ func verifyStream(r *io.PipeReader, comp string, narSum *countHash, l limits.Lim
 			r.Close()
 		}
 	}()
+	return verifyNAR(r, comp, narSum, l)
+}
+
+// verifyNAR decodes the NAR file r in compression comp ("none" for a bare
+// .nar: found from its bytes), validates and hashes the NAR into narSum,
+// and reads r to its end.
+func verifyNAR(r io.Reader, comp string, narSum *countHash, l limits.Limits) (res verifyResult) {
 	// Decoders make many small reads (block headers); served from a
 	// buffer they cost no pipe handoff each.
 	br := verifyBufs.Get().(*bufio.Reader)

@@ -145,7 +145,7 @@ func TestStoredOverLimitsNotDecoded(t *testing.T) {
 	loose := limits.Default()
 	loose.XZDictMax = 256 << 20
 	loose.MaxNARSize = 1 << 30
-	s := openStore(t, dir, upload.Options{Limits: loose})
+	s := openStore(t, dir, upload.Options{Limits: loose, InlineMax: -1})
 	payload := nartest.File([]byte("stored before the limits were lowered"))
 	bomb := compressedPath("stored-bomb", payload, nartest.XZDictBomb(payload, 30), "xz", ".nar.xz") // 128 MiB dictionary
 	big := newPath(t, "stored-big", make([]byte, 3<<20))
@@ -158,7 +158,7 @@ func TestStoredOverLimitsNotDecoded(t *testing.T) {
 
 	strict := limits.Default()
 	strict.MaxNARSize = 2 << 20
-	s = openStore(t, dir, upload.Options{Limits: strict})
+	s = openStore(t, dir, upload.Options{Limits: strict, InlineMax: -1})
 	for _, tc := range []struct {
 		p   *fakePath
 		key string

@@ -33,6 +33,9 @@ type metrics struct {
 	// any (durable.DirSyncer): how much parallel uploads share.
 	commits, commitTxs  prometheus.CounterFunc
 	dirSyncs, dirFsyncs prometheus.CounterFunc
+	// inlined counts the NAR files committed into the index with their
+	// narinfo (inlineblob), not written as files.
+	inlined prometheus.Counter
 }
 
 // syncStats is a blob.Dir whose Syncs share directory fsyncs (diskblob).
@@ -129,6 +132,10 @@ func newMetrics(s *Store) *metrics {
 			Help: "Store paths in the upload store.",
 		}, stat(func(st Stats) float64 { return float64(st.Paths) })),
 	}
+	m.inlined = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "concordia_upload_inline_nars_total",
+		Help: "Uploaded NAR files of at most upload.inline_max_size kept in the index, committed with their narinfo, rather than written as files.",
+	})
 	if d, ok := s.blobs.(syncStats); ok {
 		dirStat := func(f func(calls, syncs uint64) uint64) func() float64 {
 			return func() float64 { return float64(f(d.SyncStats())) }
@@ -192,7 +199,7 @@ func (m *metrics) upload(kind string, err error) {
 func (s *Store) Collectors() []prometheus.Collector {
 	m := s.metrics
 	cs := []prometheus.Collector{m.uploads, m.received, m.verifyFailures, m.gcRuns, m.gcFailures, m.gcLastOK, m.gcLastFailed,
-		m.freed, m.size, m.paths, m.maxSize, m.hardMaxSize, m.commits, m.commitTxs}
+		m.freed, m.size, m.paths, m.maxSize, m.hardMaxSize, m.commits, m.commitTxs, m.inlined}
 	if m.dirSyncs != nil {
 		cs = append(cs, m.dirSyncs, m.dirFsyncs)
 	}

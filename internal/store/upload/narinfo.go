@@ -129,6 +129,7 @@ type holdings struct {
 	storeDir string
 	blob     *blobRec // the NAR file the URL names; nil if not uploaded
 	blobName string   // its canonical name
+	blobData []byte   // its bytes when held in memory, to commit inline (small.go)
 	old      *served  // the index's path under the hash part, if any
 	other    *served  // what another store serves under it, if any
 	tomb     *tombRec // its tombstone (when old is nil), if not expired

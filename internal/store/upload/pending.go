@@ -149,7 +149,7 @@ func (s *Store) reverify(canon string, p *pendingBlob) {
 	close(p.durable)
 	s.pendMu.Lock()
 	if s.pending[canon] == p {
-		delete(s.pending, canon)
+		s.unpendLocked(canon)
 	}
 	s.pendMu.Unlock()
 	if lerr == nil {
@@ -277,7 +277,7 @@ func (s *Store) boundPending(keep string) error {
 		for k, p := range s.pending {
 			var rec blobRec
 			if found, _ := getJSON(blobs, []byte(k), &rec); found && rec.Refs > 0 {
-				delete(s.pending, k) // claimed since
+				s.unpendLocked(k) // claimed since
 				continue
 			}
 			if p.failed() {
@@ -296,7 +296,7 @@ func (s *Store) boundPending(keep string) error {
 			if e.name == keep {
 				continue
 			}
-			delete(s.pending, e.name)
+			s.unpendLocked(e.name)
 			if blobs.Get([]byte(e.name)) != nil {
 				// Left by paths since deleted: the record goes too.
 				if err := blobs.Delete([]byte(e.name)); err != nil {

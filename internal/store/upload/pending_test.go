@@ -88,7 +88,7 @@ func TestPendingBoundBySize(t *testing.T) {
 	a, b, c := mk("bound-a"), mk("bound-b"), mk("bound-c")
 	// Room for two of them.
 	bound := int64(len(a.file) + len(b.file) + len(c.file)/2)
-	opts := upload.Options{Now: clock.Now, MaxPending: bound}
+	opts := upload.Options{Now: clock.Now, MaxPending: bound, InlineMax: -1}
 	s := openStore(t, dir, opts)
 	for _, p := range []*fakePath{a, b, c} {
 		if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
@@ -124,7 +124,7 @@ func TestPendingBoundBySize(t *testing.T) {
 	s.Close()
 	old := time.Now().Add(-time.Hour)
 	os.Chtimes(filepath.Join(dir, "blobs", d.fileName), old, old)
-	s = openStore(t, dir, upload.Options{Now: clock.Now, MaxPending: int64(len(e.file))})
+	s = openStore(t, dir, upload.Options{Now: clock.Now, MaxPending: int64(len(e.file)), InlineMax: -1})
 	if ok, _ := s.HasNAR(ctx, d.fileName); ok {
 		t.Fatal("the older NAR kept across the restart survived the bound")
 	}

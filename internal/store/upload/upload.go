@@ -47,6 +47,7 @@ import (
 
 	"github.com/bos55/concordia/internal/blob"
 	"github.com/bos55/concordia/internal/blob/diskblob"
+	"github.com/bos55/concordia/internal/blob/inlineblob"
 	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/kv/boltkv"
 	"github.com/bos55/concordia/internal/limits"
@@ -114,6 +115,11 @@ type Options struct {
 	// DefaultDeleteDelay; negative: deleted at once). A store one process
 	// owns deletes at once: its open files outlive their names.
 	DeleteDelay time.Duration
+	// InlineMax is the size up to which an uploaded NAR file is kept in
+	// the index, committed with its narinfo, rather than as a file of its
+	// own (0: DefaultInlineMax; negative: never). A shared index never
+	// keeps them: its replicas' files are in a bucket.
+	InlineMax int64
 	// Logger receives recovery, GC and repair events; nil discards them.
 	Logger *slog.Logger
 	// Now replaces time.Now in tests.
@@ -159,6 +165,12 @@ type Store struct {
 	// claim and a sweep never both win.
 	pendMu  sync.Mutex
 	pending map[string]*pendingBlob
+	// inlineMem is the bytes of the pending blobs held in memory
+	// (pendingBlob.data), bounded by maxInlineMemory; guarded by pendMu.
+	inlineMem int64
+	// inline is blobs when small NARs are kept in the index (an index
+	// this process owns), else nil.
+	inline *inlineblob.Dir
 	// dropped says why a pending blob was dropped before its claim
 	// (pending.go), for the narinfo that comes too late.
 	dropped      map[string]string
@@ -186,7 +198,8 @@ var (
 	bTold     = []byte("told")            // hash part -> unix seconds (decimal) a writer was last told it exists
 	bUpstream = []byte("upstream-paths")  // hash part -> upstream name: a path an upstream had (upstreamRef)
 	bDoomed   = []byte("collected-files") // "nar/" or "log/" + file name -> unix seconds GC collected it (shared stores: shared.go)
-	buckets   = [][]byte{bPaths, bBlobs, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs, bTold, bUpstream, bDoomed}
+	bInline   = []byte("inline")   // blob name -> publication time and the NAR file of a small path (inlineblob)
+	buckets   = [][]byte{bPaths, bBlobs, bInline, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs, bTold, bUpstream, bDoomed}
 
 	// bOldLogs held whole logs (drv base name -> bytes) before they were
 	// files; Open moves them out and deletes it.
@@ -279,6 +292,9 @@ func OpenBackend(ctx context.Context, be Backend, opts Options) (*Store, error) 
 	if opts.MaxPending == 0 {
 		opts.MaxPending = DefaultMaxPending
 	}
+	if opts.InlineMax == 0 {
+		opts.InlineMax = DefaultInlineMax
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -355,6 +371,11 @@ func (s *Store) openIndex(ctx context.Context) error {
 		}
 		return nil
 	})
+	if !db.Shared() {
+		// Before recovery, which must see the inline blobs as stored.
+		s.inline = inlineblob.New(s.blobs, db, bInline)
+		s.blobs = s.inline
+	}
 	if err == nil {
 		err = s.migrateLogs()
 	}
@@ -383,6 +404,7 @@ func (s *Store) Close() error {
 	}
 	close(s.stop)
 	s.wg.Wait()
+	s.spillInline()
 	s.flushAccess()
 	return s.db.Close()
 }

@@ -220,7 +220,7 @@ func (m *mapStore) NAR(ctx context.Context, info *store.PathInfo, w io.Writer) e
 func TestConcurrentSameClosure(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s := openStore(t, dir, upload.Options{})
+	s := openStore(t, dir, upload.Options{InlineMax: -1})
 	paths := closure(t, "conc")
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -287,7 +287,7 @@ func TestRecovery(t *testing.T) {
 	diskOnly(t) // recovery at Open from what a crash leaves on a disk
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := openAt(t, dir, upload.Options{})
+	s, err := openAt(t, dir, upload.Options{InlineMax: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +313,7 @@ func TestRecovery(t *testing.T) {
 	os.WriteFile(filepath.Join(blobs, orphan.fileName), orphan.file, 0o644)
 	os.Remove(filepath.Join(blobs, a[0].fileName))
 
-	s = openStore(t, dir, upload.Options{})
+	s = openStore(t, dir, upload.Options{InlineMax: -1})
 	files := blobFiles(t, dir)
 	for _, f := range files {
 		if strings.HasPrefix(f, ".tmp") || f == "not-a-nar" || f == a[0].fileName {
@@ -347,7 +347,7 @@ func TestRecovery(t *testing.T) {
 func TestVerifyRepair(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s := openStore(t, dir, upload.Options{})
+	s := openStore(t, dir, upload.Options{InlineMax: -1})
 	a := closure(t, "ver")
 	b := closure(t, "ver2")
 	for _, p := range append(a, b...) {
@@ -659,7 +659,7 @@ func TestClaimWaitsForDurability(t *testing.T) {
 	})
 	defer restore()
 	dir := t.TempDir()
-	s := openStore(t, dir, upload.Options{})
+	s := openStore(t, dir, upload.Options{InlineMax: -1})
 
 	p := newPath(t, "durable", []byte("durable"))
 	if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {

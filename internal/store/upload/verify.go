@@ -31,6 +31,7 @@ func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, tot
 	type item struct {
 		name string
 		rec  blobRec
+		data []byte // a pending small NAR's, held in memory
 	}
 	var items []item
 	var total int64
@@ -41,7 +42,7 @@ func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, tot
 			if err := json.Unmarshal(v, &b); err != nil {
 				return fmt.Errorf("index record %s: %w", k, err)
 			}
-			items = append(items, item{string(k), b})
+			items = append(items, item{string(k), b, nil})
 			total += b.FileSize
 			return nil
 		})
@@ -52,7 +53,7 @@ func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, tot
 		s.pendMu.Lock()
 		for k, b := range s.pending {
 			if tx.Bucket(bBlobs).Get([]byte(k)) == nil && !b.failed() {
-				items = append(items, item{k, b.rec})
+				items = append(items, item{k, b.rec, b.data})
 				total += b.rec.FileSize
 			}
 		}
@@ -75,7 +76,7 @@ func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, tot
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		if reason := s.checkBlob(it.name, &it.rec); reason != "" {
+		if reason := s.checkBlob(it.name, &it.rec, it.data); reason != "" {
 			s.metrics.verifyFailures.Inc()
 			s.log.Error("NAR file damaged", "blob", it.name, "reason", reason)
 			rep.Bad = append(rep.Bad, BadBlob{Name: it.name, Reason: reason, Paths: claims[it.name]})
@@ -93,11 +94,15 @@ func (s *Store) Verify(ctx context.Context, repair bool, progress func(done, tot
 	return rep, s.repair(ctx, rep)
 }
 
-// checkBlob returns why a blob is bad, or "".
-func (s *Store) checkBlob(name string, rec *blobRec) string {
-	f, err := s.blobs.Open(bg, name)
-	if err != nil {
-		return fmt.Sprintf("cannot open: %v", err)
+// checkBlob returns why a blob is bad, or "". data is the blob when it is
+// a pending small NAR held in memory (small.go), else nil.
+func (s *Store) checkBlob(name string, rec *blobRec, data []byte) string {
+	var f io.ReadCloser = io.NopCloser(bytes.NewReader(data))
+	if data == nil {
+		var err error
+		if f, err = s.blobs.Open(bg, name); err != nil {
+			return fmt.Sprintf("cannot open: %v", err)
+		}
 	}
 	defer f.Close()
 	if err := s.withinLimits(name, rec.Compression, uint64(rec.FileSize), rec.NarSize); err != nil {
@@ -158,7 +163,7 @@ func (s *Store) repair(ctx context.Context, rep *VerifyReport) error {
 		}
 		s.pendMu.Lock()
 		for name := range bad {
-			delete(s.pending, name)
+			s.unpendLocked(name)
 		}
 		s.pendMu.Unlock()
 		for name := range bad {

@@ -6,8 +6,9 @@
 buildGoModule {
   pname = "concordia";
   inherit version src subPackages;
-  vendorHash = "sha256-3Cg3jQOSe6HjsmA9zBDZ99sdKx07ave/R3Ytu9Gv4vg=";
-  # go-sqlite3 needs cgo.
+  vendorHash = "sha256-HWQehk+1sn1pvo2ynlgcvUSeVMmq/velA9C7QSqHSl4=";
+  # go-sqlite3 and the zstd encoder (libzstd, built from the sources
+  # github.com/DataDog/zstd bundles) need cgo.
   env.CGO_ENABLED = "1";
   ldflags = [ "-s" "-w" "-X github.com/bos55/concordia/internal/version.Version=${version}" ];
   # The integration tests need root, namespaces and real daemons.

@@ -329,13 +329,11 @@ func (s *Store) insert(tx kv.Tx, up *narinfoUpload, rec *pathRec, b *blobRec) er
 			return err
 		}
 	}
-	if err := putJSON(tx.Bucket(bPaths), []byte(up.hashPart), rec); err != nil {
-		return err
-	}
-	if up.origin != "" {
-		return s.accessed(tx, up.hashPart)
-	}
-	return s.uploaded(tx, up.hashPart)
+	// The record's Registered is its first access, and for an upload
+	// (not an adoption) the time its writer was told it exists: GC reads
+	// them so (readPaths), so a new record writes no access or told
+	// stamp, which would dirty two more pages of every commit.
+	return putJSON(tx.Bucket(bPaths), []byte(up.hashPart), rec)
 }
 
 // uploaded stamps a path whose narinfo PUT is answered 200: accessed, and

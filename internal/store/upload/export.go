@@ -97,8 +97,9 @@ func (s *Store) pathRecord(tx kv.Tx, hp string, r *pathRec) PathRecord {
 // copied from, so GC orders and protects it as it would have there:
 // the intake of the copy stamped it accessed and told now. A zero
 // registration time leaves it; a zero access or told time removes that
-// stamp (GC then goes by the registration time, and keeps nothing for
-// writers). A path the index lacks is store.ErrNotFound.
+// stamp (GC then goes by the registration time, which for an upload is
+// also when its writer was told). A path the index lacks is
+// store.ErrNotFound.
 func (s *Store) SetPathTimes(ctx context.Context, hashPart string, registered, access, told time.Time) error {
 	return mapErr(s.db.Update(func(tx kv.Tx) error {
 		var r pathRec

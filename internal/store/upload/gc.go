@@ -346,13 +346,18 @@ func (g *gcGraph) readPaths(tx kv.Tx) error {
 				n.Refs = append(n.Refs, h)
 			}
 		}
+		// A record's registration is its first access and, for an
+		// upload, when its writer was told it exists (insert writes no
+		// stamps); a stamp older than it is of an earlier record.
+		n.Access = r.Registered.Unix()
 		if a := acc.Get(k); a != nil {
-			n.Access = parseUnix(a)
-		} else {
-			n.Access = r.Registered.Unix()
+			n.Access = max(n.Access, parseUnix(a))
+		}
+		if r.Upstream == "" {
+			n.Told = r.Registered.Unix()
 		}
 		if t := told.Get(k); t != nil {
-			n.Told = parseUnix(t)
+			n.Told = max(n.Told, parseUnix(t))
 		}
 		g.nodes[string(k)] = n
 		g.paths[string(k)] = r.StorePath

@@ -39,9 +39,11 @@ import (
 const DefaultInlineMax = 64 << 10
 
 // maxInlineMemory bounds the bytes of small NARs held in memory waiting
-// for their narinfos: Nix 2.35 sends every NAR of a closure first. A
-// variable for tests.
-var maxInlineMemory int64 = 64 << 20
+// for their narinfos: Nix 2.35 sends every NAR of a closure first. It is
+// well under the default memory_limit (48 MiB), which the rest of the
+// server needs; Nix 2.8 and Lix send each narinfo right after its NAR,
+// so one NAR per upload at a time is held. A variable for tests.
+var maxInlineMemory int64 = 16 << 20
 
 var heads = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 

@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"fmt"
+	"github.com/bos55/concordia/internal/store/upload"
 	"log/slog"
 	"net/http"
 	"os"
@@ -25,9 +26,9 @@ func TestErrorBodiesHideServerPaths(t *testing.T) {
 	dir := t.TempDir()
 	logs := &syncbuf.Buffer{}
 	local := newFakeStore()
-	e := newUpEnvWith(t, dir, false, []store.Store{local}, true, func(o *server.Options) {
+	e := newUpEnvOpts(t, dir, false, []store.Store{local}, true, func(o *server.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	})
+	}, upload.Options{InlineMax: -1}) // a NAR file is removed from under it
 	tokBytes, _ := os.ReadFile(e.tokens)
 	var hashes []string
 	for _, l := range strings.Split(strings.TrimSpace(string(tokBytes)), "\n") {

@@ -328,7 +328,7 @@ func TestNixCopyConcurrent(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	e := newUpEnv(t, dir, false)
+	e := newFileUpEnv(t, dir) // counts the files
 	netrc := writeNetrc(t, "ci", e.writeTok)
 	errs := make(chan error, 2)
 	for range 2 {

@@ -82,6 +82,14 @@ func newUpEnv(t testing.TB, dir string, private bool) *upEnv {
 	return newUpEnvStores(t, dir, private, nil)
 }
 
+// newFileUpEnv is newUpEnv whose upload store keeps every NAR as a file,
+// for tests that damage, remove or count the files (small NARs are
+// otherwise in the index).
+func newFileUpEnv(t testing.TB, dir string) *upEnv {
+	t.Helper()
+	return newUpEnvOpts(t, dir, false, nil, false, nil, upload.Options{InlineMax: -1})
+}
+
 // newUpEnvStores serves the stores in before ahead of the upload store
 // (e.g. the local store with prefer = "local"); they also count as
 // present for references.
@@ -347,7 +355,7 @@ func TestPutNoSpace(t *testing.T) {
 		t.Skipf("mount tmpfs: %v", err)
 	}
 	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
-	e := newUpEnv(t, filepath.Join(mnt, "up"), false)
+	e := newFileUpEnv(t, filepath.Join(mnt, "up"))
 	small := newUpPath(t, "nospace-small", []byte("small"))
 	e.upload(t, small)
 
@@ -413,7 +421,7 @@ func TestPutTooLarge(t *testing.T) {
 // and repair stops serving the damaged path at once.
 func TestVerifyAPI(t *testing.T) {
 	dir := t.TempDir()
-	e := newUpEnv(t, dir, false)
+	e := newFileUpEnv(t, dir)
 	good := newUpPath(t, "verify-api-good", []byte("good"))
 	bad := newUpPath(t, "verify-api-bad", bytes.Repeat([]byte("bad"), 1000))
 	e.upload(t, good)

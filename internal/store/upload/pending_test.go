@@ -226,7 +226,7 @@ func TestPendingExpiresAcrossRestart(t *testing.T) {
 	diskOnly(t) // recovery at Open from what a crash leaves on a disk
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := openAt(t, dir, upload.Options{})
+	s, err := openAt(t, dir, upload.Options{InlineMax: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestPendingExpiresAcrossRestart(t *testing.T) {
 	s.Close()
 	old := time.Now().Add(-25 * time.Hour)
 	os.Chtimes(filepath.Join(dir, "blobs", p.fileName), old, old)
-	s = openStore(t, dir, upload.Options{})
+	s = openStore(t, dir, upload.Options{InlineMax: -1})
 	if files := blobFiles(t, dir); len(files) != 0 {
 		t.Fatalf("expired file kept: %v", files)
 	}

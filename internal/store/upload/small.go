@@ -24,11 +24,8 @@ import (
 // write per path. Its 200 promises what a file's does: nothing until the
 // narinfo's 200, which means the NAR is on disk.
 //
-// Held in memory, a pending small NAR does not outlive the process unless
-// Close writes it out as a file (spillInline), which the next Open adopts
-// as any pending file. After a crash it is gone; its narinfo is then
-// refused as naming a NAR not uploaded, and the client's next nix copy
-// sends it again (it HEADs the NAR first). A crash fails that copy anyway.
+// A held NAR is also appended to a log (smalllog.go), one unsynced write,
+// so that it outlives the process as a file would: Open replays the log.
 // The bytes held are bounded by maxInlineMemory: past it a small NAR is
 // written as a file, as a large one is.
 
@@ -169,12 +166,15 @@ func (s *Store) placeInline(name, canon string, data []byte, info *BlobInfo, rec
 		return true, nil
 	}
 	s.pendMu.Lock()
-	defer s.pendMu.Unlock()
 	if s.inlineMem+int64(len(data)) > maxInlineMemory {
+		s.pendMu.Unlock()
 		return false, nil
 	}
-	s.pending[canon] = &pendingBlob{rec: rec, durable: closedChan, data: bytes.Clone(data)}
+	held := bytes.Clone(data)
+	s.pending[canon] = &pendingBlob{rec: rec, durable: closedChan, data: held}
 	s.inlineMem += int64(len(data))
+	s.pendMu.Unlock()
+	s.logSmall(canon, held, rec.Created)
 	return true, nil
 }
 
@@ -202,49 +202,4 @@ func (s *Store) putInline(tx kv.Tx, canon string, data []byte, created blobRec) 
 		return errors.New("a NAR held in memory without an inline store") // cannot happen: placeInline needs one
 	}
 	return s.inline.Put(tx, canon, data, created.Created)
-}
-
-// spillInline writes the small NARs held in memory that no narinfo has
-// claimed as pending files, made durable, so a restart keeps them (Open
-// adopts them and their claims verify them again). Close runs it once
-// nothing else runs.
-func (s *Store) spillInline() {
-	s.pendMu.Lock()
-	var names []string
-	var datas [][]byte
-	for canon, p := range s.pending {
-		if p.data != nil {
-			names, datas = append(names, canon), append(datas, p.data)
-		}
-	}
-	s.pendMu.Unlock()
-	if len(names) == 0 {
-		return
-	}
-	var failed int
-	for i, canon := range names {
-		if err := s.spillOne(canon, datas[i]); err != nil {
-			failed++
-			s.log.Warn("could not keep an unclaimed small NAR across the restart", "blob", canon, "err", err)
-		}
-	}
-	if err := s.blobs.Sync(bg); err != nil {
-		s.log.Warn("could not keep the unclaimed small NARs across the restart", "err", err)
-	}
-	s.log.Info("kept the unclaimed small NARs as files for the next start", "count", len(names)-failed)
-}
-
-func (s *Store) spillOne(canon string, data []byte) error {
-	tmp, err := s.blobs.Create(bg)
-	if err != nil {
-		return err
-	}
-	defer tmp.Close()
-	if _, err := tmp.Write(data); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	return tmp.Publish(canon)
 }

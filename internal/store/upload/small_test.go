@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
-		"os"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/internal/store/upload"
@@ -57,11 +59,60 @@ func TestSmallNARsInIndex(t *testing.T) {
 	}
 }
 
-
 // TestSmallNARKeptAcrossRestart: a small NAR whose narinfo has not come
-// when the store closes is written out as a file, adopted by the next
-// Open and claimed then (Nix 2.35 sends every NAR of a closure first).
+// when the store closes, or when the process dies without closing (a
+// SIGKILL: the disk as it is then), is held again by the next Open and
+// claimed then (Nix 2.35 sends every NAR of a closure first); no file of
+// its own is written either way.
 func TestSmallNARKeptAcrossRestart(t *testing.T) {
+	diskOnly(t)
+	for _, crash := range []bool{false, true} {
+		ctx := context.Background()
+		dir := t.TempDir()
+		s, err := openAt(t, dir, upload.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps := closure(t, fmt.Sprintf("restart-%v", crash))
+		if err := ps[0].upload(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps[1:] {
+			if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		at := dir
+		if crash {
+			at = t.TempDir()
+			copyTree(t, dir, at)
+		}
+		s.Close()
+		if files := blobFiles(t, at); len(files) != 0 {
+			t.Errorf("crash %v: files %v, want none", crash, files)
+		}
+		s = openStore(t, at, upload.Options{})
+		for _, p := range ps[1:] {
+			if has, err := s.HasNAR(ctx, p.fileName); err != nil || !has {
+				t.Errorf("crash %v: HEAD of %s after the restart: %v %v (the client would send it again)", crash, p.base, has, err)
+			}
+			if err := s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())); err != nil {
+				t.Fatalf("crash %v: narinfo of %s after the restart: %v", crash, p.base, err)
+			}
+		}
+		for _, p := range ps {
+			if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
+				t.Errorf("crash %v: NAR of %s after the restart: %v", crash, p.base, err)
+			}
+		}
+	}
+}
+
+// TestSmallNARLogTorn: a log cut in a record (a power cut while the
+// server ran) keeps the whole records before the cut; the NAR it lost is
+// refused at its narinfo as not uploaded, then taken when sent again. A
+// record whose bytes no longer match its name is dropped.
+func TestSmallNARLogTorn(t *testing.T) {
 	diskOnly(t)
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -69,57 +120,41 @@ func TestSmallNARKeptAcrossRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := closure(t, "restart")[0]
-	if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
-		t.Fatal(err)
+	ps := closure(t, "torn")
+	for _, p := range ps[:2] {
+		if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if files := blobFiles(t, dir); len(files) != 0 {
-		t.Errorf("files before Close: %v", files)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if files := blobFiles(t, dir); len(files) != 1 || files[0] != p.fileName {
-		t.Fatalf("files after Close: %v, want %s", files, p.fileName)
-	}
-	s = openStore(t, dir, upload.Options{})
-	if err := s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo())); err != nil {
-		t.Fatalf("narinfo after the restart: %v", err)
-	}
-	if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
-		t.Errorf("NAR after the restart: %v", err)
-	}
-}
-
-// TestSmallNARLostInCrash: a store that stops without Close (a crash)
-// loses the small NARs held in memory; their narinfos are then refused
-// as naming a NAR not uploaded, and nothing else changes.
-func TestSmallNARLostInCrash(t *testing.T) {
-	diskOnly(t)
-	ctx := context.Background()
-	dir := t.TempDir()
-	s := openStore(t, dir, upload.Options{})
-	ps := closure(t, "crash")
-	if err := ps[0].upload(ctx, s); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.PutNAR(ctx, ps[1].fileName, bytes.NewReader(ps[1].file)); err != nil {
-		t.Fatal(err)
-	}
-	// The disk as a crash leaves it: what is written, as it is now.
 	crashed := t.TempDir()
 	copyTree(t, dir, crashed)
+	s.Close()
+	log := filepath.Join(crashed, "pending-small.log")
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(log, b[:len(b)-7], 0o600); err != nil { // into the second record
+		t.Fatal(err)
+	}
 	c := openStore(t, crashed, upload.Options{})
-	err := c.PutNarInfo(ctx, ps[1].hash, strings.NewReader(ps[1].narinfo()))
+	if err := c.PutNarInfo(ctx, ps[0].hash, strings.NewReader(ps[0].narinfo())); err != nil {
+		t.Errorf("the whole record's narinfo: %v", err)
+	}
+	err = c.PutNarInfo(ctx, ps[1].hash, strings.NewReader(ps[1].narinfo()))
 	if !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), "not") {
-		t.Errorf("narinfo of a NAR lost in the crash: %v, want ErrInvalid saying it was not uploaded", err)
+		t.Errorf("narinfo of the torn record's NAR: %v, want ErrInvalid saying it was not uploaded", err)
 	}
-	if got, err := narOf(t, c, ps[0].hash); err != nil || !bytes.Equal(got, ps[0].nar) {
-		t.Errorf("the committed path after the crash: %v", err)
-	}
-	// Sent again, it is taken.
 	if err := ps[1].upload(ctx, c); err != nil {
 		t.Errorf("upload again: %v", err)
+	}
+	// Damage: a flipped byte in the data of the first record.
+	b, _ = os.ReadFile(filepath.Join(dir, "pending-small.log"))
+	b[40] ^= 1
+	os.WriteFile(filepath.Join(dir, "pending-small.log"), b, 0o600)
+	d := openStore(t, dir, upload.Options{})
+	if has, _ := d.HasNAR(ctx, ps[0].fileName); has {
+		t.Errorf("a damaged log record is held")
 	}
 }
 
@@ -170,5 +205,30 @@ func TestSmallNARMemoryBound(t *testing.T) {
 		if got, err := narOf(t, s, p.hash); err != nil || !bytes.Equal(got, p.nar) {
 			t.Errorf("NAR of %s: %v", p.base, err)
 		}
+	}
+}
+
+// TestSmallNARExpiresAcrossRestart: a held small NAR older than the grace
+// period when the store opens again is not held; its narinfo is refused
+// saying so.
+func TestSmallNARExpiresAcrossRestart(t *testing.T) {
+	diskOnly(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	clock := newClock()
+	s, err := openAt(t, dir, upload.Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPath(t, "small-expired", []byte("expired"))
+	if _, err := s.PutNAR(ctx, p.fileName, bytes.NewReader(p.file)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	clock.Advance(25 * time.Hour)
+	s = openStore(t, dir, upload.Options{Now: clock.Now})
+	err = s.PutNarInfo(ctx, p.hash, strings.NewReader(p.narinfo()))
+	if !errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), "not uploaded or expired after 24h") {
+		t.Fatalf("narinfo naming the expired NAR: %v", err)
 	}
 }

@@ -171,6 +171,9 @@ type Store struct {
 	// inline is blobs when small NARs are kept in the index (an index
 	// this process owns), else nil.
 	inline *inlineblob.Dir
+	// smallLog keeps the held small NARs across a crash (smalllog.go);
+	// nil without inline.
+	smallLog *smallLog
 	// dropped says why a pending blob was dropped before its claim
 	// (pending.go), for the narinfo that comes too late.
 	dropped      map[string]string
@@ -338,6 +341,12 @@ func OpenBackend(ctx context.Context, be Backend, opts Options) (*Store, error) 
 	if err := s.openIndex(ctx); err != nil {
 		return nil, err
 	}
+	if s.inline != nil {
+		if err := s.openSmallLog(); err != nil {
+			s.db.Close()
+			return nil, fmt.Errorf("upload store %s: %w", dir, err)
+		}
+	}
 	s.commits = kv.NewGroup(s.db)
 	if err := s.boundPending(""); err != nil {
 		s.db.Close()
@@ -404,7 +413,7 @@ func (s *Store) Close() error {
 	}
 	close(s.stop)
 	s.wg.Wait()
-	s.spillInline()
+	s.closeSmallLog()
 	s.flushAccess()
 	return s.db.Close()
 }

@@ -537,7 +537,7 @@ func TestReferenceNameMustMatch(t *testing.T) {
 func TestPendingKeptOnRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := openAt(t, dir, upload.Options{})
+	s, err := openAt(t, dir, upload.Options{InlineMax: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -549,7 +549,7 @@ func TestPendingKeptOnRestart(t *testing.T) {
 		t.Fatalf("stats with one pending blob: %+v", st)
 	}
 	s.Close()
-	s = openStore(t, dir, upload.Options{})
+	s = openStore(t, dir, upload.Options{InlineMax: -1})
 	if files := blobFiles(t, dir); len(files) != 1 || files[0] != p.fileName {
 		t.Fatalf("pending blob files after a restart: %v", files)
 	}

@@ -260,41 +260,17 @@ func (s *Store) place(name, canon string, tmp blob.Temp, info *BlobInfo, rec blo
 		return false, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
 	}
 	defer unlock()
-	p := s.livePending(canon)
-	if p != nil && p.unverified() {
-		// Kept across a restart and not verified again yet: this
-		// upload's verified bytes replace the file.
-		s.pendMu.Lock()
-		s.unpendLocked(canon)
-		s.pendMu.Unlock()
-		p = nil
-	}
-	indexed, claimed, err := s.indexedBlob(canon)
-	if err != nil {
-		return false, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
-	}
-	if _, err := s.blobs.Stat(bg, canon); err == nil && !indexed && p == nil {
-		// A file nothing accounts for cannot be trusted to be durable
-		// or intact (Open makes such files pending; this is one not
-		// verified since): replace it.
-		s.blobs.Remove(bg, canon)
-	} else if err == nil {
-		// Stored already (the caller drops our copy): claimed, or
-		// pending from another upload, whose durability we then share,
-		// or left by paths since deleted.
-		info.Existed = true
-		if !claimed {
-			s.repend(canon, p, rec)
-			if err := s.recordPending(canon, rec); err != nil {
-				return false, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
-			}
-		}
-		return false, nil
+	// A held small NAR's upload, sent again as a file (the memory bound
+	// was reached meanwhile), shares it as a stored file's would.
+	if existed, err := s.storedAlready(name, canon, info, rec, func(p *pendingBlob, stored bool) bool {
+		return stored || p != nil && p.data != nil
+	}); existed || err != nil {
+		return false, err
 	}
 	if err := tmp.Publish(canon); err != nil {
 		return false, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
 	}
-	p = &pendingBlob{rec: rec, durable: make(chan struct{})}
+	p := &pendingBlob{rec: rec, durable: make(chan struct{})}
 	s.pendMu.Lock()
 	s.setPendingLocked(canon, p)
 	s.pendMu.Unlock()
@@ -309,6 +285,51 @@ func (s *Store) place(name, canon string, tmp blob.Temp, info *BlobInfo, rec blo
 	}
 	if err := s.recordPending(canon, rec); err != nil {
 		return true, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
+	}
+	return true, nil
+}
+
+// storedAlready is the first step of placing the verified upload of blob
+// canon, with the file lock held: a file nothing accounts for is removed,
+// and when have says the blob is stored or pending already (given its
+// pending entry, nil if none, and whether a file or inline blob of the
+// name exists) info.Existed is set, an unclaimed blob made pending again
+// for this upload, and existed is true: the caller keeps nothing.
+func (s *Store) storedAlready(name, canon string, info *BlobInfo, rec blobRec, have func(p *pendingBlob, stored bool) bool) (existed bool, err error) {
+	p := s.livePending(canon)
+	if p != nil && p.unverified() {
+		// Kept across a restart and not verified again yet: this
+		// upload's verified bytes replace the file.
+		s.pendMu.Lock()
+		s.unpendLocked(canon)
+		s.pendMu.Unlock()
+		p = nil
+	}
+	indexed, claimed, err := s.indexedBlob(canon)
+	if err != nil {
+		return false, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
+	}
+	_, statErr := s.blobs.Stat(bg, canon)
+	stored := statErr == nil
+	if stored && !indexed && p == nil {
+		// A file nothing accounts for cannot be trusted to be durable
+		// or intact (Open makes such files pending; this is one not
+		// verified since): replace it.
+		s.blobs.Remove(bg, canon)
+		stored = false
+	}
+	if !have(p, stored) {
+		return false, nil
+	}
+	// Stored already (the caller drops its copy): claimed, or pending
+	// from another upload, whose durability is then shared, or left by
+	// paths since deleted.
+	info.Existed = true
+	if !claimed {
+		s.repend(canon, p, rec)
+		if err := s.recordPending(canon, rec); err != nil {
+			return true, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
+		}
 	}
 	return true, nil
 }

@@ -137,33 +137,10 @@ func (s *Store) placeInline(name, canon string, data []byte, info *BlobInfo, rec
 		return false, mapErr(fmt.Errorf("put NAR %s: %w", name, err))
 	}
 	defer unlock()
-	p := s.livePending(canon)
-	if p != nil && p.unverified() {
-		// A file kept across a restart, not verified again yet: these
-		// verified bytes replace it.
-		s.pendMu.Lock()
-		s.unpendLocked(canon)
-		s.pendMu.Unlock()
-		s.blobs.Remove(bg, canon)
-		p = nil
-	}
-	indexed, claimed, err := s.indexedBlob(canon)
-	if err != nil {
-		return false, mapErr(fmt.Errorf("put NAR %s: index: %w", name, err))
-	}
-	_, statErr := s.blobs.Stat(bg, canon)
-	stored := statErr == nil
-	if stored && !indexed && p == nil {
-		// A file nothing accounts for (place says why): replaced.
-		s.blobs.Remove(bg, canon)
-		stored = false
-	}
-	if stored || p != nil {
-		info.Existed = true
-		if !claimed {
-			s.repend(canon, p, rec)
-		}
-		return true, nil
+	if existed, err := s.storedAlready(name, canon, info, rec, func(p *pendingBlob, stored bool) bool {
+		return stored || p != nil
+	}); existed || err != nil {
+		return err == nil, err
 	}
 	s.pendMu.Lock()
 	if s.inlineMem+int64(len(data)) > maxInlineMemory {

@@ -201,7 +201,7 @@ var (
 	bTold     = []byte("told")            // hash part -> unix seconds (decimal) a writer was last told it exists
 	bUpstream = []byte("upstream-paths")  // hash part -> upstream name: a path an upstream had (upstreamRef)
 	bDoomed   = []byte("collected-files") // "nar/" or "log/" + file name -> unix seconds GC collected it (shared stores: shared.go)
-	bInline   = []byte("inline")   // blob name -> publication time and the NAR file of a small path (inlineblob)
+	bInline   = []byte("inline")          // blob name -> publication time and the NAR file of a small path (inlineblob)
 	buckets   = [][]byte{bPaths, bBlobs, bInline, bAccess, bPins, bListings, bLogFiles, bReal, bRealMeta, bTombs, bTold, bUpstream, bDoomed}
 
 	// bOldLogs held whole logs (drv base name -> bytes) before they were

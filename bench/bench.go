@@ -312,7 +312,9 @@ func (b *bench) benchNAR(ctx context.Context) error {
 		return nil
 	}
 	b.rep.pair("nar")
-	for i := 0; i < b.o.runs; i++ {
+	// More rounds: the NAR figures are a second or less of disk and
+	// loopback each, and nginx's sendfile ones the noisiest of all.
+	for i := 0; i < b.noisyRounds(); i++ {
 		if err := b.toolRound(ctx, narFile); err != nil {
 			return err
 		}
@@ -498,7 +500,9 @@ func (b *bench) benchE2E(ctx context.Context) error {
 	// failed copy leaves its series short, and the row falls back to
 	// the ratio of medians).
 	b.rep.pair("e2e")
-	for i := 0; i < b.o.runs; i++ {
+	// More rounds: each copy is a few hundred milliseconds of Nix's
+	// client writing to its store, as noisy as the disk.
+	for i := 0; i < b.noisyRounds(); i++ {
 		for _, t := range inRound(targets, i) {
 			for _, wl := range []struct{ name, path string }{{"closure", top}, {"big path", b.w.big.Path}} {
 				dst := filepath.Join(b.work, fmt.Sprintf("dst-%d", time.Now().UnixNano()))
@@ -627,6 +631,17 @@ func (b *bench) atOnce(ctx context.Context, tops []string, run func(k int, top s
 		}
 	}
 	return time.Since(start), first
+}
+
+// noisyRounds is the rounds of a group whose figures are short and
+// disk-bound (pull, nar, e2e): 2n-1 for --runs n, so the median of its
+// paired ratios stands on more pairs; two full runs an hour apart
+// disagreed most on these.
+func (b *bench) noisyRounds() int {
+	if b.o.quick {
+		return b.o.runs
+	}
+	return 2*b.o.runs - 1
 }
 
 // vsUpload is the --vs-bin binary's figure in the upload rounds.

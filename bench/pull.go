@@ -107,14 +107,10 @@ func (b *bench) benchPull(ctx context.Context) error {
 	// the other, and so do the link runs and the narinfo latency
 	// (pullNarinfoLatency, in blocks of 100): paired ratios.
 	b.rep.pair("pull")
-	// More rounds than the other groups: a cold fetch writes the whole
-	// NAR to disk, whose speed here varies from one to the next more
-	// than a CPU's, and each round is short.
-	rounds := b.o.runs
-	if !b.o.quick {
-		rounds = 2*b.o.runs - 1
-	}
-	for i := 0; i < rounds; i++ {
+	// More rounds: a cold fetch writes the whole NAR to disk, whose
+	// speed here varies from one to the next more than a CPU's, and each
+	// round is short.
+	for i := 0; i < b.noisyRounds(); i++ {
 		// A: the upstream itself, its page cache warm like the cold
 		// runs' upstream.
 		if d, err := fetch("nginx upstream", direct, 1); err == nil {

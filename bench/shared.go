@@ -20,12 +20,12 @@ import (
 
 // The shared backend: the upload store's files in an S3 bucket (a MinIO
 // on loopback) and its index in PostgreSQL (on a unix socket), against
-// the disk backend (files in upload.dir, index in bbolt), both measured
+// the disk backend (files in upload.dir, index in pebble), both measured
 // in the same run, interleaved A B A B. Every NAR downloaded is hashed
 // and compared with the NarHash Nix recorded.
 
 const (
-	sysDisk   = "disk backend (upload.dir, bbolt)"
+	sysDisk   = "disk backend (upload.dir, pebble)"
 	sysShared = "S3+PostgreSQL backend"
 	sysOne    = "1 replica (S3+PostgreSQL)"
 	sysTwo    = "2 replicas (S3+PostgreSQL)"

@@ -6,7 +6,7 @@
 buildGoModule {
   pname = "concordia";
   inherit version src subPackages;
-  vendorHash = "sha256-HWQehk+1sn1pvo2ynlgcvUSeVMmq/velA9C7QSqHSl4=";
+  vendorHash = "sha256-QHDZ8+ihfZ1kfSs+/DchfVQkdQag210fO7ChjPBMwYY=";
   # go-sqlite3 and the zstd encoder (libzstd, built from the sources
   # github.com/DataDog/zstd bundles) need cgo.
   env.CGO_ENABLED = "1";

@@ -86,6 +86,7 @@ func uploadOptions(cfg *config.Config, ls *local.Store, logger *slog.Logger) upl
 		PendingGrace: time.Duration(cfg.Upload.PendingMaxAge),
 		MaxPending:   int64(cfg.Upload.PendingMaxSize),
 		InlineMax:    inlineMax(cfg.Upload.InlineMaxSize),
+		Index:        cfg.Upload.Index,
 		WriterTTL:    time.Duration(cfg.GC.WriterTTL),
 		HardMaxSize:  int64(cfg.GC.HardMaxSize),
 		Limits:       cfg.Limits.Values(),

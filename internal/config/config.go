@@ -169,6 +169,11 @@ type Upload struct {
 	// of its own: one durable write per small path. "0" keeps every NAR
 	// as a file. A shared index ([upload.database]) never keeps them.
 	InlineMaxSize Size `toml:"inline_max_size"`
+	// Index is the engine of the index of a store made from now on:
+	// "pebble" (the default: one fsync'd log write per commit) or
+	// "bbolt". A store keeps the engine it was made with (one made before
+	// pebble has index.db, bbolt); `cache migrate` moves it to another.
+	Index string `toml:"index"`
 	// DeployReportsMax is how many deploy reports the history keeps
 	// (the oldest go first), each at most limits.max_deploy_report_size.
 	DeployReportsMax int `toml:"deploy_reports_max"`
@@ -338,6 +343,7 @@ func Default() *Config {
 		Upload: Upload{Prefer: DefaultPrefer,
 			PendingMaxAge: Duration(DefaultPendingMaxAge), PendingMaxSize: DefaultPendingMaxSize,
 			InlineMaxSize:    DefaultInlineMaxSize,
+			Index:            "pebble",
 			DeployReportsMax: DefaultDeployReportsMax},
 		GC: GC{Remember: Duration(DefaultRemember), WriterTTL: Duration(DefaultWriterTTL)},
 		Timeouts: Timeouts{
@@ -515,6 +521,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Upload.InlineMaxSize < 0 || c.Upload.InlineMaxSize > 1<<20 {
 		return bad("upload.inline_max_size", "must be 0 (off) to 1M, got %d", c.Upload.InlineMaxSize)
+	}
+	if c.Upload.Index != "pebble" && c.Upload.Index != "bbolt" {
+		return bad("upload.index", "must be \"pebble\" or \"bbolt\", got %q", c.Upload.Index)
 	}
 	if c.Upload.DeployReportsMax < 1 || c.Upload.DeployReportsMax > 1_000_000 {
 		return bad("upload.deploy_reports_max", "must be 1..1000000, got %d", c.Upload.DeployReportsMax)

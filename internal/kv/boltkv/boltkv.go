@@ -5,8 +5,6 @@ package boltkv
 import (
 	"context"
 	"errors"
-	"fmt"
-	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -18,8 +16,7 @@ import (
 // DB is a bbolt file as a kv.DB.
 type DB struct {
 	db    *bolt.DB
-	mu    sync.Mutex
-	locks map[string]chan struct{}
+	locks kv.Locks
 }
 
 // Open opens (creating) the bbolt file at path. A file another process
@@ -34,7 +31,7 @@ func Open(path string, timeout time.Duration) (*DB, error) {
 		return nil, err
 	}
 	db.AllocSize = 1 << 20
-	return &DB{db: db, locks: map[string]chan struct{}{}}, nil
+	return &DB{db: db}, nil
 }
 
 // Bolt is the underlying file, for tools that inspect it.
@@ -56,23 +53,9 @@ func (d *DB) Begin(writable bool) (kv.Tx, error) {
 	return txn{tx}, nil
 }
 
-// Lock is an in-process mutex, the file being owned by this process; a
-// channel rather than a sync.Mutex so that ctx can end the wait.
+// Lock is an in-process lock, the file being owned by this process.
 func (d *DB) Lock(ctx context.Context, name string) (func(), error) {
-	d.mu.Lock()
-	m := d.locks[name]
-	if m == nil {
-		m = make(chan struct{}, 1)
-		d.locks[name] = m
-	}
-	d.mu.Unlock()
-	select {
-	case m <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("boltkv: lock %q: %w", name, ctx.Err())
-	}
-	var once sync.Once
-	return func() { once.Do(func() { <-m }) }, nil
+	return d.locks.Lock(ctx, "boltkv", name)
 }
 
 func (d *DB) Shared() bool { return false }

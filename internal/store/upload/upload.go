@@ -37,6 +37,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -50,6 +51,7 @@ import (
 	"github.com/bos55/concordia/internal/blob/inlineblob"
 	"github.com/bos55/concordia/internal/kv"
 	"github.com/bos55/concordia/internal/kv/boltkv"
+	"github.com/bos55/concordia/internal/kv/pebblekv"
 	"github.com/bos55/concordia/internal/limits"
 	"github.com/bos55/concordia/internal/store"
 	"github.com/bos55/concordia/pkg/narinfo"
@@ -120,6 +122,10 @@ type Options struct {
 	// own (0: DefaultInlineMax; negative: never). A shared index never
 	// keeps them: its replicas' files are in a bucket.
 	InlineMax int64
+	// Index is the embedded index's engine for a store that has none yet:
+	// IndexPebble (the default) or IndexBolt. A store keeps the one it
+	// was created with; `cache migrate` moves it to another.
+	Index string
 	// Logger receives recovery, GC and repair events; nil discards them.
 	Logger *slog.Logger
 	// Now replaces time.Now in tests.
@@ -357,13 +363,43 @@ func OpenBackend(ctx context.Context, be Backend, opts Options) (*Store, error) 
 	return s, nil
 }
 
-// openIndex opens the bbolt index, creating its buckets, and recovers
+// The embedded index's engines (Options.Index).
+const (
+	IndexPebble = "pebble"
+	IndexBolt   = "bbolt"
+)
+
+// openEmbedded opens the store's own index in the engine it was made
+// with: the bbolt file index.db (every store made before pebble), or the
+// pebble database index/. A new store's is engine's.
+func openEmbedded(dir, engine string) (kv.DB, error) {
+	bolt, peb := filepath.Join(dir, "index.db"), filepath.Join(dir, "index")
+	for _, p := range []string{bolt, peb} {
+		switch _, err := os.Lstat(p); {
+		case err == nil && p == bolt:
+			return boltkv.Open(bolt, 5*time.Second)
+		case err == nil:
+			return pebblekv.Open(peb, 5*time.Second)
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, err // not a reason to make a new index beside it
+		}
+	}
+	switch engine {
+	case "", IndexPebble:
+		return pebblekv.Open(peb, 5*time.Second)
+	case IndexBolt:
+		return boltkv.Open(bolt, 5*time.Second)
+	}
+	return nil, fmt.Errorf("index engine %q: want %q or %q", engine, IndexPebble, IndexBolt)
+}
+
+// openIndex opens the embedded index, creating its buckets, and recovers
 // from an interrupted run (logs moved out of the index, files and records
 // made to agree). The index is closed again if that fails.
 func (s *Store) openIndex(ctx context.Context) error {
 	if s.db == nil {
-		db, err := boltkv.Open(filepath.Join(s.dir, "index.db"), 5*time.Second)
-		if errors.Is(err, bolterrors.ErrTimeout) {
+		db, err := openEmbedded(s.dir, s.opts.Index)
+		if errors.Is(err, bolterrors.ErrTimeout) || errors.Is(err, pebblekv.ErrTimeout) {
 			return fmt.Errorf("upload store index %s: %w", s.dir, ErrLocked)
 		}
 		if err != nil {

@@ -53,3 +53,18 @@ func TestInlineMaxSize(t *testing.T) {
 		t.Fatalf("2M: %v, want an error naming upload.inline_max_size", err)
 	}
 }
+
+// TestIndexEngine: [upload] index defaults to pebble, takes bbolt, and
+// refuses anything else naming the key.
+func TestIndexEngine(t *testing.T) {
+	c, err := config.Parse(nil)
+	if err != nil || c.Upload.Index != "pebble" {
+		t.Fatalf("default: %q, %v", c.Upload.Index, err)
+	}
+	if c, err = config.Parse([]byte("[upload]\nindex = \"bbolt\"\n")); err != nil || c.Upload.Index != "bbolt" {
+		t.Fatalf("bbolt: %q, %v", c.Upload.Index, err)
+	}
+	if _, err := config.Parse([]byte("[upload]\nindex = \"sqlite\"\n")); err == nil || !strings.Contains(err.Error(), "upload.index") {
+		t.Fatalf("sqlite: %v, want an error naming upload.index", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -423,5 +424,42 @@ func TestMigrateSameStore(t *testing.T) {
 	s := open(t, t.TempDir())
 	if _, err := migrate.Run(context.Background(), s, s, migrate.Options{}); err == nil {
 		t.Fatal("a store migrated into itself")
+	}
+}
+
+// TestMigrateBoltToPebble: a store made before pebble (index.db) keeps
+// bbolt when opened again with the default engine, and migrating it into
+// a fresh directory gives a pebble store with every path and NAR.
+func TestMigrateBoltToPebble(t *testing.T) {
+	ctx := context.Background()
+	srcDir, dstDir := t.TempDir(), t.TempDir()
+	first := openWith(t, srcDir, upload.Options{Others: []store.Store{outside}, Index: upload.IndexBolt})
+	leaf := newPath(t, "leaf", "leaf contents")
+	top := newPath(t, "top", strings.Repeat("top ", 50000), leaf.base)
+	leaf.upload(t, first)
+	top.upload(t, first)
+	must(t, first.Close())
+	src := open(t, srcDir) // the default engine: the store keeps its own
+	if _, err := os.Stat(filepath.Join(srcDir, "index")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("reopening a bbolt store made a pebble index beside it: %v", err)
+	}
+	dst := open(t, dstDir)
+	rep, err := migrate.Run(ctx, src, dst, migrate.Options{})
+	if err != nil || rep.Copied != 2 {
+		t.Fatalf("Run: %+v, %v; want 2 paths copied", rep, err)
+	}
+	if _, err := os.Stat(filepath.Join(dstDir, "index")); err != nil {
+		t.Fatalf("destination has no pebble index: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dstDir, "index.db")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("destination has a bbolt index: %v", err)
+	}
+	for _, p := range []*path{leaf, top} {
+		info, err := dst.PathInfo(ctx, p.hash)
+		must(t, err)
+		var nar bytes.Buffer
+		if err := dst.NAR(ctx, info, &nar); err != nil || !bytes.Equal(nar.Bytes(), p.nar) {
+			t.Errorf("NAR of %s in the pebble store: %v", p.base, err)
+		}
 	}
 }

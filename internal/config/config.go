@@ -519,7 +519,7 @@ func (c *Config) Validate() error {
 	if c.Upload.PendingMaxSize < 1<<20 {
 		return bad("upload.pending_max_size", "must be at least 1M, got %d", c.Upload.PendingMaxSize)
 	}
-	if c.Upload.InlineMaxSize < 0 || c.Upload.InlineMaxSize > 1<<20 {
+	if c.Upload.InlineMaxSize < 0 || c.Upload.InlineMaxSize > limits.MaxInlineNAR {
 		return bad("upload.inline_max_size", "must be 0 (off) to 1M, got %d", c.Upload.InlineMaxSize)
 	}
 	if c.Upload.Index != "pebble" && c.Upload.Index != "bbolt" {

@@ -63,6 +63,11 @@ const (
 	DefaultMaxDeployReportSize = 1 << 20
 )
 
+// MaxInlineNAR is the largest upload.inline_max_size: a NAR file kept in
+// the index is held in memory whole while it waits for its narinfo, and
+// the held ones' log refuses a record past it as damage.
+const MaxInlineNAR = 1 << 20
+
 // Config keys of the bounds, as errors name them.
 const (
 	KeyNARSize     = "limits.max_nar_size"

@@ -112,21 +112,27 @@ func (s *Store) putNAR(ctx context.Context, name string, body io.Reader) (*BlobI
 	if err != nil {
 		return nil, err
 	}
-	renamed := false
-	defer func() {
-		if !renamed {
-			tmp.Close()
-		}
-	}()
 	got, err := s.receive(ctx, name, comp, tmp, body)
 	if err != nil {
+		tmp.Close()
 		return nil, err
 	}
 	info, rec, err := s.checkName(name, wantHash, got)
 	if err != nil {
+		tmp.Close()
 		return nil, err
 	}
-	renamed, err = s.place(name, info.Name, tmp, info, rec)
+	return s.placeFile(name, tmp, info, rec)
+}
+
+// placeFile publishes the verified temp file of NAR file name as the
+// pending blob info.Name (place), closing it unless it was renamed, and
+// bounds the pending NARs with it.
+func (s *Store) placeFile(name string, tmp blob.Temp, info *BlobInfo, rec blobRec) (*BlobInfo, error) {
+	renamed, err := s.place(name, info.Name, tmp, info, rec)
+	if !renamed {
+		tmp.Close()
+	}
 	if err != nil {
 		return nil, err
 	}

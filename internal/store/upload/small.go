@@ -112,19 +112,7 @@ func (s *Store) putSmallFile(ctx context.Context, name string, head []byte, info
 		tmp.Close()
 		return nil, mapErr(fmt.Errorf("put NAR %s: write: %w", name, err))
 	}
-	renamed, err := s.place(name, info.Name, tmp, info, rec)
-	if !renamed {
-		tmp.Close()
-	}
-	if err != nil {
-		return nil, err
-	}
-	if renamed {
-		if err := s.boundPending(info.Name); err != nil {
-			return nil, err
-		}
-	}
-	return info, nil
+	return s.placeFile(name, tmp, info, rec)
 }
 
 // placeInline makes the verified NAR file data the pending blob canon,

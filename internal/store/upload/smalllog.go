@@ -15,6 +15,7 @@ import (
 
 	"github.com/bos55/concordia/internal/durable"
 	"github.com/bos55/concordia/internal/kv"
+	"github.com/bos55/concordia/internal/limits"
 )
 
 // The log of held small NARs. A small NAR held in memory (small.go) is
@@ -47,13 +48,7 @@ type smallLog struct {
 
 // append writes one record; an error leaves the NAR held in memory only.
 func (l *smallLog) append(name string, data []byte, created time.Time) error {
-	rec := make([]byte, 0, len(smallLogMagic)+2+len(name)+4+len(data)+8)
-	rec = append(rec, smallLogMagic...)
-	rec = binary.BigEndian.AppendUint16(rec, uint16(len(name)))
-	rec = append(rec, name...)
-	rec = binary.BigEndian.AppendUint32(rec, uint32(len(data)))
-	rec = append(rec, data...)
-	rec = binary.BigEndian.AppendUint64(rec, uint64(created.UnixNano()))
+	rec := appendSmallRecord(make([]byte, 0, len(smallLogMagic)+2+len(name)+4+len(data)+8), name, data, created)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
@@ -94,7 +89,7 @@ func readSmallLog(r io.Reader) []smallEntry {
 			return out
 		}
 		size := binary.BigEndian.Uint32(n[:])
-		if int64(size) > 2*DefaultInlineMax && int64(size) > 1<<20 {
+		if size > limits.MaxInlineNAR {
 			return out // no small NAR is this large
 		}
 		data := make([]byte, size)
@@ -180,19 +175,19 @@ func (s *Store) replaySmall(e smallEntry) bool {
 // appends to it from then on.
 func (s *Store) rewriteSmallLog() error {
 	path := filepath.Join(s.dir, smallLogName)
-	var buf bytes.Buffer
+	var buf []byte
 	l := &smallLog{}
 	s.pendMu.Lock()
 	for name, p := range s.pending {
 		if p.data != nil {
-			writeSmallRecord(&buf, name, p.data, p.rec.Created)
+			buf = appendSmallRecord(buf, name, p.data, p.rec.Created)
 		}
 	}
 	s.pendMu.Unlock()
 	// Written whole before the rename, so the old log is replaced by a
 	// complete one; durable only once Close syncs it, as appends are.
 	tmp := path + ".new"
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o600); err != nil {
+	if err := os.WriteFile(tmp, buf, 0o600); err != nil {
 		return fmt.Errorf("small NAR log: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
@@ -202,7 +197,7 @@ func (s *Store) rewriteSmallLog() error {
 	if err != nil {
 		return fmt.Errorf("small NAR log: %w", err)
 	}
-	l.f, l.size = f, int64(buf.Len())
+	l.f, l.size = f, int64(len(buf))
 	old := s.smallLog
 	s.smallLog = l
 	if old != nil {
@@ -216,13 +211,14 @@ func (s *Store) rewriteSmallLog() error {
 	return nil
 }
 
-func writeSmallRecord(w *bytes.Buffer, name string, data []byte, created time.Time) {
-	w.Write(smallLogMagic)
-	w.Write(binary.BigEndian.AppendUint16(nil, uint16(len(name))))
-	w.WriteString(name)
-	w.Write(binary.BigEndian.AppendUint32(nil, uint32(len(data))))
-	w.Write(data)
-	w.Write(binary.BigEndian.AppendUint64(nil, uint64(created.UnixNano())))
+// appendSmallRecord appends the log record of one held NAR to rec.
+func appendSmallRecord(rec []byte, name string, data []byte, created time.Time) []byte {
+	rec = append(rec, smallLogMagic...)
+	rec = binary.BigEndian.AppendUint16(rec, uint16(len(name)))
+	rec = append(rec, name...)
+	rec = binary.BigEndian.AppendUint32(rec, uint32(len(data)))
+	rec = append(rec, data...)
+	return binary.BigEndian.AppendUint64(rec, uint64(created.UnixNano()))
 }
 
 // logSmall appends a newly held NAR to the log, compacting it first when

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +53,10 @@ type DB struct {
 	// the store relies on the error (a GC racing the server's shutdown).
 	open   atomic.Int64
 	closed atomic.Bool
+	// failed is the commit error after which pebble takes no more
+	// writes (its commit pipeline keeps failing): every later write
+	// transaction fails with it at once, reads go on.
+	failed atomic.Pointer[error]
 }
 
 // ErrClosed is the error of a transaction begun after Close.
@@ -60,6 +65,9 @@ var ErrClosed = errors.New("pebblekv: the index is closed")
 // Open opens (creating) the pebble database in directory dir. One held
 // by another process is retried until timeout, then ErrTimeout.
 func Open(dir string, timeout time.Duration) (*DB, error) {
+	if err := roomToOpen(dir); err != nil {
+		return nil, err
+	}
 	deadline := time.Now().Add(timeout)
 	for {
 		db, err := pebble.Open(dir, &pebble.Options{Logger: logger{}})
@@ -84,6 +92,43 @@ func held(err error) bool {
 		strings.Contains(err.Error(), "lock held by current process")
 }
 
+// openSlack is the disk an open needs beyond its logs' size: the
+// manifest's and the options file's new versions, and a new log's first
+// chunk.
+const openSlack = 8 << 20
+
+// roomToOpen refuses to open a database whose disk cannot take what
+// pebble writes when it opens: it turns the logs left by the last run
+// into a table first, and waits for that, retrying forever on a full
+// disk. So a cache started on a full disk says so and stops, rather
+// than hang.
+func roomToOpen(dir string) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		if errors.Is(err, syscall.ENOENT) {
+			return nil // a new database
+		}
+		return fmt.Errorf("pebblekv: %s: %w", dir, err)
+	}
+	var logs int64
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("pebblekv: %w", err)
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".log") {
+			if fi, err := e.Info(); err == nil {
+				logs += fi.Size()
+			}
+		}
+	}
+	need, free := logs+openSlack, int64(st.Bavail)*int64(st.Bsize)
+	if free < need {
+		return fmt.Errorf("pebblekv: the disk of %s has %d bytes free, and opening the index needs about %d (it first writes its %d bytes of log into a table): free some space and start again", dir, free, need, logs)
+	}
+	return nil
+}
+
 // logger keeps pebble's routine messages (a log replayed, a compaction)
 // out of the server's log and its errors in it.
 type logger struct{}
@@ -93,7 +138,13 @@ func (logger) Errorf(format string, args ...any) {
 	slog.Error("index: " + fmt.Sprintf(format, args...))
 }
 func (logger) Fatalf(format string, args ...any) {
-	panic(fmt.Sprintf("pebblekv: "+format, args...))
+	f := errFatal{msg: fmt.Sprintf("pebblekv: "+format, args...)}
+	for _, a := range args {
+		if err, ok := a.(error); ok && f.err == nil {
+			f.err = err // the cause, for errors.Is (a full disk: ENOSPC)
+		}
+	}
+	panic(f)
 }
 
 // Pebble is the underlying database, for tools that inspect it.
@@ -137,6 +188,10 @@ func (d *DB) Begin(writable bool) (kv.Tx, error) {
 	}
 	if !writable {
 		return &txn{d: d, snap: d.db.NewSnapshot()}, nil
+	}
+	if err := d.failed.Load(); err != nil {
+		d.open.Add(-1)
+		return nil, *err
 	}
 	d.write.Lock()
 	return &txn{d: d, batch: d.db.NewIndexedBatch()}, nil
@@ -293,7 +348,13 @@ func (t *txn) Commit() error {
 		t.Rollback()
 		return t.err
 	}
-	err := t.batch.Commit(pebble.Sync)
+	err := commit(t.batch)
+	if errors.As(err, new(*fatalError)) {
+		d := t.d
+		refused := fmt.Errorf("%w; the index takes no more writes until the cache is restarted (with the disk space freed)", err)
+		d.failed.CompareAndSwap(nil, &refused)
+		err = refused
+	}
 	t.end()
 	return err
 }
@@ -393,4 +454,39 @@ func (b *bucket) KeyN() int {
 		b.t.fail(err)
 	}
 	return n
+}
+
+// errFatal is the panic of logger.Fatalf, which pebble calls when a
+// commit fails (the disk is full, or its log could not be synced).
+type errFatal struct {
+	msg string
+	err error
+}
+
+// fatalError is such a failure as commit returns it.
+type fatalError struct {
+	msg string
+	err error
+}
+
+func (e *fatalError) Error() string { return e.msg }
+func (e *fatalError) Unwrap() error { return e.err }
+
+// commit commits b synced. pebble treats a failed commit as fatal (its
+// logger's Fatalf, which must not return); the panic that is our Fatalf
+// is turned back into the error here, so that a full disk refuses
+// uploads, as bbolt's error did, instead of stopping the server, which
+// goes on serving what it has. Unlike bbolt's, pebble's commits do not
+// recover once space is freed: the handle has to be opened again.
+func commit(b *pebble.Batch) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(errFatal)
+			if !ok {
+				panic(r)
+			}
+			err = &fatalError{f.msg, f.err}
+		}
+	}()
+	return b.Commit(pebble.Sync)
 }

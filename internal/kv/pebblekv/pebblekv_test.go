@@ -5,6 +5,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -130,5 +133,100 @@ func TestClosed(t *testing.T) {
 	}
 	if err := db.Update(func(kv.Tx) error { return nil }); !errors.Is(err, pebblekv.ErrClosed) {
 		t.Fatalf("Update after Close: %v", err)
+	}
+}
+
+// fullDisk mounts a small tmpfs for the test (root only: skipped
+// otherwise) and fills all but room bytes of it with a file it returns.
+func fullDisk(t *testing.T, size, room int64) (dir, filler string) {
+	t.Helper()
+	dir = t.TempDir()
+	if err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+strconv.FormatInt(size, 10), "tmpfs", dir).Run(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	filler = filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, size-room), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir, filler
+}
+
+// TestDiskFull: a commit on a full disk is an error, not pebble's fatal
+// exit; the writes after it are refused at once saying what to do, reads
+// go on; opening the index on the still full disk says so instead of
+// waiting forever; once space is freed it opens with every key committed
+// before the failure.
+func TestDiskFull(t *testing.T) {
+	fs, filler := fullDisk(t, 64<<20, 12<<20)
+	dir := filepath.Join(fs, "index")
+	db, err := pebblekv.Open(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	val := make([]byte, 60000)
+	put := func(db kv.DB, k int) error {
+		return db.Update(func(tx kv.Tx) error {
+			b, err := tx.CreateBucketIfNotExists([]byte("b"))
+			if err != nil {
+				return err
+			}
+			return b.Put([]byte(strconv.Itoa(k)), val)
+		})
+	}
+	committed := 0
+	for ; committed < 1000; committed++ {
+		if err := put(db, committed); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("commit %d: %v, want the disk's error, ENOSPC (the store answers 507 for it)", committed, err)
+			}
+			break
+		}
+	}
+	if committed == 0 || committed == 1000 {
+		t.Fatalf("%d commits before the disk was full", committed)
+	}
+	if err := put(db, 5000); err == nil || !strings.Contains(err.Error(), "restarted") {
+		t.Fatalf("a write after the failure: %v, want it refused saying to restart", err)
+	}
+	err = db.View(func(tx kv.Tx) error {
+		if v := tx.Bucket([]byte("b")).Get([]byte("0")); len(v) != len(val) {
+			return errors.New("an earlier key is gone")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("read after the failure: %v", err)
+	}
+	db.Close() // its error is the commit's again
+
+	if _, err := pebblekv.Open(dir, time.Second); err == nil || !strings.Contains(err.Error(), "free some space") {
+		t.Fatalf("open on the full disk: %v, want it refused", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	db, err = pebblekv.Open(dir, time.Second)
+	if err != nil {
+		t.Fatalf("open with space freed: %v", err)
+	}
+	defer db.Close()
+	if err := put(db, 6000); err != nil {
+		t.Fatalf("write after reopening: %v", err)
+	}
+	err = db.View(func(tx kv.Tx) error {
+		b := tx.Bucket([]byte("b"))
+		for k := 0; k < committed; k++ {
+			if len(b.Get([]byte(strconv.Itoa(k)))) != len(val) {
+				return errors.New("key " + strconv.Itoa(k) + " lost")
+			}
+		}
+		if b.Get([]byte(strconv.Itoa(committed))) != nil {
+			return errors.New("the failed commit is there")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

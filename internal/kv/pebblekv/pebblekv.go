@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"strings"
@@ -85,11 +86,15 @@ func Open(dir string, timeout time.Duration) (*DB, error) {
 }
 
 // held reports whether Open failed on the database's lock file: the
-// fcntl lock of another process, or pebble's own refusal of a second
-// handle in this one.
+// fcntl lock of another process (a bare EAGAIN or EACCES: a file that
+// cannot be opened is EACCES too, but with its path), or pebble's own
+// refusal of a second handle in this one.
 func held(err error) bool {
-	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) ||
-		strings.Contains(err.Error(), "lock held by current process")
+	if strings.Contains(err.Error(), "lock held by current process") {
+		return true
+	}
+	var pe *fs.PathError
+	return (errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES)) && !errors.As(err, &pe)
 }
 
 // openSlack is the disk an open needs beyond its logs' size: the

@@ -230,3 +230,36 @@ func TestDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHeldByAnotherProcess: the fcntl lock of another process is waited
+// for and then ErrTimeout, as a second handle in this one is.
+func TestHeldByAnotherProcess(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "index")
+	if os.Getenv("PEBBLEKV_HOLD") != "" {
+		db, err := pebblekv.Open(os.Getenv("PEBBLEKV_HOLD"), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		os.Stdout.WriteString("open\n")
+		time.Sleep(time.Hour)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHeldByAnotherProcess$")
+	cmd.Env = append(os.Environ(), "PEBBLEKV_HOLD="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	buf := make([]byte, 5)
+	if _, err := out.Read(buf); err != nil || string(buf) != "open\n" {
+		t.Fatalf("child: %q %v", buf, err)
+	}
+	if _, err := pebblekv.Open(dir, 200*time.Millisecond); !errors.Is(err, pebblekv.ErrTimeout) {
+		t.Fatalf("Open beside another process: %v, want ErrTimeout", err)
+	}
+}

@@ -2,6 +2,7 @@ package pebblekv_test
 
 import (
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,22 +67,8 @@ func TestCommitSurvivesSIGKILL(t *testing.T) {
 		return
 	}
 	dir := filepath.Join(t.TempDir(), "index")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCommitSurvivesSIGKILL$")
-	cmd.Env = append(os.Environ(), "PEBBLEKV_CHILD="+dir)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 10)
-	if _, err := out.Read(buf); err != nil || string(buf) != "committed\n" {
-		cmd.Process.Kill()
-		t.Fatalf("child: %q %v", buf, err)
-	}
-	cmd.Process.Kill()
-	cmd.Wait()
+	kill := child(t, "TestCommitSurvivesSIGKILL", "PEBBLEKV_CHILD="+dir, "committed\n")
+	kill()
 	db, err := pebblekv.Open(dir, time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -245,8 +232,18 @@ func TestHeldByAnotherProcess(t *testing.T) {
 		time.Sleep(time.Hour)
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHeldByAnotherProcess$")
-	cmd.Env = append(os.Environ(), "PEBBLEKV_HOLD="+dir)
+	defer child(t, "TestHeldByAnotherProcess", "PEBBLEKV_HOLD="+dir, "open\n")()
+	if _, err := pebblekv.Open(dir, 200*time.Millisecond); !errors.Is(err, pebblekv.ErrTimeout) {
+		t.Fatalf("Open beside another process: %v, want ErrTimeout", err)
+	}
+}
+
+// child runs test name again in a child process with env set, waits for
+// it to print ready, and returns what kills it (SIGKILL) and reaps it.
+func child(t *testing.T, name, env, ready string) (kill func()) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$")
+	cmd.Env = append(os.Environ(), env)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -254,12 +251,11 @@ func TestHeldByAnotherProcess(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	buf := make([]byte, 5)
-	if _, err := out.Read(buf); err != nil || string(buf) != "open\n" {
+	kill = func() { cmd.Process.Kill(); cmd.Wait() }
+	buf := make([]byte, len(ready))
+	if _, err := io.ReadFull(out, buf); err != nil || string(buf) != ready {
+		kill()
 		t.Fatalf("child: %q %v", buf, err)
 	}
-	if _, err := pebblekv.Open(dir, 200*time.Millisecond); !errors.Is(err, pebblekv.ErrTimeout) {
-		t.Fatalf("Open beside another process: %v, want ErrTimeout", err)
-	}
+	return kill
 }

@@ -170,23 +170,29 @@ func mbps(bytes int64, d time.Duration) float64 {
 // reference of, so their ratios are paired.
 func (b *bench) toolRound(ctx context.Context, narFile string) error {
 	size := b.w.big.NarSize
-	d, n, err := dumpToPipe(ctx, b.w.big.Path)
+	d, err := b.steady(func() (time.Duration, error) {
+		d, n, err := dumpToPipe(ctx, b.w.big.Path)
+		if err == nil && n != size {
+			err = fmt.Errorf("nix-store --dump: %d bytes, want %d", n, size)
+		}
+		return d, err
+	})
 	if err != nil {
 		return err
 	}
-	b.rep.add("nar", "nix-store --dump (pipe)", "MB/s, 1 stream", mbps(n, d))
-	d, err = b.timeCmd(ctx, nil, "sh", "-c", "zstd -1 -T1 -q -c \"$1\" > /dev/null", "sh", narFile)
-	if err != nil {
+	b.rep.add("nar", "nix-store --dump (pipe)", "MB/s, 1 stream", mbps(size, d))
+	tool := func(args ...string) (time.Duration, error) {
+		return b.steady(func() (time.Duration, error) { return b.timeCmd(ctx, nil, args[0], args[1:]...) })
+	}
+	if d, err = tool("sh", "-c", "zstd -1 -T1 -q -c \"$1\" > /dev/null", "sh", narFile); err != nil {
 		return err
 	}
 	b.rep.add("nar", "zstd -1 -T1", "MB/s, 1 stream", mbps(size, d))
-	d, err = b.timeCmd(ctx, nil, "sh", "-c", "zstd -1 -T1 -q -c \"$1\" > /dev/null & zstd -1 -T1 -q -c \"$1\" > /dev/null & wait", "sh", narFile)
-	if err != nil {
+	if d, err = tool("sh", "-c", "zstd -1 -T1 -q -c \"$1\" > /dev/null & zstd -1 -T1 -q -c \"$1\" > /dev/null & wait", "sh", narFile); err != nil {
 		return err
 	}
 	b.rep.add("nar", "zstd -1 -T1", "MB/s, 2 streams", mbps(2*size, d))
-	d, err = b.timeCmd(ctx, nil, "sha256sum", narFile)
-	if err != nil {
+	if d, err = tool("sha256sum", narFile); err != nil {
 		return err
 	}
 	b.rep.add("nar", "sha256sum", "MB/s, 1 stream", mbps(size, d))
@@ -299,12 +305,27 @@ func (b *bench) benchNAR(ctx context.Context) error {
 			}
 		}
 	}
-	measure := func(s *server, streams int) error {
+	// measure times a download of the big NAR on streams connections:
+	// once when the server is cold (its first download is the figure),
+	// else steadily (repeated, see steady).
+	measure := func(s *server, streams int, cold bool) error {
 		url, _, err := fetchNarinfo(ctx, s.base, big.hashPart())
 		if err != nil {
 			return err
 		}
-		d, _, err := download(ctx, url, streams)
+		get := func() (time.Duration, error) {
+			d, n, err := download(ctx, url, streams)
+			if err == nil && n != big.NarSize*int64(streams) && !strings.HasSuffix(url, ".zst") {
+				err = fmt.Errorf("%d bytes, want %d", n, big.NarSize*int64(streams))
+			}
+			return d, err
+		}
+		var d time.Duration
+		if cold {
+			d, err = get()
+		} else {
+			d, err = b.steady(get)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
@@ -320,7 +341,7 @@ func (b *bench) benchNAR(ctx context.Context) error {
 		}
 		for _, s := range inRound(servers, i) {
 			for _, n := range []int{1, 8} {
-				if err := measure(s, n); err != nil {
+				if err := measure(s, n, false); err != nil {
 					return err
 				}
 			}
@@ -347,7 +368,7 @@ func (b *bench) benchNAR(ctx context.Context) error {
 // coldRound measures fresh servers of the binary bin, each with an empty
 // compression cache: one per stream count (1, 2, 8), the 1-stream one
 // measured again once warm.
-func (b *bench) coldRound(ctx context.Context, bin, name string, i int, measure func(*server, int) error) error {
+func (b *bench) coldRound(ctx context.Context, bin, name string, i int, measure func(*server, int, bool) error) error {
 	big := b.w.big
 	for _, n := range []int{1, 2, 8} {
 		state := filepath.Join(b.work, fmt.Sprintf("state-cold-%s-%d-%d", name, i, n))
@@ -369,12 +390,12 @@ func (b *bench) coldRound(ctx context.Context, bin, name string, i int, measure 
 				return err
 			}
 		}
-		err = measure(cold, n)
+		err = measure(cold, n, true)
 		if err == nil && n == 1 {
 			// the same server, now warm
 			cold.name = name + " zstd warm"
 			for _, m := range []int{1, 8} {
-				if err = measure(cold, m); err != nil {
+				if err = measure(cold, m, false); err != nil {
 					break
 				}
 			}
@@ -565,7 +586,10 @@ func (b *bench) benchUpload(ctx context.Context) error {
 	}
 	defer b.procs.stop(sink.cmd)
 	b.rep.pair("upload")
-	for i := 0; i < b.o.runs; i++ {
+	// More rounds: the sink and file:// figures are a fraction of a
+	// second of Nix's client each, and their ratio moved by a quarter
+	// between two full runs of one commit.
+	for i := 0; i < b.noisyRounds(); i++ {
 		for _, l := range loads {
 			d, err := b.atOnce(ctx, l.tops, func(k int, top string) (time.Duration, error) {
 				dst := filepath.Join(b.work, fmt.Sprintf("upload-file-%d-%d", i, k))
@@ -634,7 +658,7 @@ func (b *bench) atOnce(ctx context.Context, tops []string, run func(k int, top s
 }
 
 // noisyRounds is the rounds of a group whose figures are short and
-// disk-bound (pull, nar, e2e): 2n-1 for --runs n, so the median of its
+// disk-bound (pull, nar, e2e, upload): 2n-1 for --runs n, so the median of its
 // paired ratios stands on more pairs; two full runs an hour apart
 // disagreed most on these.
 func (b *bench) noisyRounds() int {

@@ -12,6 +12,7 @@
 //
 //	go run ./bench            # full run, report in bench/results/
 //	go run ./bench --quick    # smoke run for CI (small workloads, one repetition)
+//	go run ./bench agree A/report.md B/report.md   # do two runs' ratios agree?
 package main
 
 import (
@@ -47,6 +48,10 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "upload-sink" {
 		uploadSink(os.Args[2:])
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "agree" {
+		agreeMain(os.Args[2:])
 		return
 	}
 	var o options

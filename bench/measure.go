@@ -238,3 +238,31 @@ func fileSize(p string) int64 {
 	}
 	return fi.Size()
 }
+
+// minSteady and maxSteady bound steady's repetitions.
+const (
+	minSteady = time.Second
+	maxSteady = 12
+)
+
+// steady times run, a measurement of a system that keeps no state from
+// one run to the next (a warm cache, nginx, a tool reading a file in the
+// page cache), again and again until the runs have taken minSteady in
+// all, and returns the mean time of one. A single short run is mostly the
+// noise of the moment it ran in: nginx sends the big NAR in a tenth of a
+// second, and two full runs of the bench disagreed most on such figures.
+// A cold measurement cannot be repeated and must not use it. With
+// --quick it runs once.
+func (b *bench) steady(run func() (time.Duration, error)) (time.Duration, error) {
+	var total time.Duration
+	n := 0
+	for n < maxSteady && (n == 0 || (!b.o.quick && total < minSteady)) {
+		d, err := run()
+		if err != nil {
+			return 0, err
+		}
+		total += d
+		n++
+	}
+	return total / time.Duration(n), nil
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -399,6 +400,12 @@ func Wait(ctx context.Context, o Options, id string, timeout time.Duration) (*ho
 func workerGone(o Options, id string, pid int) bool {
 	if !alive(pid) {
 		return true
+	}
+	if pid > 0 {
+		if held, ok := workerHolds(pid, filepath.Join(o.StateDir, "lock")); ok {
+			h := readHolder(o)
+			return !held || h == nil || h.ID != id
+		}
 	}
 	h := lockHolder(o)
 	return h == nil || h.ID != id

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,16 +114,103 @@ var procLocks = "/proc/locks"
 // for an instant, and a deploy taking it in that instant would be refused
 // as "locked" (status and wait ask often; under load the instant grows).
 // When the table cannot be read it falls back to the probe.
+//
+// The table is not one snapshot: each read(2) of it is taken under the
+// kernel's lock, but the next read resumes at a line number, so a lock
+// released between two reads shifts the rest up and a line is skipped.
+// os.ReadFile's first reads are of 512 bytes and a little more, which a
+// fleet host's table (nix-daemon's and SQLite's locks, the agent's)
+// outgrows, and under load a running deploy's lock went missing that way. So the table is read
+// with one read up to a page (the most the kernel gives per read), and a
+// table longer than that which lacks the lock is read again before the
+// lock counts as free. The worker's own check (workerHolds) is exact.
 func lockHeld(path string) bool {
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
 		return false
 	}
-	table, err := os.ReadFile(procLocks)
-	if err != nil {
-		return probeHeld(path)
+	for try := 0; ; try++ {
+		table, reads, err := readLockTable()
+		if err != nil {
+			return probeHeld(path)
+		}
+		if flockedIn(table, uint64(st.Dev), st.Ino) {
+			return true
+		}
+		if reads <= 1 || try == 2 {
+			return false
+		}
 	}
-	return flockedIn(table, uint64(st.Dev), st.Ino)
+}
+
+// readLockTable reads procLocks with as few reads as the kernel allows and
+// says how many it took (more than one: the table may be torn).
+func readLockTable() (table []byte, reads int, err error) {
+	f, err := os.Open(procLocks)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 0, 64<<10)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := f.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if n > 0 {
+			reads++
+		}
+		if err == io.EOF || (err == nil && n == 0) {
+			return buf, reads, nil
+		}
+		if err != nil {
+			return nil, reads, err
+		}
+	}
+}
+
+// workerHolds reports whether process pid holds a flock on the file at
+// path, from /proc/<pid>/fdinfo: the kernel lists each open file's locks
+// there, read under that file's own lock, so unlike /proc/locks the answer
+// cannot skip a lock. ok is false when that cannot be read (no such
+// process, no /proc, not ours to read): the caller falls back to the table.
+func workerHolds(pid int, path string) (held, ok bool) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return false, true // no lock file: nobody holds it
+	}
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	fds, err := os.ReadDir(dir)
+	if err != nil {
+		return false, false
+	}
+	for _, fd := range fds {
+		var fst syscall.Stat_t
+		if syscall.Stat(filepath.Join(dir, fd.Name()), &fst) != nil || fst.Dev != st.Dev || fst.Ino != st.Ino {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, fd.Name()))
+		if err != nil {
+			continue // closed since the listing
+		}
+		if flockedIn(fdinfoLocks(info), uint64(st.Dev), st.Ino) {
+			return true, true
+		}
+	}
+	return false, true
+}
+
+// fdinfoLocks returns the lock lines of an fdinfo file ("lock:\t1: FLOCK
+// ADVISORY WRITE 1234 08:01:5678 0 EOF") in the format of /proc/locks.
+func fdinfoLocks(info []byte) []byte {
+	var out []byte
+	for _, line := range strings.Split(string(info), "\n") {
+		if rest, ok := strings.CutPrefix(line, "lock:"); ok {
+			out = append(append(out, strings.TrimSpace(rest)...), '\n')
+		}
+	}
+	return out
 }
 
 // flockedIn reports whether table (the format of /proc/locks) lists a

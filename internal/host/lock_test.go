@@ -1,6 +1,7 @@
 package host
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -158,4 +159,91 @@ func TestLockWaitsForAFinishedWorker(t *testing.T) {
 	}
 	<-released
 	g.Close()
+}
+
+// TestLockSeenUnderChurn: while other files are locked and unlocked
+// without pause, a held host lock is seen held every time, both by the
+// table check and by the worker's own check. /proc/locks is handed out one
+// read at a time, each resuming at a line number, so a table read in small
+// pieces skips lines as locks come and go: what a 100-host deploy on one
+// machine hit ("the deploy's worker died" while it ran). The count of
+// misses of a plain os.ReadFile is logged to show the tearing.
+func TestLockSeenUnderChurn(t *testing.T) {
+	o := Options{StateDir: t.TempDir()}
+	lock, err := lockHost(o, &hostverb.Holder{ID: "d1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	path := filepath.Join(o.StateDir, "lock")
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	churn := t.TempDir()
+	for i := range 24 {
+		f, err := os.Create(filepath.Join(churn, fmt.Sprint(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+				syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+			}
+		}()
+	}
+	// Some locks stay held, so the table needs several of os.ReadFile's
+	// small reads whatever else the machine holds, and still fits in the
+	// one read of a page that readLockTable takes on a quiet machine.
+	for i := range 40 {
+		f, err := os.Create(filepath.Join(churn, fmt.Sprint("held", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plainMisses := 0
+	for i := range 500 {
+		if table, err := os.ReadFile(procLocks); err == nil && !flockedIn(table, uint64(st.Dev), st.Ino) {
+			plainMisses++
+		}
+		// One read is one snapshot; a longer table (other tests' locks)
+		// is what lockHeld reads again and the worker check is exact for.
+		if table, reads, err := readLockTable(); err == nil && reads == 1 && !flockedIn(table, uint64(st.Dev), st.Ino) {
+			t.Fatalf("check %d: a table of one read (%d bytes) lacks the held lock", i, len(table))
+		}
+		if held, ok := workerHolds(os.Getpid(), path); !ok || !held {
+			t.Fatalf("check %d: workerHolds = %v, %v; want held", i, held, ok)
+		}
+		if workerGone(o, "d1", os.Getpid()) {
+			t.Fatalf("check %d: a live worker holding the lock reported gone", i)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("a plain os.ReadFile of %s missed the held lock %d times in 500", procLocks, plainMisses)
+	if !workerGone(o, "d2", os.Getpid()) {
+		t.Error("the lock is held for d1: worker of d2 reported alive")
+	}
+	lock.Close()
+	if held, ok := workerHolds(os.Getpid(), path); !ok || held {
+		t.Errorf("released lock: workerHolds = %v, %v", held, ok)
+	}
+	if !workerGone(o, "d1", os.Getpid()) {
+		t.Error("released lock: worker reported alive")
+	}
 }

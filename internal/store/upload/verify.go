@@ -182,9 +182,16 @@ func (s *Store) repair(ctx context.Context, rep *VerifyReport) error {
 		if err := s.quarantineBlob(name, name+"."+stamp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			s.log.Error("could not quarantine NAR file, removing it", "blob", name, "err", err)
 		}
-		s.blobs.Remove(bg, name)
+		if err := s.blobs.Remove(bg, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Error("could not remove a damaged NAR file; the next gc sweeps it as an orphan", "blob", name, "err", err)
+		}
 	}
-	s.blobs.Sync(bg)
+	// The index no longer names the damaged files, so a removal that a
+	// crash undoes leaves an orphan, which gc sweeps: worth a log line, not
+	// a failed repair whose index changes are already committed.
+	if err := s.blobs.Sync(bg); err != nil {
+		s.log.Error("could not make the removal of damaged NAR files durable; the next gc sweeps any that come back", "err", err)
+	}
 	slices.Sort(rep.Broken)
 	rep.Repaired = true
 	return nil

@@ -40,18 +40,7 @@ func TestLockNotRefusedByStatus(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-					lockHolder(o)
-				}
-			}
-		}()
+		repeatUntil(&wg, stop, func() { lockHolder(o) })
 	}
 	defer func() { close(stop); wg.Wait() }()
 	for i := range 300 {
@@ -189,19 +178,10 @@ func TestLockSeenUnderChurn(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-				syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-			}
-		}()
+		repeatUntil(&wg, stop, func() {
+			syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+			syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		})
 	}
 	// Some locks stay held, so the table needs several of os.ReadFile's
 	// small reads whatever else the machine holds, and still fits in the
@@ -246,4 +226,20 @@ func TestLockSeenUnderChurn(t *testing.T) {
 	if !workerGone(o, "d1", os.Getpid()) {
 		t.Error("released lock: worker reported alive")
 	}
+}
+
+// repeatUntil runs f over and over in a goroutine of wg until stop closes.
+func repeatUntil(wg *sync.WaitGroup, stop <-chan struct{}, f func()) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				f()
+			}
+		}
+	}()
 }

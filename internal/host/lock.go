@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,8 +121,8 @@ var procLocks = "/proc/locks"
 // released between two reads shifts the rest up and a line is skipped.
 // os.ReadFile's first reads are of 512 bytes and a little more, which a
 // fleet host's table (nix-daemon's and SQLite's locks, the agent's)
-// outgrows, and under load a running deploy's lock went missing that way. So the table is read
-// with one read up to a page (the most the kernel gives per read), and a
+// outgrows, and under load a running deploy's lock went missing that way.
+// So the table is read a page per read (the most the kernel gives), and a
 // table longer than that which lacks the lock is read again before the
 // lock counts as free. The worker's own check (workerHolds) is exact.
 func lockHeld(path string) bool {
@@ -187,7 +188,13 @@ func workerHolds(pid int, path string) (held, ok bool) {
 	}
 	for _, fd := range fds {
 		var fst syscall.Stat_t
-		if syscall.Stat(filepath.Join(dir, fd.Name()), &fst) != nil || fst.Dev != st.Dev || fst.Ino != st.Ino {
+		if err := syscall.Stat(filepath.Join(dir, fd.Name()), &fst); err != nil {
+			if errors.Is(err, fs.ErrPermission) {
+				return false, false // not ours to look into: no answer, not "free"
+			}
+			continue // closed since the listing
+		}
+		if fst.Dev != st.Dev || fst.Ino != st.Ino {
 			continue
 		}
 		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, fd.Name()))

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -110,7 +111,7 @@ func (b *bench) benchPull(ctx context.Context) error {
 	}
 	// Each round measures the upstream and a fresh Concordia one after
 	// the other, and so do the link runs and the narinfo latency
-	// (pullNarinfoLatency, in blocks of 100): paired ratios.
+	// (pullNarinfoLatency, request by request): paired ratios.
 	b.rep.pair("pull")
 	// More rounds: a cold fetch writes the whole NAR to disk, whose
 	// speed here varies from one to the next more than a CPU's, and each
@@ -335,25 +336,28 @@ func (b *bench) pullNarinfoLatency(ctx context.Context, conc, ngx *server, p pat
 	cl := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}}
 	defer cl.CloseIdleConnections()
 	lat := map[string][]time.Duration{}
-	// Interleaved in rounds of 100, so a noisy moment hits all three.
-	for done := 0; done < n; done += 100 {
+	// Interleaved request by request (hit, miss, 404, hit, ...), so a
+	// noisy moment of the machine falls on all three alike; in blocks of
+	// 100 per system the tails of two full runs still disagreed by a
+	// quarter. This process's own collector is off meanwhile (a few MB of
+	// garbage): its pauses would be the client's, not the servers', tail.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	for j := 0; j < n; j++ {
 		for _, s := range systems {
-			for j := 0; j < 100; j++ {
-				url := s.url()
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-				t0 := time.Now()
-				resp, err := cl.Do(req)
-				if err != nil {
-					return fmt.Errorf("%s: %w", s.name, err)
-				}
-				_, _ = drain(resp)
-				d := time.Since(t0)
-				if resp.StatusCode != s.status {
-					b.fail(s.name, fmt.Errorf("GET %s: %d, want %d", url, resp.StatusCode, s.status))
-					continue
-				}
-				lat[s.name] = append(lat[s.name], d)
+			url := s.url()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			t0 := time.Now()
+			resp, err := cl.Do(req)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
 			}
+			_, _ = drain(resp)
+			d := time.Since(t0)
+			if resp.StatusCode != s.status {
+				b.fail(s.name, fmt.Errorf("GET %s: %d, want %d", url, resp.StatusCode, s.status))
+				continue
+			}
+			lat[s.name] = append(lat[s.name], d)
 		}
 	}
 	for _, s := range systems {

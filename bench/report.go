@@ -190,7 +190,7 @@ var comparisons = []comparison{
 	{"shared", "MB/s, 8 streams", sysShared, sysDisk, false, 0.7, "NAR download, S3+PostgreSQL vs disk backend, 8 streams"},
 	{"shared", "req/s, 1 connection, one path", sysShared, sysDisk, false, 0.8, "narinfo req/s, PostgreSQL vs pebble, 1 conn, one path"},
 	{"shared", "req/s, 64 connections, one path", sysShared, sysDisk, false, 0.8, "narinfo req/s, PostgreSQL vs pebble, 64 conns, one path"},
-	{"shared", "p99 us, 1 connection, one path", sysShared, sysDisk, true, 0, "narinfo p99, PostgreSQL vs pebble, 1 conn, one path"},
+	{"shared", sharedP99, sysShared, sysDisk, true, 0, "narinfo p99, PostgreSQL vs pebble, 1 conn, one path"},
 	{"shared", "req/s, 1 connection, " + distinctMetric, sysShared, sysDisk, false, 0, "narinfo req/s, PostgreSQL vs pebble, 1 conn, every closure path in turn"},
 	{"shared", "req/s, 64 connections, " + distinctMetric, sysShared, sysDisk, false, 0, "narinfo req/s, PostgreSQL vs pebble, 64 conns, every closure path in turn"},
 	{"shared", "req/s, 64 connections, absent paths (404)", sysShared, sysDisk, false, 0, "narinfo req/s, PostgreSQL vs pebble, 64 conns, absent paths (an index lookup each)"},
